@@ -1,0 +1,2 @@
+//! The residency table (work in progress).
+#![no_std]

@@ -1,0 +1,1 @@
+//! The in-process mock transport (work in progress).
