@@ -1,0 +1,1 @@
+//! coresident's shm transport (work in progress).

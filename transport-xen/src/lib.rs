@@ -1,0 +1,1 @@
+//! coresident's xen transport (work in progress).
