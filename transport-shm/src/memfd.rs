@@ -1,0 +1,352 @@
+//! The shared region: a sealed memfd mapped shared read/write.
+//!
+//! The creating side makes an anonymous memory file (`memfd_create` with
+//! `MFD_ALLOW_SEALING | MFD_CLOEXEC`), sizes it with `ftruncate`, then seals it with
+//! `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`: from then on nobody, not even the
+//! creator, can change its size or its seals. The attaching side receives the
+//! descriptor from a peer it does not trust and validates it before mapping it:
+//!
+//! 1. `fstat` says it is a regular file, and `F_GET_SEALS` succeeds (only shmem files,
+//!    i.e. memfds and tmpfs files, support seals; a plain file on disk fails here);
+//! 2. the seals include `F_SEAL_SHRINK | F_SEAL_GROW`: without them the peer could
+//!    shrink the file after we mapped it, and our next access would raise `SIGBUS`;
+//! 3. its size equals the size the rendezvous message declared, and lies within
+//!    [`MIN_REGION_SIZE`]`..=`[`MAX_REGION_SIZE`].
+//!
+//! A tmpfs file opened by path starts out with `F_SEAL_SEAL` and can never gain the
+//! shrink/grow seals, so step 2 rejects it too.
+//!
+//! The mapping is handed out as a raw pointer and a length, never as `&[u8]` or
+//! `&mut [u8]`: the peer writes these bytes concurrently, so a reference to them would
+//! be unsound. The ring accesses them with atomics and volatile copies only.
+
+use core::fmt;
+use core::ptr::NonNull;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{FileType, MemfdFlags, SealFlags};
+use rustix::mm::{MapFlags, ProtFlags};
+
+use crate::error::{SysContext, SysError};
+
+/// The smallest region this crate creates or accepts, in bytes (one page).
+pub const MIN_REGION_SIZE: usize = 4096;
+
+/// The largest region this crate creates or accepts, in bytes (1 GiB).
+pub const MAX_REGION_SIZE: usize = 1 << 30;
+
+/// The seals an attaching side requires: without them the peer could resize the file
+/// under our mapping.
+const REQUIRED_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
+
+/// Creating, validating or mapping a shared region failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegionError {
+    /// The requested or declared size lies outside
+    /// [`MIN_REGION_SIZE`]`..=`[`MAX_REGION_SIZE`].
+    SizeOutOfRange {
+        /// The offending size in bytes.
+        size: u64,
+    },
+    /// The descriptor is not a regular file (a pipe, a socket, an eventfd...).
+    NotRegularFile,
+    /// The descriptor is a regular file but not a memfd: it does not support seals.
+    NotMemfd,
+    /// The memfd lacks `F_SEAL_SHRINK` or `F_SEAL_GROW`, so the peer could resize it
+    /// under our mapping.
+    NotSealed {
+        /// The seals it does carry (`F_SEAL_*` bits).
+        seals: u32,
+    },
+    /// The file's size differs from the size the peer declared.
+    SizeMismatch {
+        /// The size the peer declared.
+        declared: u64,
+        /// The size `fstat` reports.
+        actual: u64,
+    },
+    /// A system call failed (for instance `mmap` of a read-only or write-sealed file).
+    Sys(SysError),
+}
+
+impl fmt::Display for RegionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::SizeOutOfRange { size } => write!(
+                f,
+                "shared region size {size} is outside {MIN_REGION_SIZE}..={MAX_REGION_SIZE} bytes"
+            ),
+            Self::NotRegularFile => f.write_str("shared region descriptor is not a regular file"),
+            Self::NotMemfd => {
+                f.write_str("shared region descriptor is not a memfd (it does not support seals)")
+            }
+            Self::NotSealed { seals } => write!(
+                f,
+                "shared region memfd lacks the shrink/grow seals (seals: {seals:#x}); \
+                 the peer could resize it under the mapping"
+            ),
+            Self::SizeMismatch { declared, actual } => write!(
+                f,
+                "shared region is {actual} bytes but the peer declared {declared}"
+            ),
+            Self::Sys(e) => write!(f, "shared region: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RegionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Sys(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<SysError> for RegionError {
+    fn from(e: SysError) -> Self {
+        Self::Sys(e)
+    }
+}
+
+/// Checks that `size` is a region size this crate creates or accepts.
+fn check_size(size: u64) -> Result<usize, RegionError> {
+    match usize::try_from(size) {
+        Ok(s) if (MIN_REGION_SIZE..=MAX_REGION_SIZE).contains(&s) => Ok(s),
+        _ => Err(RegionError::SizeOutOfRange { size }),
+    }
+}
+
+/// Validates a descriptor received from a peer as a shared region of `declared` bytes,
+/// without mapping it. Returns the size.
+///
+/// # Errors
+///
+/// See the module docs for the checks; each failure is its own [`RegionError`] variant.
+pub fn validate_memfd(fd: BorrowedFd<'_>, declared: u64) -> Result<usize, RegionError> {
+    let size = check_size(declared)?;
+    let stat = rustix::fs::fstat(fd).sys("fstat")?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(RegionError::NotRegularFile);
+    }
+    let seals = match rustix::fs::fcntl_get_seals(fd) {
+        Ok(seals) => seals,
+        Err(rustix::io::Errno::INVAL) => return Err(RegionError::NotMemfd),
+        Err(e) => return Err(SysError::new("fcntl(F_GET_SEALS)", e).into()),
+    };
+    if !seals.contains(REQUIRED_SEALS) {
+        return Err(RegionError::NotSealed {
+            seals: seals.bits(),
+        });
+    }
+    // Read the size only now: once shrink/grow are sealed it can no longer change.
+    let actual = u64::try_from(rustix::fs::fstat(fd).sys("fstat")?.st_size).unwrap_or(0);
+    if actual != declared {
+        return Err(RegionError::SizeMismatch { declared, actual });
+    }
+    Ok(size)
+}
+
+/// A shared memory region backed by a sealed memfd, mapped shared read/write.
+///
+/// Unmapped when dropped; the descriptor is closed then too (the memory itself lives on
+/// while the peer keeps its own mapping or descriptor).
+pub struct SharedRegion {
+    /// Start of the mapping; page-aligned, valid for `len` bytes until `drop`.
+    ptr: NonNull<u8>,
+    /// Length of the mapping in bytes, in `MIN_REGION_SIZE..=MAX_REGION_SIZE`; equal to
+    /// the sealed file size.
+    len: usize,
+    /// The memfd, kept to pass it to a peer.
+    fd: OwnedFd,
+}
+
+// SAFETY:
+// - `SharedRegion` owns its mapping and descriptor; nothing in it is tied to a thread.
+// - It hands out only a raw pointer; all accesses through it are the caller's `unsafe`
+//   code, which must synchronise (atomics, volatile copies) as it would across processes.
+unsafe impl Send for SharedRegion {}
+// SAFETY:
+// - `&SharedRegion` exposes only the pointer, length and descriptor, all read-only
+//   fields; concurrent reads of them are fine.
+// - The memory behind the pointer is already shared with another process, so sharing it
+//   between threads adds no new hazard: every access goes through raw pointers.
+unsafe impl Sync for SharedRegion {}
+
+impl fmt::Debug for SharedRegion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedRegion")
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
+            .field("fd", &self.fd)
+            .finish()
+    }
+}
+
+impl SharedRegion {
+    /// Creates a new sealed memfd of `len` bytes (zero-filled) and maps it.
+    ///
+    /// `name` shows up in `/proc/<pid>/fd` and `/proc/<pid>/maps` as `memfd:<name>`.
+    ///
+    /// # Errors
+    ///
+    /// [`RegionError::SizeOutOfRange`] if `len` is out of bounds; [`RegionError::Sys`]
+    /// if a system call fails.
+    pub fn create(name: &str, len: usize) -> Result<Self, RegionError> {
+        let len64 = u64::try_from(len).unwrap_or(u64::MAX);
+        check_size(len64)?;
+        let fd = rustix::fs::memfd_create(name, MemfdFlags::ALLOW_SEALING | MemfdFlags::CLOEXEC)
+            .sys("memfd_create")?;
+        rustix::fs::ftruncate(&fd, len64).sys("ftruncate")?;
+        rustix::fs::fcntl_add_seals(
+            &fd,
+            SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+        )
+        .sys("fcntl(F_ADD_SEALS)")?;
+        Self::map(fd, len)
+    }
+
+    /// Validates a descriptor received from a peer (see [`validate_memfd`]) and maps it.
+    ///
+    /// On error the descriptor is closed.
+    ///
+    /// # Errors
+    ///
+    /// Any [`RegionError`]: see the module docs for the checks.
+    pub fn attach(fd: OwnedFd, declared: u64) -> Result<Self, RegionError> {
+        let len = validate_memfd(fd.as_fd(), declared)?;
+        Self::map(fd, len)
+    }
+
+    /// Maps `len` bytes of `fd` shared read/write.
+    fn map(fd: OwnedFd, len: usize) -> Result<Self, RegionError> {
+        // SAFETY:
+        // - The address hint is null, so the kernel picks a fresh range and no existing
+        //   mapping (or Rust object) is replaced.
+        // - `len` is non-zero (`>= MIN_REGION_SIZE`) and equals the sealed file size, so
+        //   every mapped page is backed by the file and cannot be truncated away.
+        // - The memory is only ever accessed through raw pointers (atomics, volatile
+        //   copies), so the peer's concurrent writes do not break Rust aliasing rules.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                core::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )
+        }
+        .sys("mmap")?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(RegionError::Sys(SysError {
+            op: "mmap",
+            errno: rustix::io::Errno::NOMEM.raw_os_error(),
+        }))?;
+        Ok(Self { ptr, len, fd })
+    }
+
+    /// The start of the mapping (page-aligned).
+    ///
+    /// Valid for reads and writes of [`len`](Self::len) bytes while `self` lives. The
+    /// peer writes these bytes concurrently: never make a `&` or `&mut` to them; use
+    /// atomics or volatile copies.
+    #[must_use]
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The length of the mapping in bytes (the sealed size of the memfd).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always `false`: a region is at least [`MIN_REGION_SIZE`] bytes.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl AsFd for SharedRegion {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for SharedRegion {
+    fn drop(&mut self) {
+        // SAFETY:
+        // - `ptr` and `len` describe exactly the mapping made in `map`, not yet unmapped.
+        // - No reference into the mapping exists (only raw pointers are handed out), and
+        //   callers must not use those pointers after dropping the region.
+        let res = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+        // munmap of a valid mapping cannot fail; nothing useful to do if it did.
+        let _ = res;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_map_and_attach_share_memory() {
+        let a = SharedRegion::create("test", 8192).unwrap();
+        let dup = a.fd.try_clone().unwrap();
+        let b = SharedRegion::attach(dup, 8192).unwrap();
+        assert_eq!(b.len(), 8192);
+        // SAFETY:
+        // - offset 100 is within both 8192-byte mappings;
+        // - no other thread touches them.
+        unsafe {
+            a.as_ptr().add(100).write_volatile(0xA5);
+            assert_eq!(b.as_ptr().add(100).read_volatile(), 0xA5);
+        }
+    }
+
+    #[test]
+    fn size_bounds() {
+        assert_eq!(
+            SharedRegion::create("x", 10).unwrap_err(),
+            RegionError::SizeOutOfRange { size: 10 }
+        );
+        assert!(matches!(
+            SharedRegion::create("x", MAX_REGION_SIZE + 1),
+            Err(RegionError::SizeOutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn size_mismatch_is_rejected() {
+        let a = SharedRegion::create("test", 8192).unwrap();
+        let dup = a.fd.try_clone().unwrap();
+        assert_eq!(
+            SharedRegion::attach(dup, 16384).unwrap_err(),
+            RegionError::SizeMismatch {
+                declared: 16384,
+                actual: 8192
+            }
+        );
+    }
+
+    #[test]
+    fn unsealed_memfd_is_rejected() {
+        let fd = rustix::fs::memfd_create("x", MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, 8192).unwrap();
+        assert!(matches!(
+            SharedRegion::attach(fd, 8192),
+            Err(RegionError::NotSealed { .. })
+        ));
+    }
+
+    #[test]
+    fn pipe_is_not_a_region() {
+        let (r, _w) = std::io::pipe().unwrap();
+        assert_eq!(
+            SharedRegion::attach(r.into(), 8192).unwrap_err(),
+            RegionError::NotRegularFile
+        );
+    }
+}
