@@ -9,3 +9,5 @@ pub mod memfd;
 
 pub use error::SysError;
 pub use memfd::{RegionError, SharedRegion, MAX_REGION_SIZE, MIN_REGION_SIZE};
+pub mod eventfd;
+pub use eventfd::{peer_alive, Doorbell, DoorbellError, WaitError, Wake};
