@@ -1,0 +1,424 @@
+//! The consumer half: polls frame stamps, copies out, releases space.
+
+use crate::index::{crossed, distance};
+use crate::layout::{frame_size, invalid_tag, off, stamp, FRAME_LEN, FRAME_TAG, KIND_PAD};
+use crate::region::OutOfBounds;
+use crate::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+use crate::{AttachError, Corruption, Geometry, Notify, Readiness, RecvError, RingMemory, State};
+use core::cell::Cell;
+use core::marker::PhantomData;
+
+/// The reading half of a ring.
+///
+/// `Send` but neither `Sync` nor `Clone`: single-consumer is a property of the types.
+#[derive(Debug)]
+pub struct Consumer {
+    mem: RingMemory,
+    geo: Geometry,
+    /// Position of the next frame to read (after frames consumed but maybe not yet
+    /// released). A multiple of 8; `read - released` is in `0..=size`.
+    read: u32,
+    /// The value last stored to the shared `read`.
+    released: u32,
+    state: State,
+    /// Not `Sync`.
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+/// What [`Consumer::recv`] received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// The frame's kind.
+    pub kind: u8,
+    /// Bytes copied into the caller's buffer: the whole message.
+    pub len: usize,
+    /// Whether the producer must be woken (it waits for the space this freed).
+    pub notify: Notify,
+}
+
+/// A published message, seen in place. Reading copies out with volatile accesses: the
+/// producer could change the bytes while they are read (only a hostile one would), and
+/// a copy is all the caller ever holds.
+#[derive(Debug)]
+pub struct View<'a> {
+    mem: RingMemory,
+    /// Region offset of the payload.
+    at: usize,
+    len: u32,
+    kind: u8,
+    _borrow: PhantomData<&'a Consumer>,
+}
+
+impl View<'_> {
+    /// The frame's kind.
+    pub fn kind(&self) -> u8 {
+        self.kind
+    }
+
+    /// The payload length.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies payload bytes from `offset` into `buf`; returns how many (fewer than
+    /// `buf.len()` at the end of the payload, 0 past it).
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> usize {
+        let avail = self.len().saturating_sub(offset);
+        let n = avail.min(buf.len());
+        // `consumer::next` validated `at + len` against the data area, so this cannot
+        // fail; if it did, the caller gets 0 bytes rather than a panic.
+        match buf.get_mut(..n) {
+            Some(dst) => match self.mem.read_bytes(self.at + offset, dst) {
+                Ok(()) => n,
+                Err(_) => 0,
+            },
+            None => 0,
+        }
+    }
+
+    /// Copies the whole payload into the front of `buf` and returns its length.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::BufferTooSmall`] if `buf` is shorter than the payload.
+    pub fn copy_to(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
+        if buf.len() < self.len() {
+            return Err(RecvError::BufferTooSmall { needed: self.len() });
+        }
+        Ok(self.read_at(0, buf))
+    }
+
+    /// A raw pointer to the payload in shared memory, valid for reads of
+    /// [`len`](Self::len) bytes while the view lives (for a `write`/`sendmsg` system
+    /// call or a device). The peer may change these bytes at any time: never make a
+    /// `&[u8]` of them.
+    #[cfg(not(loom))]
+    pub fn as_ptr(&self) -> *const u8 {
+        self.mem
+            .ptr(self.at, self.len())
+            .map_or(core::ptr::null(), |p| p.cast_const())
+    }
+}
+
+/// The next message, in place: read it through [`View`]'s methods (it derefs to one),
+/// then [`consume`](Frame::consume) it. Dropping a frame leaves it in the ring.
+#[derive(Debug)]
+pub struct Frame<'a> {
+    view: View<'a>,
+    consumer: &'a mut Consumer,
+    end: u32,
+}
+
+impl<'a> core::ops::Deref for Frame<'a> {
+    type Target = View<'a>;
+    fn deref(&self) -> &View<'a> {
+        &self.view
+    }
+}
+
+impl Frame<'_> {
+    /// Removes the frame from the ring and releases its space to the producer.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::Corrupted`] if the region turned out unusable.
+    pub fn consume(self) -> Result<Notify, RecvError> {
+        self.consumer.read = self.end;
+        self.consumer.release()
+    }
+}
+
+impl Consumer {
+    /// Lays a fresh ring out in `mem` and returns its consumer; the peer then attaches
+    /// its [`Producer`](crate::Producer).
+    ///
+    /// # Errors
+    ///
+    /// [`AttachError::BadDataSize`] or [`AttachError::RegionTooSmall`].
+    pub fn init(mem: RingMemory, data_size: u32) -> Result<Self, AttachError> {
+        crate::init(&mem, data_size)?;
+        Self::attach(mem)
+    }
+
+    /// Attaches to a ring laid out by the peer (or this side), validating its header.
+    ///
+    /// # Errors
+    ///
+    /// Wrong magic, version, data offset or size, a region too small, an impossible
+    /// `read` index.
+    pub fn attach(mem: RingMemory) -> Result<Self, AttachError> {
+        let geo = crate::attach(&mem)?;
+        // Acquire: a plain read of the current state, validated below.
+        let read = mem
+            .load(off::READ, Acquire)
+            .map_err(|_| AttachError::Corrupted(Corruption::OutOfBounds))?;
+        if read % 8 != 0 {
+            return Err(AttachError::Corrupted(Corruption::ReadIndex { read }));
+        }
+        Ok(Self {
+            mem,
+            geo,
+            read,
+            released: read,
+            state: State::Open,
+            _not_sync: PhantomData,
+        })
+    }
+
+    /// The largest payload the ring carries.
+    pub fn max_message(&self) -> u32 {
+        self.geo.max
+    }
+
+    /// Size of the data area in bytes.
+    pub fn data_size(&self) -> u32 {
+        self.geo.size
+    }
+
+    /// The free-running position of the next frame to read.
+    pub fn position(&self) -> u32 {
+        self.read
+    }
+
+    /// Receives the next message into `buf`.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::Empty`], [`RecvError::BufferTooSmall`] (the message stays),
+    /// [`RecvError::Closed`] once the producer closed and all is read,
+    /// [`RecvError::Corrupted`].
+    #[inline]
+    pub fn recv(&mut self, buf: &mut [u8]) -> Result<Received, RecvError> {
+        let frame = self.peek()?;
+        let len = frame.copy_to(buf)?;
+        let kind = frame.kind();
+        let notify = frame.consume()?;
+        Ok(Received { kind, len, notify })
+    }
+
+    /// The next message, in place, without consuming it.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv), without `BufferTooSmall`.
+    #[inline]
+    pub fn peek(&mut self) -> Result<Frame<'_>, RecvError> {
+        let (kind, len, pos) = self.next()?;
+        let view = self.view(kind, len, pos);
+        let end = pos.wrapping_add(frame_size(len).unwrap_or(0));
+        Ok(Frame {
+            view,
+            consumer: self,
+            end,
+        })
+    }
+
+    /// Receives up to `max` messages, handing each to `f` in place, then releases their
+    /// space with one index store. Returns how many and whether to notify the producer.
+    ///
+    /// # Errors
+    ///
+    /// `Empty` or `Closed` only when no message was received; `Corrupted` at once (the
+    /// frames received before it were consumed, and their space is not released).
+    pub fn recv_batch(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(&View<'_>),
+    ) -> Result<(usize, Notify), RecvError> {
+        let mut n = 0;
+        while n < max {
+            match self.next() {
+                Ok((kind, len, pos)) => {
+                    f(&self.view(kind, len, pos));
+                    self.read = pos.wrapping_add(frame_size(len).unwrap_or(0));
+                    n += 1;
+                }
+                Err(RecvError::Empty | RecvError::Closed) if n > 0 => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((n, self.release()?))
+    }
+
+    /// Stores the read position so the producer may reuse the space, and says whether
+    /// the producer asked to be woken at a point this crossed. [`recv`](Self::recv),
+    /// [`Frame::consume`] and [`recv_batch`](Self::recv_batch) call it.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::Corrupted`] if poisoned.
+    pub fn release(&mut self) -> Result<Notify, RecvError> {
+        self.usable()?;
+        if self.read == self.released {
+            return Ok(Notify::Suppressed);
+        }
+        // SYNC(release-space): SeqCst, so also Release; pairs with the Acquire load of
+        // `read` in `Producer::refresh_read`: our copies out of the released bytes
+        // happen before the producer overwrites them.
+        // SYNC(event-space): SeqCst store of `read`, then SeqCst load of `space event`;
+        // the mirror of `Producer::arm_space` (store `space event`, load `read`). Either
+        // the producer's re-check sees this `read`, or we see its request.
+        let e = self.mem.store(off::READ, self.read, SeqCst);
+        self.fail_oob(e)?;
+        let event = self.mem.load(off::SPACE_EVENT, SeqCst);
+        let event = self.fail_oob(event)?;
+        let old = self.released;
+        self.released = self.read;
+        Ok(if crossed(event, old, self.read) {
+            Notify::Required
+        } else {
+            Notify::Suppressed
+        })
+    }
+
+    /// Before sleeping until at least `min_bytes` of frames (1: any frame) are
+    /// published past the read position: records the request, then checks again.
+    /// [`Producer::publish`](crate::Producer::publish) answers `Required` when it
+    /// crosses that point. Releases consumed space first.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::Closed`] if the producer closed and nothing is left,
+    /// [`RecvError::Corrupted`].
+    pub fn arm_data(&mut self, min_bytes: u32) -> Result<Readiness, RecvError> {
+        let _ = self.release()?;
+        let min = min_bytes.clamp(1, self.geo.size);
+        // SYNC(event-data): SeqCst store of `data event`, then SeqCst load of `write`;
+        // the mirror of `Producer::publish`. Either the producer sees this request, or
+        // this load sees its `write`. SeqCst is also Acquire: a `write` seen here makes
+        // the frames before it visible to `next`.
+        let e = self
+            .mem
+            .store(off::DATA_EVENT, self.read.wrapping_add(min), SeqCst);
+        self.fail_oob(e)?;
+        let write = self.mem.load(off::WRITE, SeqCst);
+        let write = self.fail_oob(write)?;
+        let avail = distance(self.read, write);
+        if write % 8 != 0 || avail > self.geo.size {
+            return Err(self.poison(Corruption::WriteIndex { write }));
+        }
+        if avail >= min {
+            return Ok(Readiness::Ready);
+        }
+        match self.next() {
+            Ok(_) => Ok(Readiness::Ready),
+            Err(RecvError::Empty) => Ok(Readiness::Armed),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Closes this half: the producer's next [`publish`](crate::Producer::publish)
+    /// answers [`SendError::Closed`](crate::SendError::Closed).
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::Corrupted`] if the region turned out unusable.
+    pub fn close(mut self) -> Result<(), RecvError> {
+        let _ = self.release();
+        // Release: our last `read` store is visible with the flag. A hint for the
+        // producer (read Relaxed there): closing never hides data.
+        let e = self
+            .mem
+            .store(off::CONS_CLOSED, 1, crate::sync::atomic::Ordering::Release);
+        self.fail_oob(e)
+    }
+
+    // ---- internals ----
+
+    #[inline(always)]
+    fn view<'a>(&self, kind: u8, len: u32, pos: u32) -> View<'a> {
+        View {
+            mem: self.mem.clone(),
+            at: self.geo.slot(pos) + 8,
+            len,
+            kind,
+            _borrow: PhantomData,
+        }
+    }
+
+    #[inline(always)]
+    fn usable(&self) -> Result<(), RecvError> {
+        match self.state {
+            State::Open | State::PeerClosed => Ok(()),
+            State::Corrupted(c) => Err(RecvError::Corrupted(c)),
+        }
+    }
+
+    #[inline(always)]
+    fn poison(&mut self, c: Corruption) -> RecvError {
+        self.state = State::Corrupted(c);
+        RecvError::Corrupted(c)
+    }
+
+    #[inline(always)]
+    fn fail_oob<T>(&mut self, r: Result<T, OutOfBounds>) -> Result<T, RecvError> {
+        r.map_err(|_| self.poison(Corruption::OutOfBounds))
+    }
+
+    /// Finds the next published frame, skipping a padding frame: `(kind, len, pos)`.
+    /// Reads each shared word once and validates it before use. Bounded: at most one
+    /// padding frame (a padding frame at offset 0 is corruption).
+    #[inline(always)]
+    fn next(&mut self) -> Result<(u8, u32, u32), RecvError> {
+        self.usable()?;
+        for _ in 0..2 {
+            let pos = self.read;
+            let slot = self.geo.slot(pos);
+            // SYNC(publish): Acquire; pairs with the Release store of the first frame's
+            // tag in `Producer::publish`: the frame's length and payload, and every
+            // frame after it in that batch, are visible once this tag is.
+            let tag = self.mem.load(slot + FRAME_TAG, Acquire);
+            let tag = self.fail_oob(tag)?;
+            if tag & 0x00FF_FFFF != stamp(pos) {
+                if tag != invalid_tag(pos) {
+                    return Err(self.poison(Corruption::Tag { pos, tag }));
+                }
+                return Err(self.empty_or_closed(pos));
+            }
+            // Relaxed: ordered after the Acquire load of the tag above.
+            let len = self.mem.load(slot + FRAME_LEN, Relaxed);
+            let len = self.fail_oob(len)?;
+            let kind = (tag >> 24) as u8;
+            let offset = pos & self.geo.mask;
+            let room = self.geo.size - offset - 8;
+            if kind == KIND_PAD {
+                if offset == 0 || len != room {
+                    return Err(self.poison(Corruption::Padding { pos, len }));
+                }
+                self.read = pos.wrapping_add(self.geo.size - offset);
+                continue;
+            }
+            match frame_size(len) {
+                Some(f) if len <= self.geo.max && f - 8 <= room => return Ok((kind, len, pos)),
+                _ => return Err(self.poison(Corruption::Length { pos, len })),
+            }
+        }
+        let pos = self.read;
+        Err(self.poison(Corruption::Padding { pos, len: 0 }))
+    }
+
+    /// Nothing is published at `pos`: `Empty`, or `Closed` if the producer closed
+    /// after publishing everything.
+    #[cold]
+    fn empty_or_closed(&mut self, pos: u32) -> RecvError {
+        // SYNC(close): Acquire; pairs with the Release store of `prod closed` in
+        // `Producer::close`: if the flag is seen, so is every frame published before it.
+        match self.mem.load(off::PROD_CLOSED, Acquire) {
+            Ok(0) => RecvError::Empty,
+            Ok(_) => {
+                // Re-read the tag now that the last publish is visible.
+                match self.mem.load(self.geo.slot(pos) + FRAME_TAG, Acquire) {
+                    Ok(t) if t & 0x00FF_FFFF == stamp(pos) => RecvError::Empty,
+                    Ok(_) => RecvError::Closed,
+                    Err(_) => self.poison(Corruption::OutOfBounds),
+                }
+            }
+            Err(_) => self.poison(Corruption::OutOfBounds),
+        }
+    }
+}

@@ -1,0 +1,513 @@
+//! The producer half: writes frames, publishes batches, asks for space.
+
+use crate::index::{crossed, distance};
+use crate::layout::{frame_size, invalid_tag, off, tag, FRAME_LEN, FRAME_TAG, KIND_PAD};
+use crate::region::OutOfBounds;
+use crate::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+use crate::{AttachError, Corruption, Geometry, Notify, Readiness, RingMemory, SendError, State};
+use core::cell::Cell;
+use core::marker::PhantomData;
+
+/// The writing half of a ring.
+///
+/// `Send` but neither `Sync` nor `Clone`: one thread at a time owns the only producer,
+/// so single-producer is a property of the types.
+#[derive(Debug)]
+pub struct Producer {
+    mem: RingMemory,
+    geo: Geometry,
+    /// Position after the last frame written, published or not. A multiple of 8;
+    /// `write - cached_read` is in `0..=size - 8` (8 bytes of slack are always kept
+    /// free for the "nothing yet" mark).
+    write: u32,
+    /// The value of `write` last stored to the shared `write`; `published..write` holds
+    /// written but unpublished frames.
+    published: u32,
+    /// The last validated shared `read`: in `[previous cached_read, published]`.
+    cached_read: u32,
+    /// Tag of the first unpublished frame (its slot is `published`). Stored last, by
+    /// `publish`, with Release: until then the consumer cannot see past that slot.
+    first_tag: u32,
+    state: State,
+    /// Not `Sync`.
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+/// Where the next frame goes: computed first, written by `commit_frame`.
+#[derive(Clone, Copy, Debug)]
+struct Placement {
+    /// Bytes of padding frame at `write` before the frame (0: none).
+    pad: u32,
+    /// Position of the frame.
+    pos: u32,
+}
+
+impl Producer {
+    /// Lays a fresh ring with a `data_size`-byte data area out in `mem` and returns its
+    /// producer. The peer then attaches its [`Consumer`](crate::Consumer).
+    ///
+    /// # Errors
+    ///
+    /// [`AttachError::BadDataSize`] or [`AttachError::RegionTooSmall`].
+    pub fn init(mem: RingMemory, data_size: u32) -> Result<Self, AttachError> {
+        crate::init(&mem, data_size)?;
+        Self::attach(mem)
+    }
+
+    /// Attaches to a ring that the peer (or this side) laid out, validating its header
+    /// and indices.
+    ///
+    /// # Errors
+    ///
+    /// Wrong magic, version, data offset or size, a region too small for the size the
+    /// header claims, or indices that are impossible already.
+    pub fn attach(mem: RingMemory) -> Result<Self, AttachError> {
+        let geo = crate::attach(&mem)?;
+        let bad = |_: OutOfBounds| AttachError::Corrupted(Corruption::OutOfBounds);
+        // Acquire: pairs with nothing the peer must have done; a plain read of the
+        // current state, validated below like any other.
+        let write = mem.load(off::WRITE, Acquire).map_err(bad)?;
+        let read = mem.load(off::READ, Acquire).map_err(bad)?;
+        if write % 8 != 0 {
+            return Err(AttachError::Corrupted(Corruption::WriteIndex { write }));
+        }
+        if read % 8 != 0 || distance(read, write) > geo.size - 8 {
+            return Err(AttachError::Corrupted(Corruption::ReadIndex { read }));
+        }
+        let p = Self {
+            mem,
+            geo,
+            write,
+            published: write,
+            cached_read: read,
+            first_tag: 0,
+            state: State::Open,
+            _not_sync: PhantomData,
+        };
+        // The slot at `write` must say "nothing yet" before we publish past it; a fresh
+        // ring has the mark already, a re-attached one may not.
+        p.store_tag(write, invalid_tag(write), Relaxed)
+            .map_err(|_| AttachError::Corrupted(Corruption::OutOfBounds))?;
+        Ok(p)
+    }
+
+    /// The largest payload [`send`](Self::send) accepts: half the data area less 8.
+    pub fn max_message(&self) -> u32 {
+        self.geo.max
+    }
+
+    /// Size of the data area in bytes.
+    pub fn data_size(&self) -> u32 {
+        self.geo.size
+    }
+
+    /// The free-running position after the last frame written (published or not).
+    pub fn position(&self) -> u32 {
+        self.write
+    }
+
+    /// Bytes written but not yet published.
+    pub fn pending_bytes(&self) -> u32 {
+        distance(self.published, self.write)
+    }
+
+    /// Re-reads the consumer's index and returns it: every frame that ends at or before
+    /// this position has been consumed. The core uses it to know which messages it may
+    /// forget and which it must send again over another path.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Corrupted`] if the index is impossible.
+    pub fn consumer_position(&mut self) -> Result<u32, SendError> {
+        self.usable()?;
+        self.refresh_read()?;
+        Ok(self.cached_read)
+    }
+
+    /// Writes one message of `kind` and publishes it.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Full`] (nothing written), [`SendError::TooLarge`],
+    /// [`SendError::ReservedKind`], [`SendError::Closed`] and [`SendError::Corrupted`].
+    ///
+    /// # Examples
+    ///
+    /// See the [crate docs](crate).
+    #[inline]
+    pub fn send(&mut self, kind: u8, msg: &[u8]) -> Result<Notify, SendError> {
+        self.write(kind, msg)?;
+        self.publish()
+    }
+
+    /// Writes one message without publishing it: the consumer sees nothing until
+    /// [`publish`](Self::publish).
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    #[inline]
+    pub fn write(&mut self, kind: u8, msg: &[u8]) -> Result<(), SendError> {
+        let len = self.check_len(kind, msg.len())?;
+        let place = self.place(len)?;
+        self.ok(self.mem.write_bytes(self.geo.slot(place.pos) + 8, msg))?;
+        self.commit_frame(place, kind, len)
+    }
+
+    /// Writes as many of `msgs` as fit, all of `kind`, and publishes them with one
+    /// index store. Returns how many were sent (the first `n`) and whether to notify.
+    ///
+    /// # Errors
+    ///
+    /// Only if not even the first message could be sent; a later one that does not fit
+    /// ends the batch early instead.
+    pub fn send_batch<M: AsRef<[u8]>>(
+        &mut self,
+        kind: u8,
+        msgs: &[M],
+    ) -> Result<(usize, Notify), SendError> {
+        let mut sent = 0;
+        for m in msgs {
+            match self.write(kind, m.as_ref()) {
+                Ok(()) => sent += 1,
+                Err(e) if sent == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok((sent, self.publish()?))
+    }
+
+    /// Reserves room for a message of up to `max_len` bytes, to be written in place
+    /// (zero-copy) and committed with [`Reservation::commit`]. Nothing is visible to the
+    /// consumer until then and a later [`publish`](Self::publish); dropping the
+    /// reservation writes nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write) for a message of `max_len` bytes.
+    pub fn reserve(&mut self, max_len: usize) -> Result<Reservation<'_>, SendError> {
+        let cap = self.check_len(0, max_len)?;
+        let place = self.place(cap)?;
+        Ok(Reservation {
+            producer: self,
+            place,
+            cap,
+        })
+    }
+
+    /// Makes every written frame visible to the consumer, with one Release store of the
+    /// first new frame's tag and one store of `write`, and says whether the consumer
+    /// asked to be woken at a point this crossed.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] if the consumer has closed its half (the frames are in the
+    /// ring but nobody will read them), [`SendError::Corrupted`] if poisoned.
+    pub fn publish(&mut self) -> Result<Notify, SendError> {
+        self.usable()?;
+        if self.write == self.published {
+            return Ok(Notify::Suppressed);
+        }
+        // The slot after our last frame must read "nothing yet" before anything before
+        // it becomes visible; it is free (`write + 8 <= read + size`, the slack).
+        // Relaxed: ordered before the consumer can look by the Release store below.
+        self.ok(self.store_tag(self.write, invalid_tag(self.write), Relaxed))?;
+        // SYNC(publish): Release; pairs with the Acquire load of the tag in
+        // `Consumer::next`. Every payload, length and tag of this batch, and the mark
+        // above, were written before it in program order, so they are visible to a
+        // consumer that sees this tag.
+        self.ok(self.store_tag(
+            self.published,
+            self.first_tag,
+            crate::sync::atomic::Ordering::Release,
+        ))?;
+        // SYNC(event-data): SeqCst store of `write`, then SeqCst load of `data event`;
+        // the mirror of `Consumer::arm_data`'s SeqCst store of `data event`, then
+        // SeqCst load of `write`. All four are in the single total order of SeqCst
+        // operations, so either the consumer's re-check sees this `write`, or this load
+        // sees its request: a sleeping consumer is never missed (store-buffering
+        // litmus). A Release/Acquire pair would allow both loads to miss.
+        self.ok(self.mem.store(off::WRITE, self.write, SeqCst))?;
+        let event = self.ok(self.mem.load(off::DATA_EVENT, SeqCst))?;
+        let old = self.published;
+        self.published = self.write;
+        // Relaxed: the flag is a hint read on the same line just loaded; the consumer
+        // never clears it, so a late view only delays `Closed` by one call.
+        if self.ok(self.mem.load(off::CONS_CLOSED, Relaxed))? != 0 {
+            self.state = State::PeerClosed;
+            return Err(SendError::Closed);
+        }
+        Ok(if crossed(event, old, self.write) {
+            Notify::Required
+        } else {
+            Notify::Suppressed
+        })
+    }
+
+    /// Before sleeping until a message of `len` bytes fits: records in shared memory how
+    /// far the consumer must advance (the bytes this message needs, with padding), then
+    /// checks again. The consumer's [`release`](crate::Consumer::release) answers
+    /// `Required` when it crosses that point.
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write), except that a full ring is not an error here.
+    pub fn arm_space(&mut self, len: usize) -> Result<Readiness, SendError> {
+        let len = self.check_len(0, len)?;
+        let need = self.need(len);
+        // The `read` value at which `used + need + 8 <= size` holds.
+        let target = self
+            .write
+            .wrapping_add(need + 8)
+            .wrapping_sub(self.geo.size);
+        // SYNC(event-space): SeqCst store of `space event`, then SeqCst load of `read`
+        // (in `refresh_read_with`); the mirror of `Consumer::release`. See `publish`.
+        self.ok(self.mem.store(off::SPACE_EVENT, target, SeqCst))?;
+        self.refresh_read_with(SeqCst)?;
+        Ok(if self.fits(need) {
+            Readiness::Ready
+        } else {
+            Readiness::Armed
+        })
+    }
+
+    /// Publishes what is pending and closes this half: the consumer receives every
+    /// frame, then [`RecvError::Closed`](crate::RecvError::Closed). Returns `Required`
+    /// when the consumer must be woken to see it (always, if it might be asleep).
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Self::publish).
+    pub fn close(mut self) -> Result<Notify, SendError> {
+        let n = self.publish()?;
+        // SYNC(close): Release; pairs with the Acquire load of `prod closed` in
+        // `Consumer::next`: every frame published above is visible to a consumer that
+        // sees the flag.
+        self.ok(self
+            .mem
+            .store(off::PROD_CLOSED, 1, crate::sync::atomic::Ordering::Release))?;
+        // A consumer asleep on an armed request needs the doorbell to see the close.
+        Ok(n.or(Notify::Required))
+    }
+
+    // ---- internals ----
+
+    /// A failed access: only reachable through a corrupted value; poisons the half.
+    #[cold]
+    fn oob(&mut self) -> SendError {
+        self.poison(Corruption::OutOfBounds)
+    }
+
+    #[inline(always)]
+    fn ok<T>(&mut self, r: Result<T, OutOfBounds>) -> Result<T, SendError> {
+        r.map_err(|_| self.oob())
+    }
+
+    #[inline(always)]
+    fn usable(&self) -> Result<(), SendError> {
+        match self.state {
+            State::Open => Ok(()),
+            State::PeerClosed => Err(SendError::Closed),
+            State::Corrupted(c) => Err(SendError::Corrupted(c)),
+        }
+    }
+
+    #[inline(always)]
+    fn poison(&mut self, c: Corruption) -> SendError {
+        self.state = State::Corrupted(c);
+        SendError::Corrupted(c)
+    }
+
+    #[inline(always)]
+    fn check_len(&self, kind: u8, len: usize) -> Result<u32, SendError> {
+        self.usable()?;
+        if kind == KIND_PAD {
+            return Err(SendError::ReservedKind);
+        }
+        match u32::try_from(len) {
+            Ok(l) if l <= self.geo.max => Ok(l),
+            _ => Err(SendError::TooLarge {
+                len,
+                max: self.geo.max,
+            }),
+        }
+    }
+
+    /// Bytes a frame of `len` bytes needs at `write`, counting a padding frame.
+    #[inline(always)]
+    fn need(&self, len: u32) -> u32 {
+        // `len <= max = size/2 - 8`, so `frame <= size/2`: no overflow.
+        let frame = frame_size(len).unwrap_or(u32::MAX);
+        let tail = self.geo.size - (self.write & self.geo.mask);
+        if frame <= tail {
+            frame
+        } else {
+            tail + frame
+        }
+    }
+
+    #[inline(always)]
+    fn fits(&self, need: u32) -> bool {
+        // used <= size - 8 and need <= 3/2 size, so the sum stays below 2^32 for
+        // size <= 2^30.
+        distance(self.cached_read, self.write) + need + 8 <= self.geo.size
+    }
+
+    #[inline(always)]
+    fn place(&mut self, len: u32) -> Result<Placement, SendError> {
+        let need = self.need(len);
+        if !self.fits(need) {
+            // The cache says full: re-read the consumer's index, then check "really full".
+            self.refresh_read()?;
+            if !self.fits(need) {
+                return Err(SendError::Full);
+            }
+        }
+        let tail = self.geo.size - (self.write & self.geo.mask);
+        let frame = frame_size(len).unwrap_or(u32::MAX);
+        let pad = if frame <= tail { 0 } else { tail };
+        Ok(Placement {
+            pad,
+            pos: self.write.wrapping_add(pad),
+        })
+    }
+
+    fn refresh_read(&mut self) -> Result<(), SendError> {
+        // SYNC(release-space): Acquire; pairs with the SeqCst (so also Release) store of
+        // `read` in `Consumer::release`: the consumer finished copying out the bytes it
+        // released before we overwrite them.
+        self.refresh_read_with(Acquire)
+    }
+
+    fn refresh_read_with(&mut self, order: crate::sync::atomic::Ordering) -> Result<(), SendError> {
+        let read = match self.mem.load(off::READ, order) {
+            Ok(r) => r,
+            Err(_) => return Err(self.poison(Corruption::OutOfBounds)),
+        };
+        // Valid: a multiple of 8 that moved forward by at most what was published.
+        if read % 8 != 0
+            || distance(self.cached_read, read) > distance(self.cached_read, self.published)
+        {
+            return Err(self.poison(Corruption::ReadIndex { read }));
+        }
+        self.cached_read = read;
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn store_tag(
+        &self,
+        pos: u32,
+        value: u32,
+        order: crate::sync::atomic::Ordering,
+    ) -> Result<(), OutOfBounds> {
+        self.mem.store(self.geo.slot(pos) + FRAME_TAG, value, order)
+    }
+
+    /// Writes the headers of a placed frame (and its padding frame) whose payload is in
+    /// place, and advances `write`. The first unpublished frame's tag is kept for
+    /// `publish`; the others are stored now.
+    #[inline(always)]
+    fn commit_frame(&mut self, place: Placement, kind: u8, len: u32) -> Result<(), SendError> {
+        if place.pad != 0 {
+            self.ok(self.mem.store(
+                self.geo.slot(self.write) + FRAME_LEN,
+                place.pad - 8,
+                Relaxed,
+            ))?;
+            let r = self.frame_tag(self.write, tag(KIND_PAD, self.write));
+            self.ok(r)?;
+        }
+        self.ok(self
+            .mem
+            .store(self.geo.slot(place.pos) + FRAME_LEN, len, Relaxed))?;
+        let r = self.frame_tag(place.pos, tag(kind, place.pos));
+        self.ok(r)?;
+        self.write = place.pos.wrapping_add(frame_size(len).unwrap_or(u32::MAX));
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn frame_tag(&mut self, pos: u32, value: u32) -> Result<(), OutOfBounds> {
+        if pos == self.published {
+            self.first_tag = value;
+            Ok(())
+        } else {
+            // Relaxed: the consumer reaches this slot only after acquiring the first
+            // unpublished frame's tag, whose Release store in `publish` comes later in
+            // program order.
+            self.store_tag(pos, value, Relaxed)
+        }
+    }
+}
+
+/// Room for one message in the ring, written in place. See [`Producer::reserve`].
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    producer: &'a mut Producer,
+    place: Placement,
+    cap: u32,
+}
+
+impl Reservation<'_> {
+    /// The bytes reserved.
+    pub fn capacity(&self) -> usize {
+        self.cap as usize
+    }
+
+    /// Copies `bytes` into the reserved payload at `offset`.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::TooLarge`] if `offset + bytes.len()` exceeds the capacity.
+    pub fn write_at(&mut self, offset: usize, bytes: &[u8]) -> Result<(), SendError> {
+        let end = offset
+            .checked_add(bytes.len())
+            .filter(|&e| e <= self.cap as usize);
+        if end.is_none() {
+            return Err(SendError::TooLarge {
+                len: offset.saturating_add(bytes.len()),
+                max: self.cap,
+            });
+        }
+        let at = self.producer.geo.slot(self.place.pos) + 8 + offset;
+        self.producer
+            .mem
+            .write_bytes(at, bytes)
+            .map_err(|_| SendError::Corrupted(Corruption::OutOfBounds))
+    }
+
+    /// A raw pointer to the reserved payload, valid for writes of
+    /// [`capacity`](Self::capacity) bytes while the reservation lives: for a system
+    /// call (`read`, `recvmsg`) or a device to fill in place.
+    ///
+    /// The memory is shared with the peer: do not make a `&mut [u8]` of it; write
+    /// through raw or volatile accesses, or hand it to the kernel.
+    #[cfg(not(loom))]
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        let at = self.producer.geo.slot(self.place.pos) + 8;
+        // `place` guaranteed the frame fits inside the data area.
+        self.producer
+            .mem
+            .ptr(at, self.cap as usize)
+            .unwrap_or(core::ptr::null_mut())
+    }
+
+    /// Commits the first `len` bytes as a message of `kind` (unpublished until
+    /// [`Producer::publish`]).
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::TooLarge`] if `len` exceeds the capacity,
+    /// [`SendError::ReservedKind`] for [`KIND_PAD`].
+    pub fn commit(self, kind: u8, len: usize) -> Result<(), SendError> {
+        if kind == KIND_PAD {
+            return Err(SendError::ReservedKind);
+        }
+        let len = match u32::try_from(len) {
+            Ok(l) if l <= self.cap => l,
+            _ => return Err(SendError::TooLarge { len, max: self.cap }),
+        };
+        self.producer.commit_frame(self.place, kind, len)
+    }
+}

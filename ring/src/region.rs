@@ -1,0 +1,257 @@
+//! Checked access to the caller's memory: atomics and volatile copies only.
+//!
+//! The rules (after rust-vmm's `vm-memory`):
+//! - no `&` or `&mut` to a byte of the region ever exists: every access is a `u32`
+//!   atomic created for that one access, or a volatile copy into or out of memory this
+//!   process owns;
+//! - every access is bounds-checked (offset, then length, then alignment) against the
+//!   region's length, so even an offset computed from a corrupted value cannot leave the
+//!   region. The ring validates peer values before it computes offsets from them; these
+//!   checks are the second wall, and they cost a compare and a predicted branch.
+//!
+//! Under `--cfg loom` the region is a vector of loom atomics instead of raw memory, and
+//! copies are word-by-word `Relaxed` atomics: loom then sees every access and finds any
+//! ordering bug as a wrong byte in a test's payload check.
+
+use crate::sync::atomic::Ordering;
+
+/// An access that would leave the region or is misaligned. Only a corrupted value can
+/// produce one; the ring turns it into [`Corruption::OutOfBounds`](crate::Corruption).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OutOfBounds;
+
+#[inline(always)]
+fn check(len: usize, off: usize, n: usize, align: usize) -> Result<(), OutOfBounds> {
+    match off.checked_add(n) {
+        Some(end) if end <= len && off % align == 0 => Ok(()),
+        _ => Err(OutOfBounds),
+    }
+}
+
+#[cfg(not(loom))]
+pub use raw::RingMemory;
+#[cfg(not(loom))]
+mod raw {
+    use super::{check, OutOfBounds};
+    use crate::layout::REGION_ALIGN;
+    use crate::sync::atomic::{AtomicU32, Ordering};
+    use crate::AttachError;
+    use core::ptr::NonNull;
+
+    /// A caller-provided memory region that holds one ring: pages granted by another VM,
+    /// a memfd mapping, or a heap buffer.
+    ///
+    /// It is a pointer and a length. Copies of it refer to the same memory; the ring
+    /// never assumes it is the only user: the peer may write any byte at any time, and
+    /// two halves built on the same memory in one process only hurt each other's data,
+    /// never memory safety.
+    #[derive(Clone, Copy, Debug)]
+    pub struct RingMemory {
+        /// Start of the region; aligned to [`REGION_ALIGN`].
+        base: NonNull<u8>,
+        /// Length of the region in bytes.
+        len: usize,
+    }
+
+    // SAFETY:
+    // - `RingMemory` is a pointer to memory that, by the contract of `new`, stays valid
+    //   for as long as any value built from it is used, from any thread;
+    // - every access through it is an atomic or a volatile copy, so concurrent use from
+    //   several threads (or a peer) is a race on bytes only, never undefined behaviour.
+    unsafe impl Send for RingMemory {}
+    // SAFETY: as for `Send`: all accesses are atomics or volatile copies.
+    unsafe impl Sync for RingMemory {}
+
+    impl RingMemory {
+        /// Describes `len` bytes at `ptr` as a ring's memory.
+        ///
+        /// # Errors
+        ///
+        /// [`AttachError::Misaligned`] if `ptr` is null or not aligned to 128 bytes.
+        ///
+        /// # Safety
+        ///
+        /// The caller guarantees that, for as long as this value, its copies, and any
+        /// [`Producer`](crate::Producer) or [`Consumer`](crate::Consumer) built from
+        /// them are used:
+        /// - `ptr..ptr + len` is one allocation or mapping, valid for reads and writes;
+        /// - nothing in this process accesses those bytes through a Rust reference
+        ///   (`&`/`&mut`), only through atomics, volatile accesses or another process,
+        ///   VM or device.
+        ///
+        /// The contents may be anything, and may change at any time.
+        pub unsafe fn new(ptr: *mut u8, len: usize) -> Result<Self, AttachError> {
+            let base = NonNull::new(ptr).ok_or(AttachError::Misaligned)?;
+            if base.as_ptr().align_offset(REGION_ALIGN) != 0 {
+                return Err(AttachError::Misaligned);
+            }
+            Ok(Self { base, len })
+        }
+
+        /// Length of the region in bytes.
+        pub fn len(&self) -> usize {
+            self.len
+        }
+
+        /// Whether the region is empty (it then holds no ring).
+        pub fn is_empty(&self) -> bool {
+            self.len == 0
+        }
+
+        /// A raw pointer to byte `off`, for a zero-copy access of `n` bytes.
+        #[inline(always)]
+        pub(crate) fn ptr(&self, off: usize, n: usize) -> Result<*mut u8, OutOfBounds> {
+            check(self.len, off, n, 1)?;
+            // `wrapping_add` keeps provenance and cannot be UB; `check` proved
+            // `off + n <= len`, so the pointer stays inside the region.
+            Ok(self.base.as_ptr().wrapping_add(off))
+        }
+
+        #[inline(always)]
+        fn atomic(&self, off: usize) -> Result<*mut u32, OutOfBounds> {
+            check(self.len, off, 4, 4)?;
+            // In bounds and 4-aligned (the base is 128-aligned).
+            Ok(self.base.as_ptr().wrapping_add(off).cast::<u32>())
+        }
+
+        /// Atomically loads the `u32` at `off`.
+        #[inline(always)]
+        pub(crate) fn load(&self, off: usize, order: Ordering) -> Result<u32, OutOfBounds> {
+            let p = self.atomic(off)?;
+            // SAFETY:
+            // - `p` is non-null, 4-aligned and inside the region (`atomic` checked);
+            // - the region is valid for reads and writes while `self` is used (`new`);
+            // - every access to these bytes in this process is atomic or volatile
+            //   (`new`), so no non-atomic access races with this one; a peer outside the
+            //   process is, for the abstract machine, another atomic writer.
+            Ok(unsafe { AtomicU32::from_ptr(p) }.load(order))
+        }
+
+        /// Atomically stores `v` into the `u32` at `off`.
+        #[inline(always)]
+        pub(crate) fn store(&self, off: usize, v: u32, order: Ordering) -> Result<(), OutOfBounds> {
+            let p = self.atomic(off)?;
+            // SAFETY: as in `load`.
+            unsafe { AtomicU32::from_ptr(p) }.store(v, order);
+            Ok(())
+        }
+
+        /// Copies `dst.len()` bytes from the region at `off` into `dst`.
+        #[inline(always)]
+        pub(crate) fn read_bytes(&self, off: usize, dst: &mut [u8]) -> Result<(), OutOfBounds> {
+            let src = self.ptr(off, dst.len())?;
+            // SAFETY:
+            // - `src..src + dst.len()` is inside the region (`ptr` checked) and valid
+            //   for reads (`new`);
+            // - `dst` is our own exclusive buffer and cannot overlap the region, which
+            //   nothing in this process references (`new`).
+            unsafe { crate::volatile::copy_from(src, dst) };
+            Ok(())
+        }
+
+        /// Copies `src` into the region at `off`.
+        #[inline(always)]
+        pub(crate) fn write_bytes(&self, off: usize, src: &[u8]) -> Result<(), OutOfBounds> {
+            let dst = self.ptr(off, src.len())?;
+            // SAFETY:
+            // - `dst..dst + src.len()` is inside the region (`ptr` checked) and valid
+            //   for writes (`new`);
+            // - `src` is a reference, so it cannot point into the region (`new`).
+            unsafe { crate::volatile::copy_to(dst, src) };
+            Ok(())
+        }
+    }
+}
+
+#[cfg(loom)]
+pub use model::RingMemory;
+#[cfg(loom)]
+mod model {
+    use super::{check, OutOfBounds};
+    use crate::sync::atomic::{AtomicU32, Ordering};
+    extern crate std;
+    use std::sync::Arc;
+    use std::vec::Vec;
+
+    /// Under loom: the region as loom atomics, one per 4-byte word.
+    #[derive(Clone, Debug)]
+    pub struct RingMemory {
+        words: Arc<[AtomicU32]>,
+    }
+
+    impl RingMemory {
+        /// A zeroed region of `len` bytes (rounded up to whole words).
+        pub fn alloc(len: usize) -> Self {
+            let words: Vec<AtomicU32> = (0..len.div_ceil(4)).map(|_| AtomicU32::new(0)).collect();
+            Self {
+                words: words.into(),
+            }
+        }
+
+        /// Length of the region in bytes.
+        pub fn len(&self) -> usize {
+            self.words.len() * 4
+        }
+
+        /// Whether the region is empty.
+        pub fn is_empty(&self) -> bool {
+            self.words.is_empty()
+        }
+
+        fn word(&self, off: usize) -> Result<&AtomicU32, OutOfBounds> {
+            check(self.len(), off, 4, 4)?;
+            self.words.get(off / 4).ok_or(OutOfBounds)
+        }
+
+        pub(crate) fn load(&self, off: usize, order: Ordering) -> Result<u32, OutOfBounds> {
+            Ok(self.word(off)?.load(order))
+        }
+
+        pub(crate) fn store(&self, off: usize, v: u32, order: Ordering) -> Result<(), OutOfBounds> {
+            self.word(off)?.store(v, order);
+            Ok(())
+        }
+
+        pub(crate) fn read_bytes(&self, off: usize, dst: &mut [u8]) -> Result<(), OutOfBounds> {
+            check(self.len(), off, dst.len(), 1)?;
+            for (i, b) in dst.iter_mut().enumerate() {
+                let at = off + i;
+                // Relaxed: ordering comes from the frame tag's Acquire load, which is
+                // exactly what loom checks here.
+                let w = self.word(at & !3)?.load(Ordering::Relaxed);
+                *b = w.to_le_bytes()[at & 3];
+            }
+            Ok(())
+        }
+
+        pub(crate) fn write_bytes(&self, off: usize, src: &[u8]) -> Result<(), OutOfBounds> {
+            check(self.len(), off, src.len(), 1)?;
+            for (i, b) in src.iter().enumerate() {
+                let at = off + i;
+                let w = self.word(at & !3)?;
+                // Relaxed: the frame tag's Release store orders these; only the
+                // producer writes data bytes, so the read-modify-write is not racy.
+                let mut bytes = w.load(Ordering::Relaxed).to_le_bytes();
+                bytes[at & 3] = *b;
+                w.store(u32::from_le_bytes(bytes), Ordering::Relaxed);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Fills `n` bytes at `off` with zeros (initialisation only, not on a hot path).
+pub(crate) fn zero(mem: &RingMemory, off: usize, n: usize) -> Result<(), OutOfBounds> {
+    check(mem.len(), off, n, 4)?;
+    if n % 4 != 0 {
+        return Err(OutOfBounds);
+    }
+    let mut at = off;
+    while at < off + n {
+        // Relaxed: initialisation happens before the region is handed to the peer; the
+        // hand-over (a grant, a socket message) orders it.
+        mem.store(at, 0, Ordering::Relaxed)?;
+        at += 4;
+    }
+    Ok(())
+}
