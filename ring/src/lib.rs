@@ -191,7 +191,16 @@ pub(crate) fn init(mem: &RingMemory, data_size: u32) -> Result<Geometry, AttachE
         reserved: [0; 28],
     };
     let oob = |_: OutOfBounds| AttachError::Corrupted(Corruption::OutOfBounds);
-    region::zero(mem, layout::LINE, DATA_OFFSET - layout::LINE).map_err(oob)?;
+    // The control lines' other words are reserved: nobody reads them.
+    let fields = [
+        off::WRITE,
+        off::SPACE_EVENT,
+        off::PROD_CLOSED,
+        off::READ,
+        off::DATA_EVENT,
+        off::CONS_CLOSED,
+    ];
+    region::zero(mem, &fields).map_err(oob)?;
     // Relaxed: the region is not shared yet; handing it to the peer orders this.
     mem.store(
         geo.slot(0) + layout::FRAME_TAG,

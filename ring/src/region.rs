@@ -214,25 +214,42 @@ mod model {
 
         pub(crate) fn read_bytes(&self, off: usize, dst: &mut [u8]) -> Result<(), OutOfBounds> {
             check(self.len(), off, dst.len(), 1)?;
-            for (i, b) in dst.iter_mut().enumerate() {
+            let mut i = 0;
+            while i < dst.len() {
                 let at = off + i;
                 // Relaxed: ordering comes from the frame tag's Acquire load, which is
-                // exactly what loom checks here.
-                let w = self.word(at & !3)?.load(Ordering::Relaxed);
-                *b = w.to_le_bytes()[at & 3];
+                // exactly what loom checks here. One load per word touched.
+                let w = self.word(at & !3)?.load(Ordering::Relaxed).to_le_bytes();
+                let mut k = at & 3;
+                while k < 4 && i < dst.len() {
+                    dst[i] = w[k];
+                    k += 1;
+                    i += 1;
+                }
             }
             Ok(())
         }
 
         pub(crate) fn write_bytes(&self, off: usize, src: &[u8]) -> Result<(), OutOfBounds> {
             check(self.len(), off, src.len(), 1)?;
-            for (i, b) in src.iter().enumerate() {
+            let mut i = 0;
+            while i < src.len() {
                 let at = off + i;
                 let w = self.word(at & !3)?;
                 // Relaxed: the frame tag's Release store orders these; only the
-                // producer writes data bytes, so the read-modify-write is not racy.
-                let mut bytes = w.load(Ordering::Relaxed).to_le_bytes();
-                bytes[at & 3] = *b;
+                // producer writes data bytes, so a partial word's read-modify-write is
+                // not racy. Whole words are stored without reading.
+                let mut bytes = if at & 3 == 0 && src.len() - i >= 4 {
+                    [0; 4]
+                } else {
+                    w.load(Ordering::Relaxed).to_le_bytes()
+                };
+                let mut k = at & 3;
+                while k < 4 && i < src.len() {
+                    bytes[k] = src[i];
+                    k += 1;
+                    i += 1;
+                }
                 w.store(u32::from_le_bytes(bytes), Ordering::Relaxed);
             }
             Ok(())
@@ -240,18 +257,12 @@ mod model {
     }
 }
 
-/// Fills `n` bytes at `off` with zeros (initialisation only, not on a hot path).
-pub(crate) fn zero(mem: &RingMemory, off: usize, n: usize) -> Result<(), OutOfBounds> {
-    check(mem.len(), off, n, 4)?;
-    if n % 4 != 0 {
-        return Err(OutOfBounds);
-    }
-    let mut at = off;
-    while at < off + n {
+/// Stores 0 into each `u32` field at `offs` (initialisation only).
+pub(crate) fn zero(mem: &RingMemory, offs: &[usize]) -> Result<(), OutOfBounds> {
+    for &at in offs {
         // Relaxed: initialisation happens before the region is handed to the peer; the
         // hand-over (a grant, a socket message) orders it.
         mem.store(at, 0, Ordering::Relaxed)?;
-        at += 4;
     }
     Ok(())
 }
