@@ -1,13 +1,69 @@
-//! coresident's host transport: a sealed memfd region, eventfd doorbells, and a
-//! Unix-socket rendezvous that passes the descriptors (the model of KVM's ivshmem).
+//! coresident's host transport: co-resident processes and containers on one Linux host
+//! share a sealed memfd region and signal each other through eventfd doorbells; a
+//! Unix-socket rendezvous passes the descriptors (the model of KVM's ivshmem server).
+//!
+//! # The rendezvous
+//!
+//! ```text
+//!   offerer (connects)                                 acceptor (listens)
+//!   ------------------                                 ------------------
+//!   memfd_create, ftruncate(size),                     Listener::bind(path)  or
+//!     seal SHRINK|GROW|SEAL, mmap                        Registry::register(id)
+//!   eventfd "to offerer", eventfd "to acceptor"
+//!   connect(path) ---------------------------------->  accept()
+//!   Hello {magic, version, len, region size,
+//!          ring data sizes, offerer id, acceptor id}
+//!     + SCM_RIGHTS [memfd, to_offerer, to_acceptor] ->  read 16-byte prefix: magic, version, len
+//!                                                      read the rest; exactly 3 fds;
+//!                                                      ids, ring sizes, region size;
+//!                                                      memfd: S_IFREG, sealed SHRINK|GROW,
+//!                                                        size == declared; mmap
+//!                                                      eventfds: /proc/self/fd link
+//!                                                      SO_PEERCRED -> peer pid, uid
+//!   SO_PEERCRED -> peer pid, uid  <-----------------  Ack {magic, version, status}
+//!                                                      (status != 0: RejectReason, close)
+//!   ==================== channel established ====================
+//!   produce into "to acceptor" ring,                    produce into "to offerer" ring,
+//!   ring the "to acceptor" eventfd;                     ring the "to offerer" eventfd;
+//!   wait on "to offerer" + socket                       wait on "to acceptor" + socket
+//!   socket hang-up (exit, crash, drop) = peer death, seen by the other side's wait
+//! ```
+//!
+//! The region holds the two rings (see [`layout`]); the bytes of both messages are in
+//! [`wire`].
+//!
+//! # Discovery
+//!
+//! [`Registry`] keeps one listening socket per peer id in a directory; `scan` lists the
+//! live ones (and removes stale sockets), `watch` reports peers coming and going.
+//!
+//! # Trust
+//!
+//! The peer is not trusted: every field of the hello and every descriptor is validated
+//! before use, each failure is a typed error, and nothing the peer sends can panic this
+//! crate. The mapped memory is handed out as raw pointers only (the peer writes it
+//! concurrently).
+//!
+//! Linux only: on other targets this crate is empty.
 #![cfg(target_os = "linux")]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod endpoint;
 pub mod error;
-pub mod memfd;
-
-pub use error::SysError;
-pub use memfd::{RegionError, SharedRegion, MAX_REGION_SIZE, MIN_REGION_SIZE};
 pub mod eventfd;
+pub mod layout;
+pub mod memfd;
+pub mod peer_id;
+pub mod rendezvous;
+pub mod wire;
+
+pub use endpoint::{Endpoint, PeerInfo, Role};
+pub use error::SysError;
 pub use eventfd::{peer_alive, Doorbell, DoorbellError, WaitError, Wake};
+pub use layout::{Layout, LayoutError, RingSlot};
+pub use memfd::{RegionError, SharedRegion, MAX_REGION_SIZE, MIN_REGION_SIZE};
+pub use peer_id::{PeerId, PeerIdError};
+pub use rendezvous::{
+    accept_offer, connect, offer, AcceptConfig, HandshakeError, Listener, OfferConfig, RejectReason,
+};

@@ -199,11 +199,8 @@ impl SharedRegion {
         let fd = rustix::fs::memfd_create(name, MemfdFlags::ALLOW_SEALING | MemfdFlags::CLOEXEC)
             .sys("memfd_create")?;
         rustix::fs::ftruncate(&fd, len64).sys("ftruncate")?;
-        rustix::fs::fcntl_add_seals(
-            &fd,
-            SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
-        )
-        .sys("fcntl(F_ADD_SEALS)")?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+            .sys("fcntl(F_ADD_SEALS)")?;
         Self::map(fd, len)
     }
 

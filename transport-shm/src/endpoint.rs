@@ -1,0 +1,169 @@
+//! One side of an established channel: the mapped region, its two ring slots, the two
+//! doorbells, and the rendezvous socket whose hang-up signals the peer's death.
+
+use core::time::Duration;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+
+use crate::eventfd::{peer_alive, Doorbell, DoorbellError, WaitError, Wake};
+use crate::layout::{Layout, RingSlot};
+use crate::memfd::SharedRegion;
+use crate::peer_id::PeerId;
+
+/// Which side of the rendezvous an endpoint played.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Created the region and the doorbells and sent them (the connecting side).
+    Offerer,
+    /// Received, validated and acknowledged them (the listening side).
+    Acceptor,
+}
+
+/// What is known about the peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's id: from the hello (acceptor side), or the id the offerer asked for
+    /// (`None` if it connected to a path without naming the peer).
+    pub id: Option<PeerId>,
+    /// The peer's process id from `SO_PEERCRED` (as seen from our pid namespace; 0 if
+    /// the peer lives in a namespace we cannot see).
+    pub pid: i32,
+    /// The peer's user id from `SO_PEERCRED`.
+    pub uid: u32,
+}
+
+/// One side of an established channel.
+///
+/// Dropping it unmaps the region and closes the socket, which the peer sees as a
+/// hang-up ([`WaitError::PeerGone`]).
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The mapped region; both ring slots lie within it.
+    pub(crate) region: SharedRegion,
+    /// The ring slots; `layout.region_size() <= region.len()` (checked at rendezvous).
+    pub(crate) layout: Layout,
+    /// Which side we are.
+    pub(crate) role: Role,
+    /// The doorbell the peer rings for us.
+    pub(crate) local: Doorbell,
+    /// The doorbell we ring for the peer.
+    pub(crate) remote: Doorbell,
+    /// The rendezvous socket, kept open for the life of the channel.
+    pub(crate) socket: UnixStream,
+    /// The peer's identity.
+    pub(crate) peer: PeerInfo,
+}
+
+impl Endpoint {
+    /// Which side of the rendezvous we played.
+    #[must_use]
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The peer's identity.
+    #[must_use]
+    pub fn peer(&self) -> &PeerInfo {
+        &self.peer
+    }
+
+    /// The region's ring layout.
+    #[must_use]
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The shared region.
+    #[must_use]
+    pub fn region(&self) -> &SharedRegion {
+        &self.region
+    }
+
+    /// The slot of the ring we produce into.
+    #[must_use]
+    pub fn tx_slot(&self) -> RingSlot {
+        match self.role {
+            Role::Offerer => self.layout.to_acceptor,
+            Role::Acceptor => self.layout.to_offerer,
+        }
+    }
+
+    /// The slot of the ring we consume from.
+    #[must_use]
+    pub fn rx_slot(&self) -> RingSlot {
+        match self.role {
+            Role::Offerer => self.layout.to_offerer,
+            Role::Acceptor => self.layout.to_acceptor,
+        }
+    }
+
+    /// The start of `slot` in our mapping; valid for `slot.len` bytes while `self`
+    /// lives, peer-writable (use atomics and volatile copies only).
+    ///
+    /// Returns `None` if `slot` does not lie within the region (it always does for
+    /// [`tx_slot`](Self::tx_slot) and [`rx_slot`](Self::rx_slot)).
+    #[must_use]
+    pub fn slot_ptr(&self, slot: RingSlot) -> Option<*mut u8> {
+        let end = slot.offset.checked_add(slot.len)?;
+        if end > self.region.len() {
+            return None;
+        }
+        // `offset < end <= len`, so the offset stays inside the mapping.
+        Some(self.region.as_ptr().wrapping_add(slot.offset))
+    }
+
+    /// Rings the peer's doorbell.
+    ///
+    /// # Errors
+    ///
+    /// [`DoorbellError::Sys`] if the write fails.
+    pub fn notify_peer(&self) -> Result<(), DoorbellError> {
+        self.remote.notify()
+    }
+
+    /// Waits for the peer's notification, the peer's death, or the timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::PeerGone`] once the peer hung up; [`WaitError::Sys`] otherwise.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<Wake, WaitError> {
+        self.local.wait(Some(self.socket.as_fd()), timeout)
+    }
+
+    /// Consumes the peer's pending notifications without blocking.
+    ///
+    /// # Errors
+    ///
+    /// [`DoorbellError::Sys`] if the read fails.
+    pub fn try_consume(&self) -> Result<Option<u64>, DoorbellError> {
+        self.local.try_consume()
+    }
+
+    /// Whether the peer still holds its end of the rendezvous socket (non-blocking).
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::Sys`] if `poll` fails.
+    pub fn peer_alive(&self) -> Result<bool, WaitError> {
+        peer_alive(self.socket.as_fd())
+    }
+
+    /// The doorbell the peer rings for us (to poll it in an event loop).
+    #[must_use]
+    pub fn local_doorbell(&self) -> &Doorbell {
+        &self.local
+    }
+
+    /// The doorbell we ring for the peer.
+    #[must_use]
+    pub fn remote_doorbell(&self) -> &Doorbell {
+        &self.remote
+    }
+
+    /// The rendezvous socket (to poll it in an event loop: a hang-up or any readable
+    /// byte means the peer is gone).
+    #[must_use]
+    pub fn socket(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
