@@ -3,7 +3,8 @@
 use crate::index::{crossed, distance};
 use crate::layout::{frame_size, invalid_tag, off, stamp, FRAME_LEN, FRAME_TAG, KIND_PAD};
 use crate::region::OutOfBounds;
-use crate::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+use crate::sync::atomic::fence;
+use crate::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use crate::{AttachError, Corruption, Geometry, Notify, Readiness, RecvError, RingMemory, State};
 use core::cell::Cell;
 use core::marker::PhantomData;
@@ -257,15 +258,17 @@ impl Consumer {
         if self.read == self.released {
             return Ok(Notify::Suppressed);
         }
-        // SYNC(release-space): SeqCst, so also Release; pairs with the Acquire load of
-        // `read` in `Producer::refresh_read`: our copies out of the released bytes
-        // happen before the producer overwrites them.
-        // SYNC(event-space): SeqCst store of `read`, then SeqCst load of `space event`;
-        // the mirror of `Producer::arm_space` (store `space event`, load `read`). Either
-        // the producer's re-check sees this `read`, or we see its request.
-        let e = self.mem.store(off::READ, self.read, SeqCst);
+        // SYNC(release-space): Release; pairs with the Acquire load of `read` in
+        // `Producer::refresh_read`: our copies out of the released bytes happen before
+        // the producer overwrites them.
+        let e = self.mem.store(off::READ, self.read, Release);
         self.fail_oob(e)?;
-        let event = self.mem.load(off::SPACE_EVENT, SeqCst);
+        // SYNC(event-space): store `read`, full fence, load `space event`; the mirror of
+        // `Producer::arm_space`. Either the producer's re-check sees this `read`, or we
+        // see its request (the argument is at SYNC(event-data) in `Producer::publish`).
+        fence(SeqCst);
+        // Relaxed: ordered by the fence above; a hint.
+        let event = self.mem.load(off::SPACE_EVENT, Relaxed);
         let event = self.fail_oob(event)?;
         let old = self.released;
         self.released = self.read;
@@ -279,35 +282,47 @@ impl Consumer {
     /// Before sleeping until at least `min_bytes` of frames (1: any frame) are
     /// published past the read position: records the request, then checks again.
     /// [`Producer::publish`](crate::Producer::publish) answers `Required` when it
-    /// crosses that point. Releases consumed space first.
+    /// crosses that point. Every consuming call has already released its space, so
+    /// there is nothing to release here.
     ///
     /// # Errors
     ///
     /// [`RecvError::Closed`] if the producer closed and nothing is left,
     /// [`RecvError::Corrupted`].
     pub fn arm_data(&mut self, min_bytes: u32) -> Result<Readiness, RecvError> {
-        let _ = self.release()?;
         let min = min_bytes.clamp(1, self.geo.size);
-        // SYNC(event-data): SeqCst store of `data event`, then SeqCst load of `write`;
-        // the mirror of `Producer::publish`. Either the producer sees this request, or
-        // this load sees its `write`. SeqCst is also Acquire: a `write` seen here makes
-        // the frames before it visible to `next`.
+        // SYNC(event-data): store `data event`, full fence, load `write`; the mirror of
+        // `Producer::publish`. Either the producer sees this request, or this load sees
+        // its `write` (the argument is at SYNC(event-data) in `Producer::publish`).
         let e = self
             .mem
-            .store(off::DATA_EVENT, self.read.wrapping_add(min), SeqCst);
+            .store(off::DATA_EVENT, self.read.wrapping_add(min), Relaxed);
         self.fail_oob(e)?;
-        let write = self.mem.load(off::WRITE, SeqCst);
+        fence(SeqCst);
+        // Acquire: pairs with the Release store of `write` in `Producer::publish`; the
+        // frames before a `write` seen here are then visible to `next`.
+        let write = self.mem.load(off::WRITE, Acquire);
         let write = self.fail_oob(write)?;
-        let avail = distance(self.read, write);
-        if write % 8 != 0 || avail > self.geo.size {
+        // `write` is stored after the tags it publishes, so it may lag behind frames we
+        // already read by their stamps: up to a data area behind `read` is possible,
+        // anything farther either way is not.
+        let avail = if distance(self.read, write) <= self.geo.size {
+            distance(self.read, write)
+        } else if distance(write, self.read) <= self.geo.size {
+            0
+        } else {
+            return Err(self.poison(Corruption::WriteIndex { write }));
+        };
+        if write % 8 != 0 {
             return Err(self.poison(Corruption::WriteIndex { write }));
         }
         if avail >= min {
             return Ok(Readiness::Ready);
         }
+        // A frame visible by its stamp: ready if any frame is all the caller waits for.
         match self.next() {
-            Ok(_) => Ok(Readiness::Ready),
-            Err(RecvError::Empty) => Ok(Readiness::Armed),
+            Ok(_) if min <= 8 => Ok(Readiness::Ready),
+            Ok(_) | Err(RecvError::Empty) => Ok(Readiness::Armed),
             Err(e) => Err(e),
         }
     }
@@ -322,9 +337,7 @@ impl Consumer {
         let _ = self.release();
         // Release: our last `read` store is visible with the flag. A hint for the
         // producer (read Relaxed there): closing never hides data.
-        let e = self
-            .mem
-            .store(off::CONS_CLOSED, 1, crate::sync::atomic::Ordering::Release);
+        let e = self.mem.store(off::CONS_CLOSED, 1, Release);
         self.fail_oob(e)
     }
 

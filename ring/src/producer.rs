@@ -3,7 +3,8 @@
 use crate::index::{crossed, distance};
 use crate::layout::{frame_size, invalid_tag, off, tag, FRAME_LEN, FRAME_TAG, KIND_PAD};
 use crate::region::OutOfBounds;
-use crate::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+use crate::sync::atomic::fence;
+use crate::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use crate::{AttachError, Corruption, Geometry, Notify, Readiness, RingMemory, SendError, State};
 use core::cell::Cell;
 use core::marker::PhantomData;
@@ -216,19 +217,21 @@ impl Producer {
         // `Consumer::next`. Every payload, length and tag of this batch, and the mark
         // above, were written before it in program order, so they are visible to a
         // consumer that sees this tag.
-        self.ok(self.store_tag(
-            self.published,
-            self.first_tag,
-            crate::sync::atomic::Ordering::Release,
-        ))?;
-        // SYNC(event-data): SeqCst store of `write`, then SeqCst load of `data event`;
-        // the mirror of `Consumer::arm_data`'s SeqCst store of `data event`, then
-        // SeqCst load of `write`. All four are in the single total order of SeqCst
-        // operations, so either the consumer's re-check sees this `write`, or this load
-        // sees its request: a sleeping consumer is never missed (store-buffering
-        // litmus). A Release/Acquire pair would allow both loads to miss.
-        self.ok(self.mem.store(off::WRITE, self.write, SeqCst))?;
-        let event = self.ok(self.mem.load(off::DATA_EVENT, SeqCst))?;
+        self.ok(self.store_tag(self.published, self.first_tag, Release))?;
+        // SYNC(event-data): store `write`, full fence, load `data event`; the mirror
+        // of `Consumer::arm_data` (store `data event`, full fence, load `write`). The
+        // two SeqCst fences are ordered one way or the other in the single total order
+        // S; whichever comes second, its side's load sees the other side's store. So
+        // either the consumer's re-check sees this `write`, or this load sees its
+        // request: a sleeping consumer is never missed (the store-buffering litmus;
+        // without the fence both loads may miss: the lost wake-up of SPDK issue 3178).
+        // Fences rather than SeqCst loads and stores, because loom models fences
+        // exactly and treats SeqCst accesses as AcqRel.
+        // Release: also publishes the frames to a consumer that reads `write`.
+        self.ok(self.mem.store(off::WRITE, self.write, Release))?;
+        fence(SeqCst);
+        // Relaxed: ordered by the fence above; a hint.
+        let event = self.ok(self.mem.load(off::DATA_EVENT, Relaxed))?;
         let old = self.published;
         self.published = self.write;
         // Relaxed: the flag is a hint read on the same line just loaded; the consumer
@@ -260,10 +263,12 @@ impl Producer {
             .write
             .wrapping_add(need + 8)
             .wrapping_sub(self.geo.size);
-        // SYNC(event-space): SeqCst store of `space event`, then SeqCst load of `read`
-        // (in `refresh_read_with`); the mirror of `Consumer::release`. See `publish`.
-        self.ok(self.mem.store(off::SPACE_EVENT, target, SeqCst))?;
-        self.refresh_read_with(SeqCst)?;
+        // SYNC(event-space): store `space event`, full fence, load `read`; the mirror
+        // of `Consumer::release` (store `read`, full fence, load `space event`). See
+        // SYNC(event-data) in `publish` for why one side always sees the other.
+        self.ok(self.mem.store(off::SPACE_EVENT, target, Relaxed))?;
+        fence(SeqCst);
+        self.refresh_read()?;
         Ok(if self.fits(need) {
             Readiness::Ready
         } else {
@@ -283,9 +288,7 @@ impl Producer {
         // SYNC(close): Release; pairs with the Acquire load of `prod closed` in
         // `Consumer::next`: every frame published above is visible to a consumer that
         // sees the flag.
-        self.ok(self
-            .mem
-            .store(off::PROD_CLOSED, 1, crate::sync::atomic::Ordering::Release))?;
+        self.ok(self.mem.store(off::PROD_CLOSED, 1, Release))?;
         // A consumer asleep on an armed request needs the doorbell to see the close.
         Ok(n.or(Notify::Required))
     }
@@ -373,14 +376,10 @@ impl Producer {
     }
 
     fn refresh_read(&mut self) -> Result<(), SendError> {
-        // SYNC(release-space): Acquire; pairs with the SeqCst (so also Release) store of
-        // `read` in `Consumer::release`: the consumer finished copying out the bytes it
-        // released before we overwrite them.
-        self.refresh_read_with(Acquire)
-    }
-
-    fn refresh_read_with(&mut self, order: crate::sync::atomic::Ordering) -> Result<(), SendError> {
-        let read = match self.mem.load(off::READ, order) {
+        // SYNC(release-space): Acquire; pairs with the Release store of `read` in
+        // `Consumer::release`: the consumer finished copying out the bytes it released
+        // before we overwrite them.
+        let read = match self.mem.load(off::READ, Acquire) {
             Ok(r) => r,
             Err(_) => return Err(self.poison(Corruption::OutOfBounds)),
         };
