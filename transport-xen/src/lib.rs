@@ -1,1 +1,93 @@
-//! coresident's xen transport (work in progress).
+//! coresident's Xen transport: the shared region lives in grant pages, the
+//! doorbells are event channels, and the rendezvous goes through XenStore.
+//!
+//! ```text
+//!   dom A (offers)                                   dom B (accepts)
+//!   ┌──────────────────────┐   grant refs, port     ┌──────────────────────┐
+//!   │ Gntalloc::share(B,n) │──── via XenStore ─────▶│ Gntdev::map(A, refs) │
+//!   │   SharedPages ───────┼──── same frames ───────┼─── ForeignPages      │
+//!   │ Evtchn::bind_unbound │◀─── event channel ────▶│ Evtchn::bind_inter.. │
+//!   │ XenStore (socket)    │   /local/domain/B/...  │ XenStore (xenbus)    │
+//!   └──────────────────────┘                        └──────────────────────┘
+//!   unmap-notify: whoever goes away last-minute clears a "live" byte in the
+//!   shared pages and signals the port, so the survivor sees peer death.
+//! ```
+//!
+//! Layers, bottom up:
+//! - [`sys`]: the system calls (`rustix`), behind the [`sys::Sys`] trait so
+//!   unit tests swap in a fake driver.
+//! - [`gntalloc`], [`gntdev`], [`evtchn`]: the Linux devices under
+//!   `/dev/xen`, with `#[repr(C)]` mirrors of their uapi headers.
+//! - [`xs_wire`]: the XenStore wire protocol (`xen/io/xs_wire.h`), `core`
+//!   only; [`xenstore`]: a client over xenstored's socket (dom0) or
+//!   `/dev/xen/xenbus` (any domain).
+//!
+//! # The peer is not trusted
+//!
+//! Pages a peer can write are never behind `&`/`&mut`: [`mapping::Mapping`]
+//! hands out a raw pointer and a length for atomics and volatile copies.
+//! Everything read from XenStore (a guest writes its own subtree freely) is
+//! parsed with checked conversions into typed errors, never a panic.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+pub mod xs_wire;
+
+#[cfg(target_os = "linux")]
+pub mod error;
+#[cfg(target_os = "linux")]
+pub mod evtchn;
+#[cfg(target_os = "linux")]
+pub mod gntalloc;
+#[cfg(target_os = "linux")]
+pub mod gntdev;
+#[cfg(target_os = "linux")]
+pub mod mapping;
+#[cfg(target_os = "linux")]
+pub mod sys;
+#[cfg(target_os = "linux")]
+pub mod xenstore;
+
+#[cfg(all(test, target_os = "linux"))]
+mod fake;
+#[cfg(all(test, target_os = "linux"))]
+mod xenstore_fake;
+
+#[cfg(target_os = "linux")]
+pub use error::{EvtchnError, EvtchnOp, GrantError, GrantOp};
+#[cfg(target_os = "linux")]
+pub use evtchn::Evtchn;
+#[cfg(target_os = "linux")]
+pub use gntalloc::{Gntalloc, SharedPages};
+#[cfg(target_os = "linux")]
+pub use gntdev::{ForeignPages, Gntdev};
+#[cfg(target_os = "linux")]
+pub use mapping::Mapping;
+#[cfg(target_os = "linux")]
+pub use sys::PAGE_SIZE;
+#[cfg(target_os = "linux")]
+pub use xenstore::{XenStore, XsError};
+
+/// A Xen domain id (`domid_t`, `xen/xen.h`); dom0 is 0.
+pub type DomId = u16;
+/// A grant reference (`grant_ref_t`, `xen/grant_table.h`).
+pub type GrantRef = u32;
+/// An event-channel port (`evtchn_port_t`, `xen/event_channel.h`).
+pub type EvtchnPort = u32;
+
+/// The most pages one grant share or mapping may have here (16 MiB). The
+/// drivers have lower limits of their own (gntalloc's `limit` module
+/// parameter: 1024 pages by default).
+pub const MAX_PAGES: usize = 4096;
+
+/// What the grant drivers do when pages are finally released: the peer's
+/// signal that we are gone (`UNMAP_NOTIFY_CLEAR_BYTE`,
+/// `UNMAP_NOTIFY_SEND_EVENT` in `xen/gntalloc.h` and `xen/gntdev.h`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnmapNotify {
+    /// Byte offset in the mapping to set to 0.
+    pub clear_byte: Option<usize>,
+    /// Local event-channel port to signal (bound through `/dev/xen/evtchn`,
+    /// and still bound when the release happens).
+    pub event: Option<EvtchnPort>,
+}

@@ -1,0 +1,566 @@
+//! An in-process fake of the Xen drivers behind [`Sys`], for unit tests:
+//! gntalloc pages are heap pages, gntdev maps the same pages back by grant
+//! reference, event channels link ports in pairs, and the unmap-notify
+//! actions run when a share or mapping is released.
+
+use core::ffi::{c_int, c_void};
+use core::ptr::NonNull;
+use core::time::Duration;
+use std::alloc::Layout;
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::evtchn::*;
+use crate::gntalloc::*;
+use crate::gntdev::*;
+use crate::sys::{Errno, Opcode, Sys, PAGE_SIZE};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    Gntalloc,
+    Gntdev,
+    Evtchn,
+}
+
+#[derive(Debug, Default)]
+struct Region {
+    addr: usize,
+    len: usize,
+    notify: Option<IoctlUnmapNotify>,
+    mapped: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    fds: HashMap<RawFd, Kind>,
+    allocs: Vec<(usize, Layout)>,
+    /// grant ref -> page address.
+    grants: HashMap<u32, usize>,
+    next_gref: u32,
+    /// (kind, mmap index) -> region.
+    regions: HashMap<(Kind, u64), Region>,
+    next_index: u64,
+    /// local port -> peer port (None while unbound).
+    ports: HashMap<u32, Option<u32>>,
+    next_port: u32,
+    pending: VecDeque<u32>,
+    masked: Vec<u32>,
+    /// Every ioctl issued, in order.
+    pub(crate) calls: Vec<Opcode>,
+    /// Make the next ioctl with this opcode fail.
+    pub(crate) fail: Option<(Opcode, Errno)>,
+    pub(crate) munmaps: usize,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        for &(addr, layout) in &self.allocs {
+            // SAFETY:
+            // - `addr` came from `alloc_zeroed(layout)` in `ioctl` and is
+            //   freed only here, once.
+            unsafe { std::alloc::dealloc(addr as *mut u8, layout) };
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FakeXen(Arc<Mutex<State>>);
+
+impl FakeXen {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap()
+    }
+}
+
+impl State {
+    fn raise(&mut self, port: u32) {
+        if let Some(Some(peer)) = self.ports.get(&port).copied() {
+            if !self.pending.contains(&peer) && !self.masked.contains(&peer) {
+                self.pending.push_back(peer);
+            }
+        }
+    }
+
+    fn release(&mut self, kind: Kind, index: u64) {
+        if let Some(r) = self.regions.remove(&(kind, index)) {
+            if let Some(n) = r.notify {
+                let off = usize::try_from(n.index - index).unwrap();
+                if n.action & UNMAP_NOTIFY_CLEAR_BYTE != 0 {
+                    // SAFETY:
+                    // - `off < r.len` (checked by `notify_arg`), and the
+                    //   pages stay allocated until the state drops.
+                    unsafe { ((r.addr + off) as *mut u8).write_volatile(0) };
+                }
+                if n.action & UNMAP_NOTIFY_SEND_EVENT != 0 {
+                    self.raise(n.event_channel_port);
+                }
+            }
+        }
+    }
+}
+
+/// Copies `T` out of an ioctl argument.
+///
+/// # Safety
+///
+/// - `arg` is valid for reads of `size_of::<T>()` bytes.
+unsafe fn get<T: FromBytes>(arg: *const c_void) -> T {
+    // SAFETY:
+    // - The caller guarantees `size_of::<T>()` readable bytes.
+    let b = unsafe { core::slice::from_raw_parts(arg.cast::<u8>(), size_of::<T>()) };
+    T::read_from_bytes(b).unwrap()
+}
+
+/// Copies `bytes` into an ioctl argument at `off`.
+///
+/// # Safety
+///
+/// - `arg + off .. + bytes.len()` is valid for writes.
+unsafe fn put(arg: *mut c_void, off: usize, bytes: &[u8]) {
+    // SAFETY:
+    // - The caller guarantees the range is writable; `bytes` is a
+    //   separate local, so they do not overlap.
+    unsafe {
+        core::ptr::copy_nonoverlapping(bytes.as_ptr(), arg.cast::<u8>().add(off), bytes.len())
+    };
+}
+
+impl Sys for FakeXen {
+    fn open(&self, path: &CStr) -> Result<OwnedFd, Errno> {
+        let kind = match path.to_bytes() {
+            b"/dev/xen/gntalloc" => Kind::Gntalloc,
+            b"/dev/xen/gntdev" => Kind::Gntdev,
+            b"/dev/xen/evtchn" => Kind::Evtchn,
+            _ => return Err(Errno::NOENT),
+        };
+        let fd: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        self.state().fds.insert(fd.as_raw_fd(), kind);
+        Ok(fd)
+    }
+
+    unsafe fn ioctl(
+        &self,
+        fd: BorrowedFd<'_>,
+        opcode: Opcode,
+        arg: *mut c_void,
+    ) -> Result<c_int, Errno> {
+        let mut st = self.state();
+        st.calls.push(opcode);
+        if let Some((op, e)) = st.fail {
+            if op == opcode {
+                st.fail = None;
+                return Err(e);
+            }
+        }
+        let kind = *st.fds.get(&fd.as_raw_fd()).ok_or(Errno::BADF)?;
+        match (kind, opcode) {
+            (Kind::Gntalloc, IOCTL_GNTALLOC_ALLOC_GREF) => {
+                // SAFETY: the `Sys::ioctl` contract: a whole header and
+                // `count` refs after it.
+                let h: IoctlGntallocAllocGref = unsafe { get(arg) };
+                let n = h.count as usize;
+                let layout = Layout::from_size_align(n * PAGE_SIZE, PAGE_SIZE).unwrap();
+                // SAFETY: `layout` has a non-zero size (count >= 1).
+                let addr = unsafe { std::alloc::alloc_zeroed(layout) } as usize;
+                st.allocs.push((addr, layout));
+                let index = st.next_index;
+                st.next_index += (n * PAGE_SIZE) as u64;
+                // SAFETY: the header's `index` field (offset 8) is writable.
+                unsafe { put(arg, 8, index.as_bytes()) };
+                for i in 0..n {
+                    st.next_gref += 1;
+                    let g = st.next_gref;
+                    st.grants.insert(g, addr + i * PAGE_SIZE);
+                    // SAFETY: slot `i` of `count` refs after the header.
+                    unsafe { put(arg, 16 + 4 * i, g.as_bytes()) };
+                }
+                let len = n * PAGE_SIZE;
+                st.regions.insert(
+                    (kind, index),
+                    Region {
+                        addr,
+                        len,
+                        ..Default::default()
+                    },
+                );
+                Ok(0)
+            }
+            (Kind::Gntalloc, IOCTL_GNTALLOC_DEALLOC_GREF) => {
+                // SAFETY: the whole argument struct.
+                let a: IoctlGntallocDeallocGref = unsafe { get(arg) };
+                st.release(kind, a.index);
+                Ok(0)
+            }
+            (Kind::Gntdev, IOCTL_GNTDEV_MAP_GRANT_REF) => {
+                // SAFETY: the header.
+                let h: IoctlGntdevMapGrantRef = unsafe { get(arg) };
+                let n = h.count as usize;
+                let mut addrs = Vec::new();
+                for i in 0..n {
+                    // SAFETY: ref `i` of `count` after the header.
+                    let r: IoctlGntdevGrantRef =
+                        unsafe { get(arg.cast::<u8>().add(16 + 8 * i).cast()) };
+                    addrs.push(*st.grants.get(&r.r#ref).ok_or(Errno::INVAL)?);
+                }
+                // The fake maps only runs of consecutive pages.
+                if addrs.windows(2).any(|w| w[1] != w[0] + PAGE_SIZE) {
+                    return Err(Errno::NOSYS);
+                }
+                let index = st.next_index;
+                st.next_index += (n * PAGE_SIZE) as u64;
+                // SAFETY: the header's `index` field (offset 8) is writable.
+                unsafe { put(arg, 8, index.as_bytes()) };
+                let region = Region {
+                    addr: addrs[0],
+                    len: n * PAGE_SIZE,
+                    ..Default::default()
+                };
+                st.regions.insert((kind, index), region);
+                Ok(0)
+            }
+            (Kind::Gntdev, IOCTL_GNTDEV_UNMAP_GRANT_REF) => {
+                // SAFETY: the whole argument struct.
+                let a: IoctlGntdevUnmapGrantRef = unsafe { get(arg) };
+                st.release(kind, a.index);
+                Ok(0)
+            }
+            (Kind::Gntalloc, IOCTL_GNTALLOC_SET_UNMAP_NOTIFY)
+            | (Kind::Gntdev, IOCTL_GNTDEV_SET_UNMAP_NOTIFY) => {
+                // SAFETY: the whole argument struct.
+                let a: IoctlUnmapNotify = unsafe { get(arg) };
+                let r = st
+                    .regions
+                    .iter_mut()
+                    .find(|((k, i), r)| *k == kind && a.index >= *i && a.index < *i + r.len as u64)
+                    .ok_or(Errno::NOENT)?;
+                r.1.notify = Some(a);
+                Ok(0)
+            }
+            (Kind::Evtchn, IOCTL_EVTCHN_BIND_UNBOUND_PORT) => {
+                st.next_port += 1;
+                let p = st.next_port;
+                st.ports.insert(p, None);
+                Ok(p as c_int)
+            }
+            (Kind::Evtchn, IOCTL_EVTCHN_BIND_INTERDOMAIN) => {
+                // SAFETY: the whole argument struct.
+                let a: IoctlEvtchnBindInterdomain = unsafe { get(arg) };
+                if st.ports.get(&a.remote_port) != Some(&None) {
+                    return Err(Errno::INVAL);
+                }
+                st.next_port += 1;
+                let p = st.next_port;
+                st.ports.insert(p, Some(a.remote_port));
+                st.ports.insert(a.remote_port, Some(p));
+                // Like Xen: the new local port starts pending.
+                st.pending.push_back(p);
+                Ok(p as c_int)
+            }
+            (Kind::Evtchn, IOCTL_EVTCHN_NOTIFY) => {
+                // SAFETY: the whole argument struct.
+                let a: IoctlEvtchnNotify = unsafe { get(arg) };
+                if !matches!(st.ports.get(&a.port), Some(Some(_))) {
+                    return Err(Errno::NOTCONN);
+                }
+                st.raise(a.port);
+                Ok(0)
+            }
+            (Kind::Evtchn, IOCTL_EVTCHN_UNBIND) => {
+                // SAFETY: the whole argument struct.
+                let a: IoctlEvtchnUnbind = unsafe { get(arg) };
+                st.ports.remove(&a.port).ok_or(Errno::NOTCONN)?;
+                Ok(0)
+            }
+            _ => Err(Errno::NOTTY),
+        }
+    }
+
+    fn mmap_shared(
+        &self,
+        fd: BorrowedFd<'_>,
+        len: usize,
+        offset: u64,
+    ) -> Result<NonNull<u8>, Errno> {
+        let mut st = self.state();
+        let kind = *st.fds.get(&fd.as_raw_fd()).ok_or(Errno::BADF)?;
+        let r = st.regions.get_mut(&(kind, offset)).ok_or(Errno::INVAL)?;
+        if r.len != len || r.mapped {
+            return Err(Errno::INVAL);
+        }
+        r.mapped = true;
+        NonNull::new(r.addr as *mut u8).ok_or(Errno::FAULT)
+    }
+
+    unsafe fn munmap(&self, _ptr: NonNull<u8>, _len: usize) -> Result<(), Errno> {
+        self.state().munmaps += 1;
+        Ok(())
+    }
+
+    fn read(&self, _fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
+        let mut st = self.state();
+        let mut n = 0;
+        while n + 4 <= buf.len() {
+            let Some(p) = st.pending.pop_front() else {
+                break;
+            };
+            st.masked.push(p);
+            buf[n..n + 4].copy_from_slice(&p.to_ne_bytes());
+            n += 4;
+        }
+        if n == 0 {
+            Err(Errno::AGAIN)
+        } else {
+            Ok(n)
+        }
+    }
+
+    fn write(&self, _fd: BorrowedFd<'_>, buf: &[u8]) -> Result<usize, Errno> {
+        let mut st = self.state();
+        for c in buf.chunks_exact(4) {
+            let p = u32::from_ne_bytes(c.try_into().unwrap());
+            st.masked.retain(|&m| m != p);
+        }
+        Ok(buf.len())
+    }
+
+    fn poll_readable(&self, _fd: BorrowedFd<'_>, _t: Option<Duration>) -> Result<bool, Errno> {
+        Ok(!self.state().pending.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EvtchnError;
+    use crate::{Evtchn, EvtchnOp, Gntalloc, Gntdev, GrantError, GrantOp, UnmapNotify, MAX_PAGES};
+
+    #[test]
+    fn opcodes_match_the_c_headers() {
+        // Values of the _IOC(_IOC_NONE, ...) macros, computed by gcc on
+        // x86_64 from /usr/include/xen/{gntalloc,gntdev,evtchn}.h.
+        assert_eq!(IOCTL_GNTALLOC_ALLOC_GREF as u64, 0x18_4705);
+        assert_eq!(IOCTL_GNTALLOC_DEALLOC_GREF as u64, 0x10_4706);
+        assert_eq!(IOCTL_GNTALLOC_SET_UNMAP_NOTIFY as u64, 0x10_4707);
+        assert_eq!(IOCTL_GNTDEV_MAP_GRANT_REF as u64, 0x18_4700);
+        assert_eq!(IOCTL_GNTDEV_UNMAP_GRANT_REF as u64, 0x10_4701);
+        assert_eq!(IOCTL_GNTDEV_SET_UNMAP_NOTIFY as u64, 0x10_4707);
+        assert_eq!(IOCTL_EVTCHN_BIND_INTERDOMAIN as u64, 0x08_4501);
+        assert_eq!(IOCTL_EVTCHN_BIND_UNBOUND_PORT as u64, 0x04_4502);
+        assert_eq!(IOCTL_EVTCHN_UNBIND as u64, 0x04_4503);
+        assert_eq!(IOCTL_EVTCHN_NOTIFY as u64, 0x04_4504);
+    }
+
+    fn read_byte(p: *mut u8, off: usize) -> u8 {
+        // SAFETY: the tests pass offsets inside live mappings.
+        unsafe { p.add(off).read_volatile() }
+    }
+
+    fn write_byte(p: *mut u8, off: usize, v: u8) {
+        // SAFETY: the tests pass offsets inside live mappings.
+        unsafe { p.add(off).write_volatile(v) }
+    }
+
+    #[test]
+    fn shared_pages_are_seen_through_the_foreign_mapping() {
+        let xen = FakeXen::default();
+        let ga = Gntalloc::open_with(xen.clone()).unwrap();
+        let gd = Gntdev::open_with(xen.clone()).unwrap();
+        let share = ga.share(0, 3).unwrap();
+        assert_eq!(share.refs().len(), 3);
+        assert_eq!(share.len(), 3 * PAGE_SIZE);
+        let map = gd.map(0, share.refs()).unwrap();
+        assert_eq!(map.len(), 3 * PAGE_SIZE);
+        write_byte(share.as_ptr(), 2 * PAGE_SIZE + 5, 0xAB);
+        assert_eq!(read_byte(map.as_ptr(), 2 * PAGE_SIZE + 5), 0xAB);
+        write_byte(map.as_ptr(), 7, 0xCD);
+        assert_eq!(read_byte(share.as_ptr(), 7), 0xCD);
+        drop(map);
+        drop(share);
+        let st = xen.state();
+        assert_eq!(st.munmaps, 2);
+        assert_eq!(
+            st.calls,
+            [
+                IOCTL_GNTALLOC_ALLOC_GREF,
+                IOCTL_GNTDEV_MAP_GRANT_REF,
+                IOCTL_GNTDEV_UNMAP_GRANT_REF,
+                IOCTL_GNTALLOC_DEALLOC_GREF
+            ]
+        );
+    }
+
+    #[test]
+    fn unmap_notify_clears_the_byte_and_signals() {
+        let xen = FakeXen::default();
+        let ga = Gntalloc::open_with(xen.clone()).unwrap();
+        let gd = Gntdev::open_with(xen.clone()).unwrap();
+        let ev = Evtchn::open_with(xen.clone()).unwrap();
+        let p1 = ev.bind_unbound(0).unwrap();
+        let p2 = ev.bind_interdomain(0, p1).unwrap();
+        // The fresh port is pending, as on real Xen.
+        let mut buf = [0u32; 8];
+        assert_eq!(ev.pending(&mut buf).unwrap(), 1);
+        assert_eq!(buf[0], p2);
+        ev.unmask(p2).unwrap();
+
+        let share = ga.share(0, 2).unwrap();
+        let map = gd.map(0, share.refs()).unwrap();
+        write_byte(share.as_ptr(), PAGE_SIZE + 1, 1);
+        map.set_unmap_notify(UnmapNotify {
+            clear_byte: Some(PAGE_SIZE + 1),
+            event: Some(p2),
+        })
+        .unwrap();
+        drop(map);
+        assert_eq!(read_byte(share.as_ptr(), PAGE_SIZE + 1), 0);
+        assert!(ev.wait_for(p1, Duration::from_millis(10)).unwrap());
+
+        assert_eq!(
+            share.set_unmap_notify(UnmapNotify {
+                clear_byte: Some(2 * PAGE_SIZE),
+                event: None
+            }),
+            Err(GrantError::OffsetOutOfRange {
+                offset: 2 * PAGE_SIZE,
+                len: 2 * PAGE_SIZE
+            })
+        );
+        share
+            .set_unmap_notify(UnmapNotify {
+                clear_byte: None,
+                event: Some(p1),
+            })
+            .unwrap();
+        drop(share);
+        assert!(ev.wait_for(p2, Duration::from_millis(10)).unwrap());
+    }
+
+    #[test]
+    fn grant_errors_are_typed_and_clean_up() {
+        let xen = FakeXen::default();
+        let ga = Gntalloc::open_with(xen.clone()).unwrap();
+        let gd = Gntdev::open_with(xen.clone()).unwrap();
+        assert_eq!(ga.share(0, 0).unwrap_err(), GrantError::InvalidCount(0));
+        assert_eq!(
+            ga.share(0, MAX_PAGES + 1).unwrap_err(),
+            GrantError::InvalidCount(MAX_PAGES + 1)
+        );
+        assert_eq!(gd.map(0, &[]).unwrap_err(), GrantError::InvalidCount(0));
+        xen.state().fail = Some((IOCTL_GNTALLOC_ALLOC_GREF, Errno::NOSPC));
+        assert_eq!(
+            ga.share(0, 1).unwrap_err(),
+            GrantError::Ioctl {
+                op: GrantOp::Alloc,
+                errno: Errno::NOSPC
+            }
+        );
+        // A grant ref the peer made up: an error, nothing mapped.
+        assert_eq!(
+            gd.map(0, &[12345]).unwrap_err(),
+            GrantError::Ioctl {
+                op: GrantOp::Map,
+                errno: Errno::INVAL
+            }
+        );
+        assert!(matches!(
+            Gntalloc::open_with(xen.clone()).map(|_| ()),
+            Ok(())
+        ));
+        let e = GrantError::Ioctl {
+            op: GrantOp::Map,
+            errno: Errno::INVAL,
+        };
+        assert!(e.to_string().contains("Map"));
+    }
+
+    #[test]
+    fn event_channel_loopback() {
+        let xen = FakeXen::default();
+        let ev = Evtchn::open_with(xen.clone()).unwrap();
+        let p1 = ev.bind_unbound(0).unwrap();
+        let p2 = ev.bind_interdomain(0, p1).unwrap();
+        assert!(ev.wait_for(p2, Duration::from_millis(10)).unwrap()); // spurious
+        assert!(!ev.wait_for(p1, Duration::from_millis(10)).unwrap());
+        ev.notify(p2).unwrap();
+        assert!(ev.wait_for(p1, Duration::from_millis(10)).unwrap());
+        ev.notify(p1).unwrap();
+        let mut buf = [0u32; 4];
+        assert_eq!(ev.pending(&mut buf).unwrap(), 1);
+        assert_eq!(buf[0], p2);
+        // Masked until unmasked: a second notify is not queued.
+        ev.notify(p1).unwrap();
+        assert_eq!(ev.pending(&mut buf).unwrap(), 0);
+        ev.unmask(p2).unwrap();
+        ev.unbind(p2).unwrap();
+        assert_eq!(
+            ev.notify(999).unwrap_err(),
+            EvtchnError::Ioctl {
+                op: EvtchnOp::Notify,
+                errno: Errno::NOTCONN
+            }
+        );
+        assert_eq!(
+            ev.bind_interdomain(0, 999).unwrap_err(),
+            EvtchnError::Ioctl {
+                op: EvtchnOp::BindInterdomain,
+                errno: Errno::INVAL
+            }
+        );
+        assert_eq!(ev.pending(&mut []).unwrap(), 0);
+    }
+
+    #[test]
+    fn open_failure_is_typed() {
+        #[derive(Clone, Debug)]
+        struct NoXen;
+        impl Sys for NoXen {
+            fn open(&self, _: &CStr) -> Result<OwnedFd, Errno> {
+                Err(Errno::NOENT)
+            }
+            unsafe fn ioctl(
+                &self,
+                _: BorrowedFd<'_>,
+                _: Opcode,
+                _: *mut c_void,
+            ) -> Result<c_int, Errno> {
+                unreachable!()
+            }
+            fn mmap_shared(
+                &self,
+                _: BorrowedFd<'_>,
+                _: usize,
+                _: u64,
+            ) -> Result<NonNull<u8>, Errno> {
+                unreachable!()
+            }
+            unsafe fn munmap(&self, _: NonNull<u8>, _: usize) -> Result<(), Errno> {
+                unreachable!()
+            }
+            fn read(&self, _: BorrowedFd<'_>, _: &mut [u8]) -> Result<usize, Errno> {
+                unreachable!()
+            }
+            fn write(&self, _: BorrowedFd<'_>, _: &[u8]) -> Result<usize, Errno> {
+                unreachable!()
+            }
+            fn poll_readable(&self, _: BorrowedFd<'_>, _: Option<Duration>) -> Result<bool, Errno> {
+                unreachable!()
+            }
+        }
+        assert_eq!(
+            Gntalloc::open_with(NoXen).unwrap_err(),
+            GrantError::Open(Errno::NOENT)
+        );
+        assert_eq!(
+            Gntdev::open_with(NoXen).unwrap_err(),
+            GrantError::Open(Errno::NOENT)
+        );
+        assert_eq!(
+            Evtchn::open_with(NoXen).unwrap_err(),
+            EvtchnError::Open(Errno::NOENT)
+        );
+    }
+}

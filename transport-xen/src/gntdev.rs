@@ -1,0 +1,271 @@
+//! `/dev/xen/gntdev`: map pages another domain granted to us.
+//!
+//! Mirrors `include/uapi/xen/gntdev.h` (Linux 6.1). `MAP_GRANT_REF` takes
+//! `count` (domain, grant reference) pairs and returns an `index`; one `mmap`
+//! of `count` pages at that offset maps them contiguously. The mapping is
+//! released when it is both unmapped and `UNMAP_GRANT_REF`ed; the driver then
+//! performs the unmap-notify action (clear a byte in the page, signal an
+//! event channel), which is how the granting domain learns we are gone.
+
+use std::sync::Arc;
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::error::{GrantError, GrantOp};
+use crate::gntalloc::{notify_arg, IoctlUnmapNotify};
+use crate::mapping::Mapping;
+use crate::sys::{ioc_none, Device, Linux, Opcode, Sys, PAGE_SIZE};
+use crate::{DomId, GrantRef, UnmapNotify, MAX_PAGES};
+
+/// `include/uapi/xen/gntdev.h`: `struct ioctl_gntdev_grant_ref`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct IoctlGntdevGrantRef {
+    /// The granting domain.
+    pub domid: u32,
+    /// The grant reference.
+    pub r#ref: u32,
+}
+const _: () = assert!(size_of::<IoctlGntdevGrantRef>() == 8);
+
+/// `include/uapi/xen/gntdev.h`: `struct ioctl_gntdev_map_grant_ref`.
+///
+/// Ends in `struct ioctl_gntdev_grant_ref refs[1]`, really `count` entries:
+/// the argument is this 16-byte header followed by `count` refs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct IoctlGntdevMapGrantRef {
+    /// In: the number of grants.
+    pub count: u32,
+    /// Padding in the C struct.
+    pub pad: u32,
+    /// Out: the offset for `mmap`.
+    pub index: u64,
+    /// In: the first grant (the others follow).
+    pub refs: [IoctlGntdevGrantRef; 1],
+}
+const _: () = assert!(size_of::<IoctlGntdevMapGrantRef>() == 24);
+/// Bytes before `refs` in the C struct.
+const MAP_HEADER: usize = 16;
+
+/// `include/uapi/xen/gntdev.h`: `struct ioctl_gntdev_unmap_grant_ref`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct IoctlGntdevUnmapGrantRef {
+    /// In: the `index` returned by the map operation.
+    pub index: u64,
+    /// In: the number of pages.
+    pub count: u32,
+    /// Padding in the C struct.
+    pub pad: u32,
+}
+const _: () = assert!(size_of::<IoctlGntdevUnmapGrantRef>() == 16);
+
+/// `include/uapi/xen/gntdev.h`: `struct ioctl_gntdev_unmap_notify` has the
+/// layout of gntalloc's (see [`IoctlUnmapNotify`]).
+pub type IoctlGntdevUnmapNotify = IoctlUnmapNotify;
+
+/// `IOCTL_GNTDEV_MAP_GRANT_REF`.
+pub const IOCTL_GNTDEV_MAP_GRANT_REF: Opcode =
+    ioc_none(b'G', 0, size_of::<IoctlGntdevMapGrantRef>());
+/// `IOCTL_GNTDEV_UNMAP_GRANT_REF`.
+pub const IOCTL_GNTDEV_UNMAP_GRANT_REF: Opcode =
+    ioc_none(b'G', 1, size_of::<IoctlGntdevUnmapGrantRef>());
+/// `IOCTL_GNTDEV_SET_UNMAP_NOTIFY`.
+pub const IOCTL_GNTDEV_SET_UNMAP_NOTIFY: Opcode =
+    ioc_none(b'G', 7, size_of::<IoctlGntdevUnmapNotify>());
+
+/// An open `/dev/xen/gntdev`; cheap to clone (shared descriptor).
+#[derive(Debug)]
+pub struct Gntdev<S: Sys = Linux> {
+    dev: Arc<Device<S>>,
+}
+
+impl<S: Sys> Clone for Gntdev<S> {
+    fn clone(&self) -> Self {
+        Self {
+            dev: Arc::clone(&self.dev),
+        }
+    }
+}
+
+impl Gntdev<Linux> {
+    /// Opens `/dev/xen/gntdev`.
+    ///
+    /// # Errors
+    ///
+    /// [`GrantError::Open`].
+    pub fn open() -> Result<Self, GrantError> {
+        Self::open_with(Linux)
+    }
+}
+
+impl<S: Sys> Gntdev<S> {
+    /// Opens `/dev/xen/gntdev` through `sys`.
+    ///
+    /// # Errors
+    ///
+    /// [`GrantError::Open`].
+    pub fn open_with(sys: S) -> Result<Self, GrantError> {
+        let dev = Device::open(sys, c"/dev/xen/gntdev").map_err(GrantError::Open)?;
+        Ok(Self { dev: Arc::new(dev) })
+    }
+
+    /// Maps the pages `refs` that domain `domid` granted us, writable and
+    /// contiguous, in the order given.
+    ///
+    /// `refs` usually come from XenStore, i.e. from the peer: a wrong one
+    /// is an error from the driver or the hypervisor, never memory unsafety
+    /// here.
+    ///
+    /// # Errors
+    ///
+    /// [`GrantError::InvalidCount`] for 0 or more than [`MAX_PAGES`] refs;
+    /// [`GrantError::Ioctl`]; [`GrantError::Mmap`] (a bad grant reference
+    /// typically shows up here, as `EFAULT`/`EINVAL`).
+    pub fn map(&self, domid: DomId, refs: &[GrantRef]) -> Result<ForeignPages<S>, GrantError> {
+        let pages = refs.len();
+        if pages == 0 || pages > MAX_PAGES {
+            return Err(GrantError::InvalidCount(pages));
+        }
+        let count = u32::try_from(pages).map_err(|_| GrantError::InvalidCount(pages))?;
+        let bytes = MAP_HEADER + pages * size_of::<IoctlGntdevGrantRef>();
+        let mut buf = vec![0u64; bytes / 8];
+        {
+            let raw = buf.as_mut_bytes();
+            let head = IoctlGntdevMapGrantRef {
+                count,
+                ..Default::default()
+            };
+            raw[..MAP_HEADER].copy_from_slice(&head.as_bytes()[..MAP_HEADER]);
+            for (slot, &r) in raw[MAP_HEADER..].chunks_exact_mut(8).zip(refs) {
+                let g = IoctlGntdevGrantRef {
+                    domid: u32::from(domid),
+                    r#ref: r,
+                };
+                slot.copy_from_slice(g.as_bytes());
+            }
+        }
+        // SAFETY:
+        // - `buf` holds the 16-byte header and `count` 8-byte refs, all the
+        //   driver reads (header, refs) and writes (header); for count >= 1
+        //   that covers the 24-byte `sizeof` too.
+        // - `buf` is 8-aligned (u64 words), the struct's alignment.
+        let r = unsafe {
+            self.dev.sys.ioctl(
+                self.dev.fd(),
+                IOCTL_GNTDEV_MAP_GRANT_REF,
+                buf.as_mut_ptr().cast(),
+            )
+        };
+        r.map_err(|errno| GrantError::Ioctl {
+            op: GrantOp::Map,
+            errno,
+        })?;
+        let index = buf.get(1).copied().unwrap_or(0);
+        // From here on, dropping `mapped` unmaps the grants.
+        let mapped = Mapped {
+            dev: Arc::clone(&self.dev),
+            index,
+            count,
+        };
+        let len = pages * PAGE_SIZE;
+        let ptr = self
+            .dev
+            .sys
+            .mmap_shared(self.dev.fd(), len, index)
+            .map_err(GrantError::Mmap)?;
+        // SAFETY:
+        // - `ptr .. ptr + len` was just returned by `mmap_shared` of this
+        //   `sys`, and nothing else owns it.
+        let map = unsafe { Mapping::from_raw(ptr, len, self.dev.sys.clone()) };
+        Ok(ForeignPages { map, mapped })
+    }
+}
+
+/// The driver-side grant mapping, released on drop (after the `munmap`).
+#[derive(Debug)]
+struct Mapped<S: Sys> {
+    dev: Arc<Device<S>>,
+    index: u64,
+    count: u32,
+}
+
+impl<S: Sys> Drop for Mapped<S> {
+    fn drop(&mut self) {
+        let mut arg = IoctlGntdevUnmapGrantRef {
+            index: self.index,
+            count: self.count,
+            pad: 0,
+        };
+        // SAFETY:
+        // - `arg` is a whole `ioctl_gntdev_unmap_grant_ref`, the only thing
+        //   the driver reads for this opcode; it writes nothing.
+        // - `arg` is a properly aligned local.
+        let _ = unsafe {
+            self.dev.sys.ioctl(
+                self.dev.fd(),
+                IOCTL_GNTDEV_UNMAP_GRANT_REF,
+                (&raw mut arg).cast(),
+            )
+        };
+    }
+}
+
+/// Another domain's pages, mapped here. Drop unmaps them.
+#[derive(Debug)]
+pub struct ForeignPages<S: Sys = Linux> {
+    // Field order is drop order: munmap first, then UNMAP_GRANT_REF.
+    map: Mapping<S>,
+    mapped: Mapped<S>,
+}
+
+impl<S: Sys> ForeignPages<S> {
+    /// The mapping (raw pointer and length).
+    pub fn mapping(&self) -> &Mapping<S> {
+        &self.map
+    }
+
+    /// First byte of the pages; see [`Mapping::as_ptr`].
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.map.as_ptr()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Always `false`: a mapping has at least one page.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// What the driver does when this mapping is released (dropped, or our
+    /// process died): clear the byte at `notify.clear_byte` (the granting
+    /// domain sees 0) and/or signal `notify.event`, a local port bound
+    /// through `/dev/xen/evtchn`.
+    ///
+    /// # Errors
+    ///
+    /// [`GrantError::OffsetOutOfRange`]; [`GrantError::Ioctl`].
+    pub fn set_unmap_notify(&self, notify: UnmapNotify) -> Result<(), GrantError> {
+        let mut arg = notify_arg(self.mapped.index, self.map.len(), notify)?;
+        let dev = &self.mapped.dev;
+        // SAFETY:
+        // - `arg` is a whole `ioctl_gntdev_unmap_notify`, the only thing the
+        //   driver reads for this opcode; it writes nothing.
+        // - `arg` is a properly aligned local.
+        let r = unsafe {
+            dev.sys.ioctl(
+                dev.fd(),
+                IOCTL_GNTDEV_SET_UNMAP_NOTIFY,
+                (&raw mut arg).cast(),
+            )
+        };
+        r.map(|_| ()).map_err(|errno| GrantError::Ioctl {
+            op: GrantOp::SetUnmapNotify,
+            errno,
+        })
+    }
+}

@@ -1,0 +1,388 @@
+//! A fake xenstored over `UnixStream::pair()` and the client's tests
+//! against it, including a hostile daemon that sends malformed frames.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use zerocopy::IntoBytes;
+
+use crate::xenstore::{WatchEvent, XenStore, XsError};
+use crate::xs_wire::{
+    split_strings, Access, MsgType, Perm, ValueError, WireError, XsErrno, XsdSockmsg,
+};
+
+fn send(s: &mut UnixStream, ty: u32, req_id: u32, body: &[u8]) {
+    let h = XsdSockmsg {
+        r#type: ty,
+        req_id,
+        tx_id: 0,
+        len: body.len() as u32,
+    };
+    let mut m = h.as_bytes().to_vec();
+    m.extend_from_slice(body);
+    s.write_all(&m).unwrap();
+}
+
+fn recv(s: &mut UnixStream) -> Option<(XsdSockmsg, Vec<u8>)> {
+    let mut h = [0u8; 16];
+    s.read_exact(&mut h).ok()?;
+    let h: XsdSockmsg = zerocopy::FromBytes::read_from_bytes(&h[..]).unwrap();
+    let mut body = vec![0; h.len as usize];
+    s.read_exact(&mut body).ok()?;
+    Some((h, body))
+}
+
+/// A tiny xenstored: a flat map of nodes, watches on prefixes. Watch events
+/// for a write are sent *before* the write's reply, to exercise the
+/// client's demultiplexing.
+fn fake_xenstored(mut s: UnixStream) {
+    let mut nodes: BTreeMap<String, (Vec<u8>, Vec<Vec<u8>>)> = BTreeMap::new();
+    let mut watches: Vec<(String, String)> = Vec::new();
+    let fire = |s: &mut UnixStream, watches: &[(String, String)], path: &str| {
+        for (w, tok) in watches {
+            if path == w || path.starts_with(&format!("{w}/")) {
+                send(
+                    s,
+                    MsgType::WatchEvent as u32,
+                    0,
+                    format!("{path}\0{tok}\0").as_bytes(),
+                );
+            }
+        }
+    };
+    while let Some((h, body)) = recv(&mut s) {
+        let parts: Vec<String> = split_strings(&body)
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        let path = parts.first().cloned().unwrap_or_default();
+        let err = |s: &mut UnixStream, e: &str| {
+            send(
+                s,
+                MsgType::Error as u32,
+                h.req_id,
+                format!("{e}\0").as_bytes(),
+            )
+        };
+        let ok = |s: &mut UnixStream| send(s, h.r#type, h.req_id, b"OK\0");
+        match MsgType::from_u32(h.r#type).unwrap() {
+            MsgType::Read => match nodes.get(&path) {
+                Some((v, _)) => send(&mut s, h.r#type, h.req_id, v),
+                None => err(&mut s, "ENOENT"),
+            },
+            MsgType::Write => {
+                let nul = body.iter().position(|&b| b == 0).unwrap();
+                let value = body[nul + 1..].to_vec();
+                nodes.insert(path.clone(), (value, vec![b"n0".to_vec()]));
+                fire(&mut s, &watches, &path);
+                ok(&mut s);
+            }
+            MsgType::Mkdir => {
+                nodes
+                    .entry(path.clone())
+                    .or_insert((vec![], vec![b"n0".to_vec()]));
+                ok(&mut s);
+            }
+            MsgType::Rm => {
+                if nodes.remove(&path).is_none() {
+                    err(&mut s, "ENOENT");
+                    continue;
+                }
+                nodes.retain(|k, _| !k.starts_with(&format!("{path}/")));
+                fire(&mut s, &watches, &path);
+                ok(&mut s);
+            }
+            MsgType::Directory => {
+                let mut out = Vec::new();
+                for k in nodes.keys() {
+                    if let Some(rest) = k.strip_prefix(&format!("{path}/")) {
+                        if !rest.contains('/') {
+                            out.extend_from_slice(rest.as_bytes());
+                            out.push(0);
+                        }
+                    }
+                }
+                send(&mut s, h.r#type, h.req_id, &out);
+            }
+            MsgType::GetPerms => match nodes.get(&path) {
+                Some((_, p)) => send(
+                    &mut s,
+                    h.r#type,
+                    h.req_id,
+                    &p.iter()
+                        .flat_map(|p| p.iter().copied().chain([0]))
+                        .collect::<Vec<u8>>(),
+                ),
+                None => err(&mut s, "ENOENT"),
+            },
+            MsgType::SetPerms => match nodes.get_mut(&path) {
+                Some((_, p)) => {
+                    *p = parts[1..].iter().map(|s| s.as_bytes().to_vec()).collect();
+                    ok(&mut s);
+                }
+                None => err(&mut s, "ENOENT"),
+            },
+            MsgType::Watch => {
+                watches.push((path.clone(), parts[1].clone()));
+                ok(&mut s);
+                send(
+                    &mut s,
+                    MsgType::WatchEvent as u32,
+                    0,
+                    format!("{path}\0{}\0", parts[1]).as_bytes(),
+                );
+            }
+            MsgType::Unwatch => {
+                watches.retain(|(p, t)| !(p == &path && t == &parts[1]));
+                ok(&mut s);
+            }
+            MsgType::TransactionStart => send(&mut s, h.r#type, h.req_id, b"7\0"),
+            MsgType::TransactionEnd => {
+                if h.tx_id != 7 {
+                    err(&mut s, "EINVAL");
+                } else if parts[0] == "T" && nodes.contains_key("/conflict") {
+                    err(&mut s, "EAGAIN");
+                } else {
+                    ok(&mut s);
+                }
+            }
+            MsgType::GetDomainPath => send(
+                &mut s,
+                h.r#type,
+                h.req_id,
+                format!("/local/domain/{path}\0").as_bytes(),
+            ),
+            _ => err(&mut s, "ENOSYS"),
+        }
+    }
+}
+
+fn client() -> (XenStore<UnixStream>, JoinHandle<()>) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let t = thread::spawn(move || fake_xenstored(b));
+    let mut xs = XenStore::new(a);
+    xs.set_reply_timeout(Duration::from_secs(10));
+    (xs, t)
+}
+
+#[test]
+fn read_write_directory_rm() {
+    let (mut xs, _t) = client();
+    assert_eq!(xs.read("/a/b"), Err(XsError::NotFound));
+    xs.write("/a/b", b"hello").unwrap();
+    xs.write("/a/c", b"42").unwrap();
+    xs.mkdir("/a/d").unwrap();
+    assert_eq!(xs.read("/a/b").unwrap(), b"hello");
+    assert_eq!(xs.read_string("/a/b").unwrap(), "hello");
+    assert_eq!(xs.read_u32("/a/c").unwrap(), 42);
+    assert_eq!(xs.directory("/a").unwrap(), ["b", "c", "d"]);
+    xs.rm("/a/b").unwrap();
+    assert_eq!(xs.rm("/a/b"), Err(XsError::NotFound));
+    assert_eq!(xs.directory("/a").unwrap(), ["c", "d"]);
+    assert_eq!(xs.get_domain_path(5).unwrap(), "/local/domain/5");
+}
+
+#[test]
+fn hostile_values_are_typed_errors() {
+    let (mut xs, _t) = client();
+    for (v, e) in [
+        (&b""[..], ValueError::Empty),
+        (b"-1", ValueError::NotANumber),
+        (b"12abc", ValueError::NotANumber),
+        (b" 7", ValueError::NotANumber),
+        (b"4294967296", ValueError::OutOfRange),
+        (b"99999999999999999999999999", ValueError::OutOfRange),
+    ] {
+        xs.write("/v", v).unwrap();
+        assert_eq!(xs.read_u32("/v"), Err(XsError::Value(e)), "{v:?}");
+    }
+    xs.write("/v", b"\xff\xfe").unwrap();
+    assert_eq!(
+        xs.read_string("/v"),
+        Err(XsError::Value(ValueError::NotUtf8))
+    );
+    // The connection is still fine after value errors.
+    assert_eq!(xs.read("/v").unwrap(), b"\xff\xfe");
+    // Requests over the limits never leave the client.
+    assert_eq!(
+        xs.write("/big", &[b'x'; 4096]),
+        Err(XsError::Wire(WireError::TooLong(4101)))
+    );
+    assert_eq!(xs.read("/a\0b"), Err(XsError::Wire(WireError::InteriorNul)));
+    assert_eq!(xs.read(""), Err(XsError::Wire(WireError::BadPath)));
+    xs.write("/ok", b"1").unwrap();
+}
+
+#[test]
+fn permissions_round_trip() {
+    let (mut xs, _t) = client();
+    xs.write("/p", b"x").unwrap();
+    let perms = [
+        Perm {
+            domid: 0,
+            access: Access::None,
+        },
+        Perm {
+            domid: 3,
+            access: Access::Read,
+        },
+        Perm {
+            domid: 4,
+            access: Access::Both,
+        },
+    ];
+    xs.set_perms("/p", &perms).unwrap();
+    assert_eq!(xs.get_perms("/p").unwrap(), perms);
+    assert_eq!(
+        xs.set_perms("/p", &[]),
+        Err(XsError::Wire(WireError::Malformed))
+    );
+    assert_eq!(xs.set_perms("/nope", &perms), Err(XsError::NotFound));
+}
+
+#[test]
+fn watch_events_are_demultiplexed_from_replies() {
+    let (mut xs, _t) = client();
+    xs.watch("/w", "tok").unwrap();
+    // The initial event fires right after the reply.
+    let ev = xs
+        .wait_watch(Some(Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ev,
+        WatchEvent {
+            path: "/w".into(),
+            token: "tok".into()
+        }
+    );
+    // The event for this write arrives before the write's reply.
+    xs.write("/w/x", b"1").unwrap();
+    xs.write("/other", b"1").unwrap();
+    xs.write("/w/y", b"2").unwrap();
+    let a = xs
+        .wait_watch(Some(Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    let b = xs
+        .wait_watch(Some(Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    assert_eq!((a.path.as_str(), b.path.as_str()), ("/w/x", "/w/y"));
+    assert_eq!(
+        xs.wait_watch(Some(Duration::from_millis(50))).unwrap(),
+        None
+    );
+    xs.unwatch("/w", "tok").unwrap();
+    xs.write("/w/z", b"3").unwrap();
+    assert_eq!(
+        xs.wait_watch(Some(Duration::from_millis(50))).unwrap(),
+        None
+    );
+}
+
+#[test]
+fn transactions() {
+    let (mut xs, _t) = client();
+    let mut tx = xs.transaction().unwrap();
+    tx.write("/t/a", b"1").unwrap();
+    assert_eq!(tx.read("/t/a").unwrap(), b"1");
+    tx.mkdir("/t/b").unwrap();
+    assert_eq!(tx.directory("/t").unwrap(), ["a", "b"]);
+    tx.rm("/t/b").unwrap();
+    tx.commit().unwrap();
+    xs.write("/conflict", b"").unwrap();
+    let tx = xs.transaction().unwrap();
+    assert_eq!(tx.commit(), Err(XsError::Daemon(XsErrno::EAGAIN)));
+    drop(xs.transaction().unwrap()); // aborts on drop
+    xs.transaction().unwrap().abort().unwrap();
+    assert_eq!(xs.read("/t/a").unwrap(), b"1");
+}
+
+/// A daemon that answers the first request with `reply(req_id)`.
+fn hostile(reply: impl FnOnce(&mut UnixStream, u32) + Send + 'static) -> XenStore<UnixStream> {
+    let (a, mut b) = UnixStream::pair().unwrap();
+    thread::spawn(move || {
+        if let Some((h, _)) = recv(&mut b) {
+            reply(&mut b, h.req_id);
+        }
+        // Keep the socket open until the client is done.
+        let mut sink = Vec::new();
+        let _ = b.read_to_end(&mut sink);
+    });
+    let mut xs = XenStore::new(a);
+    xs.set_reply_timeout(Duration::from_millis(300));
+    xs
+}
+
+#[test]
+fn hostile_daemon_frames() {
+    // Payload longer than XENSTORE_PAYLOAD_MAX: rejected, connection broken.
+    let mut xs = hostile(|s, id| {
+        let h = XsdSockmsg {
+            r#type: 2,
+            req_id: id,
+            tx_id: 0,
+            len: 1 << 30,
+        };
+        s.write_all(h.as_bytes()).unwrap();
+    });
+    assert_eq!(
+        xs.read("/x"),
+        Err(XsError::Wire(WireError::TooLong(1 << 30)))
+    );
+    assert_eq!(xs.read("/x"), Err(XsError::Broken));
+
+    let mut xs = hostile(|s, id| send(s, 999, id, b""));
+    assert_eq!(
+        xs.read("/x"),
+        Err(XsError::Wire(WireError::UnknownType(999)))
+    );
+
+    let mut xs = hostile(|s, id| send(s, 2, id.wrapping_add(1), b"v"));
+    assert_eq!(xs.read("/x"), Err(XsError::UnexpectedReply));
+
+    let mut xs = hostile(|s, id| send(s, MsgType::Write as u32, id, b"OK\0"));
+    assert_eq!(xs.read("/x"), Err(XsError::UnexpectedReply));
+
+    let mut xs = hostile(|s, id| send(s, MsgType::Error as u32, id, b"EWHAT\0"));
+    assert_eq!(xs.read("/x"), Err(XsError::Daemon(XsErrno::Unknown)));
+
+    let mut xs = hostile(|s, id| send(s, MsgType::Error as u32, id, b"EACCES\0"));
+    assert_eq!(xs.read("/x"), Err(XsError::Daemon(XsErrno::EACCES)));
+    assert!(xs.read("/x").is_err());
+
+    // Malformed watch event (no token): a framing error.
+    let mut xs = hostile(|s, _| send(s, MsgType::WatchEvent as u32, 0, b"/only-path"));
+    assert_eq!(xs.read("/x"), Err(XsError::Wire(WireError::Malformed)));
+
+    // A header cut short, then EOF.
+    let (a, mut b) = UnixStream::pair().unwrap();
+    thread::spawn(move || {
+        recv(&mut b);
+        b.write_all(&[1, 2, 3]).unwrap();
+    });
+    let mut xs = XenStore::new(a);
+    assert_eq!(xs.read("/x"), Err(XsError::Closed));
+
+    // No reply at all.
+    let mut xs = hostile(|_, _| {});
+    assert_eq!(xs.read("/x"), Err(XsError::Timeout));
+    assert_eq!(xs.read("/x"), Err(XsError::Broken));
+
+    // A directory with a non-UTF-8 name, and a bad transaction id.
+    let mut xs = hostile(|s, id| send(s, MsgType::Directory as u32, id, b"ok\0\xff\0"));
+    assert_eq!(xs.directory("/x"), Err(XsError::Value(ValueError::NotUtf8)));
+    let mut xs = hostile(|s, id| send(s, MsgType::TransactionStart as u32, id, b"zz\0"));
+    assert_eq!(
+        xs.transaction().map(drop),
+        Err(XsError::Value(ValueError::NotANumber))
+    );
+    let mut xs = hostile(|s, id| send(s, MsgType::GetPerms as u32, id, b"q1\0"));
+    assert_eq!(
+        xs.get_perms("/x"),
+        Err(XsError::Value(ValueError::BadPermission))
+    );
+}
