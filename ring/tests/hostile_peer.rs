@@ -130,7 +130,8 @@ fn read_index_jumping_forward_or_back_is_corruption() {
 
 #[test]
 fn write_index_garbage_is_corruption_when_the_consumer_arms() {
-    for bad in [12u32, 4096, u32::MAX - 7] {
+    // More than a data area ahead of `read`, or behind it, or misaligned.
+    for bad in [12u32, 4096, u32::MAX - 4095] {
         let (mem, _p, mut c) = pair(1024);
         mem.poke(WRITE, bad);
         assert!(
@@ -142,6 +143,11 @@ fn write_index_garbage_is_corruption_when_the_consumer_arms() {
         );
         assert!(matches!(c.recv(&mut [0; 8]), Err(RecvError::Corrupted(_))));
     }
+    // Behind `read` by less than a data area is possible (write is stored after the tags
+    // the consumer reads), and means "nothing more": the consumer may sleep.
+    let (mem, _p, mut c) = pair(1024);
+    mem.poke(WRITE, u32::MAX - 7);
+    assert_eq!(c.arm_data(1), Ok(Readiness::Armed));
 }
 
 #[test]
