@@ -55,6 +55,7 @@ pub mod eventfd;
 pub mod layout;
 pub mod memfd;
 pub mod peer_id;
+pub mod registry;
 pub mod rendezvous;
 pub mod wire;
 
@@ -64,6 +65,7 @@ pub use eventfd::{peer_alive, Doorbell, DoorbellError, WaitError, Wake};
 pub use layout::{Layout, LayoutError, RingSlot};
 pub use memfd::{RegionError, SharedRegion, MAX_REGION_SIZE, MIN_REGION_SIZE};
 pub use peer_id::{PeerId, PeerIdError};
+pub use registry::{Registry, RegistryError, RegistryEvent, Watcher};
 pub use rendezvous::{
     accept_offer, connect, offer, AcceptConfig, HandshakeError, Listener, OfferConfig, RejectReason,
 };

@@ -709,10 +709,12 @@ impl Listener {
         })
     }
 
-    /// Wraps an already bound and listening socket (used by the registry, which binds
-    /// under a temporary name and renames it into place).
-    pub(crate) fn from_parts(inner: UnixListener, path: PathBuf, ident: (u64, u64)) -> Self {
-        Self { inner, path, ident }
+    /// The same listener after its socket file was renamed to `path` (used by the
+    /// registry, which binds under a temporary name and renames it into place; a
+    /// rename keeps the inode, so `ident` stays valid).
+    pub(crate) fn rename_to(mut self, path: PathBuf) -> Self {
+        self.path = path;
+        self
     }
 
     /// Where the socket is bound.
