@@ -113,7 +113,10 @@ fn watcher_reports_joins_and_leaves() {
     w.set_rescan_interval(Duration::from_millis(50));
     drop(UnixListener::bind(reg.dir().join("crashed")).unwrap());
     // It never counted as live, so nothing is reported; the stale file goes away.
-    assert!(w.next_events(Some(Duration::from_millis(200))).unwrap().is_empty());
+    assert!(w
+        .next_events(Some(Duration::from_millis(200)))
+        .unwrap()
+        .is_empty());
     assert!(!reg.dir().join("crashed").exists());
     assert_eq!(w.peers().cloned().collect::<Vec<_>>(), vec![id("early")]);
 }
