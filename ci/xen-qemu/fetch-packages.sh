@@ -54,5 +54,8 @@ zcat "$WORK/root/boot/xen-4.17-amd64.gz" > "$WORK/xen"
 cp "$WORK/root/boot/vmlinuz-${KPKG#linux-image-}" "$WORK/vmlinuz"
 ls "$WORK/root/lib/modules" > "$WORK/kver"
 dpkg-query -W -f='${Package} ${Version}\n' qemu-system-x86 > "$WORK/versions.txt" || true
-dpkg-deb -W --showformat='${Package} ${Version}\n' ./*.deb >> "$WORK/versions.txt"
+# dpkg-deb -W reads one archive per call.
+for deb in ./*.deb; do
+    dpkg-deb -W --showformat='${Package} ${Version}\n' "$deb"
+done >> "$WORK/versions.txt"
 echo "fetched into $WORK (kernel $(cat "$WORK/kver"))"
