@@ -54,6 +54,7 @@ pub mod error;
 pub mod eventfd;
 pub mod layout;
 pub mod memfd;
+pub mod offer;
 pub mod peer_id;
 pub mod registry;
 pub mod rendezvous;
@@ -64,8 +65,7 @@ pub use error::SysError;
 pub use eventfd::{peer_alive, Doorbell, DoorbellError, WaitError, Wake};
 pub use layout::{Layout, LayoutError, RingSlot};
 pub use memfd::{RegionError, SharedRegion, MAX_REGION_SIZE, MIN_REGION_SIZE};
+pub use offer::{connect, offer, OfferConfig, PendingOffer};
 pub use peer_id::{PeerId, PeerIdError};
 pub use registry::{Registry, RegistryError, RegistryEvent, Watcher};
-pub use rendezvous::{
-    accept_offer, connect, offer, AcceptConfig, HandshakeError, Listener, OfferConfig, RejectReason,
-};
+pub use rendezvous::{accept_offer, AcceptConfig, HandshakeError, Listener, RejectReason};

@@ -42,8 +42,9 @@ use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
 use crate::endpoint::Endpoint;
 use crate::error::{SysContext, SysError};
+use crate::offer::{connect, OfferConfig};
 use crate::peer_id::PeerId;
-use crate::rendezvous::{connect, HandshakeError, Listener, OfferConfig};
+use crate::rendezvous::{HandshakeError, Listener};
 
 /// The default interval between periodic rescans of a [`Watcher`].
 pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(1);

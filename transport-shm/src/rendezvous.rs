@@ -33,8 +33,8 @@ use crate::layout::{Layout, LayoutError};
 use crate::memfd::{RegionError, SharedRegion, MAX_REGION_SIZE};
 use crate::peer_id::{PeerId, PeerIdError};
 use crate::wire::{
-    decode_id, AckWire, HelloWire, ACK_LEN, ACK_MAGIC, HELLO_FDS, HELLO_LEN, HELLO_MAGIC,
-    HELLO_PREFIX_LEN, PROTOCOL_VERSION,
+    decode_id, AckWire, HelloWire, ACK_MAGIC, HELLO_FDS, HELLO_LEN, HELLO_MAGIC, HELLO_PREFIX_LEN,
+    PROTOCOL_VERSION,
 };
 
 /// How long a handshake may take by default before it fails with
@@ -264,35 +264,6 @@ impl HandshakeError {
     }
 }
 
-/// What the offering side proposes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OfferConfig {
-    /// Our id, sent in the hello.
-    pub local_id: PeerId,
-    /// The id of the peer we expect to reach (checked by the acceptor), if known.
-    pub peer_id: Option<PeerId>,
-    /// Data size of the ring we produce into (power of two, see [`crate::layout`]).
-    pub tx_data_size: usize,
-    /// Data size of the ring the peer produces into.
-    pub rx_data_size: usize,
-    /// How long to wait for the ack.
-    pub handshake_timeout: Duration,
-}
-
-impl OfferConfig {
-    /// An offer from `local_id` with two 64 KiB rings and the default timeout.
-    #[must_use]
-    pub fn new(local_id: PeerId) -> Self {
-        Self {
-            local_id,
-            peer_id: None,
-            tx_data_size: 1 << 16,
-            rx_data_size: 1 << 16,
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-        }
-    }
-}
-
 /// What the accepting side accepts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AcceptConfig {
@@ -316,7 +287,7 @@ impl Default for AcceptConfig {
 }
 
 /// Maps a `std::io` error of a socket operation.
-fn io_err(op: &'static str, e: &std::io::Error) -> HandshakeError {
+pub(crate) fn io_err(op: &'static str, e: &std::io::Error) -> HandshakeError {
     SysError::from_io(op, e).into()
 }
 
@@ -324,7 +295,7 @@ fn io_err(op: &'static str, e: &std::io::Error) -> HandshakeError {
 ///
 /// `already` is the number of message bytes received before this call (for the
 /// `Truncated` count); `expected` the whole message's length.
-fn recv_exact(
+pub(crate) fn recv_exact(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
@@ -412,7 +383,7 @@ pub fn send_with_fds(
 }
 
 /// Reads `SO_PEERCRED`: the peer's pid (0 if not visible in our pid namespace) and uid.
-fn peer_cred(sock: BorrowedFd<'_>) -> Result<(i32, u32), SysError> {
+pub(crate) fn peer_cred(sock: BorrowedFd<'_>) -> Result<(i32, u32), SysError> {
     // `rustix::net::sockopt::socket_peercred` exists, but its `UCred::pid` is a
     // `NonZero` `Pid`: the kernel reports pid 0 for a peer in a pid namespace we cannot
     // see (a process on the host talking to us in a container), which would be an
@@ -447,102 +418,13 @@ fn peer_cred(sock: BorrowedFd<'_>) -> Result<(i32, u32), SysError> {
 }
 
 /// Sends an ack with `status` (best effort for a rejection).
-fn send_ack(sock: BorrowedFd<'_>, status: u32) -> Result<(), SysError> {
+pub(crate) fn send_ack(sock: BorrowedFd<'_>, status: u32) -> Result<(), SysError> {
     let ack = AckWire {
         magic: ACK_MAGIC,
         version: U32::new(PROTOCOL_VERSION),
         status: U32::new(status),
     };
     send_with_fds(sock, ack.as_bytes(), &[])
-}
-
-/// Offers a channel over a connected stream: creates the region and doorbells, sends
-/// the hello with them, and waits for the ack.
-///
-/// # Errors
-///
-/// [`HandshakeError::Rejected`] if the acceptor refused; [`HandshakeError::Layout`] for
-/// bad ring sizes in `cfg`; transport errors otherwise.
-pub fn offer(stream: UnixStream, cfg: &OfferConfig) -> Result<Endpoint, HandshakeError> {
-    let layout = Layout::new(cfg.tx_data_size as u64, cfg.rx_data_size as u64)
-        .map_err(HandshakeError::Layout)?;
-    let region =
-        SharedRegion::create("coresident", layout.region_size()).map_err(HandshakeError::Region)?;
-    let to_offerer = Doorbell::new().map_err(HandshakeError::Doorbell)?;
-    let to_acceptor = Doorbell::new().map_err(HandshakeError::Doorbell)?;
-    stream
-        .set_read_timeout(Some(cfg.handshake_timeout.max(Duration::from_millis(1))))
-        .map_err(|e| io_err("setsockopt(SO_RCVTIMEO)", &e))?;
-
-    let hello = HelloWire::new(
-        region.len() as u64,
-        layout.to_acceptor.data_size as u64,
-        layout.to_offerer.data_size as u64,
-        &cfg.local_id,
-        cfg.peer_id.as_ref(),
-    );
-    send_with_fds(
-        stream.as_fd(),
-        hello.as_bytes(),
-        &[region.as_fd(), to_offerer.as_fd(), to_acceptor.as_fd()],
-    )?;
-
-    let mut buf = [0u8; ACK_LEN];
-    let mut fds = Vec::new();
-    let mut truncated = false;
-    recv_exact(
-        stream.as_fd(),
-        &mut buf,
-        &mut fds,
-        &mut truncated,
-        0,
-        ACK_LEN,
-    )?;
-    if !fds.is_empty() || truncated {
-        return Err(HandshakeError::UnexpectedFds);
-    }
-    let ack = AckWire::read_from_bytes(&buf).map_err(|_| HandshakeError::BadMagic)?;
-    if ack.magic != ACK_MAGIC {
-        return Err(HandshakeError::BadMagic);
-    }
-    match ack.status.get() {
-        0 => {}
-        code => return Err(HandshakeError::Rejected(RejectReason::from_code(code))),
-    }
-    if ack.version.get() != PROTOCOL_VERSION {
-        return Err(HandshakeError::VersionMismatch {
-            ours: PROTOCOL_VERSION,
-            theirs: ack.version.get(),
-        });
-    }
-    let (pid, uid) = peer_cred(stream.as_fd())?;
-    stream
-        .set_read_timeout(None)
-        .map_err(|e| io_err("setsockopt(SO_RCVTIMEO)", &e))?;
-    Ok(Endpoint {
-        region,
-        layout,
-        role: Role::Offerer,
-        local: to_offerer,
-        remote: to_acceptor,
-        socket: stream,
-        peer: PeerInfo {
-            id: cfg.peer_id.clone(),
-            pid,
-            uid,
-        },
-    })
-}
-
-/// Connects to the listener at `path` and [`offer`]s a channel.
-///
-/// # Errors
-///
-/// [`HandshakeError::Sys`] if the connection fails (`ECONNREFUSED`: nobody listens;
-/// `ENOENT`: no such socket); otherwise as [`offer`].
-pub fn connect(path: &Path, cfg: &OfferConfig) -> Result<Endpoint, HandshakeError> {
-    let stream = UnixStream::connect(path).map_err(|e| io_err("connect", &e))?;
-    offer(stream, cfg)
 }
 
 /// Accepts an offer on a connected stream: receives the hello and its descriptors,
