@@ -1,2 +1,65 @@
-//! The residency table (work in progress).
+//! The residency table: which peers are co-resident, and through which channel.
+//!
+//! Every outgoing message is looked up here, so a lookup costs the same small, bounded
+//! amount whether it hits (a co-resident peer) or misses (a remote one, the common
+//! case): the key is hashed with a secret seed to two buckets, each one 64-byte cache
+//! line, and nothing else is read. No chains, no probing sequence, no allocation.
+//!
+//! ```text
+//!  key --seeded hash--> (b1, b2)            Table<K, BUCKETS>: [Bucket; BUCKETS]
+//!                                           ┌───────────────── 64 bytes ─────────────────┐
+//!  bucket b1 ──────────────────────────────>│ ver|occ h0 │ h1 h2 │ h3 h4 │ k0 k1 k2 k3 k4│
+//!  bucket b2 ──────────────────────────────>│ ver|occ h0 │ h1 h2 │ h3 h4 │ k0 k1 k2 k3 k4│
+//!                                           └────────────────────────────────────────────┘
+//!                                            (two-word keys such as IPv6: 3 slots)
+//!
+//!  reader (any thread)                      writer (one control thread)
+//!  m1 = b1.word0.load(Acquire)              fill a free slot (Relaxed stores)
+//!  scan b1 (Relaxed)  ── hit? fence(Acq),   b.word0.store(ver+1 | occ, Release)
+//!                        b1.word0 == m1?    relocation: publish in the new bucket,
+//!  m2 = b2.word0.load(Acquire)                          then clear the old one
+//!  scan b2 (Relaxed); fence(Acquire)        remove: b.word0.store(ver+1 | occ & !bit)
+//!  b1.word0 == m1 && b2.word0 == m2 ? done : retry
+//! ```
+//!
+//! The design is bucketized cuckoo hashing with full keys stored in the buckets and a
+//! per-bucket version in the style of a seqlock, but without a locked state: the
+//! writer fills a slot while it is marked free and publishes it with one store, so
+//! readers never wait for it ([`table`] has the protocol and its argument). Readers
+//! are lock-free, the writer wait-free. A [`DomainTable`] indexes Xen domain ids
+//! directly for a one-load fast path.
+//!
+//! The crate is `no_std`, allocation-free and has no `unsafe` code. Atomics come from
+//! `coresident-sync`, so `RUSTFLAGS="--cfg loom"` runs the protocol under loom.
+//!
+//! # Examples
+//!
+//! ```
+//! use coresident_lookup::{Handle, Seed, Table};
+//!
+//! // 1024 buckets of 5 slots: 4096 MAC addresses at 80% load.
+//! let table = Box::new(Table::<[u8; 6], 1024>::new(Seed::from_bytes([42; 32])));
+//! let mut writer = table.writer().unwrap();
+//! writer.insert([2, 0, 0, 0, 0, 1], Handle::new(0, 1)).unwrap();
+//! assert_eq!(table.get(&[2, 0, 0, 0, 0, 1]), Some(Handle::new(0, 1)));
+//! assert_eq!(table.get(&[2, 0, 0, 0, 0, 2]), None);
+//! ```
 #![no_std]
+#![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs, missing_debug_implementations)]
+#![warn(clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
+
+mod bucket;
+mod domain;
+mod error;
+mod hash;
+mod key;
+pub mod table;
+
+pub use coresident_sync::spin_loop;
+pub use domain::DomainTable;
+pub use error::{ClaimError, InsertError};
+pub use hash::Seed;
+pub use key::{DomainId, Handle, Key};
+pub use table::{Table, Writer, MAX_SEARCH};
