@@ -51,6 +51,17 @@ pub struct View<'a> {
 }
 
 impl View<'_> {
+    /// A view of the validated frame of `kind` and `len` at `pos`.
+    pub(crate) fn new(mem: &RingMemory, geo: &Geometry, kind: u8, len: u32, pos: u32) -> Self {
+        View {
+            mem: mem.clone(),
+            at: geo.slot(pos) + 8,
+            len,
+            kind,
+            _borrow: PhantomData,
+        }
+    }
+
     /// The frame's kind.
     pub fn kind(&self) -> u8 {
         self.kind
@@ -345,13 +356,7 @@ impl Consumer {
 
     #[inline(always)]
     fn view<'a>(&self, kind: u8, len: u32, pos: u32) -> View<'a> {
-        View {
-            mem: self.mem.clone(),
-            at: self.geo.slot(pos) + 8,
-            len,
-            kind,
-            _borrow: PhantomData,
-        }
+        View::new(&self.mem, &self.geo, kind, len, pos)
     }
 
     #[inline(always)]

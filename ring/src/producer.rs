@@ -1,11 +1,13 @@
 //! The producer half: writes frames, publishes batches, asks for space.
 
 use crate::index::{crossed, distance};
-use crate::layout::{frame_size, invalid_tag, off, tag, FRAME_LEN, FRAME_TAG, KIND_PAD};
+use crate::layout::{frame_size, invalid_tag, off, stamp, tag, FRAME_LEN, FRAME_TAG, KIND_PAD};
 use crate::region::OutOfBounds;
 use crate::sync::atomic::fence;
 use crate::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-use crate::{AttachError, Corruption, Geometry, Notify, Readiness, RingMemory, SendError, State};
+use crate::{
+    AttachError, Corruption, Geometry, Notify, Readiness, RingMemory, SendError, State, View,
+};
 use core::cell::Cell;
 use core::marker::PhantomData;
 
@@ -274,6 +276,80 @@ impl Producer {
         } else {
             Readiness::Armed
         })
+    }
+
+    /// Hands every frame written but not yet consumed to `f`, oldest first, and returns
+    /// how many: from the consumer's last stored position to the end of the last frame
+    /// written, published or not. The ring is left as it was.
+    ///
+    /// After the peer died or moved away these are exactly the messages it never read
+    /// (and perhaps a few it read but had not yet acknowledged by storing `read`): the
+    /// core sends them again over the network path, in order. The ring is thus its own
+    /// retransmit buffer, and the fast path keeps no copies.
+    ///
+    /// Frames are read back from shared memory and validated as the consumer validates
+    /// them: a peer that rewrote them changes only what is handed out (its own
+    /// messages), and cannot make this walk leave the data area or run forever (it
+    /// visits at most `size / 8` frames). A poisoned producer walks from the last
+    /// position it validated: more duplicates, never fewer messages.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Corrupted`] at the first frame that fails validation; the frames
+    /// before it were handed out.
+    pub fn for_each_unconsumed(
+        &mut self,
+        mut f: impl FnMut(&View<'_>),
+    ) -> Result<usize, SendError> {
+        if self.state == State::Open {
+            // A fresh `read` means fewer duplicates; a bad one keeps the old position.
+            let _ = self.refresh_read();
+        }
+        let mut pos = self.cached_read;
+        let mut n = 0;
+        for _ in 0..=self.geo.size / 8 {
+            if pos == self.write {
+                return Ok(n);
+            }
+            let slot = self.geo.slot(pos);
+            let tag = if pos == self.published {
+                // The first unpublished frame's tag is still private.
+                self.first_tag
+            } else {
+                // Relaxed: our own earlier store, or whatever the peer put there;
+                // validated below either way.
+                self.ok(self.mem.load(slot + FRAME_TAG, Relaxed))?
+            };
+            let len = self.ok(self.mem.load(slot + FRAME_LEN, Relaxed))?;
+            let offset = pos & self.geo.mask;
+            let room = self.geo.size - offset - 8;
+            let left = distance(pos, self.write);
+            if tag & 0x00FF_FFFF != stamp(pos) {
+                return Err(SendError::Corrupted(Corruption::Tag { pos, tag }));
+            }
+            if (tag >> 24) as u8 == KIND_PAD {
+                if offset == 0 || len != room || left < room + 8 {
+                    return Err(SendError::Corrupted(Corruption::Padding { pos, len }));
+                }
+                pos = pos.wrapping_add(room + 8);
+                continue;
+            }
+            match frame_size(len) {
+                Some(fs) if len <= self.geo.max && fs - 8 <= room && fs <= left => {
+                    f(&View::new(
+                        &self.mem,
+                        &self.geo,
+                        (tag >> 24) as u8,
+                        len,
+                        pos,
+                    ));
+                    pos = pos.wrapping_add(fs);
+                    n += 1;
+                }
+                _ => return Err(SendError::Corrupted(Corruption::Length { pos, len })),
+            }
+        }
+        Err(SendError::Corrupted(Corruption::Length { pos, len: 0 }))
     }
 
     /// Publishes what is pending and closes this half: the consumer receives every

@@ -340,3 +340,26 @@ fn every_shared_word_under_adversarial_values() {
         }
     }
 }
+
+#[test]
+fn the_unconsumed_walk_survives_a_peer_that_rewrote_its_frames() {
+    let (mem, mut p, _c) = pair(1024);
+    for i in 0..5u8 {
+        let _ = p.send(1, &[i; 40]).unwrap();
+    }
+    // The peer rewrites the third frame's length: the walk hands out the two before it,
+    // then says Corrupted; it never reads outside the data area.
+    mem.poke(DATA + 2 * 48, 5000);
+    let mut seen = 0;
+    let r = p.for_each_unconsumed(|_| seen += 1);
+    assert!(matches!(
+        r,
+        Err(SendError::Corrupted(Corruption::Length { .. }))
+    ));
+    assert_eq!(seen, 2);
+    // A `read` index from nowhere: the walk starts from the last valid one instead.
+    mem.poke(DATA + 2 * 48, 40);
+    mem.poke(READ, 0x1234_5670);
+    let mut seen = 0;
+    assert_eq!(p.for_each_unconsumed(|_| seen += 1), Ok(5));
+}

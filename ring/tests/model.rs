@@ -204,6 +204,24 @@ fn run(data_size: u32, start: u32, ops: Vec<Op>) {
             },
         }
     }
+    // The producer's walk of unconsumed frames is exactly what the model still holds:
+    // published but not received, then written but not published.
+    let mut walked = Vec::new();
+    let n = p
+        .for_each_unconsumed(|v| {
+            let mut b = vec![0; v.len()];
+            v.copy_to(&mut b).unwrap();
+            walked.push((v.kind(), b));
+        })
+        .unwrap();
+    let expected: Vec<_> = m
+        .published
+        .iter()
+        .chain(m.pending.iter())
+        .cloned()
+        .collect();
+    assert_eq!(n, expected.len());
+    assert_eq!(walked, expected);
     // Drain: everything published arrives, in order.
     let _ = p.publish().unwrap();
     m.publish();
