@@ -38,9 +38,17 @@ fn dom0_grant_share_and_map() {
     for page in 0..pages {
         let off = page * PAGE_SIZE + 17 * page;
         wr(share.as_ptr(), off, 0xA0 + page as u8);
-        assert_eq!(rd(map.as_ptr(), off), 0xA0 + page as u8, "page {page} via gntdev");
+        assert_eq!(
+            rd(map.as_ptr(), off),
+            0xA0 + page as u8,
+            "page {page} via gntdev"
+        );
         wr(map.as_ptr(), off + 1, 0xB0 + page as u8);
-        assert_eq!(rd(share.as_ptr(), off + 1), 0xB0 + page as u8, "page {page} via gntalloc");
+        assert_eq!(
+            rd(share.as_ptr(), off + 1),
+            0xB0 + page as u8,
+            "page {page} via gntalloc"
+        );
     }
 }
 
@@ -55,9 +63,15 @@ fn dom0_evtchn_loopback() {
     let _ = ev.wait_for(p2, Duration::from_millis(200)).unwrap();
     for round in 0..100 {
         ev.notify(p2).unwrap();
-        assert!(ev.wait_for(p1, 10 * SECOND).unwrap(), "round {round}: p1 did not fire");
+        assert!(
+            ev.wait_for(p1, 10 * SECOND).unwrap(),
+            "round {round}: p1 did not fire"
+        );
         ev.notify(p1).unwrap();
-        assert!(ev.wait_for(p2, 10 * SECOND).unwrap(), "round {round}: p2 did not fire");
+        assert!(
+            ev.wait_for(p2, 10 * SECOND).unwrap(),
+            "round {round}: p2 did not fire"
+        );
     }
     // Raw pending/unmask: one notification, one port, then nothing more.
     ev.notify(p2).unwrap();
@@ -89,10 +103,21 @@ fn dom0_unmap_notify() {
     let live = PAGE_SIZE + 64;
     wr(map.as_ptr(), live, 1);
     assert_eq!(rd(share.as_ptr(), live), 1);
-    map.set_unmap_notify(UnmapNotify { clear_byte: Some(live), event: Some(p2) }).unwrap();
+    map.set_unmap_notify(UnmapNotify {
+        clear_byte: Some(live),
+        event: Some(p2),
+    })
+    .unwrap();
     drop(map);
-    assert!(ev.wait_for(p1, 10 * SECOND).unwrap(), "gntdev unmap did not signal");
-    assert_eq!(rd(share.as_ptr(), live), 0, "gntdev unmap did not clear the byte");
+    assert!(
+        ev.wait_for(p1, 10 * SECOND).unwrap(),
+        "gntdev unmap did not signal"
+    );
+    assert_eq!(
+        rd(share.as_ptr(), live),
+        0,
+        "gntdev unmap did not clear the byte"
+    );
     println!("gntdev unmap-notify: byte cleared, port {p1} fired");
 
     // The granting side goes away while the peer still maps the pages: the
@@ -101,16 +126,30 @@ fn dom0_unmap_notify() {
     let live = 8;
     wr(share.as_ptr(), live, 1);
     assert_eq!(rd(map.as_ptr(), live), 1);
-    share.set_unmap_notify(UnmapNotify { clear_byte: Some(live), event: Some(p1) }).unwrap();
+    share
+        .set_unmap_notify(UnmapNotify {
+            clear_byte: Some(live),
+            event: Some(p1),
+        })
+        .unwrap();
     drop(share);
-    assert!(ev.wait_for(p2, 10 * SECOND).unwrap(), "gntalloc release did not signal");
-    assert_eq!(rd(map.as_ptr(), live), 0, "gntalloc release did not clear the byte");
+    assert!(
+        ev.wait_for(p2, 10 * SECOND).unwrap(),
+        "gntalloc release did not signal"
+    );
+    assert_eq!(
+        rd(map.as_ptr(), live),
+        0,
+        "gntalloc release did not clear the byte"
+    );
     println!("gntalloc unmap-notify: byte cleared, port {p2} fired");
     drop(map);
 }
 
 fn next_event(xs: &mut XenStore, timeout: Duration) -> WatchEvent {
-    xs.wait_watch(Some(timeout)).unwrap().expect("no watch event in time")
+    xs.wait_watch(Some(timeout))
+        .unwrap()
+        .expect("no watch event in time")
 }
 
 #[test]
@@ -124,18 +163,34 @@ fn dom0_xenstore_socket() {
     xs.write(&format!("{base}/b"), b"not a number").unwrap();
     xs.mkdir(&format!("{base}/c")).unwrap();
     assert_eq!(xs.read_u32(&format!("{base}/a")).unwrap(), 1234);
-    assert!(matches!(xs.read_u32(&format!("{base}/b")), Err(XsError::Value(_))));
+    assert!(matches!(
+        xs.read_u32(&format!("{base}/b")),
+        Err(XsError::Value(_))
+    ));
     let mut dir = xs.directory(base).unwrap();
     dir.sort();
     assert_eq!(dir, ["a", "b", "c"]);
 
-    let perms = [Perm { domid: 0, access: Access::None }, Perm { domid: 7, access: Access::Read }];
+    let perms = [
+        Perm {
+            domid: 0,
+            access: Access::None,
+        },
+        Perm {
+            domid: 7,
+            access: Access::Read,
+        },
+    ];
     xs.set_perms(&format!("{base}/a"), &perms).unwrap();
     assert_eq!(xs.get_perms(&format!("{base}/a")).unwrap(), perms);
 
     xs.watch(base, "t1").unwrap();
     let ev = next_event(&mut xs, 30 * SECOND);
-    assert_eq!((ev.path.as_str(), ev.token.as_str()), (base, "t1"), "initial watch event");
+    assert_eq!(
+        (ev.path.as_str(), ev.token.as_str()),
+        (base, "t1"),
+        "initial watch event"
+    );
     xs.write(&format!("{base}/c/d"), b"x").unwrap();
     let ev = next_event(&mut xs, 30 * SECOND);
     assert_eq!(ev.path, format!("{base}/c/d"));
@@ -148,7 +203,11 @@ fn dom0_xenstore_socket() {
     assert_eq!(xs.read(&format!("{base}/tx")).unwrap(), b"in-tx");
 
     assert_eq!(xs.get_domain_path(0).unwrap(), "/local/domain/0");
-    assert_eq!(xs.write(&format!("{base}/big"), &[b'x'; 5000]).map_err(|_| ()), Err(()));
+    assert_eq!(
+        xs.write(&format!("{base}/big"), &[b'x'; 5000])
+            .map_err(|_| ()),
+        Err(())
+    );
     xs.rm(base).unwrap();
     assert_eq!(xs.read(&format!("{base}/a")), Err(XsError::NotFound));
 }
@@ -159,7 +218,10 @@ const REL: &str = "data/coresident";
 #[test]
 #[ignore = "needs a Xen dom0 with a domU running domu_xenstore_guest"]
 fn domu_xenstore_host() {
-    let domu: u16 = std::env::var("DOMU_ID").expect("DOMU_ID").parse().expect("DOMU_ID");
+    let domu: u16 = std::env::var("DOMU_ID")
+        .expect("DOMU_ID")
+        .parse()
+        .expect("DOMU_ID");
     let mut xs = XenStore::open_socket().unwrap();
     let home = xs.get_domain_path(domu).unwrap();
     let base = format!("{home}/{REL}");
@@ -171,9 +233,25 @@ fn domu_xenstore_host() {
     xs.write(&format!("{offer}/note"), b"hello").unwrap();
     // The answer: owned by the guest.
     xs.mkdir(&answer).unwrap();
-    xs.set_perms(&answer, &[Perm { domid: domu, access: Access::None }]).unwrap();
+    xs.set_perms(
+        &answer,
+        &[Perm {
+            domid: domu,
+            access: Access::None,
+        }],
+    )
+    .unwrap();
     xs.watch(&answer, "answer").unwrap();
-    let read_only = [Perm { domid: 0, access: Access::None }, Perm { domid: domu, access: Access::Read }];
+    let read_only = [
+        Perm {
+            domid: 0,
+            access: Access::None,
+        },
+        Perm {
+            domid: domu,
+            access: Access::Read,
+        },
+    ];
     for k in ["gref", "port", "note"] {
         xs.set_perms(&format!("{offer}/{k}"), &read_only).unwrap();
     }
@@ -195,7 +273,10 @@ fn domu_xenstore_host() {
         let _ = xs.wait_watch(Some(left)).unwrap();
     };
     assert_eq!(value, b"pong:hello:123:45");
-    println!("dom0: the domU answered via its watch: {}", String::from_utf8_lossy(&value));
+    println!(
+        "dom0: the domU answered via its watch: {}",
+        String::from_utf8_lossy(&value)
+    );
     xs.write(&format!("{offer}/ack"), b"done").unwrap();
     xs.set_perms(&format!("{offer}/ack"), &read_only).unwrap();
 }
@@ -229,8 +310,11 @@ fn domu_xenstore_guest() {
         Err(XsError::Daemon(XsErrno::EACCES)),
         "the guest could overwrite dom0's offer"
     );
-    xs.write(&format!("{REL}/answer/value"), format!("pong:{note}:{gref}:{port}").as_bytes())
-        .unwrap();
+    xs.write(
+        &format!("{REL}/answer/value"),
+        format!("pong:{note}:{gref}:{port}").as_bytes(),
+    )
+    .unwrap();
     let ack = wait_for(&mut xs, &format!("{offer}/ack"));
     assert_eq!(ack, b"done");
     println!("domU: dom0 acknowledged");
