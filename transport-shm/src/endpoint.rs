@@ -1,6 +1,7 @@
 //! One side of an established channel: the mapped region, its two ring slots, the two
 //! doorbells, and the rendezvous socket whose hang-up signals the peer's death.
 
+use core::sync::atomic::{AtomicBool, Ordering};
 use core::time::Duration;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
@@ -52,6 +53,8 @@ pub struct Endpoint {
     pub(crate) socket: UnixStream,
     /// The peer's identity.
     pub(crate) peer: PeerInfo,
+    /// Set once a wait or a check saw the peer hang up; never cleared.
+    pub(crate) gone: AtomicBool,
 }
 
 impl Endpoint {
@@ -127,7 +130,11 @@ impl Endpoint {
     ///
     /// [`WaitError::PeerGone`] once the peer hung up; [`WaitError::Sys`] otherwise.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<Wake, WaitError> {
-        self.local.wait(Some(self.socket.as_fd()), timeout)
+        let res = self.local.wait(Some(self.socket.as_fd()), timeout);
+        if res == Err(WaitError::PeerGone) {
+            self.mark_gone();
+        }
+        res
     }
 
     /// Consumes the peer's pending notifications without blocking.
@@ -145,7 +152,29 @@ impl Endpoint {
     ///
     /// [`WaitError::Sys`] if `poll` fails.
     pub fn peer_alive(&self) -> Result<bool, WaitError> {
-        peer_alive(self.socket.as_fd())
+        if self.peer_known_gone() {
+            return Ok(false);
+        }
+        let alive = peer_alive(self.socket.as_fd())?;
+        if !alive {
+            self.mark_gone();
+        }
+        Ok(alive)
+    }
+
+    /// Whether a [`wait`](Self::wait) or [`peer_alive`](Self::peer_alive) has already
+    /// seen the peer hang up. No system call: a cheap check for the data path.
+    #[must_use]
+    pub fn peer_known_gone(&self) -> bool {
+        // Relaxed: a sticky flag with no data attached; a late view only delays the
+        // answer to the next check.
+        self.gone.load(Ordering::Relaxed)
+    }
+
+    /// Records the peer's death.
+    fn mark_gone(&self) {
+        // Relaxed: see `peer_known_gone`.
+        self.gone.store(true, Ordering::Relaxed);
     }
 
     /// The doorbell the peer rings for us (to poll it in an event loop).

@@ -32,6 +32,31 @@
 //! The region holds the two rings (see [`layout`]); the bytes of both messages are in
 //! [`wire`].
 //!
+//! # Examples
+//!
+//! Both sides in one process, over a socket pair (across processes, the acceptor uses
+//! [`Listener::bind`] or [`Registry::register`] and the offerer [`connect`]):
+//!
+//! ```
+//! use std::os::unix::net::UnixStream;
+//! use std::time::Duration;
+//! use coresident_shm::{accept_offer, offer, AcceptConfig, OfferConfig, Wake};
+//!
+//! let (a, b) = UnixStream::pair()?;
+//! let acceptor = std::thread::spawn(move || accept_offer(b, &AcceptConfig::default()));
+//! let offerer = offer(a, &OfferConfig::new("client".parse()?))?;
+//! let acceptor = acceptor.join().unwrap()?;
+//!
+//! // The offerer's transmit ring is the acceptor's receive ring, in shared memory.
+//! assert_eq!(offerer.tx_slot(), acceptor.rx_slot());
+//! offerer.notify_peer()?;
+//! assert_eq!(acceptor.wait(Some(Duration::from_secs(5)))?, Wake::Notified { count: 1 });
+//!
+//! drop(offerer); // hang-up: the peer's next wait reports `PeerGone`
+//! assert!(acceptor.wait(None).is_err());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Discovery
 //!
 //! [`Registry`] keeps one listening socket per peer id in a directory; `scan` lists the

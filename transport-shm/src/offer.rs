@@ -4,6 +4,7 @@
 //! region *before* the peer sees it ([`PendingOffer`]): once the acceptor has the
 //! region it may attach to the rings at once, and must find them initialised.
 
+use core::sync::atomic::AtomicBool;
 use core::time::Duration;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -199,6 +200,7 @@ impl PendingOffer {
                 pid,
                 uid,
             },
+            gone: AtomicBool::new(false),
         })
     }
 }

@@ -11,6 +11,7 @@
 
 use core::fmt;
 use core::mem::MaybeUninit;
+use core::sync::atomic::AtomicBool;
 use core::time::Duration;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -459,6 +460,7 @@ pub fn accept_offer(stream: UnixStream, cfg: &AcceptConfig) -> Result<Endpoint, 
                 remote,
                 socket: stream,
                 peer: PeerInfo { id, pid, uid },
+                gone: AtomicBool::new(false),
             })
         }
         Err(e) => {

@@ -377,3 +377,88 @@ fn region_can_be_created_for_every_layout_size() {
     let r = SharedRegion::create("t", l.region_size()).unwrap();
     assert_eq!(r.len(), l.region_size());
 }
+
+#[test]
+fn hello_in_pieces_with_fds_on_a_later_piece_is_accepted() {
+    // A stream socket may deliver the hello in several reads; descriptors ride on
+    // whichever piece they were sent with.
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let acceptor = thread::spawn(move || accept_offer(theirs, &accept_cfg()));
+    let m = sealed(needed());
+    let (e1, e2) = (eventfd(), eventfd());
+    let h = good_hello(needed());
+    let bytes = h.as_bytes();
+    send_with_fds(ours.as_fd(), &bytes[..10], &[]).unwrap();
+    thread::sleep(Duration::from_millis(5));
+    send_with_fds(
+        ours.as_fd(),
+        &bytes[10..100],
+        &[m.as_fd(), e1.as_fd(), e2.as_fd()],
+    )
+    .unwrap();
+    thread::sleep(Duration::from_millis(5));
+    send_with_fds(ours.as_fd(), &bytes[100..], &[]).unwrap();
+    let ep = acceptor.join().unwrap().unwrap();
+    assert_eq!(ep.peer().id, Some(id("offerer")));
+    // The acceptor's doorbell for us is `e1` ("to offerer").
+    ep.notify_peer().unwrap();
+    assert_eq!(e1.try_consume().unwrap(), Some(1));
+    drop(ours);
+    assert!(!ep.peer_known_gone());
+    assert_eq!(
+        ep.wait(Some(Duration::from_secs(30))),
+        Err(coresident_shm::WaitError::PeerGone)
+    );
+    assert!(ep.peer_known_gone());
+    assert!(!ep.peer_alive().unwrap());
+}
+
+#[test]
+fn listener_removes_only_its_own_socket() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join(format!("own-sock-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let l = coresident_shm::Listener::bind(&path).unwrap();
+    assert_eq!(l.path(), path);
+    // Someone replaces the socket file (e.g. a new registration after ours looked dead).
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"someone else's").unwrap();
+    drop(l);
+    assert!(
+        path.exists(),
+        "dropped listener removed a file that was not its own"
+    );
+    std::fs::remove_file(&path).unwrap();
+    // The normal case: its own socket goes away with it.
+    let l = coresident_shm::Listener::bind(&path).unwrap();
+    drop(l);
+    assert!(!path.exists());
+}
+
+#[test]
+fn errors_display_clearly() {
+    let cases = [
+        (HandshakeError::BadMagic, "bad magic"),
+        (
+            HandshakeError::WrongFdCount { received: 2 },
+            "2 descriptors, expected 3",
+        ),
+        (
+            HandshakeError::Region(RegionError::NotSealed { seals: 0 }),
+            "lacks the shrink/grow seals",
+        ),
+        (
+            HandshakeError::Doorbell(DoorbellError::NotEventfd),
+            "not an eventfd",
+        ),
+        (
+            HandshakeError::Rejected(RejectReason::Version),
+            "refused the offer: protocol version mismatch",
+        ),
+    ];
+    for (err, want) in cases {
+        let text = err.to_string();
+        assert!(text.contains(want), "{text:?} lacks {want:?}");
+        let _: &dyn std::error::Error = &err;
+    }
+}
