@@ -12,8 +12,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 apt-get update -qq
 if [ "${SKIP_HOST_INSTALL:-0}" != 1 ]; then
-    # qemu runs the hypervisor (TCG); gcc/libc6-dev/linux-libc-dev build the
-    # static C smoke test (the uapi headers live in /usr/include/xen).
+    # qemu runs the hypervisor (TCG).
     # qemu-utils: bookworm's qemu-system-common conflicts with a newer
     # (backports) qemu-utils, and apt will not downgrade it on its own
     # ("held broken packages"), so ask for the same version explicitly.
@@ -23,9 +22,6 @@ if [ "${SKIP_HOST_INSTALL:-0}" != 1 ]; then
         [ -n "$QV" ] && [ "$QV" != "(none)" ] || { echo "no qemu-system-x86 candidate" >&2; exit 1; }
         apt-get install -y -qq --allow-downgrades --no-install-recommends \
             qemu-system-x86 "qemu-utils=$QV" >/dev/null
-    fi
-    if ! command -v gcc >/dev/null || [ ! -f /usr/include/xen/gntalloc.h ]; then
-        apt-get install -y -qq --no-install-recommends gcc libc6-dev linux-libc-dev >/dev/null
     fi
 fi
 

@@ -29,7 +29,7 @@ for m in xen-privcmd xenfs xen-evtchn xen-gntdev xen-gntalloc; do
 done
 mount -t xenfs xenfs /proc/xen || finish "FAIL mount xenfs"
 
-TEST_CMD="xentest self"
+TEST_CMD="false no TEST_CMD given"
 DOMU_CMD=
 TOOLSTACK=0
 [ -f /etc/xenqemu.conf ] && . /etc/xenqemu.conf

@@ -7,7 +7,7 @@
 #   -d DOMU_CMD  two-domain run: dom0 starts xenstored/xenconsoled/xl and a
 #                PV domU that runs DOMU_CMD; TEST_CMD gets $DOMU_ID.
 #   -t SECONDS   wall-clock limit (default 300).
-# TEST_CMD defaults to "xentest self" ("xentest offer $DOMU_ID" with -d).
+# TEST_CMD is required: a shell command run by dom0's /init (sh -c).
 # Exit: 0 PASS, 1 FAIL, 2 no verdict (timeout, crash). Serial log:
 # WORK/serial.log. QUIET=1 shows only the log tail on failure.
 # Env: XENQEMU_WORK, QEMU_CPU (qemu64), DOM0_LOGLEVEL (4), XEN_EXTRA_ARGS.
@@ -29,9 +29,8 @@ while getopts "w:t:b:xd:" o; do
 done
 shift $((OPTIND - 1))
 WORK=$(realpath -m "$WORK")
-if [ $# -gt 0 ]; then TEST_CMD="$*"
-elif [ -n "$DOMU_CMD" ]; then TEST_CMD='xentest offer $DOMU_ID'
-else TEST_CMD="xentest self"; fi
+[ $# -gt 0 ] || { echo "run.sh: no TEST_CMD (try: run.sh 'ls -l /dev/xen')" >&2; exit 2; }
+TEST_CMD="$*"
 BB=$WORK/root/bin/busybox
 [ -f "$WORK/dom0.cpio.gz" ] || { echo "run build-initrd.sh first" >&2; exit 2; }
 
