@@ -368,11 +368,8 @@ mod tests {
         let d2 = Doorbell::from_fd(dup).unwrap();
         d2.notify().unwrap();
         assert_eq!(d.try_consume().unwrap(), Some(1));
-        let (r, _w) = std::io::pipe().unwrap();
-        assert_eq!(
-            Doorbell::from_fd(r.into()).unwrap_err(),
-            DoorbellError::NotEventfd
-        );
+        let (r, _w) = rustix::pipe::pipe().unwrap();
+        assert_eq!(Doorbell::from_fd(r).unwrap_err(), DoorbellError::NotEventfd);
         let f = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         assert_eq!(Doorbell::from_fd(f).unwrap_err(), DoorbellError::NotEventfd);
     }

@@ -340,9 +340,9 @@ mod tests {
 
     #[test]
     fn pipe_is_not_a_region() {
-        let (r, _w) = std::io::pipe().unwrap();
+        let (r, _w) = rustix::pipe::pipe().unwrap();
         assert_eq!(
-            SharedRegion::attach(r.into(), 8192).unwrap_err(),
+            SharedRegion::attach(r, 8192).unwrap_err(),
             RegionError::NotRegularFile
         );
     }

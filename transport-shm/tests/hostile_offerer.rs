@@ -27,7 +27,7 @@ fn memfd(len: u64, seals: SealFlags) -> OwnedFd {
 
 /// The descriptors a hostile offerer may pick from.
 fn pool(region: u64) -> Vec<OwnedFd> {
-    let (r, _w) = std::io::pipe().unwrap();
+    let (r, _w) = rustix::pipe::pipe().unwrap();
     vec![
         memfd(
             region,
@@ -43,7 +43,7 @@ fn pool(region: u64) -> Vec<OwnedFd> {
             .as_fd()
             .try_clone_to_owned()
             .unwrap(),
-        r.into(),
+        r,
         memfd(region, SealFlags::empty()),
         memfd(region / 2, SealFlags::SHRINK | SealFlags::GROW),
     ]

@@ -226,7 +226,7 @@ fn wrong_number_of_fds() {
 fn pipe_instead_of_eventfd() {
     let m = sealed(needed());
     let e = eventfd();
-    let (r, _w) = std::io::pipe().unwrap();
+    let (r, _w) = rustix::pipe::pipe().unwrap();
     let (err, status) = play_fds(needed(), &[m.as_fd(), e.as_fd(), r.as_fd()]);
     assert_eq!(err, HandshakeError::Doorbell(DoorbellError::NotEventfd));
     assert_eq!(status, Some(RejectReason::Descriptors.code()));
