@@ -6,8 +6,9 @@
 //! creator, can change its size or its seals. The attaching side receives the
 //! descriptor from a peer it does not trust and validates it before mapping it:
 //!
-//! 1. `fstat` says it is a regular file, and `F_GET_SEALS` succeeds (only shmem files,
-//!    i.e. memfds and tmpfs files, support seals; a plain file on disk fails here);
+//! 1. `fstat` says it is a regular file, `fstatfs` says it lives on tmpfs (ordinary
+//!    memfds do; disk files and hugetlbfs memfds do not), and `F_GET_SEALS` succeeds
+//!    (only shmem files, i.e. memfds and tmpfs files, support seals);
 //! 2. the seals include `F_SEAL_SHRINK | F_SEAL_GROW`: without them the peer could
 //!    shrink the file after we mapped it, and our next access would raise `SIGBUS`;
 //! 3. its size equals the size the rendezvous message declared, and lies within
@@ -34,6 +35,12 @@ pub const MIN_REGION_SIZE: usize = 4096;
 
 /// The largest region this crate creates or accepts, in bytes (1 GiB).
 pub const MAX_REGION_SIZE: usize = 1 << 30;
+
+/// `TMPFS_MAGIC` (`include/uapi/linux/magic.h`): the file system of ordinary memfds
+/// (the kernel's internal shm mount). A hugetlbfs memfd (`MFD_HUGETLB`) reports
+/// `HUGETLBFS_MAGIC` instead and is refused: this crate never creates one, and its
+/// faults depend on a separate, exhaustible page pool.
+const TMPFS_MAGIC: u64 = 0x0102_1994;
 
 /// The seals an attaching side requires: without them the peer could resize the file
 /// under our mapping.
@@ -78,9 +85,9 @@ impl fmt::Display for RegionError {
                 "shared region size {size} is outside {MIN_REGION_SIZE}..={MAX_REGION_SIZE} bytes"
             ),
             Self::NotRegularFile => f.write_str("shared region descriptor is not a regular file"),
-            Self::NotMemfd => {
-                f.write_str("shared region descriptor is not a memfd (it does not support seals)")
-            }
+            Self::NotMemfd => f.write_str(
+                "shared region descriptor is not a memfd (not on tmpfs, or no seal support)",
+            ),
             Self::NotSealed { seals } => write!(
                 f,
                 "shared region memfd lacks the shrink/grow seals (seals: {seals:#x}); \
@@ -129,6 +136,13 @@ pub fn validate_memfd(fd: BorrowedFd<'_>, declared: u64) -> Result<usize, Region
     let stat = rustix::fs::fstat(fd).sys("fstat")?;
     if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
         return Err(RegionError::NotRegularFile);
+    }
+    let fs = rustix::fs::fstatfs(fd).sys("fstatfs")?;
+    // `f_type` is a signed or unsigned word depending on the architecture; the magic
+    // fits either way.
+    #[allow(clippy::unnecessary_cast, clippy::cast_sign_loss)]
+    if fs.f_type as u64 != TMPFS_MAGIC {
+        return Err(RegionError::NotMemfd);
     }
     let seals = match rustix::fs::fcntl_get_seals(fd) {
         Ok(seals) => seals,
