@@ -1,0 +1,582 @@
+//! A channel: one ring per direction in one shared region, plus a doorbell.
+
+use crate::notify::{Batching, Clock, Doorbell, Wake};
+use crate::stats::Stats;
+use crate::transport::{ring_memory, ChannelLayout, Link, Role, SharedRegion};
+use crate::{ChannelError, TransportError};
+use core::time::Duration;
+use coresident_ring::{
+    Consumer, Notify, Producer, Readiness, RecvError, Reservation, SendError, View,
+};
+
+/// The kind of every message the channel sends (kinds are the ring's; the channel uses
+/// one).
+const KIND_DATA: u8 = 0;
+
+/// Tuning that rarely changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelConfig {
+    /// When to publish and ring.
+    pub batching: Batching,
+    /// Polls before a blocking call sleeps on the doorbell (spin, then block). On one
+    /// shared core spinning only delays the peer: use 0 there.
+    pub spin: u32,
+    /// The peer is declared gone when it has unconsumed messages and its read position
+    /// has not moved for this long (the missed heartbeat). `None`: only transport
+    /// signals count.
+    pub liveness: Option<Duration>,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        Self {
+            batching: Batching::EventIndex,
+            spin: 2_000,
+            liveness: Some(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// Where a channel is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelState {
+    /// Both sides attached; traffic flows.
+    Connected,
+    /// The peer is gone (transport signal, closed its ring, or missed the liveness
+    /// bound). What it published can still be received; what it did not consume can be
+    /// recovered with [`Channel::unconsumed`].
+    PeerGone,
+    /// The shared memory held an impossible value. What can be recovered can still be
+    /// recovered; nothing else is done with the rings.
+    Corrupted,
+}
+
+/// One ring per direction in one shared region, with a doorbell, batching and counters.
+///
+/// Single-threaded by design (`&mut self` everywhere): one owner sends and receives.
+///
+/// # Examples
+///
+/// See `examples/quickstart.rs` and the mock transport's tests.
+#[derive(Debug)]
+pub struct Channel<R: SharedRegion, D: Doorbell, C: Clock> {
+    // Field order matters: the halves drop before the region they point into.
+    tx: Producer,
+    rx: Consumer,
+    doorbell: D,
+    clock: C,
+    config: ChannelConfig,
+    /// Messages written but not published, their payload bytes, and when the oldest
+    /// was written.
+    pending: (u32, u32, Duration),
+    /// The consumer's last known position and when it was seen to move (liveness).
+    progress: (u32, Duration),
+    state: ChannelState,
+    stats: Stats,
+    layout: ChannelLayout,
+    role: Role,
+    region: R,
+}
+
+impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
+    /// Attaches both rings of `link` (laid out by the offering transport).
+    ///
+    /// # Errors
+    ///
+    /// [`ChannelError::Attach`] when a ring's header or indices are refused.
+    pub fn new(link: Link<R, D>, config: ChannelConfig, clock: C) -> Result<Self, ChannelError> {
+        let ((tx_off, tx_size), (rx_off, rx_size)) = link.layout.rings(link.role);
+        let tx_mem = ring_memory(&link.region, tx_off, tx_size).map_err(ChannelError::Attach)?;
+        let rx_mem = ring_memory(&link.region, rx_off, rx_size).map_err(ChannelError::Attach)?;
+        let tx = Producer::attach(tx_mem).map_err(ChannelError::Attach)?;
+        let rx = Consumer::attach(rx_mem).map_err(ChannelError::Attach)?;
+        if tx.data_size() != tx_size || rx.data_size() != rx_size {
+            return Err(ChannelError::Attach(
+                coresident_ring::AttachError::BadDataSize {
+                    data_size: tx.data_size(),
+                },
+            ));
+        }
+        let now = clock.now();
+        Ok(Self {
+            progress: (tx.position(), now),
+            tx,
+            rx,
+            doorbell: link.doorbell,
+            clock,
+            config,
+            pending: (0, 0, now),
+            state: ChannelState::Connected,
+            stats: Stats::default(),
+            layout: link.layout,
+            role: link.role,
+            region: link.region,
+        })
+    }
+
+    /// The largest message the channel carries.
+    pub fn max_message(&self) -> usize {
+        self.tx.max_message() as usize
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Where the channel is in its life.
+    pub fn state(&self) -> ChannelState {
+        self.state
+    }
+
+    /// The ring sizes and this side's role.
+    pub fn layout(&self) -> (ChannelLayout, Role) {
+        (self.layout, self.role)
+    }
+
+    /// The doorbell (for a transport-specific poll set, say).
+    pub fn doorbell(&self) -> &D {
+        &self.doorbell
+    }
+
+    /// How full the sending ring looked at the last check, in per mille of its data
+    /// area: the peer-load hint of the switching policy (a CPU-starved peer lets its
+    /// ring fill).
+    pub fn load(&self) -> u32 {
+        let used = self.tx.position().wrapping_sub(self.progress.0);
+        ((u64::from(used) * 1000) / u64::from(self.tx.data_size())) as u32
+    }
+
+    // ---------------------------------------------------------------- sending
+
+    /// Sends one message without blocking; it becomes visible to the peer according to
+    /// the batching policy (at once, except with [`Batching::Batch`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ChannelError::Full`] (nothing sent), `TooLarge`, `PeerGone`, `Corrupted`.
+    #[inline]
+    pub fn send(&mut self, msg: &[u8]) -> Result<(), ChannelError> {
+        self.usable()?;
+        match self.tx.write(KIND_DATA, msg) {
+            Ok(()) => {}
+            Err(SendError::Full) => {
+                // Maybe only our unpublished batch holds the space: publish, retry once.
+                self.flush()?;
+                self.tx
+                    .write(KIND_DATA, msg)
+                    .map_err(|e| self.fail_send(e))?;
+            }
+            Err(e) => return Err(self.fail_send(e)),
+        }
+        self.wrote(msg.len())
+    }
+
+    /// Sends a message written in place: `fill` gets room for up to `max_len` bytes and
+    /// returns how many it wrote. Zero-copy: `fill` may hand
+    /// [`Reservation::as_mut_ptr`] to `read(2)` or a device.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send); `TooLarge` if `fill` claims more than `max_len`.
+    pub fn send_in_place(
+        &mut self,
+        max_len: usize,
+        fill: impl FnOnce(&mut Reservation<'_>) -> usize,
+    ) -> Result<(), ChannelError> {
+        self.usable()?;
+        if let Err(SendError::Full) = self.tx.reserve(max_len).map(drop) {
+            // Maybe only our unpublished batch holds the space: publish, retry once.
+            self.flush()?;
+        }
+        let mut r = match self.tx.reserve(max_len) {
+            Ok(r) => r,
+            Err(e) => return Err(self.fail_send(e)),
+        };
+        let len = fill(&mut r);
+        if let Err(e) = r.commit(KIND_DATA, len) {
+            return Err(self.fail_send(e));
+        }
+        self.wrote(len)
+    }
+
+    /// Sends as many of `msgs` as fit without blocking, published together; returns how
+    /// many.
+    ///
+    /// # Errors
+    ///
+    /// Only when not even the first fits (`Full`) or the channel is unusable.
+    pub fn send_batch<M: AsRef<[u8]>>(&mut self, msgs: &[M]) -> Result<usize, ChannelError> {
+        let mut n = 0;
+        for m in msgs {
+            match self.tx.write(KIND_DATA, m.as_ref()) {
+                Ok(()) => {
+                    self.pending.0 += 1;
+                    self.pending.1 = self.pending.1.saturating_add(m.as_ref().len() as u32);
+                    self.stats.sent_messages += 1;
+                    self.stats.sent_bytes += m.as_ref().len() as u64;
+                    n += 1;
+                }
+                Err(SendError::Full) if n > 0 => break,
+                Err(e) => return Err(self.fail_send(e)),
+            }
+        }
+        self.flush()?;
+        Ok(n)
+    }
+
+    /// Sends one message, waiting for space: spin, then sleep on the doorbell until the
+    /// consumer has freed exactly the space this message needs.
+    ///
+    /// # Errors
+    ///
+    /// `TimedOut`, `TooLarge`, `PeerGone` (also when the liveness bound passes),
+    /// `Corrupted`, `Transport`.
+    pub fn send_blocking(
+        &mut self,
+        msg: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<(), ChannelError> {
+        let deadline = timeout.map(|t| self.clock.now() + t);
+        loop {
+            for _ in 0..=self.config.spin {
+                match self.send(msg) {
+                    Err(ChannelError::Full) => coresident_ring::sync::spin_loop(),
+                    other => return other,
+                }
+            }
+            match self
+                .tx
+                .arm_space(msg.len())
+                .map_err(|e| self.fail_send(e))?
+            {
+                Readiness::Ready => continue,
+                Readiness::Armed => self.sleep(deadline)?,
+            }
+        }
+    }
+
+    /// Publishes what is pending and rings the doorbell if the peer waits for it (or
+    /// always, under [`Batching::Always`]).
+    ///
+    /// # Errors
+    ///
+    /// `PeerGone`, `Corrupted`, `Transport`.
+    pub fn flush(&mut self) -> Result<(), ChannelError> {
+        if self.pending.0 == 0 {
+            return Ok(());
+        }
+        let notify = self.tx.publish().map_err(|e| self.fail_send(e))?;
+        self.pending.0 = 0;
+        self.pending.1 = 0;
+        self.stats.publishes += 1;
+        let notify = if self.config.batching == Batching::Always {
+            Notify::Required
+        } else {
+            notify
+        };
+        self.doorbell_for(notify)
+    }
+
+    /// The periodic duty of an idle sender: publishes a batch whose latency bound has
+    /// passed, and checks the peer's liveness.
+    ///
+    /// # Errors
+    ///
+    /// `PeerGone` when the peer is found gone, `Corrupted`, `Transport`.
+    pub fn poll(&mut self) -> Result<(), ChannelError> {
+        self.usable()?;
+        let age = self.clock.now().saturating_sub(self.pending.2);
+        if self
+            .config
+            .batching
+            .due(self.pending.0, self.pending.1, age)
+        {
+            self.flush()?;
+        }
+        self.check_liveness()
+    }
+
+    // -------------------------------------------------------------- receiving
+
+    /// Receives one message into `buf` without blocking; returns its length.
+    ///
+    /// # Errors
+    ///
+    /// `Empty`, `BufferTooSmall` (the message stays), `PeerGone` once the peer is gone
+    /// and everything it published was received, `Corrupted`.
+    #[inline]
+    pub fn recv(&mut self, buf: &mut [u8]) -> Result<usize, ChannelError> {
+        match self.rx.recv(buf) {
+            Ok(got) => {
+                self.stats.received_messages += 1;
+                self.stats.received_bytes += got.len as u64;
+                self.doorbell_for(got.notify)?;
+                Ok(got.len)
+            }
+            Err(RecvError::Empty) if self.state == ChannelState::PeerGone => {
+                Err(ChannelError::PeerGone)
+            }
+            Err(e) => Err(self.fail_recv(e)),
+        }
+    }
+
+    /// Receives up to `max` messages in place, handing each to `f`, and releases their
+    /// space with one index store; returns how many.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv), when not even one message was there.
+    pub fn recv_batch(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(&View<'_>),
+    ) -> Result<usize, ChannelError> {
+        let mut bytes = 0u64;
+        match self.rx.recv_batch(max, |v| {
+            bytes += v.len() as u64;
+            f(v)
+        }) {
+            Ok((n, notify)) => {
+                self.stats.received_messages += n as u64;
+                self.stats.received_bytes += bytes;
+                self.doorbell_for(notify)?;
+                Ok(n)
+            }
+            Err(RecvError::Empty) if self.state == ChannelState::PeerGone => {
+                Err(ChannelError::PeerGone)
+            }
+            Err(e) => Err(self.fail_recv(e)),
+        }
+    }
+
+    /// Receives one message, waiting for it: spin, then sleep on the doorbell, woken
+    /// exactly when the producer's publish crosses our request. Publishes our own
+    /// pending batch first (the peer may be waiting for it to answer).
+    ///
+    /// # Errors
+    ///
+    /// `TimedOut`, `BufferTooSmall`, `PeerGone` (after receiving everything the peer
+    /// published), `Corrupted`, `Transport`.
+    pub fn recv_blocking(
+        &mut self,
+        buf: &mut [u8],
+        timeout: Option<Duration>,
+    ) -> Result<usize, ChannelError> {
+        let deadline = timeout.map(|t| self.clock.now() + t);
+        loop {
+            if self.state == ChannelState::Connected {
+                self.flush()?;
+            }
+            for _ in 0..=self.config.spin {
+                match self.recv(buf) {
+                    Err(ChannelError::Empty) => coresident_ring::sync::spin_loop(),
+                    other => return other,
+                }
+            }
+            match self.rx.arm_data(1).map_err(|e| self.fail_recv(e))? {
+                Readiness::Ready => continue,
+                Readiness::Armed => self.sleep(deadline)?,
+            }
+        }
+    }
+
+    // -------------------------------------------------------------- lifecycle
+
+    /// Hands every message sent but not consumed by the peer to `f`, oldest first, and
+    /// returns how many: after the peer died, moved away or corrupted the ring, these
+    /// are what must go out again over the network path. The ring itself is the
+    /// retransmit buffer; a message the peer read but had not yet acknowledged may be
+    /// among them, so the receiving side drops duplicates by sequence number.
+    ///
+    /// # Errors
+    ///
+    /// `Corrupted` at the first frame the peer made unreadable; the ones before it
+    /// were handed out.
+    pub fn unconsumed(&mut self, mut f: impl FnMut(&View<'_>)) -> Result<usize, ChannelError> {
+        let n = self
+            .tx
+            .for_each_unconsumed(|v| f(v))
+            .map_err(ChannelError::from)?;
+        self.stats.resent_messages += n as u64;
+        Ok(n)
+    }
+
+    /// Marks the peer gone (the control path learnt it migrated away, say) and counts a
+    /// fallback. Receiving what it published still works.
+    pub fn peer_left(&mut self) {
+        if self.state == ChannelState::Connected {
+            self.state = ChannelState::PeerGone;
+            self.stats.fallbacks += 1;
+        }
+    }
+
+    /// Publishes what is pending and closes both rings' halves; returns the region.
+    pub fn close(mut self) -> R {
+        let _ = self.flush();
+        let Self {
+            tx,
+            rx,
+            region,
+            doorbell,
+            ..
+        } = self;
+        if let Ok(n) = tx.close() {
+            if n.is_required() {
+                let _ = doorbell.ring();
+            }
+        }
+        let _ = rx.close();
+        region
+    }
+
+    // -------------------------------------------------------------- internals
+
+    #[inline(always)]
+    fn usable(&self) -> Result<(), ChannelError> {
+        match self.state {
+            ChannelState::Connected => Ok(()),
+            ChannelState::PeerGone => Err(ChannelError::PeerGone),
+            ChannelState::Corrupted => Err(ChannelError::Corrupted(
+                coresident_ring::Corruption::OutOfBounds,
+            )),
+        }
+    }
+
+    #[inline(always)]
+    fn wrote(&mut self, len: usize) -> Result<(), ChannelError> {
+        self.stats.sent_messages += 1;
+        self.stats.sent_bytes += len as u64;
+        if self.pending.0 == 0 {
+            self.pending.2 = self.clock.now();
+        }
+        self.pending.0 += 1;
+        self.pending.1 = self.pending.1.saturating_add(len as u32);
+        let due = match self.config.batching {
+            Batching::Always | Batching::EventIndex => true,
+            b => b.due(
+                self.pending.0,
+                self.pending.1,
+                self.clock.now().saturating_sub(self.pending.2),
+            ),
+        };
+        if due {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn doorbell_for(&mut self, notify: Notify) -> Result<(), ChannelError> {
+        if notify.is_required() {
+            self.stats.doorbells_rung += 1;
+            self.doorbell.ring().map_err(|e| self.fail_transport(e))
+        } else {
+            self.stats.doorbells_suppressed += 1;
+            Ok(())
+        }
+    }
+
+    /// Sleeps on the doorbell until it rings, the deadline passes or the peer goes.
+    fn sleep(&mut self, deadline: Option<Duration>) -> Result<(), ChannelError> {
+        self.check_liveness()?;
+        if !self.doorbell.peer_alive() {
+            return Err(self.gone());
+        }
+        let now = self.clock.now();
+        let timeout = match deadline {
+            Some(d) if d <= now => return Err(ChannelError::TimedOut),
+            Some(d) => Some(d - now),
+            None => None,
+        };
+        // With a liveness bound, wake up in time to check it.
+        let timeout = match (timeout, self.config.liveness) {
+            (Some(t), Some(l)) => Some(t.min(l)),
+            (None, l) => l,
+            (t, None) => t,
+        };
+        match self
+            .doorbell
+            .wait(timeout)
+            .map_err(|e| self.fail_transport(e))?
+        {
+            Wake::Rung => self.stats.wakeups += 1,
+            Wake::TimedOut => {}
+            Wake::PeerGone => {
+                self.gone();
+            }
+        }
+        Ok(())
+    }
+
+    fn check_liveness(&mut self) -> Result<(), ChannelError> {
+        let Some(bound) = self.config.liveness else {
+            return Ok(());
+        };
+        if self.state != ChannelState::Connected {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let read = match self.tx.consumer_position() {
+            Ok(r) => r,
+            Err(e) => return Err(self.fail_send(e)),
+        };
+        if read != self.progress.0 || read == self.tx.position() {
+            // The peer moved, or has nothing to do: it is alive as far as we can tell.
+            self.progress = (read, now);
+            return Ok(());
+        }
+        if now.saturating_sub(self.progress.1) >= bound {
+            return Err(self.gone());
+        }
+        Ok(())
+    }
+
+    #[cold]
+    fn gone(&mut self) -> ChannelError {
+        self.peer_left();
+        ChannelError::PeerGone
+    }
+
+    #[cold]
+    fn fail_send(&mut self, e: SendError) -> ChannelError {
+        match e {
+            SendError::Corrupted(_) => self.corrupted(),
+            SendError::Closed => {
+                self.gone();
+            }
+            _ => {}
+        }
+        ChannelError::from(e)
+    }
+
+    #[cold]
+    fn fail_recv(&mut self, e: RecvError) -> ChannelError {
+        match e {
+            RecvError::Corrupted(_) => self.corrupted(),
+            RecvError::Closed => {
+                self.gone();
+            }
+            _ => {}
+        }
+        ChannelError::from(e)
+    }
+
+    #[cold]
+    fn fail_transport(&mut self, e: TransportError) -> ChannelError {
+        if e == TransportError::PeerGone {
+            self.gone();
+        }
+        ChannelError::from(e)
+    }
+
+    fn corrupted(&mut self) {
+        if self.state != ChannelState::Corrupted {
+            if self.state == ChannelState::Connected {
+                self.stats.fallbacks += 1;
+            }
+            self.state = ChannelState::Corrupted;
+            self.stats.corruptions += 1;
+        }
+    }
+}
