@@ -78,7 +78,7 @@ impl PendingOffer {
     pub fn new(cfg: &OfferConfig) -> Result<Self, HandshakeError> {
         let layout = Layout::new(cfg.tx_data_size as u64, cfg.rx_data_size as u64)
             .map_err(HandshakeError::Layout)?;
-        let region = SharedRegion::create("coresident", layout.region_size())
+        let region = SharedRegion::create("coresident", layout.region_alloc_size())
             .map_err(HandshakeError::Region)?;
         Ok(Self {
             region,
