@@ -45,16 +45,119 @@ pub struct Endpoint {
     pub(crate) layout: Layout,
     /// Which side we are.
     pub(crate) role: Role,
-    /// The doorbell the peer rings for us.
-    pub(crate) local: Doorbell,
-    /// The doorbell we ring for the peer.
-    pub(crate) remote: Doorbell,
-    /// The rendezvous socket, kept open for the life of the channel.
-    pub(crate) socket: UnixStream,
+    /// The doorbells and the rendezvous socket.
+    pub(crate) link: PeerLink,
     /// The peer's identity.
     pub(crate) peer: PeerInfo,
+}
+
+/// The signalling half of a channel: the two doorbells and the rendezvous socket whose
+/// hang-up means the peer is gone. Split off an [`Endpoint`] with
+/// [`Endpoint::into_parts`] (the core's `Channel` keeps the region and this apart).
+#[derive(Debug)]
+pub struct PeerLink {
+    /// The doorbell the peer rings for us.
+    local: Doorbell,
+    /// The doorbell we ring for the peer.
+    remote: Doorbell,
+    /// The rendezvous socket, kept open for the life of the channel.
+    socket: UnixStream,
     /// Set once a wait or a check saw the peer hang up; never cleared.
-    pub(crate) gone: AtomicBool,
+    gone: AtomicBool,
+}
+
+impl PeerLink {
+    /// Bundles the doorbells and the socket of a fresh channel.
+    pub(crate) fn new(local: Doorbell, remote: Doorbell, socket: UnixStream) -> Self {
+        Self {
+            local,
+            remote,
+            socket,
+            gone: AtomicBool::new(false),
+        }
+    }
+
+    /// Rings the peer's doorbell.
+    ///
+    /// # Errors
+    ///
+    /// [`DoorbellError::Sys`] if the write fails.
+    pub fn notify_peer(&self) -> Result<(), DoorbellError> {
+        self.remote.notify()
+    }
+
+    /// Waits for the peer's notification, the peer's death, or the timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::PeerGone`] once the peer hung up; [`WaitError::Sys`] otherwise.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<Wake, WaitError> {
+        let res = self.local.wait(Some(self.socket.as_fd()), timeout);
+        if res == Err(WaitError::PeerGone) {
+            self.mark_gone();
+        }
+        res
+    }
+
+    /// Consumes the peer's pending notifications without blocking.
+    ///
+    /// # Errors
+    ///
+    /// [`DoorbellError::Sys`] if the read fails.
+    pub fn try_consume(&self) -> Result<Option<u64>, DoorbellError> {
+        self.local.try_consume()
+    }
+
+    /// Whether the peer still holds its end of the rendezvous socket (non-blocking; one
+    /// `poll` unless the peer is already known to be gone).
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::Sys`] if `poll` fails.
+    pub fn peer_alive(&self) -> Result<bool, WaitError> {
+        if self.peer_known_gone() {
+            return Ok(false);
+        }
+        let alive = peer_alive(self.socket.as_fd())?;
+        if !alive {
+            self.mark_gone();
+        }
+        Ok(alive)
+    }
+
+    /// Whether a [`wait`](Self::wait) or [`peer_alive`](Self::peer_alive) has already
+    /// seen the peer hang up. No system call: a cheap check for the data path.
+    #[must_use]
+    pub fn peer_known_gone(&self) -> bool {
+        // Relaxed: a sticky flag with no data attached; a late view only delays the
+        // answer to the next check.
+        self.gone.load(Ordering::Relaxed)
+    }
+
+    /// Records the peer's death.
+    fn mark_gone(&self) {
+        // Relaxed: see `peer_known_gone`.
+        self.gone.store(true, Ordering::Relaxed);
+    }
+
+    /// The doorbell the peer rings for us (to poll it in an event loop).
+    #[must_use]
+    pub fn local_doorbell(&self) -> &Doorbell {
+        &self.local
+    }
+
+    /// The doorbell we ring for the peer.
+    #[must_use]
+    pub fn remote_doorbell(&self) -> &Doorbell {
+        &self.remote
+    }
+
+    /// The rendezvous socket (to poll it in an event loop: a hang-up or any readable
+    /// byte means the peer is gone).
+    #[must_use]
+    pub fn socket(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
 }
 
 impl Endpoint {
@@ -115,84 +218,60 @@ impl Endpoint {
         Some(self.region.as_ptr().wrapping_add(slot.offset))
     }
 
-    /// Rings the peer's doorbell.
+    /// The doorbells and the socket.
+    #[must_use]
+    pub fn link(&self) -> &PeerLink {
+        &self.link
+    }
+
+    /// Splits the endpoint into the region and the signalling half (for the core's
+    /// `Channel`, which holds them apart).
+    #[must_use]
+    pub fn into_parts(self) -> (SharedRegion, PeerLink) {
+        (self.region, self.link)
+    }
+
+    /// Rings the peer's doorbell ([`PeerLink::notify_peer`]).
     ///
     /// # Errors
     ///
     /// [`DoorbellError::Sys`] if the write fails.
     pub fn notify_peer(&self) -> Result<(), DoorbellError> {
-        self.remote.notify()
+        self.link.notify_peer()
     }
 
-    /// Waits for the peer's notification, the peer's death, or the timeout.
+    /// Waits for the peer's notification, the peer's death, or the timeout
+    /// ([`PeerLink::wait`]).
     ///
     /// # Errors
     ///
     /// [`WaitError::PeerGone`] once the peer hung up; [`WaitError::Sys`] otherwise.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<Wake, WaitError> {
-        let res = self.local.wait(Some(self.socket.as_fd()), timeout);
-        if res == Err(WaitError::PeerGone) {
-            self.mark_gone();
-        }
-        res
+        self.link.wait(timeout)
     }
 
-    /// Consumes the peer's pending notifications without blocking.
+    /// Consumes the peer's pending notifications without blocking
+    /// ([`PeerLink::try_consume`]).
     ///
     /// # Errors
     ///
     /// [`DoorbellError::Sys`] if the read fails.
     pub fn try_consume(&self) -> Result<Option<u64>, DoorbellError> {
-        self.local.try_consume()
+        self.link.try_consume()
     }
 
-    /// Whether the peer still holds its end of the rendezvous socket (non-blocking).
+    /// Whether the peer is still there ([`PeerLink::peer_alive`]).
     ///
     /// # Errors
     ///
     /// [`WaitError::Sys`] if `poll` fails.
     pub fn peer_alive(&self) -> Result<bool, WaitError> {
-        if self.peer_known_gone() {
-            return Ok(false);
-        }
-        let alive = peer_alive(self.socket.as_fd())?;
-        if !alive {
-            self.mark_gone();
-        }
-        Ok(alive)
+        self.link.peer_alive()
     }
 
-    /// Whether a [`wait`](Self::wait) or [`peer_alive`](Self::peer_alive) has already
-    /// seen the peer hang up. No system call: a cheap check for the data path.
+    /// Whether the peer is already known to be gone ([`PeerLink::peer_known_gone`]).
     #[must_use]
     pub fn peer_known_gone(&self) -> bool {
-        // Relaxed: a sticky flag with no data attached; a late view only delays the
-        // answer to the next check.
-        self.gone.load(Ordering::Relaxed)
-    }
-
-    /// Records the peer's death.
-    fn mark_gone(&self) {
-        // Relaxed: see `peer_known_gone`.
-        self.gone.store(true, Ordering::Relaxed);
-    }
-
-    /// The doorbell the peer rings for us (to poll it in an event loop).
-    #[must_use]
-    pub fn local_doorbell(&self) -> &Doorbell {
-        &self.local
-    }
-
-    /// The doorbell we ring for the peer.
-    #[must_use]
-    pub fn remote_doorbell(&self) -> &Doorbell {
-        &self.remote
-    }
-
-    /// The rendezvous socket (to poll it in an event loop: a hang-up or any readable
-    /// byte means the peer is gone).
-    #[must_use]
-    pub fn socket(&self) -> BorrowedFd<'_> {
-        self.socket.as_fd()
+        self.link.peer_known_gone()
     }
 }

@@ -85,7 +85,7 @@ pub mod registry;
 pub mod rendezvous;
 pub mod wire;
 
-pub use endpoint::{Endpoint, PeerInfo, Role};
+pub use endpoint::{Endpoint, PeerInfo, PeerLink, Role};
 pub use error::SysError;
 pub use eventfd::{peer_alive, Doorbell, DoorbellError, WaitError, Wake};
 pub use layout::{Layout, LayoutError, RingSlot};

@@ -4,7 +4,6 @@
 //! region *before* the peer sees it ([`PendingOffer`]): once the acceptor has the
 //! region it may attach to the rings at once, and must find them initialised.
 
-use core::sync::atomic::AtomicBool;
 use core::time::Duration;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -12,7 +11,7 @@ use std::path::Path;
 
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::endpoint::{Endpoint, PeerInfo, Role};
+use crate::endpoint::{Endpoint, PeerInfo, PeerLink, Role};
 use crate::eventfd::Doorbell;
 use crate::layout::{Layout, RingSlot};
 use crate::memfd::SharedRegion;
@@ -192,15 +191,12 @@ impl PendingOffer {
             region,
             layout,
             role: Role::Offerer,
-            local: to_offerer,
-            remote: to_acceptor,
-            socket: stream,
+            link: PeerLink::new(to_offerer, to_acceptor, stream),
             peer: PeerInfo {
                 id: cfg.peer_id,
                 pid,
                 uid,
             },
-            gone: AtomicBool::new(false),
         })
     }
 }

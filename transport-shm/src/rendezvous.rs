@@ -11,7 +11,6 @@
 
 use core::fmt;
 use core::mem::MaybeUninit;
-use core::sync::atomic::AtomicBool;
 use core::time::Duration;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -27,7 +26,7 @@ use rustix::net::{
 use zerocopy::little_endian::U32;
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::endpoint::{Endpoint, PeerInfo, Role};
+use crate::endpoint::{Endpoint, PeerInfo, PeerLink, Role};
 use crate::error::SysError;
 use crate::eventfd::{Doorbell, DoorbellError};
 use crate::layout::{Layout, LayoutError};
@@ -456,11 +455,8 @@ pub fn accept_offer(stream: UnixStream, cfg: &AcceptConfig) -> Result<Endpoint, 
                 region,
                 layout,
                 role: Role::Acceptor,
-                local,
-                remote,
-                socket: stream,
+                link: PeerLink::new(local, remote, stream),
                 peer: PeerInfo { id, pid, uid },
-                gone: AtomicBool::new(false),
             })
         }
         Err(e) => {
