@@ -25,6 +25,10 @@ pub struct ChannelConfig {
     /// has not moved for this long (the missed heartbeat). `None`: only transport
     /// signals count.
     pub liveness: Option<Duration>,
+    /// The longest a sleeper waits before it re-checks the rings by itself: doorbells
+    /// are hints and may be lost, so a lost one costs at most this much latency.
+    /// `None`: trust the doorbell.
+    pub recheck: Option<Duration>,
 }
 
 impl Default for ChannelConfig {
@@ -33,6 +37,7 @@ impl Default for ChannelConfig {
             batching: Batching::EventIndex,
             spin: 2_000,
             liveness: Some(Duration::from_secs(5)),
+            recheck: Some(Duration::from_millis(100)),
         }
     }
 }
@@ -251,7 +256,9 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
                 .map_err(|e| self.fail_send(e))?
             {
                 Readiness::Ready => continue,
-                Readiness::Armed => self.sleep(deadline)?,
+                Readiness::Armed => {
+                    self.sleep(deadline)?;
+                }
             }
         }
     }
@@ -364,6 +371,7 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
         timeout: Option<Duration>,
     ) -> Result<usize, ChannelError> {
         let deadline = timeout.map(|t| self.clock.now() + t);
+        let mut woke = false;
         loop {
             if self.state == ChannelState::Connected {
                 self.flush()?;
@@ -374,9 +382,13 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
                     other => return other,
                 }
             }
+            if woke {
+                // Woken, yet nothing arrived: a duplicated or stale doorbell.
+                self.stats.spurious_wakeups += 1;
+            }
             match self.rx.arm_data(1).map_err(|e| self.fail_recv(e))? {
-                Readiness::Ready => continue,
-                Readiness::Armed => self.sleep(deadline)?,
+                Readiness::Ready => woke = false,
+                Readiness::Armed => woke = self.sleep(deadline)?,
             }
         }
     }
@@ -477,8 +489,9 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
         }
     }
 
-    /// Sleeps on the doorbell until it rings, the deadline passes or the peer goes.
-    fn sleep(&mut self, deadline: Option<Duration>) -> Result<(), ChannelError> {
+    /// Sleeps on the doorbell until it rings, the deadline passes or the peer goes;
+    /// true when the doorbell rang.
+    fn sleep(&mut self, deadline: Option<Duration>) -> Result<bool, ChannelError> {
         self.check_liveness()?;
         if !self.doorbell.peer_alive() {
             return Err(self.gone());
@@ -489,24 +502,27 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
             Some(d) => Some(d - now),
             None => None,
         };
-        // With a liveness bound, wake up in time to check it.
-        let timeout = match (timeout, self.config.liveness) {
-            (Some(t), Some(l)) => Some(t.min(l)),
-            (None, l) => l,
-            (t, None) => t,
-        };
+        // Wake up in time to check liveness, and to re-check the rings in case a
+        // doorbell was lost.
+        let timeout = [timeout, self.config.liveness, self.config.recheck]
+            .into_iter()
+            .flatten()
+            .min();
         match self
             .doorbell
             .wait(timeout)
             .map_err(|e| self.fail_transport(e))?
         {
-            Wake::Rung => self.stats.wakeups += 1,
+            Wake::Rung => {
+                self.stats.wakeups += 1;
+                return Ok(true);
+            }
             Wake::TimedOut => {}
             Wake::PeerGone => {
                 self.gone();
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     fn check_liveness(&mut self) -> Result<(), ChannelError> {
