@@ -46,6 +46,8 @@ pub mod mapping;
 #[cfg(target_os = "linux")]
 pub mod sys;
 #[cfg(target_os = "linux")]
+pub mod transport;
+#[cfg(target_os = "linux")]
 pub mod xenstore;
 
 #[cfg(all(test, target_os = "linux"))]
@@ -65,6 +67,8 @@ pub use gntdev::{ForeignPages, Gntdev};
 pub use mapping::Mapping;
 #[cfg(target_os = "linux")]
 pub use sys::PAGE_SIZE;
+#[cfg(target_os = "linux")]
+pub use transport::{XenDoorbell, XenRegion, XenTransport, XenTransportError};
 #[cfg(target_os = "linux")]
 pub use xenstore::{XenStore, XsError};
 

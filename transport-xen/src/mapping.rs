@@ -33,6 +33,13 @@ pub struct Mapping<S: Sys = Linux> {
 // - `S: Sys` is `Send`.
 unsafe impl<S: Sys> Send for Mapping<S> {}
 
+// SAFETY:
+// - Through `&Mapping` one gets only the pointer value and the length;
+//   no method taking `&self` touches the mapped bytes, so sharing the
+//   handle between threads shares nothing but those two values.
+// - `S: Sys` is `Sync`.
+unsafe impl<S: Sys> Sync for Mapping<S> {}
+
 impl<S: Sys> Mapping<S> {
     /// Takes ownership of a mapping made by `sys.mmap_shared`.
     ///

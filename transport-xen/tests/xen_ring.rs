@@ -94,7 +94,7 @@ fn ring_dom0_gntalloc_gntdev() {
         let producer = s.spawn(|| {
             let mut bells = 0u64;
             let mut msg = Vec::new();
-            let mut ring = |bells: &mut u64| {
+            let ring = |bells: &mut u64| {
                 ev_tx.notify(p_tx).unwrap();
                 *bells += 1;
             };

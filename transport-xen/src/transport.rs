@@ -1,0 +1,646 @@
+//! The Xen [`Transport`]: grant pages hold the channel's region, an event
+//! channel is the doorbell, and a unmap-notify "live" byte per side tells
+//! the survivor that its peer is gone.
+//!
+//! ```text
+//!  pages granted by the offerer (gntalloc), mapped by the acceptor (gntdev)
+//!  ┌───────────────────────────────────────┬─────────────────────────────┐
+//!  │ region: ring offerer→acceptor,        │ live page: byte 0 offerer,  │
+//!  │         ring acceptor→offerer         │ byte 64 acceptor (1 = live) │
+//!  └───────────────────────────────────────┴─────────────────────────────┘
+//!   0                              region_len rounded up to a page
+//! ```
+//!
+//! Rendezvous bytes (little-endian, [`RendezvousHeader`] then the grant
+//! references): the acceptor validates every field before it maps
+//! anything, and refuses a rendezvous from another domain than the peer it
+//! was opened for. Handshake: the acceptor maps, binds the event channel,
+//! sets its live byte and rings; [`PendingOffer::complete`] waits for that
+//! byte. Each side arms unmap-notify (clear its live byte, signal the port),
+//! so process death or teardown wakes the other side, whose doorbell then
+//! reports [`Wake::PeerGone`].
+//!
+//! Each link has its own `/dev/xen/evtchn` descriptor, so a wait consumes
+//! only that link's events.
+
+use core::fmt;
+use core::time::Duration;
+use std::sync::Arc;
+use std::time::Instant;
+
+use coresident::ring::{AttachError, MAX_DATA_SIZE, MIN_DATA_SIZE};
+use coresident::{
+    init_region, ChannelLayout, Doorbell, Link, PendingOffer, Role, SharedRegion, Transport,
+    TransportError, Wake,
+};
+use zerocopy::little_endian::{U16, U32};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::{
+    DomId, Evtchn, EvtchnError, EvtchnPort, ForeignPages, Gntalloc, Gntdev, GrantError, GrantRef,
+    SharedPages, UnmapNotify, MAX_PAGES, PAGE_SIZE,
+};
+
+/// `b"CRXG"`: coresident Xen grant rendezvous.
+pub const RENDEZVOUS_MAGIC: [u8; 4] = *b"CRXG";
+/// Version of the rendezvous encoding and of the live-page layout.
+pub const RENDEZVOUS_VERSION: u16 = 1;
+/// Offset of the acceptor's live byte in the live page (the offerer's is 0):
+/// another cache line.
+const ACCEPTOR_LIVE: usize = 64;
+
+/// The fixed part of the rendezvous bytes; `nrefs` grant references
+/// (little-endian `u32`) follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct RendezvousHeader {
+    /// [`RENDEZVOUS_MAGIC`].
+    pub magic: [u8; 4],
+    /// [`RENDEZVOUS_VERSION`].
+    pub version: U16,
+    /// The offering domain (the grants' owner).
+    pub offerer: U16,
+    /// The offerer's unbound event-channel port for the acceptor.
+    pub port: U32,
+    /// Data area of the offerer→acceptor ring (a power of two).
+    pub to_acceptor: U32,
+    /// Data area of the acceptor→offerer ring (a power of two).
+    pub to_offerer: U32,
+    /// Number of grant references: the region's pages plus the live page.
+    pub nrefs: U32,
+    /// Must be 0.
+    pub reserved: [u8; 8],
+}
+const _: () = assert!(size_of::<RendezvousHeader>() == 32);
+
+/// Why a rendezvous was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RendezvousError {
+    /// Shorter than the header, or not exactly header + `nrefs` refs.
+    BadLength,
+    /// Not [`RENDEZVOUS_MAGIC`].
+    BadMagic,
+    /// Another version.
+    BadVersion(u16),
+    /// Reserved bytes not zero.
+    BadReserved,
+    /// Ring sizes that are not powers of two in the ring's range.
+    BadLayout,
+    /// `nrefs` does not match the layout.
+    BadPageCount,
+    /// The offer comes from another domain than the expected peer.
+    WrongPeer(DomId),
+}
+
+/// A failure of the Xen transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum XenTransportError {
+    /// A grant operation failed.
+    Grant(GrantError),
+    /// An event-channel operation failed.
+    Evtchn(EvtchnError),
+    /// The rendezvous bytes were refused.
+    Rendezvous(RendezvousError),
+    /// The buffer for the rendezvous bytes is too small.
+    BufferTooSmall {
+        /// Bytes needed.
+        needed: usize,
+    },
+    /// The rings could not be laid out.
+    Layout(AttachError),
+    /// The peer did not accept in time.
+    Timeout,
+    /// The peer's live byte is clear: it is gone (or never was).
+    PeerGone,
+}
+
+impl fmt::Display for XenTransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Grant(e) => write!(f, "{e}"),
+            Self::Evtchn(e) => write!(f, "{e}"),
+            Self::Rendezvous(e) => write!(f, "rendezvous refused: {e:?}"),
+            Self::BufferTooSmall { needed } => {
+                write!(f, "rendezvous buffer too small ({needed} bytes needed)")
+            }
+            Self::Layout(e) => write!(f, "cannot lay the rings out: {e:?}"),
+            Self::Timeout => f.write_str("the peer did not accept in time"),
+            Self::PeerGone => f.write_str("the peer is gone"),
+        }
+    }
+}
+
+impl std::error::Error for XenTransportError {}
+
+impl From<GrantError> for XenTransportError {
+    fn from(e: GrantError) -> Self {
+        Self::Grant(e)
+    }
+}
+
+impl From<EvtchnError> for XenTransportError {
+    fn from(e: EvtchnError) -> Self {
+        Self::Evtchn(e)
+    }
+}
+
+impl From<RendezvousError> for XenTransportError {
+    fn from(e: RendezvousError) -> Self {
+        Self::Rendezvous(e)
+    }
+}
+
+/// Pages of region plus the live page, for a layout.
+fn pages_for(layout: ChannelLayout) -> usize {
+    layout.region_len().div_ceil(PAGE_SIZE) + 1
+}
+
+fn valid_size(s: u32) -> bool {
+    s.is_power_of_two() && (MIN_DATA_SIZE..=MAX_DATA_SIZE).contains(&s)
+}
+
+/// The granted or mapped pages behind a link.
+#[derive(Debug)]
+enum Pages {
+    Shared(SharedPages),
+    Foreign(ForeignPages),
+}
+
+impl Pages {
+    fn as_ptr(&self) -> *mut u8 {
+        match self {
+            Self::Shared(p) => p.as_ptr(),
+            Self::Foreign(p) => p.as_ptr(),
+        }
+    }
+}
+
+/// Pages shared by a region and its doorbell (the doorbell reads the peer's
+/// live byte), with the offset of the live page.
+#[derive(Debug)]
+struct LinkPages {
+    pages: Pages,
+    /// Start of the live page: `pages.len() - PAGE_SIZE`.
+    live: usize,
+}
+
+impl LinkPages {
+    fn live_byte(&self, role: Role) -> *mut u8 {
+        let off = match role {
+            Role::Offerer => self.live,
+            Role::Acceptor => self.live + ACCEPTOR_LIVE,
+        };
+        // `live + ACCEPTOR_LIVE < pages.len()`: the live page is the last
+        // page of the mapping (built so in `offer`/`accept`).
+        self.pages.as_ptr().wrapping_add(off)
+    }
+
+    fn read_live(&self, role: Role) -> u8 {
+        // SAFETY:
+        // - The byte lies in the live page, inside the mapping, which lives
+        //   as long as `self`.
+        // - A volatile read of one byte: the peer may write it concurrently,
+        //   which is a race on bytes, never a reference to them.
+        unsafe { self.live_byte(role).read_volatile() }
+    }
+
+    fn set_live(&self, role: Role) {
+        // SAFETY: as in `read_live`, for a volatile write.
+        unsafe { self.live_byte(role).write_volatile(1) }
+    }
+}
+
+/// The channel region: the grant pages before the live page.
+#[derive(Debug, Clone)]
+pub struct XenRegion {
+    pages: Arc<LinkPages>,
+    len: usize,
+}
+
+// SAFETY:
+// - `as_ptr()..as_ptr() + len` lies in one mapping (`len <= live`), valid
+//   for reads and writes while the `Arc` keeps the mapping alive; mappings
+//   are page-aligned, so 128-aligned.
+// - This crate never makes references into the pages: raw pointers only.
+unsafe impl SharedRegion for XenRegion {
+    fn as_ptr(&self) -> *mut u8 {
+        self.pages.pages.as_ptr()
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// One link's doorbell: an event channel on its own descriptor, plus the
+/// peer's live byte.
+#[derive(Debug)]
+pub struct XenDoorbell {
+    ev: Evtchn,
+    port: EvtchnPort,
+    pages: Arc<LinkPages>,
+    /// The peer's role (whose live byte to read).
+    peer: Role,
+}
+
+fn os(e: EvtchnError) -> TransportError {
+    match e {
+        EvtchnError::Ioctl { errno, .. }
+        | EvtchnError::Read(errno)
+        | EvtchnError::Unmask(errno)
+        | EvtchnError::Poll(errno)
+        | EvtchnError::Open(errno) => TransportError::Os(errno.raw_os_error()),
+        _ => TransportError::Protocol("malformed reply from the evtchn driver"),
+    }
+}
+
+impl XenDoorbell {
+    /// The local event-channel port.
+    pub fn port(&self) -> EvtchnPort {
+        self.port
+    }
+}
+
+impl Doorbell for XenDoorbell {
+    /// Notifies the peer. It does not refuse when the peer's live byte is
+    /// clear: a ring is often the last step of a `recv` that has already
+    /// consumed a message, and the driver ignores a notify to a closed
+    /// channel anyway. [`Doorbell::wait`] reports the death.
+    fn ring(&self) -> Result<(), TransportError> {
+        self.ev.notify(self.port).map_err(os)
+    }
+
+    fn wait(&self, timeout: Option<Duration>) -> Result<Wake, TransportError> {
+        if !self.peer_alive() {
+            return Ok(Wake::PeerGone);
+        }
+        if !self.ev.wait(timeout).map_err(os)? {
+            return Ok(Wake::TimedOut);
+        }
+        // Only this link's port is bound on this descriptor.
+        let mut buf = [0u32; 8];
+        let n = self.ev.pending(&mut buf).map_err(os)?;
+        for &p in buf.get(..n).unwrap_or(&[]) {
+            self.ev.unmask(p).map_err(os)?;
+        }
+        Ok(if self.peer_alive() {
+            Wake::Rung
+        } else {
+            Wake::PeerGone
+        })
+    }
+
+    fn peer_alive(&self) -> bool {
+        self.pages.read_live(self.peer) != 0
+    }
+}
+
+/// The Xen transport between this domain and one peer domain.
+#[derive(Debug)]
+pub struct XenTransport {
+    own: DomId,
+    peer: DomId,
+    gntalloc: Option<Gntalloc>,
+    gntdev: Option<Gntdev>,
+}
+
+impl XenTransport {
+    /// A transport between this domain, `own` (written into offers: the
+    /// acceptor maps the grants from it), and domain `peer` (offers go to
+    /// it; only offers from it are accepted). A domU learns `own` from
+    /// XenStore (its relative key `domid`). The grant devices are opened on
+    /// first use (an acceptor never needs gntalloc).
+    pub fn new(own: DomId, peer: DomId) -> Self {
+        Self {
+            own,
+            peer,
+            gntalloc: None,
+            gntdev: None,
+        }
+    }
+
+    /// The peer domain.
+    pub fn peer(&self) -> DomId {
+        self.peer
+    }
+
+    /// Reads and validates rendezvous bytes (pure; no device touched).
+    ///
+    /// # Errors
+    ///
+    /// [`RendezvousError`] for anything but a well-formed offer from `peer`.
+    pub fn parse_rendezvous(
+        peer: DomId,
+        bytes: &[u8],
+    ) -> Result<(RendezvousHeader, ChannelLayout, Vec<GrantRef>), RendezvousError> {
+        let (h, rest) =
+            RendezvousHeader::read_from_prefix(bytes).map_err(|_| RendezvousError::BadLength)?;
+        if h.magic != RENDEZVOUS_MAGIC {
+            return Err(RendezvousError::BadMagic);
+        }
+        if h.version.get() != RENDEZVOUS_VERSION {
+            return Err(RendezvousError::BadVersion(h.version.get()));
+        }
+        if h.reserved != [0; 8] {
+            return Err(RendezvousError::BadReserved);
+        }
+        if h.offerer.get() != peer {
+            return Err(RendezvousError::WrongPeer(h.offerer.get()));
+        }
+        let (a, b) = (h.to_acceptor.get(), h.to_offerer.get());
+        if !valid_size(a) || !valid_size(b) {
+            return Err(RendezvousError::BadLayout);
+        }
+        let layout = ChannelLayout {
+            to_acceptor: a,
+            to_offerer: b,
+        };
+        let n = usize::try_from(h.nrefs.get()).map_err(|_| RendezvousError::BadPageCount)?;
+        if n != pages_for(layout) || n > MAX_PAGES {
+            return Err(RendezvousError::BadPageCount);
+        }
+        if rest.len() != n * 4 {
+            return Err(RendezvousError::BadLength);
+        }
+        let refs = rest
+            .chunks_exact(4)
+            .map(|c| U32::read_from_bytes(c).map(U32::get).unwrap_or(0))
+            .collect();
+        Ok((h, layout, refs))
+    }
+
+    fn gntalloc(&mut self) -> Result<Gntalloc, GrantError> {
+        if let Some(g) = &self.gntalloc {
+            return Ok(g.clone());
+        }
+        let g = Gntalloc::open()?;
+        self.gntalloc = Some(g.clone());
+        Ok(g)
+    }
+
+    fn gntdev(&mut self) -> Result<Gntdev, GrantError> {
+        if let Some(g) = &self.gntdev {
+            return Ok(g.clone());
+        }
+        let g = Gntdev::open()?;
+        self.gntdev = Some(g.clone());
+        Ok(g)
+    }
+}
+
+/// An offer waiting for the acceptor's live byte.
+#[derive(Debug)]
+pub struct XenPending {
+    region: XenRegion,
+    doorbell: XenDoorbell,
+    layout: ChannelLayout,
+}
+
+impl Transport for XenTransport {
+    type Region = XenRegion;
+    type Doorbell = XenDoorbell;
+    type Pending = XenPending;
+    type Error = XenTransportError;
+
+    fn offer(
+        &mut self,
+        layout: ChannelLayout,
+        rendezvous: &mut [u8],
+    ) -> Result<(XenPending, usize), XenTransportError> {
+        if !valid_size(layout.to_acceptor) || !valid_size(layout.to_offerer) {
+            return Err(XenTransportError::Rendezvous(RendezvousError::BadLayout));
+        }
+        let n = pages_for(layout);
+        let needed = size_of::<RendezvousHeader>() + 4 * n;
+        if rendezvous.len() < needed {
+            return Err(XenTransportError::BufferTooSmall { needed });
+        }
+        let share = self.gntalloc()?.share(self.peer, n)?;
+        let ev = Evtchn::open()?;
+        let port = ev.bind_unbound(self.peer)?;
+        let live = share.len() - PAGE_SIZE;
+        share.set_unmap_notify(UnmapNotify {
+            clear_byte: Some(live),
+            event: Some(port),
+        })?;
+        let refs = share.refs().to_vec();
+        let pages = Arc::new(LinkPages {
+            pages: Pages::Shared(share),
+            live,
+        });
+        let region = XenRegion {
+            pages: Arc::clone(&pages),
+            len: layout.region_len(),
+        };
+        init_region(&region, layout).map_err(XenTransportError::Layout)?;
+        pages.set_live(Role::Offerer);
+
+        let h = RendezvousHeader {
+            magic: RENDEZVOUS_MAGIC,
+            version: U16::new(RENDEZVOUS_VERSION),
+            offerer: U16::new(self.own),
+            port: U32::new(port),
+            to_acceptor: U32::new(layout.to_acceptor),
+            to_offerer: U32::new(layout.to_offerer),
+            nrefs: U32::new(u32::try_from(n).map_err(|_| GrantError::InvalidCount(n))?),
+            reserved: [0; 8],
+        };
+        let (head, tail) = rendezvous.split_at_mut(size_of::<RendezvousHeader>());
+        head.copy_from_slice(h.as_bytes());
+        for (slot, r) in tail.chunks_exact_mut(4).zip(&refs) {
+            slot.copy_from_slice(U32::new(*r).as_bytes());
+        }
+        let doorbell = XenDoorbell {
+            ev,
+            port,
+            pages,
+            peer: Role::Acceptor,
+        };
+        Ok((
+            XenPending {
+                region,
+                doorbell,
+                layout,
+            },
+            needed,
+        ))
+    }
+
+    fn accept(
+        &mut self,
+        rendezvous: &[u8],
+    ) -> Result<Link<XenRegion, XenDoorbell>, XenTransportError> {
+        let (h, layout, refs) = Self::parse_rendezvous(self.peer, rendezvous)?;
+        let map = self.gntdev()?.map(h.offerer.get(), &refs)?;
+        let live = map.len() - PAGE_SIZE;
+        let pages = Arc::new(LinkPages {
+            pages: Pages::Foreign(map),
+            live,
+        });
+        if pages.read_live(Role::Offerer) == 0 {
+            return Err(XenTransportError::PeerGone);
+        }
+        let ev = Evtchn::open()?;
+        let port = ev.bind_interdomain(h.offerer.get(), h.port.get())?;
+        if let Pages::Foreign(map) = &pages.pages {
+            let notify = UnmapNotify {
+                clear_byte: Some(live + ACCEPTOR_LIVE),
+                event: Some(port),
+            };
+            map.set_unmap_notify(notify)?;
+        }
+        pages.set_live(Role::Acceptor);
+        ev.notify(port)?;
+        let region = XenRegion {
+            pages: Arc::clone(&pages),
+            len: layout.region_len(),
+        };
+        let doorbell = XenDoorbell {
+            ev,
+            port,
+            pages,
+            peer: Role::Offerer,
+        };
+        Ok(Link {
+            region,
+            doorbell,
+            role: Role::Acceptor,
+            layout,
+        })
+    }
+}
+
+impl PendingOffer for XenPending {
+    type Region = XenRegion;
+    type Doorbell = XenDoorbell;
+    type Error = XenTransportError;
+
+    fn complete(
+        self,
+        timeout: Option<Duration>,
+    ) -> Result<Link<XenRegion, XenDoorbell>, XenTransportError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        while !self.doorbell.peer_alive() {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Err(XenTransportError::Timeout);
+            }
+            if self.doorbell.ev.wait(left)? {
+                let mut buf = [0u32; 8];
+                let n = self.doorbell.ev.pending(&mut buf)?;
+                for &p in buf.get(..n).unwrap_or(&[]) {
+                    self.doorbell.ev.unmask(p)?;
+                }
+            }
+        }
+        Ok(Link {
+            region: self.region,
+            doorbell: self.doorbell,
+            role: Role::Offerer,
+            layout: self.layout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good(layout: ChannelLayout, offerer: DomId) -> Vec<u8> {
+        let n = pages_for(layout);
+        let h = RendezvousHeader {
+            magic: RENDEZVOUS_MAGIC,
+            version: U16::new(RENDEZVOUS_VERSION),
+            offerer: U16::new(offerer),
+            port: U32::new(9),
+            to_acceptor: U32::new(layout.to_acceptor),
+            to_offerer: U32::new(layout.to_offerer),
+            nrefs: U32::new(n as u32),
+            reserved: [0; 8],
+        };
+        let mut v = h.as_bytes().to_vec();
+        for r in 0..n as u32 {
+            v.extend_from_slice(&(100 + r).to_le_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn rendezvous_round_trip_and_hostile_variants() {
+        let layout = ChannelLayout {
+            to_acceptor: 4096,
+            to_offerer: 1024,
+        };
+        let v = good(layout, 3);
+        let (h, l, refs) = XenTransport::parse_rendezvous(3, &v).unwrap();
+        assert_eq!((h.port.get(), l), (9, layout));
+        assert_eq!(refs.len(), pages_for(layout));
+        assert_eq!(refs[0], 100);
+
+        let parse = |b: &[u8]| XenTransport::parse_rendezvous(3, b).map(|_| ());
+        assert_eq!(
+            XenTransport::parse_rendezvous(4, &v).map(|_| ()),
+            Err(RendezvousError::WrongPeer(3))
+        );
+        assert_eq!(parse(&v[..v.len() - 1]), Err(RendezvousError::BadLength));
+        assert_eq!(
+            parse(&[v.as_slice(), &[0; 4]].concat()),
+            Err(RendezvousError::BadLength)
+        );
+        assert_eq!(parse(&v[..31]), Err(RendezvousError::BadLength));
+        assert_eq!(parse(&[]), Err(RendezvousError::BadLength));
+        let mut b = v.clone();
+        b[0] = b'X';
+        assert_eq!(parse(&b), Err(RendezvousError::BadMagic));
+        let mut b = v.clone();
+        b[4] = 2;
+        assert_eq!(parse(&b), Err(RendezvousError::BadVersion(2)));
+        let mut b = v.clone();
+        b[31] = 1;
+        assert_eq!(parse(&b), Err(RendezvousError::BadReserved));
+        for bad in [0u32, 3, 32, 4097, 1 << 31, u32::MAX] {
+            let mut b = v.clone();
+            b[12..16].copy_from_slice(&bad.to_le_bytes());
+            assert_eq!(parse(&b), Err(RendezvousError::BadLayout), "{bad}");
+        }
+        for bad in [0u32, 1, pages_for(layout) as u32 + 1, u32::MAX] {
+            let mut b = v.clone();
+            b[20..24].copy_from_slice(&bad.to_le_bytes());
+            assert_eq!(parse(&b), Err(RendezvousError::BadPageCount), "{bad}");
+        }
+        // The largest legal rings need more pages than MAX_PAGES allows.
+        let huge = ChannelLayout::symmetric(MAX_DATA_SIZE);
+        assert_eq!(
+            XenTransport::parse_rendezvous(3, &good(huge, 3)).map(|_| ()),
+            Err(RendezvousError::BadPageCount)
+        );
+    }
+
+    #[test]
+    fn offer_checks_before_touching_devices() {
+        let mut t = XenTransport::new(0, 1);
+        let mut small = [0u8; 8];
+        assert_eq!(
+            t.offer(ChannelLayout::symmetric(1024), &mut small)
+                .map(|_| ())
+                .unwrap_err(),
+            XenTransportError::BufferTooSmall {
+                needed: 32 + 4 * pages_for(ChannelLayout::symmetric(1024))
+            }
+        );
+        let mut buf = [0u8; 1024];
+        assert_eq!(
+            t.offer(ChannelLayout::symmetric(1000), &mut buf)
+                .map(|_| ())
+                .unwrap_err(),
+            XenTransportError::Rendezvous(RendezvousError::BadLayout)
+        );
+        // Garbage never reaches a device (nothing is open on this host).
+        assert!(matches!(
+            t.accept(&[0xA5; 100]),
+            Err(XenTransportError::Rendezvous(_))
+        ));
+    }
+}
