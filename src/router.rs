@@ -204,7 +204,6 @@ pub struct Router<'t, K: Key, R: SharedRegion, D: Doorbell, C: Clock, N, P, cons
     policy: P,
     net: N,
     reasm: Reassembler,
-    scratch: Vec<u8>,
     stats: RouterStats,
 }
 
@@ -238,7 +237,6 @@ where
             policy,
             net,
             reasm: Reassembler::new(max_held),
-            scratch: Vec::new(),
             stats: RouterStats::default(),
         }
     }
@@ -402,6 +400,25 @@ where
         }
     }
 
+    /// This side lost its mapping of `handle`'s region without warning (it crashed and
+    /// restarted, say): the channel is dropped at once, without receiving or resending
+    /// anything, because its memory is gone. Nothing is lost: the peer drains what this
+    /// side published and resends what this side never read, when it fails over.
+    ///
+    /// A side that knows it is about to lose its mappings (this VM is about to migrate)
+    /// calls [`peer_left`](Self::peer_left) and [`recv_channels`](Self::recv_channels)
+    /// first: then its own unconsumed messages go out over the network too.
+    pub fn abandon(&mut self, handle: Handle) {
+        if let Some(s) = self.slots.get_mut(handle.slot() as usize) {
+            if s.generation == handle.generation() {
+                s.channel = None;
+                s.peer = None;
+                s.draining = false;
+                self.stats.fallbacks += 1;
+            }
+        }
+    }
+
     /// Gives channel `i` up: everything its peer did not consume goes out on the network
     /// path, oldest first; the channel keeps only receiving what the peer published.
     fn fail_over(&mut self, i: usize) -> Result<(), RouteError<N::Error>> {
@@ -474,7 +491,9 @@ where
     ) -> Result<usize, RouteError<N::Error>> {
         let mut total = 0;
         for i in 0..self.slots.len() {
-            loop {
+            // Bounded: a live peer that keeps publishing cannot hold us here; what it
+            // publishes after this pass waits for the next call.
+            for _ in 0..1024 {
                 let Some(c) = self.slots[i].channel.as_mut() else {
                     break;
                 };
@@ -499,13 +518,13 @@ where
                 }
                 match r {
                     Ok(n) => total += n,
-                    Err(ChannelError::Empty) => break,
+                    Err(ChannelError::Empty) if !self.slots[i].draining => break,
                     Err(_) => {
-                        // Gone and drained, or corrupted: fail over (if not yet) and close.
+                        // Failed over and drained, gone, or corrupted: fail over (if not
+                        // yet) and close, so a peer still writing learns it at its next
+                        // publish and fails over too, resending what we never read.
                         self.fail_over(i)?;
-                        let s = &mut self.slots[i];
-                        s.channel = None;
-                        s.peer = None;
+                        self.remove(i);
                         break;
                     }
                 }
@@ -532,6 +551,16 @@ where
             .map_err(RouteError::Reassembly)
     }
 
+    /// Closes and forgets channel `i`.
+    fn remove(&mut self, i: usize) {
+        let s = &mut self.slots[i];
+        s.peer = None;
+        s.draining = false;
+        if let Some(c) = s.channel.take() {
+            drop(c.close());
+        }
+    }
+
     /// Duplicates the reassembler dropped (resends of messages the peer had read).
     pub fn duplicates(&self) -> u64 {
         self.reasm.duplicates()
@@ -544,6 +573,5 @@ where
                 let _ = c.flush();
             }
         }
-        let _ = &self.scratch;
     }
 }

@@ -178,9 +178,20 @@ fn check_len(mem: &RingMemory, data_size: u32) -> Result<(), AttachError> {
     Ok(())
 }
 
-/// Lays a fresh ring out in `mem`: header, zeroed control lines, the "nothing yet" mark
-/// at position 0. Either side may do it, once, before the other attaches.
-pub(crate) fn init(mem: &RingMemory, data_size: u32) -> Result<Geometry, AttachError> {
+/// Lays a fresh ring with a `data_size`-byte data area out in `mem`, without taking
+/// either half: header, zeroed indices and requests, the "nothing yet" mark at position
+/// 0. The side that creates a shared region does this once, before it hands the region
+/// to the peer; then each side [`attach`](Producer::attach)es its half.
+///
+/// # Errors
+///
+/// [`AttachError::BadDataSize`] or [`AttachError::RegionTooSmall`].
+pub fn init(mem: &RingMemory, data_size: u32) -> Result<(), AttachError> {
+    lay_out(mem, data_size).map(|_| ())
+}
+
+/// [`init`], returning the validated geometry.
+pub(crate) fn lay_out(mem: &RingMemory, data_size: u32) -> Result<Geometry, AttachError> {
     let geo = Geometry::new(data_size)?;
     check_len(mem, data_size)?;
     let header = RingHeader {

@@ -53,7 +53,7 @@ impl Producer {
     ///
     /// [`AttachError::BadDataSize`] or [`AttachError::RegionTooSmall`].
     pub fn init(mem: RingMemory, data_size: u32) -> Result<Self, AttachError> {
-        crate::init(&mem, data_size)?;
+        crate::lay_out(&mem, data_size)?;
         Self::attach(mem)
     }
 
