@@ -83,6 +83,8 @@ pub mod offer;
 pub mod peer_id;
 pub mod registry;
 pub mod rendezvous;
+#[cfg(feature = "core")]
+pub mod transport;
 pub mod wire;
 
 pub use endpoint::{Endpoint, PeerInfo, PeerLink, Role};
@@ -94,3 +96,5 @@ pub use offer::{connect, offer, OfferConfig, PendingOffer};
 pub use peer_id::{PeerId, PeerIdError};
 pub use registry::{Registry, RegistryError, RegistryEvent, Watcher};
 pub use rendezvous::{accept_offer, AcceptConfig, HandshakeError, Listener, RejectReason};
+#[cfg(feature = "core")]
+pub use transport::{ShmError, ShmPending, ShmTransport};
