@@ -62,6 +62,13 @@
 //! [`Registry`] keeps one listening socket per peer id in a directory; `scan` lists the
 //! live ones (and removes stale sockets), `watch` reports peers coming and going.
 //!
+//! # The core's `Transport`
+//!
+//! With feature `core`, `ShmTransport` implements the core's `Transport` (rendezvous
+//! bytes name a one-shot socket; see the `transport` module), [`SharedRegion`] its
+//! `SharedRegion` and [`PeerLink`] its `Doorbell`. Feature `conformance` runs the core's
+//! conformance suite in this crate's tests.
+//!
 //! # Trust
 //!
 //! The peer is not trusted: every field of the hello and every descriptor is validated
