@@ -2,7 +2,11 @@
 
 use crate::notify::{Batching, Clock, Doorbell, Wake};
 use crate::stats::Stats;
-use crate::transport::{ring_memory, ChannelLayout, Link, Role, SharedRegion};
+#[cfg(not(loom))]
+use crate::transport::ring_memory;
+#[cfg(not(loom))]
+use crate::transport::Link;
+use crate::transport::{ChannelLayout, Role, SharedRegion};
 use crate::{ChannelError, TransportError};
 use core::time::Duration;
 use coresident_ring::{
@@ -84,6 +88,7 @@ pub struct Channel<R: SharedRegion, D: Doorbell, C: Clock> {
 }
 
 impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
+    #[cfg(not(loom))]
     /// Attaches both rings of `link` (laid out by the offering transport).
     ///
     /// # Errors
@@ -102,26 +107,58 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
                 },
             ));
         }
+        Ok(Self::from_halves(
+            tx,
+            rx,
+            link.doorbell,
+            link.region,
+            link.layout,
+            link.role,
+            config,
+            clock,
+        ))
+    }
+
+    /// A channel from halves attached by the caller (a kernel that lays its rings out
+    /// itself, a test under loom): `tx` sends to the peer, `rx` receives from it, and
+    /// `region` is kept alive as long as they are (it is dropped last).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_halves(
+        tx: Producer,
+        rx: Consumer,
+        doorbell: D,
+        region: R,
+        layout: ChannelLayout,
+        role: Role,
+        config: ChannelConfig,
+        clock: C,
+    ) -> Self {
         let now = clock.now();
-        Ok(Self {
+        Self {
             progress: (tx.position(), now),
             tx,
             rx,
-            doorbell: link.doorbell,
+            doorbell,
             clock,
             config,
             pending: (0, 0, now),
             state: ChannelState::Connected,
             stats: Stats::default(),
-            layout: link.layout,
-            role: link.role,
-            region: link.region,
-        })
+            layout,
+            role,
+            region,
+        }
     }
 
-    /// The largest message the channel carries.
+    /// The largest message this side can send.
     pub fn max_message(&self) -> usize {
         self.tx.max_message() as usize
+    }
+
+    /// The largest message the peer can send to this side (a receive buffer this large
+    /// never sees `BufferTooSmall`).
+    pub fn max_incoming(&self) -> usize {
+        self.rx.max_message() as usize
     }
 
     /// The counters.

@@ -10,9 +10,10 @@
 use crate::{
     Channel, ChannelConfig, ChannelError, ChannelLayout, PendingOffer, StdClock, Transport,
 };
+use core::time::Duration;
 use std::format;
 use std::string::String;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use std::vec;
 use std::vec::Vec;
 
@@ -130,11 +131,12 @@ where
     D: crate::Doorbell,
 {
     let max = ch.max_message();
+    let max_in = ch.max_incoming();
     let mut tx_rng = seed;
     let mut rx_rng = 3 - seed;
     let (mut sent, mut received) = (0u64, 0u64);
     let mut out = vec![0u8; max];
-    let mut buf = vec![0u8; max];
+    let mut buf = vec![0u8; max_in];
     let mut last_progress = Instant::now();
     let mut next: Option<usize> = None;
     while sent < n || received < n {
@@ -154,11 +156,13 @@ where
         loop {
             match ch.recv(&mut buf) {
                 Ok(len) => {
-                    check(&mut rx_rng, &buf[..len], max, received)?;
+                    check(&mut rx_rng, &buf[..len], max_in, received)?;
                     received += 1;
                     progress = true;
                 }
                 Err(ChannelError::Empty) => break,
+                // The peer finished and closed after we received everything it sent.
+                Err(ChannelError::PeerGone) if received == n => break,
                 Err(e) => return Err(format!("recv {received}: {e}")),
             }
         }
@@ -175,7 +179,7 @@ where
         if received < n {
             match ch.recv_blocking(&mut buf, Some(Duration::from_millis(20))) {
                 Ok(len) => {
-                    check(&mut rx_rng, &buf[..len], max, received)?;
+                    check(&mut rx_rng, &buf[..len], max_in, received)?;
                     received += 1;
                     last_progress = Instant::now();
                 }
@@ -227,7 +231,7 @@ fn message(x: &mut u64, out: &mut [u8], max: usize) -> usize {
         0 => max,
         1 => 0,
         2..=5 => (r >> 8) as usize % (max + 1),
-        _ => (r >> 8) as usize % 257,
+        _ => (r >> 8) as usize % 257.min(max + 1),
     };
     let body = len.saturating_sub(8);
     let mut sum = 0u64;

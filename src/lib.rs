@@ -54,7 +54,7 @@ extern crate alloc;
 extern crate std;
 
 mod channel;
-#[cfg(feature = "conformance")]
+#[cfg(all(feature = "conformance", not(loom)))]
 pub mod conformance;
 mod error;
 mod flow;
@@ -80,6 +80,6 @@ pub use router::{
     Decision, NetworkPath, Path, PeerState, Policy, RouteError, Router, ThresholdPolicy,
 };
 pub use stats::Stats;
-pub use transport::{
-    init_region, ring_memory, ChannelLayout, Link, PendingOffer, Role, SharedRegion, Transport,
-};
+#[cfg(not(loom))]
+pub use transport::{init_region, ring_memory};
+pub use transport::{ChannelLayout, Link, PendingOffer, Role, SharedRegion, Transport};

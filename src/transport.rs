@@ -15,7 +15,9 @@
 //! 128-byte aligned offset ([`ChannelLayout`]).
 
 use core::time::Duration;
-use coresident_ring::{region_size, AttachError, RingMemory, REGION_ALIGN};
+use coresident_ring::{region_size, REGION_ALIGN};
+#[cfg(not(loom))]
+use coresident_ring::{AttachError, RingMemory};
 
 use crate::Doorbell;
 
@@ -88,6 +90,7 @@ impl ChannelLayout {
 }
 
 /// The memory of one ring inside a shared region.
+#[cfg(not(loom))]
 ///
 /// # Errors
 ///
@@ -119,6 +122,7 @@ pub fn ring_memory<R: SharedRegion>(
 /// # Errors
 ///
 /// A region too small or sizes that are not powers of two in range.
+#[cfg(not(loom))]
 pub fn init_region<R: SharedRegion>(region: &R, layout: ChannelLayout) -> Result<(), AttachError> {
     let ((a_off, a), (b_off, b)) = layout.rings(Role::Offerer);
     coresident_ring::init(&ring_memory(region, a_off, a)?, a)?;

@@ -19,9 +19,11 @@ const A: u64 = 1;
 const B: u64 = 2;
 const DATA: u32 = 4096;
 
+type Queues = BTreeMap<u64, VecDeque<(FlowHeader, Vec<u8>)>>;
+
 /// A reliable, ordered network: one queue per destination.
 #[derive(Clone, Default)]
-struct Net(Rc<RefCell<BTreeMap<u64, VecDeque<(FlowHeader, Vec<u8>)>>>>);
+struct Net(Rc<RefCell<Queues>>);
 
 impl NetworkPath<u64> for Net {
     type Error = std::convert::Infallible;
@@ -179,7 +181,8 @@ fn run(ops: Vec<Op>) {
                 // path drops the peer from both residency tables and tells A's router.
                 faults.migrate(Side::Acceptor);
                 rb.peer_left(hb).unwrap();
-                rb.recv_channels(|f, m| got_b.entry(f).or_default().push(m.to_vec())).unwrap();
+                rb.recv_channels(|f, m| got_b.entry(f).or_default().push(m.to_vec()))
+                    .unwrap();
                 rb.abandon(hb);
                 wa.remove(&B);
                 wb.remove(&A);

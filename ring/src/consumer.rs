@@ -52,6 +52,8 @@ pub struct View<'a> {
 
 impl View<'_> {
     /// A view of the validated frame of `kind` and `len` at `pos`.
+    // `RingMemory` is `Copy` except under loom, where it is an `Arc`.
+    #[allow(clippy::clone_on_copy)]
     pub(crate) fn new(mem: &RingMemory, geo: &Geometry, kind: u8, len: u32, pos: u32) -> Self {
         View {
             mem: mem.clone(),

@@ -59,7 +59,8 @@
 //! struct Page([u8; 4096]);
 //! let mut page = Box::new(Page([0; 4096]));
 //! let len = region_size(2048);
-//! // SAFETY: the page outlives both halves and is only accessed through them.
+//! // `RingMemory::new`'s contract: the page outlives both halves, and nothing
+//! // but the ring touches its bytes.
 //! let mem = unsafe { RingMemory::new(page.0.as_mut_ptr(), len) }.unwrap();
 //!
 //! let mut tx = Producer::init(mem, 2048).unwrap(); // this side lays the ring out

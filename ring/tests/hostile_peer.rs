@@ -24,7 +24,7 @@ fn tag(kind: u8, pos: u32) -> u32 {
 #[test]
 fn attach_rejects_bad_headers() {
     let mem = Mem::for_ring(1024);
-    drop(Producer::init(mem.ring_memory(), 1024).unwrap());
+    let _ = Producer::init(mem.ring_memory(), 1024).unwrap();
     mem.poke(0, 0xDEAD_BEEF);
     assert_eq!(
         Consumer::attach(mem.ring_memory()).unwrap_err(),
@@ -72,7 +72,7 @@ fn attach_rejects_bad_headers() {
 #[test]
 fn attach_rejects_impossible_indices() {
     let mem = Mem::for_ring(1024);
-    drop(Producer::init(mem.ring_memory(), 1024).unwrap());
+    let _ = Producer::init(mem.ring_memory(), 1024).unwrap();
     mem.poke(WRITE, 3);
     assert!(matches!(
         Producer::attach(mem.ring_memory()),
@@ -94,13 +94,12 @@ fn attach_rejects_impossible_indices() {
 #[test]
 fn misaligned_or_null_memory_is_refused() {
     let mem = Mem::new(2048);
-    let base = mem.ring_memory();
-    let _ = base;
-    // SAFETY: never used; `new` only checks the pointer.
-    assert_eq!(
-        unsafe { coresident_ring::RingMemory::new(std::ptr::null_mut(), 64) }.unwrap_err(),
-        AttachError::Misaligned
-    );
+    // SAFETY: refused before any use; `new` only checks the pointer.
+    let null = unsafe { coresident_ring::RingMemory::new(std::ptr::null_mut(), 64) };
+    assert_eq!(null.unwrap_err(), AttachError::Misaligned);
+    // SAFETY: as above; one byte past a 128-aligned base is misaligned.
+    let odd = unsafe { coresident_ring::RingMemory::new(mem.base().wrapping_add(1), 64) };
+    assert_eq!(odd.unwrap_err(), AttachError::Misaligned);
 }
 
 #[test]

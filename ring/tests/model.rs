@@ -44,7 +44,7 @@ fn op(max: usize) -> impl Strategy<Value = Op> {
 /// A ring of `data_size` whose indices start at `start`, and the memory behind it.
 pub fn ring_at(data_size: u32, start: u32) -> (Mem, Producer, Consumer) {
     let mem = Mem::for_ring(data_size);
-    drop(Producer::init(mem.ring_memory(), data_size).unwrap());
+    let _ = Producer::init(mem.ring_memory(), data_size).unwrap();
     mem.poke(WRITE, start);
     mem.poke(READ, start);
     let p = Producer::attach(mem.ring_memory()).unwrap();

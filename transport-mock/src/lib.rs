@@ -15,6 +15,10 @@
 //!
 //! Used by the core's tests (proptest end to end, fault tests) and by the conformance
 //! suite.
+//!
+//! Empty under `--cfg loom`: its region is raw memory, which loom cannot model (the
+//! loom tests build their rings on loom memory directly).
+#![cfg(not(loom))]
 
 use coresident::{
     init_region, ChannelLayout, Doorbell, Link, PendingOffer, Role, SharedRegion, Transport,

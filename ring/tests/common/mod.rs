@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 struct Line([u8; 128]);
 
 /// Owns the memory; halves built on it must be dropped first.
+#[derive(Debug)]
 pub struct Mem {
     ptr: *mut Line,
     lines: usize,
@@ -42,6 +43,10 @@ impl Mem {
         // SAFETY: the buffer is valid for `len` bytes until `self` drops, which tests do
         // after the halves; it is only accessed through raw pointers.
         unsafe { RingMemory::new(self.ptr.cast::<u8>(), self.len()) }.unwrap()
+    }
+
+    pub fn base(&self) -> *mut u8 {
+        self.ptr.cast::<u8>()
     }
 
     pub fn ring_memory_len(&self, len: usize) -> RingMemory {
