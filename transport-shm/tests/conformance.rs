@@ -1,6 +1,6 @@
-//! The core's conformance suite, run for the host transport (feature `conformance`):
-//! the same functions the mock and Xen transports pass.
-#![cfg(all(target_os = "linux", feature = "conformance"))]
+//! The core's conformance suite, run for the host transport: the same functions the
+//! mock and Xen transports pass.
+#![cfg(target_os = "linux")]
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,12 +25,7 @@ fn refuses_garbage_rendezvous() {
     rendezvous_refuses_garbage(&mut transport("a", "garbage")).unwrap();
 }
 
-/// Note: `conformance::exchange` (the core's, at the time of writing) can fail at the
-/// very end with "recv N: the peer is gone": after a side's last `send` the peer may
-/// receive it, finish and close before this side's inner receive loop runs, and that
-/// loop treats `PeerGone` as an error even though everything was received. The race
-/// is in the suite, not the transport (no `PeerGone` comes from the transport then:
-/// it is the ring's close flag).
+/// Both ways at once, blocking on the eventfd doorbells, checksummed.
 #[test]
 fn two_way_exchange() {
     let report = exchange(
