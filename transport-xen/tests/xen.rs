@@ -319,3 +319,158 @@ fn domu_xenstore_guest() {
     assert_eq!(ack, b"done");
     println!("domU: dom0 acknowledged");
 }
+
+/// Where dom0 publishes the transport's rendezvous for the guest (hex).
+const RENDEZVOUS_KEY: &str = "data/coresident/transport/rendezvous";
+/// Messages dom0 sends and the guest echoes.
+const ECHOES: u64 = 3000;
+
+/// Message `i` of the echo test: a deterministic length (0..=1000) and
+/// contents, so both ends can regenerate it.
+fn echo_message(i: u64, out: &mut Vec<u8>) {
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let len = (next() % 1001) as usize;
+    out.clear();
+    out.extend((0..len).map(|_| next() as u8));
+}
+
+fn channel_config() -> coresident::ChannelConfig {
+    // Peer death comes from the transport (unmap-notify), not a heartbeat.
+    coresident::ChannelConfig {
+        liveness: None,
+        ..coresident::ChannelConfig::default()
+    }
+}
+
+#[test]
+#[ignore = "needs a Xen dom0 with a domU running domu_transport_guest"]
+fn domu_transport_host() {
+    use coresident::{Channel, ChannelError, ChannelLayout, PendingOffer, StdClock, Transport};
+    use coresident_xen::XenTransport;
+
+    let domu: u16 = std::env::var("DOMU_ID")
+        .expect("DOMU_ID")
+        .parse()
+        .expect("DOMU_ID");
+    let mut xs = XenStore::open_socket().unwrap();
+    let key = format!("{}/{RENDEZVOUS_KEY}", xs.get_domain_path(domu).unwrap());
+    let mut t = XenTransport::new(0, domu);
+    let mut buf = [0u8; 1024];
+    let (pending, n) = t
+        .offer(ChannelLayout::symmetric(16 * 1024), &mut buf)
+        .unwrap();
+    let hex: String = buf[..n].iter().map(|b| format!("{b:02x}")).collect();
+    xs.write(&key, hex.as_bytes()).unwrap();
+    let read_only = [
+        Perm {
+            domid: 0,
+            access: Access::None,
+        },
+        Perm {
+            domid: domu,
+            access: Access::Read,
+        },
+    ];
+    xs.set_perms(&key, &read_only).unwrap();
+    println!("dom0: offered a channel to dom{domu} ({n} rendezvous bytes)");
+    let link = pending.complete(Some(Duration::from_secs(200))).unwrap();
+    let mut ch = Channel::new(link, channel_config(), StdClock::default()).unwrap();
+    println!("dom0: dom{domu} accepted");
+
+    let (mut msg, mut want, mut got) = (Vec::new(), Vec::new(), vec![0u8; ch.max_message()]);
+    let mut echoed = 0u64;
+    let mut check = |len: usize, got: &[u8], echoed: &mut u64| {
+        echo_message(*echoed, &mut want);
+        assert_eq!(&got[..len], want.as_slice(), "echo {echoed}");
+        *echoed += 1;
+    };
+    for i in 0..ECHOES {
+        echo_message(i, &mut msg);
+        loop {
+            match ch.send(&msg) {
+                Ok(()) => break,
+                Err(ChannelError::Full) => {
+                    match ch.recv_blocking(&mut got, Some(Duration::from_secs(60))) {
+                        Ok(len) => check(len, &got, &mut echoed),
+                        Err(e) => panic!("waiting for echoes at {i}: {e}"),
+                    }
+                }
+                Err(e) => panic!("send {i}: {e}"),
+            }
+        }
+        while let Ok(len) = ch.recv(&mut got) {
+            check(len, &got, &mut echoed);
+        }
+    }
+    ch.flush().unwrap();
+    while echoed < ECHOES {
+        match ch.recv_blocking(&mut got, Some(Duration::from_secs(60))) {
+            Ok(len) => check(len, &got, &mut echoed),
+            Err(e) => panic!("echo {echoed}: {e}"),
+        }
+    }
+    println!("dom0: {ECHOES} messages echoed by dom{domu} and verified; closing");
+    drop(ch.close());
+}
+
+#[test]
+#[ignore = "needs a Xen domU with dom0 running domu_transport_host"]
+fn domu_transport_guest() {
+    use coresident::{Channel, ChannelError, StdClock, Transport};
+    use coresident_xen::XenTransport;
+
+    let mut xs = XenStore::open().unwrap();
+    let own = xs_wire_u16(&xs.read("domid").unwrap());
+    xs.watch(RENDEZVOUS_KEY, "rendezvous").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(200);
+    let hex = loop {
+        match xs.read(RENDEZVOUS_KEY) {
+            Ok(v) => break v,
+            Err(XsError::NotFound | XsError::Daemon(XsErrno::EACCES)) => {}
+            Err(e) => panic!("reading the rendezvous: {e}"),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no rendezvous from dom0");
+        let _ = xs.wait_watch(Some(left)).unwrap();
+    };
+    // Hostile input: decode with checks, no panics on odd lengths or digits.
+    let bytes: Vec<u8> = hex
+        .chunks(2)
+        .map(|c| {
+            core::str::from_utf8(c)
+                .ok()
+                .and_then(|s| u8::from_str_radix(s, 16).ok())
+        })
+        .collect::<Option<_>>()
+        .expect("rendezvous is not hex");
+    let link = XenTransport::new(own, 0).accept(&bytes).unwrap();
+    let mut ch = Channel::new(link, channel_config(), StdClock::default()).unwrap();
+    println!("domU (dom{own}): accepted dom0's channel");
+    let mut buf = vec![0u8; ch.max_message()];
+    let mut want = Vec::new();
+    for i in 0..ECHOES {
+        let len = ch
+            .recv_blocking(&mut buf, Some(Duration::from_secs(60)))
+            .unwrap();
+        echo_message(i, &mut want);
+        assert_eq!(&buf[..len], want.as_slice(), "message {i}");
+        ch.send_blocking(&buf[..len], Some(Duration::from_secs(60)))
+            .unwrap();
+    }
+    ch.flush().unwrap();
+    println!("domU: echoed {ECHOES} messages; waiting for dom0 to leave");
+    match ch.recv_blocking(&mut buf, Some(Duration::from_secs(60))) {
+        Err(ChannelError::PeerGone) => println!("domU: dom0's departure seen (unmap-notify)"),
+        other => panic!("expected PeerGone after dom0 closed, got {other:?}"),
+    }
+}
+
+fn xs_wire_u16(v: &[u8]) -> u16 {
+    coresident_xen::xs_wire::parse_u16(v).expect("domid")
+}
