@@ -147,6 +147,18 @@ mod reassembly {
             self.flows.get(&flow).map_or(0, |f| f.next)
         }
 
+        /// Continues `flow` at `next`: later messages of it below `next` are duplicates.
+        /// Held messages below `next` are dropped.
+        pub fn resume(&mut self, flow: u32, next: u64) {
+            let f = self.flows.entry(flow).or_default();
+            f.next = next;
+            let before = f.held.len();
+            f.held.retain(|&seq, _| seq >= next);
+            self.held -= before - f.held.len();
+            // Held messages that `next` now reaches wait for the next `accept`: they
+            // were early, and the one at `next` itself is still to come or held.
+        }
+
         /// Takes one message from either path; `deliver` gets every message that is now
         /// in order (this one and any it releases), as `(flow, payload)`.
         ///
@@ -204,5 +216,59 @@ mod tests {
         let mut bad = h.encode();
         bad[5] = 1;
         assert_eq!(FlowHeader::decode(&bad), None);
+    }
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod reassembly_tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    #[test]
+    fn resume_makes_earlier_sequence_numbers_duplicates() {
+        let mut r = Reassembler::new(8);
+        let mut out = Vec::new();
+        let h = |seq| FlowHeader { flow: 7, seq };
+        // Held ahead of a gap, then a restart says the flow continues at 5.
+        assert_eq!(
+            r.accept(h(3), b"3", |_, m| out.push(m.to_vec())),
+            Ok(Delivery::Held)
+        );
+        r.resume(7, 5);
+        assert_eq!(
+            r.held(),
+            0,
+            "held messages below the resume point are dropped"
+        );
+        assert_eq!(
+            r.accept(h(4), b"4", |_, m| out.push(m.to_vec())),
+            Ok(Delivery::Duplicate)
+        );
+        assert_eq!(
+            r.accept(h(5), b"5", |_, m| out.push(m.to_vec())),
+            Ok(Delivery::Delivered { released: 0 })
+        );
+        assert_eq!(out, [b"5".to_vec()]);
+        assert_eq!(r.expected(7), 6);
+    }
+
+    #[test]
+    fn the_hold_bound_is_an_error_not_growth() {
+        let mut r = Reassembler::new(2);
+        let h = |seq| FlowHeader { flow: 1, seq };
+        r.accept(h(2), b"", |_, _| {}).unwrap();
+        r.accept(h(3), b"", |_, _| {}).unwrap();
+        assert_eq!(
+            r.accept(h(4), b"", |_, _| {}),
+            Err(ReassemblyError::TooManyHeld { flow: 1, limit: 2 })
+        );
+        assert_eq!(
+            r.accept(h(0), b"", |_, _| {}),
+            Ok(Delivery::Delivered { released: 0 })
+        );
+        assert_eq!(
+            r.accept(h(1), b"", |_, _| {}),
+            Ok(Delivery::Delivered { released: 2 })
+        );
     }
 }

@@ -484,7 +484,9 @@ where
     ///
     /// # Errors
     ///
-    /// [`RouteError::Reassembly`] when too many messages wait for a gap.
+    /// [`RouteError::Reassembly`] when too many messages wait for a gap (those that
+    /// could not be held in the batch are dropped and counted as lost in the error's
+    /// wake: the bound is the reassembler's `max_held`).
     pub fn recv_channels(
         &mut self,
         mut deliver: impl FnMut(u32, &[u8]),
@@ -497,24 +499,28 @@ where
                 let Some(c) = self.slots[i].channel.as_mut() else {
                     break;
                 };
-                let mut got: Vec<(FlowHeader, Vec<u8>)> = Vec::new();
+                let reasm = &mut self.reasm;
                 let mut unreadable = 0;
+                let mut failed = None;
+                // Each message reaches `deliver` inside the batch, before the batch's
+                // space is released to the peer: a receiver that dies mid-batch has
+                // released nothing it did not hand over, so the peer resends the rest
+                // (and a restarted receiver drops what it already had: `resume_flow`).
                 let r = c.recv_batch(64, |v| {
                     let mut b = vec![0u8; v.len()];
                     let n = v.read_at(0, &mut b);
                     match FlowHeader::decode(&b[..n]) {
                         Some(h) => {
-                            b.drain(..FLOW_HEADER_LEN);
-                            got.push((h, b));
+                            if let Err(e) = reasm.accept(h, &b[FLOW_HEADER_LEN..n], &mut deliver) {
+                                failed.get_or_insert(e);
+                            }
                         }
                         None => unreadable += 1,
                     }
                 });
                 self.stats.unreadable += unreadable;
-                for (h, m) in got {
-                    self.reasm
-                        .accept(h, &m, &mut deliver)
-                        .map_err(RouteError::Reassembly)?;
+                if let Some(e) = failed {
+                    return Err(RouteError::Reassembly(e));
                 }
                 match r {
                     Ok(n) => total += n,
@@ -559,6 +565,13 @@ where
         if let Some(c) = s.channel.take() {
             drop(c.close());
         }
+    }
+
+    /// Tells the receiving side that `flow` continues at `next_seq`: what a restarted
+    /// receiver that recorded its deliveries durably calls before receiving again, so
+    /// resends of messages it already handed over are dropped as duplicates.
+    pub fn resume_flow(&mut self, flow: u32, next_seq: u64) {
+        self.reasm.resume(flow, next_seq);
     }
 
     /// Duplicates the reassembler dropped (resends of messages the peer had read).
