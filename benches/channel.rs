@@ -29,7 +29,12 @@
 //! `router-parts` times the pieces alone: the table lookup (miss), a `BTreeMap` flow
 //! entry like the router's, and the replacements worth considering.
 //!
-//! `cargo bench --bench channel` takes about four minutes; a filter narrows it, e.g.
+//! The router groups take 100 samples of linearly growing length, the shortest a
+//! fraction of a millisecond: on a shared machine the fastest sample per iteration
+//! (criterion's `sample.json`) estimates the uncontended cost beside criterion's
+//! estimate.
+//!
+//! `cargo bench --bench channel` takes about three minutes; a filter narrows it, e.g.
 //! `cargo bench --bench channel -- router`.
 
 use core_affinity::CoreId;
@@ -423,7 +428,7 @@ fn drain(rx: &mut MockChannel) {
 
 fn router_miss(c: &mut Criterion) {
     let mut g = c.benchmark_group("router-miss");
-    g.sample_size(30)
+    g.sample_size(100)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1))
         .throughput(Throughput::Elements(1));
@@ -464,7 +469,7 @@ fn router_miss(c: &mut Criterion) {
 
 fn router_hit(c: &mut Criterion) {
     let mut g = c.benchmark_group("router-hit");
-    g.sample_size(30)
+    g.sample_size(100)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1))
         .throughput(Throughput::Elements(1));
@@ -629,7 +634,7 @@ fn new_flow() -> FlowTx {
 
 fn router_parts(c: &mut Criterion) {
     let mut g = c.benchmark_group("router-parts");
-    g.sample_size(30)
+    g.sample_size(100)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1))
         .throughput(Throughput::Elements(1));
