@@ -181,12 +181,23 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
         &self.doorbell
     }
 
-    /// How full the sending ring looked at the last check, in per mille of its data
-    /// area: the peer-load hint of the switching policy (a CPU-starved peer lets its
-    /// ring fill).
-    pub fn load(&self) -> u32 {
-        let used = self.tx.position().wrapping_sub(self.progress.0);
-        ((u64::from(used) * 1000) / u64::from(self.tx.data_size())) as u32
+    /// How full the sending ring is, in per mille of its data area: the peer-load hint
+    /// of the switching policy (a CPU-starved peer lets its ring fill).
+    ///
+    /// Uses the producer's cached view of the consumer, and re-reads the consumer's
+    /// index (one shared cache line) only when the cache says more than half full, so
+    /// a stale cache never makes a healthy peer look loaded.
+    pub fn load(&mut self) -> u32 {
+        let size = u64::from(self.tx.data_size());
+        let permille = |tx: &Producer| {
+            let used = tx.position().wrapping_sub(tx.cached_consumer_position());
+            ((u64::from(used) * 1000) / size) as u32
+        };
+        let cached = permille(&self.tx);
+        if cached <= 500 || self.tx.consumer_position().is_err() {
+            return cached;
+        }
+        permille(&self.tx)
     }
 
     // ---------------------------------------------------------------- sending
@@ -227,12 +238,16 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
         fill: impl FnOnce(&mut Reservation<'_>) -> usize,
     ) -> Result<(), ChannelError> {
         self.usable()?;
-        if let Err(SendError::Full) = self.tx.reserve(max_len).map(drop) {
-            // Maybe only our unpublished batch holds the space: publish, retry once.
-            self.flush()?;
-        }
         let mut r = match self.tx.reserve(max_len) {
             Ok(r) => r,
+            Err(SendError::Full) => {
+                // Maybe only our unpublished batch holds the space: publish, retry once.
+                self.flush()?;
+                match self.tx.reserve(max_len) {
+                    Ok(r) => r,
+                    Err(e) => return Err(self.fail_send(e)),
+                }
+            }
             Err(e) => return Err(self.fail_send(e)),
         };
         let len = fill(&mut r);
@@ -289,12 +304,12 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
             }
             match self
                 .tx
-                .arm_space(msg.len())
+                .arm_space(self.space_wanted(msg.len()))
                 .map_err(|e| self.fail_send(e))?
             {
                 Readiness::Ready => continue,
                 Readiness::Armed => {
-                    self.sleep(deadline)?;
+                    self.sleep(deadline, None)?;
                 }
             }
         }
@@ -423,9 +438,10 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
                 // Woken, yet nothing arrived: a duplicated or stale doorbell.
                 self.stats.spurious_wakeups += 1;
             }
-            match self.rx.arm_data(1).map_err(|e| self.fail_recv(e))? {
+            let (want, nap) = self.data_wanted();
+            match self.rx.arm_data(want).map_err(|e| self.fail_recv(e))? {
                 Readiness::Ready => woke = false,
-                Readiness::Armed => woke = self.sleep(deadline)?,
+                Readiness::Armed => woke = self.sleep(deadline, nap)?,
             }
         }
     }
@@ -526,9 +542,37 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
         }
     }
 
+    /// The room a blocked sender waits for: the message itself, or under
+    /// [`Batching::Batch`] the largest message (half the ring), so the consumer wakes
+    /// it once per half ring instead of once per message (Hyper-V's `pending_send_sz`
+    /// lesson, and what keeps doorbells rare on one shared core).
+    fn space_wanted(&self, len: usize) -> usize {
+        match self.config.batching {
+            Batching::Batch { .. } => len.max(self.max_message()),
+            _ => len,
+        }
+    }
+
+    /// The bytes a blocked receiver waits for, and the longest nap: any frame under
+    /// the per-message policies; under [`Batching::Batch`] a batch's bytes (at most half
+    /// the ring), napping at most the batch's latency bound so a short last batch is
+    /// still received within it.
+    fn data_wanted(&self) -> (u32, Option<Duration>) {
+        match self.config.batching {
+            Batching::Batch {
+                bytes, max_delay, ..
+            } => (bytes.clamp(1, self.rx.data_size() / 2), Some(max_delay)),
+            _ => (1, None),
+        }
+    }
+
     /// Sleeps on the doorbell until it rings, the deadline passes or the peer goes;
     /// true when the doorbell rang.
-    fn sleep(&mut self, deadline: Option<Duration>) -> Result<bool, ChannelError> {
+    fn sleep(
+        &mut self,
+        deadline: Option<Duration>,
+        nap: Option<Duration>,
+    ) -> Result<bool, ChannelError> {
         self.check_liveness()?;
         if !self.doorbell.peer_alive() {
             return Err(self.gone());
@@ -541,7 +585,7 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
         };
         // Wake up in time to check liveness, and to re-check the rings in case a
         // doorbell was lost.
-        let timeout = [timeout, self.config.liveness, self.config.recheck]
+        let timeout = [timeout, nap, self.config.liveness, self.config.recheck]
             .into_iter()
             .flatten()
             .min();

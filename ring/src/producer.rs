@@ -109,6 +109,12 @@ impl Producer {
         self.write
     }
 
+    /// The consumer's position as last read and validated (no shared access): the
+    /// consumer has consumed at least this far.
+    pub fn cached_consumer_position(&self) -> u32 {
+        self.cached_read
+    }
+
     /// Bytes written but not yet published.
     pub fn pending_bytes(&self) -> u32 {
         distance(self.published, self.write)
