@@ -21,6 +21,9 @@
 //! - [`xs_wire`]: the XenStore wire protocol (`xen/io/xs_wire.h`), `core`
 //!   only; [`xenstore`]: a client over xenstored's socket (dom0) or
 //!   `/dev/xen/xenbus` (any domain).
+//! - [`transport`]: [`XenTransport`], the core's `Transport` over the
+//!   layers above (rendezvous bytes, region, event-channel doorbell,
+//!   unmap-notify for peer death).
 //!
 //! # The peer is not trusted
 //!
