@@ -370,7 +370,10 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
             Ok(got) => {
                 self.stats.received_messages += 1;
                 self.stats.received_bytes += got.len as u64;
-                self.doorbell_for(got.notify)?;
+                // The message is the caller's now: a failed doorbell must not turn it
+                // into an error (it would be lost). The failure has marked the channel;
+                // the next call reports it.
+                let _ = self.doorbell_for(got.notify);
                 Ok(got.len)
             }
             Err(RecvError::Empty) if self.state == ChannelState::PeerGone => {
@@ -399,7 +402,9 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
             Ok((n, notify)) => {
                 self.stats.received_messages += n as u64;
                 self.stats.received_bytes += bytes;
-                self.doorbell_for(notify)?;
+                // As in `recv`: the messages were handed over; report a doorbell failure
+                // at the next call, not by losing them.
+                let _ = self.doorbell_for(notify);
                 Ok(n)
             }
             Err(RecvError::Empty) if self.state == ChannelState::PeerGone => {

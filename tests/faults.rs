@@ -341,3 +341,27 @@ fn batching_at_saturation_rings_rarely() {
         }
     }
 }
+
+#[test]
+fn a_failed_doorbell_never_costs_the_message_just_received() {
+    let (mut a, mut b, faults) = channels(quiet());
+    // a fills the ring, then sleeps for space: its request is armed in shared memory.
+    let big = vec![9u8; a.max_message()];
+    while a.send(&big).is_ok() {}
+    assert_eq!(
+        a.send_blocking(&big, Some(Duration::from_millis(20))),
+        Err(ChannelError::TimedOut)
+    );
+    faults.kill(Side::Offerer);
+    // b's release crosses a's request, so b must ring a dead peer: that fails, and the
+    // message b received is still b's.
+    let mut buf = vec![0u8; b.max_incoming()];
+    assert_eq!(b.recv(&mut buf), Ok(big.len()));
+    assert_eq!(&buf[..big.len()], &big[..]);
+    assert_eq!(b.state(), ChannelState::PeerGone);
+    // What the dead peer published is still delivered, then PeerGone.
+    while let Ok(n) = b.recv(&mut buf) {
+        assert_eq!(n, big.len());
+    }
+    assert_eq!(b.recv(&mut buf), Err(ChannelError::PeerGone));
+}
