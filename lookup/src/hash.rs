@@ -89,6 +89,15 @@ pub(crate) const fn hash(seed: &Seed, key: &[u64; 2]) -> u64 {
     fold(a ^ s2, s3)
 }
 
+/// The 7-bit tag of a key whose hash is `h`, stored beside it in one-word buckets: the
+/// top seven bits, which [`buckets`] never uses (it reads bits `0..24` and `32..56`), so
+/// keys that share a bucket still differ in their tags with probability 127/128.
+#[inline(always)]
+pub(crate) const fn tag(h: u64) -> u8 {
+    // The shift leaves seven bits: the cast loses nothing.
+    (h >> 57) as u8
+}
+
 /// The two candidate buckets of a key whose hash is `h`, in a table of `buckets`
 /// buckets (a power of two). The second differs from the first whenever `buckets > 1`.
 #[inline(always)]

@@ -34,8 +34,8 @@ use core::net::{Ipv4Addr, Ipv6Addr};
 /// ```
 pub trait Key: Copy + Eq {
     /// How many words of [`encode`](Key::encode) are used: 1 or 2 (checked at compile
-    /// time when a [`Table`](crate::Table) is built). One-word keys get 5 slots per
-    /// bucket, two-word keys 3.
+    /// time when a [`Table`](crate::Table) is built). One-word keys get 4 tagged slots
+    /// per bucket, two-word keys 3.
     const WORDS: usize;
 
     /// The key's words; words at index [`WORDS`](Key::WORDS) and above must be 0.

@@ -3,30 +3,36 @@
 //! Every outgoing message is looked up here, so a lookup costs the same small, bounded
 //! amount whether it hits (a co-resident peer) or misses (a remote one, the common
 //! case): the key is hashed with a secret seed to two buckets, each one 64-byte cache
-//! line, and nothing else is read. No chains, no probing sequence, no allocation.
+//! line, and nothing else is read. No chains, no probing sequence, no allocation. A
+//! miss usually reads one word of each bucket: per-slot tags in that word rule out
+//! every stored key without comparing it.
 //!
 //! ```text
-//!  key --seeded hash--> (b1, b2)            Table<K, BUCKETS>: [Bucket; BUCKETS]
-//!                                           ┌───────────────── 64 bytes ─────────────────┐
-//!  bucket b1 ──────────────────────────────>│ ver|occ h0 │ h1 h2 │ h3 h4 │ k0 k1 k2 k3 k4│
-//!  bucket b2 ──────────────────────────────>│ ver|occ h0 │ h1 h2 │ h3 h4 │ k0 k1 k2 k3 k4│
-//!                                           └────────────────────────────────────────────┘
-//!                                            (two-word keys such as IPv6: 3 slots)
+//!  key --seeded hash--> (b1, b2, tag)    Table<K, BUCKETS>: [Bucket; BUCKETS]
+//!                                        ┌──────────────────── 64 bytes ────────────────────┐
+//!  bucket b1 ───────────────────────────>│ c0 c1 c2 c3 ver │ h0 h1 │ h2 h3 │ k0 k1 k2 k3 │ - │
+//!  bucket b2 ───────────────────────────>│ c0 c1 c2 c3 ver │ h0 h1 │ h2 h3 │ k0 k1 k2 k3 │ - │
+//!                                        └──────────────────────────────────────────────────┘
+//!  c_i: slot i's control byte, 0 (free) or 0x80 | tag (7 bits of the hash)
+//!  (two-word keys such as IPv6: 3 untagged slots, occupancy bits instead of c_i)
 //!
-//!  reader (any thread)                      writer (one control thread)
-//!  m1 = b1.word0.load(Acquire)              fill a free slot (Relaxed stores)
-//!  scan b1 (Relaxed)  ── hit? fence(Acq),   b.word0.store(ver+1 | occ, Release)
-//!                        b1.word0 == m1?    relocation: publish in the new bucket,
-//!  m2 = b2.word0.load(Acquire)                          then clear the old one
-//!  scan b2 (Relaxed); fence(Acquire)        remove: b.word0.store(ver+1 | occ & !bit)
+//!  reader (any thread)                       writer (one control thread)
+//!  m1 = b1.word0.load(Acquire)               fill a free slot (Relaxed stores)
+//!  c_i == 0x80|tag? (one SWAR op on m1)      b.word0.store(ver+1 | c_i = 0x80|tag, Release)
+//!   ── for each match, compare the key       relocation: publish in the new bucket,
+//!      (Relaxed); hit? fence(Acquire),                   then clear the old one
+//!      b1.word0 == m1 ? done : retry         remove: b.word0.store(ver+1 | c_i = 0, Release)
+//!  m2 = b2.word0.load(Acquire), match as above
+//!  fence(Acquire)
 //!  b1.word0 == m1 && b2.word0 == m2 ? done : retry
 //! ```
 //!
-//! The design is bucketized cuckoo hashing with full keys stored in the buckets and a
-//! per-bucket version in the style of a seqlock, but without a locked state: the
-//! writer fills a slot while it is marked free and publishes it with one store, so
-//! readers never wait for it ([`table`] has the protocol and its argument). Readers
-//! are lock-free, the writer wait-free. A [`DomainTable`] indexes Xen domain ids
+//! The design is bucketized cuckoo hashing with full keys stored in the buckets, a
+//! 7-bit tag per slot beside the version (as hashbrown keeps a control byte per slot,
+//! compared for a whole group at once) and a per-bucket version in the style of a
+//! seqlock, but without a locked state: the writer fills a slot while it is marked free
+//! and publishes it with one store, so readers never wait for it ([`table`] has the
+//! protocol and its argument). Readers are lock-free, the writer wait-free. A [`DomainTable`] indexes Xen domain ids
 //! directly for a one-load fast path.
 //!
 //! The crate is `no_std`, allocation-free and has no `unsafe` code. Atomics come from
@@ -37,7 +43,7 @@
 //! ```
 //! use coresident_lookup::{Handle, Seed, Table};
 //!
-//! // 1024 buckets of 5 slots: 4096 MAC addresses at 80% load.
+//! // 1024 buckets of 4 slots: up to about 3900 MAC addresses (95% load).
 //! let table = Box::new(Table::<[u8; 6], 1024>::new(Seed::from_bytes([42; 32])));
 //! let mut writer = table.writer().unwrap();
 //! writer.insert([2, 0, 0, 0, 0, 1], Handle::new(0, 1)).unwrap();

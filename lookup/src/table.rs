@@ -19,11 +19,17 @@
 //! clear, then published by one Release store of word 0; a slot is emptied by one such
 //! store; a handle changes in place, then word 0 is stored again. A reader:
 //!
-//! 1. loads word 0 of the first bucket (Acquire), scans its slots (Relaxed loads); if
-//!    the key is there, an Acquire fence and an unchanged word 0 make the answer valid;
-//! 2. otherwise loads word 0 of the second bucket (Acquire), scans it, fences, and
-//!    accepts "absent" only if both words 0 are unchanged;
+//! 1. loads word 0 of the first bucket (Acquire) and scans the slots it names: for
+//!    one-word keys only those whose 7-bit tag (in word 0, from the key's hash) matches,
+//!    for two-word keys every occupied slot (Relaxed loads); if the key is there, an
+//!    Acquire fence and an unchanged word 0 make the answer valid;
+//! 2. otherwise loads word 0 of the second bucket (Acquire), scans it the same way,
+//!    fences, and accepts "absent" only if both words 0 are unchanged;
 //! 3. on any change, starts again.
+//!
+//! A tag is written into word 0 by the same store that publishes its slot, so a tag
+//! and the occupancy it implies are never torn; a miss whose tags match nothing reads
+//! two words 0 (and re-reads them), never a key.
 //!
 //! A relocation publishes the key in its new bucket before it clears the old one, so a
 //! key that is present throughout is found: a reader that misses it in bucket A and
@@ -56,14 +62,14 @@ use crate::hash::{self, Seed};
 use crate::{ClaimError, Handle, InsertError, Key};
 
 /// At most this many buckets are visited by the breadth-first search for a relocation
-/// path (2 roots, then up to 5 children per bucket). Bounds the writer's work and its
+/// path (2 roots, then one child per slot of each full bucket). Bounds the writer's work and its
 /// stack (8 bytes per bucket).
 pub const MAX_SEARCH: usize = 256;
 
 /// A fixed-capacity map from peer ids to [`Handle`]s: one writer, any number of
 /// concurrent, lock-free readers.
 ///
-/// `BUCKETS` is a power of two; the table holds up to `BUCKETS * 5` one-word keys or
+/// `BUCKETS` is a power of two; the table holds up to `BUCKETS * 4` one-word keys or
 /// `BUCKETS * 3` two-word keys ([`Table::SLOTS`]). Insertion succeeds reliably up to
 /// about 95% of that. The table lives inline (64 bytes per bucket): put a big one in a
 /// `Box`, an `Arc` or a `static` cell.
@@ -103,7 +109,7 @@ impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
         None => panic!("Key::WORDS must be 1 or 2"),
     };
 
-    /// Slots in the table: `BUCKETS` times 5 (one-word keys) or 3 (two-word keys).
+    /// Slots in the table: `BUCKETS` times 4 (one-word keys) or 3 (two-word keys).
     pub const SLOTS: usize = {
         assert!(BUCKETS.is_power_of_two(), "BUCKETS must be a power of two");
         assert!(BUCKETS <= 1 << 24, "BUCKETS too large");
@@ -156,7 +162,23 @@ impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
     /// The two buckets (indices in `0..BUCKETS`) that may hold `key` under this table's
     /// seed. A diagnostic for tests and tools; lookups never read any other bucket.
     pub fn buckets_of(&self, key: &K) -> (usize, usize) {
-        hash::buckets(hash::hash(&self.seed, &key.encode()), BUCKETS)
+        let (b1, b2, _) = self.place(&key.encode());
+        (b1, b2)
+    }
+
+    /// The 7-bit tag (`0..128`) stored beside `key` in a one-word-key bucket under this
+    /// table's seed: a lookup reads a key word only where the tag matches. A diagnostic
+    /// for tests and tools (two-word keys are stored untagged).
+    pub fn tag_of(&self, key: &K) -> u8 {
+        self.place(&key.encode()).2
+    }
+
+    /// The candidate buckets and the tag of the key encoded as `words`.
+    #[inline(always)]
+    fn place(&self, words: &[u64; 2]) -> (usize, usize, u8) {
+        let h = hash::hash(&self.seed, words);
+        let (b1, b2) = hash::buckets(h, BUCKETS);
+        (b1, b2, hash::tag(h))
     }
 
     /// Bucket `i` of the table. Callers pass `i < BUCKETS` (from [`hash::buckets`]);
@@ -194,15 +216,15 @@ impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
     pub fn get_traced(&self, key: &K, mut trace: impl FnMut(usize)) -> Option<Handle> {
         let g = Self::GEOMETRY;
         let words = key.encode();
-        let (i1, i2) = hash::buckets(hash::hash(&self.seed, &words), BUCKETS);
+        let (i1, i2, tag) = self.place(&words);
         let (b1, b2) = (self.bucket(i1), self.bucket(i2));
         loop {
             trace(core::ptr::from_ref(b1).addr());
             // SYNC: bucket-publish. Acquire: pairs with the Release store in
             // `Bucket::publish`; the slots read below are at least as new as this word.
             let m1 = b1.meta(Ordering::Acquire);
-            if let Some(slot) = b1.find(g, m1, &words) {
-                let handle = b1.handle(m1, slot);
+            if let Some(slot) = b1.find(g, m1, &words, tag) {
+                let handle = b1.handle(g, m1, slot);
                 // SYNC: slot-reuse. Pairs with the Release fence in `Bucket::retire`:
                 // if a slot load above saw a newer write, the re-read sees a newer word.
                 fence(Ordering::Acquire);
@@ -218,7 +240,9 @@ impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
             // also makes a relocation's publication in `b1` (stored before this
             // bucket's clearing) visible to the re-read of `b1` below.
             let m2 = b2.meta(Ordering::Acquire);
-            let found = b2.find(g, m2, &words).map(|slot| b2.handle(m2, slot));
+            let found = b2
+                .find(g, m2, &words, tag)
+                .map(|slot| b2.handle(g, m2, slot));
             // SYNC: slot-reuse. Pairs with the Release fence in `Bucket::retire`.
             fence(Ordering::Acquire);
             // Relaxed: ordered after the slot loads by the fence above.
@@ -273,10 +297,10 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
         self.table
     }
 
-    /// The slot of `words` in bucket `i`, if it is there.
-    fn find(&self, i: usize, words: &[u64; 2]) -> Option<usize> {
+    /// The slot of `words` (of tag `tag`) in bucket `i`, if it is there.
+    fn find(&self, i: usize, words: &[u64; 2], tag: u8) -> Option<usize> {
         let b = self.table.bucket(i);
-        b.find(Table::<K, BUCKETS>::GEOMETRY, b.writer_meta(), words)
+        b.find(Table::<K, BUCKETS>::GEOMETRY, b.writer_meta(), words, tag)
     }
 
     /// Maps `key` to `handle`, returning the handle it replaced.
@@ -304,18 +328,20 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
     pub fn insert(&mut self, key: K, handle: Handle) -> Result<Option<Handle>, InsertError> {
         let g = Table::<K, BUCKETS>::GEOMETRY;
         let words = key.encode();
-        let (i1, i2) = self.table.buckets_of(&key);
+        let (i1, i2, tag) = self.table.place(&words);
         for i in [i1, i2] {
-            if let Some(slot) = self.find(i, &words) {
+            if let Some(slot) = self.find(i, &words, tag) {
                 let b = self.table.bucket(i);
-                let old = b.handle(b.writer_meta(), slot);
+                let old = b.handle(g, b.writer_meta(), slot);
                 b.set_handle(g, slot, handle.to_bits());
                 return Ok(Some(Handle::from_bits(old)));
             }
         }
         let slot = self.make_room(i1, i2)?;
         let (i, s) = slot;
-        self.table.bucket(i).put(g, s, &words, handle.to_bits());
+        self.table
+            .bucket(i)
+            .put(g, s, &words, handle.to_bits(), tag);
         // Relaxed: a statistic, only this writer stores it.
         self.table.len.fetch_add(1, Ordering::Relaxed);
         Ok(None)
@@ -365,7 +391,7 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
 
     /// The other candidate bucket of the key `words` stored in bucket `i`.
     fn alternate(&self, i: usize, words: &[u64; 2]) -> usize {
-        let (b1, b2) = hash::buckets(hash::hash(&self.table.seed, words), BUCKETS);
+        let (b1, b2, _) = self.table.place(words);
         if b1 == i {
             b2
         } else {
@@ -407,10 +433,10 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
             else {
                 return Err(InsertError::Full);
             };
-            let handle = src.handle(src.writer_meta(), slot);
+            let handle = src.handle(g, src.writer_meta(), slot);
             // Publish in the new bucket before clearing the old one: the key is findable
             // throughout (see the module docs).
-            dst.put(g, free, &words, handle);
+            dst.put(g, free, &words, handle, src.tag(g, slot));
             src.clear(g, slot);
             end = usize::from(node.parent);
         }
@@ -434,11 +460,11 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
     pub fn remove(&mut self, key: &K) -> Option<Handle> {
         let g = Table::<K, BUCKETS>::GEOMETRY;
         let words = key.encode();
-        let (i1, i2) = self.table.buckets_of(key);
+        let (i1, i2, tag) = self.table.place(&words);
         for i in [i1, i2] {
-            if let Some(slot) = self.find(i, &words) {
+            if let Some(slot) = self.find(i, &words, tag) {
                 let b = self.table.bucket(i);
-                let handle = b.handle(b.writer_meta(), slot);
+                let handle = b.handle(g, b.writer_meta(), slot);
                 b.clear(g, slot);
                 // Relaxed: a statistic, only this writer stores it.
                 self.table.len.fetch_sub(1, Ordering::Relaxed);
