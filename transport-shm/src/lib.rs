@@ -106,4 +106,4 @@ pub use peer_id::{PeerId, PeerIdError};
 pub use registry::{Registry, RegistryError, RegistryEvent, Watcher};
 pub use rendezvous::{accept_offer, AcceptConfig, HandshakeError, Listener, RejectReason};
 #[cfg(feature = "core")]
-pub use transport::{ShmError, ShmPending, ShmTransport};
+pub use transport::{ready_offer, ShmError, ShmPending, ShmTransport};

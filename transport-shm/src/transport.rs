@@ -249,14 +249,7 @@ impl coresident::Transport for ShmTransport {
                 let _ = tx.send(res);
             })
             .map_err(|e| SysError::from_io("spawn", &e))?;
-        Ok((
-            ShmPending {
-                rx: Some(rx),
-                path,
-                layout,
-            },
-            len,
-        ))
+        Ok((ShmPending { rx: Some(rx), path }, len))
     }
 
     fn accept(&mut self, rendezvous: &[u8]) -> Result<Link<SharedRegion, PeerLink>, ShmError> {
@@ -268,21 +261,59 @@ impl coresident::Transport for ShmTransport {
             handshake_timeout: self.handshake_timeout,
             ..AcceptConfig::default()
         };
-        let ep = accept_offer(stream, &cfg)?;
-        let l = ep.layout();
+        Ok(accept_offer(stream, &cfg)?.into_link())
+    }
+}
+
+impl Endpoint {
+    /// This endpoint as the core's [`Link`], for `Channel::new`. On the offering side
+    /// the rings must have been laid out before the handshake ([`ready_offer`]).
+    pub fn into_link(self) -> Link<SharedRegion, PeerLink> {
+        let l = self.layout();
         // Both sizes passed `Layout::new`: powers of two at most 2^28, so they fit.
         let layout = ChannelLayout {
             to_acceptor: l.to_acceptor.data_size as u32,
             to_offerer: l.to_offerer.data_size as u32,
         };
-        let (region, doorbell) = ep.into_parts();
-        Ok(Link {
+        let role = match self.role() {
+            crate::endpoint::Role::Offerer => coresident::Role::Offerer,
+            crate::endpoint::Role::Acceptor => coresident::Role::Acceptor,
+        };
+        let (region, doorbell) = self.into_parts();
+        Link {
             region,
             doorbell,
-            role: coresident::Role::Acceptor,
+            role,
             layout,
-        })
+        }
     }
+}
+
+/// An offer whose region already holds both rings, laid out as the core's
+/// [`ChannelLayout`] places them: `connect` it to a peer's registry socket, then
+/// [`Endpoint::into_link`]. This is the control path's half of residency detection:
+/// on [`RegistryEvent::Joined`](crate::RegistryEvent::Joined), `ready_offer` and
+/// connect, attach the channel to the router and insert its handle into the residency
+/// table; on `Left`, remove the key and fail the router's channel over.
+///
+/// # Errors
+///
+/// Sizes out of range, or the region could not be created.
+pub fn ready_offer(cfg: &OfferConfig) -> Result<PendingOffer, ShmError> {
+    let pending = PendingOffer::new(cfg)?;
+    let l = pending.layout();
+    let layout = ChannelLayout {
+        to_acceptor: l.to_acceptor.data_size as u32,
+        to_offerer: l.to_offerer.data_size as u32,
+    };
+    if l.to_offerer.offset != layout.second_ring_offset() {
+        return Err(ShmError::Ring(AttachError::RegionTooSmall {
+            needed: layout.region_len(),
+            len: pending.region().len(),
+        }));
+    }
+    coresident::init_region(pending.region(), layout).map_err(ShmError::Ring)?;
+    Ok(pending)
 }
 
 /// An offer whose socket is being served by a thread, waiting for the acceptor.
@@ -296,8 +327,6 @@ pub struct ShmPending {
     rx: Option<mpsc::Receiver<Result<Endpoint, HandshakeError>>>,
     /// The one-shot socket.
     path: PathBuf,
-    /// The ring sizes offered.
-    layout: ChannelLayout,
 }
 
 impl ShmPending {
@@ -343,13 +372,8 @@ impl coresident::PendingOffer for ShmPending {
                 return Err(e);
             }
         };
-        let (region, doorbell) = ep.into_parts();
-        Ok(Link {
-            region,
-            doorbell,
-            role: coresident::Role::Offerer,
-            layout: self.layout,
-        })
+        // The endpoint's layout is our own offer's, read back from the region we made.
+        Ok(ep.into_link())
     }
 }
 
