@@ -114,7 +114,7 @@ pub struct ControlBlock {
 /// polls the tag of the frame at its read position (FastForward, Giacomoni et al.,
 /// PPoPP 2008): a matching stamp says the frame is published, without reading the
 /// producer's index line. Before each publish the producer writes
-/// [`invalid_tag`]`(end)` at the position after its last frame, so stale bytes from an
+/// `invalid_tag(end)` at the position after its last frame, so stale bytes from an
 /// earlier lap can never look like a published frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
