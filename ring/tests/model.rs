@@ -231,6 +231,15 @@ fn run(data_size: u32, start: u32, ops: Vec<Op>) {
     assert!(m.empty(), "{} messages lost", m.published.len());
 }
 
+/// Miri's isolation forbids the file access of proptest's failure persistence.
+fn persistence() -> Option<Box<dyn proptest::test_runner::FailurePersistence>> {
+    if cfg!(miri) {
+        None
+    } else {
+        ProptestConfig::default().failure_persistence
+    }
+}
+
 fn cases() -> u32 {
     if cfg!(miri) {
         4
@@ -240,7 +249,7 @@ fn cases() -> u32 {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: persistence(), ..ProptestConfig::default() })]
 
     #[test]
     fn ring_matches_queue_model(
