@@ -7,17 +7,19 @@
 //! two-word keys (3 slots), in 32-bit halves, low half first:
 //!
 //! ```text
-//! word:  0                1         2         3   4   5   6   7
-//! W=1:   c0 c1 c2 c3 | ver  h0 | h1   h2 | h3   k0  k1  k2  k3  (unused, 0)
+//! word:  0                    1         2         3   4   5   6   7
+//! W=1:   c0 c1 c2 c3 | ovf ver  h0 | h1   h2 | h3   k0  k1  k2  k3  (unused, 0)
 //! W=2:   occ+ver | h0     h1 | h2   k0 (2 words) k1 (2)  k2 (2)
 //! ```
 //!
 //! One-word keys: byte `i` of word 0 is slot `i`'s control byte, `0` while the slot is
 //! free and `0x80 | tag` while it holds a key whose hash has the 7-bit `tag`
-//! ([`crate::hash`]); the high half is a version, incremented (wrapping) by every store
-//! of word 0. A lookup compares its tag with all four control bytes in one 32-bit SWAR
-//! operation (hashbrown's `Group::match_byte`, made exact), so a miss usually reads no
-//! key word at all: a stored key shares the tag with probability 1/128.
+//! ([`crate::hash`]). Byte 4 (`ovf`, `0..=255`) counts the keys whose first bucket is
+//! this one but which live in their second bucket; bytes 5 to 7 are a 24-bit version,
+//! incremented (wrapping) by every store of word 0. A lookup compares its tag with all
+//! four control bytes in one 32-bit SWAR operation (hashbrown's `Group::match_byte`,
+//! made exact), so a miss usually reads no key word at all (a stored key shares the tag
+//! with probability 1/128), and while `ovf` is 0 it needs no second bucket.
 //!
 //! Two-word keys: the low half of word 0 (`meta`) has bit `i < 3` set while slot `i`
 //! holds an entry and a version above; the high half is slot 0's handle, so that it
@@ -34,6 +36,12 @@ const LOW: u64 = 0xFFFF_FFFF;
 
 /// The high bit of each control byte of a tagged bucket: set while the slot is occupied.
 const FULL: u32 = 0x8080_8080;
+
+/// The overflow count of a tagged bucket's word 0: bits 32..40.
+const OVERFLOW: u64 = 0xFF << 32;
+
+/// The version of a tagged bucket's word 0: bits 40..64.
+const VERSION: u64 = !0 << 40;
 
 /// The slot layout for keys of a given width.
 #[derive(Debug, Clone, Copy)]
@@ -144,11 +152,38 @@ impl Geometry {
         }
     }
 
-    /// The word 0 to store after `old`: the entries (and, untagged, slot 0's handle) of
-    /// `new`, and `old`'s version plus one (wrapping).
+    /// Whether a key whose first bucket has word 0 `w` may be in its second bucket:
+    /// the overflow count is not 0 (tagged), always (untagged, which keeps no count).
+    #[inline(always)]
+    pub(crate) const fn may_overflow(self, w: u64) -> bool {
+        !self.tagged || w & OVERFLOW != 0
+    }
+
+    /// Whether a lookup of a key of tag `tag` reads key words of a bucket with word 0
+    /// `w` (untagged: always; tagged: if a control byte matches).
+    #[inline(always)]
+    pub(crate) const fn reads_keys(self, w: u64, tag: u8) -> bool {
+        !self.tagged || Self::matches(w, tag) != 0
+    }
+
+    /// Word 0 `w` with `delta` added to its overflow count, or `None` if the count
+    /// would leave `0..=255`. Untagged buckets keep no count: `w` unchanged.
+    const fn add_overflow(self, w: u64, delta: i32) -> Option<u64> {
+        if !self.tagged {
+            return Some(w);
+        }
+        let count = ((w & OVERFLOW) >> 32) as i32 + delta;
+        if count < 0 || count > 0xFF {
+            return None;
+        }
+        Some((w & !OVERFLOW) | ((count as u64) << 32))
+    }
+
+    /// The word 0 to store after `old`: the entries and overflow count (or, untagged,
+    /// slot 0's handle) of `new`, and `old`'s version plus one (wrapping).
     const fn next(self, old: u64, new: u64) -> u64 {
         if self.tagged {
-            (new & LOW) | (old & !LOW).wrapping_add(1 << 32)
+            (new & !VERSION) | (old & VERSION).wrapping_add(1 << 40)
         } else {
             // Truncation is the point: meta is the low half.
             let version = ((old as u32) >> self.slots).wrapping_add(1);
@@ -323,10 +358,39 @@ impl Bucket {
         fence(Ordering::Release);
     }
 
-    /// Puts an entry (key of tag `tag`) into free slot `slot` and publishes it. Writer
-    /// only.
-    pub(crate) fn put(&self, g: Geometry, slot: usize, key: &[u64; 2], handle: u32, tag: u8) {
+    /// Whether `delta` can be added to this bucket's overflow count. Writer only.
+    pub(crate) fn overflow_fits(&self, g: Geometry, delta: i32) -> bool {
+        g.add_overflow(self.writer_meta(), delta).is_some()
+    }
+
+    /// Adds `delta` to the overflow count and publishes it; `false` (and nothing
+    /// stored) if the count would leave `0..=255`. Writer only.
+    #[must_use]
+    pub(crate) fn add_overflow(&self, g: Geometry, delta: i32) -> bool {
         let old = self.writer_meta();
+        let Some(new) = g.add_overflow(old, delta) else {
+            return false;
+        };
+        self.publish(g, old, new);
+        true
+    }
+
+    /// Puts an entry (key of tag `tag`) into free slot `slot`, adds `overflow` to the
+    /// overflow count and publishes both with one store; `false` (and nothing stored)
+    /// if the count would leave `0..=255`. Writer only.
+    #[must_use]
+    pub(crate) fn put(
+        &self,
+        g: Geometry,
+        slot: usize,
+        key: &[u64; 2],
+        (handle, tag): (u32, u8),
+        overflow: i32,
+    ) -> bool {
+        let old = self.writer_meta();
+        let Some(counted) = g.add_overflow(old, overflow) else {
+            return false;
+        };
         self.retire();
         let base = g.key_base + slot * g.key_words;
         // Relaxed: published by `publish` below (SYNC: bucket-publish).
@@ -334,8 +398,9 @@ impl Bucket {
         if g.key_words == 2 {
             self.word(base + 1).store(key[1], Ordering::Relaxed);
         }
-        let new = self.store_handle(g, old, slot, handle);
+        let new = self.store_handle(g, counted, slot, handle);
         self.publish(g, old, g.fill(new, slot, tag));
+        true
     }
 
     /// Replaces the handle of occupied slot `slot` and publishes it. Writer only.
@@ -348,10 +413,17 @@ impl Bucket {
         self.publish(g, old, new);
     }
 
-    /// Empties slot `slot` and publishes it. Writer only.
-    pub(crate) fn clear(&self, g: Geometry, slot: usize) {
+    /// Empties slot `slot`, adds `overflow` to the overflow count and publishes both
+    /// with one store; `false` (and nothing stored) if the count would leave `0..=255`.
+    /// Writer only.
+    #[must_use]
+    pub(crate) fn clear(&self, g: Geometry, slot: usize, overflow: i32) -> bool {
         let old = self.writer_meta();
-        self.publish(g, old, g.empty(old, slot));
+        let Some(counted) = g.add_overflow(old, overflow) else {
+            return false;
+        };
+        self.publish(g, old, g.empty(counted, slot));
+        true
     }
 }
 
@@ -369,7 +441,7 @@ mod tests {
             let tag = |s: usize| (s as u8 * 37) & 0x7F;
             for s in 0..g.slots {
                 let key = [s as u64 + 10, if w == 2 { 77 } else { 0 }];
-                b.put(g, s, &key, 100 + s as u32, tag(s));
+                assert!(b.put(g, s, &key, (100 + s as u32, tag(s)), 0));
             }
             assert!(b.free_slot(g).is_none());
             for s in 0..g.slots {
@@ -387,7 +459,7 @@ mod tests {
             b.set_handle(g, 0, 6);
             let meta = b.meta(Ordering::Acquire);
             assert_eq!((b.handle(g, meta, 0), b.handle(g, meta, 1)), (6, 5));
-            b.clear(g, 1);
+            assert!(b.clear(g, 1, 0));
             let meta = b.meta(Ordering::Acquire);
             assert_eq!(
                 b.find(g, meta, &[11, if w == 2 { 77 } else { 0 }], tag(1)),
@@ -396,12 +468,33 @@ mod tests {
             assert_eq!(b.free_slot(g), Some(1));
             // One store of word 0 per put, set_handle and clear so far.
             let version = if g.tagged {
-                meta >> 32
+                meta >> 40
             } else {
                 u64::from(meta as u32 >> g.slots)
             };
             assert_eq!(version, g.slots as u64 + 3);
         }
+    }
+
+    #[test]
+    fn overflow_count() {
+        let Some(g) = Geometry::new(1) else { panic!() };
+        let b = Bucket::new();
+        assert!(!g.may_overflow(b.meta(Ordering::Relaxed)));
+        assert!(!b.add_overflow(g, -1), "count below 0");
+        for _ in 0..255 {
+            assert!(b.add_overflow(g, 1));
+        }
+        assert!(
+            !b.overflow_fits(g, 1) && !b.add_overflow(g, 1),
+            "count above 255"
+        );
+        assert!(b.put(g, 2, &[9, 0], (3, 4), -1));
+        let meta = b.meta(Ordering::Relaxed);
+        assert_eq!((meta & OVERFLOW) >> 32, 254);
+        assert_eq!(meta >> 40, 256, "one version per store");
+        assert!(g.may_overflow(meta) && g.reads_keys(meta, 4) && !g.reads_keys(meta, 5));
+        assert!(Geometry::new(2).is_some_and(|two| two.may_overflow(0)));
     }
 
     /// The SWAR match is exact: it flags precisely the occupied slots with the tag.

@@ -4,17 +4,19 @@
 //! amount whether it hits (a co-resident peer) or misses (a remote one, the common
 //! case): the key is hashed with a secret seed to two buckets, each one 64-byte cache
 //! line, and nothing else is read. No chains, no probing sequence, no allocation. A
-//! miss usually reads one word of each bucket: per-slot tags in that word rule out
-//! every stored key without comparing it.
+//! miss usually reads one word of one bucket: per-slot tags in that word rule out
+//! every stored key without comparing it, and a count there of the keys that
+//! overflowed into their second bucket, usually 0, rules out the second bucket.
 //!
 //! ```text
 //!  key --seeded hash--> (b1, b2, tag)    Table<K, BUCKETS>: [Bucket; BUCKETS]
 //!                                        ┌──────────────────── 64 bytes ────────────────────┐
-//!  bucket b1 ───────────────────────────>│ c0 c1 c2 c3 ver │ h0 h1 │ h2 h3 │ k0 k1 k2 k3 │ - │
-//!  bucket b2 ───────────────────────────>│ c0 c1 c2 c3 ver │ h0 h1 │ h2 h3 │ k0 k1 k2 k3 │ - │
-//!                                        └──────────────────────────────────────────────────┘
+//!  bucket b1 ───────────────────────────>│ c0-c3 ovf ver │ h0 h1 │ h2 h3 │ k0 k1 k2 k3 │ - │
+//!  bucket b2 ───────────────────────────>│ c0-c3 ovf ver │ h0 h1 │ h2 h3 │ k0 k1 k2 k3 │ - │
+//!                                        └────────────────────────────────────────────────┘
 //!  c_i: slot i's control byte, 0 (free) or 0x80 | tag (7 bits of the hash)
-//!  (two-word keys such as IPv6: 3 untagged slots, occupancy bits instead of c_i)
+//!  ovf: how many keys whose first bucket this is live in their second bucket
+//!  (two-word keys such as IPv6: 3 untagged slots, occupancy bits, no ovf)
 //!
 //!  reader (any thread)                       writer (one control thread)
 //!  m1 = b1.word0.load(Acquire)               fill a free slot (Relaxed stores)
@@ -22,6 +24,8 @@
 //!   ── for each match, compare the key       relocation: publish in the new bucket,
 //!      (Relaxed); hit? fence(Acquire),                   then clear the old one
 //!      b1.word0 == m1 ? done : retry         remove: b.word0.store(ver+1 | c_i = 0, Release)
+//!  m1.ovf == 0 ? absent (re-read m1 if a     ovf changes in the store that moves a key
+//!                key was compared)                       out of / back into b1
 //!  m2 = b2.word0.load(Acquire), match as above
 //!  fence(Acquire)
 //!  b1.word0 == m1 && b2.word0 == m2 ? done : retry

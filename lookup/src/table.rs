@@ -23,13 +23,25 @@
 //!    one-word keys only those whose 7-bit tag (in word 0, from the key's hash) matches,
 //!    for two-word keys every occupied slot (Relaxed loads); if the key is there, an
 //!    Acquire fence and an unchanged word 0 make the answer valid;
-//! 2. otherwise loads word 0 of the second bucket (Acquire), scans it the same way,
+//! 2. otherwise, for one-word keys, if the first bucket's overflow count (in its word
+//!    0) is 0, answers "absent": at once if no tag matched (the answer rests on one
+//!    atomic load), else after the same fence and re-read;
+//! 3. otherwise loads word 0 of the second bucket (Acquire), scans it the same way,
 //!    fences, and accepts "absent" only if both words 0 are unchanged;
-//! 3. on any change, starts again.
+//! 4. on any change, starts again.
 //!
 //! A tag is written into word 0 by the same store that publishes its slot, so a tag
 //! and the occupancy it implies are never torn; a miss whose tags match nothing reads
-//! two words 0 (and re-reads them), never a key.
+//! no key, and while the overflow count is 0 it reads one word of one line.
+//!
+//! The overflow count of a bucket is the number of keys whose first bucket it is that
+//! live in their second bucket (SYNC: overflow-count). It changes only in the store of
+//! word 0 that clears such a key from its first bucket (+1, a relocation out) or puts
+//! it there (-1, a relocation back), or on its own before an insert publishes a new key
+//! in its second bucket (+1) and after a remove cleared one there (-1). So at every
+//! store of a first bucket's word 0, a key that is present is in that bucket or
+//! counted, and a reader that sees a count of 0 and no matching entry in one load of
+//! that word saw the key absent at that store.
 //!
 //! A relocation publishes the key in its new bucket before it clears the old one, so a
 //! key that is present throughout is found: a reader that misses it in bucket A and
@@ -204,11 +216,19 @@ impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
     /// # Examples
     ///
     /// ```
+    /// use std::net::Ipv6Addr;
     /// use coresident_lookup::{Seed, Table};
     ///
+    /// // No key overflowed into its second bucket: a miss reads one line.
     /// let table: Table<u64, 16> = Table::new(Seed::new([5; 4]));
     /// let mut lines = Vec::new();
     /// assert_eq!(table.get_traced(&42, |addr| lines.push(addr / 64)), None);
+    /// assert_eq!(lines.len(), 1);
+    ///
+    /// // Two-word keys keep no overflow count: a miss reads both lines.
+    /// let table: Table<Ipv6Addr, 16> = Table::new(Seed::new([5; 4]));
+    /// let mut lines = Vec::new();
+    /// assert_eq!(table.get_traced(&Ipv6Addr::LOCALHOST, |a| lines.push(a / 64)), None);
     /// lines.dedup();
     /// assert_eq!(lines.len(), 2);
     /// ```
@@ -231,6 +251,22 @@ impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
                 // Relaxed: ordered after the slot loads by the fence above.
                 if b1.meta(Ordering::Relaxed) == m1 {
                     return Some(Handle::from_bits(handle));
+                }
+                crate::spin_loop();
+                continue;
+            }
+            if !g.may_overflow(m1) {
+                // SYNC: overflow-count. At m1's store no key whose first bucket is `b1`
+                // lived in its second bucket, so the key is absent if m1 is consistent.
+                if !g.reads_keys(m1, tag) {
+                    // Nothing but m1, one atomic load, was read: it is consistent.
+                    return None;
+                }
+                // SYNC: slot-reuse. Pairs with the Release fence in `Bucket::retire`.
+                fence(Ordering::Acquire);
+                // Relaxed: ordered after the slot loads by the fence above.
+                if b1.meta(Ordering::Relaxed) == m1 {
+                    return None;
                 }
                 crate::spin_loop();
                 continue;
@@ -337,11 +373,19 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
                 return Ok(Some(Handle::from_bits(old)));
             }
         }
-        let slot = self.make_room(i1, i2)?;
-        let (i, s) = slot;
-        self.table
+        let (i, s) = self.make_room(i1, i2)?;
+        // SYNC: overflow-count. A key placed in its second bucket is counted in its
+        // first before it is published, so no lookup that could see it skips it.
+        if i != i1 && !self.table.bucket(i1).add_overflow(g, 1) {
+            return Err(InsertError::Full);
+        }
+        if !self
+            .table
             .bucket(i)
-            .put(g, s, &words, handle.to_bits(), tag);
+            .put(g, s, &words, (handle.to_bits(), tag), 0)
+        {
+            return Err(InsertError::Full);
+        }
         // Relaxed: a statistic, only this writer stores it.
         self.table.len.fetch_add(1, Ordering::Relaxed);
         Ok(None)
@@ -433,11 +477,20 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
             else {
                 return Err(InsertError::Full);
             };
-            let handle = src.handle(g, src.writer_meta(), slot);
+            let entry = (src.handle(g, src.writer_meta(), slot), src.tag(g, slot));
+            // SYNC: overflow-count. The count of the key's first bucket changes in the
+            // same store that puts the key there (-1) or clears it from there (+1).
+            let home = self.table.place(&words).0;
+            let (into, out_of) = if to == home { (-1, 0) } else { (0, 1) };
+            if !src.overflow_fits(g, out_of) {
+                return Err(InsertError::Full);
+            }
             // Publish in the new bucket before clearing the old one: the key is findable
             // throughout (see the module docs).
-            dst.put(g, free, &words, handle, src.tag(g, slot));
-            src.clear(g, slot);
+            if !dst.put(g, free, &words, entry, into) || !src.clear(g, slot, out_of) {
+                // Unreachable: the count of `to` counts this key, that of `from` fits.
+                return Err(InsertError::Full);
+            }
             end = usize::from(node.parent);
         }
     }
@@ -465,7 +518,12 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
             if let Some(slot) = self.find(i, &words, tag) {
                 let b = self.table.bucket(i);
                 let handle = b.handle(g, b.writer_meta(), slot);
-                b.clear(g, slot);
+                let cleared = b.clear(g, slot, 0);
+                // SYNC: overflow-count. Uncounted only once it is gone: a lookup that
+                // skips the second bucket never skips a key still in it.
+                let uncounted = i == i1 || self.table.bucket(i1).add_overflow(g, -1);
+                // The count of `i1` counts this key, so it can go down by one.
+                debug_assert!(cleared && uncounted);
                 // Relaxed: a statistic, only this writer stores it.
                 self.table.len.fetch_sub(1, Ordering::Relaxed);
                 return Some(Handle::from_bits(handle));

@@ -10,7 +10,9 @@
 //! about 90 s to build the loom test binary from scratch); `LOOM_MAX_PREEMPTIONS=2`
 //! takes 0.2 s. Each test was checked to fail when the protocol step it guards is
 //! removed: publish-before-clear in relocation, the re-read of the first bucket's
-//! version on a miss, and the Release fence before reusing a slot.
+//! version on a miss, the Release fence before reusing a slot (with two keys of one
+//! tag), and changing a first bucket's overflow count in the same store that moves a
+//! key out of it or back into it (relocation in either direction).
 #![cfg(loom)]
 
 use coresident_lookup::{Handle, Seed, Table};
@@ -79,16 +81,23 @@ fn get_races_relocation() {
         let t = table();
         let (p, q, r) = (0, 1, 2);
         let x = keys_in(&t, p, r, 1)[0];
-        let pq = keys_in(&t, p, q, 2 * S);
-        let (fill, y) = (&pq[..2 * S - 1], pq[2 * S - 1]);
+        // p and q fill up with keys in their first buckets, so p's overflow count is
+        // 0 until x leaves: a reader relies on the count going up in that same store.
+        let pq = keys_in(&t, p, q, S);
+        let qp = keys_in(&t, q, p, S);
+        let (fill, y) = (pq[..S - 1].iter().chain(&qp), pq[S - 1]);
         {
             let mut w = t.writer().unwrap();
             // x first, so it takes slot 0 of p; then p and q fill up.
             w.insert(x, Handle::new(9, 9)).unwrap();
-            for (i, k) in fill.iter().enumerate() {
+            for (i, k) in fill.enumerate() {
                 w.insert(*k, Handle::new(i as u16, 0)).unwrap();
             }
             assert_eq!(t.len(), 2 * S);
+            let mut lines = Vec::new();
+            assert_eq!(t.get_traced(&x, |a| lines.push(a)), Some(Handle::new(9, 9)));
+            assert_eq!(t.get_traced(&y, |a| lines.push(a)), None);
+            assert_eq!(lines.len(), 2, "p's overflow count should be 0");
         }
         let reader = {
             let t = t.clone();
