@@ -517,18 +517,23 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
     fn wrote(&mut self, len: usize) -> Result<(), ChannelError> {
         self.stats.sent_messages += 1;
         self.stats.sent_bytes += len as u64;
-        if self.pending.0 == 0 {
-            self.pending.2 = self.clock.now();
-        }
         self.pending.0 += 1;
         self.pending.1 = self.pending.1.saturating_add(len as u32);
+        // The per-message policies publish at once and never read the clock; a batch
+        // reads it once per message (its first message starts the latency bound).
         let due = match self.config.batching {
             Batching::Always | Batching::EventIndex => true,
-            b => b.due(
-                self.pending.0,
-                self.pending.1,
-                self.clock.now().saturating_sub(self.pending.2),
-            ),
+            b => {
+                let now = self.clock.now();
+                if self.pending.0 == 1 {
+                    self.pending.2 = now;
+                }
+                b.due(
+                    self.pending.0,
+                    self.pending.1,
+                    now.saturating_sub(self.pending.2),
+                )
+            }
         };
         if due {
             self.flush()?;
