@@ -36,7 +36,9 @@ PKGS=(xen-hypervisor-4.17-amd64 xen-utils-4.17 xenstore-utils
       libxenmisc4.17 libxenstore4 libxengnttab1 libxenevtchn1 libxencall1
       libxenforeignmemory1 libxentoollog1 libxendevicemodel1 libxentoolcore1
       libxenhypfs1 libyajl2 libuuid1 liblzma5 libzstd1 zlib1g libc6 libgcc-s1
-      busybox-static "$KPKG")
+      busybox-static "$KPKG"
+      # run.sh -n (network): xl's vif hotplug scripts, which need bash.
+      xen-utils-common bash libtinfo6)
 
 cd "$WORK/debs"
 rm -f ./*.deb

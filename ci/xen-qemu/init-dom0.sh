@@ -32,7 +32,28 @@ mount -t xenfs xenfs /proc/xen || finish "FAIL mount xenfs"
 TEST_CMD="false no TEST_CMD given"
 DOMU_CMD=
 TOOLSTACK=0
+NET=0
 [ -f /etc/xenqemu.conf ] && . /etc/xenqemu.conf
+
+DOMU_CFG=/etc/xen/domu.cfg
+DOMU_EXTRA=
+if [ "$NET" = 1 ]; then
+    # run.sh -n: a bridge for the domU's vif, which xl's hotplug script
+    # (/etc/xen/scripts/vif-bridge) attaches; dom0 is 10.0.0.1 on it.
+    for m in llc stp bridge xen-netback; do
+        insmod /lib/modules/$m.ko || finish "FAIL insmod $m"
+    done
+    ip link set lo up
+    # busybox's brctl only adds and deletes: STP and forward delay (both
+    # off, so that a new port forwards at once) through sysfs.
+    brctl addbr xenbr0 && echo 0 > /sys/class/net/xenbr0/bridge/stp_state \
+        && echo 0 > /sys/class/net/xenbr0/bridge/forward_delay \
+        && ip addr add 10.0.0.1/24 dev xenbr0 && ip link set xenbr0 up \
+        || finish "FAIL bridge xenbr0"
+    DOMU_CFG=/etc/xen/domu-net.cfg
+    DOMU_EXTRA=/boot/domU-net.cpio.gz
+    echo "xenqemu: bridge xenbr0 is up (10.0.0.1/24)"
+fi
 
 if [ -n "$DOMU_CMD" ] || [ "$TOOLSTACK" = 1 ]; then
     [ -x /usr/lib/xen-4.17/bin/xl ] || finish "FAIL toolstack run without pair.cpio.gz"
@@ -51,9 +72,9 @@ if [ -n "$DOMU_CMD" ]; then
         || finish "FAIL xenconsoled"
     # The domU image = its base image + run.sh's overlay (test binaries, conf),
     # uncompressed: libxc chokes on concatenated gzip streams.
-    zcat /boot/domU.cpio.gz /boot/overlay.cpio.gz > /run/domU.cpio \
+    zcat /boot/domU.cpio.gz $DOMU_EXTRA /boot/overlay.cpio.gz > /run/domU.cpio \
         || finish "FAIL assembling the domU image"
-    xl create /etc/xen/domu.cfg || finish "FAIL xl create"
+    xl create $DOMU_CFG || finish "FAIL xl create"
     DOMU_ID=$(xl domid domu) || finish "FAIL xl domid"
     export DOMU_ID
     echo "xenqemu: domU is domain $DOMU_ID"

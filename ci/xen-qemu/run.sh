@@ -1,11 +1,13 @@
 #!/bin/bash
-# run.sh [-w WORK] [-t SECONDS] [-b FILE]... [-x] [-d DOMU_CMD] [TEST_CMD]
+# run.sh [-w WORK] [-t SECONDS] [-b FILE]... [-x] [-n] [-d DOMU_CMD] [TEST_CMD]
 # Boot Xen + dom0 under QEMU (TCG) and run TEST_CMD in dom0.
 #   -b FILE      copy FILE (a static binary, a script...) to /opt/bin in dom0
 #                and domU; /opt/bin is first in PATH. Repeatable.
 #   -x           start xenstored (and xen-init-dom0) in dom0 without a domU.
 #   -d DOMU_CMD  two-domain run: dom0 starts xenstored/xenconsoled/xl and a
 #                PV domU that runs DOMU_CMD; TEST_CMD gets $DOMU_ID.
+#   -n           network: a bridge xenbr0 (10.0.0.1/24) in dom0 and, with
+#                -d, a vif on it for the domU (eth0, 10.0.0.2/24).
 #   -t SECONDS   wall-clock limit (default 300).
 # TEST_CMD is required: a shell command run by dom0's /init (sh -c).
 # Exit: 0 PASS, 1 FAIL, 2 no verdict (timeout, crash). Serial log:
@@ -17,14 +19,16 @@ TIMEOUT=300
 BINS=()
 DOMU_CMD=
 TOOLSTACK=0
-while getopts "w:t:b:xd:" o; do
+NET=0
+while getopts "w:t:b:xd:n" o; do
     case $o in
         w) WORK=$OPTARG ;;
         t) TIMEOUT=$OPTARG ;;
         b) BINS+=("$OPTARG") ;;
         x) TOOLSTACK=1 ;;
         d) DOMU_CMD=$OPTARG ;;
-        *) sed -n '2,13p' "$0" >&2; exit 2 ;;
+        n) NET=1 ;;
+        *) sed -n '2,15p' "$0" >&2; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
@@ -40,14 +44,18 @@ RUN=$WORK/run
 rm -rf "$RUN" && mkdir -p "$RUN/ov/opt/bin" "$RUN/ov/etc" "$RUN/ov0/boot"
 for b in "${BINS[@]}"; do install -m 755 "$b" "$RUN/ov/opt/bin/"; done
 q() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }  # sh quoting
-printf 'TEST_CMD=%s\nDOMU_CMD=%s\nTOOLSTACK=%s\n' "$(q "$TEST_CMD")" "$(q "$DOMU_CMD")" "$TOOLSTACK" \
-    > "$RUN/ov/etc/xenqemu.conf"
+printf 'TEST_CMD=%s\nDOMU_CMD=%s\nTOOLSTACK=%s\nNET=%s\n' "$(q "$TEST_CMD")" "$(q "$DOMU_CMD")" \
+    "$TOOLSTACK" "$NET" > "$RUN/ov/etc/xenqemu.conf"
 (cd "$RUN/ov" && find . | "$BB" cpio -o -H newc 2>/dev/null) | gzip -1 > "$RUN/overlay.cpio.gz"
 cp "$RUN/overlay.cpio.gz" "$RUN/ov0/boot/overlay.cpio.gz"
 (cd "$RUN/ov0" && find . | "$BB" cpio -o -H newc 2>/dev/null) | gzip -1 > "$RUN/overlay0.cpio.gz"
 
 IMG=("$WORK/dom0.cpio.gz")
 if [ -n "$DOMU_CMD" ] || [ "$TOOLSTACK" = 1 ]; then IMG+=("$WORK/pair.cpio.gz"); fi
+if [ "$NET" = 1 ]; then
+    [ -f "$WORK/net.cpio.gz" ] || { echo "no net.cpio.gz: run build-initrd.sh" >&2; exit 2; }
+    IMG+=("$WORK/net.cpio.gz")
+fi
 cat "${IMG[@]}" "$RUN/overlay.cpio.gz" "$RUN/overlay0.cpio.gz" > "$RUN/initrd.gz"
 
 # Xen cmdline: serial console, dom0 small; bootscrub off saves TCG time.
