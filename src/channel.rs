@@ -571,7 +571,7 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
         match self.config.batching {
             Batching::Batch {
                 bytes, max_delay, ..
-            } => (bytes.clamp(1, self.rx.data_size() / 2), Some(max_delay)),
+            } => (bytes.max(1).min(self.rx.data_size() / 2), Some(max_delay)),
             _ => (1, None),
         }
     }

@@ -303,7 +303,8 @@ impl Consumer {
     /// [`RecvError::Closed`] if the producer closed and nothing is left,
     /// [`RecvError::Corrupted`].
     pub fn arm_data(&mut self, min_bytes: u32) -> Result<Readiness, RecvError> {
-        let min = min_bytes.clamp(1, self.geo.size);
+        // max+min, not `clamp`: clamp asserts `1 <= size`, a panic path in a kernel.
+        let min = min_bytes.max(1).min(self.geo.size);
         // SYNC(event-data): store `data event`, full fence, load `write`; the mirror of
         // `Producer::publish`. Either the producer sees this request, or this load sees
         // its `write` (the argument is at SYNC(event-data) in `Producer::publish`).

@@ -124,7 +124,16 @@ mod raw {
             // - every access to these bytes in this process is atomic or volatile
             //   (`new`), so no non-atomic access races with this one; a peer outside the
             //   process is, for the abstract machine, another atomic writer.
-            Ok(unsafe { AtomicU32::from_ptr(p) }.load(order))
+            let a = unsafe { AtomicU32::from_ptr(p) };
+            // One constant ordering per arm: `AtomicU32::load` panics on an
+            // ordering a load cannot have, and a kernel must not carry that
+            // panic path when this is not inlined with a constant `order`
+            // (an impossible ordering is promoted to `SeqCst`).
+            Ok(match order {
+                Ordering::Relaxed => a.load(Ordering::Relaxed),
+                Ordering::Acquire => a.load(Ordering::Acquire),
+                _ => a.load(Ordering::SeqCst),
+            })
         }
 
         /// Atomically stores `v` into the `u32` at `off`.
@@ -132,7 +141,13 @@ mod raw {
         pub(crate) fn store(&self, off: usize, v: u32, order: Ordering) -> Result<(), OutOfBounds> {
             let p = self.atomic(off)?;
             // SAFETY: as in `load`.
-            unsafe { AtomicU32::from_ptr(p) }.store(v, order);
+            let a = unsafe { AtomicU32::from_ptr(p) };
+            // As in `load`: no ordering-panic path in the generated code.
+            match order {
+                Ordering::Relaxed => a.store(v, Ordering::Relaxed),
+                Ordering::Release => a.store(v, Ordering::Release),
+                _ => a.store(v, Ordering::SeqCst),
+            }
             Ok(())
         }
 
