@@ -34,6 +34,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod console_ring;
+pub mod xs_ring;
 pub mod xs_wire;
 
 #[cfg(target_os = "linux")]

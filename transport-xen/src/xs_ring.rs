@@ -1,0 +1,1113 @@
+//! A XenStore client over the shared ring page a guest kernel gets from
+//! its `start_info` (`store_mfn`, `store_evtchn`): `struct
+//! xenstore_domain_interface` of `xen/include/public/io/xs_wire.h` (Xen
+//! 4.17). `core` only, no allocation: a `no_std` kernel uses it directly;
+//! Linux userspace uses [`crate::xenstore`] (the kernel relays the same
+//! messages).
+//!
+//! ```text
+//!  0            1024          2048     2052     2056     2060     2064..2076
+//!  ┌────────────┬────────────┬────────┬────────┬────────┬────────┬─────────┐
+//!  │ req[1024]  │ rsp[1024]  │req_cons│req_prod│rsp_cons│rsp_prod│features,│
+//!  │ guest→xsd  │ xsd→guest  │  xsd   │ guest  │ guest  │  xsd   │conn, err│
+//!  └────────────┴────────────┴────────┴────────┴────────┴────────┴─────────┘
+//! ```
+//!
+//! Both rings are byte streams of [`crate::xs_wire`] messages (a 16-byte
+//! header, then up to 4096 bytes of payload), so one message may take
+//! several turns of a 1024-byte ring. Indices are free-running `u32`s; a
+//! byte's slot is `idx % 1024` (`MASK_XENSTORE_IDX`).
+//!
+//! # The peer is not trusted
+//!
+//! xenstored (or whatever sits on the other end) writes `req_cons`,
+//! `rsp_prod`, the `rsp` bytes and the trailing words at any time. The
+//! client keeps its own copies of the indices it owns (`req_prod`,
+//! `rsp_cons`) and never reads them back; the peer's indices must stay
+//! within one ring of ours ([`XsRingError::BadIndex`]); every header is
+//! decoded with [`Header::decode`] (length, type) and every reply must
+//! answer the request in flight. A framing error leaves the byte stream out
+//! of step, so it breaks the client for good ([`XsRingError::Broken`]).
+//! No access to the page is a Rust reference: the indices are atomics, the
+//! bytes are copied with volatile reads and writes.
+//!
+//! # Events
+//!
+//! The event channel (`store_evtchn`) is the kernel's business: it supplies
+//! [`Events`], whose `notify` signals the port and whose `wait` returns
+//! when the port may have fired. Events are hints; the client re-checks the
+//! indices after every wait, so a spurious or coalesced event is harmless.
+//! The host tests plug in a simulated xenstored that runs inside `wait`.
+//!
+//! Memory ordering follows Linux's `xenbus_comms.c`: the peer's index is
+//! loaded with `Acquire` before the bytes it covers are touched, and our
+//! index is stored with `Release` after our bytes are written (or read),
+//! then the port is notified.
+
+use core::fmt;
+use core::mem::offset_of;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::xs_wire::{
+    self, Header, MsgType, Payload, Perm, WireError, XsErrno, HEADER_LEN, PAYLOAD_MAX,
+};
+
+/// `XENSTORE_RING_SIZE`: bytes in each direction.
+pub const RING_SIZE: usize = 1024;
+/// `XENSTORE_SERVER_FEATURE_ERROR`: the server reports errors in `error`.
+pub const SERVER_FEATURE_ERROR: u32 = 2;
+
+/// `xen/include/public/io/xs_wire.h`: `struct xenstore_domain_interface`.
+/// Only its layout is used (offsets); the live page is never behind a
+/// reference of this type.
+#[repr(C)]
+#[derive(Clone, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct XenstoreDomainInterface {
+    /// Requests to the xenstore daemon.
+    pub req: [u8; RING_SIZE],
+    /// Replies and asynchronous watch events.
+    pub rsp: [u8; RING_SIZE],
+    /// Written by the daemon: request bytes consumed.
+    pub req_cons: u32,
+    /// Written by the guest: request bytes produced.
+    pub req_prod: u32,
+    /// Written by the guest: reply bytes consumed.
+    pub rsp_cons: u32,
+    /// Written by the daemon: reply bytes produced.
+    pub rsp_prod: u32,
+    /// Bitmap of `XENSTORE_SERVER_FEATURE_*`.
+    pub server_features: u32,
+    /// `XENSTORE_CONNECTED` (0) or `XENSTORE_RECONNECT` (1).
+    pub connection: u32,
+    /// `XENSTORE_ERROR_*`, when the server has [`SERVER_FEATURE_ERROR`].
+    pub error: u32,
+}
+const _: () = assert!(size_of::<XenstoreDomainInterface>() == 2076);
+
+const REQ: usize = offset_of!(XenstoreDomainInterface, req);
+const RSP: usize = offset_of!(XenstoreDomainInterface, rsp);
+const REQ_CONS: usize = offset_of!(XenstoreDomainInterface, req_cons);
+const REQ_PROD: usize = offset_of!(XenstoreDomainInterface, req_prod);
+const RSP_CONS: usize = offset_of!(XenstoreDomainInterface, rsp_cons);
+const RSP_PROD: usize = offset_of!(XenstoreDomainInterface, rsp_prod);
+const FEATURES: usize = offset_of!(XenstoreDomainInterface, server_features);
+const ERROR: usize = offset_of!(XenstoreDomainInterface, error);
+const _: () = assert!(REQ == 0 && RSP == 1024 && REQ_CONS == 2048 && RSP_PROD == 2060);
+const _: () = assert!(ERROR == 2072 && REQ_CONS % 4 == 0 && FEATURES % 4 == 0);
+
+/// The event channel of a shared ring, supplied by the kernel.
+pub trait Events {
+    /// Signals the peer (`EVTCHNOP_send` on the ring's port).
+    fn notify(&mut self);
+
+    /// Returns when the peer may have signalled (or after a while: a wait is
+    /// a hint, the caller re-checks the ring). `false` means "give up": the
+    /// operation in progress fails with a timeout error.
+    fn wait(&mut self) -> bool;
+}
+
+/// Which index of a shared ring the peer moved too far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingIndex {
+    /// `req_cons` ahead of our `req_prod`, or more than a ring behind it.
+    ReqCons,
+    /// `rsp_prod` more than a ring ahead of our `rsp_cons`, or behind it.
+    RspProd,
+}
+
+/// A failure of [`XsRing`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum XsRingError {
+    /// The page pointer is null or not 4-aligned.
+    BadPage,
+    /// The peer's index is not within one ring of ours.
+    BadIndex {
+        /// The index.
+        which: RingIndex,
+        /// Its value.
+        peer: u32,
+        /// Our index it was checked against.
+        ours: u32,
+    },
+    /// A request that cannot be encoded, or a header that cannot be decoded.
+    Wire(WireError),
+    /// A reply to another request id, of another type than the request, or
+    /// a reply while none was awaited.
+    UnexpectedReply {
+        /// The reply's type.
+        ty: MsgType,
+        /// The reply's request id.
+        req_id: u32,
+    },
+    /// An `XS_ERROR` reply.
+    Daemon(XsErrno),
+    /// The server set the page's `error` word (`XENSTORE_ERROR_*`).
+    Server(u32),
+    /// [`Events::wait`] gave up.
+    TimedOut,
+    /// An earlier framing or index error left the stream out of step.
+    Broken,
+}
+
+impl fmt::Display for XsRingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadPage => f.write_str("XenStore ring page is null or misaligned"),
+            Self::BadIndex { which, peer, ours } => {
+                write!(
+                    f,
+                    "XenStore ring index {which:?}={peer} is not within one ring of {ours}"
+                )
+            }
+            Self::Wire(e) => write!(f, "{e}"),
+            Self::UnexpectedReply { ty, req_id } => {
+                write!(f, "unexpected XenStore reply {ty:?} to request {req_id}")
+            }
+            Self::Daemon(e) => write!(f, "xenstored: {}", e.name()),
+            Self::Server(e) => write!(f, "xenstored reports ring error {e}"),
+            Self::TimedOut => f.write_str("no answer from xenstored"),
+            Self::Broken => f.write_str("XenStore ring out of step after an earlier error"),
+        }
+    }
+}
+
+impl core::error::Error for XsRingError {}
+
+impl From<WireError> for XsRingError {
+    fn from(e: WireError) -> Self {
+        Self::Wire(e)
+    }
+}
+
+/// A watch event: `path` changed, or the watch was just set (xenstored
+/// fires each new watch once). Borrowed from the client's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchEvent<'a> {
+    /// The node that changed (bytes the peer chose: not trusted).
+    pub path: &'a [u8],
+    /// The token given to [`XsRing::watch`].
+    pub token: &'a [u8],
+}
+
+/// A message buffer: payload bytes and their count.
+struct Buf {
+    bytes: [u8; PAYLOAD_MAX],
+    /// `0 ..= PAYLOAD_MAX`.
+    len: usize,
+}
+
+impl Buf {
+    const fn new() -> Self {
+        Self {
+            bytes: [0; PAYLOAD_MAX],
+            len: 0,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or(&[])
+    }
+}
+
+/// A XenStore client over a shared ring page. One request is in flight at
+/// a time; watch events that arrive while a reply is awaited are kept (one;
+/// more are counted in [`XsRing::lost_events`]: re-read the keys after any
+/// event, as the events are hints).
+pub struct XsRing<E: Events> {
+    /// The page: 4-aligned, at least `size_of::<XenstoreDomainInterface>()`
+    /// bytes, valid while `self` lives (`new`).
+    page: *mut u8,
+    events: E,
+    /// Our copy of `req_prod`, the only one we trust.
+    req_prod: u32,
+    /// Our copy of `rsp_cons`, the only one we trust.
+    rsp_cons: u32,
+    next_req_id: u32,
+    /// The last reply's payload.
+    reply: Buf,
+    /// A watch event that arrived while a reply was awaited.
+    event: Buf,
+    event_held: bool,
+    lost: u64,
+    broken: bool,
+}
+
+impl<E: Events> fmt::Debug for XsRing<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XsRing")
+            .field("page", &self.page)
+            .field("req_prod", &self.req_prod)
+            .field("rsp_cons", &self.rsp_cons)
+            .field("next_req_id", &self.next_req_id)
+            .field("event_held", &self.event_held)
+            .field("lost", &self.lost)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E: Events> XsRing<E> {
+    /// A client over the ring page at `page`, signalled through `events`.
+    /// It starts from the indices it finds (a kernel that has just booted
+    /// finds zeroes), and refuses indices that are not within one ring of
+    /// each other.
+    ///
+    /// # Errors
+    ///
+    /// [`XsRingError::BadPage`] for a null or misaligned pointer;
+    /// [`XsRingError::BadIndex`] for inconsistent indices.
+    ///
+    /// # Safety
+    ///
+    /// - `page` is valid for reads and writes of
+    ///   `size_of::<XenstoreDomainInterface>()` bytes for as long as the
+    ///   client lives (a mapped page: the store page of `start_info`);
+    /// - nothing in this domain accesses those bytes while the client lives,
+    ///   except through atomics or volatile accesses (the peer, outside the
+    ///   domain, may write them at any time).
+    pub unsafe fn new(page: *mut u8, events: E) -> Result<Self, XsRingError> {
+        if page.is_null() || (page as usize) % 4 != 0 {
+            return Err(XsRingError::BadPage);
+        }
+        let mut ring = Self {
+            page,
+            events,
+            req_prod: 0,
+            rsp_cons: 0,
+            next_req_id: 1,
+            reply: Buf::new(),
+            event: Buf::new(),
+            event_held: false,
+            lost: 0,
+            broken: false,
+        };
+        // Our own indices, read once: afterwards only our copies count.
+        ring.req_prod = ring.load(REQ_PROD, Ordering::Relaxed);
+        ring.rsp_cons = ring.load(RSP_CONS, Ordering::Relaxed);
+        ring.req_space()?;
+        ring.rsp_avail()?;
+        Ok(ring)
+    }
+
+    /// The kernel's event-channel half.
+    pub fn events_mut(&mut self) -> &mut E {
+        &mut self.events
+    }
+
+    /// Watch events dropped because one was already held.
+    pub fn lost_events(&self) -> u64 {
+        self.lost
+    }
+
+    /// Atomically loads the word at `off` (one of the index or trailing
+    /// word offsets above, all 4-aligned and inside the interface).
+    fn load(&self, off: usize, order: Ordering) -> u32 {
+        // SAFETY:
+        // - `off` is one of the constant word offsets of
+        //   `XenstoreDomainInterface` (4-aligned, below its size), `page` is
+        //   4-aligned and valid for the whole interface (`new`), so the
+        //   pointer is non-null, aligned and in bounds;
+        // - nothing in this domain accesses these bytes non-atomically
+        //   (`new`); the peer is, to the abstract machine, another atomic
+        //   writer.
+        let a = unsafe { AtomicU32::from_ptr(self.page.wrapping_add(off).cast::<u32>()) };
+        // Constant orderings only: no ordering-panic path in the kernel.
+        if order == Ordering::Acquire {
+            a.load(Ordering::Acquire)
+        } else {
+            a.load(Ordering::Relaxed)
+        }
+    }
+
+    /// Atomically stores our index `v` at `off` with `Release`.
+    fn store_release(&self, off: usize, v: u32) {
+        // SAFETY: as in `load`.
+        let a = unsafe { AtomicU32::from_ptr(self.page.wrapping_add(off).cast::<u32>()) };
+        a.store(v, Ordering::Release);
+    }
+
+    /// Free bytes in the request ring, checking the peer's `req_cons`.
+    fn req_space(&self) -> Result<usize, XsRingError> {
+        // SYNC POINT: the daemon has copied the request bytes before
+        // `req_cons` (its Release); we may overwrite them after this Acquire.
+        let cons = self.load(REQ_CONS, Ordering::Acquire);
+        let used = self.req_prod.wrapping_sub(cons) as usize;
+        if used > RING_SIZE {
+            return Err(XsRingError::BadIndex {
+                which: RingIndex::ReqCons,
+                peer: cons,
+                ours: self.req_prod,
+            });
+        }
+        Ok(RING_SIZE - used)
+    }
+
+    /// Reply bytes available, checking the peer's `rsp_prod`.
+    fn rsp_avail(&self) -> Result<usize, XsRingError> {
+        // SYNC POINT: the daemon wrote the reply bytes before `rsp_prod`
+        // (its Release); we read them after this Acquire.
+        let prod = self.load(RSP_PROD, Ordering::Acquire);
+        let avail = prod.wrapping_sub(self.rsp_cons) as usize;
+        if avail > RING_SIZE {
+            return Err(XsRingError::BadIndex {
+                which: RingIndex::RspProd,
+                peer: prod,
+                ours: self.rsp_cons,
+            });
+        }
+        Ok(avail)
+    }
+
+    /// Waits for an event, after checking the server's error word.
+    fn wait(&mut self) -> Result<(), XsRingError> {
+        if self.load(FEATURES, Ordering::Relaxed) & SERVER_FEATURE_ERROR != 0 {
+            let e = self.load(ERROR, Ordering::Relaxed);
+            if e != 0 {
+                return Err(XsRingError::Server(e));
+            }
+        }
+        if self.events.wait() {
+            Ok(())
+        } else {
+            Err(XsRingError::TimedOut)
+        }
+    }
+
+    /// Appends `bytes` to the request ring, waiting for space as needed.
+    fn put(&mut self, mut bytes: &[u8]) -> Result<(), XsRingError> {
+        while !bytes.is_empty() {
+            let free = self.req_space()?;
+            if free == 0 {
+                // The daemon may not have seen what we wrote so far.
+                self.events.notify();
+                self.wait()?;
+                continue;
+            }
+            let slot = self.req_prod as usize % RING_SIZE;
+            let n = free.min(bytes.len()).min(RING_SIZE - slot);
+            let (now, rest) = bytes.split_at(n);
+            let dst = self.page.wrapping_add(REQ + slot);
+            for (i, &b) in now.iter().enumerate() {
+                // SAFETY:
+                // - `slot + i < slot + n <= RING_SIZE`: inside `req`, inside
+                //   the page (valid for writes, `new`);
+                // - a volatile byte write: the daemon reads these bytes only
+                //   after our Release of `req_prod` below, and never through a
+                //   Rust reference of ours.
+                unsafe { dst.wrapping_add(i).write_volatile(b) };
+            }
+            self.req_prod = self.req_prod.wrapping_add(n as u32);
+            // SYNC POINT: the request bytes above are visible to the daemon
+            // once it Acquires this `req_prod`.
+            self.store_release(REQ_PROD, self.req_prod);
+            bytes = rest;
+        }
+        Ok(())
+    }
+
+    /// Fills `out` from the reply ring, waiting for bytes as needed.
+    fn get(&mut self, out: &mut [u8]) -> Result<(), XsRingError> {
+        let mut filled = 0;
+        while filled < out.len() {
+            let avail = self.rsp_avail()?;
+            if avail == 0 {
+                self.wait()?;
+                continue;
+            }
+            let slot = self.rsp_cons as usize % RING_SIZE;
+            let rest = out.get_mut(filled..).unwrap_or(&mut []);
+            let n = avail.min(rest.len()).min(RING_SIZE - slot);
+            let src = self.page.wrapping_add(RSP + slot);
+            for (i, b) in rest.iter_mut().take(n).enumerate() {
+                // SAFETY:
+                // - `slot + i < slot + n <= RING_SIZE`: inside `rsp`, inside
+                //   the page (valid for reads, `new`);
+                // - a volatile byte read: the daemon may write the ring at any
+                //   time; a byte it changes is a wrong byte, caught by the
+                //   checks on what we decode, never undefined behaviour.
+                *b = unsafe { src.wrapping_add(i).read_volatile() };
+            }
+            filled += n;
+            self.rsp_cons = self.rsp_cons.wrapping_add(n as u32);
+            // SYNC POINT: our reads above are done before the daemon, after
+            // Acquiring this `rsp_cons`, reuses the bytes.
+            self.store_release(RSP_CONS, self.rsp_cons);
+            // The daemon may be waiting for space (a long reply).
+            self.events.notify();
+        }
+        Ok(())
+    }
+
+    /// Reads one message: the header, then its payload into `reply` or, for
+    /// a watch event, into `event`.
+    fn next_message(&mut self) -> Result<Header, XsRingError> {
+        let mut head = [0u8; HEADER_LEN];
+        self.get(&mut head)?;
+        let h = Header::decode(&head)?;
+        let mut tmp = [0u8; PAYLOAD_MAX];
+        let body = tmp.get_mut(..h.len).ok_or(WireError::TooLong(u32::MAX))?;
+        self.get(body)?;
+        let dst = if h.ty == MsgType::WatchEvent {
+            if self.event_held {
+                self.lost += 1;
+                return Ok(h);
+            }
+            self.event_held = true;
+            &mut self.event
+        } else {
+            &mut self.reply
+        };
+        if let Some(d) = dst.bytes.get_mut(..h.len) {
+            d.copy_from_slice(body);
+        }
+        dst.len = h.len;
+        Ok(h)
+    }
+
+    fn guard<T>(&mut self, r: Result<T, XsRingError>) -> Result<T, XsRingError> {
+        if let Err(
+            XsRingError::BadIndex { .. }
+            | XsRingError::Wire(_)
+            | XsRingError::UnexpectedReply { .. }
+            | XsRingError::Server(_),
+        ) = r
+        {
+            self.broken = true;
+        }
+        r
+    }
+
+    /// Sends one request and waits for its reply (into `reply`).
+    fn request(&mut self, ty: MsgType, payload: &Payload) -> Result<&[u8], XsRingError> {
+        if self.broken {
+            return Err(XsRingError::Broken);
+        }
+        let r = self.request_inner(ty, payload);
+        self.guard(r)?;
+        Ok(self.reply.as_bytes())
+    }
+
+    fn request_inner(&mut self, ty: MsgType, payload: &Payload) -> Result<(), XsRingError> {
+        let req_id = self.next_req_id;
+        self.next_req_id = self.next_req_id.wrapping_add(1);
+        let body = payload.as_bytes();
+        let head = Header {
+            ty,
+            req_id,
+            tx_id: 0,
+            len: body.len(),
+        }
+        .encode()?;
+        self.put(&head)?;
+        self.put(body)?;
+        self.events.notify();
+        loop {
+            let h = self.next_message()?;
+            match h.ty {
+                MsgType::WatchEvent => continue,
+                t if h.req_id != req_id || (t != ty && t != MsgType::Error) => {
+                    return Err(XsRingError::UnexpectedReply {
+                        ty: t,
+                        req_id: h.req_id,
+                    })
+                }
+                MsgType::Error => {
+                    return Err(XsRingError::Daemon(XsErrno::parse(self.reply.as_bytes())))
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Reads a node's value (relative paths are under the domain's home,
+    /// `/local/domain/<id>`).
+    ///
+    /// # Errors
+    ///
+    /// [`XsRingError::Daemon`] (`ENOENT`, `EACCES`...), or a ring error.
+    pub fn read(&mut self, path: &str) -> Result<&[u8], XsRingError> {
+        let mut p = Payload::new();
+        p.path(path)?;
+        self.request(MsgType::Read, &p)
+    }
+
+    /// Writes a node, creating it and its missing parents.
+    ///
+    /// # Errors
+    ///
+    /// As [`XsRing::read`]; [`WireError::TooLong`] for a path and value
+    /// over 4096 bytes.
+    pub fn write(&mut self, path: &str, value: &[u8]) -> Result<(), XsRingError> {
+        let mut p = Payload::new();
+        p.path(path)?.raw(value)?;
+        self.request(MsgType::Write, &p).map(|_| ())
+    }
+
+    /// Creates a node (no error if it exists).
+    ///
+    /// # Errors
+    ///
+    /// As [`XsRing::read`].
+    pub fn mkdir(&mut self, path: &str) -> Result<(), XsRingError> {
+        let mut p = Payload::new();
+        p.path(path)?;
+        self.request(MsgType::Mkdir, &p).map(|_| ())
+    }
+
+    /// Removes a node and its children.
+    ///
+    /// # Errors
+    ///
+    /// As [`XsRing::read`].
+    pub fn rm(&mut self, path: &str) -> Result<(), XsRingError> {
+        let mut p = Payload::new();
+        p.path(path)?;
+        self.request(MsgType::Rm, &p).map(|_| ())
+    }
+
+    /// Sets a node's permissions: the first entry is the owner and the
+    /// access of every domain not listed.
+    ///
+    /// # Errors
+    ///
+    /// As [`XsRing::read`].
+    pub fn set_perms(&mut self, path: &str, perms: &[Perm]) -> Result<(), XsRingError> {
+        let mut p = Payload::new();
+        p.path(path)?;
+        for perm in perms {
+            let mut b = [0u8; 6];
+            p.string(perm.encode(&mut b))?;
+        }
+        self.request(MsgType::SetPerms, &p).map(|_| ())
+    }
+
+    /// Watches `path` (and its children) with `token`. xenstored fires the
+    /// new watch once right away.
+    ///
+    /// # Errors
+    ///
+    /// As [`XsRing::read`].
+    pub fn watch(&mut self, path: &str, token: &str) -> Result<(), XsRingError> {
+        let mut p = Payload::new();
+        p.path(path)?.string(token.as_bytes())?;
+        self.request(MsgType::Watch, &p).map(|_| ())
+    }
+
+    /// Removes a watch.
+    ///
+    /// # Errors
+    ///
+    /// As [`XsRing::read`].
+    pub fn unwatch(&mut self, path: &str, token: &str) -> Result<(), XsRingError> {
+        let mut p = Payload::new();
+        p.path(path)?.string(token.as_bytes())?;
+        self.request(MsgType::Unwatch, &p).map(|_| ())
+    }
+
+    /// Waits for the next watch event (one that arrived during a request
+    /// first).
+    ///
+    /// # Errors
+    ///
+    /// [`XsRingError::TimedOut`] when [`Events::wait`] gives up; a reply
+    /// nobody asked for is [`XsRingError::UnexpectedReply`]; a malformed
+    /// event is [`WireError::Malformed`]; ring errors.
+    pub fn wait_watch(&mut self) -> Result<WatchEvent<'_>, XsRingError> {
+        if self.broken {
+            return Err(XsRingError::Broken);
+        }
+        if !self.event_held {
+            let r = self.next_message().and_then(|h| match h.ty {
+                MsgType::WatchEvent => Ok(()),
+                ty => Err(XsRingError::UnexpectedReply {
+                    ty,
+                    req_id: h.req_id,
+                }),
+            });
+            self.guard(r)?;
+        }
+        self.event_held = false;
+        let (path, token) = xs_wire::parse_watch_event(self.event.as_bytes())?;
+        Ok(WatchEvent { path, token })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A simulated xenstored on the other side of a heap page: it runs
+    //! inside `Events::wait`, consumes whole requests, answers from a map
+    //! and can be told to misbehave.
+    extern crate std;
+    use super::*;
+    use std::boxed::Box;
+    use std::collections::{BTreeMap, VecDeque};
+    use std::vec::Vec;
+    use zerocopy::IntoBytes;
+
+    use crate::xs_wire::{Access, XsdSockmsg};
+
+    /// The page, as the peer sees it: raw pointer accesses only.
+    #[derive(Clone, Copy)]
+    struct Page(*mut u8);
+
+    impl Page {
+        fn word(self, off: usize) -> &'static AtomicU32 {
+            // SAFETY: the tests' page is a leaked, 4-aligned 4096-byte
+            // allocation and `off` a 4-aligned word offset inside it.
+            unsafe { AtomicU32::from_ptr(self.0.add(off).cast()) }
+        }
+        fn get(self, off: usize) -> u32 {
+            self.word(off).load(Ordering::Acquire)
+        }
+        fn set(self, off: usize, v: u32) {
+            self.word(off).store(v, Ordering::Release)
+        }
+        fn byte(self, off: usize) -> u8 {
+            // SAFETY: as in `word`, any offset below 4096.
+            unsafe { self.0.add(off).read_volatile() }
+        }
+        fn put_byte(self, off: usize, v: u8) {
+            // SAFETY: as in `byte`.
+            unsafe { self.0.add(off).write_volatile(v) }
+        }
+    }
+
+    fn new_page() -> Page {
+        let b: &'static mut [u32; 1024] = Box::leak(Box::new([0u32; 1024]));
+        Page(b.as_mut_ptr().cast())
+    }
+
+    /// What the simulated daemon does with the next request.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Mischief {
+        None,
+        /// Sets `rsp_prod` this far past `rsp_cons`.
+        RspProdJump(u32),
+        /// Sets `req_cons` this far past `req_prod`.
+        ReqConsAhead(u32),
+        /// Answers with this header length.
+        HugeLen(u32),
+        /// Answers with an unknown type.
+        BadType,
+        /// Answers with another request id.
+        WrongId,
+        /// Answers with another type (a `DIRECTORY` reply).
+        WrongType,
+        /// Never answers.
+        Silent,
+        /// Sends a watch event before the reply.
+        EventFirst,
+        /// Sets the error word.
+        ErrorWord,
+    }
+
+    struct Daemon {
+        page: Page,
+        req_cons: u32,
+        rsp_prod: u32,
+        inbox: Vec<u8>,
+        outbox: VecDeque<u8>,
+        store: BTreeMap<Vec<u8>, Vec<u8>>,
+        watches: Vec<(Vec<u8>, Vec<u8>)>,
+        mischief: Mischief,
+        /// An index was set by mischief: the daemon stops moving them.
+        frozen: bool,
+        waits_left: u32,
+        notifies: u32,
+        requests: u32,
+    }
+
+    impl Daemon {
+        fn new(page: Page) -> Self {
+            Self {
+                page,
+                req_cons: page.get(REQ_CONS),
+                rsp_prod: page.get(RSP_PROD),
+                inbox: Vec::new(),
+                outbox: VecDeque::new(),
+                store: BTreeMap::new(),
+                watches: Vec::new(),
+                mischief: Mischief::None,
+                frozen: false,
+                waits_left: 1000,
+                notifies: 0,
+                requests: 0,
+            }
+        }
+
+        fn reply(&mut self, ty: u32, req_id: u32, body: &[u8]) {
+            let h = XsdSockmsg {
+                r#type: ty,
+                req_id,
+                tx_id: 0,
+                len: body.len() as u32,
+            };
+            self.outbox.extend(h.as_bytes());
+            self.outbox.extend(body);
+        }
+
+        fn fire(&mut self, path: &[u8]) {
+            let hits: Vec<Vec<u8>> = self
+                .watches
+                .iter()
+                .filter(|(w, _)| path.starts_with(w))
+                .map(|(_, t)| t.clone())
+                .collect();
+            for t in hits {
+                let body = [path, b"\0", &t, b"\0"].concat();
+                self.reply(15, 0, &body);
+            }
+        }
+
+        fn handle(&mut self, ty: u32, req_id: u32, body: &[u8]) {
+            self.requests += 1;
+            let m = std::mem::replace(&mut self.mischief, Mischief::None);
+            let mut parts = body.split(|&b| b == 0);
+            let path = parts.next().unwrap_or(b"").to_vec();
+            match m {
+                Mischief::Silent => return,
+                Mischief::HugeLen(len) => {
+                    let h = XsdSockmsg {
+                        r#type: ty,
+                        req_id,
+                        tx_id: 0,
+                        len,
+                    };
+                    self.outbox.extend(h.as_bytes());
+                    return;
+                }
+                Mischief::BadType => return self.reply(99, req_id, b"OK\0"),
+                Mischief::WrongId => return self.reply(ty, req_id + 1, b"OK\0"),
+                Mischief::WrongType => return self.reply(1, req_id, b"OK\0"),
+                Mischief::EventFirst => self.reply(15, 0, b"/early\0tok\0"),
+                Mischief::ErrorWord => {
+                    self.page.set(FEATURES, SERVER_FEATURE_ERROR);
+                    self.page.set(ERROR, 3);
+                    return;
+                }
+                Mischief::RspProdJump(d) => {
+                    self.frozen = true;
+                    self.page
+                        .set(RSP_PROD, self.page.get(RSP_CONS).wrapping_add(d));
+                    return;
+                }
+                Mischief::ReqConsAhead(d) => {
+                    self.frozen = true;
+                    self.page
+                        .set(REQ_CONS, self.page.get(REQ_PROD).wrapping_add(d));
+                    return;
+                }
+                Mischief::None => {}
+            }
+            match ty {
+                2 => match self.store.get(&path).cloned() {
+                    Some(v) => self.reply(2, req_id, &v),
+                    None => self.reply(16, req_id, b"ENOENT\0"),
+                },
+                11 => {
+                    let value = &body[path.len() + 1..];
+                    self.store.insert(path.clone(), value.to_vec());
+                    self.reply(11, req_id, b"OK\0");
+                    self.fire(&path);
+                }
+                12 => {
+                    self.store.entry(path).or_default();
+                    self.reply(12, req_id, b"OK\0");
+                }
+                14 => {
+                    // Keep the perms as the node's value, to check the encoding.
+                    let perms = body[path.len() + 1..].to_vec();
+                    self.store.insert([b"perms:", &path[..]].concat(), perms);
+                    self.reply(14, req_id, b"OK\0");
+                }
+                4 => {
+                    let token = parts.next().unwrap_or(b"").to_vec();
+                    self.watches.push((path.clone(), token));
+                    self.reply(4, req_id, b"OK\0");
+                    self.fire(&path);
+                }
+                _ => self.reply(16, req_id, b"ENOSYS\0"),
+            }
+        }
+
+        /// Moves bytes both ways and answers complete requests.
+        fn step(&mut self) {
+            if self.frozen {
+                return;
+            }
+            let prod = self.page.get(REQ_PROD);
+            while self.req_cons != prod {
+                let b = self.page.byte(REQ + self.req_cons as usize % RING_SIZE);
+                self.inbox.push(b);
+                self.req_cons = self.req_cons.wrapping_add(1);
+            }
+            self.page.set(REQ_CONS, self.req_cons);
+            while self.inbox.len() >= HEADER_LEN {
+                let h = XsdSockmsg::read_from_bytes(&self.inbox[..HEADER_LEN]).unwrap();
+                let end = HEADER_LEN + h.len as usize;
+                if self.inbox.len() < end {
+                    break;
+                }
+                let body = self.inbox[HEADER_LEN..end].to_vec();
+                self.inbox.drain(..end);
+                self.handle(h.r#type, h.req_id, &body);
+            }
+            let cons = self.page.get(RSP_CONS);
+            while self.rsp_prod.wrapping_sub(cons) < RING_SIZE as u32 {
+                let Some(b) = self.outbox.pop_front() else {
+                    break;
+                };
+                self.page
+                    .put_byte(RSP + self.rsp_prod as usize % RING_SIZE, b);
+                self.rsp_prod = self.rsp_prod.wrapping_add(1);
+            }
+            if !self.frozen {
+                self.page.set(RSP_PROD, self.rsp_prod);
+            }
+        }
+    }
+
+    impl Events for Daemon {
+        fn notify(&mut self) {
+            self.notifies += 1;
+        }
+        fn wait(&mut self) -> bool {
+            if self.waits_left == 0 {
+                return false;
+            }
+            self.waits_left -= 1;
+            self.step();
+            true
+        }
+    }
+
+    fn client() -> XsRing<Daemon> {
+        let page = new_page();
+        // SAFETY: a leaked 4096-byte page, accessed only through atomics
+        // and volatile accesses by the client and the simulated daemon.
+        unsafe { XsRing::new(page.0, Daemon::new(page)) }.unwrap()
+    }
+
+    /// A client whose indices start near `u32::MAX`, so they wrap.
+    fn client_at(start: u32) -> XsRing<Daemon> {
+        let page = new_page();
+        for off in [REQ_CONS, REQ_PROD, RSP_CONS, RSP_PROD] {
+            page.set(off, start);
+        }
+        // SAFETY: as in `client`.
+        unsafe { XsRing::new(page.0, Daemon::new(page)) }.unwrap()
+    }
+
+    #[test]
+    fn layout_matches_xs_wire_h() {
+        assert_eq!(size_of::<XenstoreDomainInterface>(), 2 * RING_SIZE + 7 * 4);
+        assert_eq!((REQ_PROD, RSP_CONS), (2052, 2056));
+    }
+
+    #[test]
+    fn read_write_mkdir_perms() {
+        let mut xs = client();
+        xs.write("data/a", b"42").unwrap();
+        assert_eq!(xs.read("data/a").unwrap(), b"42");
+        assert_eq!(xs_wire::parse_u32(xs.read("data/a").unwrap()).unwrap(), 42);
+        assert_eq!(
+            xs.read("data/missing").unwrap_err(),
+            XsRingError::Daemon(XsErrno::ENOENT)
+        );
+        xs.mkdir("data/dir").unwrap();
+        assert_eq!(xs.read("data/dir").unwrap(), b"");
+        let perms = [
+            Perm {
+                domid: 7,
+                access: Access::None,
+            },
+            Perm {
+                domid: 0,
+                access: Access::Read,
+            },
+        ];
+        xs.set_perms("data/a", &perms).unwrap();
+        assert_eq!(xs.read("perms:data/a").unwrap(), b"n7\0r0\0");
+        assert_eq!(
+            xs.rm("data/a").unwrap_err(),
+            XsRingError::Daemon(XsErrno::ENOSYS)
+        );
+        assert_eq!(xs.events_mut().requests, 9);
+        assert!(xs.events_mut().notifies >= 8);
+    }
+
+    #[test]
+    fn values_longer_than_the_ring_wrap_both_ways() {
+        for start in [0, u32::MAX - 700] {
+            let mut xs = client_at(start);
+            for len in [0usize, 1, 1000, 1023, 1024, 1025, 3000, PAYLOAD_MAX - 7] {
+                let v: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+                xs.write("big", &v).unwrap();
+                assert_eq!(xs.read("big").unwrap(), v.as_slice(), "len {len}");
+            }
+            assert_eq!(
+                xs.write("big", &[0; PAYLOAD_MAX - 3]).unwrap_err(),
+                XsRingError::Wire(WireError::TooLong(PAYLOAD_MAX as u32 + 1))
+            );
+        }
+    }
+
+    #[test]
+    fn watch_events_initial_and_on_write() {
+        let mut xs = client();
+        xs.watch("data/key", "tok").unwrap();
+        let ev = xs.wait_watch().unwrap();
+        assert_eq!((ev.path, ev.token), (&b"data/key"[..], &b"tok"[..]));
+        // An event that arrives during a request is kept for wait_watch.
+        xs.write("data/key", b"v").unwrap();
+        let ev = xs.wait_watch().unwrap();
+        assert_eq!(ev.path, b"data/key");
+        assert_eq!(xs.lost_events(), 0);
+        // xenstored answers a write before it fires the watch, so the next
+        // request reads the event first: one is held, a second is lost.
+        xs.write("data/key", b"w").unwrap();
+        xs.write("data/key/sub", b"x").unwrap();
+        assert_eq!(xs.lost_events(), 0);
+        xs.write("data/other", b"y").unwrap();
+        assert_eq!(xs.lost_events(), 1);
+        assert_eq!(xs.wait_watch().unwrap().path, b"data/key");
+        // Nothing more: the daemon stays quiet until wait gives up.
+        xs.events_mut().waits_left = 3;
+        assert_eq!(xs.wait_watch().unwrap_err(), XsRingError::TimedOut);
+    }
+
+    #[test]
+    fn event_before_reply_is_held() {
+        let mut xs = client();
+        xs.write("k", b"1").unwrap();
+        xs.events_mut().mischief = Mischief::EventFirst;
+        assert_eq!(xs.read("k").unwrap(), b"1");
+        let ev = xs.wait_watch().unwrap();
+        assert_eq!((ev.path, ev.token), (&b"/early"[..], &b"tok"[..]));
+    }
+
+    #[test]
+    fn silent_daemon_times_out() {
+        let mut xs = client();
+        xs.events_mut().mischief = Mischief::Silent;
+        xs.events_mut().waits_left = 5;
+        assert_eq!(xs.read("k").unwrap_err(), XsRingError::TimedOut);
+    }
+
+    fn hostile(m: Mischief) -> XsRingError {
+        let mut xs = client();
+        xs.write("k", b"1").unwrap();
+        xs.events_mut().mischief = m;
+        let e = xs.read("k").unwrap_err();
+        // Whatever the daemon does next, the stream is not trusted again.
+        assert_eq!(xs.read("k").unwrap_err(), XsRingError::Broken, "{m:?}");
+        assert_eq!(xs.wait_watch().unwrap_err(), XsRingError::Broken, "{m:?}");
+        e
+    }
+
+    #[test]
+    fn hostile_daemon_gets_typed_errors() {
+        assert!(matches!(
+            hostile(Mischief::RspProdJump(RING_SIZE as u32 + 1)),
+            XsRingError::BadIndex {
+                which: RingIndex::RspProd,
+                ..
+            }
+        ));
+        assert!(matches!(
+            hostile(Mischief::RspProdJump(u32::MAX)),
+            XsRingError::BadIndex { .. }
+        ));
+        assert_eq!(
+            hostile(Mischief::HugeLen(PAYLOAD_MAX as u32 + 1)),
+            XsRingError::Wire(WireError::TooLong(PAYLOAD_MAX as u32 + 1))
+        );
+        assert_eq!(
+            hostile(Mischief::HugeLen(u32::MAX)),
+            XsRingError::Wire(WireError::TooLong(u32::MAX))
+        );
+        assert_eq!(
+            hostile(Mischief::BadType),
+            XsRingError::Wire(WireError::UnknownType(99))
+        );
+        assert!(matches!(
+            hostile(Mischief::WrongId),
+            XsRingError::UnexpectedReply { .. }
+        ));
+        assert_eq!(
+            hostile(Mischief::WrongType),
+            XsRingError::UnexpectedReply {
+                ty: MsgType::Directory,
+                req_id: 2
+            }
+        );
+        assert_eq!(hostile(Mischief::ErrorWord), XsRingError::Server(3));
+    }
+
+    #[test]
+    fn req_cons_ahead_of_our_prod_is_refused() {
+        let mut xs = client();
+        // The daemon consumes a request, moves req_cons past our req_prod
+        // and never answers; the next request sees the bad index.
+        xs.events_mut().mischief = Mischief::ReqConsAhead(1);
+        xs.events_mut().waits_left = 3;
+        assert_eq!(xs.write("k", b"1").unwrap_err(), XsRingError::TimedOut);
+        assert!(matches!(
+            xs.write("k", b"1").unwrap_err(),
+            XsRingError::BadIndex {
+                which: RingIndex::ReqCons,
+                ..
+            }
+        ));
+        assert_eq!(xs.read("k").unwrap_err(), XsRingError::Broken);
+        // Inconsistent indices found at start are refused too.
+        let page = new_page();
+        page.set(REQ_CONS, 5);
+        // SAFETY: as in `client`.
+        let e = unsafe { XsRing::new(page.0, Daemon::new(page)) }.unwrap_err();
+        assert!(matches!(
+            e,
+            XsRingError::BadIndex {
+                which: RingIndex::ReqCons,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_reply_nobody_asked_for_is_refused() {
+        let mut xs = client();
+        xs.events_mut().reply(2, 77, b"stray");
+        assert_eq!(
+            xs.wait_watch().unwrap_err(),
+            XsRingError::UnexpectedReply {
+                ty: MsgType::Read,
+                req_id: 77
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_watch_event_is_an_error_not_a_panic() {
+        let mut xs = client();
+        xs.events_mut().reply(15, 0, b"only-a-path");
+        assert_eq!(
+            xs.wait_watch().unwrap_err(),
+            XsRingError::Wire(WireError::Malformed)
+        );
+    }
+
+    #[test]
+    fn bad_pages_are_refused() {
+        let page = new_page();
+        // SAFETY: never dereferenced (refused first).
+        let e = unsafe { XsRing::new(core::ptr::null_mut(), Daemon::new(page)) }.unwrap_err();
+        assert_eq!(e, XsRingError::BadPage);
+        // SAFETY: never dereferenced (refused first).
+        let e = unsafe { XsRing::new(page.0.add(1), Daemon::new(page)) }.unwrap_err();
+        assert_eq!(e, XsRingError::BadPage);
+    }
+}
