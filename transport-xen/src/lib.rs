@@ -49,6 +49,8 @@ pub mod gntdev;
 #[cfg(target_os = "linux")]
 pub mod mapping;
 #[cfg(target_os = "linux")]
+pub mod rendezvous;
+#[cfg(target_os = "linux")]
 pub mod sys;
 #[cfg(target_os = "linux")]
 pub mod transport;
@@ -70,6 +72,8 @@ pub use gntalloc::{Gntalloc, SharedPages};
 pub use gntdev::{ForeignPages, Gntdev};
 #[cfg(target_os = "linux")]
 pub use mapping::Mapping;
+#[cfg(target_os = "linux")]
+pub use rendezvous::{Rendezvous, XsPending, XsRendezvousError};
 #[cfg(target_os = "linux")]
 pub use sys::PAGE_SIZE;
 #[cfg(target_os = "linux")]

@@ -159,7 +159,7 @@ fn fake_xenstored(mut s: UnixStream) {
     }
 }
 
-fn client() -> (XenStore<UnixStream>, JoinHandle<()>) {
+pub(crate) fn client() -> (XenStore<UnixStream>, JoinHandle<()>) {
     let (a, b) = UnixStream::pair().unwrap();
     let t = thread::spawn(move || fake_xenstored(b));
     let mut xs = XenStore::new(a);

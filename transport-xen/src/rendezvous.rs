@@ -1,0 +1,1169 @@
+//! The rendezvous through XenStore: the offering domain publishes its
+//! [`XenTransport`] offer as XenStore keys under its own home, readable by
+//! the peer domain alone; the accepting domain reads and validates them,
+//! maps, binds and answers under *its* own home, readable by the offerer
+//! alone. Both sides wait on XenStore watches, never by polling.
+//!
+//! ```text
+//!  offerer O                                         acceptor A
+//!  ─────────                                         ──────────
+//!  XenTransport::offer (gntalloc, unbound port)
+//!  rm + mkdir …/O/…/channels/A/NAME/offer
+//!  set_perms [n O, r A] on it and on each key
+//!  write version, port, to-acceptor, to-offerer,
+//!        nrefs, refs0 … refsK, then state=offered ─▶ watch fires; read state,
+//!                                                    every key, validate
+//!                                                    XenTransport::accept (gntdev
+//!                                                    map, bind, live byte, ring)
+//!  watch on …/A/…/channels/O/NAME/answer fires ◀──── write version, offer-port,
+//!  read state (=accepted, offer-port = ours)         port, then state=accepted
+//!  live byte set? → Link                             (or state=refused, error)
+//!  rm …/offer (teardown)                             rm …/answer: Rendezvous::withdraw
+//! ```
+//!
+//! # The keys
+//!
+//! The offer lives under
+//! `/local/domain/O/data/coresident/channels/A/NAME/offer/` ([`offer_path`]),
+//! the answer under `/local/domain/A/data/coresident/channels/O/NAME/answer/`
+//! ([`answer_path`]): each side writes only below its own `data/`, the part
+//! of its home a guest may write after `xl create`. `NAME` tells apart
+//! several channels between the same two domains (`[A-Za-z0-9_-]{1,64}`).
+//! The residency agent's keys live elsewhere under `data/coresident/`.
+//!
+//! | key (offer) | value |
+//! |---|---|
+//! | `version` | [`RENDEZVOUS_VERSION`] (of these keys and of the live page) |
+//! | `port` | the offerer's unbound event-channel port for A, `1..2^17` |
+//! | `to-acceptor`, `to-offerer` | ring data sizes: powers of two in the ring's range |
+//! | `nrefs` | grant references: the region's pages plus the live page |
+//! | `refs0` … `refsK` | the references in order, [`REFS_PER_KEY`] per key, space-separated |
+//! | `state` | `offered`, written last: the acceptor reads nothing before it |
+//!
+//! | key (answer) | value |
+//! |---|---|
+//! | `version` | [`RENDEZVOUS_VERSION`] |
+//! | `offer-port` | the offer's `port`: ties the answer to this offer, not a stale one |
+//! | `port` | the acceptor's local port of the channel (for diagnostics) |
+//! | `error` | why the acceptor refused (text for humans, never parsed) |
+//! | `state` | `accepted` or `refused`, written last |
+//!
+//! The values are the fields of the transport's 32-byte rendezvous header
+//! ([`RendezvousHeader`]) in decimal; the offering domain is the one whose
+//! home holds the offer, never a value. The acceptor rebuilds the header
+//! from the keys and hands it to [`XenTransport::accept`], so the bytes stay
+//! the transport's one validated encoding and every control path (XenStore,
+//! a socket, a file) carries the same thing.
+//!
+//! Why split the references over keys rather than list them in the first
+//! granted page: a value is at most 4096 bytes (`XENSTORE_PAYLOAD_MAX`), and
+//! xenstored limits a guest's values to 2048 bytes by default (its
+//! `quota-max-entry-size`); 128 references of at most 10 digits fit in
+//! 1,408 bytes. A ring of 1 MiB per direction (libxenvchan's limit) needs
+//! 514 references: five keys. Everything stays in XenStore, checked before
+//! anything is mapped; a list in a granted page would need a first mapping
+//! of a peer-chosen page before any check.
+//!
+//! # Permissions
+//!
+//! Every node of the offer (the directory and each key) gets
+//! `[n O, r A]`: owned by the offerer, no access for any other domain, read
+//! for the acceptor. The answer gets `[n A, r O]`. A domain that is neither
+//! cannot read them (dom0 can read everything, as it can map everything).
+//! Watch events reach a domain only for nodes it may read (xenstored's
+//! XSA-115 rule).
+//!
+//! # Hostile values
+//!
+//! A guest writes its own subtree freely. Every value is parsed strictly
+//! (plain decimal, in range), missing keys, a version mismatch, ports and
+//! references out of range, a count of references that does not match the
+//! ring sizes, and sizes that are not powers of two are each a typed
+//! [`XsRendezvousError`]: never a panic. The acceptor answers `refused`
+//! so the offerer learns it at once instead of at its timeout.
+//!
+//! # Watches
+//!
+//! [`Rendezvous::accept`] and [`XsPending::complete`] wait on a watch of
+//! the other side's directory and re-read the keys at every event (events
+//! are hints). They take the connection's watch events as they come:
+//! events of the caller's other watches that arrive meanwhile are consumed,
+//! so give the rendezvous a connection of its own (one more socket or
+//! xenbus descriptor).
+
+use core::fmt;
+use core::time::Duration;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::time::Instant;
+
+use coresident::{ChannelLayout, Link, PendingOffer, Transport};
+use zerocopy::little_endian::{U16, U32};
+use zerocopy::IntoBytes;
+
+use crate::transport::{
+    RendezvousError, RendezvousHeader, XenPending, RENDEZVOUS_MAGIC, RENDEZVOUS_VERSION,
+};
+use crate::xenstore::XenStore;
+use crate::xs_wire::{self, Access, Perm, ValueError, XsErrno};
+use crate::{
+    DomId, EvtchnPort, GrantRef, XenDoorbell, XenRegion, XenTransport, XenTransportError, XsError,
+    MAX_PAGES,
+};
+
+/// Where channels live in a domain's home.
+pub const CHANNELS: &str = "data/coresident/channels";
+/// References per `refsN` key: 128 × 11 bytes fit xenstored's default
+/// 2048-byte quota on a guest's values.
+pub const REFS_PER_KEY: usize = 128;
+/// The longest channel name.
+pub const MAX_NAME_LEN: usize = 64;
+/// The first grant reference a domain can grant: Xen reserves 0..8
+/// (`GNTTAB_NR_RESERVED_ENTRIES`, `public/grant_table.h`).
+pub const FIRST_GRANT_REF: GrantRef = 8;
+/// References at or above this are refused: 2^20 v1 entries are 2048
+/// grant frames, 32 times Xen 4.17's default `max_grant_frames` (64).
+pub const GRANT_REF_LIMIT: GrantRef = 1 << 20;
+/// Ports at or above this are refused: the FIFO ABI's
+/// `EVTCHN_FIFO_NR_CHANNELS` (`public/event_channel.h`); the 2-level ABI
+/// has fewer. Port 0 is never allocated.
+pub const PORT_LIMIT: EvtchnPort = 1 << 17;
+/// The longest `error` text an acceptor writes.
+const ERROR_TEXT_MAX: usize = 256;
+
+/// Which rendezvous key a [`XsRendezvousError`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Key {
+    /// `version`.
+    Version,
+    /// `state`.
+    State,
+    /// `port`.
+    Port,
+    /// `to-acceptor`.
+    ToAcceptor,
+    /// `to-offerer`.
+    ToOfferer,
+    /// `nrefs`.
+    Nrefs,
+    /// `refsN`.
+    Refs(u16),
+    /// `offer-port`.
+    OfferPort,
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Version => f.write_str("version"),
+            Self::State => f.write_str("state"),
+            Self::Port => f.write_str("port"),
+            Self::ToAcceptor => f.write_str("to-acceptor"),
+            Self::ToOfferer => f.write_str("to-offerer"),
+            Self::Nrefs => f.write_str("nrefs"),
+            Self::Refs(i) => write!(f, "refs{i}"),
+            Self::OfferPort => f.write_str("offer-port"),
+        }
+    }
+}
+
+/// A failure of the XenStore rendezvous.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum XsRendezvousError {
+    /// A channel name outside `[A-Za-z0-9_-]{1,64}`.
+    BadName,
+    /// XenStore failed (connection, permissions, quota).
+    Xs(XsError),
+    /// A key is missing (after `state` said the keys were all written).
+    Missing(Key),
+    /// A value that does not parse.
+    Value(Key, ValueError),
+    /// Another version of these keys.
+    BadVersion(u32),
+    /// A `state` value this version does not know.
+    BadState(Key),
+    /// A port outside `1..PORT_LIMIT`.
+    BadPort(u32),
+    /// A grant reference outside `FIRST_GRANT_REF..GRANT_REF_LIMIT`, or
+    /// listed twice.
+    BadRef(GrantRef),
+    /// `nrefs` is 0 or above [`MAX_PAGES`], or the `refsN` keys hold
+    /// another number of references.
+    BadRefCount,
+    /// The rebuilt rendezvous was refused by the transport (sizes that are
+    /// not powers of two in range, a count that does not match them).
+    Offer(RendezvousError),
+    /// The transport failed (grant map, event channel, timeout waiting for
+    /// the live byte, peer gone).
+    Transport(XenTransportError),
+    /// The acceptor refused the offer (its `error` key says why).
+    Refused,
+    /// Nothing (usable) appeared before the timeout.
+    Timeout,
+}
+
+impl fmt::Display for XsRendezvousError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadName => f.write_str("channel name outside [A-Za-z0-9_-]{1,64}"),
+            Self::Xs(e) => write!(f, "{e}"),
+            Self::Missing(k) => write!(f, "rendezvous key {k} is missing"),
+            Self::Value(k, e) => write!(f, "rendezvous key {k}: {e}"),
+            Self::BadVersion(v) => write!(
+                f,
+                "rendezvous version {v}, this side speaks {RENDEZVOUS_VERSION}"
+            ),
+            Self::BadState(k) => write!(f, "rendezvous key {k} holds an unknown state"),
+            Self::BadPort(p) => write!(f, "event-channel port {p} out of range"),
+            Self::BadRef(r) => write!(f, "grant reference {r} out of range or repeated"),
+            Self::BadRefCount => f.write_str("wrong number of grant references"),
+            Self::Offer(e) => write!(f, "rendezvous refused: {e:?}"),
+            Self::Transport(e) => write!(f, "{e}"),
+            Self::Refused => f.write_str("the acceptor refused the offer"),
+            Self::Timeout => f.write_str("the peer did not answer in time"),
+        }
+    }
+}
+
+impl std::error::Error for XsRendezvousError {}
+
+impl From<XsError> for XsRendezvousError {
+    fn from(e: XsError) -> Self {
+        Self::Xs(e)
+    }
+}
+
+impl From<RendezvousError> for XsRendezvousError {
+    fn from(e: RendezvousError) -> Self {
+        Self::Offer(e)
+    }
+}
+
+impl From<XenTransportError> for XsRendezvousError {
+    fn from(e: XenTransportError) -> Self {
+        match e {
+            XenTransportError::Rendezvous(r) => Self::Offer(r),
+            e => Self::Transport(e),
+        }
+    }
+}
+
+/// The offer's directory: `/local/domain/OFFERER/data/coresident/channels/ACCEPTOR/NAME/offer`.
+pub fn offer_path(offerer: DomId, acceptor: DomId, name: &str) -> String {
+    format!("/local/domain/{offerer}/{CHANNELS}/{acceptor}/{name}/offer")
+}
+
+/// The answer's directory: `/local/domain/ACCEPTOR/data/coresident/channels/OFFERER/NAME/answer`.
+pub fn answer_path(acceptor: DomId, offerer: DomId, name: &str) -> String {
+    format!("/local/domain/{acceptor}/{CHANNELS}/{offerer}/{name}/answer")
+}
+
+/// This domain's id, from its relative XenStore key `domid` (dom0 has one
+/// too, written by `xen-init-dom0`).
+///
+/// # Errors
+///
+/// [`XsRendezvousError::Xs`].
+pub fn own_domid<C: Read + Write + AsFd>(xs: &mut XenStore<C>) -> Result<DomId, XsRendezvousError> {
+    let v = xs.read("domid")?;
+    xs_wire::parse_u16(&v).map_err(|e| XsRendezvousError::Xs(XsError::Value(e)))
+}
+
+/// A validated offer, as read from XenStore.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Offer {
+    /// The offering domain (whose home holds the offer).
+    pub offerer: DomId,
+    /// The offerer's port.
+    pub port: EvtchnPort,
+    /// The ring sizes.
+    pub layout: ChannelLayout,
+    /// The grant references, region pages then the live page.
+    pub refs: Vec<GrantRef>,
+}
+
+impl Offer {
+    /// The transport's rendezvous bytes for this offer.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let h = RendezvousHeader {
+            magic: RENDEZVOUS_MAGIC,
+            version: U16::new(RENDEZVOUS_VERSION),
+            offerer: U16::new(self.offerer),
+            port: U32::new(self.port),
+            to_acceptor: U32::new(self.layout.to_acceptor),
+            to_offerer: U32::new(self.layout.to_offerer),
+            // `refs.len() <= MAX_PAGES` for offers built by `read_offer`;
+            // a larger count saturates and the transport refuses it.
+            nrefs: U32::new(u32::try_from(self.refs.len()).unwrap_or(u32::MAX)),
+            reserved: [0; 8],
+        };
+        let mut v = h.as_bytes().to_vec();
+        for r in &self.refs {
+            v.extend_from_slice(&r.to_le_bytes());
+        }
+        v
+    }
+}
+
+/// Either side's view of one named channel between two domains.
+#[derive(Debug)]
+pub struct Rendezvous {
+    own: DomId,
+    peer: DomId,
+    name: String,
+    transport: XenTransport,
+}
+
+/// An offer published in XenStore, waiting for the answer.
+#[derive(Debug)]
+#[must_use = "an offer is withdrawn only by complete or withdraw"]
+pub struct XsPending {
+    pending: XenPending,
+    port: EvtchnPort,
+    offer: String,
+    answer: String,
+    token: String,
+}
+
+fn perms(owner: DomId, reader: DomId) -> [Perm; 2] {
+    [
+        Perm {
+            domid: owner,
+            access: Access::None,
+        },
+        Perm {
+            domid: reader,
+            access: Access::Read,
+        },
+    ]
+}
+
+/// "Not there yet": absent, or not yet readable by us (perms not set yet).
+fn not_yet(e: XsError) -> bool {
+    matches!(e, XsError::NotFound | XsError::Daemon(XsErrno::EACCES))
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Reads a required decimal key.
+fn read_key<C: Read + Write + AsFd>(
+    xs: &mut XenStore<C>,
+    dir: &str,
+    key: Key,
+) -> Result<u32, XsRendezvousError> {
+    match xs.read(&format!("{dir}/{key}")) {
+        Ok(v) => xs_wire::parse_u32(&v).map_err(|e| XsRendezvousError::Value(key, e)),
+        Err(XsError::NotFound) => Err(XsRendezvousError::Missing(key)),
+        Err(e) => Err(XsRendezvousError::Xs(e)),
+    }
+}
+
+/// Parses one `refsN` value: `want` space-separated decimal references.
+fn parse_refs(
+    v: &[u8],
+    key: Key,
+    want: usize,
+    out: &mut Vec<GrantRef>,
+) -> Result<(), XsRendezvousError> {
+    let v = v.strip_suffix(&[0]).unwrap_or(v);
+    let mut n = 0;
+    for field in v.split(|&b| b == b' ') {
+        let r = xs_wire::parse_u32(field).map_err(|e| XsRendezvousError::Value(key, e))?;
+        n += 1;
+        if n > want {
+            return Err(XsRendezvousError::BadRefCount);
+        }
+        if !(FIRST_GRANT_REF..GRANT_REF_LIMIT).contains(&r) {
+            return Err(XsRendezvousError::BadRef(r));
+        }
+        out.push(r);
+    }
+    if n != want {
+        return Err(XsRendezvousError::BadRefCount);
+    }
+    Ok(())
+}
+
+impl Rendezvous {
+    /// The channel `name` between this domain, `own`, and domain `peer`.
+    ///
+    /// # Errors
+    ///
+    /// [`XsRendezvousError::BadName`].
+    pub fn new(own: DomId, peer: DomId, name: &str) -> Result<Self, XsRendezvousError> {
+        if !valid_name(name) {
+            return Err(XsRendezvousError::BadName);
+        }
+        Ok(Self {
+            own,
+            peer,
+            name: name.to_owned(),
+            transport: XenTransport::new(own, peer),
+        })
+    }
+
+    /// This domain.
+    pub fn own(&self) -> DomId {
+        self.own
+    }
+
+    /// The peer domain.
+    pub fn peer(&self) -> DomId {
+        self.peer
+    }
+
+    /// The channel's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Shares a region for `layout` with the peer and publishes the offer
+    /// (keys, permissions, `state=offered` last). Finish with
+    /// [`XsPending::complete`].
+    ///
+    /// # Errors
+    ///
+    /// [`XsRendezvousError::Transport`] (grants, event channel),
+    /// [`XsRendezvousError::Offer`] (a layout the ring refuses),
+    /// [`XsRendezvousError::Xs`] (the offer could not be written; what
+    /// was written is removed).
+    pub fn offer<C: Read + Write + AsFd>(
+        &mut self,
+        xs: &mut XenStore<C>,
+        layout: ChannelLayout,
+    ) -> Result<XsPending, XsRendezvousError> {
+        let mut buf = vec![0u8; size_of::<RendezvousHeader>() + 4 * MAX_PAGES];
+        let (pending, n) = self.transport.offer(layout, &mut buf)?;
+        // Our own bytes: parsing them back cannot fail unless the transport
+        // changed its encoding, which is then an error, not a panic.
+        let (h, _, refs) = XenTransport::parse_rendezvous(self.own, buf.get(..n).unwrap_or(&[]))?;
+        let offer = offer_path(self.own, self.peer, &self.name);
+        let answer = answer_path(self.peer, self.own, &self.name);
+        let port = h.port.get();
+        let r = publish_offer(xs, &offer, perms(self.own, self.peer), port, layout, &refs);
+        if let Err(e) = r {
+            let _ = xs.rm(&offer);
+            return Err(e);
+        }
+        Ok(XsPending {
+            pending,
+            port,
+            offer,
+            answer,
+            token: format!("coresident/{}/{}/answer", self.peer, self.name),
+        })
+    }
+
+    /// Reads and validates the peer's offer to us. `Ok(None)` while its
+    /// `state` is absent (not written yet, or not yet readable by us).
+    ///
+    /// # Errors
+    ///
+    /// Every malformed key is a typed error (see [`XsRendezvousError`]).
+    pub fn read_offer<C: Read + Write + AsFd>(
+        &self,
+        xs: &mut XenStore<C>,
+    ) -> Result<Option<Offer>, XsRendezvousError> {
+        read_offer(xs, self.peer, self.own, &self.name)
+    }
+
+    /// Waits (watching) for the peer's offer, validates it, maps the region,
+    /// binds the event channel and answers `accepted`; a bad offer is
+    /// answered `refused` with the reason. The answer stays in XenStore
+    /// until [`Rendezvous::withdraw`].
+    ///
+    /// # Errors
+    ///
+    /// [`XsRendezvousError::Timeout`] when no offer appeared in time; the
+    /// validation errors of [`Rendezvous::read_offer`]; the transport's.
+    pub fn accept<C: Read + Write + AsFd>(
+        &mut self,
+        xs: &mut XenStore<C>,
+        timeout: Option<Duration>,
+    ) -> Result<Link<XenRegion, XenDoorbell>, XsRendezvousError> {
+        let offer_dir = offer_path(self.peer, self.own, &self.name);
+        let token = format!("coresident/{}/{}/offer", self.peer, self.name);
+        xs.watch(&offer_dir, &token)?;
+        let r = self.accept_watched(xs, timeout);
+        let _ = xs.unwatch(&offer_dir, &token);
+        let answer = answer_path(self.own, self.peer, &self.name);
+        match r {
+            Ok((link, offer_port)) => {
+                let port = link.doorbell.port();
+                write_answer(
+                    xs,
+                    &answer,
+                    perms(self.own, self.peer),
+                    offer_port,
+                    Ok(port),
+                )?;
+                Ok(link)
+            }
+            Err(e) => {
+                if e != XsRendezvousError::Timeout && !matches!(e, XsRendezvousError::Xs(_)) {
+                    // Echo the offer's port if it is readable, so the offerer
+                    // knows the refusal is about this offer.
+                    let port = read_key(xs, &offer_dir, Key::Port).unwrap_or(0);
+                    let _ = write_answer(xs, &answer, perms(self.own, self.peer), port, Err(e));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn accept_watched<C: Read + Write + AsFd>(
+        &mut self,
+        xs: &mut XenStore<C>,
+        timeout: Option<Duration>,
+    ) -> Result<(Link<XenRegion, XenDoorbell>, EvtchnPort), XsRendezvousError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let offer = loop {
+            if let Some(offer) = read_offer(xs, self.peer, self.own, &self.name)? {
+                break offer;
+            }
+            wait_event(xs, deadline)?;
+        };
+        let link = self.transport.accept(&offer.to_bytes())?;
+        Ok((link, offer.port))
+    }
+
+    /// Removes this side's keys of the channel (our offer and our answer),
+    /// if any: the acceptor's teardown, once the channel carries traffic
+    /// or when it closes. `xl destroy` removes a dead guest's whole home.
+    ///
+    /// # Errors
+    ///
+    /// [`XsRendezvousError::Xs`] (a missing key is not an error).
+    pub fn withdraw<C: Read + Write + AsFd>(
+        &self,
+        xs: &mut XenStore<C>,
+    ) -> Result<(), XsRendezvousError> {
+        for dir in [
+            offer_path(self.own, self.peer, &self.name),
+            answer_path(self.own, self.peer, &self.name),
+        ] {
+            match xs.rm(&dir) {
+                Ok(()) | Err(XsError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes an offer's keys under `dir` (removing a stale one first), each
+/// with `perms`; `state=offered` last.
+fn publish_offer<C: Read + Write + AsFd>(
+    xs: &mut XenStore<C>,
+    dir: &str,
+    perms: [Perm; 2],
+    port: EvtchnPort,
+    layout: ChannelLayout,
+    refs: &[GrantRef],
+) -> Result<(), XsRendezvousError> {
+    let mut put = fresh_dir(xs, dir, perms)?;
+    put("version", RENDEZVOUS_VERSION.to_string().as_bytes())?;
+    put("port", port.to_string().as_bytes())?;
+    put("to-acceptor", layout.to_acceptor.to_string().as_bytes())?;
+    put("to-offerer", layout.to_offerer.to_string().as_bytes())?;
+    put("nrefs", refs.len().to_string().as_bytes())?;
+    for (i, chunk) in refs.chunks(REFS_PER_KEY).enumerate() {
+        let v = chunk
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(" ");
+        put(&format!("refs{i}"), v.as_bytes())?;
+    }
+    put("state", b"offered")
+}
+
+/// Writes the answer under `dir`: `accepted` with our port, or `refused`
+/// with the reason; `state` last.
+fn write_answer<C: Read + Write + AsFd>(
+    xs: &mut XenStore<C>,
+    dir: &str,
+    perms: [Perm; 2],
+    offer_port: EvtchnPort,
+    outcome: Result<EvtchnPort, XsRendezvousError>,
+) -> Result<(), XsRendezvousError> {
+    let mut put = fresh_dir(xs, dir, perms)?;
+    put("version", RENDEZVOUS_VERSION.to_string().as_bytes())?;
+    put("offer-port", offer_port.to_string().as_bytes())?;
+    match outcome {
+        Ok(port) => {
+            put("port", port.to_string().as_bytes())?;
+            put("state", b"accepted")
+        }
+        Err(e) => {
+            let mut text = e.to_string();
+            text.truncate(ERROR_TEXT_MAX);
+            put("error", text.as_bytes())?;
+            put("state", b"refused")
+        }
+    }
+}
+
+/// Replaces `dir` by an empty directory with `perms`; returns a writer of
+/// keys below it, each with `perms` too.
+fn fresh_dir<'a, C: Read + Write + AsFd>(
+    xs: &'a mut XenStore<C>,
+    dir: &'a str,
+    perms: [Perm; 2],
+) -> Result<impl FnMut(&str, &[u8]) -> Result<(), XsRendezvousError> + 'a, XsRendezvousError> {
+    match xs.rm(dir) {
+        Ok(()) | Err(XsError::NotFound) => {}
+        Err(e) => return Err(e.into()),
+    }
+    xs.mkdir(dir)?;
+    xs.set_perms(dir, &perms)?;
+    Ok(move |key: &str, value: &[u8]| {
+        let path = format!("{dir}/{key}");
+        xs.write(&path, value)?;
+        // New nodes inherit their parent's permissions in xenstored; set
+        // them anyway, so no other store can differ.
+        xs.set_perms(&path, &perms)?;
+        Ok(())
+    })
+}
+
+/// Waits (the caller watches `dir`) for an answer to the offer whose port
+/// is `port`: `Ok` for `accepted`.
+fn wait_answer<C: Read + Write + AsFd>(
+    xs: &mut XenStore<C>,
+    dir: &str,
+    port: EvtchnPort,
+    deadline: Option<Instant>,
+) -> Result<(), XsRendezvousError> {
+    loop {
+        match xs.read(&format!("{dir}/state")) {
+            Ok(v) => {
+                let v = v.strip_suffix(&[0]).unwrap_or(&v).to_vec();
+                // A stale answer (to an earlier offer) names another port.
+                match read_key(xs, dir, Key::OfferPort) {
+                    Ok(p) if p == port => {
+                        let version = read_key(xs, dir, Key::Version)?;
+                        if version != u32::from(RENDEZVOUS_VERSION) {
+                            return Err(XsRendezvousError::BadVersion(version));
+                        }
+                        return match v.as_slice() {
+                            b"accepted" => Ok(()),
+                            b"refused" => Err(XsRendezvousError::Refused),
+                            _ => Err(XsRendezvousError::BadState(Key::State)),
+                        };
+                    }
+                    Ok(_) | Err(XsRendezvousError::Missing(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) if not_yet(e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        wait_event(xs, deadline)?;
+    }
+}
+
+/// Waits for the next watch event before `deadline`.
+fn wait_event<C: Read + Write + AsFd>(
+    xs: &mut XenStore<C>,
+    deadline: Option<Instant>,
+) -> Result<(), XsRendezvousError> {
+    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    if left.is_some_and(|l| l.is_zero()) {
+        return Err(XsRendezvousError::Timeout);
+    }
+    match xs.wait_watch(left)? {
+        Some(_) => Ok(()),
+        None => Err(XsRendezvousError::Timeout),
+    }
+}
+
+/// Reads and validates the offer of channel `name` from `offerer` to
+/// `acceptor` (see [`Rendezvous::read_offer`]).
+///
+/// # Errors
+///
+/// As [`Rendezvous::read_offer`].
+pub fn read_offer<C: Read + Write + AsFd>(
+    xs: &mut XenStore<C>,
+    offerer: DomId,
+    acceptor: DomId,
+    name: &str,
+) -> Result<Option<Offer>, XsRendezvousError> {
+    if !valid_name(name) {
+        return Err(XsRendezvousError::BadName);
+    }
+    let dir = offer_path(offerer, acceptor, name);
+    match xs.read(&format!("{dir}/state")) {
+        Ok(v) if v.strip_suffix(&[0]).unwrap_or(&v) == b"offered" => {}
+        Ok(_) => return Err(XsRendezvousError::BadState(Key::State)),
+        Err(e) if not_yet(e) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let version = read_key(xs, &dir, Key::Version)?;
+    if version != u32::from(RENDEZVOUS_VERSION) {
+        return Err(XsRendezvousError::BadVersion(version));
+    }
+    let port = read_key(xs, &dir, Key::Port)?;
+    if !(1..PORT_LIMIT).contains(&port) {
+        return Err(XsRendezvousError::BadPort(port));
+    }
+    let layout = ChannelLayout {
+        to_acceptor: read_key(xs, &dir, Key::ToAcceptor)?,
+        to_offerer: read_key(xs, &dir, Key::ToOfferer)?,
+    };
+    let nrefs = read_key(xs, &dir, Key::Nrefs)?;
+    let nrefs = usize::try_from(nrefs).map_err(|_| XsRendezvousError::BadRefCount)?;
+    if nrefs == 0 || nrefs > MAX_PAGES {
+        return Err(XsRendezvousError::BadRefCount);
+    }
+    let mut refs = Vec::with_capacity(nrefs);
+    for (i, start) in (0..nrefs).step_by(REFS_PER_KEY).enumerate() {
+        // `nrefs <= MAX_PAGES`, so `i < MAX_PAGES / REFS_PER_KEY`: fits u16.
+        let key = Key::Refs(u16::try_from(i).unwrap_or(u16::MAX));
+        let v = match xs.read(&format!("{dir}/{key}")) {
+            Ok(v) => v,
+            Err(XsError::NotFound) => return Err(XsRendezvousError::Missing(key)),
+            Err(e) => return Err(e.into()),
+        };
+        parse_refs(&v, key, (nrefs - start).min(REFS_PER_KEY), &mut refs)?;
+    }
+    // Extra keys beyond the count are a lie about the count.
+    let extra = Key::Refs(u16::try_from(nrefs.div_ceil(REFS_PER_KEY)).unwrap_or(u16::MAX));
+    match xs.read(&format!("{dir}/{extra}")) {
+        Err(XsError::NotFound) => {}
+        Ok(_) => return Err(XsRendezvousError::BadRefCount),
+        Err(e) => return Err(e.into()),
+    }
+    let mut sorted = refs.clone();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return Err(XsRendezvousError::BadRef(w[0]));
+    }
+    let offer = Offer {
+        offerer,
+        port,
+        layout,
+        refs,
+    };
+    // The transport's own checks: sizes, and the count for those sizes.
+    XenTransport::parse_rendezvous(offerer, &offer.to_bytes())?;
+    Ok(Some(offer))
+}
+
+impl XsPending {
+    /// The offer's directory in XenStore.
+    pub fn offer_path(&self) -> &str {
+        &self.offer
+    }
+
+    /// Waits (watching the answer) for the acceptor: `accepted` for this
+    /// offer, then its live byte; removes the offer from XenStore whatever
+    /// the outcome.
+    ///
+    /// # Errors
+    ///
+    /// [`XsRendezvousError::Timeout`], [`XsRendezvousError::Refused`], a
+    /// malformed answer, the transport's (the live byte never came).
+    pub fn complete<C: Read + Write + AsFd>(
+        self,
+        xs: &mut XenStore<C>,
+        timeout: Option<Duration>,
+    ) -> Result<Link<XenRegion, XenDoorbell>, XsRendezvousError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let r = xs
+            .watch(&self.answer, &self.token)
+            .map_err(XsRendezvousError::from)
+            .and_then(|()| {
+                let r = wait_answer(xs, &self.answer, self.port, deadline);
+                let _ = xs.unwatch(&self.answer, &self.token);
+                r
+            });
+        let _ = xs.rm(&self.offer);
+        r?;
+        // The acceptor set its live byte before it answered; a short wait
+        // covers nothing but a peer that lied in its answer.
+        let left = deadline.map_or(Duration::from_secs(5), |d| {
+            d.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100))
+        });
+        Ok(self.pending.complete(Some(left))?)
+    }
+
+    /// Withdraws the offer without waiting (its grants are released when
+    /// `self` drops).
+    ///
+    /// # Errors
+    ///
+    /// [`XsRendezvousError::Xs`].
+    pub fn withdraw<C: Read + Write + AsFd>(
+        self,
+        xs: &mut XenStore<C>,
+    ) -> Result<(), XsRendezvousError> {
+        match xs.rm(&self.offer) {
+            Ok(()) | Err(XsError::NotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xenstore_fake::client;
+    use std::os::unix::net::UnixStream;
+
+    const O: DomId = 0;
+    const A: DomId = 3;
+    const NAME: &str = "chan-1";
+
+    fn layout() -> ChannelLayout {
+        // 1 MiB per direction: libxenvchan's limit, five `refsN` keys.
+        ChannelLayout::symmetric(1 << 20)
+    }
+
+    /// The transport's count: the region's pages plus the live page.
+    fn pages_for(layout: ChannelLayout) -> usize {
+        layout.region_len().div_ceil(4096) + 1
+    }
+
+    fn refs(layout: ChannelLayout) -> Vec<GrantRef> {
+        (0..pages_for(layout) as u32).map(|i| 100 + 3 * i).collect()
+    }
+
+    fn publish(xs: &mut XenStore<UnixStream>) -> String {
+        let dir = offer_path(O, A, NAME);
+        publish_offer(xs, &dir, perms(O, A), 9, layout(), &refs(layout())).unwrap();
+        dir
+    }
+
+    fn read(xs: &mut XenStore<UnixStream>) -> Result<Option<Offer>, XsRendezvousError> {
+        read_offer(xs, O, A, NAME)
+    }
+
+    #[test]
+    fn offer_round_trip_over_five_refs_keys() {
+        let (mut xs, _t) = client();
+        assert_eq!(read(&mut xs), Ok(None), "nothing published yet");
+        let dir = publish(&mut xs);
+        assert_eq!(
+            dir,
+            "/local/domain/0/data/coresident/channels/3/chan-1/offer"
+        );
+        let offer = read(&mut xs).unwrap().unwrap();
+        assert_eq!(offer.offerer, O);
+        assert_eq!(offer.port, 9);
+        assert_eq!(offer.layout, layout());
+        assert_eq!(offer.refs, refs(layout()));
+        assert_eq!(offer.refs.len(), 514);
+        let mut keys = xs.directory(&dir).unwrap();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "nrefs",
+                "port",
+                "refs0",
+                "refs1",
+                "refs2",
+                "refs3",
+                "refs4",
+                "state",
+                "to-acceptor",
+                "to-offerer",
+                "version"
+            ]
+        );
+        for k in keys {
+            let v = xs.read(&format!("{dir}/{k}")).unwrap();
+            assert!(
+                v.len() <= 2048,
+                "{k}: {} bytes over the guest quota",
+                v.len()
+            );
+            assert_eq!(xs.get_perms(&format!("{dir}/{k}")).unwrap(), perms(O, A));
+        }
+        assert_eq!(xs.get_perms(&dir).unwrap(), perms(O, A));
+        // The transport takes the rebuilt bytes.
+        let (h, l, r) = XenTransport::parse_rendezvous(O, &offer.to_bytes()).unwrap();
+        assert_eq!((h.port.get(), l, r), (9, layout(), refs(layout())));
+        // Publishing again replaces the offer, leaving no stale key.
+        publish_offer(
+            &mut xs,
+            &dir,
+            perms(O, A),
+            11,
+            ChannelLayout::symmetric(4096),
+            &refs(ChannelLayout::symmetric(4096)),
+        )
+        .unwrap();
+        assert_eq!(read(&mut xs).unwrap().unwrap().port, 11);
+        assert_eq!(xs.read(&format!("{dir}/refs1")), Err(XsError::NotFound));
+    }
+
+    /// Publishes a good offer, applies `f` to it, and reads it back.
+    fn hostile(
+        f: impl FnOnce(&mut XenStore<UnixStream>, &str),
+    ) -> Result<Option<Offer>, XsRendezvousError> {
+        let (mut xs, _t) = client();
+        let dir = publish(&mut xs);
+        f(&mut xs, &dir);
+        read(&mut xs)
+    }
+
+    fn set(
+        value: &'static [u8],
+        key: &'static str,
+    ) -> impl FnOnce(&mut XenStore<UnixStream>, &str) {
+        move |xs, dir| xs.write(&format!("{dir}/{key}"), value).unwrap()
+    }
+
+    #[test]
+    fn every_missing_key_is_named() {
+        for (key, k) in [
+            ("version", Key::Version),
+            ("port", Key::Port),
+            ("to-acceptor", Key::ToAcceptor),
+            ("to-offerer", Key::ToOfferer),
+            ("nrefs", Key::Nrefs),
+            ("refs0", Key::Refs(0)),
+            ("refs4", Key::Refs(4)),
+        ] {
+            let r = hostile(|xs, dir| xs.rm(&format!("{dir}/{key}")).unwrap());
+            assert_eq!(r, Err(XsRendezvousError::Missing(k)), "{key}");
+        }
+        // Without `state` the offer is simply not there yet.
+        assert_eq!(
+            hostile(|xs, dir| xs.rm(&format!("{dir}/state")).unwrap()),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn garbage_values_are_typed_errors() {
+        let huge: &'static [u8] = Box::leak(vec![b'9'; 4000].into_boxed_slice());
+        let garbage: [(&[u8], ValueError); 7] = [
+            (b"", ValueError::Empty),
+            (b"abc", ValueError::NotANumber),
+            (b"-1", ValueError::NotANumber),
+            (b" 9", ValueError::NotANumber),
+            (b"0x10", ValueError::NotANumber),
+            (b"4294967296", ValueError::OutOfRange),
+            (huge, ValueError::OutOfRange),
+        ];
+        for (key, k) in [
+            ("version", Key::Version),
+            ("port", Key::Port),
+            ("to-acceptor", Key::ToAcceptor),
+            ("to-offerer", Key::ToOfferer),
+            ("nrefs", Key::Nrefs),
+            ("refs2", Key::Refs(2)),
+        ] {
+            for (v, mut e) in garbage {
+                if key == "refs2" && v == b" 9" {
+                    // A list: the leading space leaves an empty first entry.
+                    e = ValueError::Empty;
+                }
+                let r = hostile(set(v, key));
+                assert_eq!(r, Err(XsRendezvousError::Value(k, e)), "{key} = {v:?}");
+            }
+        }
+        assert_eq!(
+            hostile(set(b"offered?", "state")),
+            Err(XsRendezvousError::BadState(Key::State))
+        );
+        assert_eq!(
+            hostile(set(b"\xff\x00", "state")),
+            Err(XsRendezvousError::BadState(Key::State))
+        );
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        assert_eq!(
+            hostile(set(b"2", "version")),
+            Err(XsRendezvousError::BadVersion(2))
+        );
+        for (v, p) in [
+            (&b"0"[..], 0),
+            (b"131072", 1 << 17),
+            (b"4294967295", u32::MAX),
+        ] {
+            assert_eq!(hostile(set(v, "port")), Err(XsRendezvousError::BadPort(p)));
+        }
+        for v in [&b"0"[..], b"32", b"1000", b"2147483648"] {
+            assert_eq!(
+                hostile(set(v, "to-acceptor")),
+                Err(XsRendezvousError::Offer(RendezvousError::BadLayout)),
+                "{v:?}"
+            );
+        }
+        for v in [&b"0"[..], b"4097", b"4294967295"] {
+            assert_eq!(
+                hostile(set(v, "nrefs")),
+                Err(XsRendezvousError::BadRefCount),
+                "{v:?}"
+            );
+        }
+        // One reference fewer: the last key holds one too many.
+        assert_eq!(
+            hostile(set(b"513", "nrefs")),
+            Err(XsRendezvousError::BadRefCount)
+        );
+        // Consistent keys, but not the count these ring sizes need.
+        assert_eq!(
+            hostile(|xs, dir| {
+                xs.write(&format!("{dir}/nrefs"), b"3").unwrap();
+                xs.write(&format!("{dir}/refs0"), b"8 9 10").unwrap();
+                for k in 1..5 {
+                    xs.rm(&format!("{dir}/refs{k}")).unwrap();
+                }
+            }),
+            Err(XsRendezvousError::Offer(RendezvousError::BadPageCount))
+        );
+        // A key beyond the count.
+        assert_eq!(
+            hostile(set(b"8", "refs5")),
+            Err(XsRendezvousError::BadRefCount)
+        );
+    }
+
+    #[test]
+    fn hostile_reference_lists() {
+        // 128 refs per key: build variants of refs0.
+        let good: Vec<String> = refs(layout())[..REFS_PER_KEY]
+            .iter()
+            .map(u32::to_string)
+            .collect();
+        let with = |i: usize, v: &str| {
+            let mut l = good.clone();
+            l[i] = v.to_owned();
+            l.join(" ").into_bytes()
+        };
+        let cases: Vec<(Vec<u8>, XsRendezvousError)> = vec![
+            (with(5, "7"), XsRendezvousError::BadRef(7)),
+            (with(0, "0"), XsRendezvousError::BadRef(0)),
+            (with(9, "1048576"), XsRendezvousError::BadRef(1 << 20)),
+            (with(3, "100"), XsRendezvousError::BadRef(100)),
+            (
+                with(3, "x"),
+                XsRendezvousError::Value(Key::Refs(0), ValueError::NotANumber),
+            ),
+            (
+                with(3, ""),
+                XsRendezvousError::Value(Key::Refs(0), ValueError::Empty),
+            ),
+            (
+                with(127, "99999999999"),
+                XsRendezvousError::Value(Key::Refs(0), ValueError::OutOfRange),
+            ),
+            (
+                [good.join(" ").as_bytes(), b" "].concat(),
+                XsRendezvousError::Value(Key::Refs(0), ValueError::Empty),
+            ),
+            (
+                [good.join(" ").as_bytes(), b" 5000"].concat(),
+                XsRendezvousError::BadRefCount,
+            ),
+            (
+                good[..127].join(" ").into_bytes(),
+                XsRendezvousError::BadRefCount,
+            ),
+            (
+                good.join(",").into_bytes(),
+                XsRendezvousError::Value(Key::Refs(0), ValueError::NotANumber),
+            ),
+        ];
+        for (v, e) in cases {
+            let r = hostile(|xs, dir| xs.write(&format!("{dir}/refs0"), &v).unwrap());
+            assert_eq!(r, Err(e), "{}", String::from_utf8_lossy(&v));
+        }
+    }
+
+    #[test]
+    fn answers_name_their_offer() {
+        let (mut xs, _t) = client();
+        let dir = answer_path(A, O, NAME);
+        assert_eq!(
+            dir,
+            "/local/domain/3/data/coresident/channels/0/chan-1/answer"
+        );
+        let soon = || Some(Instant::now() + Duration::from_millis(50));
+        assert_eq!(
+            wait_answer(&mut xs, &dir, 9, soon()),
+            Err(XsRendezvousError::Timeout)
+        );
+        write_answer(&mut xs, &dir, perms(A, O), 9, Ok(21)).unwrap();
+        assert_eq!(wait_answer(&mut xs, &dir, 9, soon()), Ok(()));
+        assert_eq!(xs.get_perms(&format!("{dir}/state")).unwrap(), perms(A, O));
+        // A stale answer, to another offer, is not ours: keep waiting.
+        assert_eq!(
+            wait_answer(&mut xs, &dir, 10, soon()),
+            Err(XsRendezvousError::Timeout)
+        );
+        write_answer(
+            &mut xs,
+            &dir,
+            perms(A, O),
+            9,
+            Err(XsRendezvousError::BadPort(0)),
+        )
+        .unwrap();
+        assert_eq!(
+            wait_answer(&mut xs, &dir, 9, soon()),
+            Err(XsRendezvousError::Refused)
+        );
+        assert_eq!(xs.read(&format!("{dir}/port")), Err(XsError::NotFound));
+        assert!(xs
+            .read_string(&format!("{dir}/error"))
+            .unwrap()
+            .contains("port 0"));
+        for (key, v, e) in [
+            (
+                "state",
+                &b"maybe"[..],
+                XsRendezvousError::BadState(Key::State),
+            ),
+            ("version", b"7", XsRendezvousError::BadVersion(7)),
+            (
+                "version",
+                b"x",
+                XsRendezvousError::Value(Key::Version, ValueError::NotANumber),
+            ),
+            (
+                "offer-port",
+                b"-9",
+                XsRendezvousError::Value(Key::OfferPort, ValueError::NotANumber),
+            ),
+        ] {
+            write_answer(&mut xs, &dir, perms(A, O), 9, Ok(21)).unwrap();
+            xs.write(&format!("{dir}/{key}"), v).unwrap();
+            assert_eq!(wait_answer(&mut xs, &dir, 9, soon()), Err(e), "{key}");
+        }
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for bad in ["", "a/b", "..", "a b", "é", &"x".repeat(65), "a\0b"] {
+            assert_eq!(
+                Rendezvous::new(0, 1, bad).map(drop),
+                Err(XsRendezvousError::BadName),
+                "{bad:?}"
+            );
+        }
+        let r = Rendezvous::new(0, 1, &"x".repeat(64)).unwrap();
+        assert_eq!((r.own(), r.peer(), r.name().len()), (0, 1, 64));
+        let (mut xs, _t) = client();
+        assert_eq!(
+            read_offer(&mut xs, 0, 1, "../x"),
+            Err(XsRendezvousError::BadName)
+        );
+    }
+}
