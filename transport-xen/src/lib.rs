@@ -51,6 +51,8 @@ pub mod mapping;
 #[cfg(target_os = "linux")]
 pub mod rendezvous;
 #[cfg(target_os = "linux")]
+pub mod residency;
+#[cfg(target_os = "linux")]
 pub mod sys;
 #[cfg(target_os = "linux")]
 pub mod transport;

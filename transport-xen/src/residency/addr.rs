@@ -1,0 +1,542 @@
+//! The addresses a domain advertises, their text encoding, and the strict
+//! parser that turns whatever a guest wrote into [`Addresses`] or a typed
+//! [`AdvertError`].
+//!
+//! The encoding is one `KEY VALUE` pair per line, lines ended by `\n`:
+//!
+//! ```text
+//! mac 00:16:3e:5a:01:02        a unicast MAC, two hex digits per octet
+//! ipv4 10.0.0.2                a dotted quad (no leading zeros)
+//! ipv6 fd00::2                 any textual IPv6 form
+//! ```
+//!
+//! An advertisement starts with the line `coresident 1` (the protocol
+//! version); a peer entry in a list is the address lines alone.
+
+use core::fmt;
+use core::net::{Ipv4Addr, Ipv6Addr};
+use std::collections::BTreeSet;
+
+/// The residency protocol version written in the first line of an
+/// advertisement (`coresident 1`).
+pub const VERSION: u32 = 1;
+/// Most MAC addresses one domain may advertise.
+pub const MAX_MACS: usize = 8;
+/// Most IPv4 addresses one domain may advertise.
+pub const MAX_IPV4: usize = 16;
+/// Most IPv6 addresses one domain may advertise.
+pub const MAX_IPV6: usize = 16;
+/// Longest advertisement or peer entry accepted, in bytes (the encoding of
+/// the maximum counts fits with room to spare).
+pub const MAX_VALUE_LEN: usize = 2048;
+/// Longest line accepted, in bytes (`ipv6 ` and the longest IPv6 text, 45).
+pub const MAX_LINE_LEN: usize = 64;
+
+/// Which kind of address a count or an error is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AddrKind {
+    /// A MAC address.
+    Mac,
+    /// An IPv4 address.
+    Ipv4,
+    /// An IPv6 address.
+    Ipv6,
+}
+
+impl AddrKind {
+    /// The key of its lines (`mac`, `ipv4`, `ipv6`).
+    pub const fn key(self) -> &'static str {
+        match self {
+            Self::Mac => "mac",
+            Self::Ipv4 => "ipv4",
+            Self::Ipv6 => "ipv6",
+        }
+    }
+
+    /// The most addresses of this kind one domain may have.
+    pub const fn limit(self) -> usize {
+        match self {
+            Self::Mac => MAX_MACS,
+            Self::Ipv4 => MAX_IPV4,
+            Self::Ipv6 => MAX_IPV6,
+        }
+    }
+}
+
+/// One address of any kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Addr {
+    /// A MAC address.
+    Mac([u8; 6]),
+    /// An IPv4 address.
+    Ipv4(Ipv4Addr),
+    /// An IPv6 address.
+    Ipv6(Ipv6Addr),
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Mac(m) => write!(
+                f,
+                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            ),
+            Self::Ipv4(a) => a.fmt(f),
+            Self::Ipv6(a) => a.fmt(f),
+        }
+    }
+}
+
+/// Why an advertisement or a peer entry was refused. Small and `Copy`; line
+/// numbers count from 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AdvertError {
+    /// The value is longer than [`MAX_VALUE_LEN`] (its length).
+    TooLong(usize),
+    /// A byte outside printable ASCII (and `\n`).
+    NotAscii,
+    /// A line longer than [`MAX_LINE_LEN`], empty, or not `KEY VALUE`
+    /// with one space.
+    BadLine(u16),
+    /// A key this version does not know.
+    UnknownKey(u16),
+    /// A MAC that is malformed, multicast or all zeros.
+    BadMac(u16),
+    /// An IPv4 address that is malformed, or unspecified, loopback,
+    /// broadcast or multicast.
+    BadIpv4(u16),
+    /// An IPv6 address that is malformed, or unspecified, loopback or
+    /// multicast.
+    BadIpv6(u16),
+    /// The same address twice.
+    Duplicate(u16),
+    /// More addresses of one kind than its maximum.
+    TooMany(AddrKind),
+    /// The first line is not `coresident VERSION`.
+    MissingVersion,
+    /// A version this build does not speak.
+    Version(u32),
+    /// The advertisement node is not owned by the domain whose path holds
+    /// it (another domain, `.0`, wrote it): refused, since only the domain
+    /// id XenStore gives is trusted.
+    Owner(u16),
+    /// Reading the advertisement failed (`EACCES`, say).
+    Unreadable,
+}
+
+impl fmt::Display for AdvertError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooLong(n) => write!(f, "{n} bytes, more than {MAX_VALUE_LEN}"),
+            Self::NotAscii => f.write_str("a byte that is not printable ASCII"),
+            Self::BadLine(l) => write!(f, "line {l} is not `KEY VALUE`"),
+            Self::UnknownKey(l) => write!(f, "line {l} has an unknown key"),
+            Self::BadMac(l) => write!(f, "line {l}: not a unicast MAC address"),
+            Self::BadIpv4(l) => write!(f, "line {l}: not a usable IPv4 address"),
+            Self::BadIpv6(l) => write!(f, "line {l}: not a usable IPv6 address"),
+            Self::Duplicate(l) => write!(f, "line {l} repeats an address"),
+            Self::TooMany(k) => write!(f, "more than {} {} addresses", k.limit(), k.key()),
+            Self::MissingVersion => f.write_str("the first line is not `coresident VERSION`"),
+            Self::Version(v) => write!(f, "protocol version {v}, this build speaks {VERSION}"),
+            Self::Owner(d) => write!(f, "written by domain {d}, not by the domain it names"),
+            Self::Unreadable => f.write_str("the advertisement cannot be read"),
+        }
+    }
+}
+
+impl std::error::Error for AdvertError {}
+
+/// A domain's addresses: zero or more of each kind, each kind sorted and
+/// without duplicates, counts within [`AddrKind::limit`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Addresses {
+    macs: Vec<[u8; 6]>,
+    ipv4: Vec<Ipv4Addr>,
+    ipv6: Vec<Ipv6Addr>,
+}
+
+impl Addresses {
+    /// No addresses (a domain known by its id alone).
+    pub const fn new() -> Self {
+        Self {
+            macs: Vec::new(),
+            ipv4: Vec::new(),
+            ipv6: Vec::new(),
+        }
+    }
+
+    /// Adds an address (a no-op if present).
+    ///
+    /// # Errors
+    ///
+    /// [`AdvertError::TooMany`] past the kind's maximum; the set is
+    /// unchanged.
+    pub fn push(&mut self, addr: Addr) -> Result<bool, AdvertError> {
+        fn add<T: Ord>(v: &mut Vec<T>, a: T, kind: AddrKind) -> Result<bool, AdvertError> {
+            match v.binary_search(&a) {
+                Ok(_) => Ok(false),
+                Err(_) if v.len() >= kind.limit() => Err(AdvertError::TooMany(kind)),
+                Err(i) => {
+                    v.insert(i, a);
+                    Ok(true)
+                }
+            }
+        }
+        match addr {
+            Addr::Mac(m) => add(&mut self.macs, m, AddrKind::Mac),
+            Addr::Ipv4(a) => add(&mut self.ipv4, a, AddrKind::Ipv4),
+            Addr::Ipv6(a) => add(&mut self.ipv6, a, AddrKind::Ipv6),
+        }
+    }
+
+    /// Builds a set from addresses.
+    ///
+    /// # Errors
+    ///
+    /// [`AdvertError::TooMany`].
+    pub fn from_addrs(addrs: impl IntoIterator<Item = Addr>) -> Result<Self, AdvertError> {
+        let mut s = Self::new();
+        for a in addrs {
+            s.push(a)?;
+        }
+        Ok(s)
+    }
+
+    /// Whether `addr` is in the set.
+    pub fn contains(&self, addr: &Addr) -> bool {
+        match addr {
+            Addr::Mac(m) => self.macs.binary_search(m).is_ok(),
+            Addr::Ipv4(a) => self.ipv4.binary_search(a).is_ok(),
+            Addr::Ipv6(a) => self.ipv6.binary_search(a).is_ok(),
+        }
+    }
+
+    /// Removes `addr`; whether it was there.
+    pub fn remove(&mut self, addr: &Addr) -> bool {
+        fn rm<T: Ord>(v: &mut Vec<T>, a: &T) -> bool {
+            match v.binary_search(a) {
+                Ok(i) => {
+                    v.remove(i);
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+        match addr {
+            Addr::Mac(m) => rm(&mut self.macs, m),
+            Addr::Ipv4(a) => rm(&mut self.ipv4, a),
+            Addr::Ipv6(a) => rm(&mut self.ipv6, a),
+        }
+    }
+
+    /// The MAC addresses, sorted.
+    pub fn macs(&self) -> &[[u8; 6]] {
+        &self.macs
+    }
+
+    /// The IPv4 addresses, sorted.
+    pub fn ipv4(&self) -> &[Ipv4Addr] {
+        &self.ipv4
+    }
+
+    /// The IPv6 addresses, sorted.
+    pub fn ipv6(&self) -> &[Ipv6Addr] {
+        &self.ipv6
+    }
+
+    /// Every address: MACs, then IPv4, then IPv6.
+    pub fn iter(&self) -> impl Iterator<Item = Addr> + '_ {
+        self.macs
+            .iter()
+            .map(|&m| Addr::Mac(m))
+            .chain(self.ipv4.iter().map(|&a| Addr::Ipv4(a)))
+            .chain(self.ipv6.iter().map(|&a| Addr::Ipv6(a)))
+    }
+
+    /// How many addresses in all.
+    pub fn len(&self) -> usize {
+        self.macs.len() + self.ipv4.len() + self.ipv6.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The address lines (the body of a peer entry), one `KEY VALUE\n`
+    /// per address. At most [`MAX_VALUE_LEN`] bytes by construction.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        for a in self.iter() {
+            let key = match a {
+                Addr::Mac(_) => AddrKind::Mac,
+                Addr::Ipv4(_) => AddrKind::Ipv4,
+                Addr::Ipv6(_) => AddrKind::Ipv6,
+            }
+            .key();
+            s.push_str(key);
+            s.push(' ');
+            s.push_str(&a.to_string());
+            s.push('\n');
+        }
+        s
+    }
+
+    /// An advertisement: `coresident 1` and the address lines.
+    pub fn encode_advert(&self) -> String {
+        format!("coresident {VERSION}\n{}", self.encode())
+    }
+
+    /// Parses address lines (a peer entry), strictly.
+    ///
+    /// # Errors
+    ///
+    /// Every [`AdvertError`] about the value's form and its addresses.
+    pub fn parse(value: &[u8]) -> Result<Self, AdvertError> {
+        Self::parse_lines(value, false)
+    }
+
+    /// Parses an advertisement: `coresident VERSION` then address lines.
+    ///
+    /// # Errors
+    ///
+    /// [`AdvertError::MissingVersion`], [`AdvertError::Version`], and as
+    /// [`Addresses::parse`].
+    pub fn parse_advert(value: &[u8]) -> Result<Self, AdvertError> {
+        Self::parse_lines(value, true)
+    }
+
+    fn parse_lines(value: &[u8], advert: bool) -> Result<Self, AdvertError> {
+        if value.len() > MAX_VALUE_LEN {
+            return Err(AdvertError::TooLong(value.len()));
+        }
+        if !value
+            .iter()
+            .all(|&b| b == b'\n' || (b' '..=b'~').contains(&b))
+        {
+            return Err(AdvertError::NotAscii);
+        }
+        // Printable ASCII and '\n' only: valid UTF-8.
+        let text = core::str::from_utf8(value).map_err(|_| AdvertError::NotAscii)?;
+        // One optional final newline; no empty lines anywhere else.
+        let text = text.strip_suffix('\n').unwrap_or(text);
+        let mut out = Self::new();
+        let mut seen = BTreeSet::new();
+        let mut lines = text.split('\n').enumerate().peekable();
+        if advert {
+            let (_, first) = lines.next().ok_or(AdvertError::MissingVersion)?;
+            let v = first
+                .strip_prefix("coresident ")
+                .ok_or(AdvertError::MissingVersion)?;
+            let v =
+                crate::xs_wire::parse_u32(v.as_bytes()).map_err(|_| AdvertError::MissingVersion)?;
+            if v != VERSION {
+                return Err(AdvertError::Version(v));
+            }
+        }
+        if text.is_empty() {
+            return Ok(out);
+        }
+        for (i, line) in lines {
+            let n = u16::try_from(i + 1).unwrap_or(u16::MAX);
+            if line.is_empty() || line.len() > MAX_LINE_LEN {
+                return Err(AdvertError::BadLine(n));
+            }
+            let (key, val) = line.split_once(' ').ok_or(AdvertError::BadLine(n))?;
+            if val.is_empty() || val.contains(' ') {
+                return Err(AdvertError::BadLine(n));
+            }
+            let addr = match key {
+                "mac" => Addr::Mac(parse_mac(val).ok_or(AdvertError::BadMac(n))?),
+                "ipv4" => Addr::Ipv4(
+                    val.parse::<Ipv4Addr>()
+                        .ok()
+                        .filter(|a| usable_v4(*a))
+                        .ok_or(AdvertError::BadIpv4(n))?,
+                ),
+                "ipv6" => Addr::Ipv6(
+                    val.parse::<Ipv6Addr>()
+                        .ok()
+                        .filter(|a| usable_v6(*a))
+                        .ok_or(AdvertError::BadIpv6(n))?,
+                ),
+                _ => return Err(AdvertError::UnknownKey(n)),
+            };
+            if !seen.insert(addr) {
+                return Err(AdvertError::Duplicate(n));
+            }
+            out.push(addr)?;
+        }
+        Ok(out)
+    }
+}
+
+/// `xx:xx:xx:xx:xx:xx`, hex of either case; unicast and not all zeros.
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let b = s.as_bytes();
+    if b.len() != 17 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (i, octet) in mac.iter_mut().enumerate() {
+        let at = i * 3;
+        if i > 0 && b.get(at - 1) != Some(&b':') {
+            return None;
+        }
+        let hi = char::from(*b.get(at)?).to_digit(16)?;
+        let lo = char::from(*b.get(at + 1)?).to_digit(16)?;
+        *octet = u8::try_from(hi * 16 + lo).ok()?;
+    }
+    let multicast = mac[0] & 1 != 0;
+    (!multicast && mac != [0; 6]).then_some(mac)
+}
+
+fn usable_v4(a: Ipv4Addr) -> bool {
+    !(a.is_unspecified() || a.is_loopback() || a.is_broadcast() || a.is_multicast())
+}
+
+fn usable_v6(a: Ipv6Addr) -> bool {
+    !(a.is_unspecified() || a.is_loopback() || a.is_multicast())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(last: u8) -> Addr {
+        Addr::Mac([0x00, 0x16, 0x3e, 0, 0, last])
+    }
+
+    #[test]
+    fn round_trip() {
+        let a = Addresses::from_addrs([
+            mac(2),
+            mac(1),
+            Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 2)),
+            Addr::Ipv6("fd00::2".parse().unwrap()),
+        ])
+        .unwrap();
+        assert_eq!(
+            a.encode(),
+            "mac 00:16:3e:00:00:01\nmac 00:16:3e:00:00:02\nipv4 10.0.0.2\nipv6 fd00::2\n"
+        );
+        assert_eq!(Addresses::parse(a.encode().as_bytes()).unwrap(), a);
+        assert_eq!(
+            Addresses::parse_advert(a.encode_advert().as_bytes()).unwrap(),
+            a
+        );
+        assert_eq!(Addresses::parse(b"").unwrap(), Addresses::new());
+        assert_eq!(
+            Addresses::parse_advert(b"coresident 1").unwrap(),
+            Addresses::new()
+        );
+        assert_eq!(
+            Addresses::parse(b"mac 00:16:3E:AB:cd:01").unwrap().macs(),
+            [[0, 0x16, 0x3e, 0xab, 0xcd, 1]]
+        );
+    }
+
+    #[test]
+    fn hostile_values_are_typed_errors() {
+        use AdvertError as E;
+        let cases: &[(&[u8], E)] = &[
+            (b"coresident 2\n", E::Version(2)),
+            (b"coresident\n", E::MissingVersion),
+            (b"coresident 1x\n", E::MissingVersion),
+            (b"mac 00:16:3e:00:00:01\n", E::MissingVersion),
+            (b"", E::MissingVersion),
+            (b"coresident 1\n\n", E::BadLine(2)),
+            (b"coresident 1\nmac  00:16:3e:00:00:01", E::BadLine(2)),
+            (b"coresident 1\nmac 00:16:3e:00:00:01 ", E::BadLine(2)),
+            (b"coresident 1\nmac", E::BadLine(2)),
+            (b"coresident 1\nether 00:16:3e:00:00:01", E::UnknownKey(2)),
+            (b"coresident 1\nmac 01:16:3e:00:00:01", E::BadMac(2)),
+            (b"coresident 1\nmac 00:00:00:00:00:00", E::BadMac(2)),
+            (b"coresident 1\nmac 00-16-3e-00-00-01", E::BadMac(2)),
+            (b"coresident 1\nmac 00:16:3e:00:00:0g", E::BadMac(2)),
+            (b"coresident 1\nmac +0:16:3e:00:00:01", E::BadMac(2)),
+            (b"coresident 1\nipv4 10.0.0.256", E::BadIpv4(2)),
+            (b"coresident 1\nipv4 010.0.0.1", E::BadIpv4(2)),
+            (b"coresident 1\nipv4 0.0.0.0", E::BadIpv4(2)),
+            (b"coresident 1\nipv4 127.0.0.1", E::BadIpv4(2)),
+            (b"coresident 1\nipv4 255.255.255.255", E::BadIpv4(2)),
+            (b"coresident 1\nipv4 224.0.0.1", E::BadIpv4(2)),
+            (b"coresident 1\nipv6 ::", E::BadIpv6(2)),
+            (b"coresident 1\nipv6 ::1", E::BadIpv6(2)),
+            (b"coresident 1\nipv6 ff02::1", E::BadIpv6(2)),
+            (b"coresident 1\nipv6 fd00::2::3", E::BadIpv6(2)),
+            (
+                b"coresident 1\nipv4 10.0.0.2\nipv4 10.0.0.2",
+                E::Duplicate(3),
+            ),
+            (b"coresident 1\nipv4 10.0.0.2\r\n", E::NotAscii),
+            (b"coresident 1\nipv4 10.0.0.\xc3\xa9", E::NotAscii),
+            (b"coresident 1\0", E::NotAscii),
+        ];
+        for (v, e) in cases {
+            assert_eq!(
+                Addresses::parse_advert(v),
+                Err(*e),
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
+        }
+        let long = vec![b'x'; MAX_VALUE_LEN + 1];
+        assert_eq!(Addresses::parse(&long), Err(E::TooLong(MAX_VALUE_LEN + 1)));
+        let line = format!("ipv6 {}", "1".repeat(MAX_LINE_LEN));
+        assert_eq!(Addresses::parse(line.as_bytes()), Err(E::BadLine(1)));
+        let many: String = (1..=MAX_MACS + 1)
+            .map(|i| format!("mac 00:16:3e:00:00:{i:02x}\n"))
+            .collect();
+        assert_eq!(
+            Addresses::parse(many.as_bytes()),
+            Err(E::TooMany(AddrKind::Mac))
+        );
+        let many: String = (1..=MAX_IPV4 + 1)
+            .map(|i| format!("ipv4 10.0.0.{i}\n"))
+            .collect();
+        assert_eq!(
+            Addresses::parse(many.as_bytes()),
+            Err(E::TooMany(AddrKind::Ipv4))
+        );
+        let many: String = (1..=MAX_IPV6 + 1)
+            .map(|i| format!("ipv6 fd00::{i:x}\n"))
+            .collect();
+        assert_eq!(
+            Addresses::parse(many.as_bytes()),
+            Err(E::TooMany(AddrKind::Ipv6))
+        );
+    }
+
+    #[test]
+    fn the_largest_set_fits_one_value() {
+        let mut a = Addresses::new();
+        for i in 0..MAX_MACS {
+            a.push(Addr::Mac([2, 0xff, 0xff, 0xff, 0xff, i as u8]))
+                .unwrap();
+        }
+        for i in 0..MAX_IPV4 {
+            a.push(Addr::Ipv4(Ipv4Addr::new(192, 168, 200, 200 + i as u8)))
+                .unwrap();
+        }
+        for i in 0..MAX_IPV6 {
+            a.push(Addr::Ipv6(Ipv6Addr::new(
+                0xfd00,
+                0xffff,
+                0xffff,
+                0xffff,
+                0xffff,
+                0xffff,
+                0xffff,
+                0xff00 + i as u16,
+            )))
+            .unwrap();
+        }
+        assert_eq!(a.push(mac(9)), Err(AdvertError::TooMany(AddrKind::Mac)));
+        let v = a.encode_advert();
+        assert!(v.len() <= MAX_VALUE_LEN, "{}", v.len());
+        assert_eq!(Addresses::parse_advert(v.as_bytes()).unwrap(), a);
+    }
+}

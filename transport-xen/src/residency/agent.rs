@@ -1,0 +1,549 @@
+//! The dom0 agent: which live domains advertise, and the list of
+//! co-resident peers written to each of them.
+
+use core::fmt;
+use core::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+
+use super::addr::{Addr, Addresses, AdvertError};
+use super::{advert_path, home_path, list_dir, list_perms, perms_ok, TX_RETRIES};
+use crate::xenstore::{Conn, XenStore, XsError};
+use crate::xs_wire::{self, XsErrno};
+use crate::DomId;
+use coresident::lookup::DomainId;
+
+/// The watch token of `@introduceDomain` and `@releaseDomain`.
+const TOKEN_DOMAINS: &str = "coresident-agent:domains";
+/// The watch token of every domain's advertisement.
+const TOKEN_ADVERT: &str = "coresident-agent:advert";
+
+/// What the agent knows of one live domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Status {
+    /// No advertisement (or it was removed).
+    Silent,
+    /// A valid advertisement with these addresses.
+    Advertising(Addresses),
+    /// An advertisement that was refused; the domain is in no list.
+    Rejected(AdvertError),
+}
+
+/// One thing the agent saw or did, for the daemon to report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// A new live domain (not yet advertising).
+    Appeared(DomId),
+    /// The domain advertises, or changed its addresses.
+    Advertised {
+        /// The domain (the owner of the path, as XenStore says).
+        domid: DomId,
+        /// What it advertises.
+        addrs: Addresses,
+    },
+    /// The domain removed its advertisement.
+    Silenced(DomId),
+    /// The domain's advertisement was refused: it is in no list.
+    Rejected {
+        /// The domain.
+        domid: DomId,
+        /// Why.
+        error: AdvertError,
+    },
+    /// The domain is gone (destroyed, or migrated away).
+    Gone(DomId),
+    /// [`Agent::withdraw`] took the domain out of every list.
+    Withdrawn(DomId),
+    /// [`Agent::readmit`] put it back.
+    Readmitted(DomId),
+    /// Several domains claim one address: it is left out of every list
+    /// (traffic to it takes the network, which is always correct).
+    Conflict {
+        /// The address.
+        addr: Addr,
+        /// Who claims it.
+        domains: Vec<DomId>,
+    },
+    /// A domain's list of peers was written.
+    ListWritten {
+        /// Whose list.
+        domid: DomId,
+        /// Its new generation.
+        generation: u64,
+        /// The peers in it.
+        peers: Vec<DomId>,
+    },
+    /// Writing a domain's list failed; retried at the next change.
+    ListFailed {
+        /// Whose list.
+        domid: DomId,
+        /// The XenStore error.
+        error: XsError,
+    },
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Appeared(d) => write!(f, "domain {d} appeared"),
+            Self::Advertised { domid, addrs } => {
+                write!(f, "domain {domid} advertises")?;
+                if addrs.is_empty() {
+                    f.write_str(" (no addresses)")?;
+                }
+                for a in addrs.iter() {
+                    write!(f, " {a}")?;
+                }
+                Ok(())
+            }
+            Self::Silenced(d) => write!(f, "domain {d} stopped advertising"),
+            Self::Rejected { domid, error } => {
+                write!(f, "domain {domid}'s advertisement refused: {error}")
+            }
+            Self::Gone(d) => write!(f, "domain {d} is gone"),
+            Self::Withdrawn(d) => write!(f, "domain {d} withdrawn from every list"),
+            Self::Readmitted(d) => write!(f, "domain {d} readmitted"),
+            Self::Conflict { addr, domains } => {
+                write!(f, "address {addr} claimed by domains {domains:?}: left out")
+            }
+            Self::ListWritten {
+                domid,
+                generation,
+                peers,
+            } => write!(
+                f,
+                "list of domain {domid} generation {generation}: peers {peers:?}"
+            ),
+            Self::ListFailed { domid, error } => {
+                write!(f, "writing the list of domain {domid} failed: {error}")
+            }
+        }
+    }
+}
+
+/// A failure of the agent's XenStore connection (per-domain failures are
+/// [`Change`]s instead).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentError(pub XsError);
+
+impl fmt::Display for AgentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "residency agent: {}", self.0)
+    }
+}
+
+impl std::error::Error for AgentError {}
+
+impl From<XsError> for AgentError {
+    fn from(e: XsError) -> Self {
+        Self(e)
+    }
+}
+
+/// Whether an error is about one node (the connection is still fine).
+fn local(e: XsError) -> bool {
+    matches!(
+        e,
+        XsError::NotFound | XsError::Daemon(_) | XsError::Value(_)
+    )
+}
+
+/// The residency agent (dom0).
+///
+/// It watches `@introduceDomain`, `@releaseDomain` and each live domain's
+/// advertisement (no polling), keeps the set of advertising domains, and
+/// writes to each of them the list of its co-resident peers: every other
+/// advertising domain with its addresses. Each list is written in one
+/// XenStore transaction, so a reader in a transaction never sees half of
+/// one. See the [module docs](super) for the keys.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use coresident_xen::residency::Agent;
+/// use coresident_xen::XenStore;
+///
+/// let mut agent = Agent::new(XenStore::open()?)?;
+/// loop {
+///     for change in agent.step(Some(Duration::from_secs(1)))? {
+///         println!("{change}");
+///     }
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Agent<C: Read + Write + AsFd = Conn> {
+    xs: XenStore<C>,
+    /// Live domains (under `/local/domain`) and what they advertise.
+    domains: BTreeMap<DomId, Status>,
+    /// Domains taken out of every list by [`Agent::withdraw`].
+    withdrawn: BTreeSet<DomId>,
+    /// What each domain's list holds, as last written.
+    written: BTreeMap<DomId, BTreeMap<DomId, Addresses>>,
+    /// Addresses claimed by more than one domain, as last reported.
+    conflicts: BTreeMap<Addr, Vec<DomId>>,
+    /// The generation of the last list written.
+    generation: u64,
+    /// `/local/domain` must be listed again.
+    relist: bool,
+    /// Domains whose advertisement must be read again.
+    dirty: BTreeSet<DomId>,
+}
+
+impl<C: Read + Write + AsFd> Agent<C> {
+    /// Starts watching. Nothing is read or written before the first
+    /// [`step`](Self::step).
+    ///
+    /// # Errors
+    ///
+    /// The watches' XenStore errors.
+    pub fn new(mut xs: XenStore<C>) -> Result<Self, AgentError> {
+        xs.watch("@introduceDomain", TOKEN_DOMAINS)?;
+        xs.watch("@releaseDomain", TOKEN_DOMAINS)?;
+        Ok(Self {
+            xs,
+            domains: BTreeMap::new(),
+            withdrawn: BTreeSet::new(),
+            written: BTreeMap::new(),
+            conflicts: BTreeMap::new(),
+            generation: 0,
+            relist: true,
+            dirty: BTreeSet::new(),
+        })
+    }
+
+    /// The live domains and what they advertise.
+    pub fn domains(&self) -> &BTreeMap<DomId, Status> {
+        &self.domains
+    }
+
+    /// The peers in `domid`'s list as last written.
+    pub fn list_of(&self, domid: DomId) -> Option<&BTreeMap<DomId, Addresses>> {
+        self.written.get(&domid)
+    }
+
+    /// The XenStore client (for the daemon's own reads).
+    pub fn xenstore(&mut self) -> &mut XenStore<C> {
+        &mut self.xs
+    }
+
+    /// Waits up to `timeout` (`None`: forever) for a watch event, takes
+    /// every event already queued, re-reads what they name and rewrites the
+    /// lists that changed. Returns what changed (empty on a timeout).
+    ///
+    /// The first call reads everything (the watches fire once when set).
+    ///
+    /// # Errors
+    ///
+    /// Connection errors; errors about one domain are [`Change`]s.
+    pub fn step(&mut self, timeout: Option<Duration>) -> Result<Vec<Change>, AgentError> {
+        if !self.relist && self.dirty.is_empty() {
+            match self.xs.wait_watch(timeout)? {
+                Some(ev) => self.note(&ev.path, &ev.token),
+                None => return Ok(Vec::new()),
+            }
+        }
+        while let Some(ev) = self.xs.wait_watch(Some(Duration::ZERO))? {
+            self.note(&ev.path, &ev.token);
+        }
+        self.reconcile()
+    }
+
+    /// [`step`](Self::step) without waiting: handles what is queued.
+    ///
+    /// # Errors
+    ///
+    /// As [`step`](Self::step).
+    pub fn run_once(&mut self) -> Result<Vec<Change>, AgentError> {
+        self.step(Some(Duration::ZERO))
+    }
+
+    /// Takes `domid` out of every list (and empties its own) as if it had
+    /// left this host, until [`readmit`](Self::readmit). What a migration
+    /// away looks like to the peers.
+    ///
+    /// # Errors
+    ///
+    /// As [`step`](Self::step).
+    pub fn withdraw(&mut self, domid: DomId) -> Result<Vec<Change>, AgentError> {
+        let mut out = Vec::new();
+        if self.withdrawn.insert(domid) {
+            out.push(Change::Withdrawn(domid));
+        }
+        out.extend(self.reconcile()?);
+        Ok(out)
+    }
+
+    /// Undoes [`withdraw`](Self::withdraw).
+    ///
+    /// # Errors
+    ///
+    /// As [`step`](Self::step).
+    pub fn readmit(&mut self, domid: DomId) -> Result<Vec<Change>, AgentError> {
+        let mut out = Vec::new();
+        if self.withdrawn.remove(&domid) {
+            out.push(Change::Readmitted(domid));
+        }
+        out.extend(self.reconcile()?);
+        Ok(out)
+    }
+
+    /// Records what a watch event asks for.
+    fn note(&mut self, path: &str, token: &str) {
+        match token {
+            TOKEN_DOMAINS => self.relist = true,
+            TOKEN_ADVERT => match domid_of(path) {
+                Some(d) => {
+                    self.dirty.insert(d);
+                }
+                // Not a path we watch: read everything again.
+                None => self.relist = true,
+            },
+            _ => {}
+        }
+    }
+
+    /// Brings the domain set, the advertisements and the lists up to date.
+    fn reconcile(&mut self) -> Result<Vec<Change>, AgentError> {
+        let mut out = Vec::new();
+        if core::mem::take(&mut self.relist) {
+            self.relist_domains(&mut out)?;
+        }
+        let dirty = core::mem::take(&mut self.dirty);
+        for d in dirty {
+            if !self.domains.contains_key(&d) {
+                continue;
+            }
+            let status = self.read_advert(d)?;
+            let old = self.domains.insert(d, status.clone());
+            if old.as_ref() == Some(&status) {
+                continue;
+            }
+            out.push(match status {
+                Status::Silent => Change::Silenced(d),
+                Status::Advertising(addrs) => Change::Advertised { domid: d, addrs },
+                Status::Rejected(error) => Change::Rejected { domid: d, error },
+            });
+        }
+        self.write_lists(&mut out)?;
+        Ok(out)
+    }
+
+    /// Lists `/local/domain`: new domains are watched, departed ones dropped.
+    fn relist_domains(&mut self, out: &mut Vec<Change>) -> Result<(), AgentError> {
+        let names = match self.xs.directory("/local/domain") {
+            Ok(n) => n,
+            Err(XsError::NotFound) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        // Names are written by the toolstack (dom0), but parse them strictly
+        // all the same: anything but a guest domain id is skipped.
+        let live: BTreeSet<DomId> = names.iter().filter_map(|n| parse_domid(n)).collect();
+        let gone: Vec<DomId> = self
+            .domains
+            .keys()
+            .copied()
+            .filter(|d| !live.contains(d))
+            .collect();
+        for d in gone {
+            self.domains.remove(&d);
+            self.withdrawn.remove(&d);
+            self.written.remove(&d);
+            match self.xs.unwatch(&advert_path(d), TOKEN_ADVERT) {
+                Ok(()) => {}
+                Err(e) if local(e) => {}
+                Err(e) => return Err(e.into()),
+            }
+            out.push(Change::Gone(d));
+        }
+        for d in live {
+            if self.domains.contains_key(&d) {
+                continue;
+            }
+            self.domains.insert(d, Status::Silent);
+            out.push(Change::Appeared(d));
+            // The watch fires once at once, which marks the domain dirty.
+            match self.xs.watch(&advert_path(d), TOKEN_ADVERT) {
+                Ok(()) => {}
+                Err(e) if local(e) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.dirty.insert(d);
+        }
+        Ok(())
+    }
+
+    /// Reads and checks `d`'s advertisement.
+    fn read_advert(&mut self, d: DomId) -> Result<Status, AgentError> {
+        let path = advert_path(d);
+        let value = match self.xs.read(&path) {
+            Ok(v) => v,
+            Err(XsError::NotFound) => return Ok(Status::Silent),
+            Err(e) if local(e) => return Ok(Status::Rejected(AdvertError::Unreadable)),
+            Err(e) => return Err(e.into()),
+        };
+        // Trust the domain id XenStore gives, never one a guest writes:
+        // the node must be owned by the domain whose path holds it.
+        match self.xs.get_perms(&path) {
+            Ok(p) => match p.first() {
+                Some(owner) if owner.domid == d => {}
+                Some(owner) => return Ok(Status::Rejected(AdvertError::Owner(owner.domid))),
+                None => return Ok(Status::Rejected(AdvertError::Unreadable)),
+            },
+            Err(XsError::NotFound) => return Ok(Status::Silent),
+            Err(e) if local(e) => return Ok(Status::Rejected(AdvertError::Unreadable)),
+            Err(e) => return Err(e.into()),
+        }
+        Ok(match Addresses::parse_advert(&value) {
+            Ok(a) => Status::Advertising(a),
+            Err(e) => Status::Rejected(e),
+        })
+    }
+
+    /// Computes every list and writes those that changed.
+    fn write_lists(&mut self, out: &mut Vec<Change>) -> Result<(), AgentError> {
+        let members: BTreeMap<DomId, &Addresses> = self
+            .domains
+            .iter()
+            .filter(|(d, _)| !self.withdrawn.contains(d))
+            .filter_map(|(&d, s)| match s {
+                Status::Advertising(a) => Some((d, a)),
+                _ => None,
+            })
+            .collect();
+        // An address claimed twice is published for nobody.
+        let mut claims: BTreeMap<Addr, Vec<DomId>> = BTreeMap::new();
+        for (&d, a) in &members {
+            for addr in a.iter() {
+                claims.entry(addr).or_default().push(d);
+            }
+        }
+        claims.retain(|_, ds| ds.len() > 1);
+        if claims != self.conflicts {
+            for (addr, domains) in &claims {
+                if self.conflicts.get(addr) != Some(domains) {
+                    out.push(Change::Conflict {
+                        addr: *addr,
+                        domains: domains.clone(),
+                    });
+                }
+            }
+            self.conflicts = claims;
+        }
+        let published: BTreeMap<DomId, Addresses> = members
+            .iter()
+            .map(|(&d, a)| {
+                let mut a = (*a).clone();
+                for addr in self.conflicts.keys() {
+                    a.remove(addr);
+                }
+                (d, a)
+            })
+            .collect();
+        let targets: Vec<DomId> = self.domains.keys().copied().collect();
+        for d in targets {
+            let want: BTreeMap<DomId, Addresses> = if published.contains_key(&d) {
+                published
+                    .iter()
+                    .filter(|(&p, _)| p != d)
+                    .map(|(&p, a)| (p, a.clone()))
+                    .collect()
+            } else {
+                BTreeMap::new()
+            };
+            match self.written.get(&d) {
+                Some(w) if *w == want => continue,
+                // Never written and nothing to say: leave the domain alone.
+                None if want.is_empty() => continue,
+                _ => {}
+            }
+            match self.write_list(d, &want) {
+                Ok(generation) => {
+                    out.push(Change::ListWritten {
+                        domid: d,
+                        generation,
+                        peers: want.keys().copied().collect(),
+                    });
+                    self.written.insert(d, want);
+                }
+                Err(e) if local(e) => {
+                    // Retried at the next change of anything.
+                    self.written.remove(&d);
+                    out.push(Change::ListFailed { domid: d, error: e });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `d`'s list in one transaction; returns its generation.
+    fn write_list(&mut self, d: DomId, peers: &BTreeMap<DomId, Addresses>) -> Result<u64, XsError> {
+        self.generation += 1;
+        let generation = self.generation;
+        let dir = list_dir(d);
+        let mut last = XsError::Daemon(XsErrno::EAGAIN);
+        for _ in 0..TX_RETRIES {
+            let mut tx = self.xs.transaction()?;
+            // Inside the transaction, so a domain destroyed meanwhile is not
+            // given a home again by the writes below (the commit fails).
+            tx.read(&home_path(d))?;
+            match tx.rm(&format!("{dir}/peers")) {
+                Ok(()) | Err(XsError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+            // New nodes inherit the permissions of `/local/domain/N` (owner
+            // dom0, read for N); checked after the commit.
+            tx.mkdir(&format!("{dir}/peers"))?;
+            for (p, a) in peers {
+                tx.write(&format!("{dir}/peers/{p}"), a.encode().as_bytes())?;
+            }
+            tx.write(
+                &format!("{dir}/generation"),
+                generation.to_string().as_bytes(),
+            )?;
+            match tx.commit() {
+                Ok(()) => {
+                    self.check_perms(d, peers)?;
+                    return Ok(generation);
+                }
+                Err(XsError::Daemon(XsErrno::EAGAIN)) => last = XsError::Daemon(XsErrno::EAGAIN),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Makes `d`'s list nodes owned by dom0 and readable (not writable) by
+    /// `d`, should they have inherited anything else.
+    fn check_perms(&mut self, d: DomId, peers: &BTreeMap<DomId, Addresses>) -> Result<(), XsError> {
+        let dir = list_dir(d);
+        if perms_ok(&self.xs.get_perms(&dir)?, d) {
+            return Ok(());
+        }
+        let want = list_perms(d);
+        self.xs.set_perms(&dir, &want)?;
+        self.xs.set_perms(&format!("{dir}/generation"), &want)?;
+        self.xs.set_perms(&format!("{dir}/peers"), &want)?;
+        for p in peers.keys() {
+            self.xs.set_perms(&format!("{dir}/peers/{p}"), &want)?;
+        }
+        Ok(())
+    }
+}
+
+/// A guest domain id in its canonical spelling (`"007"` does not pass for
+/// domain 7), below `DOMID_FIRST_RESERVED`.
+pub(super) fn parse_domid(n: &str) -> Option<DomId> {
+    let d = xs_wire::parse_u16(n.as_bytes()).ok()?;
+    (d < DomainId::FIRST_RESERVED && d.to_string() == n).then_some(d)
+}
+
+/// The domain id of a `/local/domain/N/...` path.
+fn domid_of(path: &str) -> Option<DomId> {
+    parse_domid(path.strip_prefix("/local/domain/")?.split('/').next()?)
+}

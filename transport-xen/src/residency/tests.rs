@@ -1,0 +1,636 @@
+//! The agent, the view and the tables against the multi-domain fake
+//! xenstored ([`super::fake`]), hostile guests and hostile lists included.
+
+use core::net::{Ipv4Addr, Ipv6Addr};
+use std::collections::BTreeMap;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use coresident::lookup::{DomainId, DomainTable, Handle, Seed, Table};
+
+use super::fake::FakeXenstored;
+use super::*;
+use crate::xs_wire::{Access, Perm, ValueError, XsErrno};
+
+/// Long enough never to expire when an event is due (the fake queues every
+/// watch event before it replies to the write that caused it).
+const DUE: Option<Duration> = Some(Duration::from_secs(20));
+
+fn addrs(last: u8) -> Addresses {
+    Addresses::from_addrs([
+        Addr::Mac([0x00, 0x16, 0x3e, 0, 0, last]),
+        Addr::Ipv4(Ipv4Addr::new(10, 0, 0, last)),
+        Addr::Ipv6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(last))),
+    ])
+    .unwrap()
+}
+
+/// Waits for the agent's next watch event (one is due: the fake's writer
+/// threads deliver events asynchronously), then runs it until nothing is
+/// queued; returns everything it did.
+fn settle_due(agent: &mut Agent<UnixStream>) -> Vec<Change> {
+    let mut all = agent.step(DUE).unwrap();
+    all.extend(settle(agent));
+    all
+}
+
+/// Runs the agent until nothing is queued; returns everything it did.
+fn settle(agent: &mut Agent<UnixStream>) -> Vec<Change> {
+    let mut all = Vec::new();
+    loop {
+        let c = agent.run_once().unwrap();
+        if c.is_empty() {
+            return all;
+        }
+        all.extend(c);
+    }
+}
+
+fn listed(agent: &Agent<UnixStream>, d: DomId) -> Vec<DomId> {
+    agent
+        .list_of(d)
+        .map(|l| l.keys().copied().collect())
+        .unwrap_or_default()
+}
+
+/// dom0 and guests 1..=n, each with a client; the agent on its own
+/// connection.
+fn world(n: DomId) -> (FakeXenstored, Agent<UnixStream>, Vec<XenStore<UnixStream>>) {
+    let fake = FakeXenstored::new();
+    for d in 0..=n {
+        fake.introduce(d);
+    }
+    let mut agent = Agent::new(fake.connect(0)).unwrap();
+    let first = settle(&mut agent);
+    for d in 0..=n {
+        assert!(first.contains(&Change::Appeared(d)), "{first:?}");
+    }
+    let clients = (0..=n).map(|d| fake.connect(d)).collect();
+    (fake, agent, clients)
+}
+
+#[test]
+fn agent_lists_every_advertising_domain_to_the_others() {
+    let (fake, mut agent, mut xs) = world(3);
+    for d in [0, 1, 2] {
+        advertise(&mut xs[usize::from(d)], d, &addrs(d as u8 + 1)).unwrap();
+    }
+    let changes = settle_due(&mut agent);
+    for d in [0, 1, 2] {
+        assert!(
+            changes.contains(&Change::Advertised {
+                domid: d,
+                addrs: addrs(d as u8 + 1)
+            }),
+            "{changes:?}"
+        );
+    }
+    assert_eq!(listed(&agent, 0), [1, 2]);
+    assert_eq!(listed(&agent, 1), [0, 2]);
+    assert_eq!(listed(&agent, 2), [0, 1]);
+    // Domain 3 does not advertise: no list written, and it is in none.
+    assert_eq!(agent.list_of(3), None);
+    assert_eq!(agent.domains()[&3], Status::Silent);
+    // What is in XenStore, with its permissions.
+    let (v, perms) = fake.peek("/local/domain/1/coresident/peers/2").unwrap();
+    assert_eq!(Addresses::parse(&v).unwrap(), addrs(3));
+    assert!(perms_ok(&perms, 1), "{perms:?}");
+    assert!(fake.peek("/local/domain/1/coresident/generation").is_some());
+    // Nothing changed: nothing is written again.
+    assert!(settle(&mut agent).is_empty());
+
+    // Domain 3 joins late; the others' lists grow.
+    advertise(&mut xs[3], 3, &addrs(4)).unwrap();
+    let changes = settle_due(&mut agent);
+    assert_eq!(listed(&agent, 1), [0, 2, 3]);
+    assert_eq!(listed(&agent, 3), [0, 1, 2]);
+    assert_eq!(
+        changes
+            .iter()
+            .filter(|c| matches!(c, Change::ListWritten { .. }))
+            .count(),
+        4,
+        "{changes:?}"
+    );
+
+    // Stopping advertising leaves every list.
+    unadvertise(&mut xs[3], 3).unwrap();
+    let changes = settle_due(&mut agent);
+    assert!(changes.contains(&Change::Silenced(3)), "{changes:?}");
+    assert_eq!(listed(&agent, 1), [0, 2]);
+    assert_eq!(listed(&agent, 3), Vec::<DomId>::new());
+}
+
+#[test]
+fn a_guest_can_read_its_list_but_not_write_it() {
+    let (fake, mut agent, mut xs) = world(2);
+    // Domain 2's home has odd permissions (owned by the guest): its list
+    // nodes would inherit them; the agent notices and makes them dom0's.
+    let mut dom0 = fake.connect(0);
+    dom0.set_perms(
+        "/local/domain/2",
+        &[Perm {
+            domid: 2,
+            access: Access::None,
+        }],
+    )
+    .unwrap();
+    advertise(&mut xs[1], 1, &addrs(1)).unwrap();
+    advertise(&mut xs[2], 2, &addrs(2)).unwrap();
+    settle_due(&mut agent);
+    let denied = Err(XsError::Daemon(XsErrno::EACCES));
+    for d in [1, 2] {
+        let g = &mut xs[usize::from(d)];
+        let dir = list_dir(d);
+        let peer = 3 - d;
+        assert_eq!(
+            Addresses::parse(&g.read(&format!("{dir}/peers/{peer}")).unwrap()).unwrap(),
+            addrs(peer as u8)
+        );
+        assert_eq!(
+            g.write(&format!("{dir}/peers/{peer}"), b"ipv4 10.9.9.9"),
+            denied
+        );
+        assert_eq!(g.write(&format!("{dir}/peers/7"), b""), denied);
+        assert_eq!(g.write(&format!("{dir}/generation"), b"1"), denied);
+        assert_eq!(g.rm(&dir), denied);
+        assert_eq!(
+            g.set_perms(
+                &dir,
+                &[Perm {
+                    domid: d,
+                    access: Access::None
+                }]
+            ),
+            denied
+        );
+    }
+    let g = &mut xs[1];
+    // Nor another guest's list, nor another guest's advertisement.
+    assert_eq!(
+        g.read(&format!("{}/generation", list_dir(2))),
+        Err(XsError::Daemon(XsErrno::EACCES))
+    );
+    assert_eq!(advertise(g, 2, &addrs(1)), denied);
+}
+
+#[test]
+fn hostile_advertisements_are_refused_and_the_agent_goes_on() {
+    let (fake, mut agent, mut xs) = world(3);
+    advertise(&mut xs[1], 1, &addrs(1)).unwrap();
+    advertise(&mut xs[2], 2, &addrs(2)).unwrap();
+    settle_due(&mut agent);
+    assert_eq!(listed(&agent, 1), [2]);
+    let path = advert_path(2);
+    let huge = vec![b'7'; 3000];
+    for (value, error) in [
+        (&b"coresident 9\n"[..], AdvertError::Version(9)),
+        (b"hello", AdvertError::MissingVersion),
+        (b"coresident 1\nipv4 10.0.0.300", AdvertError::BadIpv4(2)),
+        (
+            b"coresident 1\nmac ff:ff:ff:ff:ff:ff",
+            AdvertError::BadMac(2),
+        ),
+        (
+            b"coresident 1\nipv4 10.0.0.3\nipv4 10.0.0.3",
+            AdvertError::Duplicate(3),
+        ),
+        (b"coresident 1\n\xff", AdvertError::NotAscii),
+        (&huge, AdvertError::TooLong(3000)),
+    ] {
+        xs[2].write(&path, value).unwrap();
+        let changes = settle_due(&mut agent);
+        assert!(
+            changes.contains(&Change::Rejected { domid: 2, error }),
+            "{error:?}: {changes:?}"
+        );
+        assert_eq!(listed(&agent, 1), Vec::<DomId>::new(), "{error:?}");
+        assert_eq!(agent.domains()[&2], Status::Rejected(error));
+        // Fixed again: back in the list.
+        advertise(&mut xs[2], 2, &addrs(2)).unwrap();
+        settle_due(&mut agent);
+        assert_eq!(listed(&agent, 1), [2]);
+    }
+    // Domain 3 lets domain 2 write its data directory, and 2 advertises
+    // for 3 (a guest id in a value would be trusted by a naive agent; the
+    // owner XenStore records is not fooled).
+    xs[3]
+        .set_perms(
+            "/local/domain/3/data",
+            &[
+                Perm {
+                    domid: 3,
+                    access: Access::None,
+                },
+                Perm {
+                    domid: 2,
+                    access: Access::Both,
+                },
+            ],
+        )
+        .unwrap();
+    advertise(&mut xs[2], 3, &addrs(9)).unwrap();
+    let changes = settle_due(&mut agent);
+    assert!(
+        changes.contains(&Change::Rejected {
+            domid: 3,
+            error: AdvertError::Owner(2)
+        }),
+        "{changes:?}"
+    );
+    assert_eq!(listed(&agent, 1), [2]);
+    // Garbage under /local/domain is skipped.
+    fake.poke(0, "/local/domain/notadomain/x", b"1");
+    fake.poke(0, "/local/domain/0042/x", b"1");
+    fake.poke(0, "/local/domain/40000/x", b"1");
+    fake.introduce(5); // fires @introduceDomain, so the agent relists
+    let changes = settle_due(&mut agent);
+    assert_eq!(changes.first(), Some(&Change::Appeared(5)), "{changes:?}");
+    assert_eq!(
+        agent.domains().keys().copied().collect::<Vec<_>>(),
+        [0, 1, 2, 3, 5]
+    );
+}
+
+#[test]
+fn an_address_claimed_twice_is_published_for_nobody() {
+    let (_fake, mut agent, mut xs) = world(2);
+    let dom0 = addrs(1);
+    advertise(&mut xs[0], 0, &dom0).unwrap();
+    advertise(&mut xs[1], 1, &addrs(2)).unwrap();
+    settle_due(&mut agent);
+    // Guest 2 claims dom0's IPv4 address besides its own MAC.
+    let spoof = Addresses::from_addrs([
+        Addr::Mac([0x00, 0x16, 0x3e, 0, 0, 3]),
+        Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 1)),
+    ])
+    .unwrap();
+    advertise(&mut xs[2], 2, &spoof).unwrap();
+    let changes = settle_due(&mut agent);
+    let stolen = Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 1));
+    assert!(
+        changes.contains(&Change::Conflict {
+            addr: stolen,
+            domains: vec![0, 2]
+        }),
+        "{changes:?}"
+    );
+    let l = agent.list_of(1).unwrap();
+    assert!(
+        !l[&0].contains(&stolen) && !l[&2].contains(&stolen),
+        "{l:?}"
+    );
+    assert!(l[&0].contains(&Addr::Mac([0x00, 0x16, 0x3e, 0, 0, 1])));
+    assert_eq!(l[&2].len(), 1);
+    // The claim is dropped: dom0 has its address back.
+    advertise(&mut xs[2], 2, &addrs(3)).unwrap();
+    settle_due(&mut agent);
+    assert_eq!(agent.list_of(1).unwrap()[&0], dom0);
+}
+
+struct Tables {
+    domains: DomainTable<64>,
+    macs: Table<[u8; 6], 16>,
+    v4: Table<Ipv4Addr, 16>,
+    v6: Table<Ipv6Addr, 16>,
+}
+
+impl Tables {
+    fn new() -> Box<Self> {
+        Box::new(Self {
+            domains: DomainTable::new(),
+            macs: Table::new(Seed::new([1, 2, 3, 4])),
+            v4: Table::new(Seed::new([5, 6, 7, 8])),
+            v6: Table::new(Seed::new([9, 10, 11, 12])),
+        })
+    }
+
+    fn writer(&self) -> ResidencyTables<'_, 64, 16> {
+        ResidencyTables::new(&self.domains, &self.macs, &self.v4, &self.v6).unwrap()
+    }
+
+    /// Every key of `a` maps to `h` (or, `None`, to nothing).
+    fn check(&self, d: DomId, a: &Addresses, h: Option<Handle>) {
+        assert_eq!(self.domains.get(DomainId(d)), h, "domain {d}");
+        for m in a.macs() {
+            assert_eq!(self.macs.get(m), h, "{m:?}");
+        }
+        for ip in a.ipv4() {
+            assert_eq!(self.v4.get(ip), h, "{ip}");
+        }
+        for ip in a.ipv6() {
+            assert_eq!(self.v6.get(ip), h, "{ip}");
+        }
+    }
+}
+
+#[test]
+fn views_and_tables_follow_the_agent_through_arrival_withdrawal_and_destruction() {
+    let (fake, mut agent, mut xs) = world(2);
+    let mut view1 = ResidencyView::new(fake.connect(1), 1, addrs(2)).unwrap();
+    let mut view0 = ResidencyView::new(fake.connect(0), 0, addrs(1)).unwrap();
+    // No list yet: no peers.
+    assert_eq!(view1.step(DUE).unwrap(), []);
+    assert_eq!(view1.generation(), None);
+    advertise(&mut xs[0], 0, &addrs(1)).unwrap();
+    advertise(&mut xs[1], 1, &addrs(2)).unwrap();
+    advertise(&mut xs[2], 2, &addrs(3)).unwrap();
+    settle_due(&mut agent);
+    let t1 = Tables::new();
+    let mut w1 = t1.writer();
+    let changes = view1.step(DUE).unwrap();
+    assert_eq!(
+        changes,
+        [
+            PeerChange::Arrived {
+                domid: 0,
+                addrs: addrs(1)
+            },
+            PeerChange::Arrived {
+                domid: 2,
+                addrs: addrs(3)
+            },
+        ]
+    );
+    let updates = w1.apply(&changes, |d, _| Some(Handle::new(d, 1)));
+    assert_eq!(
+        updates,
+        [
+            TableUpdate::Inserted {
+                domid: 0,
+                handle: Handle::new(0, 1),
+                keys: 4
+            },
+            TableUpdate::Inserted {
+                domid: 2,
+                handle: Handle::new(2, 1),
+                keys: 4
+            },
+        ]
+    );
+    t1.check(0, &addrs(1), Some(Handle::new(0, 1)));
+    t1.check(2, &addrs(3), Some(Handle::new(2, 1)));
+    t1.check(1, &Addresses::new(), None);
+    assert_eq!(view0.step(DUE).unwrap().len(), 2);
+    assert_eq!(view0.peers().keys().copied().collect::<Vec<_>>(), [1, 2]);
+
+    // Withdrawn (a migration away): gone from both views and the tables.
+    agent.withdraw(2).unwrap();
+    let changes = view1.step(DUE).unwrap();
+    assert_eq!(
+        changes,
+        [PeerChange::Left {
+            domid: 2,
+            addrs: addrs(3)
+        }]
+    );
+    assert_eq!(
+        w1.apply(&changes, |_, _| unreachable!()),
+        [TableUpdate::Removed {
+            domid: 2,
+            handle: Handle::new(2, 1)
+        }]
+    );
+    t1.check(2, &addrs(3), None);
+    t1.check(0, &addrs(1), Some(Handle::new(0, 1)));
+    assert_eq!(
+        view0.step(DUE).unwrap(),
+        [PeerChange::Left {
+            domid: 2,
+            addrs: addrs(3)
+        }]
+    );
+    // Guest 2's own list is emptied too.
+    let mut view2 = ResidencyView::new(fake.connect(2), 2, addrs(3)).unwrap();
+    view2.step(DUE).unwrap();
+    assert!(view2.peers().is_empty());
+    assert!(view2.generation().is_some());
+
+    // Readmitted, then destroyed.
+    agent.readmit(2).unwrap();
+    let changes = view1.step(DUE).unwrap();
+    assert_eq!(
+        changes,
+        [PeerChange::Arrived {
+            domid: 2,
+            addrs: addrs(3)
+        }]
+    );
+    w1.apply(&changes, |d, _| Some(Handle::new(d, 2)));
+    t1.check(2, &addrs(3), Some(Handle::new(2, 2)));
+    view0.step(DUE).unwrap();
+    fake.destroy(2);
+    let changes = settle_due(&mut agent);
+    assert!(changes.contains(&Change::Gone(2)), "{changes:?}");
+    assert_eq!(listed(&agent, 1), [0]);
+    let changes = view1.step(DUE).unwrap();
+    assert_eq!(
+        changes,
+        [PeerChange::Left {
+            domid: 2,
+            addrs: addrs(3)
+        }]
+    );
+    assert_eq!(
+        w1.apply(&changes, |_, _| None),
+        [TableUpdate::Removed {
+            domid: 2,
+            handle: Handle::new(2, 2)
+        }]
+    );
+    t1.check(2, &addrs(3), None);
+    assert_eq!(
+        view0.step(DUE).unwrap(),
+        [PeerChange::Left {
+            domid: 2,
+            addrs: addrs(3)
+        }]
+    );
+    // Address change of a peer: old keys go, new ones come, same handle.
+    let mut moved = addrs(1);
+    moved.remove(&Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 1)));
+    moved.push(Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 77))).unwrap();
+    advertise(&mut xs[0], 0, &moved).unwrap();
+    settle_due(&mut agent);
+    let changes = view1.step(DUE).unwrap();
+    assert_eq!(
+        changes,
+        [PeerChange::Changed {
+            domid: 0,
+            old: addrs(1),
+            new: moved.clone()
+        }]
+    );
+    w1.apply(&changes, |_, _| unreachable!());
+    t1.check(0, &moved, Some(Handle::new(0, 1)));
+    assert_eq!(t1.v4.get(&Ipv4Addr::new(10, 0, 0, 1)), None);
+}
+
+/// dom0 writes guest 1's list by hand.
+fn write_list(xs: &mut XenStore<UnixStream>, generation: &[u8], entries: &[(&str, &[u8])]) {
+    let dir = list_dir(1);
+    let _ = xs.rm(&dir);
+    for (name, v) in entries {
+        xs.write(&format!("{dir}/peers/{name}"), v).unwrap();
+    }
+    xs.write(&format!("{dir}/generation"), generation).unwrap();
+}
+
+#[test]
+fn hostile_lists_are_refused_entry_by_entry() {
+    let fake = FakeXenstored::new();
+    fake.introduce(0);
+    fake.introduce(1);
+    let mut dom0 = fake.connect(0);
+    let mine = addrs(1);
+    let mut view = ResidencyView::new(fake.connect(1), 1, mine.clone()).unwrap();
+    view.step(DUE).unwrap();
+    let a2 = addrs(2).encode();
+    let a3 = addrs(3).encode();
+    write_list(
+        &mut dom0,
+        b"1",
+        &[("2", a2.as_bytes()), ("3", a3.as_bytes())],
+    );
+    assert_eq!(view.step(DUE).unwrap().len(), 2);
+    assert_eq!(view.generation(), Some(1));
+
+    // Bad generation: the whole list is refused and every peer leaves.
+    write_list(&mut dom0, b"x1", &[("2", a2.as_bytes())]);
+    let changes = view.step(DUE).unwrap();
+    assert!(changes.contains(&PeerChange::Refused {
+        entry: None,
+        error: ListError::Generation(ValueError::NotANumber)
+    }));
+    assert!(
+        changes.contains(&PeerChange::Left {
+            domid: 2,
+            addrs: addrs(2)
+        }),
+        "{changes:?}"
+    );
+    assert!(view.peers().is_empty());
+
+    // Bad entries are refused one by one; good ones stay.
+    let claims_mine = format!("{}ipv4 10.0.0.1\n", addrs(4).encode());
+    let clash = "ipv4 10.0.0.2\n";
+    let long_name = "9".repeat(40);
+    write_list(
+        &mut dom0,
+        b"2",
+        &[
+            ("2", a2.as_bytes()),
+            ("1", a3.as_bytes()),
+            ("abc", a3.as_bytes()),
+            ("0007", a3.as_bytes()),
+            ("32752", a3.as_bytes()),
+            (&long_name, a3.as_bytes()),
+            ("5", b"ipv4 999.0.0.1"),
+            ("6", b"coresident 1\n"),
+            ("4", claims_mine.as_bytes()),
+            ("8", clash.as_bytes()),
+        ],
+    );
+    let changes = view.step(DUE).unwrap();
+    let refused: BTreeMap<String, ListError> = changes
+        .iter()
+        .filter_map(|c| match c {
+            PeerChange::Refused {
+                entry: Some(e),
+                error,
+            } => Some((e.clone(), *error)),
+            _ => None,
+        })
+        .collect();
+    let ip = |n| Addr::Ipv4(Ipv4Addr::new(10, 0, 0, n));
+    assert_eq!(refused["1"], ListError::OwnDomain);
+    assert_eq!(refused["abc"], ListError::BadName);
+    assert_eq!(refused["0007"], ListError::BadName);
+    assert_eq!(refused["32752"], ListError::BadName);
+    assert_eq!(refused[&"9".repeat(16)], ListError::BadName);
+    assert_eq!(refused["5"], ListError::Entry(AdvertError::BadIpv4(1)));
+    assert_eq!(refused["6"], ListError::Entry(AdvertError::UnknownKey(1)));
+    assert_eq!(refused["4"], ListError::OwnAddress(ip(1)));
+    assert_eq!(refused["8"], ListError::Clash(ip(2)));
+    assert_eq!(refused["2"], ListError::Clash(ip(2)));
+    assert_eq!(view.peers().keys().copied().collect::<Vec<_>>(), [2, 4, 8]);
+    assert!(!view.peers()[&2].contains(&ip(2)));
+    assert!(!view.peers()[&4].contains(&ip(1)));
+    assert!(view.peers()[&8].is_empty());
+
+    // Too many entries: refused whole.
+    let many: Vec<(String, Vec<u8>)> = (2..=MAX_PEERS as u16 + 2)
+        .map(|d| (d.to_string(), Vec::new()))
+        .collect();
+    let many: Vec<(&str, &[u8])> = many
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_slice()))
+        .collect();
+    write_list(&mut dom0, b"3", &many);
+    let changes = view.step(DUE).unwrap();
+    assert!(changes.contains(&PeerChange::Refused {
+        entry: None,
+        error: ListError::TooManyPeers(MAX_PEERS + 1)
+    }));
+    assert!(view.peers().is_empty());
+
+    // The list removed: no peers, no generation.
+    write_list(&mut dom0, b"4", &[("2", a2.as_bytes())]);
+    assert_eq!(view.step(DUE).unwrap().len(), 1);
+    dom0.rm(&list_dir(1)).unwrap();
+    assert_eq!(
+        view.step(DUE).unwrap(),
+        [PeerChange::Left {
+            domid: 2,
+            addrs: addrs(2)
+        }]
+    );
+    assert_eq!(view.generation(), None);
+}
+
+#[test]
+fn tables_keep_an_address_that_moves_between_peers() {
+    let t = Tables::new();
+    let mut w = t.writer();
+    let x = Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 9));
+    let with_x = Addresses::from_addrs([x]).unwrap();
+    w.insert(4, &with_x, Handle::new(4, 1));
+    // In one list change, peer 3 gains the address that peer 4 loses;
+    // the view reports 3 first.
+    let changes = [
+        PeerChange::Arrived {
+            domid: 3,
+            addrs: with_x.clone(),
+        },
+        PeerChange::Changed {
+            domid: 4,
+            old: with_x.clone(),
+            new: Addresses::new(),
+        },
+    ];
+    w.apply(&changes, |d, _| Some(Handle::new(d, 1)));
+    assert_eq!(
+        t.v4.get(&Ipv4Addr::new(10, 0, 0, 9)),
+        Some(Handle::new(3, 1))
+    );
+    assert_eq!(t.domains.get(DomainId(4)), Some(Handle::new(4, 1)));
+    // A domain id beyond the direct table: the addresses still go in.
+    let big = w.insert(100, &addrs(7), Handle::new(9, 9));
+    assert_eq!(
+        big,
+        [
+            TableUpdate::Inserted {
+                domid: 100,
+                handle: Handle::new(9, 9),
+                keys: 3
+            },
+            TableUpdate::Failed {
+                domid: 100,
+                addr: None,
+                error: coresident::lookup::InsertError::OutOfRange
+            },
+        ]
+    );
+    assert_eq!(w.remove(100), Some(Handle::new(9, 9)));
+    t.check(100, &addrs(7), None);
+}

@@ -1,0 +1,586 @@
+//! The guest side: the list of co-resident peers the agent wrote for this
+//! domain, read with a watch, and the residency tables kept in step.
+
+use core::fmt;
+use core::net::{Ipv4Addr, Ipv6Addr};
+use core::time::Duration;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+
+use coresident::lookup::{ClaimError, DomainId, DomainTable, Handle, InsertError, Table, Writer};
+
+use super::addr::{Addr, Addresses, AdvertError};
+use super::agent::parse_domid;
+use super::{list_dir, TX_RETRIES};
+use crate::xenstore::{Conn, XenStore, XsError};
+use crate::xs_wire::{self, ValueError, XsErrno};
+use crate::DomId;
+
+/// Most peers one list may hold. A plain `XS_DIRECTORY` reply holds about
+/// 680 names of guest ids in its 4096 bytes; a list longer than this is
+/// refused whole.
+pub const MAX_PEERS: usize = 512;
+
+/// The watch token of the view.
+const TOKEN_LIST: &str = "coresident-view";
+
+/// What is wrong with the list or with one entry of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ListError {
+    /// The generation is not a number: the whole list is refused.
+    Generation(ValueError),
+    /// More than [`MAX_PEERS`] entries (how many): the whole list is
+    /// refused.
+    TooManyPeers(usize),
+    /// An entry name that is not a guest domain id.
+    BadName,
+    /// An entry naming this domain itself.
+    OwnDomain,
+    /// An entry whose addresses do not parse.
+    Entry(AdvertError),
+    /// An address listed for two peers: dropped from both.
+    Clash(Addr),
+    /// An address of this domain's own, claimed by a peer: dropped.
+    OwnAddress(Addr),
+}
+
+impl fmt::Display for ListError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Generation(e) => write!(f, "bad generation: {e}"),
+            Self::TooManyPeers(n) => write!(f, "{n} peers, more than {MAX_PEERS}"),
+            Self::BadName => f.write_str("entry name is not a guest domain id"),
+            Self::OwnDomain => f.write_str("entry names this domain"),
+            Self::Entry(e) => write!(f, "bad entry: {e}"),
+            Self::Clash(a) => write!(f, "address {a} listed for two peers"),
+            Self::OwnAddress(a) => write!(f, "address {a} is this domain's own"),
+        }
+    }
+}
+
+impl std::error::Error for ListError {}
+
+/// A change of the peer set, as the view saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerChange {
+    /// A peer is now co-resident.
+    Arrived {
+        /// Its domain id.
+        domid: DomId,
+        /// Its addresses.
+        addrs: Addresses,
+    },
+    /// A peer's addresses changed.
+    Changed {
+        /// Its domain id.
+        domid: DomId,
+        /// The addresses before.
+        old: Addresses,
+        /// The addresses now.
+        new: Addresses,
+    },
+    /// A peer is no longer co-resident (destroyed, migrated away, stopped
+    /// advertising): its flows must fall back.
+    Left {
+        /// Its domain id.
+        domid: DomId,
+        /// The addresses it had.
+        addrs: Addresses,
+    },
+    /// Part of the list (or all of it, `entry: None`) was refused.
+    Refused {
+        /// The entry's name (at most 16 bytes of it), or `None` for the
+        /// whole list.
+        entry: Option<String>,
+        /// Why.
+        error: ListError,
+    },
+}
+
+impl fmt::Display for PeerChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let addrs = |f: &mut fmt::Formatter<'_>, a: &Addresses| {
+            a.iter().try_for_each(|a| write!(f, " {a}"))
+        };
+        match self {
+            Self::Arrived { domid, addrs: a } => {
+                write!(f, "peer {domid} arrived")?;
+                addrs(f, a)
+            }
+            Self::Changed { domid, new, .. } => {
+                write!(f, "peer {domid} changed:")?;
+                addrs(f, new)
+            }
+            Self::Left { domid, .. } => write!(f, "peer {domid} left"),
+            Self::Refused {
+                entry: Some(e),
+                error,
+            } => write!(f, "entry {e:?} refused: {error}"),
+            Self::Refused { entry: None, error } => write!(f, "list refused: {error}"),
+        }
+    }
+}
+
+/// A failure of the view's XenStore connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ViewError(pub XsError);
+
+impl fmt::Display for ViewError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "residency view: {}", self.0)
+    }
+}
+
+impl std::error::Error for ViewError {}
+
+impl From<XsError> for ViewError {
+    fn from(e: XsError) -> Self {
+        Self(e)
+    }
+}
+
+/// A list as read: the generation (`None`: no list) and the entries.
+type RawList = (Option<Vec<u8>>, Vec<(String, Vec<u8>)>);
+
+/// This domain's view of its co-resident peers: the list the agent writes
+/// for it, re-read (in a transaction, so never half a list) whenever its
+/// watch fires.
+///
+/// Everything in the list is parsed strictly: a bad entry is refused and
+/// left out, a bad list as a whole empties the view (every peer leaves, and
+/// the network carries their traffic: slower, never wrong).
+#[derive(Debug)]
+pub struct ResidencyView<C: Read + Write + AsFd = Conn> {
+    xs: XenStore<C>,
+    domid: DomId,
+    own: Addresses,
+    dir: String,
+    peers: BTreeMap<DomId, Addresses>,
+    generation: Option<u64>,
+    /// The list must be read (set at start and by watch events).
+    stale: bool,
+}
+
+impl<C: Read + Write + AsFd> ResidencyView<C> {
+    /// A view of `domid`'s list (the caller's own domain id, see
+    /// [`own_domid`](super::own_domid)); addresses in `own` are refused
+    /// when a peer claims them. Sets the watch; the first
+    /// [`step`](Self::step) reads the list.
+    ///
+    /// # Errors
+    ///
+    /// The watch's XenStore errors.
+    pub fn new(mut xs: XenStore<C>, domid: DomId, own: Addresses) -> Result<Self, ViewError> {
+        let dir = list_dir(domid);
+        xs.watch(&dir, TOKEN_LIST)?;
+        Ok(Self {
+            xs,
+            domid,
+            own,
+            dir,
+            peers: BTreeMap::new(),
+            generation: None,
+            stale: true,
+        })
+    }
+
+    /// The current peers and their addresses.
+    pub fn peers(&self) -> &BTreeMap<DomId, Addresses> {
+        &self.peers
+    }
+
+    /// The generation of the list last read (`None`: no list).
+    pub fn generation(&self) -> Option<u64> {
+        self.generation
+    }
+
+    /// The XenStore client (to advertise through the same connection).
+    pub fn xenstore(&mut self) -> &mut XenStore<C> {
+        &mut self.xs
+    }
+
+    /// Waits up to `timeout` (`None`: forever) for the list to change,
+    /// re-reads it and returns the changes (empty on a timeout, or when an
+    /// event changed nothing).
+    ///
+    /// # Errors
+    ///
+    /// Connection errors.
+    pub fn step(&mut self, timeout: Option<Duration>) -> Result<Vec<PeerChange>, ViewError> {
+        if !self.stale {
+            match self.xs.wait_watch(timeout)? {
+                Some(_) => {}
+                None => return Ok(Vec::new()),
+            }
+        }
+        while self.xs.wait_watch(Some(Duration::ZERO))?.is_some() {}
+        self.stale = false;
+        self.refresh()
+    }
+
+    /// Reads the list now and returns the changes.
+    ///
+    /// # Errors
+    ///
+    /// Connection errors.
+    pub fn refresh(&mut self) -> Result<Vec<PeerChange>, ViewError> {
+        let raw = self.read_raw()?;
+        let mut out = Vec::new();
+        let (generation, peers) = self.parse(raw, &mut out);
+        self.generation = generation;
+        let old = core::mem::take(&mut self.peers);
+        for (d, a) in &old {
+            if !peers.contains_key(d) {
+                out.push(PeerChange::Left {
+                    domid: *d,
+                    addrs: a.clone(),
+                });
+            }
+        }
+        for (d, a) in &peers {
+            match old.get(d) {
+                None => out.push(PeerChange::Arrived {
+                    domid: *d,
+                    addrs: a.clone(),
+                }),
+                Some(o) if o != a => out.push(PeerChange::Changed {
+                    domid: *d,
+                    old: o.clone(),
+                    new: a.clone(),
+                }),
+                Some(_) => {}
+            }
+        }
+        self.peers = peers;
+        Ok(out)
+    }
+
+    /// Reads the generation and every entry in one transaction.
+    fn read_raw(&mut self) -> Result<RawList, XsError> {
+        let mut last = XsError::Daemon(XsErrno::EAGAIN);
+        for _ in 0..TX_RETRIES {
+            let mut tx = self.xs.transaction()?;
+            let generation = match tx.read(&format!("{}/generation", self.dir)) {
+                Ok(g) => Some(g),
+                Err(XsError::NotFound) => None,
+                Err(e) => return Err(e),
+            };
+            let mut entries = Vec::new();
+            if generation.is_some() {
+                let names = match tx.directory(&format!("{}/peers", self.dir)) {
+                    Ok(n) => n,
+                    Err(XsError::NotFound) => Vec::new(),
+                    Err(e) => return Err(e),
+                };
+                if names.len() > MAX_PEERS {
+                    // Not read: the list is refused whole.
+                    entries = names.into_iter().map(|n| (n, Vec::new())).collect();
+                } else {
+                    for n in names {
+                        let v = match tx.read(&format!("{}/peers/{n}", self.dir)) {
+                            Ok(v) => v,
+                            Err(XsError::NotFound) => continue,
+                            Err(e) => return Err(e),
+                        };
+                        entries.push((n, v));
+                    }
+                }
+            }
+            match tx.commit() {
+                Ok(()) => return Ok((generation, entries)),
+                Err(XsError::Daemon(XsErrno::EAGAIN)) => last = XsError::Daemon(XsErrno::EAGAIN),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Validates a list; refusals go to `out`.
+    fn parse(
+        &self,
+        (generation, entries): RawList,
+        out: &mut Vec<PeerChange>,
+    ) -> (Option<u64>, BTreeMap<DomId, Addresses>) {
+        let mut peers = BTreeMap::new();
+        let Some(g) = generation else {
+            return (None, peers);
+        };
+        let whole = |error| PeerChange::Refused { entry: None, error };
+        let g = match xs_wire::parse_u64(&g) {
+            Ok(g) => g,
+            Err(e) => {
+                out.push(whole(ListError::Generation(e)));
+                return (None, peers);
+            }
+        };
+        if entries.len() > MAX_PEERS {
+            out.push(whole(ListError::TooManyPeers(entries.len())));
+            return (Some(g), peers);
+        }
+        let refuse = |out: &mut Vec<PeerChange>, name: &str, error| {
+            let mut entry = name.to_string();
+            if entry.len() > 16 {
+                let mut cut = 16;
+                while !entry.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                entry.truncate(cut);
+            }
+            out.push(PeerChange::Refused {
+                entry: Some(entry),
+                error,
+            });
+        };
+        let mut claims: BTreeMap<Addr, usize> = BTreeMap::new();
+        for (name, value) in entries {
+            let Some(d) = parse_domid(&name) else {
+                refuse(out, &name, ListError::BadName);
+                continue;
+            };
+            if d == self.domid {
+                refuse(out, &name, ListError::OwnDomain);
+                continue;
+            }
+            match Addresses::parse(&value) {
+                Ok(a) => {
+                    for addr in a.iter() {
+                        *claims.entry(addr).or_default() += 1;
+                    }
+                    peers.insert(d, a);
+                }
+                Err(e) => refuse(out, &name, ListError::Entry(e)),
+            }
+        }
+        for (addr, n) in claims {
+            let error = if self.own.contains(&addr) {
+                ListError::OwnAddress(addr)
+            } else if n > 1 {
+                ListError::Clash(addr)
+            } else {
+                continue;
+            };
+            for (d, a) in &mut peers {
+                if a.remove(&addr) {
+                    refuse(out, &d.to_string(), error);
+                }
+            }
+        }
+        (Some(g), peers)
+    }
+}
+
+/// What [`ResidencyTables`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TableUpdate {
+    /// The peer's keys now map to `handle`: domain id and addresses.
+    Inserted {
+        /// The peer.
+        domid: DomId,
+        /// Its channel's handle.
+        handle: Handle,
+        /// Keys inserted (the domain id and each address).
+        keys: usize,
+    },
+    /// The peer's keys are gone: lookups miss from now on. Call
+    /// `Router::peer_left(handle)` so its flows fall back.
+    Removed {
+        /// The peer.
+        domid: DomId,
+        /// The handle its keys mapped to.
+        handle: Handle,
+    },
+    /// A key could not be inserted (table full, or a domain id beyond the
+    /// direct table): traffic to it takes the network.
+    Failed {
+        /// The peer.
+        domid: DomId,
+        /// The address, or `None` for the domain id.
+        addr: Option<Addr>,
+        /// Why.
+        error: InsertError,
+    },
+}
+
+/// The residency tables of one domain kept in step with its
+/// [`ResidencyView`]: domain ids in the direct [`DomainTable`], MAC and IP
+/// addresses in the hashed [`Table`]s. Holds the hashed tables' writers.
+///
+/// # Examples
+///
+/// ```
+/// use core::net::{Ipv4Addr, Ipv6Addr};
+/// use coresident::lookup::{DomainId, DomainTable, Handle, Seed, Table};
+/// use coresident_xen::residency::{Addr, Addresses, PeerChange, ResidencyTables};
+///
+/// let domains: DomainTable<64> = DomainTable::new();
+/// let macs: Table<[u8; 6], 64> = Table::new(Seed::new([1; 4]));
+/// let v4: Table<Ipv4Addr, 64> = Table::new(Seed::new([2; 4]));
+/// let v6: Table<Ipv6Addr, 64> = Table::new(Seed::new([3; 4]));
+/// let mut tables = ResidencyTables::new(&domains, &macs, &v4, &v6).unwrap();
+/// let ip = Ipv4Addr::new(10, 0, 0, 7);
+/// let addrs = Addresses::from_addrs([Addr::Ipv4(ip)]).unwrap();
+/// // A channel to the peer would be attached here; its handle goes in.
+/// tables.apply(&[PeerChange::Arrived { domid: 7, addrs }], |_, _| Some(Handle::new(0, 1)));
+/// assert_eq!(v4.get(&ip), Some(Handle::new(0, 1)));
+/// assert_eq!(domains.get(DomainId(7)), Some(Handle::new(0, 1)));
+/// ```
+pub struct ResidencyTables<'t, const D: usize, const B: usize> {
+    domains: &'t DomainTable<D>,
+    macs: Writer<'t, [u8; 6], B>,
+    ipv4: Writer<'t, Ipv4Addr, B>,
+    ipv6: Writer<'t, Ipv6Addr, B>,
+    /// The peers in the tables: handle and the addresses inserted.
+    entries: BTreeMap<DomId, (Handle, Addresses)>,
+}
+
+impl<const D: usize, const B: usize> fmt::Debug for ResidencyTables<'_, D, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResidencyTables")
+            .field("peers", &self.entries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'t, const D: usize, const B: usize> ResidencyTables<'t, D, B> {
+    /// Takes the writers of the three hashed tables.
+    ///
+    /// # Errors
+    ///
+    /// [`ClaimError::Busy`] if one of them already has a writer.
+    pub fn new(
+        domains: &'t DomainTable<D>,
+        macs: &'t Table<[u8; 6], B>,
+        ipv4: &'t Table<Ipv4Addr, B>,
+        ipv6: &'t Table<Ipv6Addr, B>,
+    ) -> Result<Self, ClaimError> {
+        Ok(Self {
+            domains,
+            macs: macs.writer()?,
+            ipv4: ipv4.writer()?,
+            ipv6: ipv6.writer()?,
+            entries: BTreeMap::new(),
+        })
+    }
+
+    /// The handle `domid`'s keys map to, if it is in the tables.
+    pub fn handle_of(&self, domid: DomId) -> Option<Handle> {
+        self.entries.get(&domid).map(|e| e.0)
+    }
+
+    /// Applies a view's changes: an arriving peer gets the handle `attach`
+    /// returns (`None`: not now, say because no channel could be set up;
+    /// [`insert`](Self::insert) it later); a leaving peer's keys are
+    /// removed and its handle reported, for `Router::peer_left`.
+    pub fn apply(
+        &mut self,
+        changes: &[PeerChange],
+        mut attach: impl FnMut(DomId, &Addresses) -> Option<Handle>,
+    ) -> Vec<TableUpdate> {
+        let mut out = Vec::new();
+        for c in changes {
+            match c {
+                PeerChange::Arrived { domid, addrs } => {
+                    if let Some(h) = attach(*domid, addrs) {
+                        out.extend(self.insert(*domid, addrs, h));
+                    }
+                }
+                PeerChange::Changed { domid, new, .. } => {
+                    if let Some(h) = self.handle_of(*domid) {
+                        out.extend(self.insert(*domid, new, h));
+                    }
+                }
+                PeerChange::Left { domid, .. } => {
+                    if let Some(handle) = self.remove(*domid) {
+                        out.push(TableUpdate::Removed {
+                            domid: *domid,
+                            handle,
+                        });
+                    }
+                }
+                PeerChange::Refused { .. } => {}
+            }
+        }
+        out
+    }
+
+    /// Maps `domid` and `addrs` to `handle` (replacing what `domid` had:
+    /// addresses no longer listed are removed).
+    pub fn insert(&mut self, domid: DomId, addrs: &Addresses, handle: Handle) -> Vec<TableUpdate> {
+        let mut out = Vec::new();
+        if let Some((old_handle, old)) = self.entries.get(&domid).cloned() {
+            for a in old.iter().filter(|a| !addrs.contains(a)) {
+                self.remove_key(&a, old_handle);
+            }
+        }
+        let mut keys = 0;
+        let mut kept = Addresses::new();
+        match self.domains.insert(DomainId(domid), handle) {
+            Ok(_) => keys += 1,
+            Err(error) => out.push(TableUpdate::Failed {
+                domid,
+                addr: None,
+                error,
+            }),
+        }
+        for a in addrs.iter() {
+            let r = match a {
+                Addr::Mac(m) => self.macs.insert(m, handle),
+                Addr::Ipv4(ip) => self.ipv4.insert(ip, handle),
+                Addr::Ipv6(ip) => self.ipv6.insert(ip, handle),
+            };
+            match r {
+                Ok(_) => {
+                    keys += 1;
+                    // Within the limits: `addrs` holds no more.
+                    let _ = kept.push(a);
+                }
+                Err(error) => out.push(TableUpdate::Failed {
+                    domid,
+                    addr: Some(a),
+                    error,
+                }),
+            }
+        }
+        self.entries.insert(domid, (handle, kept));
+        out.insert(
+            0,
+            TableUpdate::Inserted {
+                domid,
+                handle,
+                keys,
+            },
+        );
+        out
+    }
+
+    /// Removes `domid` and its addresses; returns the handle they mapped to.
+    pub fn remove(&mut self, domid: DomId) -> Option<Handle> {
+        let (handle, addrs) = self.entries.remove(&domid)?;
+        for a in addrs.iter() {
+            self.remove_key(&a, handle);
+        }
+        self.domains.remove(DomainId(domid));
+        Some(handle)
+    }
+
+    /// Removes an address if it still maps to `handle` (another peer may
+    /// have taken it over in the same list change).
+    fn remove_key(&mut self, a: &Addr, handle: Handle) {
+        match a {
+            Addr::Mac(m) if self.macs.table().get(m) == Some(handle) => {
+                self.macs.remove(m);
+            }
+            Addr::Ipv4(ip) if self.ipv4.table().get(ip) == Some(handle) => {
+                self.ipv4.remove(ip);
+            }
+            Addr::Ipv6(ip) if self.ipv6.table().get(ip) == Some(handle) => {
+                self.ipv6.remove(ip);
+            }
+            _ => {}
+        }
+    }
+}
