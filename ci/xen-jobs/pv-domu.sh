@@ -1,0 +1,44 @@
+# pv-domu job (issue 8), sourced by .ci/xen: the project's no_std PV kernel
+# (transport-xen/pv-kernel, binary pv-domu) runs as a domU next to the Linux
+# dom0. It reaches XenStore through its start_info ring page and event
+# channel (coresident_xen::xs_ring), accepts dom0's channel through the
+# XenStore rendezvous (the keys of coresident_xen::rendezvous), and
+# exchanges messages both ways with the userspace transport in dom0
+# (transport-xen/tests/xen_pv_domu.rs, built by .ci/xen as
+# WORK/bin/xen-pv-domu-tests), each side checking every message and the
+# other's closing summary. Its console lines reach dom0's xenconsoled log
+# through the PV console ring (coresident_xen::console_ring) and are copied
+# to the serial log as "pv-domu| ...".
+# Env: PV_DOMU_MESSAGES (messages dom0 sends, each answered; default 20,000).
+pv_domu_job() {
+    local t exe ok=0
+    t=$(date +%s)
+    # The kernel has its own workspace and target (.cargo/config.toml there:
+    # x86_64-unknown-none, static, linked by link.ld).
+    if ! (cd "$ROOT/transport-xen/pv-kernel" && cargo build --release --bin pv-domu \
+            --message-format=json) > "$WORK/logs/pv-domu-build.json" 2> "$WORK/logs/pv-domu-build.log"; then
+        tail -n 30 "$WORK/logs/pv-domu-build.log"
+        verdict pv-domu 0 "the PV kernel did not build (see $WORK/logs/pv-domu-build.log)"
+        return
+    fi
+    exe=$(grep -F '"name":"pv-domu"' "$WORK/logs/pv-domu-build.json" \
+        | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | tail -n1)
+    if [ -z "$exe" ] || [ ! -f "$exe" ]; then
+        verdict pv-domu 0 "no pv-domu executable in the build output"
+        return
+    fi
+    cp "$exe" "$WORK/bin/pv-domu"
+    echo "xen: pv-domu kernel built in $(since "$t") s ($(stat -c %s "$WORK/bin/pv-domu") bytes)"
+    boot pv-domu -x -b "$WORK/bin/pv-domu" -b "$WORK/bin/xen-pv-domu-tests" \
+        -b "$ROOT/ci/xen-jobs/pv-domu/pv-domu.cfg" -b "$ROOT/ci/xen-jobs/pv-domu/dom0.sh" \
+        "${PV_DOMU_MESSAGES:+PV_DOMU_MESSAGES=$PV_DOMU_MESSAGES }dom0.sh xen-pv-domu-tests --ignored --nocapture --exact pv_domu_dom0"
+    # Both domains must say so: dom0's test, and the kernel's console line
+    # as xenconsoled logged it (prefixed by dom0.sh).
+    [ $RC -eq 0 ] && has 'XEN-CHECK pv_domu_dom0 ok' && has 'pv-domu| PV-DOMU-RESULT: PASS' && ok=1
+    if [ $ok = 1 ]; then
+        grep -a 'pv-domu| pv-domu: sent' "$SLOG" | sed 's/^pv-domu| /xen: /' || true
+        grep -a 'xen-qemu: QEMU exited' "${SLOG%.serial.log}.log" || true
+    fi
+    verdict pv-domu $ok
+}
+pv_domu_job

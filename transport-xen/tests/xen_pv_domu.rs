@@ -1,0 +1,147 @@
+//! The dom0 half of the `pv-domu` job (`ci/xen-jobs/pv-domu.sh`): the
+//! project's `no_std` PV kernel runs as a domU (`transport-xen/pv-kernel`,
+//! domU flavour) and this test, in dom0, offers it a channel through the
+//! XenStore rendezvous (`coresident_xen::rendezvous`). The kernel reads the
+//! offer over its start_info XenStore ring (`coresident_xen::xs_ring`),
+//! maps the grants with hypercalls, answers, and the two exchange messages
+//! both ways through the same `Channel` (see `common/pv_domu_msgs.rs`).
+//! `#[ignore]`d: it needs the kernel running in a domU (`DOMU_ID`).
+#![cfg(target_os = "linux")]
+
+#[path = "common/pv_domu_msgs.rs"]
+#[allow(dead_code)]
+mod msgs;
+
+use std::time::Duration;
+
+use coresident::{Channel, ChannelConfig, ChannelError, ChannelLayout, StdClock};
+use coresident_xen::rendezvous::Rendezvous;
+use coresident_xen::XenStore;
+use msgs::{Got, Rng, Totals};
+
+/// Messages dom0 sends (the kernel answers each with one of its own).
+/// `PV_DOMU_MESSAGES` overrides.
+const MESSAGES: u32 = 20_000;
+const WAIT: Option<Duration> = Some(Duration::from_secs(60));
+
+#[test]
+#[ignore = "needs a Xen dom0 with the pv-kernel running as a domU"]
+fn pv_domu_dom0() {
+    let domu: u16 = std::env::var("DOMU_ID")
+        .expect("DOMU_ID")
+        .parse()
+        .expect("DOMU_ID");
+    let n: u32 = std::env::var("PV_DOMU_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MESSAGES);
+    let mut xs = XenStore::open_socket().unwrap();
+    let mut rdv = Rendezvous::new(0, domu, msgs::CHANNEL).unwrap();
+    let pending = rdv
+        .offer(&mut xs, ChannelLayout::symmetric(16 * 1024))
+        .unwrap();
+    println!(
+        "dom0: offered channel {:?} to the PV kernel in dom{domu}",
+        msgs::CHANNEL
+    );
+    let link = pending
+        .complete(&mut xs, Some(Duration::from_secs(120)))
+        .unwrap();
+    let config = ChannelConfig {
+        liveness: None,
+        ..ChannelConfig::default()
+    };
+    let mut ch = Channel::new(link, config, StdClock::default()).unwrap();
+    println!("dom0: dom{domu} accepted; sending {n} messages");
+
+    let mut rng = Rng(0x5eed_d0d0_0000_0001);
+    let mut t = Totals::new();
+    let (mut out, mut got) = (vec![0u8; msgs::MAX_MESSAGE], vec![0u8; ch.max_message()]);
+    let take = |msg: &[u8], t: &mut Totals| match msgs::check(t, msg) {
+        Ok(Got::Data) => {}
+        other => panic!("message {} from the kernel: {other:?}", t.received),
+    };
+    while t.sent < n {
+        let len = msgs::next_message(&mut rng, &mut t, &mut out);
+        loop {
+            match ch.send(&out[..len]) {
+                Ok(()) => break,
+                Err(ChannelError::Full) => {
+                    let len = ch.recv_blocking(&mut got, WAIT).expect("kernel");
+                    take(&got[..len], &mut t);
+                }
+                Err(e) => panic!("send {}: {e}", t.sent),
+            }
+        }
+        while let Ok(len) = ch.recv(&mut got) {
+            take(&got[..len], &mut t);
+        }
+    }
+    ch.flush().unwrap();
+    while t.received < n {
+        let len = ch.recv_blocking(&mut got, WAIT).expect("kernel");
+        take(&got[..len], &mut t);
+    }
+    // Everything the kernel sent is here: our summary lets it check both
+    // directions, and its summary lets us check them.
+    let len = msgs::end_message(&t, &mut out);
+    ch.send_blocking(&out[..len], WAIT).unwrap();
+    ch.flush().unwrap();
+    let len = ch.recv_blocking(&mut got, WAIT).unwrap();
+    let verdict = msgs::check(&mut t, &got[..len]);
+    assert_eq!(verdict, Ok(Got::End), "the kernel's summary");
+    let s = ch.stats();
+    println!(
+        "dom0: sent {} and received {} messages, hashes {:016x}/{:016x} match the kernel's; {s:?}",
+        t.sent, t.received, t.sent_hash, t.received_hash
+    );
+    drop(ch.close());
+    rdv.withdraw(&mut xs).unwrap();
+    println!("XEN-CHECK pv_domu_dom0 ok");
+}
+
+/// The message protocol on the host: two sides, one stream each way, and
+/// every corruption caught.
+#[test]
+fn pv_domu_messages_check_both_ways() {
+    let (mut a, mut b) = (Totals::new(), Totals::new());
+    let (mut ra, mut rb) = (Rng(1), Rng(2));
+    let mut buf = vec![0u8; msgs::MAX_MESSAGE];
+    for _ in 0..500 {
+        let len = msgs::next_message(&mut ra, &mut a, &mut buf);
+        assert!((8..=msgs::MAX_MESSAGE).contains(&len));
+        assert_eq!(msgs::check(&mut b, &buf[..len]), Ok(Got::Data));
+        let len = msgs::next_message(&mut rb, &mut b, &mut buf);
+        assert_eq!(msgs::check(&mut a, &buf[..len]), Ok(Got::Data));
+    }
+    // Corruptions: a flipped byte, a replayed or skipped message, a cut.
+    let len = msgs::next_message(&mut ra, &mut a, &mut buf);
+    let mut bad = buf[..len].to_vec();
+    bad[len / 2] ^= 1;
+    assert!(matches!(
+        msgs::check(&mut b.clone(), &bad),
+        Err(msgs::Bad::Checksum(_))
+    ));
+    let mut early = b;
+    early.received += 1;
+    assert!(matches!(
+        msgs::check(&mut early, &buf[..len]),
+        Err(msgs::Bad::Seq { .. })
+    ));
+    assert_eq!(
+        msgs::check(&mut b.clone(), &buf[..7]),
+        Err(msgs::Bad::Length(7))
+    );
+    assert_eq!(msgs::check(&mut b, &buf[..len]), Ok(Got::Data));
+    // Summaries match only when both sides saw the same bytes.
+    let len = msgs::end_message(&a, &mut buf);
+    assert_eq!(msgs::check(&mut b.clone(), &buf[..len]), Ok(Got::End));
+    let mut short = b;
+    short.received_hash ^= 1;
+    assert_eq!(
+        msgs::check(&mut short, &buf[..len]),
+        Err(msgs::Bad::Summary)
+    );
+    let len = msgs::end_message(&b, &mut buf);
+    assert_eq!(msgs::check(&mut a, &buf[..len]), Ok(Got::End));
+}
