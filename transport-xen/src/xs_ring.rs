@@ -636,10 +636,11 @@ impl<E: Events> XsRing<E> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod fake {
     //! A simulated xenstored on the other side of a heap page: it runs
     //! inside `Events::wait`, consumes whole requests, answers from a map
-    //! and can be told to misbehave.
+    //! and can be told to misbehave. Shared with the tests of
+    //! [`crate::ring_rendezvous`].
     extern crate std;
     use super::*;
     use std::boxed::Box;
@@ -647,42 +648,42 @@ mod tests {
     use std::vec::Vec;
     use zerocopy::IntoBytes;
 
-    use crate::xs_wire::{Access, XsdSockmsg};
+    use crate::xs_wire::XsdSockmsg;
 
     /// The page, as the peer sees it: raw pointer accesses only.
     #[derive(Clone, Copy)]
-    struct Page(*mut u8);
+    pub(crate) struct Page(pub(crate) *mut u8);
 
     impl Page {
-        fn word(self, off: usize) -> &'static AtomicU32 {
+        pub(crate) fn word(self, off: usize) -> &'static AtomicU32 {
             // SAFETY: the tests' page is a leaked, 4-aligned 4096-byte
             // allocation and `off` a 4-aligned word offset inside it.
             unsafe { AtomicU32::from_ptr(self.0.add(off).cast()) }
         }
-        fn get(self, off: usize) -> u32 {
+        pub(crate) fn get(self, off: usize) -> u32 {
             self.word(off).load(Ordering::Acquire)
         }
-        fn set(self, off: usize, v: u32) {
+        pub(crate) fn set(self, off: usize, v: u32) {
             self.word(off).store(v, Ordering::Release)
         }
-        fn byte(self, off: usize) -> u8 {
+        pub(crate) fn byte(self, off: usize) -> u8 {
             // SAFETY: as in `word`, any offset below 4096.
             unsafe { self.0.add(off).read_volatile() }
         }
-        fn put_byte(self, off: usize, v: u8) {
+        pub(crate) fn put_byte(self, off: usize, v: u8) {
             // SAFETY: as in `byte`.
             unsafe { self.0.add(off).write_volatile(v) }
         }
     }
 
-    fn new_page() -> Page {
+    pub(crate) fn new_page() -> Page {
         let b: &'static mut [u32; 1024] = Box::leak(Box::new([0u32; 1024]));
         Page(b.as_mut_ptr().cast())
     }
 
     /// What the simulated daemon does with the next request.
     #[derive(Clone, Copy, Debug, PartialEq)]
-    enum Mischief {
+    pub(crate) enum Mischief {
         None,
         /// Sets `rsp_prod` this far past `rsp_cons`.
         RspProdJump(u32),
@@ -704,24 +705,26 @@ mod tests {
         ErrorWord,
     }
 
-    struct Daemon {
-        page: Page,
-        req_cons: u32,
-        rsp_prod: u32,
-        inbox: Vec<u8>,
-        outbox: VecDeque<u8>,
-        store: BTreeMap<Vec<u8>, Vec<u8>>,
-        watches: Vec<(Vec<u8>, Vec<u8>)>,
-        mischief: Mischief,
+    pub(crate) struct Daemon {
+        pub(crate) page: Page,
+        pub(crate) req_cons: u32,
+        pub(crate) rsp_prod: u32,
+        pub(crate) inbox: Vec<u8>,
+        pub(crate) outbox: VecDeque<u8>,
+        pub(crate) store: BTreeMap<Vec<u8>, Vec<u8>>,
+        pub(crate) watches: Vec<(Vec<u8>, Vec<u8>)>,
+        pub(crate) mischief: Mischief,
         /// An index was set by mischief: the daemon stops moving them.
-        frozen: bool,
-        waits_left: u32,
-        notifies: u32,
-        requests: u32,
+        pub(crate) frozen: bool,
+        pub(crate) waits_left: u32,
+        pub(crate) notifies: u32,
+        pub(crate) requests: u32,
+        /// Paths whose reads get `EACCES`.
+        pub(crate) denied: Vec<Vec<u8>>,
     }
 
     impl Daemon {
-        fn new(page: Page) -> Self {
+        pub(crate) fn new(page: Page) -> Self {
             Self {
                 page,
                 req_cons: page.get(REQ_CONS),
@@ -735,10 +738,11 @@ mod tests {
                 waits_left: 1000,
                 notifies: 0,
                 requests: 0,
+                denied: Vec::new(),
             }
         }
 
-        fn reply(&mut self, ty: u32, req_id: u32, body: &[u8]) {
+        pub(crate) fn reply(&mut self, ty: u32, req_id: u32, body: &[u8]) {
             let h = XsdSockmsg {
                 r#type: ty,
                 req_id,
@@ -749,7 +753,7 @@ mod tests {
             self.outbox.extend(body);
         }
 
-        fn fire(&mut self, path: &[u8]) {
+        pub(crate) fn fire(&mut self, path: &[u8]) {
             let hits: Vec<Vec<u8>> = self
                 .watches
                 .iter()
@@ -762,7 +766,7 @@ mod tests {
             }
         }
 
-        fn handle(&mut self, ty: u32, req_id: u32, body: &[u8]) {
+        pub(crate) fn handle(&mut self, ty: u32, req_id: u32, body: &[u8]) {
             self.requests += 1;
             let m = std::mem::replace(&mut self.mischief, Mischief::None);
             let mut parts = body.split(|&b| b == 0);
@@ -803,6 +807,7 @@ mod tests {
                 Mischief::None => {}
             }
             match ty {
+                2 if self.denied.contains(&path) => self.reply(16, req_id, b"EACCES\0"),
                 2 => match self.store.get(&path).cloned() {
                     Some(v) => self.reply(2, req_id, &v),
                     None => self.reply(16, req_id, b"ENOENT\0"),
@@ -829,12 +834,28 @@ mod tests {
                     self.reply(4, req_id, b"OK\0");
                     self.fire(&path);
                 }
+                5 => {
+                    let token = parts.next().unwrap_or(b"").to_vec();
+                    self.watches.retain(|w| *w != (path.clone(), token.clone()));
+                    self.reply(5, req_id, b"OK\0");
+                }
+                13 => {
+                    let under = [&path[..], b"/"].concat();
+                    let before = self.store.len();
+                    self.store
+                        .retain(|k, _| *k != path && !k.starts_with(&under));
+                    if self.store.len() == before {
+                        self.reply(16, req_id, b"ENOENT\0");
+                    } else {
+                        self.reply(13, req_id, b"OK\0");
+                    }
+                }
                 _ => self.reply(16, req_id, b"ENOSYS\0"),
             }
         }
 
         /// Moves bytes both ways and answers complete requests.
-        fn step(&mut self) {
+        pub(crate) fn step(&mut self) {
             if self.frozen {
                 return;
             }
@@ -884,7 +905,7 @@ mod tests {
         }
     }
 
-    fn client() -> XsRing<Daemon> {
+    pub(crate) fn client() -> XsRing<Daemon> {
         let page = new_page();
         // SAFETY: a leaked 4096-byte page, accessed only through atomics
         // and volatile accesses by the client and the simulated daemon.
@@ -892,7 +913,7 @@ mod tests {
     }
 
     /// A client whose indices start near `u32::MAX`, so they wrap.
-    fn client_at(start: u32) -> XsRing<Daemon> {
+    pub(crate) fn client_at(start: u32) -> XsRing<Daemon> {
         let page = new_page();
         for off in [REQ_CONS, REQ_PROD, RSP_CONS, RSP_PROD] {
             page.set(off, start);
@@ -900,6 +921,16 @@ mod tests {
         // SAFETY: as in `client`.
         unsafe { XsRing::new(page.0, Daemon::new(page)) }.unwrap()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::fake::*;
+    use super::*;
+    use std::vec::Vec;
+
+    use crate::xs_wire::Access;
 
     #[test]
     fn layout_matches_xs_wire_h() {
@@ -931,11 +962,22 @@ mod tests {
         ];
         xs.set_perms("data/a", &perms).unwrap();
         assert_eq!(xs.read("perms:data/a").unwrap(), b"n7\0r0\0");
+        xs.rm("data/a").unwrap();
+        assert_eq!(
+            xs.read("data/a").unwrap_err(),
+            XsRingError::Daemon(XsErrno::ENOENT)
+        );
         assert_eq!(
             xs.rm("data/a").unwrap_err(),
-            XsRingError::Daemon(XsErrno::ENOSYS)
+            XsRingError::Daemon(XsErrno::ENOENT)
         );
-        assert_eq!(xs.events_mut().requests, 9);
+        xs.events_mut().denied.push(b"data/dir".to_vec());
+        assert_eq!(
+            xs.read("data/dir").unwrap_err(),
+            XsRingError::Daemon(XsErrno::EACCES)
+        );
+        xs.unwatch("data/dir", "t").unwrap();
+        assert_eq!(xs.events_mut().requests, 13);
         assert!(xs.events_mut().notifies >= 8);
     }
 
