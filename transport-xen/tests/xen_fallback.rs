@@ -7,13 +7,18 @@
 //!
 //! Both sides run a [`Router`] keyed by IPv4 address (dom0 10.0.0.1, the
 //! domU 10.0.0.2) whose network path is one TCP connection across the vif,
-//! carrying the same flow headers as the channel. The residency table of
-//! each side is kept in step with the residency list dom0 publishes in
-//! XenStore; when the domU is withdrawn, each side removes the peer from its
-//! table and calls [`Router::peer_left`]: unconsumed channel messages are
-//! sent again over TCP, the channel is drained, and the flow goes on over
-//! the vif. Every message carries its index and a checksum; the receiver
-//! checks each one arrives exactly once, in order.
+//! carrying the same flow headers as the channel; the channel comes from
+//! the XenStore rendezvous ([`Rendezvous`]). Residency is the crate's own:
+//! both domains advertise their addresses ([`residency::advertise`]), the
+//! residency [`Agent`] runs in dom0's test process, and each side keeps its
+//! tables ([`ResidencyTables`]: domain id, MAC, IPv4) in step with its
+//! [`ResidencyView`]. A third of the way through, dom0 withdraws the domU
+//! ([`Agent::withdraw`], what a migration away looks like): each view sees
+//! the peer leave, the tables drop its keys, and each side calls
+//! [`Router::peer_left`] with the handle they report: unconsumed channel
+//! messages are sent again over TCP, the channel is drained, and the flow
+//! goes on over the vif. Every message carries its index and a checksum;
+//! the receiver checks each one arrives exactly once, in order.
 //!
 //! `fallback_host` runs in dom0 (`DOMU_ID` names the guest),
 //! `fallback_guest` in the domU; `.ci/xen`'s job `domu-fallback`
@@ -26,14 +31,15 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use coresident::lookup::{Handle, Seed, Table};
+use coresident::lookup::{DomainId, DomainTable, Handle, Seed, Table};
 use coresident::{
     Channel, ChannelConfig, ChannelLayout, FlowHeader, NetworkPath, Path, Router, StdClock,
     ThresholdPolicy, FLOW_HEADER_LEN,
 };
-use coresident_xen::rendezvous::own_domid;
-use coresident_xen::xs_wire::{Access, Perm, XsErrno};
-use coresident_xen::{Rendezvous, XenDoorbell, XenRegion, XenStore, XsError};
+use coresident_xen::residency::{
+    self, Addr, Addresses, Agent, PeerChange, ResidencyTables, ResidencyView, TableUpdate,
+};
+use coresident_xen::{Rendezvous, XenDoorbell, XenRegion, XenStore};
 
 const DOM0_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const DOMU_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -44,9 +50,8 @@ const FLOW_DOWN: u32 = 1;
 const FLOW_UP: u32 = 2;
 /// The channel's name in the XenStore rendezvous.
 const CHANNEL: &str = "fallback";
-/// Relative to the guest's home: the residency list dom0 writes for the
-/// guest, one `DOMID IPV4` line per co-resident peer (read-only for it).
-const PEERS_KEY: &str = "data/coresident-fallback/peers";
+/// How far a side's outgoing flow may run ahead of its incoming one.
+const WINDOW: u64 = 128;
 /// A generous bound on the whole exchange (TCG is slow and shared).
 const WATCHDOG: Duration = Duration::from_secs(240);
 
@@ -241,19 +246,18 @@ struct Report {
 
 /// The exchange both sides run: send `n` messages of `out_flow` to `peer`
 /// and receive `n` of `in_flow`, in bursts; `departed(sent, received)` is
-/// asked each round whether the peer has left this host (the residency
-/// list changed), and is then removed from the table and failed over.
+/// asked each round which channels' peers have left this host (the
+/// residency list changed and their keys left the tables): those fail over.
 #[allow(clippy::too_many_arguments)]
 fn exchange(
     side: &str,
     router: &mut XenRouter<'_>,
-    writer: &mut coresident::lookup::Writer<'_, Ipv4Addr, 16>,
     handle: Handle,
     peer: Ipv4Addr,
     incoming: &mpsc::Receiver<Incoming>,
     (out_flow, in_flow): (u32, u32),
     n: u64,
-    mut departed: impl FnMut(u64, u64) -> bool,
+    mut departed: impl FnMut(u64, u64) -> Vec<Handle>,
 ) -> Report {
     let mut r = Report {
         sent_channel_before: 0,
@@ -278,9 +282,11 @@ fn exchange(
             r.left_at,
             router.stats()
         );
-        if r.left_at.is_none() && departed(sent, r.inbox.next) {
-            writer.remove(&peer);
-            router.peer_left(handle).expect("peer_left: resend");
+        let gone = departed(sent, r.inbox.next);
+        for &h in &gone {
+            assert_eq!(h, handle, "{side}: a handle that was never attached left");
+            assert!(r.left_at.is_none(), "{side}: the peer left twice");
+            router.peer_left(h).expect("peer_left: resend");
             r.left_at = Some((sent, r.inbox.next));
             println!(
                 "{side}: peer {peer} left the residency table after {sent} sent, {} received; \
@@ -291,7 +297,10 @@ fn exchange(
         }
         let mut progress = false;
         for _ in 0..16 {
-            if sent == n {
+            // Paced by the other flow: both flows then cross the switch, and
+            // a full ring (the peer starved of CPU) does not push most of
+            // the resident traffic onto the network.
+            if sent == n || (sent >= r.inbox.next + WINDOW && r.inbox.next < n) {
                 break;
             }
             message(out_flow, sent, &mut m);
@@ -396,17 +405,83 @@ fn check_report(side: &str, router: &XenRouter<'_>, r: &Report, n: u64) {
     );
 }
 
-fn read_only_for(domu: u16) -> [Perm; 2] {
-    [
-        Perm {
-            domid: 0,
-            access: Access::None,
-        },
-        Perm {
-            domid: domu,
-            access: Access::Read,
-        },
-    ]
+/// The tables behind one side's router: the router reads the IPv4 table.
+struct Tables {
+    domains: DomainTable<64>,
+    macs: Table<[u8; 6], 16>,
+    v4: Table<Ipv4Addr, 16>,
+    v6: Table<std::net::Ipv6Addr, 16>,
+}
+
+impl Tables {
+    fn new(seed: u64) -> Self {
+        Self {
+            domains: DomainTable::new(),
+            macs: Table::new(Seed::new([seed, 1, 2, 3])),
+            v4: Table::new(Seed::new([seed, 4, 5, 6])),
+            v6: Table::new(Seed::new([seed, 7, 8, 9])),
+        }
+    }
+}
+
+/// Steps `view` (and `agent`, in dom0) until `peer` is listed; puts it in
+/// the tables under `handle`; returns its addresses.
+fn wait_for_peer(
+    side: &str,
+    view: &mut ResidencyView,
+    mut agent: Option<&mut Agent>,
+    tables: &mut ResidencyTables<'_, 64, 16>,
+    peer: u16,
+    handle: Handle,
+) -> Addresses {
+    let deadline = Instant::now() + Duration::from_secs(200);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "{side}: dom{peer} never listed as co-resident"
+        );
+        if let Some(a) = agent.as_deref_mut() {
+            for c in a.step(Some(Duration::from_millis(50))).unwrap() {
+                println!("{side}: agent: {c}");
+            }
+        }
+        let changes = view.step(Some(Duration::from_millis(50))).unwrap();
+        for c in &changes {
+            println!("{side}: residency view: {c}");
+        }
+        let mut addrs = None;
+        let updates = tables.apply(&changes, |d, a| {
+            (d == peer).then(|| {
+                addrs = Some(a.clone());
+                handle
+            })
+        });
+        for u in &updates {
+            println!("{side}: tables: {u:?}");
+        }
+        if let Some(a) = addrs {
+            return a;
+        }
+    }
+}
+
+/// The handles of the peers `changes` took out of the tables.
+fn departed(
+    side: &str,
+    tables: &mut ResidencyTables<'_, 64, 16>,
+    changes: &[PeerChange],
+) -> Vec<Handle> {
+    for c in changes {
+        println!("{side}: residency view: {c}");
+    }
+    tables
+        .apply(changes, |_, _| None)
+        .into_iter()
+        .filter_map(|u| match u {
+            TableUpdate::Removed { handle, .. } => Some(handle),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
@@ -417,8 +492,6 @@ fn fallback_host() {
         .expect("DOMU_ID")
         .parse()
         .expect("DOMU_ID");
-    let mut xs = XenStore::open_socket().unwrap();
-    let home = xs.get_domain_path(domu).unwrap();
 
     // The network path first: the guest connects once its eth0 is up.
     let listener = TcpListener::bind(SocketAddrV4::new(DOM0_IP, PORT)).unwrap();
@@ -431,12 +504,13 @@ fn fallback_host() {
         .offer(&mut xs_rv, ChannelLayout::symmetric(64 * 1024))
         .unwrap();
 
-    // The residency list for the guest: dom0 is co-resident.
-    let peers = format!("{home}/{PEERS_KEY}");
-    xs.write(&peers, format!("0 {DOM0_IP}\n").as_bytes())
-        .unwrap();
-    xs.set_perms(&peers, &read_only_for(domu)).unwrap();
-    println!("dom0: offered a channel to dom{domu} and listed dom0 as its co-resident peer");
+    // Residency: dom0 advertises too, runs the agent, and has its own view.
+    let me = Addresses::from_addrs([Addr::Ipv4(DOM0_IP)]).unwrap();
+    let mut xs = XenStore::open_socket().unwrap();
+    residency::advertise(&mut xs, 0, &me).unwrap();
+    let mut agent = Agent::new(XenStore::open_socket().unwrap()).unwrap();
+    let mut view = ResidencyView::new(xs, 0, me).unwrap();
+    println!("dom0: offered a channel to dom{domu}; advertising {DOM0_IP}; agent running");
 
     let (stream, from) = listener.accept().unwrap();
     println!("dom0: TCP connection from {from} over the vif");
@@ -446,38 +520,90 @@ fn fallback_host() {
         .unwrap();
     let ch = Channel::new(link, channel_config(), StdClock::default()).unwrap();
 
-    let table: Table<Ipv4Addr, 16> = Table::new(Seed::new([0xd0, 1, 2, 3]));
-    let mut writer = table.writer().unwrap();
-    let mut router: XenRouter = Router::new(&table, ThresholdPolicy::default(), net, 1 << 16);
+    let t = Tables::new(0xd0);
+    let mut tables = ResidencyTables::new(&t.domains, &t.macs, &t.v4, &t.v6).unwrap();
+    let mut router: XenRouter = Router::new(&t.v4, ThresholdPolicy::default(), net, 1 << 16);
     let handle = router.attach(DOMU_IP, ch).unwrap();
-    writer.insert(DOMU_IP, handle).unwrap();
-    println!("dom0: dom{domu} ({DOMU_IP}) is co-resident: channel attached");
+    let addrs = wait_for_peer(
+        "dom0",
+        &mut view,
+        Some(&mut agent),
+        &mut tables,
+        domu,
+        handle,
+    );
+    assert_eq!(
+        t.v4.get(&DOMU_IP),
+        Some(handle),
+        "the domU's IPv4 address is not in dom0's table"
+    );
+    assert_eq!(
+        t.domains.get(DomainId(domu)),
+        Some(handle),
+        "the domU's id is not in dom0's table"
+    );
+    for m in addrs.macs() {
+        assert_eq!(
+            t.macs.get(m),
+            Some(handle),
+            "the domU's MAC is not in dom0's table"
+        );
+    }
+    println!(
+        "dom0: dom{domu} is co-resident ({} addresses in the tables): channel attached",
+        addrs.len()
+    );
 
-    // dom0 withdraws the guest once a third of each flow has gone by: the
-    // guest's list loses dom0, and dom0's own table loses the guest.
+    // dom0 withdraws the guest once a third of each flow has gone by: both
+    // lists lose the other side.
+    let mut withdrawn = false;
     let report = exchange(
         "dom0",
         &mut router,
-        &mut writer,
         handle,
         DOMU_IP,
         &incoming,
         (FLOW_DOWN, FLOW_UP),
         n,
         |sent, got| {
-            if sent >= n / 3 && got >= n / 3 {
-                xs.write(&peers, b"").unwrap();
-                println!("dom0: withdrew dom{domu}: its residency list is now empty");
-                true
-            } else {
-                false
+            if !withdrawn && sent >= n / 3 && got >= n / 3 {
+                withdrawn = true;
+                for c in agent.withdraw(domu).unwrap() {
+                    println!("dom0: agent: {c}");
+                }
             }
+            if !withdrawn {
+                return Vec::new();
+            }
+            let changes = view.step(Some(Duration::ZERO)).unwrap();
+            departed("dom0", &mut tables, &changes)
         },
     );
-    let _ = xs.rm(&format!("{home}/data/coresident-fallback"));
+    assert_eq!(
+        t.v4.get(&DOMU_IP),
+        None,
+        "the domU is still in dom0's table"
+    );
+    assert_eq!(
+        t.domains.get(DomainId(domu)),
+        None,
+        "the domU's id is still in dom0's table"
+    );
     print_report("dom0", &mut router, &report, n);
     check_report("dom0", &router, &report, n);
+    residency::unadvertise(view.xenstore(), 0).unwrap();
     println!("XEN-CHECK fallback_host ok");
+}
+
+/// The MAC address of the guest's vif, as netfront reports it.
+fn eth0_mac() -> Option<[u8; 6]> {
+    let s = std::fs::read_to_string("/sys/class/net/eth0/address").ok()?;
+    let mut mac = [0u8; 6];
+    let mut parts = s.trim().split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 #[test]
@@ -485,9 +611,16 @@ fn fallback_host() {
 fn fallback_guest() {
     let n = messages();
     let mut xs = XenStore::open().unwrap();
-    let own = own_domid(&mut xs).unwrap();
-    xs.watch(PEERS_KEY, "peers").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(200);
+    let own = residency::own_domid(&mut xs).unwrap();
+    let mac = eth0_mac().expect("eth0's MAC address");
+    let me = Addresses::from_addrs([Addr::Mac(mac), Addr::Ipv4(DOMU_IP)]).unwrap();
+    residency::advertise(&mut xs, own, &me).unwrap();
+    let mut view = ResidencyView::new(xs, own, me.clone()).unwrap();
+    println!(
+        "domU (dom{own}): advertising{}",
+        me.iter().map(|a| format!(" {a}")).collect::<String>()
+    );
+
     // The rendezvous on a connection of its own (it consumes watch events).
     let mut xs_rv = XenStore::open().unwrap();
     let link = Rendezvous::new(own, 0, CHANNEL)
@@ -495,8 +628,9 @@ fn fallback_guest() {
         .accept(&mut xs_rv, Some(Duration::from_secs(200)))
         .unwrap();
     let ch = Channel::new(link, channel_config(), StdClock::default()).unwrap();
-    println!("domU (dom{own}): accepted dom0's channel");
+    println!("domU: accepted dom0's channel");
 
+    let deadline = Instant::now() + Duration::from_secs(200);
     let stream = loop {
         match TcpStream::connect_timeout(
             &SocketAddrV4::new(DOM0_IP, PORT).into(),
@@ -512,45 +646,35 @@ fn fallback_guest() {
     println!("domU: TCP connection to {DOM0_IP}:{PORT} over the vif");
     let (net, incoming) = TcpNet::new(stream, DOM0_IP);
 
-    let table: Table<Ipv4Addr, 16> = Table::new(Seed::new([0xd1, 4, 5, 6]));
-    let mut writer = table.writer().unwrap();
-    let mut router: XenRouter = Router::new(&table, ThresholdPolicy::default(), net, 1 << 16);
+    let t = Tables::new(0xd1);
+    let mut tables = ResidencyTables::new(&t.domains, &t.macs, &t.v4, &t.v6).unwrap();
+    let mut router: XenRouter = Router::new(&t.v4, ThresholdPolicy::default(), net, 1 << 16);
     let handle = router.attach(DOM0_IP, ch).unwrap();
-
-    // The residency list: dom0 must be on it before traffic starts.
-    let resident = |xs: &mut XenStore| -> bool {
-        match xs.read(PEERS_KEY) {
-            Ok(v) => String::from_utf8_lossy(&v)
-                .lines()
-                .any(|l| l.split_whitespace().nth(1) == Some(&DOM0_IP.to_string())),
-            Err(XsError::NotFound | XsError::Daemon(XsErrno::EACCES)) => false,
-            Err(e) => panic!("reading the residency list: {e}"),
-        }
-    };
-    while !resident(&mut xs) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "dom0 never listed as co-resident");
-        let _ = xs.wait_watch(Some(left)).unwrap();
-    }
-    writer.insert(DOM0_IP, handle).unwrap();
-    println!("domU: dom0 ({DOM0_IP}) is co-resident: channel in the table");
+    wait_for_peer("domU", &mut view, None, &mut tables, 0, handle);
+    assert_eq!(
+        t.v4.get(&DOM0_IP),
+        Some(handle),
+        "dom0's address is not in the domU's table"
+    );
+    println!("domU: dom0 ({DOM0_IP}) is co-resident: channel in the tables");
 
     let report = exchange(
         "domU",
         &mut router,
-        &mut writer,
         handle,
         DOM0_IP,
         &incoming,
         (FLOW_UP, FLOW_DOWN),
         n,
         |_, _| {
-            // Only a watch event makes us read the list again.
-            match xs.wait_watch(Some(Duration::ZERO)).unwrap() {
-                Some(_) => !resident(&mut xs),
-                None => false,
-            }
+            let changes = view.step(Some(Duration::ZERO)).unwrap();
+            departed("domU", &mut tables, &changes)
         },
+    );
+    assert_eq!(
+        t.v4.get(&DOM0_IP),
+        None,
+        "dom0 is still in the domU's table"
     );
     print_report("domU", &mut router, &report, n);
     check_report("domU", &router, &report, n);
