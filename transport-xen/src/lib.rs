@@ -31,56 +31,61 @@
 //! hands out a raw pointer and a length for atomics and volatile copies.
 //! Everything read from XenStore (a guest writes its own subtree freely) is
 //! parsed with checked conversions into typed errors, never a panic.
+#![cfg_attr(not(feature = "std"), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod crxg;
 pub mod console_ring;
 pub mod xs_ring;
 pub mod xs_wire;
 
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "xen-sys", target_arch = "x86_64"))]
+pub mod kernel;
+
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub mod error;
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub mod evtchn;
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub mod gntalloc;
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub mod gntdev;
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub mod mapping;
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub mod rendezvous;
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub mod residency;
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub mod sys;
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub mod transport;
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub mod xenstore;
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(all(test, feature = "std", target_os = "linux"))]
 mod fake;
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(all(test, feature = "std", target_os = "linux"))]
 mod xenstore_fake;
 
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub use error::{EvtchnError, EvtchnOp, GrantError, GrantOp};
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub use evtchn::Evtchn;
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub use gntalloc::{Gntalloc, SharedPages};
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub use gntdev::{ForeignPages, Gntdev};
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub use mapping::Mapping;
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub use rendezvous::{Rendezvous, XsPending, XsRendezvousError};
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub use sys::PAGE_SIZE;
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub use transport::{XenDoorbell, XenRegion, XenTransport, XenTransportError};
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub use xenstore::{XenStore, XsError};
 
 /// A Xen domain id (`domid_t`, `xen/xen.h`); dom0 is 0.

@@ -28,70 +28,24 @@ use core::time::Duration;
 use std::sync::Arc;
 use std::time::Instant;
 
-use coresident::ring::{AttachError, MAX_DATA_SIZE, MIN_DATA_SIZE};
+use coresident::ring::AttachError;
 use coresident::{
     init_region, ChannelLayout, Doorbell, Link, PendingOffer, Role, SharedRegion, Transport,
     TransportError, Wake,
 };
 use zerocopy::little_endian::{U16, U32};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+use zerocopy::IntoBytes;
 
 use crate::{
     DomId, Evtchn, EvtchnError, EvtchnPort, ForeignPages, Gntalloc, Gntdev, GrantError, GrantRef,
-    SharedPages, UnmapNotify, MAX_PAGES, PAGE_SIZE,
+    SharedPages, UnmapNotify, PAGE_SIZE,
 };
 
-/// `b"CRXG"`: coresident Xen grant rendezvous.
-pub const RENDEZVOUS_MAGIC: [u8; 4] = *b"CRXG";
-/// Version of the rendezvous encoding and of the live-page layout.
-pub const RENDEZVOUS_VERSION: u16 = 1;
-/// Offset of the acceptor's live byte in the live page (the offerer's is 0):
-/// another cache line.
-const ACCEPTOR_LIVE: usize = 64;
-
-/// The fixed part of the rendezvous bytes; `nrefs` grant references
-/// (little-endian `u32`) follow.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
-pub struct RendezvousHeader {
-    /// [`RENDEZVOUS_MAGIC`].
-    pub magic: [u8; 4],
-    /// [`RENDEZVOUS_VERSION`].
-    pub version: U16,
-    /// The offering domain (the grants' owner).
-    pub offerer: U16,
-    /// The offerer's unbound event-channel port for the acceptor.
-    pub port: U32,
-    /// Data area of the offerer→acceptor ring (a power of two).
-    pub to_acceptor: U32,
-    /// Data area of the acceptor→offerer ring (a power of two).
-    pub to_offerer: U32,
-    /// Number of grant references: the region's pages plus the live page.
-    pub nrefs: U32,
-    /// Must be 0.
-    pub reserved: [u8; 8],
-}
-const _: () = assert!(size_of::<RendezvousHeader>() == 32);
-
-/// Why a rendezvous was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RendezvousError {
-    /// Shorter than the header, or not exactly header + `nrefs` refs.
-    BadLength,
-    /// Not [`RENDEZVOUS_MAGIC`].
-    BadMagic,
-    /// Another version.
-    BadVersion(u16),
-    /// Reserved bytes not zero.
-    BadReserved,
-    /// Ring sizes that are not powers of two in the ring's range.
-    BadLayout,
-    /// `nrefs` does not match the layout.
-    BadPageCount,
-    /// The offer comes from another domain than the expected peer.
-    WrongPeer(DomId),
-}
+// The rendezvous bytes and the live-page layout are core-only (`crxg`), so
+// the kernel transport (feature `xen-sys`) speaks the same protocol.
+use crate::crxg::{pages_for, valid_size, ACCEPTOR_LIVE};
+pub use crate::crxg::{RendezvousError, RendezvousHeader, RENDEZVOUS_MAGIC, RENDEZVOUS_VERSION};
+const _: () = assert!(PAGE_SIZE == crate::crxg::XEN_PAGE_SIZE);
 
 /// A failure of the Xen transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,15 +104,6 @@ impl From<RendezvousError> for XenTransportError {
     fn from(e: RendezvousError) -> Self {
         Self::Rendezvous(e)
     }
-}
-
-/// Pages of region plus the live page, for a layout.
-fn pages_for(layout: ChannelLayout) -> usize {
-    layout.region_len().div_ceil(PAGE_SIZE) + 1
-}
-
-fn valid_size(s: u32) -> bool {
-    s.is_power_of_two() && (MIN_DATA_SIZE..=MAX_DATA_SIZE).contains(&s)
 }
 
 /// The granted or mapped pages behind a link.
@@ -335,40 +280,8 @@ impl XenTransport {
         peer: DomId,
         bytes: &[u8],
     ) -> Result<(RendezvousHeader, ChannelLayout, Vec<GrantRef>), RendezvousError> {
-        let (h, rest) =
-            RendezvousHeader::read_from_prefix(bytes).map_err(|_| RendezvousError::BadLength)?;
-        if h.magic != RENDEZVOUS_MAGIC {
-            return Err(RendezvousError::BadMagic);
-        }
-        if h.version.get() != RENDEZVOUS_VERSION {
-            return Err(RendezvousError::BadVersion(h.version.get()));
-        }
-        if h.reserved != [0; 8] {
-            return Err(RendezvousError::BadReserved);
-        }
-        if h.offerer.get() != peer {
-            return Err(RendezvousError::WrongPeer(h.offerer.get()));
-        }
-        let (a, b) = (h.to_acceptor.get(), h.to_offerer.get());
-        if !valid_size(a) || !valid_size(b) {
-            return Err(RendezvousError::BadLayout);
-        }
-        let layout = ChannelLayout {
-            to_acceptor: a,
-            to_offerer: b,
-        };
-        let n = usize::try_from(h.nrefs.get()).map_err(|_| RendezvousError::BadPageCount)?;
-        if n != pages_for(layout) || n > MAX_PAGES {
-            return Err(RendezvousError::BadPageCount);
-        }
-        if rest.len() != n * 4 {
-            return Err(RendezvousError::BadLength);
-        }
-        let refs = rest
-            .chunks_exact(4)
-            .map(|c| U32::read_from_bytes(c).map(U32::get).unwrap_or(0))
-            .collect();
-        Ok((h, layout, refs))
+        let offer = crate::crxg::parse(peer, bytes)?;
+        Ok((offer.header, offer.layout, offer.refs().collect()))
     }
 
     fn gntalloc(&mut self) -> Result<Gntalloc, GrantError> {
@@ -396,6 +309,14 @@ pub struct XenPending {
     region: XenRegion,
     doorbell: XenDoorbell,
     layout: ChannelLayout,
+}
+
+impl XenPending {
+    /// Whether the acceptor has set its live byte (it has mapped and bound;
+    /// [`PendingOffer::complete`] would return at once).
+    pub fn peer_alive(&self) -> bool {
+        self.doorbell.peer_alive()
+    }
 }
 
 impl Transport for XenTransport {
@@ -547,6 +468,7 @@ impl PendingOffer for XenPending {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coresident::ring::MAX_DATA_SIZE;
 
     fn good(layout: ChannelLayout, offerer: DomId) -> Vec<u8> {
         let n = pages_for(layout);

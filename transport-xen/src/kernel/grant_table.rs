@@ -1,0 +1,480 @@
+//! Grant table v1 (`xen/grant_table.h`): set the table up, grant a page to a
+//! peer domain, end the access (refused while the peer maps it), and map
+//! and unmap a peer's grants.
+//!
+//! The table's frames are shared with Xen, which sets `GTF_reading` and
+//! `GTF_writing` in an entry's flags while the peer maps or copies the page:
+//! entries are only ever accessed with atomics.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use super::hypercall::{Hypercall, DOMID_SELF};
+use super::{Kernel, KernelError};
+use crate::{DomId, GrantRef};
+
+/// `GNTTABOP_map_grant_ref`.
+pub const GNTTABOP_MAP_GRANT_REF: u32 = 0;
+/// `GNTTABOP_unmap_grant_ref`.
+pub const GNTTABOP_UNMAP_GRANT_REF: u32 = 1;
+/// `GNTTABOP_setup_table`.
+pub const GNTTABOP_SETUP_TABLE: u32 = 2;
+
+/// `GTF_permit_access`: the domain in the entry may map the frame.
+pub const GTF_PERMIT_ACCESS: u16 = 1;
+/// `GTF_readonly`: read-only access only.
+pub const GTF_READONLY: u16 = 1 << 2;
+/// `GTF_reading` (set by Xen): the grant is mapped or being copied from.
+pub const GTF_READING: u16 = 1 << 3;
+/// `GTF_writing` (set by Xen): the grant is mapped writable.
+pub const GTF_WRITING: u16 = 1 << 4;
+
+/// `GNTMAP_host_map`: map for host (CPU) access.
+pub const GNTMAP_HOST_MAP: u32 = 1 << 1;
+/// `GNTMAP_readonly`.
+pub const GNTMAP_READONLY: u32 = 1 << 2;
+
+/// `GNTST_okay`.
+pub const GNTST_OKAY: i16 = 0;
+/// `GNTST_bad_gntref`: unrecognised or inappropriate grant reference.
+pub const GNTST_BAD_GNTREF: i16 = -3;
+/// `GNTST_permission_denied`.
+pub const GNTST_PERMISSION_DENIED: i16 = -8;
+
+/// `GNTTAB_NR_RESERVED_ENTRIES`: entries 0..8 belong to the toolstack
+/// (console, XenStore); never handed out here.
+pub const NR_RESERVED_ENTRIES: u32 = 8;
+/// v1 entries per 4 KiB frame.
+pub const ENTRIES_PER_FRAME: usize = 4096 / size_of::<GrantEntryV1>();
+/// Frames of grant table set up here: 2048 entries, 2040 usable.
+pub const GRANT_FRAMES: usize = 4;
+const ENTRIES: usize = GRANT_FRAMES * ENTRIES_PER_FRAME;
+
+/// `struct grant_entry_v1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct GrantEntryV1 {
+    /// `GTF_*`.
+    pub flags: u16,
+    /// The domain granted access.
+    pub domid: u16,
+    /// The frame (a machine frame for a PV guest).
+    pub frame: u32,
+}
+const _: () = assert!(size_of::<GrantEntryV1>() == 8);
+
+/// `struct gnttab_setup_table` (with its implicit padding spelt out).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct GnttabSetupTable {
+    /// IN: `DOMID_SELF`.
+    pub dom: u16,
+    /// Padding.
+    pub _pad0: u16,
+    /// IN: frames wanted.
+    pub nr_frames: u32,
+    /// OUT: `GNTST_*`.
+    pub status: i16,
+    /// Padding.
+    pub _pad1: [u8; 6],
+    /// IN: guest handle of `nr_frames` `xen_pfn_t` (OUT: the frames).
+    pub frame_list: u64,
+}
+const _: () = assert!(size_of::<GnttabSetupTable>() == 24);
+const _: () = assert!(core::mem::offset_of!(GnttabSetupTable, status) == 8);
+const _: () = assert!(core::mem::offset_of!(GnttabSetupTable, frame_list) == 16);
+
+/// `struct gnttab_map_grant_ref`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct GnttabMapGrantRef {
+    /// IN: where to map (a virtual address for a PV guest's host map).
+    pub host_addr: u64,
+    /// IN: `GNTMAP_*`.
+    pub flags: u32,
+    /// IN: the grant reference.
+    pub gref: u32,
+    /// IN: the granting domain.
+    pub dom: u16,
+    /// OUT: `GNTST_*`.
+    pub status: i16,
+    /// OUT: the handle to unmap with.
+    pub handle: u32,
+    /// OUT: the bus address (device maps).
+    pub dev_bus_addr: u64,
+}
+const _: () = assert!(size_of::<GnttabMapGrantRef>() == 32);
+const _: () = assert!(core::mem::offset_of!(GnttabMapGrantRef, dom) == 16);
+const _: () = assert!(core::mem::offset_of!(GnttabMapGrantRef, handle) == 20);
+
+/// `struct gnttab_unmap_grant_ref` (with its tail padding spelt out).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct GnttabUnmapGrantRef {
+    /// IN: the mapped address.
+    pub host_addr: u64,
+    /// IN: the bus address (0 for host maps).
+    pub dev_bus_addr: u64,
+    /// IN: the handle from the map.
+    pub handle: u32,
+    /// OUT: `GNTST_*`.
+    pub status: i16,
+    /// Padding.
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<GnttabUnmapGrantRef>() == 24);
+const _: () = assert!(core::mem::offset_of!(GnttabUnmapGrantRef, status) == 20);
+
+/// This domain's grant table: [`GRANT_FRAMES`] frames mapped in a window of
+/// the kernel, and a bitmap of the references in use.
+#[derive(Debug)]
+pub struct GrantTable {
+    entries: NonNull<u8>,
+    used: [AtomicU64; ENTRIES / 64],
+}
+
+// SAFETY: the entries are accessed through atomics only, the bitmap is
+// atomic; the mapping lives as long as the table (never unmapped).
+unsafe impl Send for GrantTable {}
+// SAFETY: as for `Send`: every `&self` method uses atomics.
+unsafe impl Sync for GrantTable {}
+
+impl GrantTable {
+    /// `GNTTABOP_setup_table` for [`GRANT_FRAMES`] frames, each mapped at a
+    /// page of a fresh window of `kernel` (kept for the table's life).
+    ///
+    /// # Errors
+    ///
+    /// The hypercall's or the setup's status, no window, a refused mapping.
+    pub fn setup<K: Kernel + ?Sized>(kernel: &K) -> Result<Self, KernelError> {
+        let mut frames = [0u64; GRANT_FRAMES];
+        let mut st = GnttabSetupTable {
+            dom: DOMID_SELF,
+            nr_frames: GRANT_FRAMES as u32,
+            frame_list: frames.as_mut_ptr() as u64,
+            ..GnttabSetupTable::default()
+        };
+        // SAFETY: Xen reads `st` and writes `st.status` and `nr_frames`
+        // frame numbers into `frames`, both live locals.
+        let rc = unsafe {
+            kernel.hypercall(
+                xen_sys::__HYPERVISOR_grant_table_op,
+                [
+                    u64::from(GNTTABOP_SETUP_TABLE),
+                    core::ptr::addr_of_mut!(st) as u64,
+                    1,
+                    0,
+                    0,
+                ],
+            )
+        };
+        if rc < 0 {
+            return Err(KernelError::Hypercall {
+                op: "grant_table_op(setup_table)",
+                rc,
+            });
+        }
+        if st.status != GNTST_OKAY {
+            return Err(KernelError::Grant {
+                op: "setup_table",
+                status: st.status,
+            });
+        }
+        let win = kernel
+            .alloc_window(GRANT_FRAMES)
+            .ok_or(KernelError::NoMemory)?;
+        for (i, &mfn) in frames.iter().enumerate() {
+            let va = win.as_ptr().wrapping_add(i * 4096);
+            // SAFETY: `va` is page `i` of the fresh window (non-null: inside
+            // a non-null window); the frame is this domain's grant table.
+            unsafe { kernel.map_frame(NonNull::new(va).ok_or(KernelError::NoMemory)?, mfn)? };
+        }
+        // SAFETY: the window now maps GRANT_FRAMES grant-table frames.
+        Ok(unsafe { Self::from_mapped(win) })
+    }
+
+    /// A table over frames already set up and mapped at `entries`.
+    ///
+    /// # Safety
+    ///
+    /// `entries` maps this domain's [`GRANT_FRAMES`] grant-table frames
+    /// (or, in a test, memory playing Xen's part), aligned to 8 bytes,
+    /// for as long as the table lives, and nothing else writes the entries
+    /// but Xen (atomically).
+    pub unsafe fn from_mapped(entries: NonNull<u8>) -> Self {
+        let used: [AtomicU64; ENTRIES / 64] = core::array::from_fn(|_| AtomicU64::new(0));
+        used[0].store((1 << NR_RESERVED_ENTRIES) - 1, Ordering::Relaxed);
+        Self { entries, used }
+    }
+
+    /// References that can be handed out.
+    pub const fn capacity() -> usize {
+        ENTRIES - NR_RESERVED_ENTRIES as usize
+    }
+
+    /// The three fields of entry `r` (which must be `< ENTRIES`).
+    fn entry(&self, r: GrantRef) -> (&AtomicU16, &AtomicU16, &AtomicU32) {
+        let e = self.entries.as_ptr().wrapping_add(r as usize * 8);
+        // SAFETY: `r < ENTRIES` (callers check), so the 8 bytes lie inside
+        // the mapped table (`from_mapped`), 8-aligned; the table is only
+        // accessed atomically (by us and Xen) and outlives `&self`.
+        unsafe {
+            (
+                AtomicU16::from_ptr(e.cast()),
+                AtomicU16::from_ptr(e.wrapping_add(2).cast()),
+                AtomicU32::from_ptr(e.wrapping_add(4).cast()),
+            )
+        }
+    }
+
+    fn alloc_ref(&self) -> Option<GrantRef> {
+        for (w, word) in self.used.iter().enumerate() {
+            let mut cur = word.load(Ordering::Relaxed);
+            while cur != u64::MAX {
+                let bit = cur.trailing_ones();
+                match word.compare_exchange_weak(
+                    cur,
+                    cur | (1 << bit),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return Some((w * 64) as u32 + bit),
+                    Err(now) => cur = now,
+                }
+            }
+        }
+        None
+    }
+
+    fn free_ref(&self, r: GrantRef) {
+        self.used[r as usize / 64].fetch_and(!(1 << (r % 64)), Ordering::Release);
+    }
+
+    fn in_use_by_us(&self, r: GrantRef) -> bool {
+        r >= NR_RESERVED_ENTRIES
+            && (r as usize) < ENTRIES
+            && self.used[r as usize / 64].load(Ordering::Relaxed) & (1 << (r % 64)) != 0
+    }
+
+    /// Grants domain `peer` access to machine frame `frame` (read-only if
+    /// `readonly`); returns the reference to give the peer.
+    ///
+    /// # Errors
+    ///
+    /// [`KernelError::NoGrantRefs`], [`KernelError::FrameTooLarge`].
+    pub fn grant(&self, peer: DomId, frame: u64, readonly: bool) -> Result<GrantRef, KernelError> {
+        let frame32 = u32::try_from(frame).map_err(|_| KernelError::FrameTooLarge(frame))?;
+        let r = self.alloc_ref().ok_or(KernelError::NoGrantRefs)?;
+        let (flags, domid, fr) = self.entry(r);
+        domid.store(peer, Ordering::Relaxed);
+        fr.store(frame32, Ordering::Relaxed);
+        let f = GTF_PERMIT_ACCESS | if readonly { GTF_READONLY } else { 0 };
+        // Release: Xen reads domid and frame only after it saw the flags.
+        flags.store(f, Ordering::Release);
+        Ok(r)
+    }
+
+    /// Whether the peer maps (or copies from) grant `r` now.
+    pub fn in_use(&self, r: GrantRef) -> bool {
+        (r as usize) < ENTRIES
+            && self.entry(r).0.load(Ordering::Acquire) & (GTF_READING | GTF_WRITING) != 0
+    }
+
+    /// Ends the peer's access to grant `r` and frees the reference, unless
+    /// the peer maps it now (Linux's `gnttab_end_foreign_access_ref`: one
+    /// compare-and-swap of the flags against Xen's `GTF_reading`/`writing`).
+    ///
+    /// # Errors
+    ///
+    /// [`KernelError::GrantInUse`] (the access stays; try again after the
+    /// peer unmapped), [`KernelError::BadGrantRef`] for a reference this
+    /// table did not hand out.
+    pub fn end_access(&self, r: GrantRef) -> Result<(), KernelError> {
+        if !self.in_use_by_us(r) {
+            return Err(KernelError::BadGrantRef(r));
+        }
+        let flags = self.entry(r).0;
+        let mut cur = flags.load(Ordering::Acquire);
+        loop {
+            if cur & (GTF_READING | GTF_WRITING) != 0 {
+                return Err(KernelError::GrantInUse(r));
+            }
+            match flags.compare_exchange(cur, 0, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        self.free_ref(r);
+        Ok(())
+    }
+
+    /// The raw entry `r`, as Xen sees it (`None` outside the table).
+    pub fn read_entry(&self, r: GrantRef) -> Option<GrantEntryV1> {
+        if r as usize >= ENTRIES {
+            return None;
+        }
+        let (flags, domid, frame) = self.entry(r);
+        Some(GrantEntryV1 {
+            flags: flags.load(Ordering::Acquire),
+            domid: domid.load(Ordering::Relaxed),
+            frame: frame.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Maps grants `refs` of domain `dom` at consecutive pages from `va`
+/// (`GNTTABOP_map_grant_ref`, host maps, in batches of 16), writing each
+/// mapping's handle into `handles`. On failure, unmaps what it mapped.
+///
+/// # Safety
+///
+/// `va .. va + refs.len() pages` is a window of this kernel (what it maps
+/// now is replaced and lost), and nothing accesses it through references.
+///
+/// # Errors
+///
+/// The hypercall's result or the first failed entry's `GNTST_*` status;
+/// [`KernelError::NoMemory`] if `handles` is shorter than `refs`.
+pub unsafe fn map_grants<H: Hypercall + ?Sized>(
+    h: &H,
+    dom: DomId,
+    refs: impl ExactSizeIterator<Item = GrantRef>,
+    va: NonNull<u8>,
+    readonly: bool,
+    handles: &mut [u32],
+) -> Result<(), KernelError> {
+    const BATCH: usize = 16;
+    let n = refs.len();
+    if handles.len() < n {
+        return Err(KernelError::NoMemory);
+    }
+    let flags = GNTMAP_HOST_MAP | if readonly { GNTMAP_READONLY } else { 0 };
+    let mut refs = refs;
+    let mut done = 0;
+    while done < n {
+        let k = (n - done).min(BATCH);
+        let mut ops = [GnttabMapGrantRef::default(); BATCH];
+        for (i, op) in ops.iter_mut().enumerate().take(k) {
+            *op = GnttabMapGrantRef {
+                host_addr: va.as_ptr() as u64 + ((done + i) * 4096) as u64,
+                flags,
+                gref: refs.next().unwrap_or(0),
+                dom,
+                status: 1,
+                ..GnttabMapGrantRef::default()
+            };
+        }
+        // SAFETY: Xen reads and writes `k` entries of `ops` (a live local);
+        // each maps at a page of the caller's window (contract).
+        let rc = unsafe {
+            h.hypercall(
+                xen_sys::__HYPERVISOR_grant_table_op,
+                [
+                    u64::from(GNTTABOP_MAP_GRANT_REF),
+                    ops.as_mut_ptr() as u64,
+                    k as u64,
+                    0,
+                    0,
+                ],
+            )
+        };
+        // An entry is mapped iff its status says so (Xen writes each
+        // status; ours start at 1, not a GNTST_* value).
+        let mut failure = (rc < 0).then_some(KernelError::Hypercall {
+            op: "grant_table_op(map_grant_ref)",
+            rc,
+        });
+        for (i, op) in ops.iter().enumerate().take(k) {
+            if op.status == GNTST_OKAY {
+                handles[done + i] = op.handle;
+            } else if failure.is_none() {
+                failure = Some(KernelError::Grant {
+                    op: "map_grant_ref",
+                    status: op.status,
+                });
+            }
+        }
+        if let Some(e) = failure {
+            // SAFETY: the earlier batches mapped pages 0..done with these
+            // handles, and this batch the entries whose status is okay.
+            unsafe {
+                let _ = unmap_grants(h, va, &handles[..done]);
+                for (i, op) in ops.iter().enumerate().take(k) {
+                    if op.status == GNTST_OKAY {
+                        let _ = unmap_grants(h, page(va, done + i), &[op.handle]);
+                    }
+                }
+            }
+            return Err(e);
+        }
+        done += k;
+    }
+    Ok(())
+}
+
+fn page(va: NonNull<u8>, i: usize) -> NonNull<u8> {
+    // The window is `i + 1` pages at least (callers), so no wrap to null.
+    NonNull::new(va.as_ptr().wrapping_add(i * 4096)).unwrap_or(va)
+}
+
+/// Unmaps the grants mapped at consecutive pages from `va` with `handles`
+/// (`GNTTABOP_unmap_grant_ref`, in batches of 16). The page-table entries
+/// are left empty.
+///
+/// # Safety
+///
+/// `va` and `handles` are a mapping made by [`map_grants`], and nothing
+/// uses those pages afterwards.
+///
+/// # Errors
+///
+/// The hypercall's result or the first failed entry's status (the others
+/// are still unmapped).
+pub unsafe fn unmap_grants<H: Hypercall + ?Sized>(
+    h: &H,
+    va: NonNull<u8>,
+    handles: &[u32],
+) -> Result<(), KernelError> {
+    const BATCH: usize = 16;
+    let mut first_err = None;
+    for (b, chunk) in handles.chunks(BATCH).enumerate() {
+        let mut ops = [GnttabUnmapGrantRef::default(); BATCH];
+        for (i, (op, &handle)) in ops.iter_mut().zip(chunk).enumerate() {
+            *op = GnttabUnmapGrantRef {
+                host_addr: va.as_ptr() as u64 + ((b * BATCH + i) * 4096) as u64,
+                handle,
+                status: 1,
+                ..GnttabUnmapGrantRef::default()
+            };
+        }
+        // SAFETY: Xen reads and writes `chunk.len()` entries of `ops`, a
+        // live local; the addresses and handles are the caller's mapping.
+        let rc = unsafe {
+            h.hypercall(
+                xen_sys::__HYPERVISOR_grant_table_op,
+                [
+                    u64::from(GNTTABOP_UNMAP_GRANT_REF),
+                    ops.as_mut_ptr() as u64,
+                    chunk.len() as u64,
+                    0,
+                    0,
+                ],
+            )
+        };
+        if rc < 0 {
+            first_err.get_or_insert(KernelError::Hypercall {
+                op: "grant_table_op(unmap_grant_ref)",
+                rc,
+            });
+        }
+        if let Some(op) = ops[..chunk.len()].iter().find(|o| o.status != GNTST_OKAY) {
+            first_err.get_or_insert(KernelError::Grant {
+                op: "unmap_grant_ref",
+                status: op.status,
+            });
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}

@@ -1,0 +1,235 @@
+//! A hypercall-level backend for a Xen PV guest kernel (feature `xen-sys`,
+//! x86_64, `no_std`, no allocation): grant table v1, event channels, and
+//! [`KernelTransport`], the core's [`Transport`](coresident::Transport)
+//! over them, so a kernel gets the same [`Channel`](coresident::Channel) as
+//! a daemon, and speaks the same rendezvous bytes ([`crate::crxg`]) as the
+//! userspace [`XenTransport`](crate::XenTransport) (feature `std`).
+//!
+//! ```text
+//!   your kernel                          this module
+//!   ───────────                          ───────────
+//!   Kernel: Hypercall ──────────────▶ Xen::new(kernel, shared_info mfn)
+//!     hypercall page / vmcall            ├─ SharedInfo: pending + mask bits, time
+//!     domid, page allocator,             └─ GrantTable: setup_table, grant/revoke
+//!     frame of a page, VA windows      KernelTransport::new(&xen, peer)
+//!     map a frame at a VA, idle          offer → pages granted, port unbound
+//!                                        accept → grants mapped, port bound
+//!                                        Channel::new(link, config, xen.clock())
+//! ```
+//!
+//! What only the kernel knows comes through the [`Kernel`] trait: how to
+//! issue a hypercall ([`Hypercall`]; [`HypercallPage`] is Xen's page), its
+//! own domain id, an allocator of its own pages and their machine frames,
+//! windows of virtual address space where foreign pages can be mapped, how
+//! to map a frame at an address ([`update_va_mapping`] for x86 PV), and
+//! what to do while a doorbell waits (by default `SCHEDOP_poll` on the port,
+//! which blocks the vCPU until the port is pending).
+//!
+//! Limits: x86_64 PV guests (grant mappings at virtual addresses, machine
+//! frames in grant entries); grant table v1 with [`GRANT_FRAMES`] frames;
+//! event channels of the 2-level ABI, polled (upcalls are the kernel's
+//! business); one link's region up to [`MAX_PAGES`](crate::MAX_PAGES)
+//! pages. A page that the peer still maps when its link is dropped is never
+//! freed (it would be reused while the peer writes it): it is counted in
+//! [`Xen::leaked_pages`].
+
+pub mod event_channel;
+pub mod grant_table;
+pub mod hypercall;
+pub mod transport;
+
+use core::fmt;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+pub use event_channel::{SharedInfo, XenClock};
+pub use grant_table::{GrantTable, GRANT_FRAMES};
+pub use hypercall::{update_va_mapping, Hypercall, HypercallPage};
+pub use transport::{KernelDoorbell, KernelPending, KernelRegion, KernelTransport};
+
+use crate::{DomId, EvtchnPort, GrantRef};
+
+/// A failure of a hypercall or of the kernel's services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KernelError {
+    /// A hypercall returned a negated errno.
+    Hypercall {
+        /// Which.
+        op: &'static str,
+        /// What it returned.
+        rc: i64,
+    },
+    /// A grant-table operation returned a `GNTST_*` status.
+    Grant {
+        /// Which.
+        op: &'static str,
+        /// The status (`GNTST_*`, `xen/grant_table.h`).
+        status: i16,
+    },
+    /// The peer still maps (or copies from) the granted page: access stays.
+    GrantInUse(GrantRef),
+    /// Every grant reference of the table is in use.
+    NoGrantRefs,
+    /// A grant reference outside the table, reserved or not in use.
+    BadGrantRef(GrantRef),
+    /// A frame number that a v1 grant entry cannot hold (32 bits).
+    FrameTooLarge(u64),
+    /// The kernel had no pages or no window to give.
+    NoMemory,
+    /// The kernel knows no machine frame for a page.
+    NoFrame,
+    /// A port outside the 2-level event-channel ABI.
+    BadPort(EvtchnPort),
+}
+
+impl fmt::Display for KernelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Hypercall { op, rc } => write!(f, "hypercall {op} failed: {rc}"),
+            Self::Grant { op, status } => write!(f, "{op}: grant status {status}"),
+            Self::GrantInUse(r) => write!(f, "grant {r} is still in use by the peer"),
+            Self::NoGrantRefs => f.write_str("no free grant reference"),
+            Self::BadGrantRef(r) => write!(f, "grant reference {r} is not ours to end"),
+            Self::FrameTooLarge(m) => write!(f, "frame {m:#x} does not fit a v1 grant entry"),
+            Self::NoMemory => f.write_str("the kernel has no pages or window to give"),
+            Self::NoFrame => f.write_str("the kernel knows no frame for a page"),
+            Self::BadPort(p) => write!(f, "event-channel port {p} out of range"),
+        }
+    }
+}
+
+impl core::error::Error for KernelError {}
+
+/// What only the kernel knows.
+///
+/// # Safety
+///
+/// Implementors guarantee:
+/// - [`alloc_pages`](Self::alloc_pages) returns `n` page-aligned, zeroed,
+///   writable pages of this domain's memory, contiguous in virtual address
+///   space, used by nothing else until they are passed to
+///   [`free_pages`](Self::free_pages);
+/// - [`frame_of`](Self::frame_of) returns the machine frame that backs the
+///   page (a wrong frame would grant someone else's memory);
+/// - [`alloc_window`](Self::alloc_window) returns `n` pages of virtual
+///   address space, page-aligned, where [`map_frame`](Self::map_frame) and
+///   grant mappings may replace whatever is mapped (for x86 PV: page tables
+///   present down to L1), used by nothing else until
+///   [`free_window`](Self::free_window);
+/// - [`domid`](Self::domid) is this domain's id.
+pub unsafe trait Kernel: Hypercall {
+    /// This domain's id (dom0: 0; a domU reads `domid` from XenStore).
+    fn domid(&self) -> DomId;
+
+    /// `n` zeroed pages of this domain's memory, or `None`.
+    fn alloc_pages(&self, n: usize) -> Option<NonNull<u8>>;
+
+    /// Returns pages from [`alloc_pages`](Self::alloc_pages).
+    ///
+    /// # Safety
+    ///
+    /// `pages` and `n` are what one `alloc_pages` call returned and was
+    /// asked for, no peer maps them any more, and nothing uses them after.
+    unsafe fn free_pages(&self, pages: NonNull<u8>, n: usize);
+
+    /// The machine frame backing the page at `page` (from `alloc_pages`).
+    fn frame_of(&self, page: NonNull<u8>) -> Option<u64>;
+
+    /// `n` pages of virtual address space for foreign mappings, or `None`.
+    fn alloc_window(&self, n: usize) -> Option<NonNull<u8>>;
+
+    /// Returns a window from [`alloc_window`](Self::alloc_window); the
+    /// kernel restores what it needs there (a grant unmap leaves the page
+    /// table entries empty).
+    ///
+    /// # Safety
+    ///
+    /// `window` and `n` are what one `alloc_window` call returned and was
+    /// asked for, nothing is mapped there by this module any more, and
+    /// nothing uses it after.
+    unsafe fn free_window(&self, window: NonNull<u8>, n: usize);
+
+    /// Maps machine frame `mfn` writable at `va` (a page of a window).
+    /// x86 PV: [`update_va_mapping`].
+    ///
+    /// # Safety
+    ///
+    /// `va` is a page of a live window of this kernel, and `mfn` a frame
+    /// this domain may map (shared_info, a grant-table frame).
+    unsafe fn map_frame(&self, va: NonNull<u8>, mfn: u64) -> Result<(), KernelError>;
+
+    /// Called by a waiting doorbell when `port` is not pending: return when
+    /// it may be, or when Xen's system time reaches `until_ns` (0: no
+    /// limit). Returning early is always correct (the caller re-checks).
+    /// The default blocks the vCPU with `SCHEDOP_poll`.
+    fn idle(&self, port: EvtchnPort, until_ns: u64) {
+        let _ = hypercall::poll(self, &[port], until_ns);
+    }
+}
+
+/// The hypervisor as this kernel sees it: the kernel's services, shared_info
+/// (event-channel bits, time) and the grant table. One per domain; links
+/// borrow it.
+#[derive(Debug)]
+pub struct Xen<K: Kernel> {
+    kernel: K,
+    shared: SharedInfo,
+    grants: GrantTable,
+    leaked: AtomicUsize,
+}
+
+impl<K: Kernel> Xen<K> {
+    /// Maps shared_info (machine frame `shared_info_mfn`: `start_info`'s
+    /// `shared_info` >> 12 in a PV guest) and sets the grant table up.
+    ///
+    /// # Errors
+    ///
+    /// No window from the kernel, a refused mapping or grant-table setup.
+    pub fn new(kernel: K, shared_info_mfn: u64) -> Result<Self, KernelError> {
+        let win = kernel.alloc_window(1).ok_or(KernelError::NoMemory)?;
+        // SAFETY: `win` is a fresh window page of this kernel; shared_info
+        // is this domain's to map.
+        unsafe { kernel.map_frame(win, shared_info_mfn)? };
+        // SAFETY: `win` now maps this domain's shared_info page, and stays
+        // mapped: the window is never returned.
+        let shared = unsafe { SharedInfo::new(win) };
+        let grants = GrantTable::setup(&kernel)?;
+        Ok(Self {
+            kernel,
+            shared,
+            grants,
+            leaked: AtomicUsize::new(0),
+        })
+    }
+
+    /// The kernel's services.
+    pub fn kernel(&self) -> &K {
+        &self.kernel
+    }
+
+    /// shared_info: event-channel bits and time.
+    pub fn shared_info(&self) -> &SharedInfo {
+        &self.shared
+    }
+
+    /// The grant table.
+    pub fn grants(&self) -> &GrantTable {
+        &self.grants
+    }
+
+    /// A [`Clock`](coresident::Clock) on Xen's system time.
+    pub fn clock(&self) -> XenClock<'_> {
+        XenClock::new(&self.shared)
+    }
+
+    /// Pages that could not be taken back because the peer still mapped
+    /// them when their link was dropped.
+    pub fn leaked_pages(&self) -> usize {
+        self.leaked.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn leak(&self, pages: usize) {
+        self.leaked.fetch_add(pages, Ordering::Relaxed);
+    }
+}
