@@ -37,6 +37,7 @@
 
 pub mod crxg;
 pub mod console_ring;
+pub mod ring_rendezvous;
 pub mod xs_ring;
 pub mod xs_wire;
 

@@ -146,7 +146,9 @@ pub enum XsRingError {
     Daemon(XsErrno),
     /// The server set the page's `error` word (`XENSTORE_ERROR_*`).
     Server(u32),
-    /// [`Events::wait`] gave up.
+    /// [`Events::wait`] gave up. During a request (its reply may still
+    /// come) or in the middle of a message, this breaks the client; while
+    /// [`XsRing::wait_watch`] waits for a new message, it does not.
     TimedOut,
     /// An earlier framing or index error left the stream out of step.
     Broken,
@@ -408,13 +410,18 @@ impl<E: Events> XsRing<E> {
         Ok(())
     }
 
-    /// Fills `out` from the reply ring, waiting for bytes as needed.
+    /// Fills `out` from the reply ring, waiting for bytes as needed. A
+    /// timeout after part of `out` was read leaves the stream mid-message:
+    /// the client is then broken.
     fn get(&mut self, out: &mut [u8]) -> Result<(), XsRingError> {
         let mut filled = 0;
         while filled < out.len() {
             let avail = self.rsp_avail()?;
             if avail == 0 {
-                self.wait()?;
+                if let Err(e) = self.wait() {
+                    self.broken |= filled > 0;
+                    return Err(e);
+                }
                 continue;
             }
             let slot = self.rsp_cons as usize % RING_SIZE;
@@ -449,7 +456,11 @@ impl<E: Events> XsRing<E> {
         let h = Header::decode(&head)?;
         let mut tmp = [0u8; PAYLOAD_MAX];
         let body = tmp.get_mut(..h.len).ok_or(WireError::TooLong(u32::MAX))?;
-        self.get(body)?;
+        if let Err(e) = self.get(body) {
+            // The header is consumed: the stream is mid-message.
+            self.broken = true;
+            return Err(e);
+        }
         let dst = if h.ty == MsgType::WatchEvent {
             if self.event_held {
                 self.lost += 1;
@@ -486,6 +497,10 @@ impl<E: Events> XsRing<E> {
             return Err(XsRingError::Broken);
         }
         let r = self.request_inner(ty, payload);
+        if r == Err(XsRingError::TimedOut) {
+            // The reply may still come, and would answer the next request.
+            self.broken = true;
+        }
         self.guard(r)?;
         Ok(self.reply.as_bytes())
     }
@@ -687,7 +702,7 @@ pub(crate) mod fake {
         None,
         /// Sets `rsp_prod` this far past `rsp_cons`.
         RspProdJump(u32),
-        /// Sets `req_cons` this far past `req_prod`.
+        /// Answers, then sets `req_cons` this far past `req_prod`.
         ReqConsAhead(u32),
         /// Answers with this header length.
         HugeLen(u32),
@@ -716,6 +731,10 @@ pub(crate) mod fake {
         pub(crate) mischief: Mischief,
         /// An index was set by mischief: the daemon stops moving them.
         pub(crate) frozen: bool,
+        /// Moves `req_cons` this far past `req_prod` after the next step.
+        pub(crate) req_jump: Option<u32>,
+        /// `req_cons` was moved: no more requests are consumed.
+        pub(crate) req_frozen: bool,
         pub(crate) waits_left: u32,
         pub(crate) notifies: u32,
         pub(crate) requests: u32,
@@ -735,6 +754,8 @@ pub(crate) mod fake {
                 watches: Vec::new(),
                 mischief: Mischief::None,
                 frozen: false,
+                req_jump: None,
+                req_frozen: false,
                 waits_left: 1000,
                 notifies: 0,
                 requests: 0,
@@ -798,12 +819,8 @@ pub(crate) mod fake {
                         .set(RSP_PROD, self.page.get(RSP_CONS).wrapping_add(d));
                     return;
                 }
-                Mischief::ReqConsAhead(d) => {
-                    self.frozen = true;
-                    self.page
-                        .set(REQ_CONS, self.page.get(REQ_PROD).wrapping_add(d));
-                    return;
-                }
+                // Answers, then moves req_cons past req_prod (`step`).
+                Mischief::ReqConsAhead(d) => self.req_jump = Some(d),
                 Mischief::None => {}
             }
             match ty {
@@ -859,7 +876,11 @@ pub(crate) mod fake {
             if self.frozen {
                 return;
             }
-            let prod = self.page.get(REQ_PROD);
+            let prod = if self.req_frozen {
+                self.req_cons
+            } else {
+                self.page.get(REQ_PROD)
+            };
             while self.req_cons != prod {
                 let b = self.page.byte(REQ + self.req_cons as usize % RING_SIZE);
                 self.inbox.push(b);
@@ -875,6 +896,11 @@ pub(crate) mod fake {
                 let body = self.inbox[HEADER_LEN..end].to_vec();
                 self.inbox.drain(..end);
                 self.handle(h.r#type, h.req_id, &body);
+            }
+            if let Some(d) = self.req_jump.take() {
+                self.req_frozen = true;
+                self.page
+                    .set(REQ_CONS, self.page.get(REQ_PROD).wrapping_add(d));
             }
             let cons = self.page.get(RSP_CONS);
             while self.rsp_prod.wrapping_sub(cons) < RING_SIZE as u32 {
@@ -897,6 +923,9 @@ pub(crate) mod fake {
         }
         fn wait(&mut self) -> bool {
             if self.waits_left == 0 {
+                // One timeout; later requests get a fresh budget, as each
+                // real wait has its own deadline.
+                self.waits_left = 1000;
                 return false;
             }
             self.waits_left -= 1;
@@ -1037,6 +1066,13 @@ mod tests {
         xs.events_mut().mischief = Mischief::Silent;
         xs.events_mut().waits_left = 5;
         assert_eq!(xs.read("k").unwrap_err(), XsRingError::TimedOut);
+        // A late reply would answer the next request: no next request.
+        assert_eq!(xs.read("k").unwrap_err(), XsRingError::Broken);
+        // A quiet wait for a watch event is not a broken stream.
+        let mut xs = client();
+        xs.events_mut().waits_left = 2;
+        assert_eq!(xs.wait_watch().unwrap_err(), XsRingError::TimedOut);
+        xs.write("k", b"still fine").unwrap();
     }
 
     fn hostile(m: Mischief) -> XsRingError {
@@ -1092,11 +1128,10 @@ mod tests {
     #[test]
     fn req_cons_ahead_of_our_prod_is_refused() {
         let mut xs = client();
-        // The daemon consumes a request, moves req_cons past our req_prod
-        // and never answers; the next request sees the bad index.
+        // The daemon answers a request, then moves req_cons past our
+        // req_prod; the next request sees the bad index.
         xs.events_mut().mischief = Mischief::ReqConsAhead(1);
-        xs.events_mut().waits_left = 3;
-        assert_eq!(xs.write("k", b"1").unwrap_err(), XsRingError::TimedOut);
+        xs.write("k", b"1").unwrap();
         assert!(matches!(
             xs.write("k", b"1").unwrap_err(),
             XsRingError::BadIndex {

@@ -1,0 +1,888 @@
+//! The accepting side of the XenStore rendezvous for a `no_std` kernel
+//! (the `std` one is `crate::rendezvous`, feature `std`): the same keys,
+//! read and written over the start_info XenStore ring ([`XsRing`]), the
+//! same checks on every value the offering domain wrote, then the
+//! transport's own check of the rebuilt "CRXG" bytes ([`crxg::parse`],
+//! inside the kernel transport's `accept`). `core` only, no allocation.
+//!
+//! ```text
+//!  offer:  /local/domain/O/data/coresident/channels/A/NAME/offer/
+//!          version port to-acceptor to-offerer nrefs refs0.. state=offered
+//!  answer: /local/domain/A/data/coresident/channels/O/NAME/answer/
+//!          version offer-port port state=accepted   (or error, state=refused)
+//!          every node [n A, r O]: ours, readable by the offerer alone
+//! ```
+//!
+//! Without allocation, an offer holds at most [`MAX_REFS`] grant
+//! references (rings of up to 60 KiB each way); a larger one is refused
+//! like any other bad value.
+//!
+//! Both sides: [`wait_offer`] + [`answer`] accept a daemon's (or another
+//! kernel's) offer; [`publish_offer`] + [`wait_answer`] offer the kernel
+//! transport's pages to a daemon, which accepts with the `std`
+//! rendezvous.
+
+use core::fmt::{self, Write as _};
+
+use coresident::ChannelLayout;
+
+use crate::crxg;
+use crate::xs_ring::{Events, XsRing, XsRingError};
+use crate::xs_wire::{self, Access, Perm, ValueError, XsErrno};
+use crate::{DomId, EvtchnPort, GrantRef};
+
+/// Where channels live in a domain's home (as the `std` rendezvous's).
+pub const CHANNELS: &str = "data/coresident/channels";
+/// References per `refsN` key (as the `std` rendezvous's).
+pub const REFS_PER_KEY: usize = 128;
+/// The most grant references this kernel accepts in one offer.
+pub const MAX_REFS: usize = 32;
+/// Grant references below this are Xen's (`GNTTAB_NR_RESERVED_ENTRIES`).
+const FIRST_GRANT_REF: GrantRef = 8;
+/// 2^20 v1 entries (as the `std` rendezvous's limit).
+const GRANT_REF_LIMIT: GrantRef = 1 << 20;
+/// `EVTCHN_FIFO_NR_CHANNELS` (as the `std` rendezvous's limit).
+const PORT_LIMIT: EvtchnPort = 1 << 17;
+
+/// Why the rendezvous failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RdvError {
+    /// The XenStore ring failed, or xenstored refused a request.
+    Xs(XsRingError),
+    /// A required key is missing.
+    Missing(&'static str),
+    /// A value that does not parse.
+    Value(&'static str, ValueError),
+    /// Another version of the keys.
+    BadVersion(u32),
+    /// A `state` other than `offered`.
+    BadState,
+    /// A port outside `1..2^17`.
+    BadPort(u32),
+    /// A reference out of range or repeated.
+    BadRef(u32),
+    /// `nrefs` is 0, above [`MAX_REFS`], or the `refsN` keys disagree.
+    BadRefCount,
+    /// The ring sizes or their page count were refused.
+    BadLayout,
+    /// A path did not fit its buffer.
+    PathTooLong,
+    /// Our own rendezvous bytes did not parse (a transport bug).
+    OwnOffer,
+    /// The acceptor refused our offer (its `error` key says why).
+    Refused,
+}
+
+impl fmt::Display for RdvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Xs(e) => write!(f, "XenStore: {e}"),
+            Self::Missing(k) => write!(f, "rendezvous key {k} is missing"),
+            Self::Value(k, e) => write!(f, "rendezvous key {k}: {e}"),
+            Self::BadVersion(v) => write!(f, "rendezvous version {v}"),
+            Self::BadState => f.write_str("rendezvous state is not `offered`"),
+            Self::BadPort(p) => write!(f, "event-channel port {p} out of range"),
+            Self::BadRef(r) => write!(f, "grant reference {r} out of range or repeated"),
+            Self::BadRefCount => f.write_str("bad grant reference count"),
+            Self::BadLayout => f.write_str("ring sizes refused"),
+            Self::PathTooLong => f.write_str("XenStore path too long"),
+            Self::OwnOffer => f.write_str("our own rendezvous bytes did not parse"),
+            Self::Refused => f.write_str("the acceptor refused the offer"),
+        }
+    }
+}
+
+impl core::error::Error for RdvError {}
+
+impl From<XsRingError> for RdvError {
+    fn from(e: XsRingError) -> Self {
+        Self::Xs(e)
+    }
+}
+
+/// A XenStore path built on the stack.
+#[derive(Clone)]
+pub struct Path {
+    buf: [u8; 192],
+    len: usize,
+}
+
+impl fmt::Debug for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Write for Path {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len.checked_add(s.len()).ok_or(fmt::Error)?;
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl Path {
+    /// An empty path.
+    pub const fn empty() -> Self {
+        Self {
+            buf: [0; 192],
+            len: 0,
+        }
+    }
+
+    /// The path of `args`.
+    ///
+    /// # Errors
+    ///
+    /// [`RdvError::PathTooLong`].
+    pub fn new(args: fmt::Arguments<'_>) -> Result<Self, RdvError> {
+        let mut p = Self::empty();
+        p.write_fmt(args).map_err(|_| RdvError::PathTooLong)?;
+        Ok(p)
+    }
+
+    /// The path (ASCII: only `str`s were written).
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(self.buf.get(..self.len).unwrap_or(&[])).unwrap_or("")
+    }
+}
+
+/// A validated offer.
+#[derive(Clone, Copy, Debug)]
+pub struct Offer {
+    /// The offering domain.
+    pub offerer: DomId,
+    /// Its unbound port for us.
+    pub port: EvtchnPort,
+    /// The ring sizes.
+    pub layout: ChannelLayout,
+    refs: [GrantRef; MAX_REFS],
+    nrefs: usize,
+}
+
+impl Offer {
+    /// The grant references, region pages then the live page.
+    pub fn refs(&self) -> &[GrantRef] {
+        self.refs.get(..self.nrefs).unwrap_or(&[])
+    }
+
+    /// The transport's rendezvous bytes for this offer; returns their length.
+    ///
+    /// # Errors
+    ///
+    /// [`RdvError::BadLayout`]: sizes the ring refuses, or a reference
+    /// count that does not match them.
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, RdvError> {
+        let refs = self.refs().iter().copied();
+        crxg::encode(self.offerer, self.port, self.layout, refs, out)
+            .map_err(|_| RdvError::BadLayout)
+    }
+}
+
+fn not_yet(e: &XsRingError) -> bool {
+    matches!(
+        e,
+        XsRingError::Daemon(XsErrno::ENOENT) | XsRingError::Daemon(XsErrno::EACCES)
+    )
+}
+
+fn read_u32<E: Events>(xs: &mut XsRing<E>, dir: &str, key: &'static str) -> Result<u32, RdvError> {
+    let p = Path::new(format_args!("{dir}/{key}"))?;
+    match xs.read(p.as_str()) {
+        Ok(v) => xs_wire::parse_u32(v).map_err(|e| RdvError::Value(key, e)),
+        Err(XsRingError::Daemon(XsErrno::ENOENT)) => Err(RdvError::Missing(key)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The offer's directory.
+///
+/// # Errors
+///
+/// [`RdvError::PathTooLong`].
+pub fn offer_dir(offerer: DomId, acceptor: DomId, name: &str) -> Result<Path, RdvError> {
+    Path::new(format_args!(
+        "/local/domain/{offerer}/{CHANNELS}/{acceptor}/{name}/offer"
+    ))
+}
+
+/// The answer's directory.
+///
+/// # Errors
+///
+/// [`RdvError::PathTooLong`].
+pub fn answer_dir(acceptor: DomId, offerer: DomId, name: &str) -> Result<Path, RdvError> {
+    Path::new(format_args!(
+        "/local/domain/{acceptor}/{CHANNELS}/{offerer}/{name}/answer"
+    ))
+}
+
+/// Reads and validates the offer under `dir`; `Ok(None)` while its `state`
+/// is absent or not yet readable by us.
+///
+/// # Errors
+///
+/// Every malformed value is an [`RdvError`].
+pub fn read_offer<E: Events>(
+    xs: &mut XsRing<E>,
+    offerer: DomId,
+    dir: &str,
+) -> Result<Option<Offer>, RdvError> {
+    let state = Path::new(format_args!("{dir}/state"))?;
+    match xs.read(state.as_str()) {
+        Ok(v) if v.strip_suffix(&[0]).unwrap_or(v) == b"offered" => {}
+        Ok(_) => return Err(RdvError::BadState),
+        Err(e) if not_yet(&e) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let version = read_u32(xs, dir, "version")?;
+    if version != u32::from(crxg::RENDEZVOUS_VERSION) {
+        return Err(RdvError::BadVersion(version));
+    }
+    let port = read_u32(xs, dir, "port")?;
+    if !(1..PORT_LIMIT).contains(&port) {
+        return Err(RdvError::BadPort(port));
+    }
+    let layout = ChannelLayout {
+        to_acceptor: read_u32(xs, dir, "to-acceptor")?,
+        to_offerer: read_u32(xs, dir, "to-offerer")?,
+    };
+    let nrefs = read_u32(xs, dir, "nrefs")? as usize;
+    if nrefs == 0 || nrefs > MAX_REFS {
+        return Err(RdvError::BadRefCount);
+    }
+    let mut offer = Offer {
+        offerer,
+        port,
+        layout,
+        refs: [0; MAX_REFS],
+        nrefs: 0,
+    };
+    let keys = nrefs.div_ceil(REFS_PER_KEY);
+    for k in 0..=keys {
+        let p = Path::new(format_args!("{dir}/refs{k}"))?;
+        let v = match xs.read(p.as_str()) {
+            // One key past the count must not exist: extra keys lie.
+            Ok(_) if k == keys => return Err(RdvError::BadRefCount),
+            Ok(v) => v,
+            Err(XsRingError::Daemon(XsErrno::ENOENT)) if k == keys => break,
+            Err(XsRingError::Daemon(XsErrno::ENOENT)) => return Err(RdvError::Missing("refsN")),
+            Err(e) => return Err(e.into()),
+        };
+        let want = (nrefs - k * REFS_PER_KEY).min(REFS_PER_KEY);
+        let v = v.strip_suffix(&[0]).unwrap_or(v);
+        let mut n = 0;
+        for field in v.split(|&b| b == b' ') {
+            let r = xs_wire::parse_u32(field).map_err(|e| RdvError::Value("refsN", e))?;
+            if n == want || offer.nrefs >= MAX_REFS {
+                return Err(RdvError::BadRefCount);
+            }
+            if !(FIRST_GRANT_REF..GRANT_REF_LIMIT).contains(&r) || offer.refs().contains(&r) {
+                return Err(RdvError::BadRef(r));
+            }
+            if let Some(slot) = offer.refs.get_mut(offer.nrefs) {
+                *slot = r;
+            }
+            offer.nrefs += 1;
+            n += 1;
+        }
+        if n != want {
+            return Err(RdvError::BadRefCount);
+        }
+    }
+    if !crxg::valid_layout(layout) || crxg::pages_for(layout) != nrefs {
+        return Err(RdvError::BadLayout);
+    }
+    Ok(Some(offer))
+}
+
+/// Waits, on a watch of the offer's directory, for a valid offer from
+/// `offerer` to us (`own`) of channel `name`. Watch events are hints: the
+/// keys are re-read after each.
+///
+/// # Errors
+///
+/// [`RdvError`] for a malformed offer; `RdvError::Xs(TimedOut)` when the
+/// ring's events give up.
+pub fn wait_offer<E: Events>(
+    xs: &mut XsRing<E>,
+    own: DomId,
+    offerer: DomId,
+    name: &str,
+) -> Result<Offer, RdvError> {
+    let dir = offer_dir(offerer, own, name)?;
+    let token = "coresident-offer";
+    xs.watch(dir.as_str(), token)?;
+    let r = loop {
+        match read_offer(xs, offerer, dir.as_str()) {
+            Ok(Some(offer)) => break Ok(offer),
+            Ok(None) => {}
+            Err(e) => break Err(e),
+        }
+        if let Err(e) = xs.wait_watch() {
+            break Err(e.into());
+        }
+    };
+    let _ = xs.unwatch(dir.as_str(), token);
+    r
+}
+
+/// Writes the answer (our port, or why we refused) under our home, each
+/// node `[n own, r offerer]`, `state` last.
+///
+/// # Errors
+///
+/// [`RdvError::Xs`].
+pub fn answer<E: Events>(
+    xs: &mut XsRing<E>,
+    own: DomId,
+    offer: &Offer,
+    name: &str,
+    outcome: Result<EvtchnPort, &dyn fmt::Display>,
+) -> Result<(), RdvError> {
+    let dir = answer_dir(own, offer.offerer, name)?;
+    let perms = [
+        Perm {
+            domid: own,
+            access: Access::None,
+        },
+        Perm {
+            domid: offer.offerer,
+            access: Access::Read,
+        },
+    ];
+    match xs.rm(dir.as_str()) {
+        Ok(()) | Err(XsRingError::Daemon(XsErrno::ENOENT)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    xs.mkdir(dir.as_str())?;
+    xs.set_perms(dir.as_str(), &perms)?;
+    let d = dir.as_str();
+    let mut num = [0u8; 10];
+    put(
+        xs,
+        d,
+        "version",
+        dec(crxg::RENDEZVOUS_VERSION.into(), &mut num),
+        &perms,
+    )?;
+    put(xs, d, "offer-port", dec(offer.port, &mut num), &perms)?;
+    match outcome {
+        Ok(port) => {
+            put(xs, d, "port", dec(port, &mut num), &perms)?;
+            put(xs, d, "state", b"accepted", &perms)
+        }
+        Err(why) => {
+            let mut text = Path::empty();
+            // Truncated at the buffer's end: text for humans, never parsed.
+            let _ = write!(text, "{why}");
+            put(xs, d, "error", text.as_str().as_bytes(), &perms)?;
+            put(xs, d, "state", b"refused", &perms)
+        }
+    }
+}
+
+/// Writes `dir/key` = `value` with `perms`.
+fn put<E: Events>(
+    xs: &mut XsRing<E>,
+    dir: &str,
+    key: &str,
+    value: &[u8],
+    perms: &[Perm],
+) -> Result<(), RdvError> {
+    let p = Path::new(format_args!("{dir}/{key}"))?;
+    xs.write(p.as_str(), value)?;
+    // New nodes inherit their parent's permissions; set them anyway, as
+    // the std rendezvous does.
+    xs.set_perms(p.as_str(), perms)?;
+    Ok(())
+}
+
+/// `v` in decimal, in `buf`.
+fn dec(mut v: u32, buf: &mut [u8; 10]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// Publishes the kernel transport's offer (its rendezvous `bytes`, from
+/// `Transport::offer`) to `acceptor` under our home: every node
+/// `[n own, r acceptor]`, `state=offered` last. Returns the offer's port,
+/// which the answer must echo.
+///
+/// # Errors
+///
+/// [`RdvError::OwnOffer`] if the bytes are not a valid offer from `own`;
+/// [`RdvError::Xs`] (what was written is removed).
+pub fn publish_offer<E: Events>(
+    xs: &mut XsRing<E>,
+    own: DomId,
+    acceptor: DomId,
+    name: &str,
+    bytes: &[u8],
+) -> Result<EvtchnPort, RdvError> {
+    let offer = crxg::parse(own, bytes).map_err(|_| RdvError::OwnOffer)?;
+    let dir = offer_dir(own, acceptor, name)?;
+    let d = dir.as_str();
+    let perms = [
+        Perm {
+            domid: own,
+            access: Access::None,
+        },
+        Perm {
+            domid: acceptor,
+            access: Access::Read,
+        },
+    ];
+    let r = (|| {
+        match xs.rm(d) {
+            Ok(()) | Err(XsRingError::Daemon(XsErrno::ENOENT)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        xs.mkdir(d)?;
+        xs.set_perms(d, &perms)?;
+        let mut num = [0u8; 10];
+        put(
+            xs,
+            d,
+            "version",
+            dec(crxg::RENDEZVOUS_VERSION.into(), &mut num),
+            &perms,
+        )?;
+        put(xs, d, "port", dec(offer.port(), &mut num), &perms)?;
+        put(
+            xs,
+            d,
+            "to-acceptor",
+            dec(offer.layout.to_acceptor, &mut num),
+            &perms,
+        )?;
+        put(
+            xs,
+            d,
+            "to-offerer",
+            dec(offer.layout.to_offerer, &mut num),
+            &perms,
+        )?;
+        let nrefs = u32::try_from(offer.nrefs()).map_err(|_| RdvError::BadRefCount)?;
+        put(xs, d, "nrefs", dec(nrefs, &mut num), &perms)?;
+        // REFS_PER_KEY references of at most 10 digits and a space each.
+        let mut value = [0u8; REFS_PER_KEY * 11];
+        let mut refs = offer.refs();
+        let mut k = 0;
+        loop {
+            let mut len = 0;
+            for r in refs.by_ref().take(REFS_PER_KEY) {
+                let digits = dec(r, &mut num);
+                let sep = usize::from(len > 0);
+                let end = len + sep + digits.len();
+                let slot = value.get_mut(len..end).ok_or(RdvError::BadRefCount)?;
+                slot[..sep].copy_from_slice(&b" "[..sep]);
+                slot[sep..].copy_from_slice(digits);
+                len = end;
+            }
+            if len == 0 {
+                break;
+            }
+            let key = Path::new(format_args!("refs{k}"))?;
+            put(xs, d, key.as_str(), value.get(..len).unwrap_or(&[]), &perms)?;
+            k += 1;
+        }
+        put(xs, d, "state", b"offered", &perms)
+    })();
+    if r.is_err() {
+        let _ = xs.rm(d);
+    }
+    r.map(|()| offer.port())
+}
+
+/// Waits, on a watch of the answer's directory, for `acceptor`'s answer
+/// to our offer of `port`; removes the offer whatever the outcome (as the
+/// `std` rendezvous's `complete`). An answer naming another port is a
+/// stale one, to an earlier offer: it is waited past.
+///
+/// # Errors
+///
+/// [`RdvError::Refused`]; a malformed answer; `RdvError::Xs(TimedOut)`
+/// when the ring's events give up.
+pub fn wait_answer<E: Events>(
+    xs: &mut XsRing<E>,
+    own: DomId,
+    acceptor: DomId,
+    name: &str,
+    port: EvtchnPort,
+) -> Result<(), RdvError> {
+    let dir = answer_dir(acceptor, own, name)?;
+    let d = dir.as_str();
+    let token = "coresident-answer";
+    let r = xs.watch(d, token).map_err(RdvError::from).and_then(|()| {
+        let r = loop {
+            match read_answer(xs, d, port) {
+                Ok(Some(r)) => break r,
+                Ok(None) => {}
+                Err(e) => break Err(e),
+            }
+            if let Err(e) = xs.wait_watch() {
+                break Err(e.into());
+            }
+        };
+        let _ = xs.unwatch(d, token);
+        r
+    });
+    if let Ok(offer) = offer_dir(own, acceptor, name) {
+        let _ = xs.rm(offer.as_str());
+    }
+    r
+}
+
+/// The answer under `dir` to the offer of `port`: `None` while absent,
+/// unreadable, or about another offer.
+fn read_answer<E: Events>(
+    xs: &mut XsRing<E>,
+    dir: &str,
+    port: EvtchnPort,
+) -> Result<Option<Result<(), RdvError>>, RdvError> {
+    let state = Path::new(format_args!("{dir}/state"))?;
+    let accepted = match xs.read(state.as_str()) {
+        Ok(v) => match v.strip_suffix(&[0]).unwrap_or(v) {
+            b"accepted" => true,
+            b"refused" => false,
+            _ => return Err(RdvError::BadState),
+        },
+        Err(e) if not_yet(&e) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    match read_u32(xs, dir, "offer-port") {
+        Ok(p) if p == port => {}
+        Ok(_) | Err(RdvError::Missing(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let version = read_u32(xs, dir, "version")?;
+    if version != u32::from(crxg::RENDEZVOUS_VERSION) {
+        return Err(RdvError::BadVersion(version));
+    }
+    Ok(Some(if accepted {
+        Ok(())
+    } else {
+        Err(RdvError::Refused)
+    }))
+}
+
+/// Removes our answer (teardown).
+///
+/// # Errors
+///
+/// [`RdvError::Xs`] for anything but a missing node.
+pub fn withdraw<E: Events>(
+    xs: &mut XsRing<E>,
+    own: DomId,
+    offerer: DomId,
+    name: &str,
+) -> Result<(), RdvError> {
+    let dir = answer_dir(own, offerer, name)?;
+    match xs.rm(dir.as_str()) {
+        Ok(()) | Err(XsRingError::Daemon(XsErrno::ENOENT)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against the simulated xenstored of `xs_ring`'s tests: the offer is
+    //! written into its store as dom0's rendezvous writes it, then spoiled
+    //! key by key.
+    extern crate std;
+    use super::*;
+    use crate::xs_ring::fake::{client, Daemon};
+    use std::string::{String, ToString};
+    use std::vec::Vec;
+
+    const OWN: DomId = 5;
+    const DIR: &str = "/local/domain/0/data/coresident/channels/5/pv/offer";
+
+    /// A 16 KiB + 16 KiB offer: 9 region pages + the live page.
+    fn offer_keys() -> Vec<(&'static str, String)> {
+        let layout = ChannelLayout::symmetric(16 * 1024);
+        let n = crxg::pages_for(layout);
+        let refs: Vec<String> = (0..n).map(|i| (100 + i).to_string()).collect();
+        std::vec![
+            ("version", "1".into()),
+            ("port", "17".into()),
+            ("to-acceptor", "16384".into()),
+            ("to-offerer", "16384".into()),
+            ("nrefs", n.to_string()),
+            ("refs0", refs.join(" ")),
+            ("state", "offered".into()),
+        ]
+    }
+
+    fn ring_with(keys: &[(&str, String)]) -> XsRing<Daemon> {
+        let mut xs = client();
+        for (k, v) in keys {
+            let path = std::format!("{DIR}/{k}");
+            xs.events_mut()
+                .store
+                .insert(path.into_bytes(), v.clone().into_bytes());
+        }
+        xs
+    }
+
+    fn read_with(change: &str, value: Option<&str>) -> Result<Option<Offer>, RdvError> {
+        let mut keys = offer_keys();
+        keys.retain(|(k, _)| *k != change);
+        if let Some(v) = value {
+            keys.push((leak(change), v.into()));
+        }
+        read_offer(&mut ring_with(&keys), 0, DIR)
+    }
+
+    fn leak(s: &str) -> &'static str {
+        std::boxed::Box::leak(s.to_string().into_boxed_str())
+    }
+
+    #[test]
+    fn a_good_offer_becomes_the_transports_bytes() {
+        let mut xs = ring_with(&offer_keys());
+        let offer = wait_offer(&mut xs, OWN, 0, "pv").unwrap();
+        assert_eq!((offer.offerer, offer.port), (0, 17));
+        assert_eq!(offer.layout, ChannelLayout::symmetric(16 * 1024));
+        assert_eq!(offer.refs(), (100..110).collect::<Vec<u32>>().as_slice());
+        let mut buf = [0u8; 256];
+        let n = offer.encode(&mut buf).unwrap();
+        let parsed = crxg::parse(0, &buf[..n]).unwrap();
+        assert_eq!(parsed.port(), 17);
+        assert_eq!(parsed.refs().collect::<Vec<_>>(), offer.refs());
+        // The watch was removed again.
+        assert!(xs.events_mut().watches.is_empty());
+    }
+
+    #[test]
+    fn an_absent_or_unreadable_offer_is_not_yet_there() {
+        assert!(matches!(read_with("state", None), Ok(None)));
+        let mut xs = ring_with(&offer_keys());
+        xs.events_mut()
+            .denied
+            .push(std::format!("{DIR}/state").into_bytes());
+        assert!(matches!(read_offer(&mut xs, 0, DIR), Ok(None)));
+        // wait_offer keeps waiting on the watch until the ring gives up.
+        xs.events_mut().waits_left = 5;
+        assert_eq!(
+            wait_offer(&mut xs, OWN, 0, "pv").unwrap_err(),
+            RdvError::Xs(XsRingError::TimedOut)
+        );
+    }
+
+    #[test]
+    fn every_hostile_value_is_a_typed_error() {
+        use RdvError as E;
+        let cases: &[(&str, Option<&str>, RdvError)] = &[
+            ("state", Some("accepted"), E::BadState),
+            ("version", Some("2"), E::BadVersion(2)),
+            ("version", None, E::Missing("version")),
+            (
+                "version",
+                Some("1x"),
+                E::Value("version", ValueError::NotANumber),
+            ),
+            ("port", Some("0"), E::BadPort(0)),
+            ("port", Some("131072"), E::BadPort(1 << 17)),
+            (
+                "port",
+                Some("99999999999"),
+                E::Value("port", ValueError::OutOfRange),
+            ),
+            ("to-acceptor", Some("1000"), E::BadLayout),
+            (
+                "to-offerer",
+                Some(""),
+                E::Value("to-offerer", ValueError::Empty),
+            ),
+            ("nrefs", Some("0"), E::BadRefCount),
+            ("nrefs", Some("33"), E::BadRefCount),
+            ("nrefs", Some("9"), E::BadRefCount),
+            ("nrefs", Some("11"), E::BadRefCount),
+            ("refs0", None, E::Missing("refsN")),
+            ("refs0", Some("100 101"), E::BadRefCount),
+            (
+                "refs0",
+                Some("100 101 102 103 104 105 106 107 108 7"),
+                E::BadRef(7),
+            ),
+            (
+                "refs0",
+                Some("100 101 102 103 104 105 106 107 108 100"),
+                E::BadRef(100),
+            ),
+            (
+                "refs0",
+                Some("100 101 102 103 104 105 106 107 108 1048576"),
+                E::BadRef(1 << 20),
+            ),
+            (
+                "refs0",
+                Some("100 101 102 103 104 105 106 107 108  109"),
+                E::Value("refsN", ValueError::Empty),
+            ),
+            ("refs1", Some("200"), E::BadRefCount),
+        ];
+        for (key, value, want) in cases {
+            assert_eq!(
+                read_with(key, *value).map(|_| ()),
+                Err(*want),
+                "{key} = {value:?}"
+            );
+        }
+        // A count that agrees with the keys but not with the ring sizes.
+        let mut keys = offer_keys();
+        keys.retain(|(k, _)| !matches!(*k, "nrefs" | "refs0"));
+        keys.push(("nrefs", "3".into()));
+        keys.push(("refs0", "100 101 102".into()));
+        assert_eq!(
+            read_offer(&mut ring_with(&keys), 0, DIR).map(|_| ()),
+            Err(E::BadLayout)
+        );
+    }
+
+    #[test]
+    fn answers_are_ours_and_readable_by_the_offerer_alone() {
+        let mut xs = ring_with(&offer_keys());
+        let offer = wait_offer(&mut xs, OWN, 0, "pv").unwrap();
+        answer(&mut xs, OWN, &offer, "pv", Ok(3)).unwrap();
+        let dir = "/local/domain/5/data/coresident/channels/0/pv/answer";
+        let store = &xs.events_mut().store;
+        let get = |k: &str| store.get(std::format!("{dir}/{k}").as_bytes()).cloned();
+        assert_eq!(get("state").as_deref(), Some(&b"accepted"[..]));
+        assert_eq!(get("port").as_deref(), Some(&b"3"[..]));
+        assert_eq!(get("offer-port").as_deref(), Some(&b"17"[..]));
+        assert_eq!(get("version").as_deref(), Some(&b"1"[..]));
+        for k in ["", "/state", "/port"] {
+            let perms = store.get(std::format!("perms:{dir}{k}").as_bytes());
+            assert_eq!(perms.map(Vec::as_slice), Some(&b"n5\0r0\0"[..]), "{k}");
+        }
+        // A refusal replaces the answer, with the reason.
+        answer(&mut xs, OWN, &offer, "pv", Err(&"no room")).unwrap();
+        let store = &xs.events_mut().store;
+        let get = |k: &str| store.get(std::format!("{dir}/{k}").as_bytes()).cloned();
+        assert_eq!(get("state").as_deref(), Some(&b"refused"[..]));
+        assert_eq!(get("error").as_deref(), Some(&b"no room"[..]));
+        assert_eq!(get("port"), None);
+        withdraw(&mut xs, OWN, 0, "pv").unwrap();
+        withdraw(&mut xs, OWN, 0, "pv").unwrap();
+        let store = &xs.events_mut().store;
+        assert!(!store.keys().any(|k| k.starts_with(dir.as_bytes())));
+    }
+
+    /// Rendezvous bytes of a kernel offer: 16 KiB each way from dom5.
+    fn kernel_offer(port: u32) -> Vec<u8> {
+        let layout = ChannelLayout::symmetric(16 * 1024);
+        let n = crxg::pages_for(layout);
+        let mut buf = std::vec![0u8; crxg::encoded_len(layout)];
+        let refs = (0..n as u32).map(|i| 1000 + i);
+        let len = crxg::encode(OWN, port, layout, refs, &mut buf).unwrap();
+        buf.truncate(len);
+        buf
+    }
+
+    #[test]
+    fn a_published_offer_reads_back_as_the_same_offer() {
+        let bytes = kernel_offer(21);
+        let mut xs = client();
+        assert_eq!(publish_offer(&mut xs, OWN, 0, "k", &bytes), Ok(21));
+        let dir = offer_dir(OWN, 0, "k").unwrap();
+        let store = &xs.events_mut().store;
+        let perms = store.get(std::format!("perms:{}/refs0", dir.as_str()).as_bytes());
+        assert_eq!(perms.map(Vec::as_slice), Some(&b"n5\0r0\0"[..]));
+        // The acceptor's reader (the same checks as the std one) agrees.
+        let offer = read_offer(&mut xs, OWN, dir.as_str()).unwrap().unwrap();
+        let mut buf = [0u8; 256];
+        let n = offer.encode(&mut buf).unwrap();
+        assert_eq!(&buf[..n], bytes.as_slice());
+        // Bytes that are not our own offer are refused before any write.
+        let mut xs = client();
+        assert_eq!(
+            publish_offer(&mut xs, OWN + 1, 0, "k", &bytes),
+            Err(RdvError::OwnOffer)
+        );
+        assert_eq!(
+            publish_offer(&mut xs, OWN, 0, "k", &bytes[..40]),
+            Err(RdvError::OwnOffer)
+        );
+        assert_eq!(xs.events_mut().requests, 0);
+    }
+
+    #[test]
+    fn answers_are_waited_for_and_checked() {
+        let answer_at = |entries: &[(&str, &str)]| {
+            let mut xs = client();
+            let bytes = kernel_offer(21);
+            publish_offer(&mut xs, OWN, 0, "k", &bytes).unwrap();
+            let dir = answer_dir(0, OWN, "k").unwrap();
+            for (k, v) in entries {
+                let path = std::format!("{}/{k}", dir.as_str());
+                xs.events_mut()
+                    .store
+                    .insert(path.into_bytes(), v.as_bytes().to_vec());
+            }
+            // Enough for the requests, too few for a stale answer to
+            // outlast; the timeout leaves the ring usable for the rm.
+            xs.events_mut().waits_left = 40;
+            let r = wait_answer(&mut xs, OWN, 0, "k", 21);
+            // The offer is gone whatever the outcome.
+            let offer = offer_dir(OWN, 0, "k").unwrap();
+            let left = xs
+                .events_mut()
+                .store
+                .keys()
+                .any(|k| k.starts_with(offer.as_str().as_bytes()));
+            assert!(!left, "{entries:?}: {r:?}");
+            r
+        };
+        let ok = [
+            ("version", "1"),
+            ("offer-port", "21"),
+            ("port", "4"),
+            ("state", "accepted"),
+        ];
+        assert_eq!(answer_at(&ok), Ok(()));
+        let refused = [("version", "1"), ("offer-port", "21"), ("state", "refused")];
+        assert_eq!(answer_at(&refused), Err(RdvError::Refused));
+        let stale = [
+            ("version", "1"),
+            ("offer-port", "20"),
+            ("state", "accepted"),
+        ];
+        assert_eq!(answer_at(&stale), Err(RdvError::Xs(XsRingError::TimedOut)));
+        assert_eq!(answer_at(&[]), Err(RdvError::Xs(XsRingError::TimedOut)));
+        let odd = [("version", "1"), ("offer-port", "21"), ("state", "maybe")];
+        assert_eq!(answer_at(&odd), Err(RdvError::BadState));
+        let newer = [
+            ("version", "2"),
+            ("offer-port", "21"),
+            ("state", "accepted"),
+        ];
+        assert_eq!(answer_at(&newer), Err(RdvError::BadVersion(2)));
+        let junk = [("version", "1"), ("offer-port", "x"), ("state", "accepted")];
+        assert_eq!(
+            answer_at(&junk),
+            Err(RdvError::Value("offer-port", ValueError::NotANumber))
+        );
+    }
+
+    #[test]
+    fn paths_that_do_not_fit_are_refused() {
+        let long = "x".repeat(200);
+        assert_eq!(offer_dir(0, OWN, &long).unwrap_err(), RdvError::PathTooLong);
+        assert_eq!(offer_dir(0, OWN, "pv").unwrap().as_str(), DIR);
+    }
+}
