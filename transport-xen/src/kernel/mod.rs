@@ -38,6 +38,11 @@ pub mod grant_table;
 pub mod hypercall;
 pub mod transport;
 
+#[cfg(all(test, feature = "std", target_os = "linux"))]
+mod fake;
+#[cfg(all(test, feature = "std", target_os = "linux"))]
+mod tests;
+
 use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
