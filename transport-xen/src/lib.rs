@@ -21,6 +21,11 @@
 //! - [`xs_wire`]: the XenStore wire protocol (`xen/io/xs_wire.h`), `core`
 //!   only; [`xenstore`]: a client over xenstored's socket (dom0) or
 //!   `/dev/xen/xenbus` (any domain).
+//! - [`crxg`]: the rendezvous bytes and the page layout of an offer, `core`
+//!   only, spoken by both transports below.
+//! - `kernel` (feature `xen-sys`, x86_64, `no_std`): grant table v1, event
+//!   channels and `KernelTransport` over hypercalls, for a PV guest kernel
+//!   that supplies them through the `Kernel` trait (docs/kernel.md).
 //! - [`transport`]: [`XenTransport`], the core's `Transport` over the
 //!   layers above (rendezvous bytes, region, event-channel doorbell,
 //!   unmap-notify for peer death).
