@@ -10,7 +10,9 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use core::time::Duration;
 
-use xen_sys::{evtchn_alloc_unbound, evtchn_bind_interdomain, evtchn_close, evtchn_send};
+use xen_sys::{
+    evtchn_alloc_unbound, evtchn_bind_interdomain, evtchn_close, evtchn_send, evtchn_status,
+};
 
 use super::hypercall::{Hypercall, DOMID_SELF};
 use super::KernelError;
@@ -24,6 +26,8 @@ const _: () = assert!(size_of::<evtchn_bind_interdomain>() == 12);
 const _: () = assert!(core::mem::offset_of!(evtchn_bind_interdomain, remote_port) == 4);
 const _: () = assert!(core::mem::offset_of!(evtchn_bind_interdomain, local_port) == 8);
 const _: () = assert!(size_of::<evtchn_send>() == 4 && size_of::<evtchn_close>() == 4);
+const _: () = assert!(size_of::<evtchn_status>() == 24);
+const _: () = assert!(core::mem::offset_of!(evtchn_status, status) == 8);
 
 /// Ports of the 2-level ABI on x86_64: 64 words of 64 bits.
 pub const MAX_PORTS: u32 = 64 * 64;
@@ -125,6 +129,23 @@ pub fn send(h: &(impl Hypercall + ?Sized), port: EvtchnPort) -> Result<(), Kerne
 pub fn close(h: &(impl Hypercall + ?Sized), port: EvtchnPort) -> Result<(), KernelError> {
     let mut c = evtchn_close { port };
     op(h, xen_sys::EVTCHNOP_close, &mut c, "evtchn(close)")
+}
+
+/// Whether `port` is still connected to a peer (`EVTCHNOP_status` says
+/// `EVTCHNSTAT_interdomain`). When a peer domain dies, Xen closes its ends
+/// and ours becomes unbound: this is how a destroyed peer shows.
+///
+/// # Errors
+///
+/// Xen's refusal (a port that is not ours).
+pub fn is_connected(h: &(impl Hypercall + ?Sized), port: EvtchnPort) -> Result<bool, KernelError> {
+    // SAFETY: evtchn_status is plain integers (a union of integer
+    // structs): all zeroes is a valid value.
+    let mut st: evtchn_status = unsafe { core::mem::zeroed() };
+    st.dom = DOMID_SELF;
+    st.port = port;
+    op(h, xen_sys::EVTCHNOP_status, &mut st, "evtchn(status)")?;
+    Ok(st.status == xen_sys::EVTCHNSTAT_interdomain)
 }
 
 /// This domain's shared_info page, mapped: event-channel pending and mask

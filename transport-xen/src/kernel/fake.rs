@@ -175,6 +175,17 @@ impl FakeXen {
         unsafe { AtomicU64::from_ptr(w.cast()).fetch_or(1 << (port % 64), Ordering::AcqRel) };
     }
 
+    /// What Xen does to a destroyed domain's end of `port`'s channel: it
+    /// closes it, and the survivor's end becomes unbound. No live byte is
+    /// cleared.
+    pub(crate) fn destroy_peer_of(&self, port: EvtchnPort) {
+        let mut st = self.st.borrow_mut();
+        if let Some(&Port::Interdomain(peer)) = st.ports.get(port as usize) {
+            st.ports[peer as usize] = Port::Free;
+            st.ports[port as usize] = Port::Unbound(self.domid);
+        }
+    }
+
     pub(crate) fn maps(&self) -> usize {
         self.st.borrow().maps.len()
     }
@@ -284,6 +295,17 @@ impl FakeXen {
                     Some(Port::Unbound(_)) => 0,
                     _ => -22,
                 }
+            }
+            xen_sys::EVTCHNOP_status => {
+                // SAFETY: the caller passes a live evtchn_status.
+                let q = unsafe { &mut *(ptr as *mut xen_sys::evtchn_status) };
+                q.status = match st.ports.get(q.port as usize) {
+                    Some(Port::Interdomain(_)) => xen_sys::EVTCHNSTAT_interdomain,
+                    Some(Port::Unbound(_)) => xen_sys::EVTCHNSTAT_unbound,
+                    Some(Port::Free) => xen_sys::EVTCHNSTAT_closed,
+                    None => return -22,
+                };
+                0
             }
             xen_sys::EVTCHNOP_close => {
                 // SAFETY: the caller passes a live evtchn_close.

@@ -201,6 +201,30 @@ fn an_offerer_gone_first_shows_as_peer_gone_and_its_mapped_pages_stay() {
 }
 
 #[test]
+fn a_destroyed_peer_shows_through_the_event_channel() {
+    let x = xen();
+    let mut off = KernelTransport::new(&x, 0);
+    let mut acc = KernelTransport::new(&x, 0);
+    let mut buf = [0u8; 256];
+    let (pending, n) = off.offer(layout(), &mut buf).unwrap();
+    let b = acc.accept(&buf[..n]).unwrap();
+    let a = pending.complete(None).unwrap();
+    // Consume the pending bits the set-up left.
+    assert_eq!(b.doorbell.wait(None), Ok(Wake::Rung));
+    assert_eq!(a.doorbell.wait(None), Ok(Wake::Rung));
+    // The offerer's domain dies: its live byte stays 1, but Xen closes its
+    // end of the channel.
+    x.kernel().destroy_peer_of(b.doorbell.port());
+    assert!(b.doorbell.peer_alive(), "nothing to see before a wait");
+    assert_eq!(
+        b.doorbell.wait(Some(core::time::Duration::from_millis(10))),
+        Ok(Wake::PeerGone)
+    );
+    assert!(!b.doorbell.peer_alive());
+    drop((a, b));
+}
+
+#[test]
 fn garbage_and_hostile_rendezvous_map_nothing() {
     let x = xen();
     let mut acc = KernelTransport::new(&x, 0);

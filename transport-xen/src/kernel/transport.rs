@@ -285,6 +285,9 @@ pub struct KernelDoorbell<'x, K: Kernel> {
     live: Pages<'x, K>,
     port: EvtchnPort,
     role: Role,
+    /// Xen found our port no longer connected: the peer domain is gone
+    /// (destroyed domains clear no live byte).
+    disconnected: core::cell::Cell<bool>,
 }
 
 impl<K: Kernel> KernelDoorbell<'_, K> {
@@ -328,7 +331,14 @@ impl<K: Kernel> KernelDoorbell<'_, K> {
     }
 
     /// Waits until `done()` or the port is pending (consumed), or `until`.
-    fn wait_until(&self, until: Option<u64>, done: impl Fn(&Self) -> bool) -> bool {
+    /// With `connected`, a port Xen no longer reports connected also ends
+    /// the wait (checked before each idle: one hypercall per sleep).
+    fn wait_until(
+        &self,
+        until: Option<u64>,
+        connected: bool,
+        done: impl Fn(&Self) -> bool,
+    ) -> bool {
         let xen = self.live.xen;
         loop {
             if done(self) {
@@ -342,6 +352,10 @@ impl<K: Kernel> KernelDoorbell<'_, K> {
                     return false;
                 }
             }
+            if connected && !event_channel::is_connected(xen.kernel(), self.port).unwrap_or(false) {
+                self.disconnected.set(true);
+                return true;
+            }
             xen.kernel().idle(self.port, until.unwrap_or(0));
         }
     }
@@ -354,7 +368,7 @@ impl<K: Kernel> Doorbell for KernelDoorbell<'_, K> {
 
     fn wait(&self, timeout: Option<Duration>) -> Result<Wake, TransportError> {
         let until = self.until(timeout);
-        if !self.wait_until(until, |d| !d.peer_alive()) {
+        if !self.wait_until(until, true, |d| !d.peer_alive()) {
             return Ok(Wake::TimedOut);
         }
         Ok(if self.peer_alive() {
@@ -364,8 +378,10 @@ impl<K: Kernel> Doorbell for KernelDoorbell<'_, K> {
         })
     }
 
+    /// The peer's live byte is set, and Xen has not been seen to report our
+    /// port disconnected (checked when a wait would sleep).
     fn peer_alive(&self) -> bool {
-        self.read_live(self.peer_role()) != 0
+        !self.disconnected.get() && self.read_live(self.peer_role()) != 0
     }
 }
 
@@ -436,6 +452,7 @@ impl<'x, K: Kernel> Transport for KernelTransport<'x, K> {
             live,
             port,
             role: Role::Offerer,
+            disconnected: core::cell::Cell::new(false),
         };
         init_region(&region, layout).map_err(KernelTransportError::Layout)?;
         doorbell.write_live(1);
@@ -476,6 +493,7 @@ impl<'x, K: Kernel> Transport for KernelTransport<'x, K> {
             live,
             port,
             role: Role::Acceptor,
+            disconnected: core::cell::Cell::new(false),
         };
         doorbell.write_live(1);
         event_channel::send(self.xen.kernel(), port)?;
@@ -502,7 +520,11 @@ impl<'x, K: Kernel> PendingOffer for KernelPending<'x, K> {
             if self.doorbell.peer_alive() {
                 break;
             }
-            if !self.doorbell.wait_until(until, KernelDoorbell::peer_alive) {
+            // Not `connected`: the offer's port is unbound until accepted.
+            if !self
+                .doorbell
+                .wait_until(until, false, KernelDoorbell::peer_alive)
+            {
                 return Err(KernelTransportError::Timeout);
             }
         }
