@@ -25,10 +25,15 @@ use core::cell::Cell;
 use core::time::Duration;
 
 use coresident::{Channel, ChannelConfig, ChannelError, ChannelLayout, PendingOffer, Transport};
+use coresident::{Doorbell, Wake};
 use coresident_pv_kernel::coro::{Pair, Stack};
 use coresident_pv_kernel::{pv_entry, say, Boot, PvKernel, SHUTDOWN_REBOOT};
+use coresident_xen::crxg;
 use coresident_xen::kernel::hypercall::xen_version;
-use coresident_xen::kernel::{KernelDoorbell, KernelRegion, KernelTransport, Xen, XenClock};
+use coresident_xen::kernel::{
+    event_channel, KernelDoorbell, KernelError, KernelRegion, KernelTransport,
+    KernelTransportError, Xen, XenClock,
+};
 
 pv_entry!(main);
 
@@ -194,6 +199,60 @@ fn consume(mut chan: Chan<'_>, messages: u64) {
     drop(chan);
 }
 
+/// Xen's own answers on the paths the fake hypervisor of the host tests
+/// only imitates: a forged grant reference is refused and what was mapped
+/// undone; a page the peer maps cannot have its access ended; a peer port
+/// that Xen closes (as it does for a destroyed domain) shows as `PeerGone`;
+/// and nothing leaks.
+fn xen_semantics(xen: &Xen<PvKernel>) -> Result<(), &'static str> {
+    let k = xen.kernel();
+    let (pages0, windows0) = (k.pages_in_use(), k.windows_in_use());
+    let layout = ChannelLayout::symmetric(4096);
+    let mut off = KernelTransport::new(xen, 0);
+    let mut acc = KernelTransport::new(xen, 0);
+    let mut buf = [0u8; 128];
+    let (pending, n) = off.offer(layout, &mut buf).map_err(|_| "offer")?;
+    let mut forged = buf;
+    forged[36..40].copy_from_slice(&2000u32.to_le_bytes());
+    let status = match acc.accept(&forged[..n]) {
+        Err(KernelTransportError::Kernel(KernelError::Grant { status, .. })) => status,
+        _ => return Err("Xen did not refuse a forged grant reference"),
+    };
+    if k.windows_in_use() != windows0 {
+        return Err("windows left behind by a refused map");
+    }
+    let b = acc.accept(&buf[..n]).map_err(|_| "accept")?;
+    let a = pending
+        .complete(Some(Duration::from_secs(1)))
+        .map_err(|_| "complete")?;
+    let first = crxg::parse(0, &buf[..n])
+        .map_err(|_| "own rendezvous")?
+        .refs()
+        .next()
+        .ok_or("no refs")?;
+    if xen.grants().end_access(first) != Err(KernelError::GrantInUse(first)) {
+        return Err("end_access of a page the peer maps was not refused");
+    }
+    let wait = Some(Duration::from_millis(100));
+    if a.doorbell.wait(wait) != Ok(Wake::Rung) || b.doorbell.wait(wait) != Ok(Wake::Rung) {
+        return Err("the set-up events did not arrive");
+    }
+    event_channel::close(k, a.doorbell.port()).map_err(|_| "close")?;
+    if b.doorbell.wait(wait) != Ok(Wake::PeerGone) {
+        return Err("a closed peer port did not show as PeerGone");
+    }
+    drop(b);
+    drop(a);
+    if xen.leaked_pages() != 0 || k.pages_in_use() != pages0 || k.windows_in_use() != windows0 {
+        return Err("pages or windows leaked");
+    }
+    say!(
+        "pv-kernel: Xen refused a forged grant reference (status {}) and an end_access of a mapped page; a closed peer port showed as PeerGone; nothing leaked",
+        status
+    );
+    Ok(())
+}
+
 fn messages_from_cmdline(boot: &Boot) -> u64 {
     let cl = &boot.start_info().cmd_line;
     let len = cl.iter().position(|&b| b == 0).unwrap_or(cl.len());
@@ -220,6 +279,9 @@ fn main(boot: Boot) -> ! {
         Ok(x) => x,
         Err(_) => fail("shared_info or grant table setup"),
     };
+    if let Err(why) = xen_semantics(&xen) {
+        fail(why);
+    }
     let layout = ChannelLayout::symmetric(RING);
     let mut offerer = KernelTransport::new(&xen, 0);
     let mut acceptor = KernelTransport::new(&xen, 0);

@@ -96,6 +96,15 @@ impl Arena {
         self.used.set(bits);
     }
 
+    /// Pages handed out and not returned.
+    pub fn in_use(&self) -> usize {
+        self.used
+            .get()
+            .iter()
+            .map(|w| w.count_ones() as usize)
+            .sum()
+    }
+
     /// Whether `p` lies in this arena.
     pub fn contains(&self, p: *const u8) -> bool {
         let b = self.base() as usize;

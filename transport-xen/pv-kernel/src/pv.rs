@@ -45,6 +45,16 @@ impl PvKernel {
         self.idle_hook.set(hook);
     }
 
+    /// Pages of the page arena in use (bookkeeping included).
+    pub fn pages_in_use(&self) -> usize {
+        self.pages.in_use()
+    }
+
+    /// Pages of the window arena in use.
+    pub fn windows_in_use(&self) -> usize {
+        self.windows.in_use()
+    }
+
     /// The machine frame behind the kernel-image address `va`, from
     /// `start_info.mfn_list` (pseudo-physical = virtual - `VIRT_BASE`).
     pub fn mfn_of(&self, va: *const u8) -> Option<u64> {

@@ -50,7 +50,9 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 pub use event_channel::{SharedInfo, XenClock};
 pub use grant_table::{GrantTable, GRANT_FRAMES};
 pub use hypercall::{update_va_mapping, Hypercall, HypercallPage};
-pub use transport::{KernelDoorbell, KernelPending, KernelRegion, KernelTransport};
+pub use transport::{
+    KernelDoorbell, KernelPending, KernelRegion, KernelTransport, KernelTransportError,
+};
 
 use crate::{DomId, EvtchnPort, GrantRef};
 

@@ -1,0 +1,296 @@
+//! The domU flavour of the PV kernel (`pv-domu` job): booted by `xl create`
+//! next to the Linux dom0 of `.ci/xen`, it speaks through its PV console
+//! ring, reaches XenStore through the ring page and event channel of its
+//! `start_info`, accepts dom0's channel offer through the XenStore
+//! rendezvous, and exchanges checksummed messages both ways with the
+//! userspace transport in dom0 (`tests/xen_pv_domu.rs`) through the same
+//! `Channel`: a kernel and a daemon, two real domains, one protocol.
+//!
+//! Its console lines reach dom0's `/var/log/xen/guest-pv-domu.log`
+//! (xenconsoled); the last one is `PV-DOMU-RESULT: PASS` or
+//! `PV-DOMU-RESULT: FAIL <why>`.
+#![no_std]
+#![no_main]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+use coresident_xen::ring_rendezvous as rendezvous;
+#[path = "../../../tests/common/pv_domu_msgs.rs"]
+#[allow(dead_code)]
+mod msgs;
+
+use core::cell::UnsafeCell;
+use core::fmt::{self, Write as _};
+use core::ptr::NonNull;
+use core::time::Duration;
+
+use coresident::{Channel, ChannelConfig, Transport};
+use coresident_pv_kernel::{halt, hypercalls, pv_entry, Boot, PvKernel, SHUTDOWN_POWEROFF};
+use coresident_xen::console_ring::ConsoleRing;
+use coresident_xen::kernel::hypercall::{poll, update_va_mapping};
+use coresident_xen::kernel::{event_channel, KernelTransport, SharedInfo, Xen};
+use coresident_xen::xs_ring::{Events, XsRing};
+use coresident_xen::{xs_wire, DomId, EvtchnPort};
+
+pv_entry!(main);
+
+/// How long one wait for XenStore or the console may block (Xen time).
+const RING_WAIT: Duration = Duration::from_secs(120);
+/// How long the channel waits for dom0.
+const CHANNEL_WAIT: Option<Duration> = Some(Duration::from_secs(120));
+
+/// A page of the image where a frame is mapped (the kernel's own pages
+/// there are given up).
+#[repr(C, align(4096))]
+struct Window(UnsafeCell<[u8; 4096]>);
+
+// SAFETY: only ever used through raw pointers, by the one vCPU.
+unsafe impl Sync for Window {}
+
+static SHARED_INFO: Window = Window(UnsafeCell::new([0; 4096]));
+static CONSOLE_PAGE: Window = Window(UnsafeCell::new([0; 4096]));
+static STORE_PAGE: Window = Window(UnsafeCell::new([0; 4096]));
+
+/// Maps machine frame `mfn` over `w`.
+fn map(w: &'static Window, mfn: u64) -> Result<NonNull<u8>, coresident_xen::kernel::KernelError> {
+    let va = w.0.get().cast::<u8>();
+    // SAFETY: `w` is a page-aligned page of the image (mapped down to L1
+    // by the domain builder) that nothing accesses through a reference:
+    // its own frame is given up; `mfn` is a frame of this domain
+    // (start_info's shared_info, console or store page).
+    unsafe { update_va_mapping(&hypercalls(), va as u64, mfn)? };
+    NonNull::new(va).ok_or(coresident_xen::kernel::KernelError::NoMemory)
+}
+
+/// An event channel of a start_info ring: send, and wait by polling the
+/// port (`SCHEDOP_poll`) until its pending bit is set, then clear it.
+struct Port {
+    shared: SharedInfo,
+    port: EvtchnPort,
+}
+
+impl Events for Port {
+    fn notify(&mut self) {
+        let _ = event_channel::send(&hypercalls(), self.port);
+    }
+
+    fn wait(&mut self) -> bool {
+        let until = self.shared.system_time_ns() + RING_WAIT.as_nanos() as u64;
+        loop {
+            if self.shared.test_and_clear_pending(self.port) {
+                return true;
+            }
+            if self.shared.system_time_ns() >= until {
+                return false;
+            }
+            let _ = poll(&hypercalls(), &[self.port], until);
+        }
+    }
+}
+
+/// The console ring, once mapped; one vCPU, no interrupts: no concurrent
+/// access.
+struct ConsoleCell(UnsafeCell<Option<ConsoleRing<Port>>>);
+// SAFETY: one vCPU and no interrupt handlers: never accessed concurrently.
+unsafe impl Sync for ConsoleCell {}
+static CONSOLE: ConsoleCell = ConsoleCell(UnsafeCell::new(None));
+
+/// Writes to the PV console ring (dropped before it is set up).
+struct Con;
+
+impl fmt::Write for Con {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // SAFETY: see `ConsoleCell`; the reference does not outlive the call.
+        if let Some(c) = unsafe { (*CONSOLE.0.get()).as_mut() } {
+            c.write(s.as_bytes()).map_err(|_| fmt::Error)?;
+        }
+        Ok(())
+    }
+}
+
+macro_rules! log {
+    ($($t:tt)*) => {{
+        let _ = writeln!(Con, $($t)*);
+    }};
+}
+
+/// A view of shared_info, mapped over [`SHARED_INFO`] by `main`.
+fn shared_info() -> SharedInfo {
+    let base = NonNull::new(SHARED_INFO.0.get().cast::<u8>()).unwrap_or(NonNull::dangling());
+    // SAFETY: `main` mapped this domain's shared_info there before any call,
+    // for the kernel's whole life (the window is never reused); every view
+    // uses atomics only.
+    unsafe { SharedInfo::new(base) }
+}
+
+fn fail(why: fmt::Arguments<'_>) -> ! {
+    log!("PV-DOMU-RESULT: FAIL {why}");
+    halt(SHUTDOWN_POWEROFF)
+}
+
+fn main(boot: Boot) -> ! {
+    let si = boot.start_info();
+    if boot.is_dom0() {
+        // No console ring for dom0: say so on Xen's console.
+        coresident_pv_kernel::say!("pv-domu: this flavour runs as a domU (xl create)");
+        halt(SHUTDOWN_POWEROFF);
+    }
+    // The console first, so everything after is seen in dom0's log.
+    if map(&SHARED_INFO, si.shared_info >> 12).is_err() {
+        halt(coresident_pv_kernel::SHUTDOWN_CRASH)
+    }
+    let [cons_mfn, cons_port] = si.console;
+    let Ok(cons) = map(&CONSOLE_PAGE, cons_mfn) else {
+        halt(coresident_pv_kernel::SHUTDOWN_CRASH)
+    };
+    let events = Port {
+        shared: shared_info(),
+        port: cons_port as EvtchnPort,
+    };
+    // SAFETY: `cons` maps the console page for the kernel's whole life,
+    // touched only by this ring (atomics, volatile) and xenconsoled.
+    match unsafe { ConsoleRing::new(cons.as_ptr(), events) } {
+        // SAFETY: see `ConsoleCell`; set once, before any reader.
+        Ok(c) => unsafe { *CONSOLE.0.get() = Some(c) },
+        Err(_) => halt(coresident_pv_kernel::SHUTDOWN_CRASH),
+    }
+    let magic = core::str::from_utf8(&si.magic)
+        .unwrap_or("?")
+        .trim_end_matches('\0');
+    log!(
+        "pv-domu: {magic}, {} pages; console ring port {cons_port}, XenStore ring frame {:#x} port {}",
+        si.nr_pages,
+        si.store_mfn,
+        si.store_evtchn
+    );
+
+    let store = match map(&STORE_PAGE, si.store_mfn) {
+        Ok(p) => p,
+        Err(e) => fail(format_args!("mapping the XenStore page: {e}")),
+    };
+    let events = Port {
+        shared: shared_info(),
+        port: si.store_evtchn,
+    };
+    // SAFETY: `store` maps the XenStore page for the kernel's whole life,
+    // touched only by this client (atomics, volatile) and xenstored.
+    let mut xs = match unsafe { XsRing::new(store.as_ptr(), events) } {
+        Ok(xs) => xs,
+        Err(e) => fail(format_args!("XenStore ring: {e}")),
+    };
+    let own: DomId = match xs.read("domid").map(xs_wire::parse_u16) {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => fail(format_args!("domid: {e}")),
+        Err(e) => fail(format_args!("reading domid: {e}")),
+    };
+    log!("pv-domu: I am domain {own} (XenStore over the start_info ring)");
+
+    let kernel = PvKernel::new(boot, own);
+    let xen = match Xen::new(kernel, si.shared_info >> 12) {
+        Ok(x) => x,
+        Err(e) => fail(format_args!("grant table / shared_info: {e}")),
+    };
+    match run(&xen, &mut xs, own) {
+        Ok(t) => {
+            log!(
+                "pv-domu: sent {} and received {} messages; sent hash {:016x}, received hash {:016x}; dom0's summary matches",
+                t.sent, t.received, t.sent_hash, t.received_hash
+            );
+            let _ = rendezvous::withdraw(&mut xs, own, 0, msgs::CHANNEL);
+            log!("PV-DOMU-RESULT: PASS");
+            halt(SHUTDOWN_POWEROFF)
+        }
+        Err(why) => fail(format_args!("{why}")),
+    }
+}
+
+/// Why the exchange failed.
+enum Failure {
+    Rendezvous(rendezvous::RdvError),
+    Transport(coresident_xen::kernel::transport::KernelTransportError),
+    Channel(coresident::ChannelError),
+    Message(u32, msgs::Bad),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rendezvous(e) => write!(f, "rendezvous: {e}"),
+            Self::Transport(e) => write!(f, "transport: {e}"),
+            Self::Channel(e) => write!(f, "channel: {e:?}"),
+            Self::Message(i, e) => write!(f, "message {i} from dom0: {e:?}"),
+        }
+    }
+}
+
+/// Accepts dom0's offer, then answers every message of dom0 with one of
+/// its own until dom0's summary, which must match; sends ours.
+fn run<E: Events>(
+    xen: &Xen<PvKernel>,
+    xs: &mut XsRing<E>,
+    own: DomId,
+) -> Result<msgs::Totals, Failure> {
+    let offer = rendezvous::wait_offer(xs, own, 0, msgs::CHANNEL).map_err(Failure::Rendezvous)?;
+    log!(
+        "pv-domu: dom0 offers {} + {} bytes of rings in {} grants, port {}",
+        offer.layout.to_acceptor,
+        offer.layout.to_offerer,
+        offer.refs().len(),
+        offer.port
+    );
+    let mut bytes = [0u8; coresident_xen::crxg::HEADER_LEN + 4 * rendezvous::MAX_REFS];
+    let accepted = offer
+        .encode(&mut bytes)
+        .map_err(Failure::Rendezvous)
+        .and_then(|n| {
+            KernelTransport::new(xen, 0)
+                .accept(bytes.get(..n).unwrap_or(&[]))
+                .map_err(Failure::Transport)
+        });
+    let link = match accepted {
+        Ok(link) => link,
+        Err(e) => {
+            let _ = rendezvous::answer(xs, own, &offer, msgs::CHANNEL, Err(&e));
+            return Err(e);
+        }
+    };
+    rendezvous::answer(xs, own, &offer, msgs::CHANNEL, Ok(link.doorbell.port()))
+        .map_err(Failure::Rendezvous)?;
+    log!(
+        "pv-domu: accepted: grants mapped, port {} bound, answer written",
+        link.doorbell.port()
+    );
+    let config = ChannelConfig {
+        liveness: None,
+        ..ChannelConfig::default()
+    };
+    let mut ch = Channel::new(link, config, xen.clock()).map_err(Failure::Channel)?;
+    let mut rng = msgs::Rng(0x5eed_0d0d_0000_0002);
+    let mut t = msgs::Totals::new();
+    let mut got = [0u8; msgs::MAX_MESSAGE];
+    let mut out = [0u8; msgs::MAX_MESSAGE];
+    loop {
+        let len = ch
+            .recv_blocking(&mut got, CHANNEL_WAIT)
+            .map_err(Failure::Channel)?;
+        match msgs::check(&mut t, got.get(..len).unwrap_or(&[])) {
+            Ok(msgs::Got::Data) => {
+                let len = msgs::next_message(&mut rng, &mut t, &mut out);
+                ch.send_blocking(out.get(..len).unwrap_or(&[]), CHANNEL_WAIT)
+                    .map_err(Failure::Channel)?;
+                if t.sent % 5000 == 0 {
+                    log!("pv-domu: {} messages each way", t.sent);
+                }
+            }
+            Ok(msgs::Got::End) => break,
+            Err(e) => return Err(Failure::Message(t.received, e)),
+        }
+    }
+    let len = msgs::end_message(&t, &mut out);
+    ch.send_blocking(out.get(..len).unwrap_or(&[]), CHANNEL_WAIT)
+        .map_err(Failure::Channel)?;
+    ch.flush().map_err(Failure::Channel)?;
+    let s = ch.stats();
+    log!("pv-domu: channel stats {s:?}");
+    Ok(t)
+}
