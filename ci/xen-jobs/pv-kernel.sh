@@ -17,7 +17,7 @@ pv_kernel_job() {
     log=$WORK/logs/pv-kernel.log
     SLOG=$WORK/logs/pv-kernel.serial.log
     : > "$SLOG"
-    if ! (cd "$dir" && CARGO_TARGET_DIR=$target timeout 600 cargo build --release) \
+    if ! (cd "$dir" && CARGO_TARGET_DIR=$target timeout 600 cargo build --release --bin pv-kernel) \
             > "$log" 2>&1; then
         RC=3
         verdict pv-kernel 0 "cargo build of transport-xen/pv-kernel (see $log)"
