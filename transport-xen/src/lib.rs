@@ -29,6 +29,68 @@
 //! - [`transport`]: [`XenTransport`], the core's `Transport` over the
 //!   layers above (rendezvous bytes, region, event-channel doorbell,
 //!   unmap-notify for peer death).
+//! - [`rendezvous`]: [`Rendezvous`], the transport's offer and answer as
+//!   XenStore keys with permissions and watches.
+//!
+//! # The rendezvous, in order
+//!
+//! Offerer O, acceptor A, channel `NAME` (details and every key in
+//! [`rendezvous`]):
+//! 1. O shares the pages with A (gntalloc), allocates an unbound port for
+//!    A, lays both rings out and sets its live byte.
+//! 2. O writes `/local/domain/O/data/coresident/channels/A/NAME/offer/`
+//!    with permissions `[n O, r A]`: `version`, `port`, `to-acceptor`,
+//!    `to-offerer`, `nrefs`, `refs0`…, and `state=offered` last.
+//! 3. A, watching that directory, reads and validates every key, maps the
+//!    pages (gntdev), binds the port, sets its live byte and rings.
+//! 4. A writes `/local/domain/A/data/coresident/channels/O/NAME/answer/`
+//!    with `[n A, r O]`: `version`, `offer-port`, `port`, `state=accepted`
+//!    last (or `error` and `state=refused`).
+//! 5. O, watching the answer, sees `accepted` (or A's live byte), removes
+//!    its offer and starts; A removes its answer ([`Rendezvous::withdraw`]).
+//!
+//! # The pages
+//!
+//! ```text
+//!  pages granted by O, mapped by A
+//!  ┌─────────────────────────┬─────────────────────────┬──────────────────┐
+//!  │ ring O→A: header, then  │ ring A→O (at a 128-byte │ live page: byte 0│
+//!  │ a 2^k-byte data area    │ aligned offset)         │ O, byte 64 A     │
+//!  └─────────────────────────┴─────────────────────────┴──────────────────┘
+//!   0           ChannelLayout::region_len, rounded up to a page   + 4096
+//! ```
+//! Each ring is `coresident_ring`'s layout (header line, producer and
+//! consumer index and event lines, data area). A live byte is 1 while its
+//! side runs; unmap-notify clears it and signals the port when the side's
+//! process exits or unmaps. A destroyed domain runs no unmap-notify: the
+//! survivor learns of `xl destroy` from XenStore
+//! ([`Rendezvous::watch_peer`]).
+//!
+//! # A daemon in a guest
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use coresident::{Channel, ChannelConfig, ChannelLayout, StdClock};
+//! use coresident_xen::rendezvous::{own_domid, Rendezvous};
+//! use coresident_xen::XenStore;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // XenStore through /dev/xen/xenbus (in dom0: xenstored's socket).
+//! let mut xs = XenStore::open()?;
+//! let own = own_domid(&mut xs)?;
+//! // Offer channel "logs" to dom0, 64 KiB rings each way; dom0 runs
+//! // `Rendezvous::new(0, guest, "logs")?.accept(&mut xs, timeout)`.
+//! let mut rdv = Rendezvous::new(own, 0, "logs")?;
+//! let pending = rdv.offer(&mut xs, ChannelLayout::symmetric(64 * 1024))?;
+//! let link = pending.complete(&mut xs, Some(Duration::from_secs(30)))?;
+//! let mut ch = Channel::new(link, ChannelConfig::default(), StdClock::default())?;
+//! ch.send(b"hello from a guest")?;
+//! let mut buf = vec![0; ch.max_incoming()];
+//! let n = ch.recv_blocking(&mut buf, Some(Duration::from_secs(5)))?;
+//! println!("dom0 answered {:?}", &buf[..n]);
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # The peer is not trusted
 //!

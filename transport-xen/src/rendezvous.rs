@@ -128,6 +128,8 @@ pub const GRANT_REF_LIMIT: GrantRef = 1 << 20;
 /// `EVTCHN_FIFO_NR_CHANNELS` (`public/event_channel.h`); the 2-level ABI
 /// has fewer. Port 0 is never allocated.
 pub const PORT_LIMIT: EvtchnPort = 1 << 17;
+/// xenstored's special node fired whenever a domain is released.
+pub const RELEASE_DOMAIN: &str = "@releaseDomain";
 /// The longest `error` text an acceptor writes.
 const ERROR_TEXT_MAX: usize = 256;
 
@@ -558,6 +560,84 @@ impl Rendezvous {
     }
 }
 
+impl Rendezvous {
+    /// Watches for the peer domain's death: xenstored fires
+    /// [`RELEASE_DOMAIN`] when any domain is released, and the toolstack
+    /// removes the domain's home when it destroys it. A destroyed domain
+    /// runs no unmap-notify (its kernel is gone, and Xen closes its event
+    /// channels without signalling the other end), so this is how a
+    /// survivor learns of `xl destroy`; then call
+    /// `Channel::peer_left` and take back what the peer had not consumed.
+    ///
+    /// # Errors
+    ///
+    /// [`XsRendezvousError::Xs`] (a guest may not be allowed the special
+    /// watch).
+    pub fn watch_peer<C: Read + Write + AsFd>(
+        &self,
+        xs: &mut XenStore<C>,
+    ) -> Result<(), XsRendezvousError> {
+        Ok(xs.watch(RELEASE_DOMAIN, &self.release_token())?)
+    }
+
+    /// Stops [`Rendezvous::watch_peer`]'s watch.
+    ///
+    /// # Errors
+    ///
+    /// [`XsRendezvousError::Xs`].
+    pub fn unwatch_peer<C: Read + Write + AsFd>(
+        &self,
+        xs: &mut XenStore<C>,
+    ) -> Result<(), XsRendezvousError> {
+        Ok(xs.unwatch(RELEASE_DOMAIN, &self.release_token())?)
+    }
+
+    fn release_token(&self) -> String {
+        format!("coresident/release/{}/{}", self.peer, self.name)
+    }
+
+    /// Whether the peer's home (`/local/domain/PEER`) still exists.
+    ///
+    /// # Errors
+    ///
+    /// [`XsRendezvousError::Xs`] for anything but "not found" and "not
+    /// yours to read" (which means it exists).
+    pub fn peer_present<C: Read + Write + AsFd>(
+        &self,
+        xs: &mut XenStore<C>,
+    ) -> Result<bool, XsRendezvousError> {
+        match xs.read(&format!("/local/domain/{}", self.peer)) {
+            Ok(_) | Err(XsError::Daemon(XsErrno::EACCES)) => Ok(true),
+            Err(XsError::NotFound) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Waits, on the watch set by [`Rendezvous::watch_peer`], until the
+    /// peer's home is gone: `Ok(true)`, or `Ok(false)` at the timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`XsRendezvousError::Xs`].
+    pub fn wait_peer_gone<C: Read + Write + AsFd>(
+        &self,
+        xs: &mut XenStore<C>,
+        timeout: Option<Duration>,
+    ) -> Result<bool, XsRendezvousError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if !self.peer_present(xs)? {
+                return Ok(true);
+            }
+            match wait_event(xs, deadline) {
+                Ok(()) => {}
+                Err(XsRendezvousError::Timeout) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 /// Writes an offer's keys under `dir` (removing a stale one first), each
 /// with `perms`; `state=offered` last.
 fn publish_offer<C: Read + Write + AsFd>(
@@ -641,8 +721,15 @@ fn wait_answer<C: Read + Write + AsFd>(
     dir: &str,
     port: EvtchnPort,
     deadline: Option<Instant>,
+    live: &dyn Fn() -> bool,
 ) -> Result<(), XsRendezvousError> {
     loop {
+        // The acceptor sets its live byte before it answers, and may
+        // withdraw its answer as soon as it wrote it: a set live byte is
+        // an acceptance whether or not we saw the answer.
+        if live() {
+            return Ok(());
+        }
         match xs.read(&format!("{dir}/state")) {
             Ok(v) => {
                 let v = v.strip_suffix(&[0]).unwrap_or(&v).to_vec();
@@ -782,7 +869,9 @@ impl XsPending {
             .watch(&self.answer, &self.token)
             .map_err(XsRendezvousError::from)
             .and_then(|()| {
-                let r = wait_answer(xs, &self.answer, self.port, deadline);
+                let r = wait_answer(xs, &self.answer, self.port, deadline, &|| {
+                    self.pending.peer_alive()
+                });
                 let _ = xs.unwatch(&self.answer, &self.token);
                 r
             });
@@ -1097,15 +1186,17 @@ mod tests {
         );
         let soon = || Some(Instant::now() + Duration::from_millis(50));
         assert_eq!(
-            wait_answer(&mut xs, &dir, 9, soon()),
+            wait_answer(&mut xs, &dir, 9, soon(), &|| false),
             Err(XsRendezvousError::Timeout)
         );
+        // An acceptor that withdrew its answer at once: its live byte says it.
+        assert_eq!(wait_answer(&mut xs, &dir, 9, soon(), &|| true), Ok(()));
         write_answer(&mut xs, &dir, perms(A, O), 9, Ok(21)).unwrap();
-        assert_eq!(wait_answer(&mut xs, &dir, 9, soon()), Ok(()));
+        assert_eq!(wait_answer(&mut xs, &dir, 9, soon(), &|| false), Ok(()));
         assert_eq!(xs.get_perms(&format!("{dir}/state")).unwrap(), perms(A, O));
         // A stale answer, to another offer, is not ours: keep waiting.
         assert_eq!(
-            wait_answer(&mut xs, &dir, 10, soon()),
+            wait_answer(&mut xs, &dir, 10, soon(), &|| false),
             Err(XsRendezvousError::Timeout)
         );
         write_answer(
@@ -1117,7 +1208,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            wait_answer(&mut xs, &dir, 9, soon()),
+            wait_answer(&mut xs, &dir, 9, soon(), &|| false),
             Err(XsRendezvousError::Refused)
         );
         assert_eq!(xs.read(&format!("{dir}/port")), Err(XsError::NotFound));
@@ -1145,7 +1236,11 @@ mod tests {
         ] {
             write_answer(&mut xs, &dir, perms(A, O), 9, Ok(21)).unwrap();
             xs.write(&format!("{dir}/{key}"), v).unwrap();
-            assert_eq!(wait_answer(&mut xs, &dir, 9, soon()), Err(e), "{key}");
+            assert_eq!(
+                wait_answer(&mut xs, &dir, 9, soon(), &|| false),
+                Err(e),
+                "{key}"
+            );
         }
     }
 

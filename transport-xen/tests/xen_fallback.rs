@@ -128,16 +128,81 @@ impl Inbox {
         assert_eq!(m, self.want.as_slice(), "message {i}: wrong contents");
         self.next += 1;
     }
+
+    fn arrived(&self) -> u64 {
+        self.from_channel + self.from_network
+    }
+}
+
+// The receiver's checks, on the host: they must refuse what a broken
+// fallback would deliver.
+fn inbox(flow: u32) -> Inbox {
+    Inbox {
+        flow,
+        ..Inbox::default()
+    }
+}
+
+#[test]
+fn inbox_takes_a_flow_in_order() {
+    let (mut ib, mut m) = (inbox(FLOW_UP), Vec::new());
+    for i in 0..1000 {
+        message(FLOW_UP, i, &mut m);
+        ib.deliver(FLOW_UP, &m);
+    }
+    assert_eq!(ib.next, 1000);
+}
+
+#[test]
+#[should_panic(expected = "bad checksum")]
+fn inbox_refuses_a_corrupted_message() {
+    let (mut ib, mut m) = (inbox(FLOW_UP), Vec::new());
+    message(FLOW_UP, 0, &mut m);
+    m[9] ^= 1;
+    ib.deliver(FLOW_UP, &m);
+}
+
+#[test]
+#[should_panic(expected = "lost, duplicated or reordered")]
+fn inbox_refuses_a_gap() {
+    let (mut ib, mut m) = (inbox(FLOW_DOWN), Vec::new());
+    message(FLOW_DOWN, 0, &mut m);
+    ib.deliver(FLOW_DOWN, &m);
+    message(FLOW_DOWN, 2, &mut m);
+    ib.deliver(FLOW_DOWN, &m);
+}
+
+#[test]
+#[should_panic(expected = "lost, duplicated or reordered")]
+fn inbox_refuses_a_duplicate() {
+    let (mut ib, mut m) = (inbox(FLOW_DOWN), Vec::new());
+    message(FLOW_DOWN, 0, &mut m);
+    ib.deliver(FLOW_DOWN, &m);
+    ib.deliver(FLOW_DOWN, &m);
+}
+
+#[test]
+#[should_panic(expected = "wrong contents")]
+fn inbox_refuses_another_flows_message() {
+    // Same index, valid checksum, other flow's bytes.
+    let (mut ib, mut m) = (inbox(FLOW_DOWN), Vec::new());
+    message(FLOW_UP, 0, &mut m);
+    ib.deliver(FLOW_DOWN, &m);
 }
 
 /// What the reader thread hands the router.
 enum Incoming {
     Frame(FlowHeader, Vec<u8>),
-    /// The peer has received all it expected and sends nothing more.
+    /// The peer has failed over and sent its whole flow: everything it sent
+    /// is in our ring or came before this on TCP.
+    Fin,
+    /// The peer has also received its whole incoming flow.
     Bye,
     Failed(String),
 }
 
+/// Length word of the "fin" frame.
+const FIN: u32 = u32::MAX - 1;
 /// Length word of the "bye" frame.
 const BYE: u32 = u32::MAX;
 /// The longest frame the reader accepts.
@@ -165,6 +230,10 @@ impl TcpNet {
                     let mut len = [0u8; 4];
                     rd.read_exact(&mut len)?;
                     let len = u32::from_le_bytes(len);
+                    if len == FIN {
+                        let _ = tx.send(Incoming::Fin);
+                        continue;
+                    }
                     if len == BYE {
                         let _ = tx.send(Incoming::Bye);
                         return Ok(());
@@ -197,8 +266,8 @@ impl TcpNet {
         )
     }
 
-    fn bye(&mut self) -> io::Result<()> {
-        self.stream.write_all(&BYE.to_le_bytes())
+    fn marker(&mut self, m: u32) -> io::Result<()> {
+        self.stream.write_all(&m.to_le_bytes())
     }
 }
 
@@ -245,7 +314,7 @@ struct Report {
 }
 
 /// The exchange both sides run: send `n` messages of `out_flow` to `peer`
-/// and receive `n` of `in_flow`, in bursts; `departed(sent, received)` is
+/// and receive `n` of `in_flow`, in bursts; `departed(sent, arrived)` is
 /// asked each round which channels' peers have left this host (the
 /// residency list changed and their keys left the tables): those fail over.
 #[allow(clippy::too_many_arguments)]
@@ -270,19 +339,20 @@ fn exchange(
             ..Inbox::default()
         },
     };
-    let (mut sent, mut bye_sent, mut peer_bye) = (0u64, false, false);
+    let (mut sent, mut fin_sent, mut peer_fin) = (0u64, false, false);
+    let (mut bye_sent, mut peer_bye) = (false, false);
     let mut m = Vec::new();
     let t0 = Instant::now();
     loop {
         assert!(
             t0.elapsed() < WATCHDOG,
-            "{side}: watchdog: sent {sent}/{n}, received {}/{n}, peer left: {:?}, bye sent {bye_sent}, \
-             peer's bye {peer_bye}, stats {:?}",
+            "{side}: watchdog: sent {sent}/{n}, received {}/{n}, peer left: {:?}, fin sent {fin_sent}, \
+             peer's fin {peer_fin}, bye sent {bye_sent}, peer's bye {peer_bye}, stats {:?}",
             r.inbox.next,
             r.left_at,
             router.stats()
         );
-        let gone = departed(sent, r.inbox.next);
+        let gone = departed(sent, r.inbox.arrived());
         for &h in &gone {
             assert_eq!(h, handle, "{side}: a handle that was never attached left");
             assert!(r.left_at.is_none(), "{side}: the peer left twice");
@@ -297,10 +367,11 @@ fn exchange(
         }
         let mut progress = false;
         for _ in 0..16 {
-            // Paced by the other flow: both flows then cross the switch, and
-            // a full ring (the peer starved of CPU) does not push most of
-            // the resident traffic onto the network.
-            if sent == n || (sent >= r.inbox.next + WINDOW && r.inbox.next < n) {
+            // Paced by the other flow while resident: both flows then cross
+            // the switch, and a full ring (the peer starved of CPU) does not
+            // push most of the resident traffic onto the network. Arrivals,
+            // not deliveries: a gap must not stall the sender.
+            if sent == n || (r.left_at.is_none() && sent >= r.inbox.arrived() + WINDOW) {
                 break;
             }
             message(out_flow, sent, &mut m);
@@ -316,17 +387,18 @@ fn exchange(
         }
         router.flush();
         router.poll().expect("poll");
-        // The peer wrote its bye after publishing all it sent through the
-        // channel: once a receive pass that began after the bye finds the
-        // channel empty, anything still missing was lost.
-        let after_bye = peer_bye;
+        // The peer wrote its fin after failing over and sending everything:
+        // what it had not seen consumed went again over TCP, before the fin.
+        // Once a receive pass that began after the fin finds the channel
+        // empty, anything still missing was lost.
+        let after_fin = peer_fin;
         let inbox = &mut r.inbox;
         let got = router
             .recv_channels(|f, p| inbox.deliver(f, p))
             .expect("recv_channels");
         inbox.from_channel += got as u64;
         assert!(
-            !(after_bye && got == 0 && inbox.next < n),
+            !(after_fin && got == 0 && inbox.next < n),
             "{side}: the peer finished but only {} of {n} messages arrived: lost",
             inbox.next
         );
@@ -340,12 +412,17 @@ fn exchange(
                         .recv_network(h, &p, |f, p| inbox.deliver(f, p))
                         .expect("recv_network");
                 }
+                Incoming::Fin => peer_fin = true,
                 Incoming::Bye => peer_bye = true,
                 Incoming::Failed(e) => panic!("{side}: the TCP path failed: {e}"),
             }
         }
-        if sent == n && r.inbox.next == n && !bye_sent {
-            router.network().bye().expect("bye");
+        if sent == n && r.left_at.is_some() && !fin_sent {
+            router.network().marker(FIN).expect("fin");
+            fin_sent = true;
+        }
+        if fin_sent && r.inbox.next == n && !bye_sent {
+            router.network().marker(BYE).expect("bye");
             bye_sent = true;
         }
         if bye_sent && peer_bye {

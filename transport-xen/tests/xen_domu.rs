@@ -1,0 +1,751 @@
+//! dom0 and a domU on the real hypervisor, through the library's XenStore
+//! rendezvous ([`coresident_xen::rendezvous`]). Each job is a pair of
+//! tests run in one boot: `*_host` in dom0 (`DOMU_ID` names the guest),
+//! `*_guest` in the domU. `.ci/xen` runs them in this order, one boot:
+//!
+//! - `domu_channel`: the domU offers a 1 MiB-per-direction channel (514
+//!   grant references over five XenStore keys), dom0 accepts; 100,000
+//!   messages each way (`XEN_DOMU_MESSAGES`) of random sizes with
+//!   checksums, at once, with blocking receives (event-channel wake-ups)
+//!   on both sides; doorbells per message printed; the rendezvous keys
+//!   removed; dom0's departure seen by the guest through unmap-notify.
+//! - `domu_hostile`: the domU publishes garbage offers (dom0 refuses each
+//!   with a typed error and the guest reads the refusal), then scribbles
+//!   over its side of the rings of channels dom0 offered (indices jumping,
+//!   lengths past the end, a length changing between reads): dom0 reports
+//!   `Corrupted` and keeps going; a last, clean channel still works.
+//! - `domu_destroy`: dom0 streams to the domU, which consumes 1,000
+//!   messages, fills its own ring towards dom0 and stops; dom0 fills its
+//!   ring, runs `xl destroy`, learns the death from XenStore, and gets back
+//!   exactly the messages the domU had not consumed, in order.
+//!
+//! The tests print `XEN-CHECK NAME ok` lines that `.ci/xen` greps, and
+//! `XEN-OUTCOME ...` lines for each hostile case.
+#![cfg(target_os = "linux")]
+
+use std::time::{Duration, Instant};
+
+use coresident::{
+    Channel, ChannelConfig, ChannelError, ChannelLayout, Doorbell, Link, Role, SharedRegion,
+    StdClock,
+};
+use coresident_xen::rendezvous::{self, Rendezvous, XsRendezvousError};
+use coresident_xen::transport::RendezvousError;
+use coresident_xen::xs_wire::{Access, Perm, XsErrno};
+use coresident_xen::{XenDoorbell, XenRegion, XenStore, XsError};
+
+type XenChannel = Channel<XenRegion, XenDoorbell, StdClock>;
+
+/// How long any one step may wait for the other domain (a watchdog: the
+/// domU boots while dom0 already waits).
+const PATIENCE: Duration = Duration::from_secs(180);
+const STEP: Duration = Duration::from_secs(60);
+
+fn domu_id() -> u16 {
+    std::env::var("DOMU_ID")
+        .expect("DOMU_ID")
+        .parse()
+        .expect("DOMU_ID")
+}
+
+fn config() -> ChannelConfig {
+    // Peer death comes from the transport or XenStore, not a heartbeat.
+    ChannelConfig {
+        liveness: None,
+        ..ChannelConfig::default()
+    }
+}
+
+fn channel(link: Link<XenRegion, XenDoorbell>) -> XenChannel {
+    Channel::new(link, config(), StdClock::default()).unwrap()
+}
+
+// ------------------------------------------------------------------ messages
+
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Message `seq` of stream `stream`: the sequence number, a body of a
+/// random size (mostly under 600 bytes, one in 64 up to 32 KiB) and an
+/// FNV-1a checksum of both. Both ends regenerate it from `seq`.
+fn message(stream: u64, seq: u64, out: &mut Vec<u8>) {
+    let mut x = (seq ^ (stream << 40)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let r = xorshift(&mut x);
+    let body = if r % 64 == 0 {
+        (r >> 8) as usize % 32_768
+    } else {
+        (r >> 8) as usize % 600
+    };
+    out.clear();
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend((0..body).map(|_| xorshift(&mut x) as u8));
+    let sum = fnv(out);
+    out.extend_from_slice(&sum.to_le_bytes());
+}
+
+/// Checks a received message against `seq`: length, checksum, contents.
+fn verify(stream: u64, seq: u64, got: &[u8], scratch: &mut Vec<u8>) -> Result<(), String> {
+    if got.len() < 16 {
+        return Err(format!("message {seq}: only {} bytes", got.len()));
+    }
+    let (head, sum) = got.split_at(got.len() - 8);
+    if fnv(head).to_le_bytes() != sum {
+        return Err(format!("message {seq}: bad checksum"));
+    }
+    let got_seq = u64::from_le_bytes(head[..8].try_into().unwrap());
+    if got_seq != seq {
+        return Err(format!("expected message {seq}, got {got_seq}"));
+    }
+    message(stream, seq, scratch);
+    if got != scratch.as_slice() {
+        return Err(format!("message {seq}: contents differ"));
+    }
+    Ok(())
+}
+
+/// Both directions at once, single-threaded: send what fits, receive what
+/// is there, sleep on the doorbell when neither moved (a blocking receive
+/// while messages are due, a blocking send once all are received).
+fn exchange(ch: &mut XenChannel, tx_stream: u64, rx_stream: u64, n: u64) -> Result<(), String> {
+    let (mut sent, mut received) = (0u64, 0u64);
+    let (mut out, mut scratch) = (Vec::new(), Vec::new());
+    let mut buf = vec![0u8; ch.max_incoming()];
+    let mut next: Option<u64> = None;
+    while sent < n || received < n {
+        let mut progress = false;
+        while sent < n {
+            if next != Some(sent) {
+                message(tx_stream, sent, &mut out);
+                next = Some(sent);
+            }
+            match ch.send(&out) {
+                Ok(()) => {
+                    sent += 1;
+                    progress = true;
+                }
+                Err(ChannelError::Full) => break,
+                Err(e) => return Err(format!("send {sent}: {e}")),
+            }
+        }
+        ch.flush().map_err(|e| format!("flush: {e}"))?;
+        loop {
+            match ch.recv(&mut buf) {
+                Ok(len) => {
+                    verify(rx_stream, received, &buf[..len], &mut scratch)?;
+                    received += 1;
+                    progress = true;
+                }
+                Err(ChannelError::Empty) => break,
+                Err(e) => return Err(format!("recv {received}: {e}")),
+            }
+        }
+        if progress {
+            continue;
+        }
+        if received < n {
+            let len = ch
+                .recv_blocking(&mut buf, Some(STEP))
+                .map_err(|e| format!("recv_blocking {received}: {e}"))?;
+            verify(rx_stream, received, &buf[..len], &mut scratch)?;
+            received += 1;
+        } else {
+            ch.send_blocking(&out, Some(STEP))
+                .map_err(|e| format!("send_blocking {sent}: {e}"))?;
+            sent += 1;
+        }
+    }
+    ch.flush().map_err(|e| format!("flush: {e}"))
+}
+
+fn report(who: &str, ch: &XenChannel, elapsed: Duration) {
+    let s = ch.stats();
+    println!(
+        "{who}: sent {} msgs ({} bytes), received {} msgs ({} bytes) in {:.1} s; \
+         doorbells rung {} ({:.4} per message sent), suppressed {}, wake-ups {} \
+         (spurious {}) [TCG emulation: not a performance figure]",
+        s.sent_messages,
+        s.sent_bytes,
+        s.received_messages,
+        s.received_bytes,
+        elapsed.as_secs_f64(),
+        s.doorbells_rung,
+        s.doorbells_rung as f64 / (s.sent_messages.max(1)) as f64,
+        s.doorbells_suppressed,
+        s.wakeups,
+        s.spurious_wakeups,
+    );
+}
+
+fn messages() -> u64 {
+    std::env::var("XEN_DOMU_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000)
+}
+
+fn guest_xs() -> (XenStore, u16) {
+    let mut xs = XenStore::open().unwrap();
+    let own = rendezvous::own_domid(&mut xs).unwrap();
+    (xs, own)
+}
+
+// ------------------------------------------------------------------ channel
+
+const CHANNEL: &str = "channel";
+
+#[test]
+#[ignore = "needs a Xen domU with dom0 running domu_channel_host"]
+fn domu_channel_guest() {
+    let (mut xs, own) = guest_xs();
+    let mut rdv = Rendezvous::new(own, 0, CHANNEL).unwrap();
+    // 1 MiB per direction: libxenvchan's limit, 514 grant references.
+    let layout = ChannelLayout::symmetric(1 << 20);
+    let pending = rdv.offer(&mut xs, layout).unwrap();
+    println!("domU (dom{own}): offered under {}", pending.offer_path());
+    let link = pending.complete(&mut xs, Some(PATIENCE)).unwrap();
+    // complete() withdrew the offer.
+    let offer = rendezvous::offer_path(own, 0, CHANNEL);
+    assert_eq!(xs.read(&format!("{offer}/state")), Err(XsError::NotFound));
+    // dom0's answer is readable but not writable by us.
+    let answer = rendezvous::answer_path(0, own, CHANNEL);
+    assert_eq!(
+        xs.write(&format!("{answer}/state"), b"refused"),
+        Err(XsError::Daemon(XsErrno::EACCES)),
+        "the guest could overwrite dom0's answer"
+    );
+    let mut ch = channel(link);
+    println!("domU: dom0 accepted; exchanging");
+    let n = messages();
+    let t0 = Instant::now();
+    exchange(&mut ch, 2, 1, n).unwrap();
+    report("domU", &ch, t0.elapsed());
+    // dom0 closes and unmaps: the ring says closed, unmap-notify clears
+    // dom0's live byte in our pages and signals the port.
+    let mut buf = vec![0u8; ch.max_incoming()];
+    match ch.recv_blocking(&mut buf, Some(STEP)) {
+        Err(ChannelError::PeerGone) => {}
+        other => panic!("expected PeerGone after dom0 closed, got {other:?}"),
+    }
+    let deadline = Instant::now() + STEP;
+    while ch.doorbell().peer_alive() {
+        assert!(Instant::now() < deadline, "dom0's unmap-notify never came");
+        let _ = ch.doorbell().wait(Some(STEP)).unwrap();
+    }
+    println!("domU: dom0's departure seen (ring closed, live byte cleared by unmap-notify)");
+    println!("XEN-CHECK domu_channel_guest ok");
+}
+
+#[test]
+#[ignore = "needs a Xen dom0 with a domU running domu_channel_guest"]
+fn domu_channel_host() {
+    let domu = domu_id();
+    let mut xs = XenStore::open_socket().unwrap();
+    let mut rdv = Rendezvous::new(0, domu, CHANNEL).unwrap();
+    let link = rdv.accept(&mut xs, Some(PATIENCE)).unwrap();
+    assert_eq!(link.role, Role::Acceptor);
+    println!(
+        "dom0: accepted dom{domu}'s offer: {:?}, {} bytes of region",
+        link.layout,
+        link.region.len()
+    );
+    // The guest's offer and our answer carry the permissions the protocol
+    // promises (the offer may already be gone once the guest completed).
+    let answer = rendezvous::answer_path(0, domu, CHANNEL);
+    let read_only = [
+        Perm {
+            domid: 0,
+            access: Access::None,
+        },
+        Perm {
+            domid: domu,
+            access: Access::Read,
+        },
+    ];
+    assert_eq!(xs.get_perms(&format!("{answer}/state")).unwrap(), read_only);
+    let mut ch = channel(link);
+    let n = messages();
+    let t0 = Instant::now();
+    exchange(&mut ch, 1, 2, n).unwrap();
+    report("dom0", &ch, t0.elapsed());
+    // Teardown: our answer goes; the guest's offer went at its complete().
+    rdv.withdraw(&mut xs).unwrap();
+    assert_eq!(xs.read(&format!("{answer}/state")), Err(XsError::NotFound));
+    let offer = rendezvous::offer_path(domu, 0, CHANNEL);
+    assert_eq!(xs.read(&format!("{offer}/state")), Err(XsError::NotFound));
+    println!("dom0: {n} messages each way verified; rendezvous keys removed; closing");
+    drop(ch.close());
+    println!("XEN-CHECK domu_channel_host ok");
+}
+
+// ------------------------------------------------------------------ hostile
+
+/// The garbage offers the guest publishes: (name, key, value). Each starts
+/// from a well-formed offer of one 4 KiB ring each way (4 refs).
+const BAD_OFFERS: &[(&str, &str, &str)] = &[
+    ("bad-missing-port", "port", ""),
+    ("bad-port-text", "port", "abc"),
+    ("bad-port-range", "port", "999999"),
+    ("bad-version", "version", "2"),
+    ("bad-size", "to-acceptor", "1000"),
+    ("bad-count", "nrefs", "5"),
+    ("bad-reserved-ref", "refs0", "7 9 10 11"),
+    ("bad-huge", "refs0", "HUGE"),
+    ("bad-state", "state", "offered-ish"),
+    // Well-formed, but these references were never granted to dom0.
+    ("bad-grants", "", ""),
+];
+
+fn publish_bad(xs: &mut XenStore, own: u16, name: &str, key: &str, value: &str) {
+    let dir = rendezvous::offer_path(own, 0, name);
+    let _ = xs.rm(&dir);
+    let mut keys = vec![
+        ("version", "1".to_owned()),
+        ("port", "5".to_owned()),
+        ("to-acceptor", "4096".to_owned()),
+        ("to-offerer", "4096".to_owned()),
+        ("nrefs", "4".to_owned()),
+        ("refs0", "3000 3001 3002 3003".to_owned()),
+    ];
+    if !key.is_empty() {
+        keys.retain(|(k, _)| *k != key);
+        if !value.is_empty() {
+            let v = if value == "HUGE" {
+                "9".repeat(2000)
+            } else {
+                value.to_owned()
+            };
+            keys.push((key, v));
+        }
+    }
+    let state = if key == "state" { value } else { "offered" };
+    for (k, v) in keys {
+        if k != "state" {
+            xs.write(&format!("{dir}/{k}"), v.as_bytes()).unwrap();
+        }
+    }
+    xs.write(&format!("{dir}/state"), state.as_bytes()).unwrap();
+}
+
+/// Ring offsets (see `coresident_ring`'s layout): producer index at 128,
+/// consumer index at 384, data at 640.
+const WRITE: usize = 128;
+const READ: usize = 384;
+const DATA: usize = 640;
+
+fn poke(region: &XenRegion, off: usize, v: u32) {
+    assert!(off + 4 <= region.len());
+    // SAFETY: `off + 4 <= len` (checked), inside the mapped region, which
+    // `region` keeps alive; 4-aligned (all ring fields are); a volatile
+    // store to memory the peer also writes: no reference is made.
+    unsafe { region.as_ptr().add(off).cast::<u32>().write_volatile(v) }
+}
+
+fn peek(region: &XenRegion, off: usize) -> u32 {
+    assert!(off + 4 <= region.len());
+    // SAFETY: as in `poke`, for a volatile load.
+    unsafe { region.as_ptr().add(off).cast::<u32>().read_volatile() }
+}
+
+/// The ring scribbles, one channel each.
+const RING_CASES: &[&str] = &[
+    "ring-prod-jump",
+    "ring-len-past-end",
+    "ring-cons-jump",
+    "ring-flip",
+];
+/// Frames the flipping guest publishes at most.
+const FLIPS: u32 = 1500;
+
+#[test]
+#[ignore = "needs a Xen domU with dom0 running domu_hostile_host"]
+fn domu_hostile_guest() {
+    let (mut xs, own) = guest_xs();
+    // 1. Garbage offers: all at once; dom0 refuses each, we read the refusal.
+    for (name, key, value) in BAD_OFFERS {
+        publish_bad(&mut xs, own, name, key, value);
+    }
+    for (name, _, _) in BAD_OFFERS {
+        let answer = rendezvous::answer_path(0, own, name);
+        xs.watch(&answer, name).unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match xs.read(&format!("{answer}/state")) {
+                Ok(v) => {
+                    assert_eq!(v, b"refused", "{name}");
+                    break;
+                }
+                Err(XsError::NotFound | XsError::Daemon(XsErrno::EACCES)) => {}
+                Err(e) => panic!("{name}: {e}"),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "{name}: no refusal from dom0");
+            let _ = xs.wait_watch(Some(left)).unwrap();
+        }
+        let why = xs.read_string(&format!("{answer}/error")).unwrap();
+        println!("domU: {name} refused by dom0: {why}");
+        xs.unwatch(&answer, name).unwrap();
+        let _ = xs.rm(&rendezvous::offer_path(own, 0, name));
+    }
+    // 2. Ring scribbles on channels dom0 offers.
+    for name in RING_CASES {
+        let mut rdv = Rendezvous::new(own, 0, name).unwrap();
+        let link = rdv.accept(&mut xs, Some(PATIENCE)).unwrap();
+        rdv.withdraw(&mut xs).unwrap();
+        let ((tx, tx_size), (rx, _)) = link.layout.rings(Role::Acceptor);
+        let r = &link.region;
+        match *name {
+            // Our producer index leaps past a whole ring of data.
+            "ring-prod-jump" => poke(r, tx + WRITE, tx_size + 64),
+            // A frame whose length runs past the end of the data area,
+            // stamped as published at position 0.
+            "ring-len-past-end" => {
+                poke(r, tx + DATA, tx_size);
+                poke(r, tx + DATA + 4, 0);
+                poke(r, tx + WRITE, 64);
+            }
+            // Our consumer index of dom0's ring leaps ahead of its writes.
+            "ring-cons-jump" => poke(r, rx + READ, 0x7000_0000),
+            // Frames of 16 bytes whose length flips to a huge value and back
+            // while dom0 reads them.
+            _ => {
+                for k in 0..FLIPS {
+                    let pos = k * 24;
+                    poke(r, tx + DATA + pos as usize + 8, k);
+                    poke(r, tx + DATA + pos as usize, 16);
+                    poke(r, tx + DATA + pos as usize + 4, (pos >> 3) & 0x00FF_FFFF);
+                    // As a faithful producer does: mark the next position
+                    // "not yet published" (the stamp with its top bit
+                    // flipped) before publishing this frame.
+                    let next = pos + 24;
+                    poke(
+                        r,
+                        tx + DATA + next as usize + 4,
+                        ((next >> 3) & 0x00FF_FFFF) ^ 0x0080_0000,
+                    );
+                    poke(r, tx + WRITE, next);
+                    let _ = link.doorbell.ring();
+                    let deadline = Instant::now() + STEP;
+                    let mut flip = 0u32;
+                    // Flip until dom0 released the frame (or gave up on it).
+                    while peek(r, tx + READ) != pos + 24 && Instant::now() < deadline {
+                        flip ^= 1;
+                        poke(
+                            r,
+                            tx + DATA + pos as usize,
+                            if flip == 1 { 0xFFFF_FFF0 } else { 16 },
+                        );
+                        if !link.doorbell.peer_alive() {
+                            break;
+                        }
+                    }
+                    poke(r, tx + DATA + pos as usize, 16);
+                    if peek(r, tx + READ) != pos + 24 {
+                        println!("domU: ring-flip: dom0 stopped at frame {k}");
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = link.doorbell.ring();
+        // Wait for dom0 to give up on this channel (it drops the pages).
+        let deadline = Instant::now() + PATIENCE;
+        while link.doorbell.peer_alive() && Instant::now() < deadline {
+            let _ = link.doorbell.wait(Some(STEP));
+        }
+        assert!(!link.doorbell.peer_alive(), "{name}: dom0 never let go");
+        println!("domU: {name} done");
+    }
+    // 3. A clean channel: dom0 is still fine.
+    let mut rdv = Rendezvous::new(own, 0, "after").unwrap();
+    let mut ch = channel(rdv.accept(&mut xs, Some(PATIENCE)).unwrap());
+    rdv.withdraw(&mut xs).unwrap();
+    exchange(&mut ch, 4, 3, 1000).unwrap();
+    drop(ch.close());
+    println!("XEN-CHECK domu_hostile_guest ok");
+}
+
+#[test]
+#[ignore = "needs a Xen dom0 with a domU running domu_hostile_guest"]
+fn domu_hostile_host() {
+    let domu = domu_id();
+    let mut xs = XenStore::open_socket().unwrap();
+    // 1. Every garbage offer is refused with a typed error.
+    for (name, key, _) in BAD_OFFERS {
+        let mut rdv = Rendezvous::new(0, domu, name).unwrap();
+        let e = rdv.accept(&mut xs, Some(PATIENCE)).map(drop).unwrap_err();
+        let ok = match *name {
+            "bad-missing-port" => e == XsRendezvousError::Missing(rendezvous::Key::Port),
+            "bad-port-text" => matches!(e, XsRendezvousError::Value(rendezvous::Key::Port, _)),
+            "bad-port-range" => e == XsRendezvousError::BadPort(999_999),
+            "bad-version" => e == XsRendezvousError::BadVersion(2),
+            "bad-size" => e == XsRendezvousError::Offer(RendezvousError::BadLayout),
+            "bad-count" => e == XsRendezvousError::BadRefCount,
+            "bad-reserved-ref" => e == XsRendezvousError::BadRef(7),
+            "bad-huge" => matches!(e, XsRendezvousError::Value(rendezvous::Key::Refs(0), _)),
+            "bad-state" => matches!(e, XsRendezvousError::BadState(_)),
+            _ => matches!(e, XsRendezvousError::Transport(_)),
+        };
+        println!("XEN-OUTCOME xenstore {name} ({key}): {e:?}: {e}");
+        assert!(ok, "{name}: unexpected outcome {e:?}");
+        // The refusal stays until the guest has read it (withdrawn below).
+    }
+    // 2. Ring scribbles: dom0's channel reports Corrupted, never a panic.
+    for name in RING_CASES {
+        let mut rdv = Rendezvous::new(0, domu, name).unwrap();
+        let pending = rdv
+            .offer(&mut xs, ChannelLayout::symmetric(64 * 1024))
+            .unwrap();
+        let mut ch = channel(pending.complete(&mut xs, Some(PATIENCE)).unwrap());
+        let mut buf = vec![0u8; ch.max_incoming()];
+        let outcome = match *name {
+            "ring-cons-jump" => {
+                let mut i = 0u64;
+                let msg = [0x5Au8; 200];
+                loop {
+                    match ch.send(&msg) {
+                        Ok(()) => i += 1,
+                        Err(ChannelError::Full) => {
+                            // Sleep until the (scribbling) consumer frees space.
+                            match ch.send_blocking(&msg, Some(STEP)) {
+                                Ok(()) => i += 1,
+                                Err(e) => break format!("after {i} sends: {e:?}"),
+                            }
+                        }
+                        Err(e) => break format!("after {i} sends: {e:?}"),
+                    }
+                }
+            }
+            "ring-flip" => {
+                let mut got = 0u32;
+                loop {
+                    match ch.recv_blocking(&mut buf, Some(STEP)) {
+                        Ok(len) => {
+                            assert_eq!(len, 16, "a torn length reached the caller");
+                            assert_eq!(buf[..4], got.to_le_bytes(), "frame {got}");
+                            got += 1;
+                            if got == FLIPS {
+                                break format!("{got} frames of 16 bytes, every length read once");
+                            }
+                        }
+                        Err(e) => break format!("after {got} good frames: {e:?}"),
+                    }
+                }
+            }
+            _ => match ch.recv_blocking(&mut buf, Some(STEP)) {
+                Ok(len) => panic!("{name}: received {len} bytes from a scribbled ring"),
+                Err(e) => format!("{e:?}"),
+            },
+        };
+        println!("XEN-OUTCOME ring {name}: {outcome}");
+        let corrupted = outcome.contains("Corrupted");
+        assert!(
+            corrupted || (*name == "ring-flip" && outcome.contains("every length read once")),
+            "{name}: expected Corrupted, got {outcome}"
+        );
+        println!(
+            "dom0: {name}: channel state {:?}, stats corruptions {}",
+            ch.state(),
+            ch.stats().corruptions
+        );
+        drop(ch.close());
+    }
+    // 3. Still running: a clean channel works.
+    let mut rdv = Rendezvous::new(0, domu, "after").unwrap();
+    let pending = rdv
+        .offer(&mut xs, ChannelLayout::symmetric(64 * 1024))
+        .unwrap();
+    let mut ch = channel(pending.complete(&mut xs, Some(PATIENCE)).unwrap());
+    exchange(&mut ch, 3, 4, 1000).unwrap();
+    println!("dom0: after the hostile cases, 1000 messages each way verified");
+    // The guest has read every refusal: remove them.
+    for (name, _, _) in BAD_OFFERS {
+        Rendezvous::new(0, domu, name)
+            .unwrap()
+            .withdraw(&mut xs)
+            .unwrap();
+    }
+    let mut buf = vec![0u8; ch.max_incoming()];
+    match ch.recv_blocking(&mut buf, Some(STEP)) {
+        Err(ChannelError::PeerGone) => {}
+        other => panic!("expected PeerGone after the domU closed, got {other:?}"),
+    }
+    println!("XEN-CHECK domu_hostile_host ok");
+}
+
+// ------------------------------------------------------------------ destroy
+
+const DESTROY: &str = "destroy";
+/// Messages the domU consumes before it stops.
+const CONSUMED: u64 = 1000;
+/// Where the domU reports (relative to its home) how far it got.
+const PROGRESS: &str = "data/coresident/test/destroy";
+/// init-dom0.sh expects no DOMU-RESULT once this file exists.
+const DESTROYED_MARK: &str = "/run/xenqemu-domu-destroyed";
+
+#[test]
+#[ignore = "needs a Xen domU with dom0 running domu_destroy_host"]
+fn domu_destroy_guest() {
+    let (mut xs, own) = guest_xs();
+    let mut rdv = Rendezvous::new(own, 0, DESTROY).unwrap();
+    let mut ch = channel(rdv.accept(&mut xs, Some(PATIENCE)).unwrap());
+    rdv.withdraw(&mut xs).unwrap();
+    let (mut buf, mut scratch) = (vec![0u8; ch.max_incoming()], Vec::new());
+    for seq in 0..CONSUMED {
+        let len = ch.recv_blocking(&mut buf, Some(STEP)).unwrap();
+        verify(5, seq, &buf[..len], &mut scratch).unwrap();
+    }
+    // Fill our ring towards dom0, which does not read it yet.
+    let mut out = Vec::new();
+    let mut sent = 0u64;
+    loop {
+        message(6, sent, &mut out);
+        match ch.send(&out) {
+            Ok(()) => sent += 1,
+            Err(ChannelError::Full) => break,
+            Err(e) => panic!("send {sent}: {e}"),
+        }
+    }
+    ch.flush().unwrap();
+    xs.write(PROGRESS, format!("{CONSUMED} {sent}").as_bytes())
+        .unwrap();
+    println!("domU: consumed {CONSUMED}, sent {sent}; now neither reading nor writing");
+    println!("XEN-CHECK domu_destroy_guest waiting");
+    // Keep the channel and wait to be destroyed.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+#[test]
+#[ignore = "needs a Xen dom0 with a domU running domu_destroy_guest"]
+fn domu_destroy_host() {
+    let domu = domu_id();
+    let mut xs = XenStore::open_socket().unwrap();
+    let mut rdv = Rendezvous::new(0, domu, DESTROY).unwrap();
+    let pending = rdv
+        .offer(&mut xs, ChannelLayout::symmetric(64 * 1024))
+        .unwrap();
+    let mut ch = channel(pending.complete(&mut xs, Some(PATIENCE)).unwrap());
+    let mut out = Vec::new();
+    for seq in 0..CONSUMED {
+        message(5, seq, &mut out);
+        ch.send_blocking(&out, Some(STEP)).unwrap();
+    }
+    ch.flush().unwrap();
+    // Wait (watching) for the guest's report.
+    let progress = format!("{}/{PROGRESS}", xs.get_domain_path(domu).unwrap());
+    xs.watch(&progress, "progress").unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let report = loop {
+        match xs.read_string(&progress) {
+            Ok(v) => break v,
+            Err(XsError::NotFound) => {}
+            Err(e) => panic!("reading {progress}: {e}"),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "the domU never reported");
+        let _ = xs.wait_watch(Some(left)).unwrap();
+    };
+    xs.unwatch(&progress, "progress").unwrap();
+    let (consumed, guest_sent) = report
+        .split_once(' ')
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+        .expect("malformed report");
+    assert_eq!(consumed, CONSUMED);
+    // Fill our ring: the guest no longer consumes.
+    let mut total = CONSUMED;
+    loop {
+        message(5, total, &mut out);
+        match ch.send(&out) {
+            Ok(()) => total += 1,
+            Err(ChannelError::Full) => break,
+            Err(e) => panic!("send {total}: {e}"),
+        }
+    }
+    ch.flush().unwrap();
+    println!(
+        "dom0: sent {total}, the domU consumed {consumed} and published {guest_sent}; destroying it"
+    );
+    // Destroy the guest mid-stream; learn of it through XenStore.
+    rdv.watch_peer(&mut xs).unwrap();
+    std::fs::write(DESTROYED_MARK, b"1").unwrap();
+    let st = std::process::Command::new("xl")
+        .args(["destroy", &domu.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "xl destroy failed: {st}");
+    assert!(
+        rdv.wait_peer_gone(&mut xs, Some(STEP)).unwrap(),
+        "no @releaseDomain / home removal seen"
+    );
+    // A destroyed domain runs no unmap-notify: its live byte stays set.
+    println!(
+        "dom0: dom{domu} gone (@releaseDomain, home removed); its live byte reads {} \
+         (a destroyed kernel runs no unmap-notify)",
+        if ch.doorbell().peer_alive() {
+            "still set"
+        } else {
+            "clear"
+        }
+    );
+    ch.peer_left();
+    // What the domU had not consumed comes back, in order.
+    let mut back = Vec::new();
+    let mut bad = None;
+    let n = ch
+        .unconsumed(|v| {
+            let mut m = vec![0u8; v.len()];
+            v.read_at(0, &mut m);
+            let seq = u64::from_le_bytes(m[..8].try_into().unwrap());
+            let mut scratch = Vec::new();
+            if let Err(e) = verify(5, seq, &m, &mut scratch) {
+                bad.get_or_insert(e);
+            }
+            back.push(seq);
+        })
+        .unwrap();
+    assert_eq!(bad, None);
+    let want: Vec<u64> = (CONSUMED..total).collect();
+    assert_eq!(n, want.len());
+    assert!(
+        back == want,
+        "unconsumed: {} messages {:?}..{:?}, expected {CONSUMED}..{total}",
+        back.len(),
+        back.first(),
+        back.last()
+    );
+    println!(
+        "dom0: unconsumed = messages {CONSUMED}..{total} ({n}), in order, checksums good: \
+         ready for the network path"
+    );
+    // What the domU published before dying can still be received, then PeerGone.
+    let (mut buf, mut scratch) = (vec![0u8; ch.max_incoming()], Vec::new());
+    let mut got = 0u64;
+    loop {
+        match ch.recv(&mut buf) {
+            Ok(len) => {
+                verify(6, got, &buf[..len], &mut scratch).unwrap();
+                got += 1;
+            }
+            Err(ChannelError::PeerGone) => break,
+            Err(e) => panic!("recv {got} after the death: {e}"),
+        }
+    }
+    assert_eq!(got, guest_sent);
+    println!(
+        "dom0: received the {got} messages the domU published before its death, then PeerGone"
+    );
+    rdv.unwatch_peer(&mut xs).unwrap();
+    drop(ch.close());
+    println!("XEN-CHECK domu_destroy_host ok");
+}
