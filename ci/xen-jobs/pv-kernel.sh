@@ -24,6 +24,8 @@ pv_kernel_job() {
         return
     fi
     kernel=$target/x86_64-unknown-none/release/pv-kernel
+    echo "xen: pv-kernel built in $(since "$t") s ($(stat -c %s "$kernel") bytes)"
+    t=$(date +%s)
     # The PV kernel's command line follows its path in the multiboot module
     # string; Xen's own goes in -append.
     cmdline=$kernel
@@ -38,7 +40,7 @@ pv_kernel_job() {
     set -e
     tr -d '\r' < "$SLOG" > "$SLOG.tmp" && mv "$SLOG.tmp" "$SLOG"
     grep -a '^pv-kernel:' "$SLOG" | sed 's/^/  /' || true
-    echo "xen: boot pv-kernel took $(since "$t") s (build included)"
+    echo "xen: boot pv-kernel took $(since "$t") s"
     if has 'CORESIDENT-PV-KERNEL: PASS'; then
         verdict pv-kernel 1
     elif has 'CORESIDENT-PV-KERNEL: FAIL'; then
