@@ -1,15 +1,18 @@
 # pv-domu job (issue 8), sourced by .ci/xen: the project's no_std PV kernel
 # (transport-xen/pv-kernel, binary pv-domu) runs as a domU next to the Linux
 # dom0. It reaches XenStore through its start_info ring page and event
-# channel (coresident_xen::xs_ring), accepts dom0's channel through the
-# XenStore rendezvous (the keys of coresident_xen::rendezvous), and
-# exchanges messages both ways with the userspace transport in dom0
-# (transport-xen/tests/xen_pv_domu.rs, built by .ci/xen as
-# WORK/bin/xen-pv-domu-tests), each side checking every message and the
-# other's closing summary. Its console lines reach dom0's xenconsoled log
+# channel (coresident_xen::xs_ring) and meets the userspace transport in
+# dom0 (transport-xen/tests/xen_pv_domu.rs, built by .ci/xen as
+# WORK/bin/xen-pv-domu-tests) through the XenStore rendezvous twice
+# (coresident_xen::ring_rendezvous in the kernel, ::rendezvous in dom0):
+# channel pv-domu is dom0's pages mapped by the kernel, pv-domu-back the
+# kernel's pages mapped by dom0. On each, messages go both ways, each side
+# checking every message and the other's closing summary, and the kernel
+# waits until dom0 has left (its live byte cleared). Its console lines reach dom0's xenconsoled log
 # through the PV console ring (coresident_xen::console_ring) and are copied
 # to the serial log as "pv-domu| ...".
-# Env: PV_DOMU_MESSAGES (messages dom0 sends, each answered; default 20,000).
+# Env: PV_DOMU_MESSAGES (messages dom0 sends per channel, each answered;
+# default 10,000).
 pv_domu_job() {
     local t dir target ok=0
     t=$(date +%s)
@@ -36,7 +39,7 @@ pv_domu_job() {
     # as xenconsoled logged it (prefixed by dom0.sh).
     [ $RC -eq 0 ] && has 'XEN-CHECK pv_domu_dom0 ok' && has 'pv-domu| PV-DOMU-RESULT: PASS' && ok=1
     if [ $ok = 1 ]; then
-        grep -a 'pv-domu| pv-domu: sent' "$SLOG" | sed 's/^pv-domu| /xen: /' || true
+        grep -a "pv-domu| pv-domu: channel .*summary matches" "$SLOG" | sed 's/^pv-domu| /xen: /' || true
         grep -a 'xen-qemu: QEMU exited' "${SLOG%.serial.log}.log" || true
     fi
     verdict pv-domu $ok

@@ -1,10 +1,13 @@
 //! The dom0 half of the `pv-domu` job (`ci/xen-jobs/pv-domu.sh`): the
 //! project's `no_std` PV kernel runs as a domU (`transport-xen/pv-kernel`,
-//! domU flavour) and this test, in dom0, offers it a channel through the
-//! XenStore rendezvous (`coresident_xen::rendezvous`). The kernel reads the
-//! offer over its start_info XenStore ring (`coresident_xen::xs_ring`),
-//! maps the grants with hypercalls, answers, and the two exchange messages
-//! both ways through the same `Channel` (see `common/pv_domu_msgs.rs`).
+//! binary `pv-domu`) and this test, in dom0, meets it through the XenStore
+//! rendezvous (`coresident_xen::rendezvous`) twice. First dom0 offers: the
+//! kernel reads the offer over its start_info XenStore ring
+//! (`coresident_xen::ring_rendezvous`), maps dom0's grants with hypercalls
+//! and answers. Then the kernel offers its own pages and dom0 accepts
+//! (gntdev maps the kernel's grants). On each channel the two exchange
+//! messages both ways through the same `Channel` (see
+//! `common/pv_domu_msgs.rs`).
 //! `#[ignore]`d: it needs the kernel running in a domU (`DOMU_ID`).
 #![cfg(target_os = "linux")]
 
@@ -14,14 +17,17 @@ mod msgs;
 
 use std::time::Duration;
 
-use coresident::{Channel, ChannelConfig, ChannelError, ChannelLayout, StdClock};
+use coresident::{
+    Channel, ChannelConfig, ChannelError, ChannelLayout, Doorbell, Link, SharedRegion, StdClock,
+};
 use coresident_xen::rendezvous::Rendezvous;
 use coresident_xen::XenStore;
 use msgs::{Got, Rng, Totals};
 
-/// Messages dom0 sends (the kernel answers each with one of its own).
+/// Messages dom0 sends on each channel (the kernel answers each with one of
+/// its own).
 /// `PV_DOMU_MESSAGES` overrides.
-const MESSAGES: u32 = 20_000;
+const MESSAGES: u32 = 10_000;
 const WAIT: Option<Duration> = Some(Duration::from_secs(60));
 
 #[test]
@@ -47,14 +53,38 @@ fn pv_domu_dom0() {
     let link = pending
         .complete(&mut xs, Some(Duration::from_secs(120)))
         .unwrap();
+    let t = drive(link, n, 0x5eed_d0d0_0000_0001);
+    report(msgs::CHANNEL, domu, &t);
+    rdv.withdraw(&mut xs).unwrap();
+
+    // The other way round: the kernel grants its pages, dom0 maps them.
+    let mut back = Rendezvous::new(0, domu, msgs::CHANNEL_BACK).unwrap();
+    let link = back
+        .accept(&mut xs, Some(Duration::from_secs(120)))
+        .unwrap();
+    println!("dom0: accepted the kernel's offer {:?}", msgs::CHANNEL_BACK);
+    let t = drive(link, n, 0x5eed_d0d0_0000_0004);
+    report(msgs::CHANNEL_BACK, domu, &t);
+    back.withdraw(&mut xs).unwrap();
+    println!("XEN-CHECK pv_domu_dom0 ok");
+}
+
+fn report(name: &str, domu: u16, t: &Totals) {
+    println!(
+        "dom0: {name}: sent {} and received {} messages, hashes {:016x}/{:016x} match dom{domu}'s",
+        t.sent, t.received, t.sent_hash, t.received_hash
+    );
+}
+
+/// Sends `n` messages (random sizes and bytes from `seed`), checking the
+/// kernel's answers as they come, then the summaries both ways; closes.
+fn drive<R: SharedRegion, D: Doorbell>(link: Link<R, D>, n: u32, seed: u64) -> Totals {
     let config = ChannelConfig {
         liveness: None,
         ..ChannelConfig::default()
     };
     let mut ch = Channel::new(link, config, StdClock::default()).unwrap();
-    println!("dom0: dom{domu} accepted; sending {n} messages");
-
-    let mut rng = Rng(0x5eed_d0d0_0000_0001);
+    let mut rng = Rng(seed);
     let mut t = Totals::new();
     let (mut out, mut got) = (vec![0u8; msgs::MAX_MESSAGE], vec![0u8; ch.max_message()]);
     let take = |msg: &[u8], t: &mut Totals| match msgs::check(t, msg) {
@@ -88,16 +118,15 @@ fn pv_domu_dom0() {
     ch.send_blocking(&out[..len], WAIT).unwrap();
     ch.flush().unwrap();
     let len = ch.recv_blocking(&mut got, WAIT).unwrap();
-    let verdict = msgs::check(&mut t, &got[..len]);
-    assert_eq!(verdict, Ok(Got::End), "the kernel's summary");
-    let s = ch.stats();
-    println!(
-        "dom0: sent {} and received {} messages, hashes {:016x}/{:016x} match the kernel's; {s:?}",
-        t.sent, t.received, t.sent_hash, t.received_hash
+    assert_eq!(
+        msgs::check(&mut t, &got[..len]),
+        Ok(Got::End),
+        "the kernel's summary"
     );
+    println!("dom0: channel stats {:?}", ch.stats());
+    // Leaving clears our live byte (unmap-notify): the kernel waits for it.
     drop(ch.close());
-    rdv.withdraw(&mut xs).unwrap();
-    println!("XEN-CHECK pv_domu_dom0 ok");
+    t
 }
 
 /// The message protocol on the host: two sides, one stream each way, and

@@ -11,14 +11,17 @@
 //!   (count u32, received hash u64, sent hash u64)
 //! ```
 //!
-//! Each side sends its own stream of random sizes and bytes and checks
+//! On each channel dom0 drives: it sends its messages and the kernel
+//! answers each with one of its own. Each side sends its own stream of random sizes and bytes and checks
 //! every message it receives (sequence number, checksum), folding the bytes
 //! it sent and received into two FNV-1a 64 hashes. The END message carries
 //! the sender's count and hashes, so each side checks that what the other
 //! sent is exactly what it received, and the other way round.
 
-/// The channel's name in the XenStore rendezvous.
+/// The channel dom0 offers (the kernel maps dom0's pages).
 pub const CHANNEL: &str = "pv-domu";
+/// The channel the kernel offers (dom0 maps the kernel's pages).
+pub const CHANNEL_BACK: &str = "pv-domu-back";
 /// The largest message either side sends.
 pub const MAX_MESSAGE: usize = 2048;
 /// The sequence number of the closing summary.

@@ -1,10 +1,17 @@
 //! The domU flavour of the PV kernel (`pv-domu` job): booted by `xl create`
 //! next to the Linux dom0 of `.ci/xen`, it speaks through its PV console
 //! ring, reaches XenStore through the ring page and event channel of its
-//! `start_info`, accepts dom0's channel offer through the XenStore
-//! rendezvous, and exchanges checksummed messages both ways with the
-//! userspace transport in dom0 (`tests/xen_pv_domu.rs`) through the same
-//! `Channel`: a kernel and a daemon, two real domains, one protocol.
+//! `start_info`, and meets the userspace transport in dom0
+//! (`tests/xen_pv_domu.rs`) through the XenStore rendezvous twice: it
+//! accepts dom0's offer (mapping dom0's grants), then offers its own pages
+//! (dom0 maps the kernel's grants). On each channel the two exchange
+//! checksummed messages both ways through the same `Channel`, and the
+//! kernel sees dom0 leave through the live byte: a kernel and a daemon, two
+//! real domains, one protocol.
+//!
+//! The image is the crate's one (its ELF notes declare `dom0` as a
+//! supported feature, which libxc's domU builder ignores); `console_io` is
+//! dom0's only, so this flavour logs to its PV console ring.
 //!
 //! Its console lines reach dom0's `/var/log/xen/guest-pv-domu.log`
 //! (xenconsoled); the last one is `PV-DOMU-RESULT: PASS` or
@@ -24,7 +31,10 @@ use core::fmt::{self, Write as _};
 use core::ptr::NonNull;
 use core::time::Duration;
 
-use coresident::{Channel, ChannelConfig, Transport};
+use coresident::{
+    Channel, ChannelConfig, ChannelError, ChannelLayout, Doorbell, Link, PendingOffer,
+    SharedRegion, Transport,
+};
 use coresident_pv_kernel::{halt, hypercalls, pv_entry, Boot, PvKernel, SHUTDOWN_POWEROFF};
 use coresident_xen::console_ring::ConsoleRing;
 use coresident_xen::kernel::hypercall::{poll, update_va_mapping};
@@ -190,13 +200,25 @@ fn main(boot: Boot) -> ! {
         Ok(x) => x,
         Err(e) => fail(format_args!("grant table / shared_info: {e}")),
     };
-    match run(&xen, &mut xs, own) {
-        Ok(t) => {
+    let r = accept_from_dom0(&xen, &mut xs, own).and_then(|t1| {
+        let _ = rendezvous::withdraw(&mut xs, own, 0, msgs::CHANNEL);
+        offer_to_dom0(&xen, &mut xs, own).map(|t2| (t1, t2))
+    });
+    match r {
+        Ok((t1, t2)) => {
+            for (name, t) in [(msgs::CHANNEL, t1), (msgs::CHANNEL_BACK, t2)] {
+                log!(
+                    "pv-domu: channel {name}: sent {} and received {} messages; sent hash {:016x}, received hash {:016x}; dom0's summary matches",
+                    t.sent, t.received, t.sent_hash, t.received_hash
+                );
+            }
+            // dom0's unmap-notify clears its live byte just before gntdev
+            // unmaps: pages dropped in between stay granted (and are Xen's
+            // to free when this domain goes).
             log!(
-                "pv-domu: sent {} and received {} messages; sent hash {:016x}, received hash {:016x}; dom0's summary matches",
-                t.sent, t.received, t.sent_hash, t.received_hash
+                "pv-domu: granted pages dom0 still mapped when their channel dropped: {}",
+                xen.leaked_pages()
             );
-            let _ = rendezvous::withdraw(&mut xs, own, 0, msgs::CHANNEL);
             log!("PV-DOMU-RESULT: PASS");
             halt(SHUTDOWN_POWEROFF)
         }
@@ -223,9 +245,9 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Accepts dom0's offer, then answers every message of dom0 with one of
-/// its own until dom0's summary, which must match; sends ours.
-fn run<E: Events>(
+/// Accepts dom0's offer of channel [`msgs::CHANNEL`] (dom0's pages, mapped
+/// here), then [`answer_stream`].
+fn accept_from_dom0<E: Events>(
     xen: &Xen<PvKernel>,
     xs: &mut XsRing<E>,
     own: DomId,
@@ -257,15 +279,52 @@ fn run<E: Events>(
     rendezvous::answer(xs, own, &offer, msgs::CHANNEL, Ok(link.doorbell.port()))
         .map_err(Failure::Rendezvous)?;
     log!(
-        "pv-domu: accepted: grants mapped, port {} bound, answer written",
+        "pv-domu: accepted: dom0's grants mapped, port {} bound, answer written",
         link.doorbell.port()
     );
+    answer_stream(xen, link, 0x5eed_0d0d_0000_0002)
+}
+
+/// Offers dom0 channel [`msgs::CHANNEL_BACK`] of this kernel's own pages
+/// (granted to dom0), waits for dom0's answer and live byte, then
+/// [`answer_stream`].
+fn offer_to_dom0<E: Events>(
+    xen: &Xen<PvKernel>,
+    xs: &mut XsRing<E>,
+    own: DomId,
+) -> Result<msgs::Totals, Failure> {
+    let layout = ChannelLayout::symmetric(16 * 1024);
+    let mut bytes = [0u8; coresident_xen::crxg::HEADER_LEN + 4 * rendezvous::MAX_REFS];
+    let (pending, n) = KernelTransport::new(xen, 0)
+        .offer(layout, &mut bytes)
+        .map_err(Failure::Transport)?;
+    let bytes = bytes.get(..n).unwrap_or(&[]);
+    let port = rendezvous::publish_offer(xs, own, 0, msgs::CHANNEL_BACK, bytes)
+        .map_err(Failure::Rendezvous)?;
+    log!(
+        "pv-domu: offered dom0 {} grants of my own pages, port {port}",
+        (n - coresident_xen::crxg::HEADER_LEN) / 4
+    );
+    rendezvous::wait_answer(xs, own, 0, msgs::CHANNEL_BACK, port).map_err(Failure::Rendezvous)?;
+    let link = pending.complete(CHANNEL_WAIT).map_err(Failure::Transport)?;
+    log!("pv-domu: dom0 accepted: it maps my grants, its live byte is set");
+    answer_stream(xen, link, 0x5eed_0d0d_0000_0003)
+}
+
+/// Answers every message of dom0 with one of its own (random sizes and
+/// bytes from `seed`) until dom0's summary, which must match; sends ours,
+/// then waits until dom0 leaves (its live byte cleared by unmap-notify).
+fn answer_stream<R: SharedRegion, D: Doorbell>(
+    xen: &Xen<PvKernel>,
+    link: Link<R, D>,
+    seed: u64,
+) -> Result<msgs::Totals, Failure> {
     let config = ChannelConfig {
         liveness: None,
         ..ChannelConfig::default()
     };
     let mut ch = Channel::new(link, config, xen.clock()).map_err(Failure::Channel)?;
-    let mut rng = msgs::Rng(0x5eed_0d0d_0000_0002);
+    let mut rng = msgs::Rng(seed);
     let mut t = msgs::Totals::new();
     let mut got = [0u8; msgs::MAX_MESSAGE];
     let mut out = [0u8; msgs::MAX_MESSAGE];
@@ -290,7 +349,11 @@ fn run<E: Events>(
     ch.send_blocking(out.get(..len).unwrap_or(&[]), CHANNEL_WAIT)
         .map_err(Failure::Channel)?;
     ch.flush().map_err(Failure::Channel)?;
-    let s = ch.stats();
-    log!("pv-domu: channel stats {s:?}");
+    log!("pv-domu: channel stats {:?}", ch.stats());
+    match ch.recv_blocking(&mut got, CHANNEL_WAIT) {
+        Err(ChannelError::PeerGone) => log!("pv-domu: dom0 left (its live byte is clear)"),
+        Err(e) => return Err(Failure::Channel(e)),
+        Ok(len) => return Err(Failure::Message(t.received, msgs::Bad::Length(len))),
+    }
     Ok(t)
 }
