@@ -100,6 +100,8 @@ impl core::fmt::Display for RendezvousError {
     }
 }
 
+impl core::error::Error for RendezvousError {}
+
 /// Pages of an offer for `layout`: the region's pages plus the live page.
 pub const fn pages_for(layout: ChannelLayout) -> usize {
     layout.region_len().div_ceil(XEN_PAGE_SIZE) + 1

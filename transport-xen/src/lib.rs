@@ -26,6 +26,10 @@
 //! - `kernel` (feature `xen-sys`, x86_64, `no_std`): grant table v1, event
 //!   channels and `KernelTransport` over hypercalls, for a PV guest kernel
 //!   that supplies them through the `Kernel` trait (docs/kernel.md).
+//! - [`xs_ring`], [`console_ring`] (`core` only): a PV guest kernel's
+//!   XenStore client and console over the pages and event channels of its
+//!   `start_info`; [`ring_rendezvous`]: the XenStore rendezvous below,
+//!   both sides, over that ring (the `pv-domu` job: a kernel and a daemon).
 //! - [`transport`]: [`XenTransport`], the core's `Transport` over the
 //!   layers above (rendezvous bytes, region, event-channel doorbell,
 //!   unmap-notify for peer death).

@@ -197,6 +197,10 @@ impl SharedInfo {
     /// Clears `port`'s pending bit and says whether it was set: consumes
     /// one event (which may stand for several sends).
     pub fn test_and_clear_pending(&self, port: EvtchnPort) -> bool {
+        // SYNC: event delivered. Xen sets the bit with a locked
+        // test-and-set after the sender's stores (the ring's publish or
+        // release, ordered by its own fence before EVTCHNOP_send); the
+        // Acquire half here orders our re-reading of the ring after it.
         self.word(PENDING_OFFSET, port)
             .is_ok_and(|(w, bit)| w.fetch_and(!bit, Ordering::AcqRel) & bit != 0)
     }

@@ -249,6 +249,9 @@ impl GrantTable {
     }
 
     fn free_ref(&self, r: GrantRef) {
+        // SYNC: reference reuse. Release pairs with the Acquire of the
+        // exchange in `alloc_ref`: the entry's cleared flags are visible to
+        // the next user of `r`.
         self.used[r as usize / 64].fetch_and(!(1 << (r % 64)), Ordering::Release);
     }
 
@@ -271,7 +274,10 @@ impl GrantTable {
         domid.store(peer, Ordering::Relaxed);
         fr.store(frame32, Ordering::Relaxed);
         let f = GTF_PERMIT_ACCESS | if readonly { GTF_READONLY } else { 0 };
-        // Release: Xen reads domid and frame only after it saw the flags.
+        // SYNC: grant entry published. Xen reads the flags (its cmpxchg in
+        // `_set_status_v1`) before domid and frame; this Release orders the
+        // two stores above before it, as Linux's `wmb()` in
+        // `gnttab_update_entry_v1`.
         flags.store(f, Ordering::Release);
         Ok(r)
     }
@@ -296,6 +302,10 @@ impl GrantTable {
             return Err(KernelError::BadGrantRef(r));
         }
         let flags = self.entry(r).0;
+        // SYNC: grant in use. Xen sets GTF_reading/GTF_writing with a
+        // cmpxchg before it maps the frame and clears them after it unmaps;
+        // the Acquire here and of the exchange pairs with those, so a
+        // cleared flag means the peer's mapping is gone.
         let mut cur = flags.load(Ordering::Acquire);
         loop {
             if cur & (GTF_READING | GTF_WRITING) != 0 {
