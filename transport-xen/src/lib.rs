@@ -35,6 +35,11 @@
 //!   unmap-notify for peer death).
 //! - [`rendezvous`]: [`Rendezvous`], the transport's offer and answer as
 //!   XenStore keys with permissions and watches.
+//! - [`residency`]: residency detection: the dom0
+//!   [`Agent`](residency::Agent) lists each advertising domain's
+//!   co-resident peers, and a guest's
+//!   [`ResidencyView`](residency::ResidencyView) keeps its residency tables
+//!   in step (keys, writers and permissions in the module docs).
 //!
 //! # The rendezvous, in order
 //!

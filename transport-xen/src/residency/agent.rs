@@ -319,6 +319,13 @@ impl<C: Read + Write + AsFd> Agent<C> {
                 continue;
             }
             let status = self.read_advert(d)?;
+            // A vanished advertisement may mean a vanished domain: the
+            // toolstack removes the home, and @releaseDomain may come
+            // before or after.
+            if status == Status::Silent && !self.home_exists(d)? {
+                self.forget(d, &mut out)?;
+                continue;
+            }
             let old = self.domains.insert(d, status.clone());
             if old.as_ref() == Some(&status) {
                 continue;
@@ -350,15 +357,7 @@ impl<C: Read + Write + AsFd> Agent<C> {
             .filter(|d| !live.contains(d))
             .collect();
         for d in gone {
-            self.domains.remove(&d);
-            self.withdrawn.remove(&d);
-            self.written.remove(&d);
-            match self.xs.unwatch(&advert_path(d), TOKEN_ADVERT) {
-                Ok(()) => {}
-                Err(e) if local(e) => {}
-                Err(e) => return Err(e.into()),
-            }
-            out.push(Change::Gone(d));
+            self.forget(d, out)?;
         }
         for d in live {
             if self.domains.contains_key(&d) {
@@ -374,6 +373,34 @@ impl<C: Read + Write + AsFd> Agent<C> {
             }
             self.dirty.insert(d);
         }
+        Ok(())
+    }
+
+    /// Whether `/local/domain/N` exists.
+    fn home_exists(&mut self, d: DomId) -> Result<bool, AgentError> {
+        match self.xs.read(&home_path(d)) {
+            Ok(_) => Ok(true),
+            Err(XsError::NotFound) => Ok(false),
+            // EACCES cannot happen to dom0; treat as present.
+            Err(e) if local(e) => Ok(true),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Drops a domain that is gone.
+    fn forget(&mut self, d: DomId, out: &mut Vec<Change>) -> Result<(), AgentError> {
+        if self.domains.remove(&d).is_none() {
+            return Ok(());
+        }
+        self.withdrawn.remove(&d);
+        self.written.remove(&d);
+        self.dirty.remove(&d);
+        match self.xs.unwatch(&advert_path(d), TOKEN_ADVERT) {
+            Ok(()) => {}
+            Err(e) if local(e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        out.push(Change::Gone(d));
         Ok(())
     }
 

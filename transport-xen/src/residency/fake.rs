@@ -171,9 +171,19 @@ impl FakeXenstored {
         let home = format!("/local/domain/{domid}");
         Self::rm(&mut st.nodes, &home);
         st.version += 1;
-        Self::fire(&mut st, &home, None);
+        Self::fire(&mut st, &home, Some(()));
         // Its clients' connections stay open (a real guest's would be
         // gone with it; the tests simply stop using them).
+    }
+
+    /// What the toolstack does before Xen reports the death: removes the
+    /// domain's home (no `@releaseDomain` yet).
+    pub(crate) fn remove_home(&self, domid: DomId) {
+        let mut st = self.0.lock().unwrap();
+        let home = format!("/local/domain/{domid}");
+        Self::rm(&mut st.nodes, &home);
+        st.version += 1;
+        Self::fire(&mut st, &home, Some(()));
     }
 
     /// Writes a node as domain `as_dom` would (perms as on create), without

@@ -446,6 +446,35 @@ fn views_and_tables_follow_the_agent_through_arrival_withdrawal_and_destruction(
             addrs: addrs(3)
         }]
     );
+    // The toolstack removes a home before Xen reports the death: the
+    // agent does not wait for @releaseDomain.
+    fake.introduce(3);
+    settle_due(&mut agent);
+    let mut xs3 = fake.connect(3);
+    advertise(&mut xs3, 3, &addrs(4)).unwrap();
+    settle_due(&mut agent);
+    let changes = view1.step(DUE).unwrap();
+    assert_eq!(
+        changes,
+        [PeerChange::Arrived {
+            domid: 3,
+            addrs: addrs(4)
+        }]
+    );
+    view0.step(DUE).unwrap();
+    fake.remove_home(3);
+    let changes = settle_due(&mut agent);
+    assert!(changes.contains(&Change::Gone(3)), "{changes:?}");
+    assert!(!changes.contains(&Change::Silenced(3)), "{changes:?}");
+    assert_eq!(
+        view1.step(DUE).unwrap(),
+        [PeerChange::Left {
+            domid: 3,
+            addrs: addrs(4)
+        }]
+    );
+    view0.step(DUE).unwrap();
+
     // Address change of a peer: old keys go, new ones come, same handle.
     let mut moved = addrs(1);
     moved.remove(&Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 1)));
