@@ -14,7 +14,7 @@
 //! One image suits dom0 and a domU: the notes declare `dom0` as a
 //! *supported* feature (Xen's dom0 builder insists on it; a domU builder
 //! ignores it), and [`Boot::is_dom0`] tells at run time.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations)]
 
@@ -140,6 +140,7 @@ pub fn halt(reason: u32) -> ! {
     }
 }
 
+#[cfg(not(test))]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     say!("panic: {}", info);

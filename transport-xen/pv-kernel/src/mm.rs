@@ -111,3 +111,37 @@ impl Arena {
         (b..b + ARENA_PAGES * 4096).contains(&(p as usize))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static MEM: ArenaMemory = ArenaMemory::new();
+
+    #[test]
+    fn first_fit_runs_free_and_reuse() {
+        let a = Arena::new(&MEM);
+        assert!(a.alloc(0).is_none() && a.alloc(ARENA_PAGES + 1).is_none());
+        let p1 = a.alloc(3).unwrap();
+        let p2 = a.alloc(5).unwrap();
+        assert_eq!(p2.as_ptr() as usize - p1.as_ptr() as usize, 3 * 4096);
+        assert_eq!(p1.as_ptr() as usize % 4096, 0);
+        assert_eq!(a.in_use(), 8);
+        a.free(p1, 3);
+        // A run of 4 does not fit the hole of 3: it goes after p2.
+        let p3 = a.alloc(4).unwrap();
+        assert_eq!(p3.as_ptr() as usize - p2.as_ptr() as usize, 5 * 4096);
+        // A run of 2 does: first fit.
+        assert_eq!(a.alloc(2).unwrap(), p1);
+        assert!(a.contains(p3.as_ptr()) && !a.contains(core::ptr::null()));
+        // The rest of the arena, then nothing.
+        let rest = ARENA_PAGES - a.in_use();
+        assert!(a.alloc(rest + 1).is_none());
+        let big = a.alloc(rest - 1).unwrap();
+        assert_eq!(a.in_use(), ARENA_PAGES - 1);
+        a.free(big, rest - 1);
+        // Foreign pointers are ignored.
+        a.free(NonNull::dangling(), 4);
+        assert_eq!(a.in_use(), ARENA_PAGES - rest);
+    }
+}
