@@ -15,6 +15,23 @@ use super::transport::KernelTransportError;
 use super::{KernelError, KernelTransport, Xen};
 use crate::crxg::{self, RendezvousError};
 
+/// A kernel whose services may be called from any CPU gets links that can
+/// move between CPUs.
+#[allow(dead_code)]
+fn links_are_send_for_a_sync_kernel<K: super::Kernel + Sync + 'static>() {
+    fn send<T: Send>() {}
+    send::<super::KernelRegion<'static, K>>();
+    send::<super::KernelDoorbell<'static, K>>();
+    send::<super::KernelPending<'static, K>>();
+    send::<
+        coresident::Channel<
+            super::KernelRegion<'static, K>,
+            super::KernelDoorbell<'static, K>,
+            super::XenClock<'static>,
+        >,
+    >();
+}
+
 fn xen() -> Xen<FakeXen> {
     Xen::new(FakeXen::new(0), 0).unwrap()
 }

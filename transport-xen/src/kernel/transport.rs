@@ -106,6 +106,14 @@ struct Pages<'x, K: Kernel> {
     mapped: bool,
 }
 
+// SAFETY:
+// - `base` and `meta` point to pages this value owns alone (its own
+//   allocation or window, its private bookkeeping); moving the value moves
+//   that ownership, and nothing of it is tied to the CPU that made it;
+// - the `&Xen<K>` it keeps may cross to another CPU because `K: Sync`
+//   (the grant table, shared_info and the leak counter are atomics).
+unsafe impl<K: Kernel + Sync> Send for Pages<'_, K> {}
+
 impl<K: Kernel> fmt::Debug for Pages<'_, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pages")
