@@ -122,6 +122,10 @@ pub enum AdvertError {
     /// it (another domain, `.0`, wrote it): refused, since only the domain
     /// id XenStore gives is trusted.
     Owner(u16),
+    /// A MAC address that is not one of the domain's virtual interfaces
+    /// (the toolstack's `backend/vif/N/*/mac` in dom0, which the guest
+    /// cannot write), for a domain that has some.
+    MacNotOwned([u8; 6]),
     /// Reading the advertisement failed (`EACCES`, say).
     Unreadable,
 }
@@ -141,6 +145,9 @@ impl fmt::Display for AdvertError {
             Self::MissingVersion => f.write_str("the first line is not `coresident VERSION`"),
             Self::Version(v) => write!(f, "protocol version {v}, this build speaks {VERSION}"),
             Self::Owner(d) => write!(f, "written by domain {d}, not by the domain it names"),
+            Self::MacNotOwned(m) => {
+                write!(f, "MAC {} is not one of the domain's vifs", Addr::Mac(*m))
+            }
             Self::Unreadable => f.write_str("the advertisement cannot be read"),
         }
     }

@@ -18,6 +18,10 @@ use coresident::lookup::DomainId;
 const TOKEN_DOMAINS: &str = "coresident-agent:domains";
 /// The watch token of every domain's advertisement.
 const TOKEN_ADVERT: &str = "coresident-agent:advert";
+/// The watch token of every domain's vif backends in dom0.
+const TOKEN_VIF: &str = "coresident-agent:vif";
+/// Most vifs of one domain whose MACs are read.
+const MAX_VIFS: usize = 64;
 
 /// What the agent knows of one live domain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -303,6 +307,15 @@ impl<C: Read + Write + AsFd> Agent<C> {
                 // Not a path we watch: read everything again.
                 None => self.relist = true,
             },
+            TOKEN_VIF => match path
+                .strip_prefix(VIF_BACKENDS)
+                .and_then(|p| parse_domid(p.split('/').next()?))
+            {
+                Some(d) => {
+                    self.dirty.insert(d);
+                }
+                None => self.relist = true,
+            },
             _ => {}
         }
     }
@@ -365,11 +378,13 @@ impl<C: Read + Write + AsFd> Agent<C> {
             }
             self.domains.insert(d, Status::Silent);
             out.push(Change::Appeared(d));
-            // The watch fires once at once, which marks the domain dirty.
-            match self.xs.watch(&advert_path(d), TOKEN_ADVERT) {
-                Ok(()) => {}
-                Err(e) if local(e) => {}
-                Err(e) => return Err(e.into()),
+            // The watches fire once at once, which marks the domain dirty.
+            for (path, token) in [(advert_path(d), TOKEN_ADVERT), (vif_path(d), TOKEN_VIF)] {
+                match self.xs.watch(&path, token) {
+                    Ok(()) => {}
+                    Err(e) if local(e) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             self.dirty.insert(d);
         }
@@ -395,10 +410,12 @@ impl<C: Read + Write + AsFd> Agent<C> {
         self.withdrawn.remove(&d);
         self.written.remove(&d);
         self.dirty.remove(&d);
-        match self.xs.unwatch(&advert_path(d), TOKEN_ADVERT) {
-            Ok(()) => {}
-            Err(e) if local(e) => {}
-            Err(e) => return Err(e.into()),
+        for (path, token) in [(advert_path(d), TOKEN_ADVERT), (vif_path(d), TOKEN_VIF)] {
+            match self.xs.unwatch(&path, token) {
+                Ok(()) => {}
+                Err(e) if local(e) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         out.push(Change::Gone(d));
         Ok(())
@@ -425,10 +442,47 @@ impl<C: Read + Write + AsFd> Agent<C> {
             Err(e) if local(e) => return Ok(Status::Rejected(AdvertError::Unreadable)),
             Err(e) => return Err(e.into()),
         }
-        Ok(match Addresses::parse_advert(&value) {
-            Ok(a) => Status::Advertising(a),
-            Err(e) => Status::Rejected(e),
-        })
+        let addrs = match Addresses::parse_advert(&value) {
+            Ok(a) => a,
+            Err(e) => return Ok(Status::Rejected(e)),
+        };
+        // MACs are checked against the vifs the toolstack gave the domain,
+        // when it has any (dom0 is trusted).
+        if d != 0 {
+            let vifs = self.vif_macs(d)?;
+            if !vifs.is_empty() {
+                if let Some(m) = addrs.macs().iter().find(|m| !vifs.contains(m)) {
+                    return Ok(Status::Rejected(AdvertError::MacNotOwned(*m)));
+                }
+            }
+        }
+        Ok(Status::Advertising(addrs))
+    }
+
+    /// The MACs of `d`'s vifs whose backend is in dom0
+    /// (`/local/domain/0/backend/vif/N/DEVID/mac`, written by the toolstack
+    /// and not writable by the guest). Malformed entries are skipped.
+    fn vif_macs(&mut self, d: DomId) -> Result<Vec<[u8; 6]>, AgentError> {
+        let dir = vif_path(d);
+        let devs = match self.xs.directory(&dir) {
+            Ok(devs) => devs,
+            Err(e) if local(e) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut macs = Vec::new();
+        for dev in devs.iter().take(MAX_VIFS) {
+            let v = match self.xs.read(&format!("{dir}/{dev}/mac")) {
+                Ok(v) => v,
+                Err(e) if local(e) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let mut line = b"mac ".to_vec();
+            line.extend_from_slice(&v);
+            if let Ok(a) = Addresses::parse(&line) {
+                macs.extend_from_slice(a.macs());
+            }
+        }
+        Ok(macs)
     }
 
     /// Computes every list and writes those that changed.
@@ -568,6 +622,13 @@ impl<C: Read + Write + AsFd> Agent<C> {
 pub(super) fn parse_domid(n: &str) -> Option<DomId> {
     let d = xs_wire::parse_u16(n.as_bytes()).ok()?;
     (d < DomainId::FIRST_RESERVED && d.to_string() == n).then_some(d)
+}
+
+/// Where dom0's vif backends of domain `d` live.
+const VIF_BACKENDS: &str = "/local/domain/0/backend/vif/";
+
+fn vif_path(d: DomId) -> String {
+    format!("{VIF_BACKENDS}{d}")
 }
 
 /// The domain id of a `/local/domain/N/...` path.

@@ -44,6 +44,12 @@
 //!   never used.
 //! - A malformed advertisement is refused with an [`AdvertError`] and
 //!   leaves that domain out of every list; the agent goes on.
+//! - MAC addresses are checked against what the toolstack wrote, not the
+//!   guest: a domain with vifs (backends in dom0,
+//!   `/local/domain/0/backend/vif/N/*/mac`, watched) may advertise only
+//!   their MACs ([`AdvertError::MacNotOwned`]). IP addresses have no such
+//!   source and stand as claimed, under the next rule. (Backends in a
+//!   driver domain other than dom0 are not consulted.)
 //! - An address claimed by two domains (a guest claiming dom0's address,
 //!   say) is published for neither ([`Change::Conflict`]): traffic to it
 //!   takes the network, which is always correct.

@@ -288,6 +288,56 @@ fn an_address_claimed_twice_is_published_for_nobody() {
     assert_eq!(agent.list_of(1).unwrap()[&0], dom0);
 }
 
+#[test]
+fn macs_must_be_the_domains_own_vifs() {
+    let (fake, mut agent, mut xs) = world(2);
+    advertise(&mut xs[1], 1, &addrs(1)).unwrap();
+    settle_due(&mut agent);
+    // The toolstack gives guest 2 a vif (its backend lives in dom0).
+    fake.poke(
+        0,
+        "/local/domain/0/backend/vif/2/0/mac",
+        b"00:16:3e:00:00:03",
+    );
+    fake.poke(0, "/local/domain/0/backend/vif/2/0/state", b"4");
+    settle_due(&mut agent);
+    advertise(&mut xs[2], 2, &addrs(3)).unwrap();
+    settle_due(&mut agent);
+    assert_eq!(listed(&agent, 1), [2]);
+    // Guest 2 claims guest 1's MAC besides its own: refused.
+    let mut spoof = addrs(3);
+    spoof.push(Addr::Mac([0x00, 0x16, 0x3e, 0, 0, 1])).unwrap();
+    advertise(&mut xs[2], 2, &spoof).unwrap();
+    let changes = settle_due(&mut agent);
+    let error = AdvertError::MacNotOwned([0x00, 0x16, 0x3e, 0, 0, 1]);
+    assert!(
+        changes.contains(&Change::Rejected { domid: 2, error }),
+        "{changes:?}"
+    );
+    assert_eq!(listed(&agent, 1), Vec::<DomId>::new());
+    // A second vif with that MAC (a toolstack decision): accepted, as the
+    // vif watch re-reads the advertisement.
+    fake.poke(
+        0,
+        "/local/domain/0/backend/vif/2/1/mac",
+        b"00:16:3e:00:00:01",
+    );
+    let changes = settle_due(&mut agent);
+    assert!(
+        changes.contains(&Change::Advertised {
+            domid: 2,
+            addrs: spoof.clone()
+        }),
+        "{changes:?}"
+    );
+    // Garbage in a backend entry is skipped, not fatal.
+    fake.poke(0, "/local/domain/0/backend/vif/2/7/mac", b"zz");
+    settle_due(&mut agent);
+    assert_eq!(agent.domains()[&2], Status::Advertising(spoof));
+    // Guest 1 has no vif: its MACs cannot be checked and stand as claimed.
+    assert_eq!(agent.domains()[&1], Status::Advertising(addrs(1)));
+}
+
 struct Tables {
     domains: DomainTable<64>,
     macs: Table<[u8; 6], 16>,
