@@ -188,6 +188,9 @@ pub struct Agent<C: Read + Write + AsFd = Conn> {
     withdrawn: BTreeSet<DomId>,
     /// What each domain's list holds, as last written.
     written: BTreeMap<DomId, BTreeMap<DomId, Addresses>>,
+    /// Domains with a list this agent did not write (an earlier agent's):
+    /// rewritten at the next reconciliation, even if empty.
+    inherited: BTreeSet<DomId>,
     /// Addresses claimed by more than one domain, as last reported.
     conflicts: BTreeMap<Addr, Vec<DomId>>,
     /// The generation of the last list written.
@@ -213,6 +216,7 @@ impl<C: Read + Write + AsFd> Agent<C> {
             domains: BTreeMap::new(),
             withdrawn: BTreeSet::new(),
             written: BTreeMap::new(),
+            inherited: BTreeSet::new(),
             conflicts: BTreeMap::new(),
             generation: 0,
             relist: true,
@@ -378,6 +382,14 @@ impl<C: Read + Write + AsFd> Agent<C> {
             }
             self.domains.insert(d, Status::Silent);
             out.push(Change::Appeared(d));
+            // A list left by an earlier agent may name peers long gone.
+            match self.xs.read(&list_dir(d)) {
+                Ok(_) => {
+                    self.inherited.insert(d);
+                }
+                Err(e) if local(e) => {}
+                Err(e) => return Err(e.into()),
+            }
             // The watches fire once at once, which marks the domain dirty.
             for (path, token) in [(advert_path(d), TOKEN_ADVERT), (vif_path(d), TOKEN_VIF)] {
                 match self.xs.watch(&path, token) {
@@ -409,6 +421,7 @@ impl<C: Read + Write + AsFd> Agent<C> {
         }
         self.withdrawn.remove(&d);
         self.written.remove(&d);
+        self.inherited.remove(&d);
         self.dirty.remove(&d);
         for (path, token) in [(advert_path(d), TOKEN_ADVERT), (vif_path(d), TOKEN_VIF)] {
             match self.xs.unwatch(&path, token) {
@@ -539,7 +552,7 @@ impl<C: Read + Write + AsFd> Agent<C> {
             match self.written.get(&d) {
                 Some(w) if *w == want => continue,
                 // Never written and nothing to say: leave the domain alone.
-                None if want.is_empty() => continue,
+                None if want.is_empty() && !self.inherited.contains(&d) => continue,
                 _ => {}
             }
             match self.write_list(d, &want) {
@@ -550,6 +563,7 @@ impl<C: Read + Write + AsFd> Agent<C> {
                         peers: want.keys().copied().collect(),
                     });
                     self.written.insert(d, want);
+                    self.inherited.remove(&d);
                 }
                 Err(e) if local(e) => {
                     // Retried at the next change of anything.

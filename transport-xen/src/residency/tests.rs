@@ -338,6 +338,40 @@ fn macs_must_be_the_domains_own_vifs() {
     assert_eq!(agent.domains()[&1], Status::Advertising(addrs(1)));
 }
 
+#[test]
+fn a_restarted_agent_replaces_the_lists_it_inherits() {
+    let fake = FakeXenstored::new();
+    for d in 0..=2 {
+        fake.introduce(d);
+    }
+    // An earlier agent listed peers 5 and 7, long gone, for guests 1 and 2.
+    for d in [1, 2] {
+        fake.poke(0, &format!("{}/peers/5", list_dir(d)), b"ipv4 10.0.0.5");
+        fake.poke(0, &format!("{}/peers/7", list_dir(d)), b"");
+        fake.poke(0, &format!("{}/generation", list_dir(d)), b"41");
+    }
+    let mut xs2 = fake.connect(2);
+    advertise(&mut xs2, 2, &addrs(2)).unwrap();
+    let mut view = ResidencyView::new(fake.connect(1), 1, addrs(1)).unwrap();
+    assert_eq!(view.step(DUE).unwrap().len(), 2);
+    let mut agent = Agent::new(fake.connect(0)).unwrap();
+    let changes = settle(&mut agent);
+    // Guest 1 does not advertise, guest 2 is alone: both lists emptied.
+    for d in [1, 2] {
+        assert!(
+            changes.iter().any(|c| matches!(c,
+                Change::ListWritten { domid, peers, .. } if *domid == d && peers.is_empty())),
+            "{d}: {changes:?}"
+        );
+    }
+    let changes = view.step(DUE).unwrap();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert!(view.peers().is_empty());
+    assert!(fake.peek(&format!("{}/peers/5", list_dir(2))).is_none());
+    // Domain 0 had no list and says nothing: none is made for it.
+    assert!(fake.peek(&list_dir(0)).is_none());
+}
+
 struct Tables {
     domains: DomainTable<64>,
     macs: Table<[u8; 6], 16>,
