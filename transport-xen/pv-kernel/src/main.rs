@@ -31,7 +31,7 @@ use coresident_pv_kernel::{pv_entry, say, Boot, PvKernel, SHUTDOWN_REBOOT};
 use coresident_xen::crxg;
 use coresident_xen::kernel::hypercall::xen_version;
 use coresident_xen::kernel::{
-    event_channel, KernelDoorbell, KernelError, KernelRegion, KernelTransport,
+    event_channel, Hypercall, KernelDoorbell, KernelError, KernelRegion, KernelTransport,
     KernelTransportError, Xen, XenClock,
 };
 
@@ -253,6 +253,95 @@ fn xen_semantics(xen: &Xen<PvKernel>) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The five-argument hypercall on the real hypervisor: `hypfs_op` takes its
+/// fourth argument (a buffer size) in `r10` and its fifth in `r8`.
+/// `XEN_HYPFS_OP_get_version` must refuse a non-zero fifth argument, and a
+/// read of `/buildinfo/version/major` must fail with `ENOBUFS` for a
+/// buffer one byte short and give Xen's major version with the exact size:
+/// with the fifth argument anywhere else (xen-sys passes it in `r9`) these
+/// cannot all hold.
+fn five_argument_hypercall(xen: &Xen<PvKernel>, major: u16) -> Result<(), &'static str> {
+    const HYPFS_OP: u32 = 42; // __HYPERVISOR_hypfs_op, xen/xen.h
+    const GET_VERSION: u64 = 0; // XEN_HYPFS_OP_get_version, xen/hypfs.h
+    const READ: u64 = 1; // XEN_HYPFS_OP_read
+    const ENOBUFS: i64 = -105;
+    const EINVAL: i64 = -22;
+    let k = xen.kernel();
+    // SAFETY: get_version reads no memory (all pointer arguments null).
+    let v = unsafe { k.hypercall(HYPFS_OP, [GET_VERSION, 0, 0, 0, 0]) };
+    // SAFETY: as above; the fifth argument is a size, not a pointer.
+    let bad = unsafe { k.hypercall(HYPFS_OP, [GET_VERSION, 0, 0, 0, 1]) };
+    if v <= 0 || bad != EINVAL {
+        say!(
+            "pv-kernel: hypfs get_version {} / with a fifth argument {}",
+            v,
+            bad
+        );
+        return Err("hypfs_op(get_version): the fifth argument did not arrive in r8");
+    }
+    let path = b"/buildinfo/version/major\0";
+    // struct xen_hypfs_direntry (12 bytes: type, encoding, pad,
+    // content_len, max_write_len), then the content.
+    const DIRENTRY: usize = 12;
+    let mut buf = [0u8; 64];
+    let read = |buf: &mut [u8; 64], len: usize| {
+        // SAFETY: Xen reads `path.len()` bytes of `path` and writes at most
+        // `len <= 64` bytes of `buf`, both live for the call.
+        unsafe {
+            k.hypercall(
+                HYPFS_OP,
+                [
+                    READ,
+                    path.as_ptr() as u64,
+                    path.len() as u64,
+                    buf.as_mut_ptr() as u64,
+                    len as u64,
+                ],
+            )
+        }
+    };
+    // Shorter than a direntry: EINVAL; a direntry but not the content:
+    // ENOBUFS, with content_len filled in; the exact size: the content.
+    let tiny = read(&mut buf, DIRENTRY - 1);
+    let header_only = read(&mut buf, DIRENTRY);
+    let need = DIRENTRY + u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+    if !(DIRENTRY + 1..=64).contains(&need) {
+        return Err("hypfs_op(read): no content length");
+    }
+    let one_short = read(&mut buf, need - 1);
+    buf = [0; 64];
+    let exact = read(&mut buf, need);
+    let content = &buf[DIRENTRY..need];
+    let got = match (buf[0], content.len()) {
+        // XEN_HYPFS_TYPE_UINT, little-endian
+        (3, 4) => u32::from_le_bytes([content[0], content[1], content[2], content[3]]),
+        _ => u32::MAX,
+    };
+    say!(
+        "pv-kernel: hypfs_op, 5 arguments: get_version {} (with r8=1: {}); read /buildinfo/version/major with {} bytes: {}, {}: {}, {}: {}, {}: {} -> {}",
+        v,
+        bad,
+        DIRENTRY - 1,
+        tiny,
+        DIRENTRY,
+        header_only,
+        need - 1,
+        one_short,
+        need,
+        exact,
+        got
+    );
+    if tiny != EINVAL
+        || header_only != ENOBUFS
+        || one_short != ENOBUFS
+        || exact != 0
+        || got != u32::from(major)
+    {
+        return Err("hypfs_op(read): the buffer size did not arrive in r8");
+    }
+    Ok(())
+}
+
 fn messages_from_cmdline(boot: &Boot) -> u64 {
     let cl = &boot.start_info().cmd_line;
     let len = cl.iter().position(|&b| b == 0).unwrap_or(cl.len());
@@ -279,6 +368,9 @@ fn main(boot: Boot) -> ! {
         Ok(x) => x,
         Err(_) => fail("shared_info or grant table setup"),
     };
+    if let Err(why) = five_argument_hypercall(&xen, maj) {
+        fail(why);
+    }
     if let Err(why) = xen_semantics(&xen) {
         fail(why);
     }
