@@ -16,8 +16,8 @@
 //!                                                    XenTransport::accept (gntdev
 //!                                                    map, bind, live byte, ring)
 //!  watch on …/A/…/channels/O/NAME/answer fires ◀──── write version, offer-port,
-//!  read state (=accepted, offer-port = ours)         port, then state=accepted
-//!  live byte set? → Link                             (or state=refused, error)
+//!  read state (=accepted, offer-port = ours),        port, then state=accepted
+//!  or A's live byte already set → Link               (or state=refused, error)
 //!  rm …/offer (teardown)                             rm …/answer: Rendezvous::withdraw
 //! ```
 //!
@@ -81,6 +81,21 @@
 //! ring sizes, and sizes that are not powers of two are each a typed
 //! [`XsRendezvousError`]: never a panic. The acceptor answers `refused`
 //! so the offerer learns it at once instead of at its timeout.
+//!
+//! # Teardown and peer death
+//!
+//! The offerer removes its offer when [`XsPending::complete`] returns,
+//! whatever the outcome. The acceptor removes its answer with
+//! [`Rendezvous::withdraw`], at once if it likes: the offerer also takes
+//! the acceptor's live byte (set before the answer is written) as the
+//! acceptance. A refusal should stay until the offerer has read it.
+//!
+//! Once the channel runs, a peer process that exits or unmaps is seen
+//! through unmap-notify (the doorbell's `Wake::PeerGone`). A peer
+//! *domain* that is destroyed runs no unmap-notify and Xen closes its event
+//! channels without a signal, so the survivor watches XenStore instead:
+//! [`Rendezvous::watch_peer`] and [`Rendezvous::wait_peer_gone`]
+//! (`@releaseDomain`, and the toolstack removing the peer's home).
 //!
 //! # Watches
 //!
@@ -479,7 +494,8 @@ impl Rendezvous {
     /// Waits (watching) for the peer's offer, validates it, maps the region,
     /// binds the event channel and answers `accepted`; a bad offer is
     /// answered `refused` with the reason. The answer stays in XenStore
-    /// until [`Rendezvous::withdraw`].
+    /// until [`Rendezvous::withdraw`] (which may follow at once after an
+    /// acceptance: the offerer also reads our live byte).
     ///
     /// # Errors
     ///
