@@ -1,7 +1,7 @@
 //! The "CRXG" rendezvous bytes and the live-page layout: what an offer of a
 //! Xen channel carries, `core` only, so the Linux userspace transport
 //! ([`XenTransport`](crate::XenTransport), feature `std`) and the kernel
-//! transport ([`kernel`](crate::kernel), feature `xen-sys`) speak one
+//! transport (module `kernel`, feature `xen-sys`) speak one
 //! protocol.
 //!
 //! ```text
