@@ -111,8 +111,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations)]
 
-pub mod crxg;
 pub mod console_ring;
+pub mod crxg;
 pub mod ring_rendezvous;
 pub mod xs_ring;
 pub mod xs_wire;
