@@ -1,12 +1,16 @@
 # domu-fallback (issue 7), sourced by .ci/xen: the domU gets a real network
 # path (run.sh -n: xen-netfront eth0 10.0.0.2 in the domU, a vif attached by
-# Debian's vif-bridge to the bridge xenbr0, 10.0.0.1, in dom0). dom0 and the
-# domU each run a Router with a Xen channel to the other and a TCP
-# connection across the vif; dom0 lists itself as the domU's co-resident
-# peer, one flow each way takes the channel; a third of the way through dom0
-# withdraws the domU, both sides call Router::peer_left and the same flows
-# continue over the vif. Each side checks every message of its incoming flow
-# arrived once, in order, with its checksum (transport-xen/tests/xen_fallback.rs).
+# Debian's vif-bridge to the bridge xenbr0, 10.0.0.1, in dom0); a ping each
+# way and a UDP echo check it. dom0 and the domU each run a Router with a
+# Xen channel to the other (the XenStore rendezvous) and a TCP connection
+# across the vif as the network path. Both advertise their addresses, the
+# residency Agent runs in dom0's test, and each side's ResidencyTables
+# follow its ResidencyView: the two list each other, one flow each way
+# takes the channel. A third of the way through dom0 withdraws the domU
+# (Agent::withdraw); both views see the peer leave, both call
+# Router::peer_left, and the same flows continue over the vif. Each side
+# checks every message of its incoming flow arrived once, in order, with
+# its checksum (transport-xen/tests/xen_fallback.rs).
 # Env: XEN_FALLBACK_MESSAGES (per direction, default 10,000).
 F="xen-fallback-tests --ignored --nocapture --exact"
 M=${XEN_FALLBACK_MESSAGES:+XEN_FALLBACK_MESSAGES=$XEN_FALLBACK_MESSAGES }
@@ -20,5 +24,5 @@ ok=0
 [ $RC -eq 0 ] && has 'XEN-CHECK fallback_host ok' && has 'XEN-CHECK fallback_guest ok' && ok=1
 grep -a -E '^(domU\| )?2 packets transmitted' "$SLOG" | sed 's/^/xen:   ping: /' || true
 # The figures: which path each message took, both ways.
-grep -a -E '^(domU\| )?(dom0|domU): (sent|received|peer)' "$SLOG" | sed 's/^/xen:   /' || true
+grep -a -E '^(domU\| )?(dom0|domU): (sent|received|peer|a UDP)' "$SLOG" | sed 's/^/xen:   /' || true
 verdict domu-fallback $ok

@@ -27,7 +27,7 @@
 #![cfg(target_os = "linux")]
 
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -572,6 +572,16 @@ fn fallback_host() {
 
     // The network path first: the guest connects once its eth0 is up.
     let listener = TcpListener::bind(SocketAddrV4::new(DOM0_IP, PORT)).unwrap();
+    // UDP across the vif too: dom0 echoes the guest's datagrams.
+    let udp = UdpSocket::bind(SocketAddrV4::new(DOM0_IP, PORT)).unwrap();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 1500];
+        while let Ok((len, from)) = udp.recv_from(&mut b) {
+            if udp.send_to(&b[..len], from).is_err() {
+                break;
+            }
+        }
+    });
 
     // The channel: offered to the guest through the XenStore rendezvous,
     // on a connection of its own (it consumes watch events).
@@ -672,6 +682,27 @@ fn fallback_host() {
     println!("XEN-CHECK fallback_host ok");
 }
 
+/// Sends a datagram to dom0's echo until it comes back (UDP may drop one);
+/// returns the number of tries.
+fn udp_echo(own: u16, deadline: Instant) -> u32 {
+    let udp = UdpSocket::bind(SocketAddrV4::new(DOMU_IP, 0)).unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let dom0 = SocketAddrV4::new(DOM0_IP, PORT);
+    let msg = format!("coresident-fallback udp from dom{own}");
+    let mut b = [0u8; 1500];
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        assert!(Instant::now() < deadline, "no UDP echo from dom0");
+        udp.send_to(msg.as_bytes(), dom0).unwrap();
+        if let Ok((len, from)) = udp.recv_from(&mut b) {
+            if from == dom0.into() && &b[..len] == msg.as_bytes() {
+                return tries;
+            }
+        }
+    }
+}
+
 /// The MAC address of the guest's vif, as netfront reports it.
 fn eth0_mac() -> Option<[u8; 6]> {
     let s = std::fs::read_to_string("/sys/class/net/eth0/address").ok()?;
@@ -708,6 +739,8 @@ fn fallback_guest() {
     println!("domU: accepted dom0's channel");
 
     let deadline = Instant::now() + Duration::from_secs(200);
+    let tries = udp_echo(own, deadline);
+    println!("domU: a UDP datagram to {DOM0_IP}:{PORT} came back from dom0 (try {tries})");
     let stream = loop {
         match TcpStream::connect_timeout(
             &SocketAddrV4::new(DOM0_IP, PORT).into(),
