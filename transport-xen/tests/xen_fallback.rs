@@ -18,7 +18,8 @@
 //! [`Router::peer_left`] with the handle they report: unconsumed channel
 //! messages are sent again over TCP, the channel is drained, and the flow
 //! goes on over the vif. Every message carries its index and a checksum;
-//! the receiver checks each one arrives exactly once, in order.
+//! the receiver checks each one arrives exactly once, in order. Before the
+//! flows the guest also checks that a UDP datagram comes back from dom0.
 //!
 //! `fallback_host` runs in dom0 (`DOMU_ID` names the guest),
 //! `fallback_guest` in the domU; `.ci/xen`'s job `domu-fallback`
