@@ -199,6 +199,26 @@ fn offer_accept_and_a_two_way_exchange_through_the_same_frames() {
 }
 
 #[test]
+fn a_kernel_offer_is_what_the_userspace_transport_reads() {
+    // One protocol: the userspace XenTransport parses the kernel's offer to
+    // the same header, layout and grant references.
+    let x = xen();
+    let mut off = KernelTransport::new(&x, 0);
+    let mut buf = [0u8; 256];
+    let (pending, n) = off.offer(layout(), &mut buf).unwrap();
+    let (h, l, refs) = crate::XenTransport::parse_rendezvous(0, &buf[..n]).unwrap();
+    let o = crxg::parse(0, &buf[..n]).unwrap();
+    assert_eq!((h.port.get(), l), (o.port(), layout()));
+    assert!(refs.iter().copied().eq(o.refs()));
+    // Each reference grants the matching page to the peer, read-write.
+    for r in refs {
+        let e = x.grants().read_entry(r).unwrap();
+        assert_eq!((e.flags, e.domid), (GTF_PERMIT_ACCESS, 0));
+    }
+    drop(pending);
+}
+
+#[test]
 fn an_offerer_gone_first_shows_as_peer_gone_and_its_mapped_pages_stay() {
     let x = xen();
     let mut off = KernelTransport::new(&x, 0);
