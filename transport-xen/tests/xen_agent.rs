@@ -7,6 +7,8 @@
 //! `ResidencyView` with residency tables. The steps, each confirmed by the
 //! other side through a key in the guest's `data/coresident-test`:
 //!
+//! 0. the guest first advertises garbage: the agent refuses it (and goes
+//!    on), dom0's view stays empty;
 //! 1. each view shows the other domain with its addresses (and the tables
 //!    hit); the guest cannot write its list nor advertise for dom0;
 //! 2. `withdraw DOMU`: dom0's view loses the guest, the guest's loses dom0;
@@ -29,6 +31,8 @@ use coresident_xen::{XenStore, XsError};
 
 /// Relative to the guest's home: where it reports its progress.
 const STATE: &str = "data/coresident-test/state";
+/// Relative to the guest's home: dom0's go-ahead after the hostile step.
+const GO: &str = "data/coresident-test/go";
 /// How long any one step may take under emulation.
 const STEP: Duration = Duration::from_secs(200);
 
@@ -136,15 +140,29 @@ fn domu_agent_host() {
         .expect("xen-agent in PATH (/opt/bin)");
     let mut control = agent.stdin.take().unwrap();
     let out = agent.stdout.take().unwrap();
+    let (said_tx, said_rx) = std::sync::mpsc::channel::<String>();
     let echo = std::thread::spawn(move || {
         let mut lines = Vec::new();
         for line in BufReader::new(out).lines() {
             let line = line.unwrap();
             println!("agent| {line}");
+            let _ = said_tx.send(line.clone());
             lines.push(line);
         }
         lines
     });
+    // Waits until the agent prints a line containing `pat`.
+    let wait_said = |pat: &str| {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match said_rx.recv_timeout(left) {
+                Ok(l) if l.contains(pat) => return,
+                Ok(_) => {}
+                Err(e) => panic!("the agent never said {pat:?}: {e}"),
+            }
+        }
+    };
 
     let home = format!("/local/domain/{domu}");
     let state = format!("{home}/{STATE}");
@@ -153,6 +171,15 @@ fn domu_agent_host() {
     let t = Tables::new();
     let mut tables = ResidencyTables::new(&t.domains, &t.macs, &t.v4, &t.v6).unwrap();
     let mut view = ResidencyView::new(XenStore::open_socket().unwrap(), 0, dom0_addrs()).unwrap();
+
+    // 0. The guest's first advertisement is garbage: refused, not listed.
+    wait_said(&format!(
+        "domain {domu}'s advertisement refused: line 2: not a usable IPv4"
+    ));
+    assert!(view.refresh().unwrap().is_empty());
+    assert!(view.peers().is_empty());
+    xs.write(&format!("{home}/{GO}"), b"1").unwrap();
+    println!("XEN-CHECK agent refused a hostile advertisement");
 
     // 1. Both advertise: each sees the other.
     let updates = wait_view(
@@ -234,6 +261,19 @@ fn domu_agent_guest() {
     let mut xs = XenStore::open().unwrap();
     let me = residency::own_domid(&mut xs).unwrap();
     println!("domU: I am domain {me}");
+    // Garbage first; the real advertisement once dom0 saw it refused.
+    xs.write(
+        &residency::advert_path(me),
+        b"coresident 1\nipv4 10.0.0.300",
+    )
+    .unwrap();
+    xs.watch(GO, "go").unwrap();
+    let deadline = Instant::now() + STEP;
+    while xs.read(GO).is_err() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "domU: dom0 never said go");
+        let _ = xs.wait_watch(Some(left)).unwrap();
+    }
     residency::advertise(&mut xs, me, &guest_addrs()).unwrap();
     // Only our own home is ours: no advertising for dom0.
     assert_eq!(
