@@ -199,6 +199,8 @@ pub struct Agent<C: Read + Write + AsFd = Conn> {
     relist: bool,
     /// Domains whose advertisement must be read again.
     dirty: BTreeSet<DomId>,
+    /// The client's count of dropped watch events, as last seen.
+    lost_seen: u64,
 }
 
 impl<C: Read + Write + AsFd> Agent<C> {
@@ -221,6 +223,7 @@ impl<C: Read + Write + AsFd> Agent<C> {
             generation: 0,
             relist: true,
             dirty: BTreeSet::new(),
+            lost_seen: 0,
         })
     }
 
@@ -257,6 +260,13 @@ impl<C: Read + Write + AsFd> Agent<C> {
         }
         while let Some(ev) = self.xs.wait_watch(Some(Duration::ZERO))? {
             self.note(&ev.path, &ev.token);
+        }
+        // Events dropped by a full queue: what they named is unknown, so
+        // read everything again.
+        if self.xs.lost_events() != self.lost_seen {
+            self.lost_seen = self.xs.lost_events();
+            self.relist = true;
+            self.dirty.extend(self.domains.keys().copied());
         }
         self.reconcile()
     }

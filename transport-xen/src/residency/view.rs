@@ -162,6 +162,8 @@ pub struct ResidencyView<C: Read + Write + AsFd = Conn> {
     generation: Option<u64>,
     /// The list must be read (set at start and by watch events).
     stale: bool,
+    /// The client's count of dropped watch events, as last seen.
+    lost_seen: u64,
 }
 
 impl<C: Read + Write + AsFd> ResidencyView<C> {
@@ -184,6 +186,7 @@ impl<C: Read + Write + AsFd> ResidencyView<C> {
             peers: BTreeMap::new(),
             generation: None,
             stale: true,
+            lost_seen: 0,
         })
     }
 
@@ -210,6 +213,11 @@ impl<C: Read + Write + AsFd> ResidencyView<C> {
     ///
     /// Connection errors.
     pub fn step(&mut self, timeout: Option<Duration>) -> Result<Vec<PeerChange>, ViewError> {
+        // Any event means "read the list": dropped ones (a full queue) too.
+        if self.xs.lost_events() != self.lost_seen {
+            self.lost_seen = self.xs.lost_events();
+            self.stale = true;
+        }
         if !self.stale {
             match self.xs.wait_watch(timeout)? {
                 Some(_) => {}
