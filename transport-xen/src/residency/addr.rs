@@ -517,6 +517,72 @@ mod tests {
         );
     }
 
+    /// Random bytes and mutated valid values: every outcome is a value or
+    /// a typed error, and whatever parses re-encodes to something that
+    /// parses to the same set.
+    #[test]
+    fn random_values_never_panic() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let base = Addresses::from_addrs([
+            mac(1),
+            Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 2)),
+            Addr::Ipv6("fd00::2".parse().unwrap()),
+        ])
+        .unwrap()
+        .encode_advert()
+        .into_bytes();
+        let alphabet = b"coresidentmacipv46 :.0123456789abcdefABCDEF\n\0\xff";
+        let (mut ok, mut err) = (0, 0);
+        for i in 0..50_000 {
+            let v: Vec<u8> = if i % 2 == 0 {
+                let len = (next() % 200) as usize;
+                (0..len)
+                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                    .collect()
+            } else {
+                let mut v = base.clone();
+                for _ in 0..1 + next() % 3 {
+                    let at = (next() % v.len() as u64) as usize;
+                    match next() % 3 {
+                        0 => v[at] = alphabet[(next() % alphabet.len() as u64) as usize],
+                        1 => {
+                            v.remove(at);
+                        }
+                        _ => v.insert(at, alphabet[(next() % alphabet.len() as u64) as usize]),
+                    }
+                }
+                v
+            };
+            for advert in [true, false] {
+                let r = if advert {
+                    Addresses::parse_advert(&v)
+                } else {
+                    Addresses::parse(&v)
+                };
+                match r {
+                    Ok(a) => {
+                        ok += 1;
+                        let again = if advert {
+                            Addresses::parse_advert(a.encode_advert().as_bytes())
+                        } else {
+                            Addresses::parse(a.encode().as_bytes())
+                        };
+                        assert_eq!(again.as_ref(), Ok(&a), "{:?}", String::from_utf8_lossy(&v));
+                    }
+                    Err(_) => err += 1,
+                }
+            }
+        }
+        // Both outcomes were exercised.
+        assert!(ok > 100 && err > 100, "ok {ok}, err {err}");
+    }
+
     #[test]
     fn the_largest_set_fits_one_value() {
         let mut a = Addresses::new();
