@@ -308,7 +308,6 @@ mod tests {
     extern crate std;
     use super::*;
     use core::fmt::Write as _;
-    use std::boxed::Box;
     use std::vec::Vec;
 
     #[derive(Clone, Copy)]
@@ -316,7 +315,8 @@ mod tests {
 
     impl Page {
         fn word(self, off: usize) -> &'static AtomicU32 {
-            // SAFETY: a leaked, 4-aligned 4096-byte page; `off` a word in it.
+            // SAFETY: a 4-aligned 4096-byte page alive until the test
+            // thread ends (`xs_ring::fake::new_page`); `off` a word in it.
             unsafe { AtomicU32::from_ptr(self.0.add(off).cast()) }
         }
         fn byte(self, off: usize) -> u8 {
@@ -373,8 +373,7 @@ mod tests {
     }
 
     fn console(start: u32, per_wait: usize) -> ConsoleRing<Consoled> {
-        let b: &'static mut [u32; 1024] = Box::leak(Box::new([0u32; 1024]));
-        let page = Page(b.as_mut_ptr().cast());
+        let page = Page(crate::xs_ring::fake::new_page().0);
         for off in [IN_CONS, IN_PROD, OUT_CONS, OUT_PROD] {
             page.word(off).store(start, Ordering::Relaxed);
         }
@@ -385,8 +384,9 @@ mod tests {
             waits: 0,
             notifies: 0,
         };
-        // SAFETY: a leaked page, accessed only through atomics and
-        // volatile accesses by the console and the simulated daemon.
+        // SAFETY: a page alive until the test thread ends, accessed only
+        // through atomics and volatile accesses by the console and the
+        // simulated daemon.
         unsafe { ConsoleRing::new(page.0, d) }.unwrap()
     }
 
@@ -458,8 +458,7 @@ mod tests {
             })
         );
         // A page with inconsistent indices is refused up front.
-        let b: &'static mut [u32; 1024] = Box::leak(Box::new([0u32; 1024]));
-        let page = Page(b.as_mut_ptr().cast());
+        let page = Page(crate::xs_ring::fake::new_page().0);
         page.word(OUT_CONS).store(5000, Ordering::Relaxed);
         let d = Consoled {
             page,

@@ -671,8 +671,9 @@ pub(crate) mod fake {
 
     impl Page {
         pub(crate) fn word(self, off: usize) -> &'static AtomicU32 {
-            // SAFETY: the tests' page is a leaked, 4-aligned 4096-byte
-            // allocation and `off` a 4-aligned word offset inside it.
+            // SAFETY: the tests' page is a 4-aligned 4096-byte allocation
+            // alive until the test thread ends (`new_page`), and `off` a
+            // 4-aligned word offset inside it.
             unsafe { AtomicU32::from_ptr(self.0.add(off).cast()) }
         }
         pub(crate) fn get(self, off: usize) -> u32 {
@@ -691,9 +692,28 @@ pub(crate) mod fake {
         }
     }
 
+    /// The test thread's pages, freed when it ends (after its clients).
+    struct Pages(core::cell::RefCell<Vec<*mut [u32; 1024]>>);
+
+    impl Drop for Pages {
+        fn drop(&mut self) {
+            for p in self.0.get_mut().drain(..) {
+                // SAFETY: from `Box::into_raw` in `new_page`, freed once,
+                // after the test that used it has returned.
+                drop(unsafe { Box::from_raw(p) });
+            }
+        }
+    }
+
+    std::thread_local! {
+        static PAGES: Pages = const { Pages(core::cell::RefCell::new(Vec::new())) };
+    }
+
+    /// A zeroed, 4-aligned page that lives until the test thread ends.
     pub(crate) fn new_page() -> Page {
-        let b: &'static mut [u32; 1024] = Box::leak(Box::new([0u32; 1024]));
-        Page(b.as_mut_ptr().cast())
+        let p = Box::into_raw(Box::new([0u32; 1024]));
+        PAGES.with(|pages| pages.0.borrow_mut().push(p));
+        Page(p.cast())
     }
 
     /// What the simulated daemon does with the next request.
@@ -936,8 +956,9 @@ pub(crate) mod fake {
 
     pub(crate) fn client() -> XsRing<Daemon> {
         let page = new_page();
-        // SAFETY: a leaked 4096-byte page, accessed only through atomics
-        // and volatile accesses by the client and the simulated daemon.
+        // SAFETY: a 4096-byte page alive until the test thread ends,
+        // accessed only through atomics and volatile accesses by the client
+        // and the simulated daemon.
         unsafe { XsRing::new(page.0, Daemon::new(page)) }.unwrap()
     }
 
