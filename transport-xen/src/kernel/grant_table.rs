@@ -346,7 +346,8 @@ impl GrantTable {
 /// # Errors
 ///
 /// The hypercall's result or the first failed entry's `GNTST_*` status;
-/// [`KernelError::NoMemory`] if `handles` is shorter than `refs`.
+/// [`KernelError::NoMemory`] if `handles` is shorter than `refs`, or `refs`
+/// yields fewer references than its length said.
 pub unsafe fn map_grants<H: Hypercall + ?Sized>(
     h: &H,
     dom: DomId,
@@ -367,10 +368,17 @@ pub unsafe fn map_grants<H: Hypercall + ?Sized>(
         let k = (n - done).min(BATCH);
         let mut ops = [GnttabMapGrantRef::default(); BATCH];
         for (i, op) in ops.iter_mut().enumerate().take(k) {
+            // An iterator shorter than it said: never map a made-up
+            // reference (0 is the toolstack's console grant).
+            let Some(gref) = refs.next() else {
+                // SAFETY: pages 0..done were mapped with these handles.
+                let _ = unsafe { unmap_grants(h, va, &handles[..done]) };
+                return Err(KernelError::NoMemory);
+            };
             *op = GnttabMapGrantRef {
                 host_addr: va.as_ptr() as u64 + ((done + i) * 4096) as u64,
                 flags,
-                gref: refs.next().unwrap_or(0),
+                gref,
                 dom,
                 status: 1,
                 ..GnttabMapGrantRef::default()

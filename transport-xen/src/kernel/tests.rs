@@ -349,3 +349,33 @@ fn offer_refuses_before_it_grants() {
     assert_eq!(x.leaked_pages(), 0);
     assert_eq!(x.kernel().st.borrow().live_pages, 0);
 }
+
+#[test]
+fn map_grants_never_invents_a_reference() {
+    use super::Kernel;
+    /// Claims `len` references, yields fewer.
+    struct Liar(std::vec::IntoIter<u32>, usize);
+    impl Iterator for Liar {
+        type Item = u32;
+        fn next(&mut self) -> Option<u32> {
+            self.0.next()
+        }
+        fn size_hint(&self) -> (usize, Option<usize>) {
+            (self.1, Some(self.1))
+        }
+    }
+    impl ExactSizeIterator for Liar {}
+    let x = xen();
+    let k = x.kernel();
+    let page = k.alloc_pages(1).unwrap();
+    let frame = k.frame_of(page).unwrap();
+    let refs: Vec<u32> = (0..18)
+        .map(|_| x.grants().grant(0, frame, false).unwrap())
+        .collect();
+    let win = k.alloc_window(20).unwrap();
+    let mut handles = [0u32; 20];
+    // SAFETY: a fresh window of 20 pages, used by nothing else.
+    let r = unsafe { map_grants(k, 0, Liar(refs.into_iter(), 20), win, false, &mut handles) };
+    assert_eq!(r, Err(KernelError::NoMemory));
+    assert_eq!(k.maps(), 0, "the first batch of 16 is unmapped again");
+}
