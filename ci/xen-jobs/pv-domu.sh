@@ -3,7 +3,8 @@
 # dom0. It reaches XenStore through its start_info ring page and event
 # channel (coresident_xen::xs_ring) and meets the userspace transport in
 # dom0 (transport-xen/tests/xen_pv_domu.rs, built by .ci/xen as
-# WORK/bin/xen-pv-domu-tests) through the XenStore rendezvous twice
+# WORK/bin/xen-pv-domu-tests) through the XenStore rendezvous twice, after
+# refusing a hostile first offer (grant reference 1, Xen's XenStore page)
 # (coresident_xen::ring_rendezvous in the kernel, ::rendezvous in dom0):
 # channel pv-domu is dom0's pages mapped by the kernel, pv-domu-back the
 # kernel's pages mapped by dom0. On each, messages go both ways, each side

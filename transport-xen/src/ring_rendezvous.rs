@@ -94,6 +94,17 @@ impl fmt::Display for RdvError {
 
 impl core::error::Error for RdvError {}
 
+impl RdvError {
+    /// Whether this is about what the peer wrote (a malformed offer or
+    /// answer), rather than XenStore or this side failing.
+    pub fn is_malformed(&self) -> bool {
+        !matches!(
+            self,
+            Self::Xs(_) | Self::PathTooLong | Self::OwnOffer | Self::Refused
+        )
+    }
+}
+
 impl From<XsRingError> for RdvError {
     fn from(e: XsRingError) -> Self {
         Self::Xs(e)
@@ -331,6 +342,52 @@ pub fn wait_offer<E: Events>(
     r
 }
 
+/// Like [`wait_offer`], but a malformed offer is answered `refused` with
+/// the reason (and its `port` when that parses, else 0, as the `std`
+/// acceptor does) and waited past: the keys are read again at the next
+/// watch event, so the offerer can replace it. `refused` sees each reason.
+///
+/// # Errors
+///
+/// [`RdvError::Xs`] (`TimedOut` when the ring's events give up),
+/// [`RdvError::PathTooLong`].
+pub fn wait_valid_offer<E: Events>(
+    xs: &mut XsRing<E>,
+    own: DomId,
+    offerer: DomId,
+    name: &str,
+    refused: &mut dyn FnMut(&RdvError),
+) -> Result<Offer, RdvError> {
+    let dir = offer_dir(offerer, own, name)?;
+    let token = "coresident-offer";
+    xs.watch(dir.as_str(), token)?;
+    // The last refusal: the same offer read again (a watch event about
+    // something else) is not answered again.
+    let mut last = None;
+    let r = loop {
+        match read_offer(xs, offerer, dir.as_str()) {
+            Ok(Some(offer)) => break Ok(offer),
+            Ok(None) => {}
+            Err(e) if e.is_malformed() => {
+                let port = read_u32(xs, dir.as_str(), "port").unwrap_or(0);
+                if last != Some((e, port)) {
+                    if let Err(e) = write_answer(xs, own, offerer, name, port, Err(&e)) {
+                        break Err(e);
+                    }
+                    last = Some((e, port));
+                    refused(&e);
+                }
+            }
+            Err(e) => break Err(e),
+        }
+        if let Err(e) = xs.wait_watch() {
+            break Err(e.into());
+        }
+    };
+    let _ = xs.unwatch(dir.as_str(), token);
+    r
+}
+
 /// Writes the answer (our port, or why we refused) under our home, each
 /// node `[n own, r offerer]`, `state` last.
 ///
@@ -344,14 +401,25 @@ pub fn answer<E: Events>(
     name: &str,
     outcome: Result<EvtchnPort, &dyn fmt::Display>,
 ) -> Result<(), RdvError> {
-    let dir = answer_dir(own, offer.offerer, name)?;
+    write_answer(xs, own, offer.offerer, name, offer.port, outcome)
+}
+
+fn write_answer<E: Events>(
+    xs: &mut XsRing<E>,
+    own: DomId,
+    offerer: DomId,
+    name: &str,
+    offer_port: EvtchnPort,
+    outcome: Result<EvtchnPort, &dyn fmt::Display>,
+) -> Result<(), RdvError> {
+    let dir = answer_dir(own, offerer, name)?;
     let perms = [
         Perm {
             domid: own,
             access: Access::None,
         },
         Perm {
-            domid: offer.offerer,
+            domid: offerer,
             access: Access::Read,
         },
     ];
@@ -370,7 +438,7 @@ pub fn answer<E: Events>(
         dec(crxg::RENDEZVOUS_VERSION.into(), &mut num),
         &perms,
     )?;
-    put(xs, d, "offer-port", dec(offer.port, &mut num), &perms)?;
+    put(xs, d, "offer-port", dec(offer_port, &mut num), &perms)?;
     match outcome {
         Ok(port) => {
             put(xs, d, "port", dec(port, &mut num), &perms)?;
@@ -752,6 +820,33 @@ mod tests {
             read_offer(&mut ring_with(&keys), 0, DIR).map(|_| ()),
             Err(E::BadLayout)
         );
+    }
+
+    #[test]
+    fn a_malformed_offer_is_refused_and_waited_past() {
+        let mut keys = offer_keys();
+        keys.retain(|(k, _)| *k != "refs0");
+        keys.push(("refs0", "1 101 102 103 104 105 106 107 108 109".into()));
+        let mut xs = ring_with(&keys);
+        xs.events_mut().waits_left = 60;
+        let mut seen = Vec::new();
+        let r = wait_valid_offer(&mut xs, OWN, 0, "pv", &mut |e| seen.push(*e));
+        // Nobody replaced it: the ring gave up, after one refusal.
+        assert_eq!(r.map(|_| ()), Err(RdvError::Xs(XsRingError::TimedOut)));
+        assert_eq!(seen, [RdvError::BadRef(1)]);
+        let dir = "/local/domain/5/data/coresident/channels/0/pv/answer";
+        let store = &xs.events_mut().store;
+        let get = |k: &str| store.get(std::format!("{dir}/{k}").as_bytes()).cloned();
+        assert_eq!(get("state").as_deref(), Some(&b"refused"[..]));
+        assert_eq!(get("offer-port").as_deref(), Some(&b"17"[..]));
+        let error = String::from_utf8(get("error").unwrap()).unwrap();
+        assert!(error.contains("grant reference 1"), "{error}");
+        // A good offer is taken at once, as by wait_offer.
+        let mut xs = ring_with(&offer_keys());
+        let offer = wait_valid_offer(&mut xs, OWN, 0, "pv", &mut |e| panic!("{e}")).unwrap();
+        assert_eq!(offer.port, 17);
+        assert!(RdvError::BadPort(0).is_malformed());
+        assert!(!RdvError::Xs(XsRingError::TimedOut).is_malformed());
     }
 
     #[test]

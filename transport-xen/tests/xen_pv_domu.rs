@@ -20,7 +20,8 @@ use std::time::Duration;
 use coresident::{
     Channel, ChannelConfig, ChannelError, ChannelLayout, Doorbell, Link, SharedRegion, StdClock,
 };
-use coresident_xen::rendezvous::Rendezvous;
+use coresident_xen::rendezvous::{answer_path, offer_path, Rendezvous};
+use coresident_xen::xs_wire::{Access, Perm};
 use coresident_xen::XenStore;
 use msgs::{Got, Rng, Totals};
 
@@ -42,6 +43,7 @@ fn pv_domu_dom0() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(MESSAGES);
     let mut xs = XenStore::open_socket().unwrap();
+    hostile_offer_first(&mut xs, domu);
     let mut rdv = Rendezvous::new(0, domu, msgs::CHANNEL).unwrap();
     let pending = rdv
         .offer(&mut xs, ChannelLayout::symmetric(16 * 1024))
@@ -67,6 +69,58 @@ fn pv_domu_dom0() {
     report(msgs::CHANNEL_BACK, domu, &t);
     back.withdraw(&mut xs).unwrap();
     println!("XEN-CHECK pv_domu_dom0 ok");
+}
+
+/// Publishes an offer naming grant reference 1 (Xen reserves 0..8: 1 is
+/// the XenStore page) and waits until the kernel answers `refused`; the
+/// real offer then replaces it.
+fn hostile_offer_first(xs: &mut XenStore, domu: u16) {
+    let dir = offer_path(0, domu, msgs::CHANNEL);
+    let answer = answer_path(domu, 0, msgs::CHANNEL);
+    let _ = xs.rm(&dir);
+    xs.mkdir(&dir).unwrap();
+    let perms = [
+        Perm {
+            domid: 0,
+            access: Access::None,
+        },
+        Perm {
+            domid: domu,
+            access: Access::Read,
+        },
+    ];
+    xs.set_perms(&dir, &perms).unwrap();
+    let refs = "1 101 102 103 104 105 106 107 108 109";
+    for (k, v) in [
+        ("version", "1"),
+        ("port", "131071"),
+        ("to-acceptor", "16384"),
+        ("to-offerer", "16384"),
+        ("nrefs", "10"),
+        ("refs0", refs),
+        ("state", "offered"),
+    ] {
+        xs.write(&format!("{dir}/{k}"), v.as_bytes()).unwrap();
+    }
+    xs.watch(&answer, "hostile").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let error = loop {
+        if let Ok(state) = xs.read(&format!("{answer}/state")) {
+            if state == b"refused" {
+                break String::from_utf8_lossy(&xs.read(&format!("{answer}/error")).unwrap())
+                    .into_owned();
+            }
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(
+            !left.is_zero(),
+            "the kernel did not refuse the hostile offer"
+        );
+        let _ = xs.wait_watch(Some(left)).unwrap();
+    };
+    xs.unwatch(&answer, "hostile").unwrap();
+    assert!(error.contains("grant reference 1 "), "{error}");
+    println!("dom0: the kernel refused an offer of grant reference 1: {error:?}");
 }
 
 fn report(name: &str, domu: u16, t: &Totals) {

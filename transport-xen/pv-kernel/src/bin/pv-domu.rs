@@ -252,7 +252,10 @@ fn accept_from_dom0<E: Events>(
     xs: &mut XsRing<E>,
     own: DomId,
 ) -> Result<msgs::Totals, Failure> {
-    let offer = rendezvous::wait_offer(xs, own, 0, msgs::CHANNEL).map_err(Failure::Rendezvous)?;
+    // dom0 offers garbage first: refused with the reason, then waited past.
+    let mut refused = |e: &rendezvous::RdvError| log!("pv-domu: refused dom0's offer: {e}");
+    let offer = rendezvous::wait_valid_offer(xs, own, 0, msgs::CHANNEL, &mut refused)
+        .map_err(Failure::Rendezvous)?;
     log!(
         "pv-domu: dom0 offers {} + {} bytes of rings in {} grants, port {}",
         offer.layout.to_acceptor,
