@@ -14,7 +14,10 @@
 //! 2. `withdraw DOMU`: dom0's view loses the guest, the guest's loses dom0;
 //! 3. `readmit DOMU`: both come back;
 //! 4. the guest ends its test and powers off (`on_poweroff = "destroy"`):
-//!    the agent sees the domain gone and dom0's view loses it.
+//!    the agent sees the domain gone and dom0's view loses it. With
+//!    `XEN_AGENT_END=unadvertise` on both sides (when more tests follow in
+//!    the same boot), the guest withdraws its advertisement instead and
+//!    both views lose the other.
 #![cfg(target_os = "linux")]
 
 use core::net::{Ipv4Addr, Ipv6Addr};
@@ -33,6 +36,16 @@ use coresident_xen::{XenStore, XsError};
 const STATE: &str = "data/coresident-test/state";
 /// Relative to the guest's home: dom0's go-ahead after the hostile step.
 const GO: &str = "data/coresident-test/go";
+/// Whether step 4 is the guest's destruction (the default) or its
+/// withdrawn advertisement (`XEN_AGENT_END=unadvertise`).
+fn ends_by_destroy() -> bool {
+    match std::env::var("XEN_AGENT_END").as_deref() {
+        Ok("unadvertise") => false,
+        Ok("destroy") | Err(_) => true,
+        Ok(other) => panic!("XEN_AGENT_END={other}: destroy or unadvertise"),
+    }
+}
+
 /// How long any one step may take under emulation.
 const STEP: Duration = Duration::from_secs(200);
 
@@ -230,19 +243,28 @@ fn domu_agent_host() {
     );
     wait_state(&mut xs, &state, "saw-readmit");
 
-    // 4. The guest powers off and is destroyed: the agent drops it.
+    // 4. The guest powers off and is destroyed (or stops advertising): the
+    // agent drops it.
+    let destroy = ends_by_destroy();
+    let end = if destroy { "destroyed" } else { "unadvertised" };
     let updates = wait_view(
         "dom0",
         &mut view,
         &mut tables,
-        &format!("dom{domu} destroyed"),
+        &format!("dom{domu} {end}"),
         |v| v.peers().is_empty(),
     );
     assert!(updates
         .iter()
         .any(|u| matches!(u, TableUpdate::Removed { domid, .. } if *domid == domu)));
     assert!(t.maps(domu, &guest_addrs(), None));
-    println!("XEN-CHECK agent destroy");
+    if destroy {
+        println!("XEN-CHECK agent destroy");
+    } else {
+        wait_state(&mut xs, &state, "saw-unadvertise");
+        xs.rm(&format!("{home}/data/coresident-test")).unwrap();
+        println!("XEN-CHECK agent unadvertise");
+    }
 
     writeln!(control, "quit").unwrap();
     drop(control);
@@ -251,7 +273,11 @@ fn domu_agent_host() {
     assert!(status.success(), "xen-agent: {status}");
     let said = |s: &str| lines.iter().any(|l| l.contains(s));
     assert!(said(&format!("domain {domu} withdrawn from every list")));
-    assert!(said(&format!("domain {domu} is gone")));
+    if destroy {
+        assert!(said(&format!("domain {domu} is gone")));
+    } else {
+        assert!(said(&format!("domain {domu} stopped advertising")));
+    }
     println!("XEN-CHECK domu_agent_host ok");
 }
 
@@ -315,5 +341,16 @@ fn domu_agent_guest() {
         v.peers().contains_key(&0)
     });
     xs.write(STATE, b"saw-readmit").unwrap();
+    if !ends_by_destroy() {
+        residency::unadvertise(&mut xs, me).unwrap();
+        wait_view(
+            "domU",
+            &mut view,
+            &mut tables,
+            "dom0 left (unadvertised)",
+            |v| v.peers().is_empty(),
+        );
+        xs.write(STATE, b"saw-unadvertise").unwrap();
+    }
     println!("XEN-CHECK domu_agent_guest ok");
 }
