@@ -1261,6 +1261,26 @@ mod tests {
     }
 
     #[test]
+    fn peer_death_is_the_peer_home_going_away() {
+        let (mut xs, _t) = client();
+        let rdv = Rendezvous::new(0, 5, NAME).unwrap();
+        xs.mkdir("/local/domain/5").unwrap();
+        rdv.watch_peer(&mut xs).unwrap();
+        assert_eq!(rdv.peer_present(&mut xs), Ok(true));
+        assert_eq!(
+            rdv.wait_peer_gone(&mut xs, Some(Duration::from_millis(50))),
+            Ok(false)
+        );
+        xs.rm("/local/domain/5").unwrap();
+        assert_eq!(rdv.peer_present(&mut xs), Ok(false));
+        assert_eq!(
+            rdv.wait_peer_gone(&mut xs, Some(Duration::from_millis(50))),
+            Ok(true)
+        );
+        rdv.unwatch_peer(&mut xs).unwrap();
+    }
+
+    #[test]
     fn names_are_checked() {
         for bad in ["", "a/b", "..", "a b", "é", &"x".repeat(65), "a\0b"] {
             assert_eq!(
