@@ -20,8 +20,8 @@ pv_domu_job() {
     SLOG=$WORK/logs/pv-domu.serial.log
     : > "$SLOG"
     # The kernel crate has its own workspace (.cargo/config.toml there:
-    # x86_64-unknown-none, static, link.ld), built where pv-kernel.sh
-    # builds it, so the second of the two jobs finds it done.
+    # x86_64-unknown-none, static, link.ld), built in the target directory
+    # pv-kernel.sh uses, so the two jobs share the compiled dependencies.
     dir=$ROOT/transport-xen/pv-kernel
     target=${CARGO_TARGET_DIR:-$ROOT/target}/pv-kernel
     if ! (cd "$dir" && CARGO_TARGET_DIR=$target timeout 600 cargo build --release --locked \
