@@ -526,7 +526,9 @@ impl Perm {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
+    use std::vec::Vec;
 
     #[test]
     fn header_round_trip_and_limits() {
