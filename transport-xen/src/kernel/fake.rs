@@ -58,6 +58,11 @@ pub(crate) struct FakeXen {
     pub(crate) st: RefCell<State>,
     pub(crate) domid: DomId,
     pub(crate) idles: Cell<u64>,
+    /// Calls of `relax` so far.
+    pub(crate) relaxes: Cell<u64>,
+    /// At this many `relax` calls, the peer unmaps every grant it maps
+    /// (as a peer that unmaps a while after it said it left).
+    pub(crate) peer_unmaps_at: Cell<Option<u64>>,
 }
 
 impl FakeXen {
@@ -92,6 +97,8 @@ impl FakeXen {
             st: RefCell::new(st),
             domid,
             idles: Cell::new(0),
+            relaxes: Cell::new(0),
+            peer_unmaps_at: Cell::new(None),
         }
     }
 
@@ -184,6 +191,38 @@ impl FakeXen {
             st.ports[peer as usize] = Port::Free;
             st.ports[port as usize] = Port::Unbound(self.domid);
         }
+    }
+
+    /// What the peer's unmapping of everything it maps does: the frames
+    /// go from its windows, the grants' in-use flags clear; its handles
+    /// are stale from then on. (The peer here is this same test process,
+    /// whose doorbell still writes its live byte when dropped: its pages
+    /// become scratch memory, not faulting holes.)
+    pub(crate) fn peer_unmaps_all(&self) {
+        let maps: Vec<(usize, u32)> = self.st.borrow_mut().maps.drain().map(|(_, m)| m).collect();
+        for (va, gref) in maps {
+            // SAFETY: `va` is a page of a window the test's kernel maps
+            // grants at; replacing it is the unmap being imitated.
+            unsafe {
+                mmap_anonymous(
+                    va as *mut _,
+                    PAGE,
+                    ProtFlags::READ | ProtFlags::WRITE,
+                    MapFlags::PRIVATE | MapFlags::FIXED,
+                )
+            }
+            .unwrap();
+            self.set_in_use(gref, false);
+        }
+    }
+
+    /// Xen's system time moves on by 1 ms (vCPU 0's `system_time`;
+    /// `tsc_to_system_mul` stays 0, so only this moves it).
+    fn tick(&self) {
+        let shared = self.frame(self.st.borrow().shared_mfn);
+        let t = shared.wrapping_add(super::event_channel::TIME_OFFSET + 16);
+        // SAFETY: vCPU 0's system_time in the shared_info frame, 8-aligned.
+        unsafe { AtomicU64::from_ptr(t.cast()).fetch_add(1_000_000, Ordering::AcqRel) };
     }
 
     pub(crate) fn maps(&self) -> usize {
@@ -423,13 +462,19 @@ unsafe impl Kernel for FakeXen {
         unsafe { super::update_va_mapping(self, va.as_ptr() as u64, mfn) }
     }
 
-    /// Time passes only while idle: 1 ms of Xen system time per call
-    /// (vCPU 0's `system_time`; `tsc_to_system_mul` stays 0).
+    /// Time passes only while idle or relaxing: 1 ms of Xen system time per
+    /// call.
     fn idle(&self, _port: EvtchnPort, _until_ns: u64) {
         self.idles.set(self.idles.get() + 1);
-        let shared = self.frame(self.st.borrow().shared_mfn);
-        let t = shared.wrapping_add(super::event_channel::TIME_OFFSET + 16);
-        // SAFETY: vCPU 0's system_time in the shared_info frame, 8-aligned.
-        unsafe { AtomicU64::from_ptr(t.cast()).fetch_add(1_000_000, Ordering::AcqRel) };
+        self.tick();
+    }
+
+    /// 1 ms passes; the peer unmaps everything if its time has come.
+    fn relax(&self, _until_ns: u64) {
+        self.relaxes.set(self.relaxes.get() + 1);
+        self.tick();
+        if self.peer_unmaps_at.get() == Some(self.relaxes.get()) {
+            self.peer_unmaps_all();
+        }
     }
 }

@@ -29,8 +29,11 @@
 //! frames in grant entries); grant table v1 with [`GRANT_FRAMES`] frames;
 //! event channels of the 2-level ABI, polled (upcalls are the kernel's
 //! business); one link's region up to [`MAX_PAGES`](crate::MAX_PAGES)
-//! pages. A page that the peer still maps when its link is dropped is never
-//! freed (it would be reused while the peer writes it): it is counted in
+//! pages. A dropped link whose granted pages the peer still maps waits for
+//! the peer to unmap them ([`Kernel::relax`], up to
+//! [`Xen::release_timeout`] of Xen's system time), retrying to end each
+//! grant's access; what the peer still maps after that is never freed (it
+//! would be reused while the peer writes it) and is counted in
 //! [`Xen::leaked_pages`].
 
 pub mod event_channel;
@@ -45,7 +48,8 @@ mod tests;
 
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::time::Duration;
 
 pub use event_channel::{SharedInfo, XenClock};
 pub use grant_table::{GrantTable, GRANT_FRAMES};
@@ -173,7 +177,23 @@ pub unsafe trait Kernel: Hypercall {
     fn idle(&self, port: EvtchnPort, until_ns: u64) {
         let _ = hypercall::poll(self, &[port], until_ns);
     }
+
+    /// Called while a dropped link waits for its peer to unmap pages this
+    /// domain granted: return after a pause, at the latest when Xen's
+    /// system time reaches `until_ns` (a millisecond or so ahead). Returning
+    /// early is always correct (the caller retries ending the grants and
+    /// checks its deadline). The default blocks the vCPU with
+    /// `SCHEDOP_poll` on no port until `until_ns` (any new event for this
+    /// domain ends it early); a kernel with other work to run (another
+    /// thread that may hold the peer's mapping) runs it here.
+    fn relax(&self, until_ns: u64) {
+        let _ = hypercall::poll(self, &[], until_ns);
+    }
 }
+
+/// How long, by default, a dropped link waits for its peer to unmap the
+/// pages it granted before giving them up as leaked ([`Xen::release_timeout`]).
+pub const DEFAULT_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The hypervisor as this kernel sees it: the kernel's services, shared_info
 /// (event-channel bits, time) and the grant table. One per domain; links
@@ -184,6 +204,7 @@ pub struct Xen<K: Kernel> {
     shared: SharedInfo,
     grants: GrantTable,
     leaked: AtomicUsize,
+    release_timeout_ns: AtomicU64,
 }
 
 impl<K: Kernel> Xen<K> {
@@ -207,6 +228,7 @@ impl<K: Kernel> Xen<K> {
             shared,
             grants,
             leaked: AtomicUsize::new(0),
+            release_timeout_ns: AtomicU64::new(duration_ns(DEFAULT_RELEASE_TIMEOUT)),
         })
     }
 
@@ -230,8 +252,21 @@ impl<K: Kernel> Xen<K> {
         XenClock::new(&self.shared)
     }
 
-    /// Pages that could not be taken back because the peer still mapped
-    /// them when their link was dropped.
+    /// How long a dropped link waits (Xen's system time) for its peer to
+    /// unmap the pages it granted ([`DEFAULT_RELEASE_TIMEOUT`] unless set).
+    pub fn release_timeout(&self) -> Duration {
+        Duration::from_nanos(self.release_timeout_ns.load(Ordering::Relaxed))
+    }
+
+    /// Sets [`release_timeout`](Self::release_timeout) (zero: no wait).
+    pub fn set_release_timeout(&self, timeout: Duration) {
+        self.release_timeout_ns
+            .store(duration_ns(timeout), Ordering::Relaxed);
+    }
+
+    /// Pages never taken back because the peer still mapped them when
+    /// their link was dropped and [`release_timeout`](Self::release_timeout)
+    /// later.
     pub fn leaked_pages(&self) -> usize {
         self.leaked.load(Ordering::Relaxed)
     }
@@ -239,4 +274,8 @@ impl<K: Kernel> Xen<K> {
     pub(crate) fn leak(&self, pages: usize) {
         self.leaked.fetch_add(pages, Ordering::Relaxed);
     }
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

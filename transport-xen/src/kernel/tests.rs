@@ -221,6 +221,7 @@ fn a_kernel_offer_is_what_the_userspace_transport_reads() {
 #[test]
 fn an_offerer_gone_first_shows_as_peer_gone_and_its_mapped_pages_stay() {
     let x = xen();
+    x.set_release_timeout(core::time::Duration::from_millis(50));
     let mut off = KernelTransport::new(&x, 0);
     let mut acc = KernelTransport::new(&x, 0);
     let mut buf = [0u8; 256];
@@ -228,13 +229,56 @@ fn an_offerer_gone_first_shows_as_peer_gone_and_its_mapped_pages_stay() {
     let b = acc.accept(&buf[..n]).unwrap();
     let a = pending.complete(None).unwrap();
     assert!(b.doorbell.peer_alive() && a.doorbell.peer_alive());
+    let t0 = x.shared_info().system_time_ns();
     drop(a);
+    // The drop waited for the acceptor to unmap (the region, then the live
+    // page: the release timeout each), then gave up.
+    assert_eq!(x.shared_info().system_time_ns() - t0, 2 * 50_000_000);
+    assert_eq!(x.kernel().relaxes.get(), 2 * 50);
     assert!(!b.doorbell.peer_alive());
     assert_eq!(b.doorbell.wait(None), Ok(Wake::PeerGone));
     // The acceptor still maps every page: none may be reused.
     assert_eq!(x.leaked_pages(), crxg::pages_for(layout()));
     drop(b);
     assert_eq!(x.kernel().maps(), 0);
+}
+
+#[test]
+fn granted_pages_unmapped_late_are_released_not_leaked() {
+    // Linux's unmap-notify clears the peer's live byte just before gntdev
+    // unmaps: the offerer's drop must wait for the grants, not leak them.
+    let x = xen();
+    let mut off = KernelTransport::new(&x, 0);
+    let mut acc = KernelTransport::new(&x, 0);
+    let mut buf = [0u8; 256];
+    let (pending, n) = off.offer(layout(), &mut buf).unwrap();
+    let b = acc.accept(&buf[..n]).unwrap();
+    let a = pending.complete(None).unwrap();
+    let pages_with_b = {
+        let st = x.kernel().st.borrow();
+        st.live_pages
+    };
+    x.kernel().peer_unmaps_at.set(Some(7));
+    drop(a);
+    assert_eq!(x.kernel().maps(), 0, "the peer unmapped during the wait");
+    assert_eq!(
+        x.kernel().relaxes.get(),
+        7,
+        "the drop waited, and no longer"
+    );
+    assert_eq!(x.leaked_pages(), 0);
+    // Every page of the offer came back; what is left is the acceptor's
+    // bookkeeping, freed with it.
+    let st = x.kernel().st.borrow();
+    assert_eq!(
+        st.live_pages,
+        pages_with_b - crxg::pages_for(layout()) - 2,
+        "the offer's pages and its two bookkeeping pages are free"
+    );
+    drop(st);
+    drop(b);
+    let st = x.kernel().st.borrow();
+    assert_eq!((st.live_pages, st.live_windows), (0, XEN_WINDOWS));
 }
 
 #[test]

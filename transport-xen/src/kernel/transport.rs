@@ -90,6 +90,22 @@ fn transport_error(e: KernelError) -> TransportError {
     }
 }
 
+/// A slot of a granted page whose access has ended (no grant reference is
+/// this large: the table has 2048 entries).
+const ENDED: GrantRef = u32::MAX;
+const _: () = assert!(
+    super::GrantTable::capacity() + super::grant_table::NR_RESERVED_ENTRIES as usize
+        <= ENDED as usize
+);
+
+/// How far ahead of now one [`Kernel::relax`] may last while a dropped link
+/// waits for its peer to unmap (Xen's system time, ns).
+const RELAX_STEP_NS: u64 = 1_000_000;
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Pages a link owns: this kernel's pages granted to the peer, or a window
 /// where the peer's grants are mapped; per page a grant reference or a map
 /// handle, kept in private pages. Released on drop.
@@ -211,6 +227,26 @@ impl<'x, K: Kernel> Pages<'x, K> {
         Ok(p)
     }
 
+    /// Ends the access of every granted page not ended yet; returns how
+    /// many the peer still maps. An ended page's slot becomes [`ENDED`], so
+    /// a reference freed here (and perhaps handed out again) is never
+    /// ended twice.
+    fn end_accesses(&mut self) -> usize {
+        let mut left = 0;
+        for i in 0..self.done {
+            let r = self.slot(i);
+            if r == ENDED {
+                continue;
+            }
+            match self.xen.grants().end_access(r) {
+                Err(KernelError::GrantInUse(_)) => left += 1,
+                // Ended, or (never here) not ours: nothing left to end.
+                _ => self.slots()[i] = ENDED,
+            }
+        }
+        left
+    }
+
     fn refs(&self) -> impl ExactSizeIterator<Item = GrantRef> + '_ {
         (0..self.done).map(|i| self.slot(i))
     }
@@ -242,15 +278,28 @@ impl<K: Kernel> Drop for Pages<'_, K> {
             // SAFETY: the window's grants are unmapped; nothing uses it.
             unsafe { k.free_window(self.base, self.n) };
         } else {
-            let mut in_use = false;
-            for i in 0..self.done {
-                if self.xen.grants().end_access(self.slot(i)).is_err() {
-                    in_use = true;
+            // The peer may unmap a moment after it told us it left (Linux's
+            // unmap-notify clears its live byte just before gntdev unmaps):
+            // wait for it, bounded by Xen's clock, retrying the grants
+            // still in use.
+            let shared = self.xen.shared_info();
+            let timeout = duration_ns(self.xen.release_timeout());
+            let deadline = shared.system_time_ns().saturating_add(timeout);
+            let mut left = self.end_accesses();
+            // A safety net should Xen's clock stand still.
+            let mut relaxes = timeout / RELAX_STEP_NS * 4 + 4;
+            while left != 0 && relaxes != 0 {
+                let now = shared.system_time_ns();
+                if now >= deadline {
+                    break;
                 }
+                k.relax(now.saturating_add(RELAX_STEP_NS).min(deadline));
+                relaxes -= 1;
+                left = self.end_accesses();
             }
-            if in_use {
+            if left != 0 {
                 // The peer still maps some of them: freeing would hand the
-                // peer memory we reuse. Never freed.
+                // peer memory we reuse. The allocation is never freed.
                 self.xen.leak(self.n);
             } else {
                 // SAFETY: from `alloc_pages(n)`; no grant of them is left.
