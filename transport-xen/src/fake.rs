@@ -17,6 +17,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::evtchn::*;
 use crate::gntalloc::*;
 use crate::gntdev::*;
+use crate::privcmd::*;
 use crate::sys::{Errno, Opcode, Sys, PAGE_SIZE};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -24,6 +25,7 @@ enum Kind {
     Gntalloc,
     Gntdev,
     Evtchn,
+    Privcmd,
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +55,11 @@ pub(crate) struct State {
     pub(crate) calls: Vec<Opcode>,
     /// Make the next ioctl with this opcode fail.
     pub(crate) fail: Option<(Opcode, Errno)>,
+    /// Whether `/dev/xen/privcmd` opens (it does not by default: the
+    /// transport then works as without privcmd).
+    pub(crate) privcmd: bool,
+    /// Hypercalls made through privcmd.
+    pub(crate) hypercalls: usize,
     pub(crate) munmaps: usize,
 }
 
@@ -77,6 +84,16 @@ impl FakeXen {
 }
 
 impl State {
+    /// What Xen does to the survivor when the domain owning `port`'s peer
+    /// dies: the peer's end is closed and ours becomes unbound, with no
+    /// event (Xen's `evtchn_close`).
+    pub(crate) fn destroy_peer_of(&mut self, port: u32) {
+        if let Some(Some(peer)) = self.ports.insert(port, None) {
+            self.ports.remove(&peer);
+            self.pending.retain(|&p| p != peer);
+        }
+    }
+
     fn raise(&mut self, port: u32) {
         if let Some(Some(peer)) = self.ports.get(&port).copied() {
             if !self.pending.contains(&peer) && !self.masked.contains(&peer) {
@@ -135,6 +152,7 @@ impl Sys for FakeXen {
             b"/dev/xen/gntalloc" => Kind::Gntalloc,
             b"/dev/xen/gntdev" => Kind::Gntdev,
             b"/dev/xen/evtchn" => Kind::Evtchn,
+            b"/dev/xen/privcmd" if self.state().privcmd => Kind::Privcmd,
             _ => return Err(Errno::NOENT),
         };
         let fd: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
@@ -275,6 +293,37 @@ impl Sys for FakeXen {
                 st.ports.remove(&a.port).ok_or(Errno::NOTCONN)?;
                 Ok(0)
             }
+            (Kind::Privcmd, IOCTL_PRIVCMD_HYPERCALL) => {
+                // SAFETY: the whole argument struct.
+                let h: PrivcmdHypercall = unsafe { get(arg) };
+                st.hypercalls += 1;
+                if h.op != HYPERVISOR_EVENT_CHANNEL_OP || h.arg[0] != EVTCHNOP_STATUS {
+                    return Err(Errno::NOSYS);
+                }
+                let status = h.arg[1] as usize as *mut c_void;
+                // SAFETY: `EVTCHNOP_status`'s argument is a whole `struct
+                // evtchn_status` (the caller's contract, as with Xen).
+                let mut s: EvtchnStatus = unsafe { get(status) };
+                if s.dom != DOMID_SELF {
+                    return Err(Errno::PERM);
+                }
+                // All ports are between domain 0 and itself here. Like
+                // Xen: a port once allocated and now free is closed, one
+                // never allocated is invalid.
+                match st.ports.get(&s.port) {
+                    Some(None) => s.status = EVTCHNSTAT_UNBOUND,
+                    Some(Some(peer)) => {
+                        s.status = EVTCHNSTAT_INTERDOMAIN;
+                        s.remote_port = *peer;
+                    }
+                    None if s.port <= st.next_port => s.status = EVTCHNSTAT_CLOSED,
+                    None => return Err(Errno::INVAL),
+                }
+                s.remote_dom = 0;
+                // SAFETY: as for the read above.
+                unsafe { put(status, 0, s.as_bytes()) };
+                Ok(0)
+            }
             _ => Err(Errno::NOTTY),
         }
     }
@@ -352,6 +401,9 @@ mod tests {
         assert_eq!(IOCTL_EVTCHN_BIND_UNBOUND_PORT as u64, 0x04_4502);
         assert_eq!(IOCTL_EVTCHN_UNBIND as u64, 0x04_4503);
         assert_eq!(IOCTL_EVTCHN_NOTIFY as u64, 0x04_4504);
+        // And from /usr/include/xen/sys/privcmd.h (libxen-dev's copy of
+        // include/uapi/xen/privcmd.h).
+        assert_eq!(IOCTL_PRIVCMD_HYPERCALL as u64, 0x30_5000);
     }
 
     fn read_byte(p: *mut u8, off: usize) -> u8 {

@@ -131,6 +131,8 @@ pub mod gntdev;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub mod mapping;
 #[cfg(all(feature = "std", target_os = "linux"))]
+pub mod privcmd;
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub mod rendezvous;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub mod residency;

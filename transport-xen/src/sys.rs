@@ -1,7 +1,9 @@
 //! The system-call layer under the device wrappers, swappable in tests.
 //!
 //! Every device wrapper ([`Gntalloc`](crate::gntalloc::Gntalloc),
-//! [`Gntdev`](crate::gntdev::Gntdev), [`Evtchn`](crate::evtchn::Evtchn)) is
+//! [`Gntdev`](crate::gntdev::Gntdev), [`Evtchn`](crate::evtchn::Evtchn),
+//! [`Privcmd`](crate::privcmd::Privcmd)), and the
+//! [`XenTransport`](crate::transport::XenTransport) over them, is
 //! generic over a [`Sys`]: [`Linux`] issues the real calls through `rustix`,
 //! a unit test substitutes a fake that simulates the drivers in process.
 
@@ -19,7 +21,7 @@ pub use rustix::ioctl::Opcode;
 /// architecture Xen supports), and of the Linux x86 kernels we target.
 pub const PAGE_SIZE: usize = 4096;
 
-/// `_IOC(_IOC_NONE, ty, nr, size)`: the encoding all three Xen drivers use.
+/// `_IOC(_IOC_NONE, ty, nr, size)`: the encoding all four Xen drivers use.
 pub(crate) const fn ioc_none(ty: u8, nr: u8, size: usize) -> Opcode {
     rustix::ioctl::opcode::from_components(rustix::ioctl::Direction::None, ty, nr, size)
 }

@@ -18,12 +18,15 @@
 //! sets its live byte and rings; [`PendingOffer::complete`] waits for that
 //! byte. Each side arms unmap-notify (clear its live byte, signal the port),
 //! so process death or teardown wakes the other side, whose doorbell then
-//! reports [`Wake::PeerGone`].
+//! reports [`Wake::PeerGone`]. A destroyed domain runs no unmap-notify; the
+//! doorbell then learns the death from Xen, which has closed the dead
+//! domain's end of the event channel (see [`XenDoorbell`]).
 //!
 //! Each link has its own `/dev/xen/evtchn` descriptor, so a wait consumes
 //! only that link's events.
 
 use core::fmt;
+use core::sync::atomic::{AtomicBool, Ordering};
 use core::time::Duration;
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,6 +39,8 @@ use coresident::{
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::IntoBytes;
 
+use crate::privcmd::{PortStatus, Privcmd};
+use crate::sys::{Linux, Sys};
 use crate::{
     DomId, Evtchn, EvtchnError, EvtchnPort, ForeignPages, Gntalloc, Gntdev, GrantError, GrantRef,
     SharedPages, UnmapNotify, PAGE_SIZE,
@@ -108,12 +113,12 @@ impl From<RendezvousError> for XenTransportError {
 
 /// The granted or mapped pages behind a link.
 #[derive(Debug)]
-enum Pages {
-    Shared(SharedPages),
-    Foreign(ForeignPages),
+enum Pages<S: Sys> {
+    Shared(SharedPages<S>),
+    Foreign(ForeignPages<S>),
 }
 
-impl Pages {
+impl<S: Sys> Pages<S> {
     fn as_ptr(&self) -> *mut u8 {
         match self {
             Self::Shared(p) => p.as_ptr(),
@@ -125,13 +130,13 @@ impl Pages {
 /// Pages shared by a region and its doorbell (the doorbell reads the peer's
 /// live byte), with the offset of the live page.
 #[derive(Debug)]
-struct LinkPages {
-    pages: Pages,
+struct LinkPages<S: Sys> {
+    pages: Pages<S>,
     /// Start of the live page: `pages.len() - PAGE_SIZE`.
     live: usize,
 }
 
-impl LinkPages {
+impl<S: Sys> LinkPages<S> {
     fn live_byte(&self, role: Role) -> *mut u8 {
         let off = match role {
             Role::Offerer => self.live,
@@ -158,10 +163,19 @@ impl LinkPages {
 }
 
 /// The channel region: the grant pages before the live page.
-#[derive(Debug, Clone)]
-pub struct XenRegion {
-    pages: Arc<LinkPages>,
+#[derive(Debug)]
+pub struct XenRegion<S: Sys = Linux> {
+    pages: Arc<LinkPages<S>>,
     len: usize,
+}
+
+impl<S: Sys> Clone for XenRegion<S> {
+    fn clone(&self) -> Self {
+        Self {
+            pages: Arc::clone(&self.pages),
+            len: self.len,
+        }
+    }
 }
 
 // SAFETY:
@@ -169,7 +183,7 @@ pub struct XenRegion {
 //   for reads and writes while the `Arc` keeps the mapping alive; mappings
 //   are page-aligned, so 128-aligned.
 // - This crate never makes references into the pages: raw pointers only.
-unsafe impl SharedRegion for XenRegion {
+unsafe impl<S: Sys> SharedRegion for XenRegion<S> {
     fn as_ptr(&self) -> *mut u8 {
         self.pages.pages.as_ptr()
     }
@@ -179,15 +193,36 @@ unsafe impl SharedRegion for XenRegion {
     }
 }
 
-/// One link's doorbell: an event channel on its own descriptor, plus the
-/// peer's live byte.
+/// One link's doorbell: an event channel on its own descriptor, the peer's
+/// live byte, and Xen's word on whether the channel is still connected.
+///
+/// Peer death shows in three ways: unmap-notify clears the peer's live byte
+/// and rings (the peer's process exited or unmapped); the peer's rings say
+/// so (the core's business); or, when the peer's whole domain was
+/// destroyed, which runs no unmap-notify and rings nothing, Xen has closed
+/// the peer's end and ours reads `EVTCHNSTAT_unbound`. The doorbell asks
+/// Xen (`EVTCHNOP_status` through `/dev/xen/privcmd`) when it has heard
+/// nothing since it last asked: in [`Doorbell::peer_alive`] and when a
+/// [`Doorbell::wait`] times out, so a channel whose peer domain was
+/// destroyed reports it within its `recheck` period, with no XenStore
+/// watch; a stream of events costs no hypercall. Without privcmd (the
+/// device cannot be opened), the doorbell knows only the live byte, as
+/// before.
 #[derive(Debug)]
-pub struct XenDoorbell {
-    ev: Evtchn,
+pub struct XenDoorbell<S: Sys = Linux> {
+    ev: Evtchn<S>,
     port: EvtchnPort,
-    pages: Arc<LinkPages>,
+    pages: Arc<LinkPages<S>>,
     /// The peer's role (whose live byte to read).
     peer: Role,
+    /// The peer domain: our port must be connected to it.
+    peer_dom: DomId,
+    /// How to ask Xen about `port`; `None` when privcmd cannot be opened.
+    privcmd: Option<Privcmd<S>>,
+    /// An event arrived since Xen was last asked: the peer was alive then.
+    heard: AtomicBool,
+    /// Xen said `port` is no longer connected to the peer (never cleared).
+    severed: AtomicBool,
 }
 
 fn os(e: EvtchnError) -> TransportError {
@@ -201,14 +236,58 @@ fn os(e: EvtchnError) -> TransportError {
     }
 }
 
-impl XenDoorbell {
+impl<S: Sys> XenDoorbell<S> {
+    fn new(ev: Evtchn<S>, port: EvtchnPort, pages: Arc<LinkPages<S>>, peer: Role) -> Self {
+        Self {
+            ev,
+            port,
+            pages,
+            peer,
+            peer_dom: 0,
+            privcmd: None,
+            heard: AtomicBool::new(false),
+            severed: AtomicBool::new(false),
+        }
+    }
+
     /// The local event-channel port.
     pub fn port(&self) -> EvtchnPort {
         self.port
     }
+
+    /// Asks Xen now whether the port is connected to the peer domain:
+    /// `Some(true)` if so, `Some(false)` if not (unbound, closed, or bound
+    /// to another domain: the peer's end was closed, or its domain
+    /// destroyed), `None` if Xen cannot be asked (no `/dev/xen/privcmd`, or
+    /// the call failed; nothing is concluded then).
+    pub fn port_connected(&self) -> Option<bool> {
+        if self.severed.load(Ordering::Relaxed) {
+            return Some(false);
+        }
+        let status = self.privcmd.as_ref()?.evtchn_status(self.port).ok()?;
+        self.heard.store(false, Ordering::Relaxed);
+        let connected = matches!(
+            status,
+            PortStatus::Interdomain { remote, .. } if remote == self.peer_dom
+        );
+        if !connected {
+            self.severed.store(true, Ordering::Relaxed);
+        }
+        Some(connected)
+    }
+
+    /// Whether Xen can be asked about the port (privcmd is open).
+    pub fn can_ask_xen(&self) -> bool {
+        self.privcmd.is_some()
+    }
+
+    /// The cheap checks: the peer's live byte, and an earlier answer of Xen.
+    fn live(&self) -> bool {
+        !self.severed.load(Ordering::Relaxed) && self.pages.read_live(self.peer) != 0
+    }
 }
 
-impl Doorbell for XenDoorbell {
+impl<S: Sys> Doorbell for XenDoorbell<S> {
     /// Notifies the peer. It does not refuse when the peer's live byte is
     /// clear: a ring is often the last step of a `recv` that has already
     /// consumed a message, and the driver ignores a notify to a closed
@@ -218,11 +297,21 @@ impl Doorbell for XenDoorbell {
     }
 
     fn wait(&self, timeout: Option<Duration>) -> Result<Wake, TransportError> {
-        if !self.peer_alive() {
+        // Waiting forever for a destroyed peer would never end: ask first.
+        let alive = match timeout {
+            None => self.peer_alive(),
+            Some(_) => self.live(),
+        };
+        if !alive {
             return Ok(Wake::PeerGone);
         }
         if !self.ev.wait(timeout).map_err(os)? {
-            return Ok(Wake::TimedOut);
+            // Silence: a destroyed peer rings nothing, so ask Xen.
+            return Ok(if self.port_connected() == Some(false) {
+                Wake::PeerGone
+            } else {
+                Wake::TimedOut
+            });
         }
         // Only this link's port is bound on this descriptor.
         let mut buf = [0u32; 8];
@@ -230,45 +319,47 @@ impl Doorbell for XenDoorbell {
         for &p in buf.get(..n).unwrap_or(&[]) {
             self.ev.unmask(p).map_err(os)?;
         }
-        Ok(if self.peer_alive() {
+        if n > 0 {
+            self.heard.store(true, Ordering::Relaxed);
+        }
+        Ok(if self.live() {
             Wake::Rung
         } else {
             Wake::PeerGone
         })
     }
 
+    /// The live byte; then, unless an event arrived since Xen was last
+    /// asked, Xen's word on the port (see the type's docs).
     fn peer_alive(&self) -> bool {
-        self.pages.read_live(self.peer) != 0
+        if !self.live() {
+            return false;
+        }
+        if self.heard.swap(false, Ordering::Relaxed) {
+            return true;
+        }
+        self.port_connected() != Some(false)
     }
 }
 
 /// The Xen transport between this domain and one peer domain.
 #[derive(Debug)]
-pub struct XenTransport {
+pub struct XenTransport<S: Sys = Linux> {
+    sys: S,
     own: DomId,
     peer: DomId,
-    gntalloc: Option<Gntalloc>,
-    gntdev: Option<Gntdev>,
+    gntalloc: Option<Gntalloc<S>>,
+    gntdev: Option<Gntdev<S>>,
 }
 
-impl XenTransport {
+impl XenTransport<Linux> {
     /// A transport between this domain, `own` (written into offers: the
     /// acceptor maps the grants from it), and domain `peer` (offers go to
     /// it; only offers from it are accepted). A domU learns `own` from
     /// XenStore (its relative key `domid`). The grant devices are opened on
     /// first use (an acceptor never needs gntalloc).
     pub fn new(own: DomId, peer: DomId) -> Self {
-        Self {
-            own,
-            peer,
-            gntalloc: None,
-            gntdev: None,
-        }
-    }
-
-    /// The peer domain.
-    pub fn peer(&self) -> DomId {
-        self.peer
+        Self::with_sys(Linux, own, peer)
     }
 
     /// Reads and validates rendezvous bytes (pure; no device touched).
@@ -283,53 +374,89 @@ impl XenTransport {
         let offer = crate::crxg::parse(peer, bytes)?;
         Ok((offer.header, offer.layout, offer.refs().collect()))
     }
+}
 
-    fn gntalloc(&mut self) -> Result<Gntalloc, GrantError> {
+impl<S: Sys> XenTransport<S> {
+    /// As [`XenTransport::new`], with the system calls of `sys`.
+    pub fn with_sys(sys: S, own: DomId, peer: DomId) -> Self {
+        Self {
+            sys,
+            own,
+            peer,
+            gntalloc: None,
+            gntdev: None,
+        }
+    }
+
+    /// The peer domain.
+    pub fn peer(&self) -> DomId {
+        self.peer
+    }
+
+    fn gntalloc(&mut self) -> Result<Gntalloc<S>, GrantError> {
         if let Some(g) = &self.gntalloc {
             return Ok(g.clone());
         }
-        let g = Gntalloc::open()?;
+        let g = Gntalloc::open_with(self.sys.clone())?;
         self.gntalloc = Some(g.clone());
         Ok(g)
     }
 
-    fn gntdev(&mut self) -> Result<Gntdev, GrantError> {
+    fn gntdev(&mut self) -> Result<Gntdev<S>, GrantError> {
         if let Some(g) = &self.gntdev {
             return Ok(g.clone());
         }
-        let g = Gntdev::open()?;
+        let g = Gntdev::open_with(self.sys.clone())?;
         self.gntdev = Some(g.clone());
         Ok(g)
+    }
+
+    /// A doorbell on `ev`'s `port`, connected to `peer_dom` in `peer`'s
+    /// role; Xen is asked about the port if privcmd opens (a descriptor per
+    /// doorbell, like the event channel's).
+    fn doorbell(
+        &self,
+        ev: Evtchn<S>,
+        port: EvtchnPort,
+        pages: Arc<LinkPages<S>>,
+        peer: Role,
+        peer_dom: DomId,
+    ) -> XenDoorbell<S> {
+        XenDoorbell {
+            peer_dom,
+            privcmd: Privcmd::open_with(self.sys.clone()).ok(),
+            ..XenDoorbell::new(ev, port, pages, peer)
+        }
     }
 }
 
 /// An offer waiting for the acceptor's live byte.
 #[derive(Debug)]
-pub struct XenPending {
-    region: XenRegion,
-    doorbell: XenDoorbell,
+pub struct XenPending<S: Sys = Linux> {
+    region: XenRegion<S>,
+    doorbell: XenDoorbell<S>,
     layout: ChannelLayout,
 }
 
-impl XenPending {
+impl<S: Sys> XenPending<S> {
     /// Whether the acceptor has set its live byte (it has mapped and bound;
     /// [`PendingOffer::complete`] would return at once).
     pub fn peer_alive(&self) -> bool {
-        self.doorbell.peer_alive()
+        self.doorbell.live()
     }
 }
 
-impl Transport for XenTransport {
-    type Region = XenRegion;
-    type Doorbell = XenDoorbell;
-    type Pending = XenPending;
+impl<S: Sys> Transport for XenTransport<S> {
+    type Region = XenRegion<S>;
+    type Doorbell = XenDoorbell<S>;
+    type Pending = XenPending<S>;
     type Error = XenTransportError;
 
     fn offer(
         &mut self,
         layout: ChannelLayout,
         rendezvous: &mut [u8],
-    ) -> Result<(XenPending, usize), XenTransportError> {
+    ) -> Result<(XenPending<S>, usize), XenTransportError> {
         if !valid_size(layout.to_acceptor) || !valid_size(layout.to_offerer) {
             return Err(XenTransportError::Rendezvous(RendezvousError::BadLayout));
         }
@@ -339,7 +466,7 @@ impl Transport for XenTransport {
             return Err(XenTransportError::BufferTooSmall { needed });
         }
         let share = self.gntalloc()?.share(self.peer, n)?;
-        let ev = Evtchn::open()?;
+        let ev = Evtchn::open_with(self.sys.clone())?;
         let port = ev.bind_unbound(self.peer)?;
         let live = share.len() - PAGE_SIZE;
         share.set_unmap_notify(UnmapNotify {
@@ -373,12 +500,7 @@ impl Transport for XenTransport {
         for (slot, r) in tail.chunks_exact_mut(4).zip(&refs) {
             slot.copy_from_slice(U32::new(*r).as_bytes());
         }
-        let doorbell = XenDoorbell {
-            ev,
-            port,
-            pages,
-            peer: Role::Acceptor,
-        };
+        let doorbell = self.doorbell(ev, port, pages, Role::Acceptor, self.peer);
         Ok((
             XenPending {
                 region,
@@ -392,8 +514,8 @@ impl Transport for XenTransport {
     fn accept(
         &mut self,
         rendezvous: &[u8],
-    ) -> Result<Link<XenRegion, XenDoorbell>, XenTransportError> {
-        let (h, layout, refs) = Self::parse_rendezvous(self.peer, rendezvous)?;
+    ) -> Result<Link<XenRegion<S>, XenDoorbell<S>>, XenTransportError> {
+        let (h, layout, refs) = XenTransport::parse_rendezvous(self.peer, rendezvous)?;
         let map = self.gntdev()?.map(h.offerer.get(), &refs)?;
         let live = map.len() - PAGE_SIZE;
         let pages = Arc::new(LinkPages {
@@ -403,7 +525,7 @@ impl Transport for XenTransport {
         if pages.read_live(Role::Offerer) == 0 {
             return Err(XenTransportError::PeerGone);
         }
-        let ev = Evtchn::open()?;
+        let ev = Evtchn::open_with(self.sys.clone())?;
         let port = ev.bind_interdomain(h.offerer.get(), h.port.get())?;
         if let Pages::Foreign(map) = &pages.pages {
             let notify = UnmapNotify {
@@ -418,12 +540,7 @@ impl Transport for XenTransport {
             pages: Arc::clone(&pages),
             len: layout.region_len(),
         };
-        let doorbell = XenDoorbell {
-            ev,
-            port,
-            pages,
-            peer: Role::Offerer,
-        };
+        let doorbell = self.doorbell(ev, port, pages, Role::Offerer, h.offerer.get());
         Ok(Link {
             region,
             doorbell,
@@ -433,17 +550,17 @@ impl Transport for XenTransport {
     }
 }
 
-impl PendingOffer for XenPending {
-    type Region = XenRegion;
-    type Doorbell = XenDoorbell;
+impl<S: Sys> PendingOffer for XenPending<S> {
+    type Region = XenRegion<S>;
+    type Doorbell = XenDoorbell<S>;
     type Error = XenTransportError;
 
     fn complete(
         self,
         timeout: Option<Duration>,
-    ) -> Result<Link<XenRegion, XenDoorbell>, XenTransportError> {
+    ) -> Result<Link<XenRegion<S>, XenDoorbell<S>>, XenTransportError> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        while !self.doorbell.peer_alive() {
+        while !self.doorbell.live() {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left.is_some_and(|l| l.is_zero()) {
                 return Err(XenTransportError::Timeout);
@@ -564,5 +681,176 @@ mod tests {
             t.accept(&[0xA5; 100]),
             Err(XenTransportError::Rendezvous(_))
         ));
+    }
+}
+
+/// The doorbell against the fake drivers: what it concludes from Xen's
+/// word on the port.
+#[cfg(test)]
+mod doorbell_tests {
+    use super::*;
+    use crate::fake::FakeXen;
+    use crate::privcmd::IOCTL_PRIVCMD_HYPERCALL;
+    use crate::sys::Errno;
+    use coresident::{Channel, ChannelConfig, ChannelError, StdClock};
+
+    type FakeLink = Link<XenRegion<FakeXen>, XenDoorbell<FakeXen>>;
+
+    /// An offerer (domain 0) and an acceptor (domain `acceptor`), both
+    /// through `xen`.
+    fn pair(xen: &FakeXen, acceptor: DomId) -> (FakeLink, FakeLink) {
+        let layout = ChannelLayout::symmetric(1024);
+        let mut buf = [0u8; 256];
+        let (pending, n) = XenTransport::with_sys(xen.clone(), 0, acceptor)
+            .offer(layout, &mut buf)
+            .unwrap();
+        let acc = XenTransport::with_sys(xen.clone(), acceptor, 0)
+            .accept(&buf[..n])
+            .unwrap();
+        let off = pending.complete(Some(Duration::from_secs(1))).unwrap();
+        // Consume the handshake's events (the acceptor's ring, and the
+        // fresh interdomain port's pending bit; the fake has one queue).
+        while off.doorbell.wait(Some(Duration::ZERO)).unwrap() == Wake::Rung {}
+        (off, acc)
+    }
+
+    fn with_privcmd() -> FakeXen {
+        let xen = FakeXen::default();
+        xen.state().privcmd = true;
+        xen
+    }
+
+    fn hypercalls(xen: &FakeXen) -> usize {
+        xen.state().hypercalls
+    }
+
+    #[test]
+    fn connected_port_means_alive_and_events_spare_hypercalls() {
+        let xen = with_privcmd();
+        let (off, acc) = pair(&xen, 0);
+        assert!(off.doorbell.can_ask_xen());
+        assert_eq!(off.doorbell.port_connected(), Some(true));
+        assert_eq!(acc.doorbell.port_connected(), Some(true));
+        let n = hypercalls(&xen);
+        assert!(off.doorbell.peer_alive());
+        assert_eq!(hypercalls(&xen), n + 1, "quiet: Xen is asked");
+        acc.doorbell.ring().unwrap();
+        let t = Some(Duration::from_millis(10));
+        assert_eq!(off.doorbell.wait(t).unwrap(), Wake::Rung);
+        assert_eq!(hypercalls(&xen), n + 1, "a wake-up asks nothing");
+        assert!(off.doorbell.peer_alive());
+        assert_eq!(hypercalls(&xen), n + 1, "an event was heard: no need");
+        assert!(off.doorbell.peer_alive());
+        assert_eq!(hypercalls(&xen), n + 2, "heard nothing since: ask");
+        // A quiet wait asks too, and the peer is still there.
+        assert_eq!(off.doorbell.wait(t).unwrap(), Wake::TimedOut);
+        assert_eq!(hypercalls(&xen), n + 3);
+        drop(acc);
+    }
+
+    #[test]
+    fn destroyed_peer_domain_is_seen_without_unmap_notify() {
+        let xen = with_privcmd();
+        let (off, acc) = pair(&xen, 0);
+        // The acceptor's domain is destroyed: its live byte stays set,
+        // nothing rings, Xen leaves our end unbound.
+        xen.state().destroy_peer_of(off.doorbell.port());
+        assert_eq!(off.doorbell.pages.read_live(Role::Acceptor), 1);
+        assert_eq!(off.doorbell.port_connected(), Some(false));
+        assert!(!off.doorbell.peer_alive());
+        assert_eq!(
+            off.doorbell.wait(Some(Duration::from_millis(10))).unwrap(),
+            Wake::PeerGone
+        );
+        // And a blocked channel reports it by itself.
+        let xen = with_privcmd();
+        let (off, acc2) = pair(&xen, 0);
+        let config = ChannelConfig {
+            liveness: None,
+            spin: 0,
+            ..ChannelConfig::default()
+        };
+        let mut ch = Channel::new(off, config, StdClock::default()).unwrap();
+        let mut buf = vec![0u8; ch.max_incoming()];
+        assert_eq!(
+            ch.recv_blocking(&mut buf, Some(Duration::from_millis(50))),
+            Err(ChannelError::TimedOut)
+        );
+        xen.state().destroy_peer_of(ch.doorbell().port());
+        assert_eq!(
+            ch.recv_blocking(&mut buf, Some(Duration::from_secs(5))),
+            Err(ChannelError::PeerGone)
+        );
+        drop((acc, acc2));
+    }
+
+    #[test]
+    fn quiet_timeout_asks_xen() {
+        let xen = with_privcmd();
+        let (off, acc) = pair(&xen, 0);
+        // Nothing asked since the event of binding: the wait starts on the
+        // cheap checks, times out, asks Xen, and reports the death.
+        acc.doorbell.ring().unwrap();
+        let t = Some(Duration::from_millis(10));
+        assert_eq!(off.doorbell.wait(t).unwrap(), Wake::Rung);
+        xen.state().destroy_peer_of(off.doorbell.port());
+        assert_eq!(off.doorbell.wait(t).unwrap(), Wake::PeerGone);
+        drop(acc);
+    }
+
+    #[test]
+    fn closed_port_or_another_domain_means_gone() {
+        let xen = with_privcmd();
+        let (off, acc) = pair(&xen, 0);
+        // Our own end freed under us: EVTCHNSTAT_closed.
+        let port = acc.doorbell.port();
+        acc.doorbell.ev.unbind(port).unwrap();
+        assert_eq!(acc.doorbell.port_connected(), Some(false));
+        assert!(!acc.doorbell.peer_alive());
+        drop((off, acc));
+        // The offerer offered to domain 5, but its port is connected to a
+        // port of domain 0 (all the fake knows): not the peer.
+        let xen = with_privcmd();
+        let (off, acc) = pair(&xen, 5);
+        assert_eq!(off.doorbell.port_connected(), Some(false));
+        assert_eq!(acc.doorbell.port_connected(), Some(true));
+        drop((off, acc));
+    }
+
+    #[test]
+    fn hypercall_error_concludes_nothing() {
+        let xen = with_privcmd();
+        let (off, acc) = pair(&xen, 0);
+        xen.state().destroy_peer_of(off.doorbell.port());
+        xen.state().fail = Some((IOCTL_PRIVCMD_HYPERCALL, Errno::NOSYS));
+        assert_eq!(off.doorbell.port_connected(), None);
+        // Today's behaviour: the live byte is set, so alive.
+        xen.state().fail = Some((IOCTL_PRIVCMD_HYPERCALL, Errno::FAULT));
+        assert!(off.doorbell.peer_alive());
+        xen.state().fail = Some((IOCTL_PRIVCMD_HYPERCALL, Errno::NOSYS));
+        assert_eq!(
+            off.doorbell.wait(Some(Duration::from_millis(10))).unwrap(),
+            Wake::TimedOut
+        );
+        // Once Xen answers, the death shows.
+        assert!(!off.doorbell.peer_alive());
+        drop(acc);
+    }
+
+    #[test]
+    fn without_privcmd_the_live_byte_decides() {
+        let xen = FakeXen::default();
+        let (off, acc) = pair(&xen, 0);
+        assert!(!off.doorbell.can_ask_xen());
+        assert_eq!(off.doorbell.port_connected(), None);
+        xen.state().destroy_peer_of(off.doorbell.port());
+        assert!(off.doorbell.peer_alive());
+        let t = Some(Duration::from_millis(10));
+        assert_eq!(off.doorbell.wait(t).unwrap(), Wake::TimedOut);
+        assert_eq!(hypercalls(&xen), 0);
+        // Unmap-notify still works: the acceptor's pages go, its byte clears.
+        drop(acc);
+        assert!(!off.doorbell.peer_alive());
+        assert_eq!(off.doorbell.wait(t).unwrap(), Wake::PeerGone);
     }
 }
