@@ -23,6 +23,8 @@
 //!   `/dev/xen/xenbus` (any domain).
 //! - [`crxg`]: the rendezvous bytes and the page layout of an offer, `core`
 //!   only, spoken by both transports below.
+//! - [`rendezvous_keys`]: the XenStore rendezvous's keys, limits, write
+//!   order and value checks, `core` only, spoken by both rendezvous below.
 //! - `kernel` (feature `xen-sys`, x86_64, `no_std`): grant table v1, event
 //!   channels and `KernelTransport` over hypercalls, for a PV guest kernel
 //!   that supplies them through the `Kernel` trait (docs/kernel.md).
@@ -113,6 +115,7 @@
 
 pub mod console_ring;
 pub mod crxg;
+pub mod rendezvous_keys;
 pub mod ring_rendezvous;
 pub mod xs_ring;
 pub mod xs_wire;

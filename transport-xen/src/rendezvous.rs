@@ -116,74 +116,23 @@ use coresident::{ChannelLayout, Link, PendingOffer, Transport};
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::IntoBytes;
 
+use crate::rendezvous_keys::{self as keys, perms, ReadError, Store, TooLong};
 use crate::transport::{
     RendezvousError, RendezvousHeader, XenPending, RENDEZVOUS_MAGIC, RENDEZVOUS_VERSION,
 };
 use crate::xenstore::XenStore;
-use crate::xs_wire::{self, Access, Perm, ValueError, XsErrno};
+use crate::xs_wire::{self, Perm, ValueError, XsErrno};
 use crate::{
     DomId, EvtchnPort, GrantRef, XenDoorbell, XenRegion, XenTransport, XenTransportError, XsError,
     MAX_PAGES,
 };
 
-/// Where channels live in a domain's home.
-pub const CHANNELS: &str = "data/coresident/channels";
-/// References per `refsN` key: 128 × 11 bytes fit xenstored's default
-/// 2048-byte quota on a guest's values.
-pub const REFS_PER_KEY: usize = 128;
-/// The longest channel name.
-pub const MAX_NAME_LEN: usize = 64;
-/// The first grant reference a domain can grant: Xen reserves 0..8
-/// (`GNTTAB_NR_RESERVED_ENTRIES`, `public/grant_table.h`).
-pub const FIRST_GRANT_REF: GrantRef = 8;
-/// References at or above this are refused: 2^20 v1 entries are 2048
-/// grant frames, 32 times Xen 4.17's default `max_grant_frames` (64).
-pub const GRANT_REF_LIMIT: GrantRef = 1 << 20;
-/// Ports at or above this are refused: the FIFO ABI's
-/// `EVTCHN_FIFO_NR_CHANNELS` (`public/event_channel.h`); the 2-level ABI
-/// has fewer. Port 0 is never allocated.
-pub const PORT_LIMIT: EvtchnPort = 1 << 17;
+pub use crate::rendezvous_keys::{
+    Key, CHANNELS, FIRST_GRANT_REF, GRANT_REF_LIMIT, MAX_NAME_LEN, PORT_LIMIT, REFS_PER_KEY,
+};
+
 /// xenstored's special node fired whenever a domain is released.
 pub const RELEASE_DOMAIN: &str = "@releaseDomain";
-/// The longest `error` text an acceptor writes.
-const ERROR_TEXT_MAX: usize = 256;
-
-/// Which rendezvous key a [`XsRendezvousError`] is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Key {
-    /// `version`.
-    Version,
-    /// `state`.
-    State,
-    /// `port`.
-    Port,
-    /// `to-acceptor`.
-    ToAcceptor,
-    /// `to-offerer`.
-    ToOfferer,
-    /// `nrefs`.
-    Nrefs,
-    /// `refsN`.
-    Refs(u16),
-    /// `offer-port`.
-    OfferPort,
-}
-
-impl fmt::Display for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Version => f.write_str("version"),
-            Self::State => f.write_str("state"),
-            Self::Port => f.write_str("port"),
-            Self::ToAcceptor => f.write_str("to-acceptor"),
-            Self::ToOfferer => f.write_str("to-offerer"),
-            Self::Nrefs => f.write_str("nrefs"),
-            Self::Refs(i) => write!(f, "refs{i}"),
-            Self::OfferPort => f.write_str("offer-port"),
-        }
-    }
-}
 
 /// A failure of the XenStore rendezvous.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -252,6 +201,62 @@ impl From<XsError> for XsRendezvousError {
     }
 }
 
+impl From<ReadError<XsError>> for XsRendezvousError {
+    fn from(e: ReadError<XsError>) -> Self {
+        match e {
+            ReadError::Store(e) => Self::Xs(e),
+            // Paths fit their buffer for every valid name.
+            ReadError::PathTooLong => Self::BadName,
+            ReadError::Missing(k) => Self::Missing(k),
+            ReadError::Value(k, e) => Self::Value(k, e),
+            ReadError::BadVersion(v) => Self::BadVersion(v),
+            ReadError::BadState(k) => Self::BadState(k),
+            ReadError::BadPort(p) => Self::BadPort(p),
+            ReadError::BadRef(r) => Self::BadRef(r),
+            ReadError::BadRefCount => Self::BadRefCount,
+        }
+    }
+}
+
+impl From<TooLong> for XsRendezvousError {
+    /// Only a channel name makes a path or value too long.
+    fn from(_: TooLong) -> Self {
+        Self::BadName
+    }
+}
+
+/// [`Store`] over the client: each read's value is kept until the next.
+struct Reader<'a, C: Read + Write + AsFd> {
+    xs: &'a mut XenStore<C>,
+    value: Vec<u8>,
+}
+
+impl<'a, C: Read + Write + AsFd> Reader<'a, C> {
+    fn new(xs: &'a mut XenStore<C>) -> Self {
+        Self {
+            xs,
+            value: Vec::new(),
+        }
+    }
+}
+
+impl<C: Read + Write + AsFd> Store for Reader<'_, C> {
+    type Error = XsError;
+
+    fn read(&mut self, path: &str) -> Result<&[u8], XsError> {
+        self.value = self.xs.read(path)?;
+        Ok(&self.value)
+    }
+
+    fn is_absent(e: &XsError) -> bool {
+        matches!(e, XsError::NotFound)
+    }
+
+    fn is_unreadable(e: &XsError) -> bool {
+        matches!(e, XsError::Daemon(XsErrno::EACCES))
+    }
+}
+
 impl From<RendezvousError> for XsRendezvousError {
     fn from(e: RendezvousError) -> Self {
         Self::Offer(e)
@@ -269,12 +274,18 @@ impl From<XenTransportError> for XsRendezvousError {
 
 /// The offer's directory: `/local/domain/OFFERER/data/coresident/channels/ACCEPTOR/NAME/offer`.
 pub fn offer_path(offerer: DomId, acceptor: DomId, name: &str) -> String {
-    format!("/local/domain/{offerer}/{CHANNELS}/{acceptor}/{name}/offer")
+    let mut p = String::new();
+    // Writing to a `String` does not fail.
+    let _ = keys::write_offer_dir(&mut p, offerer, acceptor, name);
+    p
 }
 
 /// The answer's directory: `/local/domain/ACCEPTOR/data/coresident/channels/OFFERER/NAME/answer`.
 pub fn answer_path(acceptor: DomId, offerer: DomId, name: &str) -> String {
-    format!("/local/domain/{acceptor}/{CHANNELS}/{offerer}/{name}/answer")
+    let mut p = String::new();
+    // Writing to a `String` does not fail.
+    let _ = keys::write_answer_dir(&mut p, acceptor, offerer, name);
+    p
 }
 
 /// This domain's id, from its relative XenStore key `domid` (dom0 has one
@@ -344,70 +355,6 @@ pub struct XsPending {
     token: String,
 }
 
-fn perms(owner: DomId, reader: DomId) -> [Perm; 2] {
-    [
-        Perm {
-            domid: owner,
-            access: Access::None,
-        },
-        Perm {
-            domid: reader,
-            access: Access::Read,
-        },
-    ]
-}
-
-/// "Not there yet": absent, or not yet readable by us (perms not set yet).
-fn not_yet(e: XsError) -> bool {
-    matches!(e, XsError::NotFound | XsError::Daemon(XsErrno::EACCES))
-}
-
-fn valid_name(name: &str) -> bool {
-    (1..=MAX_NAME_LEN).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// Reads a required decimal key.
-fn read_key<C: Read + Write + AsFd>(
-    xs: &mut XenStore<C>,
-    dir: &str,
-    key: Key,
-) -> Result<u32, XsRendezvousError> {
-    match xs.read(&format!("{dir}/{key}")) {
-        Ok(v) => xs_wire::parse_u32(&v).map_err(|e| XsRendezvousError::Value(key, e)),
-        Err(XsError::NotFound) => Err(XsRendezvousError::Missing(key)),
-        Err(e) => Err(XsRendezvousError::Xs(e)),
-    }
-}
-
-/// Parses one `refsN` value: `want` space-separated decimal references.
-fn parse_refs(
-    v: &[u8],
-    key: Key,
-    want: usize,
-    out: &mut Vec<GrantRef>,
-) -> Result<(), XsRendezvousError> {
-    let v = v.strip_suffix(&[0]).unwrap_or(v);
-    let mut n = 0;
-    for field in v.split(|&b| b == b' ') {
-        let r = xs_wire::parse_u32(field).map_err(|e| XsRendezvousError::Value(key, e))?;
-        n += 1;
-        if n > want {
-            return Err(XsRendezvousError::BadRefCount);
-        }
-        if !(FIRST_GRANT_REF..GRANT_REF_LIMIT).contains(&r) {
-            return Err(XsRendezvousError::BadRef(r));
-        }
-        out.push(r);
-    }
-    if n != want {
-        return Err(XsRendezvousError::BadRefCount);
-    }
-    Ok(())
-}
-
 impl Rendezvous {
     /// The channel `name` between this domain, `own`, and domain `peer`.
     ///
@@ -415,7 +362,7 @@ impl Rendezvous {
     ///
     /// [`XsRendezvousError::BadName`].
     pub fn new(own: DomId, peer: DomId, name: &str) -> Result<Self, XsRendezvousError> {
-        if !valid_name(name) {
+        if !keys::valid_name(name) {
             return Err(XsRendezvousError::BadName);
         }
         Ok(Self {
@@ -528,7 +475,8 @@ impl Rendezvous {
                 if e != XsRendezvousError::Timeout && !matches!(e, XsRendezvousError::Xs(_)) {
                     // Echo the offer's port if it is readable, so the offerer
                     // knows the refusal is about this offer.
-                    let port = read_key(xs, &offer_dir, Key::Port).unwrap_or(0);
+                    let port =
+                        keys::read_u32(&mut Reader::new(xs), &offer_dir, Key::Port).unwrap_or(0);
                     let _ = write_answer(xs, &answer, perms(self.own, self.peer), port, Err(e));
                 }
                 Err(e)
@@ -665,20 +613,13 @@ fn publish_offer<C: Read + Write + AsFd>(
     refs: &[GrantRef],
 ) -> Result<(), XsRendezvousError> {
     let mut put = fresh_dir(xs, dir, perms)?;
-    put("version", RENDEZVOUS_VERSION.to_string().as_bytes())?;
-    put("port", port.to_string().as_bytes())?;
-    put("to-acceptor", layout.to_acceptor.to_string().as_bytes())?;
-    put("to-offerer", layout.to_offerer.to_string().as_bytes())?;
-    put("nrefs", refs.len().to_string().as_bytes())?;
-    for (i, chunk) in refs.chunks(REFS_PER_KEY).enumerate() {
-        let v = chunk
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(" ");
-        put(&format!("refs{i}"), v.as_bytes())?;
-    }
-    put("state", b"offered")
+    keys::write_offer(
+        &mut put,
+        port,
+        layout,
+        refs.len(),
+        &mut refs.iter().copied(),
+    )
 }
 
 /// Writes the answer under `dir`: `accepted` with our port, or `refused`
@@ -691,20 +632,11 @@ fn write_answer<C: Read + Write + AsFd>(
     outcome: Result<EvtchnPort, XsRendezvousError>,
 ) -> Result<(), XsRendezvousError> {
     let mut put = fresh_dir(xs, dir, perms)?;
-    put("version", RENDEZVOUS_VERSION.to_string().as_bytes())?;
-    put("offer-port", offer_port.to_string().as_bytes())?;
-    match outcome {
-        Ok(port) => {
-            put("port", port.to_string().as_bytes())?;
-            put("state", b"accepted")
-        }
-        Err(e) => {
-            let mut text = e.to_string();
-            text.truncate(ERROR_TEXT_MAX);
-            put("error", text.as_bytes())?;
-            put("state", b"refused")
-        }
-    }
+    let outcome = match &outcome {
+        Ok(port) => Ok(*port),
+        Err(e) => Err(e as &dyn fmt::Display),
+    };
+    keys::write_answer(&mut put, offer_port, outcome)
 }
 
 /// Replaces `dir` by an empty directory with `perms`; returns a writer of
@@ -746,28 +678,10 @@ fn wait_answer<C: Read + Write + AsFd>(
         if live() {
             return Ok(());
         }
-        match xs.read(&format!("{dir}/state")) {
-            Ok(v) => {
-                let v = v.strip_suffix(&[0]).unwrap_or(&v).to_vec();
-                // A stale answer (to an earlier offer) names another port.
-                match read_key(xs, dir, Key::OfferPort) {
-                    Ok(p) if p == port => {
-                        let version = read_key(xs, dir, Key::Version)?;
-                        if version != u32::from(RENDEZVOUS_VERSION) {
-                            return Err(XsRendezvousError::BadVersion(version));
-                        }
-                        return match v.as_slice() {
-                            b"accepted" => Ok(()),
-                            b"refused" => Err(XsRendezvousError::Refused),
-                            _ => Err(XsRendezvousError::BadState(Key::State)),
-                        };
-                    }
-                    Ok(_) | Err(XsRendezvousError::Missing(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(e) if not_yet(e) => {}
-            Err(e) => return Err(e.into()),
+        match keys::read_answer(&mut Reader::new(xs), dir, port)? {
+            Some(true) => return Ok(()),
+            Some(false) => return Err(XsRendezvousError::Refused),
+            None => {}
         }
         wait_event(xs, deadline)?;
     }
@@ -800,51 +714,18 @@ pub fn read_offer<C: Read + Write + AsFd>(
     acceptor: DomId,
     name: &str,
 ) -> Result<Option<Offer>, XsRendezvousError> {
-    if !valid_name(name) {
+    if !keys::valid_name(name) {
         return Err(XsRendezvousError::BadName);
     }
     let dir = offer_path(offerer, acceptor, name);
-    match xs.read(&format!("{dir}/state")) {
-        Ok(v) if v.strip_suffix(&[0]).unwrap_or(&v) == b"offered" => {}
-        Ok(_) => return Err(XsRendezvousError::BadState(Key::State)),
-        Err(e) if not_yet(e) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let version = read_key(xs, &dir, Key::Version)?;
-    if version != u32::from(RENDEZVOUS_VERSION) {
-        return Err(XsRendezvousError::BadVersion(version));
-    }
-    let port = read_key(xs, &dir, Key::Port)?;
-    if !(1..PORT_LIMIT).contains(&port) {
-        return Err(XsRendezvousError::BadPort(port));
-    }
-    let layout = ChannelLayout {
-        to_acceptor: read_key(xs, &dir, Key::ToAcceptor)?,
-        to_offerer: read_key(xs, &dir, Key::ToOfferer)?,
+    let mut refs = Vec::new();
+    let mut push = |r| {
+        refs.push(r);
+        Ok(())
     };
-    let nrefs = read_key(xs, &dir, Key::Nrefs)?;
-    let nrefs = usize::try_from(nrefs).map_err(|_| XsRendezvousError::BadRefCount)?;
-    if nrefs == 0 || nrefs > MAX_PAGES {
-        return Err(XsRendezvousError::BadRefCount);
-    }
-    let mut refs = Vec::with_capacity(nrefs);
-    for (i, start) in (0..nrefs).step_by(REFS_PER_KEY).enumerate() {
-        // `nrefs <= MAX_PAGES`, so `i < MAX_PAGES / REFS_PER_KEY`: fits u16.
-        let key = Key::Refs(u16::try_from(i).unwrap_or(u16::MAX));
-        let v = match xs.read(&format!("{dir}/{key}")) {
-            Ok(v) => v,
-            Err(XsError::NotFound) => return Err(XsRendezvousError::Missing(key)),
-            Err(e) => return Err(e.into()),
-        };
-        parse_refs(&v, key, (nrefs - start).min(REFS_PER_KEY), &mut refs)?;
-    }
-    // Extra keys beyond the count are a lie about the count.
-    let extra = Key::Refs(u16::try_from(nrefs.div_ceil(REFS_PER_KEY)).unwrap_or(u16::MAX));
-    match xs.read(&format!("{dir}/{extra}")) {
-        Err(XsError::NotFound) => {}
-        Ok(_) => return Err(XsRendezvousError::BadRefCount),
-        Err(e) => return Err(e.into()),
-    }
+    let Some(k) = keys::read_offer(&mut Reader::new(xs), &dir, MAX_PAGES, &mut push)? else {
+        return Ok(None);
+    };
     let mut sorted = refs.clone();
     sorted.sort_unstable();
     if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
@@ -852,8 +733,8 @@ pub fn read_offer<C: Read + Write + AsFd>(
     }
     let offer = Offer {
         offerer,
-        port,
-        layout,
+        port: k.port,
+        layout: k.layout,
         refs,
     };
     // The transport's own checks: sizes, and the count for those sizes.

@@ -1,9 +1,10 @@
 //! The accepting side of the XenStore rendezvous for a `no_std` kernel
 //! (the `std` one is `crate::rendezvous`, feature `std`): the same keys,
 //! read and written over the start_info XenStore ring ([`XsRing`]), the
-//! same checks on every value the offering domain wrote, then the
-//! transport's own check of the rebuilt "CRXG" bytes ([`crxg::parse`],
-//! inside the kernel transport's `accept`). `core` only, no allocation.
+//! same checks on every value the offering domain wrote (both sides speak
+//! [`rendezvous_keys`](crate::rendezvous_keys)), then the transport's own
+//! check of the rebuilt "CRXG" bytes ([`crxg::parse`], inside the kernel
+//! transport's `accept`). `core` only, no allocation.
 //!
 //! ```text
 //!  offer:  /local/domain/O/data/coresident/channels/A/NAME/offer/
@@ -22,27 +23,20 @@
 //! transport's pages to a daemon, which accepts with the `std`
 //! rendezvous.
 
-use core::fmt::{self, Write as _};
+use core::fmt;
 
 use coresident::ChannelLayout;
 
 use crate::crxg;
+use crate::rendezvous_keys::{self as keys, ReadError, Store, TooLong};
 use crate::xs_ring::{Events, XsRing, XsRingError};
-use crate::xs_wire::{self, Access, Perm, ValueError, XsErrno};
+use crate::xs_wire::{Perm, ValueError, XsErrno};
 use crate::{DomId, EvtchnPort, GrantRef};
 
-/// Where channels live in a domain's home (as the `std` rendezvous's).
-pub const CHANNELS: &str = "data/coresident/channels";
-/// References per `refsN` key (as the `std` rendezvous's).
-pub const REFS_PER_KEY: usize = 128;
+pub use crate::rendezvous_keys::{Path, CHANNELS, REFS_PER_KEY};
+
 /// The most grant references this kernel accepts in one offer.
 pub const MAX_REFS: usize = 32;
-/// Grant references below this are Xen's (`GNTTAB_NR_RESERVED_ENTRIES`).
-const FIRST_GRANT_REF: GrantRef = 8;
-/// 2^20 v1 entries (as the `std` rendezvous's limit).
-const GRANT_REF_LIMIT: GrantRef = 1 << 20;
-/// `EVTCHN_FIFO_NR_CHANNELS` (as the `std` rendezvous's limit).
-const PORT_LIMIT: EvtchnPort = 1 << 17;
 
 /// Why the rendezvous failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,54 +105,41 @@ impl From<XsRingError> for RdvError {
     }
 }
 
-/// A XenStore path built on the stack.
-#[derive(Clone)]
-pub struct Path {
-    buf: [u8; 192],
-    len: usize,
-}
-
-impl fmt::Debug for Path {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
+impl From<TooLong> for RdvError {
+    fn from(_: TooLong) -> Self {
+        Self::PathTooLong
     }
 }
 
-impl fmt::Write for Path {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len.checked_add(s.len()).ok_or(fmt::Error)?;
-        self.buf
-            .get_mut(self.len..end)
-            .ok_or(fmt::Error)?
-            .copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
-impl Path {
-    /// An empty path.
-    pub const fn empty() -> Self {
-        Self {
-            buf: [0; 192],
-            len: 0,
+impl From<ReadError<XsRingError>> for RdvError {
+    fn from(e: ReadError<XsRingError>) -> Self {
+        match e {
+            ReadError::Store(e) => Self::Xs(e),
+            ReadError::PathTooLong => Self::PathTooLong,
+            ReadError::Missing(k) => Self::Missing(k.name()),
+            ReadError::Value(k, e) => Self::Value(k.name(), e),
+            ReadError::BadVersion(v) => Self::BadVersion(v),
+            ReadError::BadState(_) => Self::BadState,
+            ReadError::BadPort(p) => Self::BadPort(p),
+            ReadError::BadRef(r) => Self::BadRef(r),
+            ReadError::BadRefCount => Self::BadRefCount,
         }
     }
+}
 
-    /// The path of `args`.
-    ///
-    /// # Errors
-    ///
-    /// [`RdvError::PathTooLong`].
-    pub fn new(args: fmt::Arguments<'_>) -> Result<Self, RdvError> {
-        let mut p = Self::empty();
-        p.write_fmt(args).map_err(|_| RdvError::PathTooLong)?;
-        Ok(p)
+impl<E: Events> Store for XsRing<E> {
+    type Error = XsRingError;
+
+    fn read(&mut self, path: &str) -> Result<&[u8], XsRingError> {
+        XsRing::read(self, path)
     }
 
-    /// The path (ASCII: only `str`s were written).
-    pub fn as_str(&self) -> &str {
-        core::str::from_utf8(self.buf.get(..self.len).unwrap_or(&[])).unwrap_or("")
+    fn is_absent(e: &XsRingError) -> bool {
+        matches!(e, XsRingError::Daemon(XsErrno::ENOENT))
+    }
+
+    fn is_unreadable(e: &XsRingError) -> bool {
+        matches!(e, XsRingError::Daemon(XsErrno::EACCES))
     }
 }
 
@@ -194,31 +175,15 @@ impl Offer {
     }
 }
 
-fn not_yet(e: &XsRingError) -> bool {
-    matches!(
-        e,
-        XsRingError::Daemon(XsErrno::ENOENT) | XsRingError::Daemon(XsErrno::EACCES)
-    )
-}
-
-fn read_u32<E: Events>(xs: &mut XsRing<E>, dir: &str, key: &'static str) -> Result<u32, RdvError> {
-    let p = Path::new(format_args!("{dir}/{key}"))?;
-    match xs.read(p.as_str()) {
-        Ok(v) => xs_wire::parse_u32(v).map_err(|e| RdvError::Value(key, e)),
-        Err(XsRingError::Daemon(XsErrno::ENOENT)) => Err(RdvError::Missing(key)),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// The offer's directory.
 ///
 /// # Errors
 ///
 /// [`RdvError::PathTooLong`].
 pub fn offer_dir(offerer: DomId, acceptor: DomId, name: &str) -> Result<Path, RdvError> {
-    Path::new(format_args!(
-        "/local/domain/{offerer}/{CHANNELS}/{acceptor}/{name}/offer"
-    ))
+    let mut p = Path::empty();
+    keys::write_offer_dir(&mut p, offerer, acceptor, name).map_err(|_| RdvError::PathTooLong)?;
+    Ok(p)
 }
 
 /// The answer's directory.
@@ -227,9 +192,9 @@ pub fn offer_dir(offerer: DomId, acceptor: DomId, name: &str) -> Result<Path, Rd
 ///
 /// [`RdvError::PathTooLong`].
 pub fn answer_dir(acceptor: DomId, offerer: DomId, name: &str) -> Result<Path, RdvError> {
-    Path::new(format_args!(
-        "/local/domain/{acceptor}/{CHANNELS}/{offerer}/{name}/answer"
-    ))
+    let mut p = Path::empty();
+    keys::write_answer_dir(&mut p, acceptor, offerer, name).map_err(|_| RdvError::PathTooLong)?;
+    Ok(p)
 }
 
 /// Reads and validates the offer under `dir`; `Ok(None)` while its `state`
@@ -243,72 +208,29 @@ pub fn read_offer<E: Events>(
     offerer: DomId,
     dir: &str,
 ) -> Result<Option<Offer>, RdvError> {
-    let state = Path::new(format_args!("{dir}/state"))?;
-    match xs.read(state.as_str()) {
-        Ok(v) if v.strip_suffix(&[0]).unwrap_or(v) == b"offered" => {}
-        Ok(_) => return Err(RdvError::BadState),
-        Err(e) if not_yet(&e) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let version = read_u32(xs, dir, "version")?;
-    if version != u32::from(crxg::RENDEZVOUS_VERSION) {
-        return Err(RdvError::BadVersion(version));
-    }
-    let port = read_u32(xs, dir, "port")?;
-    if !(1..PORT_LIMIT).contains(&port) {
-        return Err(RdvError::BadPort(port));
-    }
-    let layout = ChannelLayout {
-        to_acceptor: read_u32(xs, dir, "to-acceptor")?,
-        to_offerer: read_u32(xs, dir, "to-offerer")?,
-    };
-    let nrefs = read_u32(xs, dir, "nrefs")? as usize;
-    if nrefs == 0 || nrefs > MAX_REFS {
-        return Err(RdvError::BadRefCount);
-    }
-    let mut offer = Offer {
-        offerer,
-        port,
-        layout,
-        refs: [0; MAX_REFS],
-        nrefs: 0,
-    };
-    let keys = nrefs.div_ceil(REFS_PER_KEY);
-    for k in 0..=keys {
-        let p = Path::new(format_args!("{dir}/refs{k}"))?;
-        let v = match xs.read(p.as_str()) {
-            // One key past the count must not exist: extra keys lie.
-            Ok(_) if k == keys => return Err(RdvError::BadRefCount),
-            Ok(v) => v,
-            Err(XsRingError::Daemon(XsErrno::ENOENT)) if k == keys => break,
-            Err(XsRingError::Daemon(XsErrno::ENOENT)) => return Err(RdvError::Missing("refsN")),
-            Err(e) => return Err(e.into()),
-        };
-        let want = (nrefs - k * REFS_PER_KEY).min(REFS_PER_KEY);
-        let v = v.strip_suffix(&[0]).unwrap_or(v);
-        let mut n = 0;
-        for field in v.split(|&b| b == b' ') {
-            let r = xs_wire::parse_u32(field).map_err(|e| RdvError::Value("refsN", e))?;
-            if n == want || offer.nrefs >= MAX_REFS {
-                return Err(RdvError::BadRefCount);
-            }
-            if !(FIRST_GRANT_REF..GRANT_REF_LIMIT).contains(&r) || offer.refs().contains(&r) {
-                return Err(RdvError::BadRef(r));
-            }
-            if let Some(slot) = offer.refs.get_mut(offer.nrefs) {
-                *slot = r;
-            }
-            offer.nrefs += 1;
-            n += 1;
+    let mut refs = [0; MAX_REFS];
+    let mut nrefs = 0;
+    let mut push = |r: GrantRef| {
+        if refs.get(..nrefs).unwrap_or(&[]).contains(&r) {
+            return Err(ReadError::BadRef(r));
         }
-        if n != want {
-            return Err(RdvError::BadRefCount);
-        }
-    }
-    if !crxg::valid_layout(layout) || crxg::pages_for(layout) != nrefs {
+        *refs.get_mut(nrefs).ok_or(ReadError::BadRefCount)? = r;
+        nrefs += 1;
+        Ok(())
+    };
+    let Some(k) = keys::read_offer(xs, dir, MAX_REFS, &mut push)? else {
+        return Ok(None);
+    };
+    if !crxg::valid_layout(k.layout) || crxg::pages_for(k.layout) != k.nrefs {
         return Err(RdvError::BadLayout);
     }
-    Ok(Some(offer))
+    Ok(Some(Offer {
+        offerer,
+        port: k.port,
+        layout: k.layout,
+        refs,
+        nrefs,
+    }))
 }
 
 /// Waits, on a watch of the offer's directory, for a valid offer from
@@ -369,7 +291,7 @@ pub fn wait_valid_offer<E: Events>(
             Ok(Some(offer)) => break Ok(offer),
             Ok(None) => {}
             Err(e) if e.is_malformed() => {
-                let port = read_u32(xs, dir.as_str(), "port").unwrap_or(0);
+                let port = keys::read_u32(xs, dir.as_str(), keys::Key::Port).unwrap_or(0);
                 if last != Some((e, port)) {
                     if let Err(e) = write_answer(xs, own, offerer, name, port, Err(&e)) {
                         break Err(e);
@@ -413,45 +335,21 @@ fn write_answer<E: Events>(
     outcome: Result<EvtchnPort, &dyn fmt::Display>,
 ) -> Result<(), RdvError> {
     let dir = answer_dir(own, offerer, name)?;
-    let perms = [
-        Perm {
-            domid: own,
-            access: Access::None,
-        },
-        Perm {
-            domid: offerer,
-            access: Access::Read,
-        },
-    ];
-    match xs.rm(dir.as_str()) {
+    let perms = keys::perms(own, offerer);
+    fresh_dir(xs, dir.as_str(), &perms)?;
+    let mut put = |k: &str, v: &[u8]| put(xs, dir.as_str(), k, v, &perms);
+    keys::write_answer(&mut put, offer_port, outcome)
+}
+
+/// Replaces `dir` by an empty directory with `perms`.
+fn fresh_dir<E: Events>(xs: &mut XsRing<E>, dir: &str, perms: &[Perm]) -> Result<(), RdvError> {
+    match xs.rm(dir) {
         Ok(()) | Err(XsRingError::Daemon(XsErrno::ENOENT)) => {}
         Err(e) => return Err(e.into()),
     }
-    xs.mkdir(dir.as_str())?;
-    xs.set_perms(dir.as_str(), &perms)?;
-    let d = dir.as_str();
-    let mut num = [0u8; 10];
-    put(
-        xs,
-        d,
-        "version",
-        dec(crxg::RENDEZVOUS_VERSION.into(), &mut num),
-        &perms,
-    )?;
-    put(xs, d, "offer-port", dec(offer_port, &mut num), &perms)?;
-    match outcome {
-        Ok(port) => {
-            put(xs, d, "port", dec(port, &mut num), &perms)?;
-            put(xs, d, "state", b"accepted", &perms)
-        }
-        Err(why) => {
-            let mut text = Path::empty();
-            // Truncated at the buffer's end: text for humans, never parsed.
-            let _ = write!(text, "{why}");
-            put(xs, d, "error", text.as_str().as_bytes(), &perms)?;
-            put(xs, d, "state", b"refused", &perms)
-        }
-    }
+    xs.mkdir(dir)?;
+    xs.set_perms(dir, perms)?;
+    Ok(())
 }
 
 /// Writes `dir/key` = `value` with `perms`.
@@ -468,20 +366,6 @@ fn put<E: Events>(
     // the std rendezvous does.
     xs.set_perms(p.as_str(), perms)?;
     Ok(())
-}
-
-/// `v` in decimal, in `buf`.
-fn dec(mut v: u32, buf: &mut [u8; 10]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    &buf[i..]
 }
 
 /// Publishes the kernel transport's offer (its rendezvous `bytes`, from
@@ -503,72 +387,18 @@ pub fn publish_offer<E: Events>(
     let offer = crxg::parse(own, bytes).map_err(|_| RdvError::OwnOffer)?;
     let dir = offer_dir(own, acceptor, name)?;
     let d = dir.as_str();
-    let perms = [
-        Perm {
-            domid: own,
-            access: Access::None,
-        },
-        Perm {
-            domid: acceptor,
-            access: Access::Read,
-        },
-    ];
-    let r = (|| {
-        match xs.rm(d) {
-            Ok(()) | Err(XsRingError::Daemon(XsErrno::ENOENT)) => {}
-            Err(e) => return Err(e.into()),
-        }
-        xs.mkdir(d)?;
-        xs.set_perms(d, &perms)?;
-        let mut num = [0u8; 10];
-        put(
-            xs,
-            d,
-            "version",
-            dec(crxg::RENDEZVOUS_VERSION.into(), &mut num),
-            &perms,
-        )?;
-        put(xs, d, "port", dec(offer.port(), &mut num), &perms)?;
-        put(
-            xs,
-            d,
-            "to-acceptor",
-            dec(offer.layout.to_acceptor, &mut num),
-            &perms,
-        )?;
-        put(
-            xs,
-            d,
-            "to-offerer",
-            dec(offer.layout.to_offerer, &mut num),
-            &perms,
-        )?;
-        let nrefs = u32::try_from(offer.nrefs()).map_err(|_| RdvError::BadRefCount)?;
-        put(xs, d, "nrefs", dec(nrefs, &mut num), &perms)?;
-        // REFS_PER_KEY references of at most 10 digits and a space each.
-        let mut value = [0u8; REFS_PER_KEY * 11];
+    let perms = keys::perms(own, acceptor);
+    let r = fresh_dir(xs, d, &perms).and_then(|()| {
+        let mut put = |k: &str, v: &[u8]| put(xs, d, k, v, &perms);
         let mut refs = offer.refs();
-        let mut k = 0;
-        loop {
-            let mut len = 0;
-            for r in refs.by_ref().take(REFS_PER_KEY) {
-                let digits = dec(r, &mut num);
-                let sep = usize::from(len > 0);
-                let end = len + sep + digits.len();
-                let slot = value.get_mut(len..end).ok_or(RdvError::BadRefCount)?;
-                slot[..sep].copy_from_slice(&b" "[..sep]);
-                slot[sep..].copy_from_slice(digits);
-                len = end;
-            }
-            if len == 0 {
-                break;
-            }
-            let key = Path::new(format_args!("refs{k}"))?;
-            put(xs, d, key.as_str(), value.get(..len).unwrap_or(&[]), &perms)?;
-            k += 1;
-        }
-        put(xs, d, "state", b"offered", &perms)
-    })();
+        keys::write_offer(
+            &mut put,
+            offer.port(),
+            offer.layout,
+            offer.nrefs(),
+            &mut refs,
+        )
+    });
     if r.is_err() {
         let _ = xs.rm(d);
     }
@@ -596,10 +426,11 @@ pub fn wait_answer<E: Events>(
     let token = "coresident-answer";
     let r = xs.watch(d, token).map_err(RdvError::from).and_then(|()| {
         let r = loop {
-            match read_answer(xs, d, port) {
-                Ok(Some(r)) => break r,
+            match keys::read_answer(xs, d, port) {
+                Ok(Some(true)) => break Ok(()),
+                Ok(Some(false)) => break Err(RdvError::Refused),
                 Ok(None) => {}
-                Err(e) => break Err(e),
+                Err(e) => break Err(e.into()),
             }
             if let Err(e) = xs.wait_watch() {
                 break Err(e.into());
@@ -612,39 +443,6 @@ pub fn wait_answer<E: Events>(
         let _ = xs.rm(offer.as_str());
     }
     r
-}
-
-/// The answer under `dir` to the offer of `port`: `None` while absent,
-/// unreadable, or about another offer.
-fn read_answer<E: Events>(
-    xs: &mut XsRing<E>,
-    dir: &str,
-    port: EvtchnPort,
-) -> Result<Option<Result<(), RdvError>>, RdvError> {
-    let state = Path::new(format_args!("{dir}/state"))?;
-    let accepted = match xs.read(state.as_str()) {
-        Ok(v) => match v.strip_suffix(&[0]).unwrap_or(v) {
-            b"accepted" => true,
-            b"refused" => false,
-            _ => return Err(RdvError::BadState),
-        },
-        Err(e) if not_yet(&e) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    match read_u32(xs, dir, "offer-port") {
-        Ok(p) if p == port => {}
-        Ok(_) | Err(RdvError::Missing(_)) => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let version = read_u32(xs, dir, "version")?;
-    if version != u32::from(crxg::RENDEZVOUS_VERSION) {
-        return Err(RdvError::BadVersion(version));
-    }
-    Ok(Some(if accepted {
-        Ok(())
-    } else {
-        Err(RdvError::Refused)
-    }))
 }
 
 /// Removes our answer (teardown).
