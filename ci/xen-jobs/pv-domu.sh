@@ -11,7 +11,9 @@
 # checking every message and the other's closing summary, and the kernel
 # waits until dom0 has left (its live byte cleared). Its console lines reach dom0's xenconsoled log
 # through the PV console ring (coresident_xen::console_ring) and are copied
-# to the serial log as "pv-domu| ...".
+# to the serial log as "pv-domu| ...", and so does its panic message (the
+# library's console hook is the ring writer): it ends with a deliberate
+# panic after its result (cmdline panic-at-exit in pv-domu.cfg).
 # Env: PV_DOMU_MESSAGES (messages dom0 sends per channel, each answered;
 # default 10,000).
 pv_domu_job() {
@@ -42,7 +44,8 @@ pv_domu_job() {
     # grants (unmap-notify clears dom0's live byte just before), so it took
     # every page back.
     [ $RC -eq 0 ] && has 'XEN-CHECK pv_domu_dom0 ok' && has 'pv-domu| PV-DOMU-RESULT: PASS' \
-        && has 'pv-domu| pv-domu: granted pages dom0 still mapped after the release timeout: 0' && ok=1
+        && has 'pv-domu| pv-domu: granted pages dom0 still mapped after the release timeout: 0' \
+        && has 'pv-domu| panic: ' && has "deliberate, at exit (panic-at-exit)" && ok=1
     if [ $ok = 1 ]; then
         grep -a -e "pv-domu| pv-domu: channel .*summary matches" -e "pv-domu| pv-domu: granted pages" \
             "$SLOG" | sed 's/^pv-domu| /xen: /' || true

@@ -21,10 +21,13 @@ else
     echo "pv-domu: the guest is gone already"
     rc=1
 fi
+# The guest ends with a panic (deliberate after its result, with
+# panic-at-exit on its command line) or its FAIL line.
 i=0
-until grep -q 'PV-DOMU-RESULT:' $log 2>/dev/null || [ $i -ge 120 ]; do
+until grep -qE '^panic: |PV-DOMU-RESULT: FAIL' $log 2>/dev/null || [ $i -ge 120 ]; do
     i=$((i + 1)); sleep 0.5
 done
+sleep 1 # the rest of a panic's message
 echo "pv-domu: ---- guest console (xenconsoled's $log) ----"
 sed 's/^/pv-domu| /' $log 2>/dev/null
 echo "pv-domu: ---- end guest console ----"

@@ -4,8 +4,9 @@
 //! - [`pv_entry!`]: the ELF notes Xen's loaders read, the entry point, the
 //!   hypercall page and the boot stack, in the binary that invokes it;
 //! - [`Boot`]: `start_info` and the hypercall page, [`Boot::shutdown`];
-//! - [`console`]: `say!` to Xen's console (`console_io`: dom0 only in a
-//!   release build of Xen);
+//! - [`console`]: `say!` (and the panic handler) to Xen's console
+//!   (`console_io`: dom0 only in a release build of Xen) or the writer the
+//!   kernel installs ([`console::set_console`]: a domU's PV console ring);
 //! - [`mm`]: page and window allocators over arenas in the image's BSS;
 //! - [`coro`]: two-stack coroutines (the dom0 test runs producer and
 //!   consumer on one vCPU);

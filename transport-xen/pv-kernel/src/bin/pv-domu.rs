@@ -15,7 +15,10 @@
 //!
 //! Its console lines reach dom0's `/var/log/xen/guest-pv-domu.log`
 //! (xenconsoled); the last one is `PV-DOMU-RESULT: PASS` or
-//! `PV-DOMU-RESULT: FAIL <why>`.
+//! `PV-DOMU-RESULT: FAIL <why>`. The ring writer is also the library's
+//! console hook, so a panic's message reaches that log too; with
+//! `panic-at-exit` on the command line, the kernel ends with a deliberate
+//! panic after its result, to show that it does.
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -26,7 +29,7 @@ use coresident_xen::ring_rendezvous as rendezvous;
 #[allow(dead_code)]
 mod msgs;
 
-use core::cell::UnsafeCell;
+use core::cell::{Cell, UnsafeCell};
 use core::fmt::{self, Write as _};
 use core::ptr::NonNull;
 use core::time::Duration;
@@ -98,24 +101,43 @@ impl Events for Port {
     }
 }
 
-/// The console ring, once mapped; one vCPU, no interrupts: no concurrent
-/// access.
-struct ConsoleCell(UnsafeCell<Option<ConsoleRing<Port>>>);
-// SAFETY: one vCPU and no interrupt handlers: never accessed concurrently.
+/// The console ring, once mapped, and whether a write is under way; one
+/// vCPU, no interrupts: only a panic inside a write can come back to it.
+struct ConsoleCell {
+    ring: UnsafeCell<Option<ConsoleRing<Port>>>,
+    busy: Cell<bool>,
+}
+// SAFETY: one vCPU and no interrupt handlers: never accessed concurrently;
+// `busy` keeps a write re-entered by a panic off the ring.
 unsafe impl Sync for ConsoleCell {}
-static CONSOLE: ConsoleCell = ConsoleCell(UnsafeCell::new(None));
+static CONSOLE: ConsoleCell = ConsoleCell {
+    ring: UnsafeCell::new(None),
+    busy: Cell::new(false),
+};
 
 /// Writes to the PV console ring (dropped before it is set up).
 struct Con;
 
 impl fmt::Write for Con {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        // SAFETY: see `ConsoleCell`; the reference does not outlive the call.
-        if let Some(c) = unsafe { (*CONSOLE.0.get()).as_mut() } {
-            c.write(s.as_bytes()).map_err(|_| fmt::Error)?;
-        }
-        Ok(())
+        console_ring_write(s)
     }
+}
+
+/// The library's console hook: `s` to the PV console ring. Refused while
+/// a write is under way (a panic inside it) or before the ring is set up.
+fn console_ring_write(s: &str) -> fmt::Result {
+    if CONSOLE.busy.replace(true) {
+        return Err(fmt::Error);
+    }
+    // SAFETY: see `ConsoleCell`: `busy` makes this the only reference to
+    // the ring until it is cleared below.
+    let r = match unsafe { (*CONSOLE.ring.get()).as_mut() } {
+        Some(c) => c.write(s.as_bytes()).map_err(|_| fmt::Error),
+        None => Err(fmt::Error),
+    };
+    CONSOLE.busy.set(false);
+    r
 }
 
 macro_rules! log {
@@ -131,6 +153,14 @@ fn shared_info() -> SharedInfo {
     // for the kernel's whole life (the window is never reused); every view
     // uses atomics only.
     unsafe { SharedInfo::new(base) }
+}
+
+/// Whether `word` is a word of the kernel's command line (xl's `cmdline`).
+fn cmdline_has(boot: &Boot, word: &str) -> bool {
+    let cl = &boot.start_info().cmd_line;
+    let len = cl.iter().position(|&b| b == 0).unwrap_or(cl.len());
+    let line = core::str::from_utf8(cl.get(..len).unwrap_or(&[])).unwrap_or("");
+    line.split(' ').any(|w| w == word)
 }
 
 fn fail(why: fmt::Arguments<'_>) -> ! {
@@ -161,9 +191,11 @@ fn main(boot: Boot) -> ! {
     // touched only by this ring (atomics, volatile) and xenconsoled.
     match unsafe { ConsoleRing::new(cons.as_ptr(), events) } {
         // SAFETY: see `ConsoleCell`; set once, before any reader.
-        Ok(c) => unsafe { *CONSOLE.0.get() = Some(c) },
+        Ok(c) => unsafe { *CONSOLE.ring.get() = Some(c) },
         Err(_) => halt(coresident_pv_kernel::SHUTDOWN_CRASH),
     }
+    // From here on `say!` and the panic handler write to the ring too.
+    coresident_pv_kernel::console::set_console(console_ring_write);
     let magic = core::str::from_utf8(&si.magic)
         .unwrap_or("?")
         .trim_end_matches('\0');
@@ -223,6 +255,9 @@ fn main(boot: Boot) -> ! {
                 fail(format_args!("granted pages leaked at teardown"));
             }
             log!("PV-DOMU-RESULT: PASS");
+            if cmdline_has(&boot, "panic-at-exit") {
+                panic!("deliberate, at exit (panic-at-exit): a panic reaches dom0's log");
+            }
             halt(SHUTDOWN_POWEROFF)
         }
         Err(why) => fail(format_args!("{why}")),
