@@ -1,6 +1,6 @@
 //! The "CRXG" rendezvous bytes and the live-page layout: what an offer of a
 //! Xen channel carries, `core` only, so the Linux userspace transport
-//! ([`XenTransport`](crate::XenTransport), feature `std`) and the kernel
+//! ([`XenTransport`], feature `std`) and the kernel
 //! transport (module `kernel`, feature `xen-sys`) speak one
 //! protocol.
 //!
@@ -20,6 +20,16 @@
 //!
 //! Everything here is pure: [`parse`] checks every field of bytes a peer
 //! wrote before anything is mapped, and never panics.
+//!
+#![cfg_attr(
+    all(feature = "std", target_os = "linux"),
+    doc = "[`XenTransport`]: crate::XenTransport"
+)]
+// Without `std` there is no XenTransport: the link goes to the crate's features.
+#![cfg_attr(
+    not(all(feature = "std", target_os = "linux")),
+    doc = "[`XenTransport`]: crate#features"
+)]
 
 use coresident::ring::{MAX_DATA_SIZE, MIN_DATA_SIZE};
 use coresident::ChannelLayout;

@@ -37,11 +37,10 @@
 //!   unmap-notify for peer death).
 //! - [`rendezvous`]: [`Rendezvous`], the transport's offer and answer as
 //!   XenStore keys with permissions and watches.
-//! - [`residency`]: residency detection: the dom0
-//!   [`Agent`](residency::Agent) lists each advertising domain's
-//!   co-resident peers, and a guest's
-//!   [`ResidencyView`](residency::ResidencyView) keeps its residency tables
-//!   in step (keys, writers and permissions in the module docs).
+//! - [`residency`]: residency detection: the dom0 [`residency::Agent`]
+//!   lists each advertising domain's co-resident peers, and a guest's
+//!   [`residency::ResidencyView`] keeps its residency tables in step (keys,
+//!   writers and permissions in the module docs).
 //!
 //! # The rendezvous, in order
 //!
@@ -109,6 +108,36 @@
 //! hands out a raw pointer and a length for atomics and volatile copies.
 //! Everything read from XenStore (a guest writes its own subtree freely) is
 //! parsed with checked conversions into typed errors, never a panic.
+//!
+//! # Features
+//!
+//! - `std` (default): the Linux userspace modules (the devices, XenStore
+//!   client, [`XenTransport`], [`Rendezvous`], [`residency`]); without it
+//!   the crate is `no_std` and keeps the `core`-only modules.
+//! - `xen-sys` (x86_64): the `kernel` module, with or without `std`.
+//!
+// Without `std` the Linux modules do not exist: the links above point here.
+#![cfg_attr(
+    not(all(feature = "std", target_os = "linux")),
+    doc = "[`sys`]: crate#features
+[`sys::Sys`]: crate#features
+[`gntalloc`]: crate#features
+[`gntdev`]: crate#features
+[`evtchn`]: crate#features
+[`privcmd`]: crate#features
+[`xenstore`]: crate#features
+[`transport`]: crate#features
+[`XenTransport`]: crate#features
+[`XenDoorbell`]: crate#features
+[`rendezvous`]: crate#features
+[`Rendezvous`]: crate#features
+[`Rendezvous::withdraw`]: crate#features
+[`Rendezvous::watch_peer`]: crate#features
+[`residency`]: crate#features
+[`residency::Agent`]: crate#features
+[`residency::ResidencyView`]: crate#features
+[`mapping::Mapping`]: crate#features"
+)]
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations)]

@@ -2,7 +2,7 @@
 //! its `start_info` (`store_mfn`, `store_evtchn`): `struct
 //! xenstore_domain_interface` of `xen/include/public/io/xs_wire.h` (Xen
 //! 4.17). `core` only, no allocation: a `no_std` kernel uses it directly;
-//! Linux userspace uses [`crate::xenstore`] (the kernel relays the same
+//! Linux userspace uses [`xenstore`] (the kernel relays the same
 //! messages).
 //!
 //! ```text
@@ -43,6 +43,16 @@
 //! loaded with `Acquire` before the bytes it covers are touched, and our
 //! index is stored with `Release` after our bytes are written (or read),
 //! then the port is notified.
+//!
+#![cfg_attr(
+    all(feature = "std", target_os = "linux"),
+    doc = "[`xenstore`]: crate::xenstore"
+)]
+// Without `std` there is no xenstore module: the link goes to the crate's features.
+#![cfg_attr(
+    not(all(feature = "std", target_os = "linux")),
+    doc = "[`xenstore`]: crate#features"
+)]
 
 use core::fmt;
 use core::mem::offset_of;

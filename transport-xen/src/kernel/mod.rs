@@ -3,7 +3,7 @@
 //! [`KernelTransport`], the core's [`Transport`](coresident::Transport)
 //! over them, so a kernel gets the same [`Channel`](coresident::Channel) as
 //! a daemon, and speaks the same rendezvous bytes ([`crate::crxg`]) as the
-//! userspace [`XenTransport`](crate::XenTransport) (feature `std`).
+//! userspace [`XenTransport`] (feature `std`).
 //!
 //! ```text
 //!   your kernel                          this module
@@ -35,6 +35,16 @@
 //! grant's access; what the peer still maps after that is never freed (it
 //! would be reused while the peer writes it) and is counted in
 //! [`Xen::leaked_pages`].
+//!
+#![cfg_attr(
+    all(feature = "std", target_os = "linux"),
+    doc = "[`XenTransport`]: crate::XenTransport"
+)]
+// Without `std` there is no XenTransport: the link goes to the crate's features.
+#![cfg_attr(
+    not(all(feature = "std", target_os = "linux")),
+    doc = "[`XenTransport`]: crate#features"
+)]
 
 pub mod event_channel;
 pub mod grant_table;

@@ -1,7 +1,7 @@
 //! [`KernelTransport`]: the core's [`Transport`] over grant table v1 and
 //! event channels, for a PV guest kernel. It speaks the rendezvous bytes of
 //! [`crate::crxg`], so a kernel can offer to, or accept from, a daemon that
-//! uses the userspace [`XenTransport`](crate::XenTransport).
+//! uses the userspace [`XenTransport`].
 //!
 //! Offer: the region's pages and the live page are this kernel's own pages,
 //! granted to the peer; an unbound port for the peer; the rings laid out;
@@ -15,6 +15,16 @@
 //! private pages), so either may be dropped first. Dropping the doorbell
 //! clears this side's live byte, signals and closes the port: the peer's
 //! doorbell then reports [`Wake::PeerGone`].
+//!
+#![cfg_attr(
+    all(feature = "std", target_os = "linux"),
+    doc = "[`XenTransport`]: crate::XenTransport"
+)]
+// Without `std` there is no XenTransport: the link goes to the crate's features.
+#![cfg_attr(
+    not(all(feature = "std", target_os = "linux")),
+    doc = "[`XenTransport`]: crate#features"
+)]
 
 use core::fmt;
 use core::ptr::NonNull;
