@@ -505,16 +505,12 @@ mod tests {
     }
 
     fn read_with(change: &str, value: Option<&str>) -> Result<Option<Offer>, RdvError> {
-        let mut keys = offer_keys();
+        let mut keys: Vec<(&str, String)> = offer_keys();
         keys.retain(|(k, _)| *k != change);
         if let Some(v) = value {
-            keys.push((leak(change), v.into()));
+            keys.push((change, v.into()));
         }
         read_offer(&mut ring_with(&keys), 0, DIR)
-    }
-
-    fn leak(s: &str) -> &'static str {
-        std::boxed::Box::leak(s.to_string().into_boxed_str())
     }
 
     #[test]
