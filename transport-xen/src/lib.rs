@@ -16,8 +16,8 @@
 //! Layers, bottom up:
 //! - [`sys`]: the system calls (`rustix`), behind the [`sys::Sys`] trait so
 //!   unit tests swap in a fake driver.
-//! - [`gntalloc`], [`gntdev`], [`evtchn`]: the Linux devices under
-//!   `/dev/xen`, with `#[repr(C)]` mirrors of their uapi headers.
+//! - [`gntalloc`], [`gntdev`], [`evtchn`], [`privcmd`]: the Linux devices
+//!   under `/dev/xen`, with `#[repr(C)]` mirrors of their uapi headers.
 //! - [`xs_wire`]: the XenStore wire protocol (`xen/io/xs_wire.h`), `core`
 //!   only; [`xenstore`]: a client over xenstored's socket (dom0) or
 //!   `/dev/xen/xenbus` (any domain).
@@ -73,8 +73,9 @@
 //! consumer index and event lines, data area). A live byte is 1 while its
 //! side runs; unmap-notify clears it and signals the port when the side's
 //! process exits or unmaps. A destroyed domain runs no unmap-notify: the
-//! survivor learns of `xl destroy` from XenStore
-//! ([`Rendezvous::watch_peer`]).
+//! survivor's doorbell learns of `xl destroy` from Xen, which has closed the
+//! dead domain's end of the event channel ([`XenDoorbell`] asks through
+//! [`privcmd`]), and XenStore says so too ([`Rendezvous::watch_peer`]).
 //!
 //! # A daemon in a guest
 //!
