@@ -205,9 +205,14 @@ unsafe impl<S: Sys> SharedRegion for XenRegion<S> {
 /// nothing since it last asked: in [`Doorbell::peer_alive`] and when a
 /// [`Doorbell::wait`] times out, so a channel whose peer domain was
 /// destroyed reports it within its `recheck` period, with no XenStore
-/// watch; a stream of events costs no hypercall. Without privcmd (the
-/// device cannot be opened), the doorbell knows only the live byte, as
-/// before.
+/// watch; a stream of events costs no hypercall. Without privcmd, the
+/// doorbell knows only the live byte, as before: when the device cannot be
+/// opened, or refuses the hypercall (asked once, when the doorbell is
+/// made). Dom0 may ask; a domU's Linux refuses (`EPERM`) unless the
+/// `xen-privcmd` module was loaded with `unrestricted=1` (since the 2023
+/// fix that restricts privcmd in unprivileged domains to a device model's
+/// target, backported to Debian 12's 6.1; ignored under lockdown), so in a
+/// domU a destroyed dom0 is learnt from XenStore.
 #[derive(Debug)]
 pub struct XenDoorbell<S: Sys = Linux> {
     ev: Evtchn<S>,
@@ -412,8 +417,8 @@ impl<S: Sys> XenTransport<S> {
     }
 
     /// A doorbell on `ev`'s `port`, connected to `peer_dom` in `peer`'s
-    /// role; Xen is asked about the port if privcmd opens (a descriptor per
-    /// doorbell, like the event channel's).
+    /// role; Xen is asked about the port if privcmd opens and answers once
+    /// now (a descriptor per doorbell, like the event channel's).
     fn doorbell(
         &self,
         ev: Evtchn<S>,
@@ -424,7 +429,9 @@ impl<S: Sys> XenTransport<S> {
     ) -> XenDoorbell<S> {
         XenDoorbell {
             peer_dom,
-            privcmd: Privcmd::open_with(self.sys.clone()).ok(),
+            privcmd: Privcmd::open_with(self.sys.clone())
+                .ok()
+                .filter(|p| p.evtchn_status(port).is_ok()),
             ..XenDoorbell::new(ev, port, pages, peer)
         }
     }
@@ -834,6 +841,21 @@ mod doorbell_tests {
         );
         // Once Xen answers, the death shows.
         assert!(!off.doorbell.peer_alive());
+        drop(acc);
+    }
+
+    #[test]
+    fn privcmd_refusing_the_first_call_is_not_asked_again() {
+        // A domU's restricted privcmd: open works, hypercalls fail (EPERM).
+        let xen = with_privcmd();
+        xen.state().fail = Some((IOCTL_PRIVCMD_HYPERCALL, Errno::PERM));
+        let (off, acc) = pair(&xen, 0);
+        assert!(!off.doorbell.can_ask_xen());
+        assert!(acc.doorbell.can_ask_xen());
+        let n = hypercalls(&xen);
+        assert_eq!(off.doorbell.port_connected(), None);
+        assert!(off.doorbell.peer_alive());
+        assert_eq!(hypercalls(&xen), n);
         drop(acc);
     }
 
