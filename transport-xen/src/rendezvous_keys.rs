@@ -469,7 +469,10 @@ pub struct OfferKeys {
 }
 
 /// Reads and checks the offer under `dir`: `Ok(None)` while its `state`
-/// is absent or not yet readable by us; otherwise every key, in order,
+/// is absent or not yet readable by us, or while a later key is not
+/// readable (the offerer is replacing the offer: it removed the directory
+/// and made it again, and has not set its permissions yet; the watch fires
+/// again when it does); otherwise every key, in order,
 /// each value strictly parsed and in range. The references, at most
 /// `max_refs`, go to `push` one by one in page order, each in
 /// `FIRST_GRANT_REF..GRANT_REF_LIMIT` (`push` may refuse one); one `refs`
@@ -479,6 +482,26 @@ pub struct OfferKeys {
 ///
 /// Every malformed value is a [`ReadError`]; `push`'s.
 pub fn read_offer<S: Store>(
+    s: &mut S,
+    dir: &str,
+    max_refs: usize,
+    push: &mut dyn FnMut(GrantRef) -> Result<(), ReadError<S::Error>>,
+) -> Result<Option<OfferKeys>, ReadError<S::Error>> {
+    not_yet_if_unreadable::<S, _>(read_offer_keys(s, dir, max_refs, push))
+}
+
+/// `Ok(None)` for a key we may not read once `state` was readable: the
+/// directory is being replaced.
+fn not_yet_if_unreadable<S: Store, T>(
+    r: Result<Option<T>, ReadError<S::Error>>,
+) -> Result<Option<T>, ReadError<S::Error>> {
+    match r {
+        Err(ReadError::Store(e)) if S::is_unreadable(&e) => Ok(None),
+        r => r,
+    }
+}
+
+fn read_offer_keys<S: Store>(
     s: &mut S,
     dir: &str,
     max_refs: usize,
@@ -539,14 +562,22 @@ pub fn read_offer<S: Store>(
 
 /// Reads the answer under `dir` to the offer of `port`: `Some(true)` for
 /// `accepted`, `Some(false)` for `refused`, `None` while it is absent,
-/// unreadable, or about another offer (a stale answer names another
-/// `offer-port`).
+/// unreadable (any of its keys: it is being replaced), or about another
+/// offer (a stale answer names another `offer-port`).
 ///
 /// # Errors
 ///
 /// [`ReadError::BadState`], [`ReadError::BadVersion`], a malformed
 /// `offer-port` or `version`, the store's.
 pub fn read_answer<S: Store>(
+    s: &mut S,
+    dir: &str,
+    port: EvtchnPort,
+) -> Result<Option<bool>, ReadError<S::Error>> {
+    not_yet_if_unreadable::<S, _>(read_answer_keys(s, dir, port))
+}
+
+fn read_answer_keys<S: Store>(
     s: &mut S,
     dir: &str,
     port: EvtchnPort,

@@ -546,6 +546,40 @@ mod tests {
     }
 
     #[test]
+    fn an_offer_being_replaced_is_not_yet_there() {
+        // `state` readable, a later key not: the offerer removed the
+        // directory and made it again, its permissions not set yet.
+        for key in ["version", "refs0", "refs1"] {
+            let mut xs = ring_with(&offer_keys());
+            xs.events_mut()
+                .denied
+                .push(std::format!("{DIR}/{key}").into_bytes());
+            assert!(matches!(read_offer(&mut xs, 0, DIR), Ok(None)), "{key}");
+        }
+        // The same for an answer: waited past, not an error.
+        let mut xs = client();
+        publish_offer(&mut xs, OWN, 0, "k", &kernel_offer(21)).unwrap();
+        let dir = answer_dir(0, OWN, "k").unwrap();
+        for (k, v) in [
+            ("state", "accepted"),
+            ("offer-port", "21"),
+            ("version", "1"),
+        ] {
+            let path = std::format!("{}/{k}", dir.as_str());
+            xs.events_mut()
+                .store
+                .insert(path.into_bytes(), v.as_bytes().to_vec());
+        }
+        let denied = std::format!("{}/version", dir.as_str()).into_bytes();
+        xs.events_mut().denied.push(denied);
+        xs.events_mut().waits_left = 20;
+        assert_eq!(
+            wait_answer(&mut xs, OWN, 0, "k", 21),
+            Err(RdvError::Xs(XsRingError::TimedOut))
+        );
+    }
+
+    #[test]
     fn every_hostile_value_is_a_typed_error() {
         use RdvError as E;
         let cases: &[(&str, Option<&str>, RdvError)] = &[
