@@ -247,21 +247,7 @@ pub fn wait_offer<E: Events>(
     offerer: DomId,
     name: &str,
 ) -> Result<Offer, RdvError> {
-    let dir = offer_dir(offerer, own, name)?;
-    let token = "coresident-offer";
-    xs.watch(dir.as_str(), token)?;
-    let r = loop {
-        match read_offer(xs, offerer, dir.as_str()) {
-            Ok(Some(offer)) => break Ok(offer),
-            Ok(None) => {}
-            Err(e) => break Err(e),
-        }
-        if let Err(e) = xs.wait_watch() {
-            break Err(e.into());
-        }
-    };
-    let _ = xs.unwatch(dir.as_str(), token);
-    r
+    watch_offer(xs, own, offerer, name, None)
 }
 
 /// Like [`wait_offer`], but a malformed offer is answered `refused` with
@@ -280,6 +266,17 @@ pub fn wait_valid_offer<E: Events>(
     name: &str,
     refused: &mut dyn FnMut(&RdvError),
 ) -> Result<Offer, RdvError> {
+    watch_offer(xs, own, offerer, name, Some(refused))
+}
+
+/// [`wait_offer`], or with `refused` [`wait_valid_offer`].
+fn watch_offer<E: Events>(
+    xs: &mut XsRing<E>,
+    own: DomId,
+    offerer: DomId,
+    name: &str,
+    mut refused: Option<&mut dyn FnMut(&RdvError)>,
+) -> Result<Offer, RdvError> {
     let dir = offer_dir(offerer, own, name)?;
     let token = "coresident-offer";
     xs.watch(dir.as_str(), token)?;
@@ -290,14 +287,16 @@ pub fn wait_valid_offer<E: Events>(
         match read_offer(xs, offerer, dir.as_str()) {
             Ok(Some(offer)) => break Ok(offer),
             Ok(None) => {}
-            Err(e) if e.is_malformed() => {
+            Err(e) if e.is_malformed() && refused.is_some() => {
                 let port = keys::read_u32(xs, dir.as_str(), keys::Key::Port).unwrap_or(0);
                 if last != Some((e, port)) {
                     if let Err(e) = write_answer(xs, own, offerer, name, port, Err(&e)) {
                         break Err(e);
                     }
                     last = Some((e, port));
-                    refused(&e);
+                    if let Some(f) = refused.as_mut() {
+                        f(&e);
+                    }
                 }
             }
             Err(e) => break Err(e),
