@@ -144,7 +144,9 @@ fn exchange(ch: &mut XenChannel, tx_stream: u64, rx_stream: u64, n: u64) -> Resu
             }
         }
         ch.flush().map_err(|e| format!("flush: {e}"))?;
-        loop {
+        // Not past the last message: a peer that has everything it wants
+        // closes, and a recv then would report it gone.
+        while received < n {
             match ch.recv(&mut buf) {
                 Ok(len) => {
                     verify(rx_stream, received, &buf[..len], &mut scratch)?;
