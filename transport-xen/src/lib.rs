@@ -79,7 +79,10 @@
 //!
 //! # A daemon in a guest
 //!
-//! ```no_run
+// Compiled (not run) as a doctest with `std`; without it the example's
+// modules do not exist.
+#![cfg_attr(feature = "std", doc = "```no_run")]
+#![cfg_attr(not(feature = "std"), doc = "```ignore")]
 //! use std::time::Duration;
 //! use coresident::{Channel, ChannelConfig, ChannelLayout, StdClock};
 //! use coresident_xen::rendezvous::{own_domid, Rendezvous};
