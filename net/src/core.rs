@@ -229,6 +229,11 @@ pub(crate) struct Core {
     tuning: Tuning,
     /// A hard error already reported (the stream is dead).
     failed: Option<io::ErrorKind>,
+    /// Threads of this stream asleep in a blocking call (set by `stream.rs`).
+    pub(crate) sleepers: u32,
+    /// A reader is armed for ring data / a writer for this much ring space.
+    rx_waiting: bool,
+    tx_waiting: Option<usize>,
     scratch: Vec<u8>,
 }
 
@@ -263,6 +268,9 @@ impl Core {
             ops: 0,
             tuning,
             failed: None,
+            sleepers: 0,
+            rx_waiting: false,
+            tx_waiting: None,
             scratch: vec![0u8; 16 * 1024],
         };
         if let Some(s) = &core.session {
@@ -380,10 +388,10 @@ impl Core {
         };
         match ev.source {
             Source::Doorbell => {
-                if let Some(c) = &s.chan {
-                    c.link.consume_doorbell();
+                if s.chan.as_ref().is_some_and(|c| c.link.consume_doorbell()) {
+                    self.stats.doorbells_seen += 1;
+                    self.forward();
                 }
-                self.stats.doorbells_seen += 1;
             }
             Source::Liveness | Source::PeerProcess => {
                 if s.chan.is_some() {
@@ -546,6 +554,16 @@ impl Core {
         let Some(chan) = &mut s.chan else {
             return;
         };
+        if chan.tx.is_none() {
+            // Already given up (draining what a gone peer published): a second cause
+            // only stops the drain when it is not the peer's death.
+            if cause != Cause::PeerGone {
+                chan.rx = None;
+                chan.draining = false;
+            }
+            self.drop_chan_if_done();
+            return;
+        }
         let epoch = chan.epoch;
         let mut resent = 0u64;
         let mut lost = false;
@@ -671,6 +689,30 @@ impl Core {
         self.stats.refusals += 1;
     }
 
+    /// A doorbell consumed by one thread may have been meant for another thread of
+    /// the same stream asleep on the other direction: ring it on when that direction
+    /// can now make progress (and only then, so two idle waiters never ping-pong).
+    fn forward(&mut self) {
+        if self.sleepers == 0 {
+            return;
+        }
+        let Some(c) = self.session.as_mut().and_then(|s| s.chan.as_mut()) else {
+            return;
+        };
+        let mut ready = false;
+        if let (Some(want), Some(t)) = (self.tx_waiting, c.tx.as_mut()) {
+            ready |= t.prod.arm_space(want) == Ok(Readiness::Ready);
+        }
+        if self.rx_waiting {
+            if let Some(r) = c.rx.as_mut() {
+                ready |= r.cons.peek().is_ok();
+            }
+        }
+        if ready {
+            c.link.ring_self();
+        }
+    }
+
     // ------------------------------------------------------------ writing
 
     pub(crate) fn write(&mut self, buf: &[u8], spinning: bool) -> io::Result<usize> {
@@ -690,7 +732,10 @@ impl Core {
         self.tick()?;
         if self.has_tx_ring() {
             match self.write_ring(buf) {
-                Ok(n) if n > 0 => return Ok(n),
+                Ok(n) if n > 0 => {
+                    self.tx_waiting = None;
+                    return Ok(n);
+                }
                 Ok(_) => {
                     if spinning {
                         return Err(would_block());
@@ -803,10 +848,17 @@ impl Core {
 
     fn arm_space(&mut self, want: usize) -> Option<Readiness> {
         let c = self.session.as_mut().and_then(|s| s.chan.as_mut())?;
-        c.link.consume_doorbell();
+        if c.link.consume_doorbell() {
+            self.stats.doorbells_seen += 1;
+            self.forward();
+        }
+        let c = self.session.as_mut().and_then(|s| s.chan.as_mut())?;
         let t = c.tx.as_mut()?;
         match t.prod.arm_space(want) {
-            Ok(r) => Some(r),
+            Ok(r) => {
+                self.tx_waiting = (r == Readiness::Armed).then_some(want);
+                Some(r)
+            }
             Err(e) => {
                 self.ring_send_failed(e);
                 None
@@ -989,6 +1041,7 @@ impl Core {
         loop {
             let n = self.read_sources(buf, spinning)?;
             if n > 0 {
+                self.rx_waiting = false;
                 return Ok(n);
             }
             if self.at_eof()? {
@@ -1021,12 +1074,18 @@ impl Core {
         let Some(c) = self.session.as_mut().and_then(|s| s.chan.as_mut()) else {
             return;
         };
-        c.link.consume_doorbell();
+        if c.link.consume_doorbell() {
+            self.stats.doorbells_seen += 1;
+            self.forward();
+        }
+        let Some(c) = self.session.as_mut().and_then(|s| s.chan.as_mut()) else {
+            return;
+        };
         let Some(r) = c.rx.as_mut() else {
             return;
         };
         match r.cons.arm_data(1) {
-            Ok(_) => {}
+            Ok(r) => self.rx_waiting = r == Readiness::Armed,
             Err(RecvError::Closed) => {
                 self.downgrade(Cause::PeerGone);
             }

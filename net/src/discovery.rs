@@ -97,8 +97,10 @@ pub unsafe trait RingLink: Send + fmt::Debug {
     ///
     /// The doorbell's system call failed.
     fn notify_peer(&self) -> io::Result<()>;
-    /// Consumes pending rings of our doorbell (without blocking).
-    fn consume_doorbell(&self);
+    /// Consumes pending rings of our doorbell (without blocking); true if it had rung.
+    fn consume_doorbell(&self) -> bool;
+    /// Rings our own doorbell (to pass a consumed ring on to another waiting thread).
+    fn ring_self(&self);
     /// Our doorbell, readable when the peer rang.
     fn doorbell_fd(&self) -> BorrowedFd<'_>;
     /// Readable or hung up once the peer closed this channel or died.
@@ -569,8 +571,12 @@ unsafe impl RingLink for HostLink {
             .map_err(|e| io::Error::other(e.to_string()))
     }
 
-    fn consume_doorbell(&self) {
-        let _ = self.link.try_consume();
+    fn consume_doorbell(&self) -> bool {
+        matches!(self.link.try_consume(), Ok(Some(_)))
+    }
+
+    fn ring_self(&self) {
+        let _ = self.link.local_doorbell().notify();
     }
 
     fn doorbell_fd(&self) -> BorrowedFd<'_> {

@@ -376,17 +376,33 @@ impl Stream {
             if nonblocking {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            // Doorbells are hints: wake by ourselves now and then.
-            let mut nap = Duration::from_millis(100);
+            // Doorbells are hints: wake by ourselves now and then (sooner when another
+            // thread of this stream also waits: a switch it handled wakes nobody).
+            let sleepers = {
+                let mut c = self.lock();
+                c.sleepers += 1;
+                c.sleepers
+            };
+            let mut nap = if sleepers > 1 {
+                Duration::from_millis(5)
+            } else {
+                Duration::from_millis(100)
+            };
             if let Some(d) = deadline {
                 let now = Instant::now();
                 if now >= d {
+                    self.lock().sleepers -= 1;
                     return Err(io::ErrorKind::TimedOut.into());
                 }
                 nap = nap.min(d - now);
             }
-            sys::wait_readable((*fd).as_fd(), nap)?;
-            self.lock().stats.wakeups += 1;
+            let woke = sys::wait_readable((*fd).as_fd(), nap);
+            {
+                let mut c = self.lock();
+                c.sleepers -= 1;
+                c.stats.wakeups += 1;
+            }
+            woke?;
         }
     }
 
