@@ -325,6 +325,9 @@ impl Default for HostRegistry {
 struct HostRegistration {
     stop: Arc<AtomicBool>,
     path: PathBuf,
+    /// The listening socket (a second descriptor): shutting it down wakes the acceptor
+    /// even if the socket file is gone.
+    wake: Option<std::os::fd::OwnedFd>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -333,8 +336,15 @@ impl Registration for HostRegistration {}
 impl Drop for HostRegistration {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the acceptor: a connection that closes at once.
-        let _ = UnixStream::connect(&self.path);
+        // Wake the acceptor: `accept` on a shut-down listening socket fails at once.
+        match &self.wake {
+            Some(fd) => {
+                let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
+            }
+            None => {
+                let _ = UnixStream::connect(&self.path);
+            }
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -374,6 +384,7 @@ impl Discovery for HostRegistry {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
+        let wake = listener.as_fd().try_clone_to_owned().ok();
         let me = self.clone();
         let thread = std::thread::Builder::new()
             .name("coresident-net-acceptor".into())
@@ -381,6 +392,7 @@ impl Discovery for HostRegistry {
         Ok(Some(Box::new(HostRegistration {
             stop,
             path,
+            wake,
             thread: Some(thread),
         })))
     }
