@@ -88,6 +88,14 @@ impl Builder {
         self
     }
 
+    /// How long a gap in the received stream may wait for a path to fill it (a new
+    /// channel's handshake in flight) before the stream fails (default 10 s).
+    #[must_use]
+    pub fn gap_timeout(mut self, t: Duration) -> Self {
+        self.gap_timeout = t;
+        self
+    }
+
     pub(crate) fn params(&self) -> OfferParams {
         OfferParams {
             ring_size: self.ring_size,
