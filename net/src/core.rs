@@ -372,6 +372,9 @@ impl Core {
 
     /// Collects and handles what the descriptors say, without blocking.
     pub(crate) fn look(&mut self) -> io::Result<()> {
+        // Queued segments (a resend, the tail of a segment, a FIN) go out whatever path
+        // the new bytes take: the peer may wait for them.
+        self.flush_out()?;
         let mut events = core::mem::take(&mut self.events);
         let res = self.poller.wait(Duration::ZERO, &mut events);
         for ev in &events {
@@ -730,6 +733,9 @@ impl Core {
             ));
         }
         self.tick()?;
+        if self.session.as_ref().is_some_and(|s| !s.tx.out.is_empty()) {
+            self.flush_out()?;
+        }
         if self.has_tx_ring() {
             match self.write_ring(buf) {
                 Ok(n) if n > 0 => {
