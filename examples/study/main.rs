@@ -21,12 +21,16 @@
 //!    CPUs 0 and 1.
 //! 4. Notification batching: doorbells per message and throughput for `Always`,
 //!    `EventIndex` and `STREAM`, on one core and on two.
+//! 5. Streams (`coresident-net`) against TCP loopback and Unix sockets: throughput
+//!    and round trip at 64 B, 1 KiB, 64 KiB, busy and sleeping; a switch's cost
+//!    (`--experiment 5`; not in the default set).
 //!
 //! Markdown tables go to stdout, progress to stderr, `expN.csv` and `expN.svg` to
 //! `--out` (default `study-out/`).
 
 mod peer;
 mod report;
+mod streams;
 
 use std::hint::black_box;
 use std::io::{Read, Write};
@@ -69,7 +73,7 @@ fn parse_args(args: &[String]) -> Opts {
                     .collect()
             }
             "-h" | "--help" => {
-                println!("study [--quick] [--check] [--out DIR] [--experiment 1,2,3,4]");
+                println!("study [--quick] [--check] [--out DIR] [--experiment 1,2,3,4,5]");
                 std::process::exit(0);
             }
             o => panic!("unknown argument {o}"),
@@ -797,6 +801,7 @@ fn main() {
             2 => exp2(&plan, &o.out),
             3 => exp3(&plan, &o.out),
             4 => exp4(&plan, &o.out),
+            5 => streams::exp5(&plan, &o.out),
             n => panic!("no experiment {n}"),
         };
         let path = o.out.join(format!("exp{e}.csv"));

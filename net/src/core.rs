@@ -977,7 +977,7 @@ impl Core {
     fn want_in(&self) -> bool {
         match &self.session {
             None => true,
-            Some(s) => !s.rx.tcp_eof && !s.rx.seg.is_some_and(|(off, _)| off > s.rx.pos),
+            Some(s) => !s.rx.tcp_eof && s.rx.seg.is_none_or(|(off, _)| off <= s.rx.pos),
         }
     }
 
@@ -1322,7 +1322,10 @@ impl Core {
                 };
                 match seg.kind {
                     SEG_DATA => {
-                        if s.rx.fin.is_some_and(|f| seg.offset + u64::from(seg.len) > f) {
+                        if s.rx
+                            .fin
+                            .is_some_and(|f| seg.offset + u64::from(seg.len) > f)
+                        {
                             return Err(
                                 self.fail(io::ErrorKind::InvalidData, "data beyond the FIN offset")
                             );
@@ -1331,8 +1334,7 @@ impl Core {
                         s.rx.seg = Some((seg.offset, seg.len));
                     }
                     SEG_FIN => {
-                        if seg.offset < s.rx.pos || seg.offset < s.rx.seen || s.rx.fin.is_some()
-                        {
+                        if seg.offset < s.rx.pos || seg.offset < s.rx.seen || s.rx.fin.is_some() {
                             return Err(self.fail(
                                 io::ErrorKind::InvalidData,
                                 "a FIN below bytes already seen, or a second FIN",
@@ -1357,10 +1359,9 @@ impl Core {
                 let skip = ((pos - off).min(u64::from(left)) as usize).min(self.scratch.len());
                 match (&self.tcp).read(&mut self.scratch[..skip]) {
                     Ok(0) => {
-                        return Err(self.fail(
-                            io::ErrorKind::UnexpectedEof,
-                            "TCP ended inside a segment",
-                        ))
+                        return Err(
+                            self.fail(io::ErrorKind::UnexpectedEof, "TCP ended inside a segment")
+                        )
                     }
                     Ok(n) => {
                         self.stats.duplicate_bytes += n as u64;
@@ -1378,10 +1379,9 @@ impl Core {
             let n = (left as usize).min(buf.len() - got);
             match (&self.tcp).read(&mut buf[got..got + n]) {
                 Ok(0) => {
-                    return Err(self.fail(
-                        io::ErrorKind::UnexpectedEof,
-                        "TCP ended inside a segment",
-                    ))
+                    return Err(
+                        self.fail(io::ErrorKind::UnexpectedEof, "TCP ended inside a segment")
+                    )
                 }
                 Ok(k) => {
                     got += k;
@@ -1408,10 +1408,10 @@ impl Core {
             s.rx.gap_since = None;
             return Ok(());
         }
-        let ring_can = s
-            .chan
-            .as_ref()
-            .is_some_and(|c| c.rx.as_ref().is_some_and(|r| r.next.is_none_or(|n| n <= s.rx.pos)));
+        let ring_can = s.chan.as_ref().is_some_and(|c| {
+            c.rx.as_ref()
+                .is_some_and(|r| r.next.is_none_or(|n| n <= s.rx.pos))
+        });
         let waiting_channel = s.pending.is_some() || s.side == Side::Acceptor;
         if !ring_can && !waiting_channel {
             return Err(self.fail(

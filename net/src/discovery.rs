@@ -270,13 +270,12 @@ impl HostRegistry {
             }
             let meta = std::fs::symlink_metadata(d)?;
             let mode = meta.permissions().mode();
-            if !meta.is_dir() || meta.uid() != sys::euid() || mode & 0o077 != 0 {
-                if self.policy == CredentialPolicy::SameUid || !meta.is_dir() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::PermissionDenied,
-                        "registry directory is not ours, or is open to others",
-                    ));
-                }
+            let closed = meta.is_dir() && meta.uid() == sys::euid() && mode & 0o077 == 0;
+            if !meta.is_dir() || (!closed && self.policy == CredentialPolicy::SameUid) {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "registry directory is not ours, or is open to others",
+                ));
             }
         }
         Ok(sub)
@@ -433,9 +432,8 @@ impl Discovery for HostRegistry {
 
 fn local_id() -> PeerId {
     // A valid name by construction ([A-Za-z0-9-]).
-    PeerId::name(&format!("net-{}", std::process::id())).unwrap_or(PeerId::Ipv4(
-        std::net::Ipv4Addr::LOCALHOST,
-    ))
+    PeerId::name(&format!("net-{}", std::process::id()))
+        .unwrap_or(PeerId::Ipv4(std::net::Ipv4Addr::LOCALHOST))
 }
 
 impl HostRegistry {
@@ -604,7 +602,11 @@ unsafe impl RingLink for HostLink {
     }
 
     fn commit(&self) -> io::Result<()> {
-        let n = rustix::net::send(self.link.socket(), &[COMMIT], rustix::net::SendFlags::NOSIGNAL)?;
+        let n = rustix::net::send(
+            self.link.socket(),
+            &[COMMIT],
+            rustix::net::SendFlags::NOSIGNAL,
+        )?;
         if n == 1 {
             Ok(())
         } else {

@@ -81,8 +81,8 @@ mod tokio_io;
 pub mod wire;
 
 pub use discovery::{
-    CredentialPolicy, Discovery, HandshakeSink, HostLink, HostRegistry, NoDiscovery,
-    OfferParams, Refusal, Registration, RingLink,
+    CredentialPolicy, Discovery, HandshakeSink, HostLink, HostRegistry, NoDiscovery, OfferParams,
+    Refusal, Registration, RingLink,
 };
 pub use listener::Listener;
 pub use stats::{Path, StreamStats};

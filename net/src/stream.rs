@@ -165,7 +165,8 @@ impl Builder {
             return plain("no route source");
         };
         let domain = socket2::Domain::for_address(dst);
-        let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        let sock =
+            socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
         if sock.bind(&SocketAddr::new(src_ip, 0).into()).is_err() {
             return plain("bind failed");
         }
@@ -316,7 +317,10 @@ impl Stream {
     ///
     /// The socket's addresses or the epoll set could not be had.
     pub fn from_tcp(tcp: TcpStream) -> io::Result<Self> {
-        Self::from_core(Core::new(tcp, None, None, Builder::new().tuning())?, DEFAULT_SPIN)
+        Self::from_core(
+            Core::new(tcp, None, None, Builder::new().tuning())?,
+            DEFAULT_SPIN,
+        )
     }
 
     pub(crate) fn from_core(core: Core, spin: Duration) -> io::Result<Self> {

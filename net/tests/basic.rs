@@ -15,7 +15,11 @@ fn upgrade_at_connect_then_switch_both_ways_and_eof() {
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
         let (s, _) = listener.accept().unwrap();
-        assert_eq!(s.path(), Path::Ring, "the accepted stream holds the channel");
+        assert_eq!(
+            s.path(),
+            Path::Ring,
+            "the accepted stream holds the channel"
+        );
         let mut p = Pattern::new(1);
         let mut buf = vec![0u8; 10_000];
         let mut total = 0u64;

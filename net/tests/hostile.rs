@@ -9,7 +9,9 @@ mod common;
 use common::builder;
 use coresident::ring::{Consumer, Producer};
 use coresident_net::wire::{self, FourTuple, Hello, Segment};
-use coresident_net::{Builder, Discovery, HostRegistry, Listener, OfferParams, Path, RingLink, Stream};
+use coresident_net::{
+    Builder, Discovery, HostRegistry, Listener, OfferParams, Path, RingLink, Stream,
+};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path as FsPath;
@@ -39,8 +41,10 @@ unsafe impl coresident::SharedRegion for Raw {
 
 impl Hostile {
     fn connect(addr: SocketAddr, reg: &FsPath) -> Self {
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
         let src = sock.local_addr().unwrap().as_socket().unwrap();
         let hello = Hello {
             mode: 0,
@@ -99,7 +103,16 @@ impl Hostile {
 }
 
 /// A listener, a hostile stream and an honest one accepted from it.
-fn setup(name: &str) -> (Listener, Stream, Stream, Stream, Hostile, std::path::PathBuf) {
+fn setup(
+    name: &str,
+) -> (
+    Listener,
+    Stream,
+    Stream,
+    Stream,
+    Hostile,
+    std::path::PathBuf,
+) {
     let (b, dir) = builder(name);
     let b = b.gap_timeout(Duration::from_millis(500));
     let listener = b.bind("127.0.0.1:0").unwrap();
@@ -139,7 +152,10 @@ fn a_huge_offset_is_an_error_on_that_stream_only() {
     h.drop_channel();
     let e = read_all(victim).expect_err("a gap no path fills");
     eprintln!("huge offset: {e}");
-    assert!(matches!(e.kind(), ErrorKind::InvalidData | ErrorKind::TimedOut));
+    assert!(matches!(
+        e.kind(),
+        ErrorKind::InvalidData | ErrorKind::TimedOut
+    ));
     honest_still_works(&gc, &gs);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -152,7 +168,10 @@ fn an_offset_in_the_past_is_dropped_and_the_stream_stays_whole() {
     h.data(10, b"abcde");
     h.fin(15);
     let v = read_all(victim).unwrap();
-    assert_eq!(v, b"0123456789abcde", "no duplicate, no gap, first bytes win");
+    assert_eq!(
+        v, b"0123456789abcde",
+        "no duplicate, no gap, first bytes win"
+    );
     honest_still_works(&gc, &gs);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -196,7 +215,8 @@ fn a_scribbled_ring_falls_back_to_tcp_with_the_stream_intact() {
     let (_l, victim, gc, gs, mut h, dir) = setup("scribble");
     let data: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
     // Honest at first: the epoch frame, then 1000 bytes in one frame, published.
-    h.tx.write(wire::FRAME_EPOCH, &wire::encode_epoch(0, 0)).unwrap();
+    h.tx.write(wire::FRAME_EPOCH, &wire::encode_epoch(0, 0))
+        .unwrap();
     h.tx.write(wire::FRAME_DATA, &data[..1000]).unwrap();
     h.tx.write(wire::FRAME_DATA, &data[1000..2000]).unwrap();
     let _ = h.tx.publish().unwrap();
@@ -244,7 +264,9 @@ fn a_registry_socket_that_never_answers_gives_plain_tcp_in_bounded_time() {
         std::os::unix::fs::PermissionsExt::set_mode(&mut p, 0o700);
         std::fs::set_permissions(&d, p).unwrap();
     }
-    let _mute = std::os::unix::net::UnixListener::bind(sockdir.join(format!("127.0.0.1_{}", addr.port()))).unwrap();
+    let _mute =
+        std::os::unix::net::UnixListener::bind(sockdir.join(format!("127.0.0.1_{}", addr.port())))
+            .unwrap();
     let b: Builder = b.handshake_timeout(Duration::from_millis(300));
     let t = std::thread::spawn(move || {
         let (mut s, _) = plain.accept().unwrap();
@@ -256,7 +278,11 @@ fn a_registry_socket_that_never_answers_gives_plain_tcp_in_bounded_time() {
     assert_eq!(c.path(), Path::Plain);
     assert!(c.stats().refusals == 0 || c.stats().path == Path::Plain);
     (&c).write_all(b"plain").unwrap();
-    assert_eq!(&t.join().unwrap(), b"plain", "raw bytes: no segment headers");
+    assert_eq!(
+        &t.join().unwrap(),
+        b"plain",
+        "raw bytes: no segment headers"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -35,16 +35,21 @@ fn bytes_each_way() -> u64 {
 /// Switch points: `2 * pairs` sorted random offsets in `(0, total)`.
 fn switch_points(seed: u64, total: u64, pairs: usize) -> Vec<u64> {
     let mut g = Gen(seed);
-    let mut v: Vec<u64> = (0..2 * pairs)
-        .map(|_| 1 + g.next() % (total - 1))
-        .collect();
+    let mut v: Vec<u64> = (0..2 * pairs).map(|_| 1 + g.next() % (total - 1)).collect();
     v.sort_unstable();
     v
 }
 
 /// Writes `total` patterned bytes in random sizes, calling `switch(i)` as the offset
 /// passes each switch point; then shuts the write side down.
-fn writer(s: &Stream, seed: u64, total: u64, points: &[u64], mut switch: impl FnMut(usize), progress: &AtomicU64) {
+fn writer(
+    s: &Stream,
+    seed: u64,
+    total: u64,
+    points: &[u64],
+    mut switch: impl FnMut(usize),
+    progress: &AtomicU64,
+) {
     let mut p = Pattern::new(seed);
     let mut g = Gen(seed ^ 0xABCD);
     let mut buf = vec![0u8; 1 << 20];
@@ -120,19 +125,30 @@ fn integrity_child() {
     let s = b.connect(addr.as_str()).unwrap();
     assert_eq!(s.path(), coresident_net::Path::Ring, "upgraded at connect");
     let (tx, rx) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    watchdog("child", vec![tx.clone(), rx.clone()], Duration::from_secs(60));
+    watchdog(
+        "child",
+        vec![tx.clone(), rx.clone()],
+        Duration::from_secs(60),
+    );
     let r = s.try_clone().unwrap();
     let rx2 = rx.clone();
     let reading = std::thread::spawn(move || reader(&r, SERVER_SEED, &rx2));
     let points = switch_points(7, total, CLIENT_PAIRS);
     let s2 = s.try_clone().unwrap();
-    writer(&s, CLIENT_SEED, total, &points, |i| {
-        if i % 2 == 0 {
-            s2.downgrade();
-        } else {
-            s2.upgrade().unwrap();
-        }
-    }, &tx);
+    writer(
+        &s,
+        CLIENT_SEED,
+        total,
+        &points,
+        |i| {
+            if i % 2 == 0 {
+                s2.downgrade();
+            } else {
+                s2.upgrade().unwrap();
+            }
+        },
+        &tx,
+    );
     let got = reading.join().unwrap();
     assert_eq!(got, total);
     println!("CHILD-OK {got} {:?}", s.stats());
@@ -148,7 +164,12 @@ fn integrity_gib_each_way_with_100_switches() {
     let listener: Listener = b.bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "integrity_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "integrity_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("CORESIDENT_INTEGRITY_CHILD", addr.to_string())
         .env("CORESIDENT_INTEGRITY_REG", dir.join("reg"))
         .stdout(Stdio::piped())
@@ -156,28 +177,45 @@ fn integrity_gib_each_way_with_100_switches() {
         .unwrap();
     let t0 = Instant::now();
     let (s, _) = listener.accept().unwrap();
-    assert_eq!(s.path(), coresident_net::Path::Ring, "accepted with a channel");
+    assert_eq!(
+        s.path(),
+        coresident_net::Path::Ring,
+        "accepted with a channel"
+    );
     let (tx, rx) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    watchdog("parent", vec![tx.clone(), rx.clone()], Duration::from_secs(60));
+    watchdog(
+        "parent",
+        vec![tx.clone(), rx.clone()],
+        Duration::from_secs(60),
+    );
     let r = s.try_clone().unwrap();
     let rx2 = rx.clone();
     let reading = std::thread::spawn(move || reader(&r, CLIENT_SEED, &rx2));
     let points = switch_points(11, total, LISTENER_PAIRS);
     let s2 = s.try_clone().unwrap();
-    writer(&s, SERVER_SEED, total, &points, |i| {
-        if i % 2 == 0 {
-            listener.withdraw();
-        } else {
-            listener.readmit();
-            // The peer answers the readmission with a new channel: wait for it (the
-            // connecting side may refuse if its own downgrade raced; bounded).
-            let t = Instant::now();
-            while s2.path() != coresident_net::Path::Ring && t.elapsed() < Duration::from_secs(5) {
-                s2.poll_events().unwrap();
-                std::thread::sleep(Duration::from_millis(1));
+    writer(
+        &s,
+        SERVER_SEED,
+        total,
+        &points,
+        |i| {
+            if i % 2 == 0 {
+                listener.withdraw();
+            } else {
+                listener.readmit();
+                // The peer answers the readmission with a new channel: wait for it (the
+                // connecting side may refuse if its own downgrade raced; bounded).
+                let t = Instant::now();
+                while s2.path() != coresident_net::Path::Ring
+                    && t.elapsed() < Duration::from_secs(5)
+                {
+                    s2.poll_events().unwrap();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             }
-        }
-    }, &tx);
+        },
+        &tx,
+    );
     let got = reading.join().unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -185,11 +223,17 @@ fn integrity_gib_each_way_with_100_switches() {
     eprintln!("parent: {got} bytes in {:?}, {st:?}", t0.elapsed());
     eprintln!("child: {stdout}");
     assert!(out.status.success(), "child failed: {stdout}");
-    assert!(stdout.contains("CHILD-OK"), "child did not finish: {stdout}");
+    assert!(
+        stdout.contains("CHILD-OK"),
+        "child did not finish: {stdout}"
+    );
     assert_eq!(got, total);
     // 100 switches injected by the listener (and 20 by the connecting side, which
     // may coincide with them): nearly all of them must have happened.
     assert!(st.downgrades + st.upgrades >= 90, "switches: {st:?}");
-    assert!(st.ring_rx_bytes > 0 && st.tcp_rx_bytes > 0, "both paths carried bytes: {st:?}");
+    assert!(
+        st.ring_rx_bytes > 0 && st.tcp_rx_bytes > 0,
+        "both paths carried bytes: {st:?}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

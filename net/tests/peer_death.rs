@@ -66,7 +66,14 @@ fn peer_child() {
     }
 }
 
-fn spawn_peer(role: &str, name: &str) -> (coresident_net::Listener, std::process::Child, std::path::PathBuf) {
+fn spawn_peer(
+    role: &str,
+    name: &str,
+) -> (
+    coresident_net::Listener,
+    std::process::Child,
+    std::path::PathBuf,
+) {
     let (b, dir) = builder(name);
     let listener = b.bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -108,7 +115,11 @@ fn killed_peer_gives_a_reading_side_an_error_not_a_hang() {
         (&s).read(&mut b).map(|n| (n, s.stats()))
     });
     let e = err.expect_err("a killed peer is an error, not end-of-file");
-    eprintln!("read after the peer's death: {e} ({:?}) after {:?}", e.kind(), t0.elapsed());
+    eprintln!(
+        "read after the peer's death: {e} ({:?}) after {:?}",
+        e.kind(),
+        t0.elapsed()
+    );
     assert!(matches!(
         e.kind(),
         std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
@@ -141,7 +152,10 @@ fn killed_peer_gives_a_writing_side_an_error_not_a_hang() {
             }
         }
     });
-    eprintln!("write after the peer's death: {} after {} bytes; {:?}", res.1, res.0, res.2);
+    eprintln!(
+        "write after the peer's death: {} after {} bytes; {:?}",
+        res.1, res.0, res.2
+    );
     assert_eq!(res.2.path, Path::Tcp, "fell back to TCP before failing");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -174,7 +188,11 @@ fn peer_dies_while_a_forked_child_keeps_the_socket_and_the_stream_goes_on_over_t
     let mut want = b"ping over whichever path".to_vec();
     want.reverse();
     assert_eq!(reply, want, "the forked child answered over TCP");
-    assert_eq!(eof.unwrap(), 0, "FIN from the forked child at its final offset");
+    assert_eq!(
+        eof.unwrap(),
+        0,
+        "FIN from the forked child at its final offset"
+    );
     assert_eq!(st.path, Path::Tcp);
     assert!(st.downgrades >= 1);
     let _ = std::fs::remove_dir_all(dir);

@@ -137,13 +137,19 @@ fn non_blocking_streams_driven_by_poll_alone_with_switches() {
                 BorrowedFd::borrow_raw(sides[1].s.as_raw_fd()),
             )
         };
-        let mut fds = [PollFd::new(&a, PollFlags::IN), PollFd::new(&b2, PollFlags::IN)];
+        let mut fds = [
+            PollFd::new(&a, PollFlags::IN),
+            PollFd::new(&b2, PollFlags::IN),
+        ];
         let ts = Timespec {
             tv_sec: 0,
             tv_nsec: 200_000_000,
         };
         let n = poll(&mut fds, Some(&ts)).unwrap();
-        assert!(last.elapsed() < Duration::from_secs(20), "no progress for 20 s (busy or stalled)");
+        assert!(
+            last.elapsed() < Duration::from_secs(20),
+            "no progress for 20 s (busy or stalled)"
+        );
         if n == 0 {
             // Nothing readable: every side said WouldBlock, so progress is only
             // possible if a wake-up was lost, or through the periodic recheck.
@@ -165,7 +171,13 @@ fn non_blocking_streams_driven_by_poll_alone_with_switches() {
         let before = (sides[0].sent, sides[1].sent, sides[0].got, sides[1].got);
         idle += 1;
         if idle % 100_000 == 0 {
-            eprintln!("busy without progress: {before:?} revents {:?} {:?}\n{:?}\n{:?}", fds[0].revents(), fds[1].revents(), sides[0].s.stats(), sides[1].s.stats());
+            eprintln!(
+                "busy without progress: {before:?} revents {:?} {:?}\n{:?}\n{:?}",
+                fds[0].revents(),
+                fds[1].revents(),
+                sides[0].s.stats(),
+                sides[1].s.stats()
+            );
         }
         for (i, f) in fds.iter().enumerate() {
             if f.revents().contains(PollFlags::IN) {

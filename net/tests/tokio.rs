@@ -22,7 +22,9 @@ async fn tokio_streams_both_ways_with_switches() {
     let (cr, cw) = tokio::io::split(c);
     let (sr, sw) = tokio::io::split(s);
     let total: u64 = 32 << 20;
-    let send = |mut w: tokio::io::WriteHalf<AsyncStream>, seed: u64, ctl: Option<coresident_net::Stream>| async move {
+    let send = |mut w: tokio::io::WriteHalf<AsyncStream>,
+                seed: u64,
+                ctl: Option<coresident_net::Stream>| async move {
         let mut p = Pattern::new(seed);
         let mut buf = vec![0u8; 100_000];
         let mut sent = 0u64;
