@@ -92,9 +92,7 @@ pub fn pair(kind: &str, busy: bool, reg: &Path) -> (Box<dyn Duplex>, Box<dyn Dup
             } else {
                 Duration::ZERO
             };
-            let b = Builder::new()
-                .discovery(HostRegistry::at(reg))
-                .spin(spin);
+            let b = Builder::new().discovery(HostRegistry::at(reg)).spin(spin);
             let l = b.bind("127.0.0.1:0").unwrap();
             let c = b.connect(l.local_addr().unwrap()).unwrap();
             let (s, _) = l.accept().unwrap();
@@ -203,7 +201,9 @@ pub fn switch_cost(reg: &Path, rounds: u32) -> (f64, f64) {
         let t = Instant::now();
         while t.elapsed() < Duration::from_millis(200) {
             match (&s).read(&mut sink) {
-                Ok(_) => {}
+                Ok(n) => {
+                    std::hint::black_box(n);
+                }
                 Err(_) => {
                     let _ = (&c).flush();
                     std::thread::sleep(Duration::from_millis(1));
@@ -276,7 +276,14 @@ pub fn exp5(plan: &Plan, out: &Path) -> (Csv, Vec<String>) {
         });
     }
     p.step("switch cost");
-    let (us, resent) = switch_cost(&reg, if plan.d < Duration::from_millis(500) { 5 } else { 20 });
+    let (us, resent) = switch_cost(
+        &reg,
+        if plan.d < Duration::from_millis(500) {
+            5
+        } else {
+            20
+        },
+    );
     drop(p);
     csv.rows.push(vec![
         "switch_us".into(),

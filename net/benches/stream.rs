@@ -76,7 +76,11 @@ const KINDS: [&str; 3] = ["coresident", "tcp", "unix"];
 fn pair(kind: &str, busy: bool) -> (Box<dyn Duplex>, Box<dyn Duplex>) {
     let (a, b): (Box<dyn Duplex>, Box<dyn Duplex>) = match kind {
         "coresident" => {
-            let spin = if busy { Duration::from_secs(1) } else { Duration::ZERO };
+            let spin = if busy {
+                Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            };
             let b = Builder::new().discovery(HostRegistry::at(reg())).spin(spin);
             let l = b.bind("127.0.0.1:0").unwrap();
             let c = b.connect(l.local_addr().unwrap()).unwrap();
@@ -208,7 +212,10 @@ fn switch(c: &mut Criterion) {
             t
         })
     });
-    eprintln!("switch/full_ring: {} bytes resent per switch", resent / n.max(1));
+    eprintln!(
+        "switch/full_ring: {} bytes resent per switch",
+        resent / n.max(1)
+    );
 }
 
 criterion_group! {
