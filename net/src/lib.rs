@@ -86,6 +86,6 @@ pub use discovery::{
 };
 pub use listener::Listener;
 pub use stats::{Path, StreamStats};
-pub use stream::{Builder, Stream, DEFAULT_RING_SIZE, DEFAULT_SPIN, MAX_MESSAGE};
+pub use stream::{Builder, Prepared, Stream, DEFAULT_RING_SIZE, DEFAULT_SPIN, MAX_MESSAGE};
 #[cfg(feature = "tokio")]
 pub use tokio_io::AsyncStream;

@@ -173,27 +173,7 @@ impl Builder {
         let Some(src) = sock.local_addr()?.as_socket() else {
             return plain("no local address");
         };
-        let tuple = FourTuple { src, dst }.canonical();
-        let hello = Hello {
-            mode: 0,
-            epoch: 0,
-            session: sys::random_id(),
-            tuple,
-        };
-        let link = match self.discovery.offer(&hello, &self.params()) {
-            Ok(link) => match link.commit() {
-                Ok(()) => Some(link),
-                Err(e) => {
-                    tracing::info!(%tuple, error = %e, "upgrade refused at connect: commit failed; plain TCP");
-                    None
-                }
-            },
-            Err(Refusal::NotResident) => None,
-            Err(r) => {
-                tracing::info!(%tuple, reason = %r, "upgrade refused at connect; plain TCP");
-                None
-            }
-        };
+        let session = self.offer_for(src, dst);
         // Committed or not, the TCP connection is made from the bound 4-tuple; the
         // listener knows which by the commit word (see docs/streams.md).
         let res = match timeout {
@@ -202,17 +182,65 @@ impl Builder {
         };
         res?;
         let tcp: TcpStream = sock.into();
-        let session = link.as_ref().map(|_| {
-            Core::session(
-                hello.session,
-                Side::Connector,
-                tuple,
-                Arc::clone(&self.discovery),
-                self.params(),
-                None,
-            )
-        });
-        Stream::from_core(Core::new(tcp, session, link, self.tuning())?, self.spin)
+        match session {
+            Some(p) => Stream::from_session(tcp, p),
+            None => Stream::from_core(Core::new(tcp, None, None, self.tuning())?, self.spin),
+        }
+    }
+
+    /// The connecting side's half of the agreement, for a caller that makes the TCP
+    /// connection itself (the preload library around a program's own `connect`):
+    /// offers a channel for the connection `src -> dst` (bind the socket to `src`
+    /// first, e.g. the route's source address and port 0, to know it) and commits to
+    /// it. Then connect the socket from `src`, and [`Stream::from_session`].
+    ///
+    /// `None`: the destination is not resident or refused (the reason is a `tracing`
+    /// event): make a plain connection (raw bytes) from the same socket.
+    pub fn offer_for(&self, src: SocketAddr, dst: SocketAddr) -> Option<Prepared> {
+        let tuple = FourTuple { src, dst }.canonical();
+        let hello = Hello {
+            mode: 0,
+            epoch: 0,
+            session: sys::random_id(),
+            tuple,
+        };
+        match self.discovery.offer(&hello, &self.params()) {
+            Ok(link) => match link.commit() {
+                Ok(()) => Some(Prepared {
+                    hello,
+                    link,
+                    builder: self.clone(),
+                }),
+                Err(e) => {
+                    tracing::info!(%tuple, error = %e, "upgrade refused at connect: commit failed; plain TCP");
+                    None
+                }
+            },
+            Err(Refusal::NotResident) => {
+                tracing::debug!(%tuple, "not resident: plain TCP");
+                None
+            }
+            Err(r) => {
+                tracing::info!(%tuple, reason = %r, "upgrade refused at connect; plain TCP");
+                None
+            }
+        }
+    }
+}
+
+/// A channel handshaken and committed for one TCP connection that is not yet made
+/// ([`Builder::offer_for`]); the connection must be made from its 4-tuple.
+#[derive(Debug)]
+pub struct Prepared {
+    hello: Hello,
+    link: Box<dyn crate::RingLink>,
+    builder: Builder,
+}
+
+impl Prepared {
+    /// The connection it belongs to.
+    pub fn tuple(&self) -> FourTuple {
+        self.hello.tuple
     }
 }
 
@@ -321,6 +349,38 @@ impl Stream {
             Core::new(tcp, None, None, Builder::new().tuning())?,
             DEFAULT_SPIN,
         )
+    }
+
+    /// A session stream over `tcp`, connected from the 4-tuple `prepared` was offered
+    /// for (see [`Builder::offer_for`]).
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::InvalidInput`] if `tcp`'s addresses are not the 4-tuple; the
+    /// epoll set could not be made.
+    pub fn from_session(tcp: TcpStream, prepared: Prepared) -> io::Result<Self> {
+        let tuple = FourTuple {
+            src: tcp.local_addr()?,
+            dst: tcp.peer_addr()?,
+        }
+        .canonical();
+        if tuple != prepared.hello.tuple {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the connection is not the one the channel was offered for",
+            ));
+        }
+        let b = &prepared.builder;
+        let session = Core::session(
+            prepared.hello.session,
+            Side::Connector,
+            tuple,
+            Arc::clone(&b.discovery),
+            b.params(),
+            None,
+        );
+        let core = Core::new(tcp, Some(session), Some(prepared.link), b.tuning())?;
+        Self::from_core(core, b.spin)
     }
 
     pub(crate) fn from_core(core: Core, spin: Duration) -> io::Result<Self> {

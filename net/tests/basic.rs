@@ -128,3 +128,37 @@ fn messages_keep_their_boundaries_across_switches() {
     assert!(c.stats().downgrades >= 1);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_stream_from_a_connection_made_by_the_caller_and_a_prepared_session() {
+    // What the preload library does around a program's own connect().
+    let (b, dir) = builder("prepared");
+    let listener = b.bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    let src = sock.local_addr().unwrap().as_socket().unwrap();
+    let prepared = b.offer_for(src, addr).expect("resident");
+    assert_eq!(prepared.tuple().src, src);
+    sock.connect(&addr.into()).unwrap();
+    let c = coresident_net::Stream::from_session(sock.into(), prepared).unwrap();
+    let (s, _) = listener.accept().unwrap();
+    assert_eq!((c.path(), s.path()), (Path::Ring, Path::Ring));
+    (&c).write_all(b"via a prepared session").unwrap();
+    let mut v = [0u8; 22];
+    (&s).read_exact(&mut v).unwrap();
+    assert_eq!(&v, b"via a prepared session");
+
+    // A prepared session does not fit another connection.
+    let other = b.offer_for("127.0.0.1:1".parse().unwrap(), addr).unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    let e = coresident_net::Stream::from_session(tcp, other).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    let _ = std::fs::remove_dir_all(dir);
+}
