@@ -201,6 +201,8 @@ pub(crate) struct Session {
     /// The listener withdrew residency (the accepting side refuses channels until
     /// readmitted).
     withdrawn: bool,
+    /// When this side last offered a channel.
+    last_offer: Option<Instant>,
 }
 
 /// Tuning of a stream.
@@ -295,6 +297,23 @@ impl Core {
         Ok(core)
     }
 
+    /// A dead plain core over a fresh, unconnected socket (what a closing stream
+    /// leaves behind while its real core finishes elsewhere).
+    pub(crate) fn placeholder() -> io::Result<Self> {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        let mut c = Self::new(
+            sock.into(),
+            None,
+            None,
+            Tuning {
+                gap_timeout: Duration::ZERO,
+                look_every: 64,
+            },
+        )?;
+        c.failed = Some(io::ErrorKind::NotConnected);
+        Ok(c)
+    }
+
     /// A session for a fresh connection.
     pub(crate) fn session(
         id: [u8; 16],
@@ -318,6 +337,7 @@ impl Core {
             rx: Rx::default(),
             upgrade_wanted: false,
             withdrawn: false,
+            last_offer: None,
         }
     }
 
@@ -478,7 +498,12 @@ impl Core {
         let Some(s) = &mut self.session else {
             return Ok(());
         };
-        if s.upgrade_wanted && s.side == Side::Connector && s.chan.is_none() {
+        // At most one peer-requested offer per 20 ms: a peer that keeps asking costs
+        // bounded handshakes, never a busy loop.
+        let recent = s
+            .last_offer
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(20));
+        if s.upgrade_wanted && s.side == Side::Connector && s.chan.is_none() && !recent {
             s.upgrade_wanted = false;
             self.upgrade_now();
         }
@@ -680,6 +705,7 @@ impl Core {
         let Some(s) = &mut self.session else {
             return;
         };
+        s.last_offer = Some(Instant::now());
         let hello = Hello {
             mode: 0,
             epoch: s.epoch + 1,
@@ -1355,8 +1381,8 @@ impl Core {
                         s.rx.fin = Some(seg.offset);
                     }
                     _ => {
-                        debug_assert_eq!(seg.kind, SEG_UPGRADE);
-                        s.upgrade_wanted = true;
+                        // A request while a channel lives is stale (it crossed ours).
+                        s.upgrade_wanted = s.chan.is_none();
                     }
                 }
                 continue;
@@ -1491,13 +1517,21 @@ impl Core {
             .is_some_and(|c| c.rx.is_some() || c.tx.is_some())
     }
 
-    /// Best effort at the end: queued segments and the FIN reach TCP within `limit`.
-    pub(crate) fn finish(&mut self, limit: Duration) {
+    /// At the end, without blocking: publishes, queues the FIN; true when everything
+    /// queued is on TCP (else [`finish`](Self::finish) can wait for it elsewhere).
+    pub(crate) fn finish_now(&mut self) -> bool {
         if self.session.is_none() || sys::fork_generation() != self.fork_gen {
-            return;
+            return true;
         }
         let _ = self.publish();
-        let _ = self.shutdown_write();
+        self.shutdown_write().is_err() || self.flushed()
+    }
+
+    /// Best effort at the end: queued segments and the FIN reach TCP within `limit`.
+    pub(crate) fn finish(&mut self, limit: Duration) {
+        if self.finish_now() {
+            return;
+        }
         let t0 = Instant::now();
         while !self.flushed() && t0.elapsed() < limit {
             let mut ev = Vec::new();

@@ -757,8 +757,25 @@ impl Drop for Shared {
             .core
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Queued segments and the FIN reach TCP (bounded): the peer then reads
-        // end-of-file at the final offset, as with a closed TCP socket.
-        core.finish(Duration::from_secs(2));
+        // Queued segments and the FIN reach TCP: the peer then reads end-of-file at
+        // the final offset, as with a closed TCP socket. Like the kernel's lingering
+        // close, this does not block the caller: what does not fit now goes out from a
+        // short-lived thread (bounded), which then closes the socket.
+        if core.finish_now() {
+            return;
+        }
+        let placeholder = Mutex::new(match Core::placeholder() {
+            Ok(c) => c,
+            Err(_) => return core.finish(Duration::from_secs(2)),
+        });
+        let mut core = std::mem::replace(&mut self.core, placeholder)
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let spawned = std::thread::Builder::new()
+            .name("coresident-net-linger".into())
+            .spawn(move || core.finish(Duration::from_secs(5)));
+        if spawned.is_err() {
+            tracing::warn!("no thread to finish a closed stream's queued bytes");
+        }
     }
 }
