@@ -67,7 +67,7 @@ mod transport;
 pub use coresident_lookup as lookup;
 pub use coresident_ring as ring;
 
-pub use channel::{Channel, ChannelConfig, ChannelState};
+pub use channel::{Channel, ChannelConfig, ChannelState, PEER_PROBE_INTERVAL, PEER_PROBE_SENDS};
 pub use error::{ChannelError, TransportError};
 #[cfg(feature = "alloc")]
 pub use flow::{Delivery, Reassembler, ReassemblyError};

@@ -40,10 +40,26 @@ pub trait Doorbell {
     /// When the doorbell is broken.
     fn wait(&self, timeout: Option<Duration>) -> Result<Wake, TransportError>;
 
-    /// Whether the transport still believes the peer is there. Cheap: no system call
-    /// where it can be avoided.
+    /// Whether the transport still believes the peer is there: the authoritative check
+    /// (a `poll` of a socket, Xen's event-channel status). It may make a system call;
+    /// the channel asks it at a bounded rate: before every sleep, every
+    /// [`PEER_PROBE_SENDS`](crate::PEER_PROBE_SENDS) fast-path calls, and on the slow
+    /// paths (a full ring, a doorbell rung, [`Channel::poll`](crate::Channel::poll)) at
+    /// most every [`PEER_PROBE_INTERVAL`](crate::PEER_PROBE_INTERVAL).
     fn peer_alive(&self) -> bool {
         true
+    }
+
+    /// Whether the transport already knows, without asking anyone, that the peer is
+    /// gone: a flag an earlier wait or probe set, or a live byte in shared memory that
+    /// the peer's death clears (Xen's unmap-notify). The channel asks it on **every**
+    /// send, so it must cost a load or two: no system call, no lock, no hypercall.
+    ///
+    /// `false` means "not known gone", never "alive": [`peer_alive`](Self::peer_alive)
+    /// stays the authoritative check. The default knows nothing and costs nothing.
+    #[inline(always)]
+    fn peer_gone_hint(&self) -> bool {
+        false
     }
 }
 
