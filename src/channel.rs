@@ -471,8 +471,11 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
     }
 
     /// Nothing to receive: `Empty`, or `PeerGone` once the peer is known gone (asked
-    /// as `send` asks) and everything it published has been received.
-    #[inline(always)]
+    /// as `send` asks) and everything it published has been received. Out of line: a
+    /// receiver that polls an empty ring is not in a hurry, and the hot `recv` stays
+    /// small.
+    #[cold]
+    #[inline(never)]
     fn recv_empty(&mut self, buf: &mut [u8]) -> Result<usize, ChannelError> {
         match self.state {
             ChannelState::Connected => {

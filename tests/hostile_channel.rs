@@ -203,3 +203,112 @@ fn recv_reports_a_dead_peer_after_draining_it() {
     assert_eq!(got, (0..3u8).map(|i| vec![i; 10]).collect::<Vec<_>>());
     assert_eq!(err, ChannelError::PeerGone);
 }
+
+/// Finding 1's family, raced: a thread scribbles on both rings (plausible indices,
+/// tags and lengths, and garbage) while both channels make blocking and non-blocking
+/// calls with short timeouts. Every call must return: a worker without progress for
+/// the watchdog's bound aborts the process. Runtime: `HOSTILE_RACE_SECS` (default 1).
+#[test]
+fn blocking_calls_return_while_a_peer_scribbles() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    use std::time::Instant;
+    let secs: u64 = std::env::var("HOSTILE_RACE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let t0 = Instant::now();
+    let mut epochs = 0u64;
+    let mut calls = [0u64; 2];
+    while t0.elapsed() < Duration::from_secs(secs) {
+        epochs += 1;
+        let batching =
+            [Batching::EventIndex, Batching::STREAM, Batching::Always][epochs as usize % 3];
+        let config = ChannelConfig {
+            batching,
+            liveness: Some(Duration::from_millis(30)),
+            recheck: Some(Duration::from_millis(5)),
+            ..ChannelConfig::default()
+        };
+        let (a, b, faults) = channels(4096, config);
+        let stop = AtomicBool::new(false);
+        let ops = [AtomicU64::new(0), AtomicU64::new(0)];
+        let finished = [AtomicBool::new(false), AtomicBool::new(false)];
+        let len = faults.ring_offset(Side::Acceptor) + 640 + 4096;
+        let work = |mut ch: Ch, i: usize| {
+            let mut buf = vec![0u8; ch.max_incoming()];
+            let mut k = 0u64;
+            while !stop.load(Relaxed) {
+                k += 1;
+                let t = Some(Duration::from_millis(1 + k % 20));
+                let _ = match k % 5 {
+                    0 => ch.send_blocking(&[k as u8; 100], t).map(|_| 0),
+                    1 => ch.recv(&mut buf),
+                    2 => ch.send(&[k as u8; 8]).map(|_| 0),
+                    3 => ch.poll().map(|_| 0),
+                    _ => ch.recv_blocking(&mut buf, t),
+                };
+                ops[i].fetch_add(1, Relaxed);
+            }
+            finished[i].store(true, Relaxed);
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| work(a, 0));
+            s.spawn(|| work(b, 1));
+            s.spawn(|| {
+                let mut x = epochs.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                while !stop.load(Relaxed) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let ring = [0, faults.ring_offset(Side::Acceptor)][(x & 1) as usize];
+                    let small = (x >> 8) as u32 & 0xFFF8;
+                    match (x >> 4) % 6 {
+                        0 => faults.poke(ring + WRITE, small),
+                        1 => faults.poke(ring + WRITE, small.wrapping_add(4096)),
+                        2 => faults.poke(
+                            ring + DATA + (small as usize & 4095) + 4,
+                            (x >> 32) as u32 & 0x00FF_FFFF,
+                        ),
+                        3 => faults.poke(
+                            ring + DATA + (small as usize & 4095),
+                            (x >> 40) as u32 & 0x1FFF,
+                        ),
+                        4 => faults.poke(4 * ((x >> 20) as usize % (len / 4)), (x >> 32) as u32),
+                        _ => std::thread::sleep(Duration::from_micros(x % 200)),
+                    }
+                }
+            });
+            // The watchdog: every worker must finish calls, whatever the scribbler does.
+            let mut last = [0u64; 2];
+            let mut since = [Instant::now(); 2];
+            let end = Instant::now() + Duration::from_millis(100);
+            while Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(5));
+                for i in 0..2 {
+                    let n = ops[i].load(Relaxed);
+                    if n != last[i] {
+                        (last[i], since[i]) = (n, Instant::now());
+                    } else if since[i].elapsed() > WATCHDOG {
+                        eprintln!("channel {i}: no call returned for {WATCHDOG:?}: a hang");
+                        std::process::abort();
+                    }
+                }
+            }
+            stop.store(true, Relaxed);
+            // The last calls must return too (the scope joins them).
+            let t_stop = Instant::now();
+            while !finished.iter().all(|f| f.load(Relaxed)) {
+                if t_stop.elapsed() > WATCHDOG {
+                    eprintln!("a channel's last call never returned: a hang");
+                    std::process::abort();
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        for i in 0..2 {
+            calls[i] += ops[i].load(Relaxed);
+        }
+    }
+    eprintln!("{epochs} epochs, {calls:?} calls returned");
+    assert!(calls.iter().all(|&c| c > 0));
+}
