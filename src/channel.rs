@@ -1,6 +1,6 @@
 //! A channel: one ring per direction in one shared region, plus a doorbell.
 
-use crate::notify::{Batching, Clock, Doorbell, Wake};
+use crate::notify::{Batching, Clock, Doorbell, SpinPolicy, Wake};
 use crate::stats::Stats;
 #[cfg(not(loom))]
 use crate::transport::ring_memory;
@@ -31,14 +31,101 @@ pub const PEER_PROBE_SENDS: u32 = 1024;
 /// dead peer at its next send after this interval; so does an idle sender that polls.
 pub const PEER_PROBE_INTERVAL: Duration = Duration::from_millis(1);
 
+/// The default cap of the spin budget, in microseconds ([`ChannelConfig::spin`]): a few
+/// times a sleeping thread's wake-up latency on Linux, and longer than a batch's
+/// default latency bound ([`Batching::STREAM`]'s 50 µs) is not useful.
+pub const DEFAULT_SPIN_US: u32 = 50;
+
+/// Index of the blocking receives' and the blocking sends' spinner.
+const RECV: usize = 0;
+const SEND: usize = 1;
+
+/// Polls between two clock reads while spinning.
+const SPIN_POLLS_PER_CLOCK: u32 = 16;
+
+/// What one direction's blocking calls learnt about spinning ([`SpinPolicy::Adaptive`]).
+#[derive(Clone, Copy, Debug)]
+struct Spinner {
+    /// The budget in nanoseconds: `0..=cap`.
+    budget: u64,
+    /// Waits left before a probe spin, while `budget` is 0.
+    probe_in: u16,
+    /// Waits between probe spins: 8 to 1024, doubling after each failed probe.
+    probe_every: u16,
+    /// Whether the spin in progress is a probe.
+    probing: bool,
+}
+
+impl Spinner {
+    const MIN_NS: u64 = 1_000;
+    const PROBE_FIRST: u16 = 8;
+    const PROBE_MAX: u16 = 1024;
+
+    fn new(cap: u64) -> Self {
+        Self {
+            budget: cap,
+            probe_in: Self::PROBE_FIRST,
+            probe_every: Self::PROBE_FIRST,
+            probing: false,
+        }
+    }
+
+    /// The budget of the next wait, in nanoseconds.
+    fn limit(&mut self, cap: u64, policy: SpinPolicy) -> u64 {
+        if policy == SpinPolicy::Fixed || cap == 0 {
+            return cap;
+        }
+        self.budget = self.budget.min(cap);
+        if self.budget > 0 {
+            return self.budget;
+        }
+        self.probe_in = self.probe_in.saturating_sub(1);
+        if self.probe_in == 0 {
+            self.probe_in = self.probe_every;
+            self.probing = true;
+            return cap;
+        }
+        0
+    }
+
+    /// The spin found what it waited for after at least `t` nanoseconds.
+    fn won(&mut self, t: u64, cap: u64) {
+        self.budget = self.budget.max(2 * t + Self::MIN_NS).min(cap);
+        self.probe_every = Self::PROBE_FIRST;
+        self.probing = false;
+    }
+
+    /// The spin ran out.
+    fn expired(&mut self) {
+        self.budget /= 2;
+        if self.budget < Self::MIN_NS {
+            self.budget = 0;
+        }
+        if self.probing {
+            self.probe_every = self.probe_every.saturating_mul(2).min(Self::PROBE_MAX);
+            self.probe_in = self.probe_every;
+            self.probing = false;
+        }
+    }
+}
+
 /// Tuning that rarely changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelConfig {
     /// When to publish and ring.
     pub batching: Batching,
-    /// Polls before a blocking call sleeps on the doorbell (spin, then block). On one
-    /// shared core spinning only delays the peer: use 0 there.
+    /// The cap of a blocking call's spin budget, in **microseconds**: how long it may
+    /// poll the ring before it sleeps on the doorbell. 0 never spins. Under the default
+    /// [`SpinPolicy::Adaptive`] the budget itself is learnt below this cap, so the
+    /// default is safe when both ends share one core (the budget falls to 0 after a
+    /// few waits) and fast when they do not (it stays where spinning succeeds).
+    ///
+    /// A time, not a count of polls: 2000 polls were 2000 polls whatever the machine,
+    /// and a cliff on a shared core. The clock is read once every 16 polls, never on
+    /// a poll that finds its data. A spin never runs past the call's deadline.
     pub spin: u32,
+    /// How the spin budget moves under the cap.
+    pub spin_policy: SpinPolicy,
     /// The peer is declared gone when it has unconsumed messages and its read position
     /// has not moved for this long (the missed heartbeat). `None`: only transport
     /// signals count.
@@ -53,7 +140,8 @@ impl Default for ChannelConfig {
     fn default() -> Self {
         Self {
             batching: Batching::EventIndex,
-            spin: 2_000,
+            spin: DEFAULT_SPIN_US,
+            spin_policy: SpinPolicy::Adaptive,
             liveness: Some(Duration::from_secs(5)),
             recheck: Some(Duration::from_millis(100)),
         }
@@ -100,6 +188,8 @@ pub struct Channel<R: SharedRegion, D: Doorbell, C: Clock> {
     /// Fast-path calls left before the next `peer_alive` probe (counting down from
     /// [`PEER_PROBE_SENDS`]), and when the last probe was made.
     probe: (u32, Duration),
+    /// The adaptive spin budgets of blocking receives and blocking sends.
+    spinners: [Spinner; 2],
     stats: Stats,
     layout: ChannelLayout,
     role: Role,
@@ -164,6 +254,7 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
             state: ChannelState::Connected,
             corruption: Corruption::OutOfBounds,
             probe: (PEER_PROBE_SENDS, now),
+            spinners: [Spinner::new(u64::from(config.spin) * 1_000); 2],
             stats: Stats::default(),
             layout,
             role,
@@ -363,11 +454,12 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
         self.usable()?;
         let deadline = timeout.map(|t| self.clock.now() + t);
         loop {
-            for _ in 0..=self.config.spin {
-                match self.try_send(msg) {
-                    Err(ChannelError::Full) => coresident_ring::sync::spin_loop(),
-                    other => return other,
-                }
+            let spun = self.spin(SEND, deadline, |ch| match ch.try_send(msg) {
+                Err(ChannelError::Full) => None,
+                other => Some(other),
+            });
+            if let Some(r) = spun {
+                return r;
             }
             // Every round, whatever the peer does: the deadline, the liveness bound
             // and the transport's word (issue 17: no peer can keep this call past its
@@ -553,11 +645,12 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
                     Err(e) => return Err(e),
                 }
             }
-            for _ in 0..=self.config.spin {
-                match self.try_recv(buf) {
-                    Err(ChannelError::Empty) => coresident_ring::sync::spin_loop(),
-                    other => return other,
-                }
+            let spun = self.spin(RECV, deadline, |ch| match ch.try_recv(buf) {
+                Err(ChannelError::Empty) => None,
+                other => Some(other),
+            });
+            if let Some(r) = spun {
+                return r;
             }
             match self.state {
                 ChannelState::Connected => {}
@@ -713,6 +806,48 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
                 bytes, max_delay, ..
             } => (bytes.max(1).min(self.rx.data_size() / 2), Some(max_delay)),
             _ => (1, None),
+        }
+    }
+
+    /// One look, then polls for up to the direction's spin budget (never past
+    /// `deadline`): `Some` with `attempt`'s answer as soon as it has one. Learns from
+    /// the outcome ([`SpinPolicy::Adaptive`]).
+    #[inline(always)]
+    fn spin<T>(
+        &mut self,
+        dir: usize,
+        deadline: Option<Duration>,
+        mut attempt: impl FnMut(&mut Self) -> Option<T>,
+    ) -> Option<T> {
+        if let Some(v) = attempt(self) {
+            return Some(v);
+        }
+        let cap = u64::from(self.config.spin) * 1_000;
+        let limit = self.spinners[dir].limit(cap, self.config.spin_policy);
+        if limit == 0 {
+            return None;
+        }
+        // Time runs from the first clock read, 16 polls in: a spin that wins sooner
+        // reads no clock at all. `spent` is a lower bound of the time spun.
+        let mut start = None;
+        let mut spent = 0u64;
+        loop {
+            for _ in 0..SPIN_POLLS_PER_CLOCK {
+                coresident_ring::sync::spin_loop();
+                if let Some(v) = attempt(self) {
+                    self.spinners[dir].won(spent, cap);
+                    self.stats.spins_won += 1;
+                    return Some(v);
+                }
+            }
+            let now = self.clock.now();
+            let t0 = *start.get_or_insert(now);
+            spent = u64::try_from(now.saturating_sub(t0).as_nanos()).unwrap_or(u64::MAX);
+            if spent >= limit || deadline.is_some_and(|d| now >= d) {
+                self.spinners[dir].expired();
+                self.stats.spins_expired += 1;
+                return None;
+            }
         }
     }
 

@@ -74,7 +74,7 @@ pub use flow::{Delivery, Reassembler, ReassemblyError};
 pub use flow::{FlowHeader, FLOW_HEADER_LEN};
 #[cfg(feature = "std")]
 pub use notify::StdClock;
-pub use notify::{Batching, Clock, Doorbell, Wake};
+pub use notify::{Batching, Clock, Doorbell, SpinPolicy, Wake};
 #[cfg(feature = "alloc")]
 pub use router::{
     Decision, NetworkPath, Path, PeerState, Policy, RouteError, Router, ThresholdPolicy,
