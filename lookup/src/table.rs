@@ -126,8 +126,24 @@ pub struct Table<K: Key, const BUCKETS: usize> {
     ctrl: Controls<BUCKETS>,
     /// The buckets' slot lines; entries live only in their key's two candidate buckets.
     lines: [Line; BUCKETS],
-    /// Secret key of the hash, fixed for the table's life.
-    seed: Seed,
+    /// Secret key of the hash, fixed for the table's life; read by every lookup, so it
+    /// has a cache line of its own that no writer store touches.
+    seed: Secret,
+    /// What the writer changes besides the buckets, on its own line.
+    counters: Counters,
+    /// The key type (the table stores only its encoding; `fn` keeps `Table` `Send` and
+    /// `Sync` whatever `K` is).
+    _key: PhantomData<fn(K) -> K>,
+}
+
+/// The table's seed on a cache line of its own.
+#[repr(C, align(64))]
+struct Secret(Seed);
+
+/// The counters the writer stores on every change, together on one line, apart from
+/// the seed (a lookup must not miss in its cache because a change was counted).
+#[repr(C, align(64))]
+struct Counters {
     /// Changes of the table's contents so far ([`Table::generation`]); only the writer
     /// stores it, one higher after each change.
     generation: AtomicU64,
@@ -135,9 +151,6 @@ pub struct Table<K: Key, const BUCKETS: usize> {
     len: AtomicUsize,
     /// Whether a [`Writer`] is alive.
     writer_claimed: AtomicBool,
-    /// The key type (the table stores only its encoding; `fn` keeps `Table` `Send` and
-    /// `Sync` whatever `K` is).
-    _key: PhantomData<fn(K) -> K>,
 }
 
 /// The control words of a table's buckets, from a cache-line boundary.
@@ -164,10 +177,12 @@ impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
         Self {
             ctrl: Controls(core::array::from_fn(|_| AtomicU64::new(0))),
             lines: core::array::from_fn(|_| Line::new()),
-            seed,
-            generation: AtomicU64::new(0),
-            len: AtomicUsize::new(0),
-            writer_claimed: AtomicBool::new(false),
+            seed: Secret(seed),
+            counters: Counters {
+                generation: AtomicU64::new(0),
+                len: AtomicUsize::new(0),
+                writer_claimed: AtomicBool::new(false),
+            },
             _key: PhantomData,
         }
     }
@@ -180,7 +195,7 @@ impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
     pub fn writer(&self) -> Result<Writer<'_, K, BUCKETS>, ClaimError> {
         // SYNC: writer-handoff. Acquire: pairs with the Release store in
         // `Writer::drop`, so this writer sees every store of the previous one.
-        match self.writer_claimed.compare_exchange(
+        match self.counters.writer_claimed.compare_exchange(
             false,
             true,
             Ordering::Acquire,
@@ -195,7 +210,7 @@ impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
     /// Entries in the table; a snapshot that may be stale while the writer works.
     pub fn len(&self) -> usize {
         // Relaxed: a statistic; no other data is read through it.
-        self.len.load(Ordering::Relaxed)
+        self.counters.len.load(Ordering::Relaxed)
     }
 
     /// The table's generation: how many changes of its contents the writer has
@@ -256,7 +271,7 @@ impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
     pub fn generation(&self) -> u64 {
         // SYNC: generation. Acquire: pairs with the Release store in
         // `Writer::changed`; a `get` after this load sees every change counted here.
-        self.generation.load(Ordering::Acquire)
+        self.counters.generation.load(Ordering::Acquire)
     }
 
     /// Whether [`len`](Table::len) is 0.
@@ -289,7 +304,7 @@ impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
     /// The hash of the key encoded as `words`.
     #[inline(always)]
     fn hash(&self, words: &[u64; 2]) -> u64 {
-        hash::hash(&self.seed, words, Self::GEOMETRY.key_words)
+        hash::hash(&self.seed.0, words, Self::GEOMETRY.key_words)
     }
 
     /// Bucket `i` of the table. Callers pass `i < BUCKETS` (from [`hash::buckets`]);
@@ -529,11 +544,12 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
     fn changed(&self) {
         // Relaxed load: only the writer stores the generation, and a new writer has
         // synchronised with the previous one (SYNC: writer-handoff).
-        let g = self.table.generation.load(Ordering::Relaxed);
+        let g = self.table.counters.generation.load(Ordering::Relaxed);
         // SYNC: generation. Release: pairs with the Acquire load in
         // `Table::generation`; the bucket stores of this change (and of every earlier
         // one) happen before any load that reads this value.
         self.table
+            .counters
             .generation
             .store(g.wrapping_add(1), Ordering::Release);
     }
@@ -593,7 +609,7 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
             return Err(InsertError::Full);
         }
         // Relaxed: a statistic, only this writer stores it.
-        self.table.len.fetch_add(1, Ordering::Relaxed);
+        self.table.counters.len.fetch_add(1, Ordering::Relaxed);
         self.changed();
         Ok(None)
     }
@@ -732,7 +748,7 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
                 // The count of `i1` counts this key, so it can go down by one.
                 debug_assert!(cleared && uncounted);
                 // Relaxed: a statistic, only this writer stores it.
-                self.table.len.fetch_sub(1, Ordering::Relaxed);
+                self.table.counters.len.fetch_sub(1, Ordering::Relaxed);
                 self.changed();
                 return Some(Handle::from_bits(handle));
             }
@@ -744,7 +760,10 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
 impl<K: Key, const BUCKETS: usize> Drop for Writer<'_, K, BUCKETS> {
     fn drop(&mut self) {
         // SYNC: writer-handoff. Release: pairs with the Acquire in `Table::writer`.
-        self.table.writer_claimed.store(false, Ordering::Release);
+        self.table
+            .counters
+            .writer_claimed
+            .store(false, Ordering::Release);
     }
 }
 
