@@ -12,10 +12,15 @@
 //!
 //! 1. Mixed workloads (Fig. 2): five concurrent flows of 1 KiB messages, local:remote
 //!    from 0:5 to 5:0, each flow a thread with its own `Router` (table lookup and
-//!    policy included); aggregate Mbit/s.
+//!    policy included); aggregate Mbit/s, with the remote flows over loopback and, as
+//!    root, over a veth pair limited to 1 Gbit/s (`tc qdisc ... tbf`) like the paper's
+//!    1 GbE NIC.
 //! 2. Interception overhead (Table 2): remote-only TCP traffic, 4 B to 64 KiB, with no
 //!    lookup, our residency table, a 1- and a 10-node chain (XenLoop's "1 lookup" and
-//!    "10 lookups"), and the whole `Router::send`; Mbit/s and transactions/s.
+//!    "10 lookups"), and the whole `Router::send`: the variants alternate message by
+//!    message over one connection for many rounds, and the extra time per message is
+//!    reported as a share of the network path's CPU time per message with a 95%
+//!    bootstrap interval, beside each variant's work timed without a network.
 //! 3. Message size and core assignment (Fig. 4, 8, 9): datagram (channel vs UDP) and
 //!    stream (batched channel vs TCP) modes, 64 B to 64 KiB, both ends on CPU 0 or on
 //!    CPUs 0 and 1.
@@ -155,8 +160,9 @@ fn placement(same_core: bool) -> &'static str {
 const FLOWS: usize = 5;
 const MIXED_SIZE: usize = 1024;
 
-/// One configuration of exp. 1: `local` of the five flows are co-resident.
-fn mixed(local: usize, d: Duration) -> (f64, f64, u64, u64) {
+/// One configuration of exp. 1: `local` of the five flows are co-resident; the
+/// others, and the network path of all, go over `net`.
+fn mixed(local: usize, d: Duration, net: Net) -> (f64, f64, u64, u64) {
     // Ten threads on this machine's cores: spinning would only delay the others.
     let config = peer::channel_config(Batching::EventIndex, true);
     let offers: Vec<_> = (0..local).map(|_| peer::offer()).collect();
@@ -167,21 +173,27 @@ fn mixed(local: usize, d: Duration) -> (f64, f64, u64, u64) {
         format!("flows={FLOWS}"),
         format!("rdv={}", rdv.join(",")),
         "same_core=1".to_string(),
+        format!("bind={}", net.peer_ip()),
     ];
-    let peer = Peer::spawn(Net::Loopback, &args);
+    let peer = Peer::spawn(net, &args);
     let mut chans: Vec<Option<Chan>> = offers
         .into_iter()
         .map(|(p, _)| Some(peer::complete(p, config)))
         .collect();
     chans.resize_with(FLOWS, || None);
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, peer.port));
+    let addr = SocketAddr::new(net.peer_ip(), peer.port);
     let counts: Vec<(u64, u64)> = std::thread::scope(|s| {
         let handles: Vec<_> = chans
             .into_iter()
             .enumerate()
             .map(|(i, ch)| {
-                let stream = TcpStream::connect(addr).unwrap();
-                s.spawn(move || mixed_flow(i as u32, ch, stream, d))
+                s.spawn(move || {
+                    if net == Net::Veth {
+                        peer::enter_netns(peer::NS_A);
+                    }
+                    let stream = TcpStream::connect(addr).unwrap();
+                    mixed_flow(i as u32, ch, stream, d)
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -240,9 +252,29 @@ fn mixed_flow(flow: u32, ch: Option<Chan>, stream: TcpStream, d: Duration) -> (u
     // Dropping the router closes the channel and the stream: the peer sees the end.
 }
 
+/// The network paths of exp. 1: loopback, and as root the veth pair limited to
+/// 1 Gbit/s like the paper's 1 GbE NIC.
+fn exp1_paths(plan: &Plan) -> (Vec<(&'static str, Net)>, Option<peer::RateLimit>) {
+    let mut paths = vec![("lo", Net::Loopback)];
+    if !plan.veth {
+        return (paths, None);
+    }
+    match peer::RateLimit::new(peer::NS_A, "cr-va", "1gbit") {
+        Ok(limit) => {
+            paths.push(("veth-1g", Net::Veth));
+            (paths, Some(limit))
+        }
+        Err(note) => {
+            println!("> note: {note}\n");
+            (paths, None)
+        }
+    }
+}
+
 fn exp1(plan: &Plan, out: &Path) -> (Csv, Vec<String>) {
     let mut csv = Csv::new(
         &[
+            "path",
             "local",
             "remote",
             "mbit_s",
@@ -250,38 +282,65 @@ fn exp1(plan: &Plan, out: &Path) -> (Csv, Vec<String>) {
             "via_channel",
             "via_network",
         ],
-        2,
+        3,
     );
+    // The rate limit lives as long as exp. 1 (removed on drop, also when unwinding):
+    // exp. 3's veth runs are unlimited.
+    let (paths, limit) = exp1_paths(plan);
     let mut t = Pivot::new("local:remote");
-    let mut pts = Vec::new();
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    let mut expected = Vec::new();
     let mut p = Progress {
         exp: 1,
         done: 0,
-        total: FLOWS + 1,
+        total: (FLOWS + 1) * paths.len(),
     };
-    for local in 0..=FLOWS {
-        p.step(&format!("{local}:{}", FLOWS - local));
-        let (mb, share, vc, vn) = mixed(local, plan.mixed_d);
-        let row = format!("{local}:{}", FLOWS - local);
-        t.set(&row, "aggregate Mbit/s", format!("{mb:.0}"));
-        t.set(&row, "bytes via channel", format!("{:.0} %", share * 100.0));
-        t.set(
-            &row,
-            "local flows' msgs spilled to network",
-            format!("{vn}"),
-        );
-        csv.rows.push(vec![
-            local.to_string(),
-            (FLOWS - local).to_string(),
-            format!("{mb:.1}"),
-            format!("{share:.4}"),
-            vc.to_string(),
-            vn.to_string(),
-        ]);
-        pts.push((local as f64, mb));
+    for &(name, net) in &paths {
+        let label = if net == Net::Veth {
+            "veth, 1 Gbit/s"
+        } else {
+            "loopback"
+        };
+        let mut pts = Vec::new();
+        for local in 0..=FLOWS {
+            p.step(&format!("{name} {local}:{}", FLOWS - local));
+            let (mb, share, vc, vn) = mixed(local, plan.mixed_d, net);
+            let row = format!("{local}:{}", FLOWS - local);
+            t.set(&row, &format!("{label}: Mbit/s"), format!("{mb:.0}"));
+            t.set(
+                &row,
+                &format!("{label}: bytes via channel"),
+                format!("{:.0} %", share * 100.0),
+            );
+            t.set(
+                &row,
+                &format!("{label}: local msgs spilled"),
+                format!("{vn}"),
+            );
+            csv.rows.push(vec![
+                name.to_string(),
+                local.to_string(),
+                (FLOWS - local).to_string(),
+                format!("{mb:.1}"),
+                format!("{share:.4}"),
+                vc.to_string(),
+                vn.to_string(),
+            ]);
+            expected.push(format!("{name},{local},{}", FLOWS - local));
+            pts.push((local as f64, mb));
+        }
+        series.push((label.to_string(), pts));
     }
     drop(p);
+    drop(limit);
     println!("## 1. Mixed workloads: five flows of {MIXED_SIZE} B messages (Fig. 2)\n");
+    if paths.len() > 1 {
+        println!(
+            "The remote flows over loopback and over a veth pair between two network \
+             namespaces limited to 1 Gbit/s (tc tbf), as the paper's 1 GbE NIC: its Fig. 2 \
+             rises from 956 Mbit/s (0:5) to 13,668 (5:0).\n"
+        );
+    }
     println!("{}", t.markdown());
     report::plot(
         &out.join("exp1.svg"),
@@ -291,10 +350,9 @@ fn exp1(plan: &Plan, out: &Path) -> (Csv, Vec<String>) {
             y_desc: "Mbit/s",
             log_x: false,
             log_y: false,
-            series: vec![("aggregate".into(), pts)],
+            series,
         }],
     );
-    let expected = (0..=FLOWS).map(|l| format!("{l},{}", FLOWS - l)).collect();
     (csv, expected)
 }
 
@@ -368,46 +426,43 @@ struct Intercept<'t> {
     seq: u64,
 }
 
-impl Intercept<'_> {
-    /// The lookup of variant `v` (0..4; the router, 4, does its own).
-    #[inline(always)]
-    fn lookup(&self, v: usize) {
-        match v {
-            1 => {
-                black_box(self.table.get(black_box(&self.dst)));
-            }
-            2 => {
-                black_box(chain_lookup(black_box(&self.c1), black_box(&self.dst)));
-            }
-            3 => {
-                black_box(chain_lookup(black_box(&self.c10), black_box(&self.dst)));
-            }
-            _ => {}
-        }
-    }
-}
+/// The router of exp. 2 over network path `N`.
+type ExpRouter<'t, N> = coresident::Router<
+    't,
+    [u8; 6],
+    coresident_shm::SharedRegion,
+    coresident_shm::PeerLink,
+    coresident::StdClock,
+    N,
+    ThresholdPolicy,
+    64,
+>;
 
-/// One variant's message: its lookup, then the network path (through the router for
-/// variant 4).
-fn intercept_one<N: NetworkPath<[u8; 6]>>(
+/// Variant `V`'s message: its lookup, then the network path (through the router for
+/// variant 4). One function per variant, called through a pointer: every variant, "none"
+/// included, pays the same mispredicted indirect call when the variants alternate, and
+/// no variant's own code has a branch on which variant it is.
+#[inline(never)]
+fn variant<const V: usize, N: NetworkPath<[u8; 6]>>(
     x: &mut Intercept<'_>,
-    router: &mut coresident::Router<
-        '_,
-        [u8; 6],
-        coresident_shm::SharedRegion,
-        coresident_shm::PeerLink,
-        coresident::StdClock,
-        N,
-        ThresholdPolicy,
-        64,
-    >,
-    v: usize,
+    router: &mut ExpRouter<'_, N>,
     msg: &[u8],
 ) where
     N::Error: std::fmt::Debug,
 {
-    x.lookup(v);
-    if v == 4 {
+    match V {
+        1 => {
+            black_box(x.table.get(black_box(&x.dst)));
+        }
+        2 => {
+            black_box(chain_lookup(black_box(&x.c1), black_box(&x.dst)));
+        }
+        3 => {
+            black_box(chain_lookup(black_box(&x.c10), black_box(&x.dst)));
+        }
+        _ => {}
+    }
+    if V == 4 {
         router.send(&x.dst, 1, msg).unwrap();
     } else {
         let h = FlowHeader {
@@ -417,6 +472,26 @@ fn intercept_one<N: NetworkPath<[u8; 6]>>(
         router.network().send(&x.dst, h, msg).unwrap();
     }
     x.seq += 1;
+}
+
+/// One message of variant `v` (index into [`VARIANTS`]).
+fn intercept_one<N: NetworkPath<[u8; 6]>>(
+    x: &mut Intercept<'_>,
+    router: &mut ExpRouter<'_, N>,
+    v: usize,
+    msg: &[u8],
+) where
+    N::Error: std::fmt::Debug,
+{
+    let table: [fn(&mut Intercept<'_>, &mut ExpRouter<'_, N>, &[u8]); 5] = [
+        variant::<0, N>,
+        variant::<1, N>,
+        variant::<2, N>,
+        variant::<3, N>,
+        variant::<4, N>,
+    ];
+    // `black_box`: the call stays indirect, as in the rounds, in the warm timing too.
+    black_box(table[v % 5])(x, router, msg);
 }
 
 /// Sorted copy.
@@ -478,6 +553,11 @@ fn bootstrap_ci(v: &[f64]) -> (f64, f64) {
     (means[50], means[1949])
 }
 
+/// Messages of one variant in a row in exp. 2's interleaved rounds.
+const RUN: usize = 1;
+/// Of which the first few are not counted (see [`interleave`]).
+const RUN_WARM: usize = 0;
+
 /// What the interleaved rounds measured.
 struct Interleaved {
     /// Per variant, one value per round: the mean time of its messages in that round
@@ -520,10 +600,12 @@ impl Clock {
     }
 }
 
-/// Runs `rounds` rounds over one connection. A round sends `block` cycles of one
-/// message of each variant, in an order shuffled anew for every cycle, so the
-/// variants alternate message by message and meet the same connection, caches and
-/// neighbours; every message is timed on its own with `clock`.
+/// Runs `rounds` rounds over one connection. A round sends `block` messages of each
+/// variant in runs of [`RUN`] (one: the variants alternate message by message), the
+/// order shuffled anew for every cycle, so the variants meet the same connection,
+/// caches and neighbours; every message is timed on its own. (Runs of 32 were tried:
+/// a stretch of blocked writes then falls on one variant's run, and the intervals
+/// were ten times wider.)
 fn interleave(
     rounds: usize,
     block: usize,
@@ -548,11 +630,12 @@ fn interleave(
     };
     let mut x = 0x2545_F491_4F6C_DD1Du64;
     let mut order: Vec<usize> = (0..k).collect();
+    let cycles = block.div_ceil(RUN);
     for _ in 0..rounds {
         interruption_point();
         samples.iter_mut().for_each(Vec::clear);
         let c0 = thread_cpu_ns();
-        for _ in 0..block {
+        for _ in 0..cycles {
             // Fisher-Yates with xorshift: a new order for each cycle.
             for i in (1..k).rev() {
                 x ^= x << 13;
@@ -561,13 +644,18 @@ fn interleave(
                 order.swap(i, (x % (i as u64 + 1)) as usize);
             }
             for &v in &order {
-                let t0 = clock.now();
-                one(v);
-                samples[v].push(clock.now() - t0);
+                for i in 0..RUN {
+                    let t0 = clock.now();
+                    one(v);
+                    let t = clock.now() - t0;
+                    if i >= RUN_WARM {
+                        samples[v].push(t);
+                    }
+                }
             }
         }
         r.cpu
-            .push(((thread_cpu_ns() - c0) / (block * k) as f64 - timing).max(1.0));
+            .push(((thread_cpu_ns() - c0) / (cycles * RUN * k) as f64 - timing).max(1.0));
         for (v, s) in samples.iter().enumerate() {
             r.med[v].push(low_mean(s));
         }
@@ -649,7 +737,7 @@ fn intercept(size: usize, rr: bool, rounds: usize, block_time: Duration) -> (Int
         one(0);
     }
     let per_msg = ((thread_cpu_ns() - c0) / n0 as f64).max(1.0);
-    let block = ((block_time.as_nanos() as f64 / per_msg) as usize).clamp(8, 1 << 16);
+    let block = ((block_time.as_nanos() as f64 / per_msg) as usize).clamp(RUN, 1 << 16);
     let result = interleave(rounds, block, Clock::Wall(Instant::now()), &mut one);
     // EOF for the peer (`back` still holds the socket open).
     let _ = router.network().stream.shutdown(std::net::Shutdown::Write);
@@ -786,9 +874,9 @@ fn exp2(plan: &Plan, out: &Path) -> (Csv, Vec<String>) {
     drop(p);
     println!("## 2. Interception overhead: remote-only TCP over loopback (Table 2)\n");
     println!(
-        "Each cell: how much longer the variant's median message took than one with no \
+        "Each cell: how much longer the variant's messages took than those with no \
          lookup, as a share of the network path's CPU time per message, from {} rounds \
-         over one connection in which the variants alternate message by message \
+         over one connection in which the variants alternate every {RUN} messages \
          (trimmed mean of the per-round figures, 95% bootstrap interval; each message \
          timed by the wall clock, the slowest tenth of each round dropped); then the interception work alone, timed without a network (ns per message, \
          warm), as a share of the same CPU time. XenLoop's 10-lookup chain cost 32.7% \
@@ -1105,7 +1193,7 @@ fn main() {
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
     std::fs::create_dir_all(&o.out).unwrap();
     let started = Instant::now();
-    let veth = if o.experiments.contains(&3) {
+    let veth = if o.experiments.contains(&1) || o.experiments.contains(&3) {
         match Veth::create() {
             Ok(v) => Some(v),
             Err(note) => {
@@ -1133,7 +1221,7 @@ fn main() {
             d: Duration::from_secs(1),
             mixed_d: Duration::from_secs(3),
             sizes2: vec![4, 16, 64, 256, 1024, 4096, 16384, 65536],
-            rounds2: 200,
+            rounds2: 120,
             block2: Duration::from_millis(2),
             decision_reps: 400,
             sizes3: vec![64, 256, 1024, 4096, 16384, 65536],
