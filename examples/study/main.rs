@@ -474,6 +474,9 @@ fn variant<const V: usize, N: NetworkPath<[u8; 6]>>(
     x.seq += 1;
 }
 
+/// A variant's message, as [`variant`] sends it.
+type VariantFn<N> = fn(&mut Intercept<'_>, &mut ExpRouter<'_, N>, &[u8]);
+
 /// One message of variant `v` (index into [`VARIANTS`]).
 fn intercept_one<N: NetworkPath<[u8; 6]>>(
     x: &mut Intercept<'_>,
@@ -483,7 +486,7 @@ fn intercept_one<N: NetworkPath<[u8; 6]>>(
 ) where
     N::Error: std::fmt::Debug,
 {
-    let table: [fn(&mut Intercept<'_>, &mut ExpRouter<'_, N>, &[u8]); 5] = [
+    let table: [VariantFn<N>; 5] = [
         variant::<0, N>,
         variant::<1, N>,
         variant::<2, N>,
@@ -553,11 +556,6 @@ fn bootstrap_ci(v: &[f64]) -> (f64, f64) {
     (means[50], means[1949])
 }
 
-/// Messages of one variant in a row in exp. 2's interleaved rounds.
-const RUN: usize = 1;
-/// Of which the first few are not counted (see [`interleave`]).
-const RUN_WARM: usize = 0;
-
 /// What the interleaved rounds measured.
 struct Interleaved {
     /// Per variant, one value per round: the mean time of its messages in that round
@@ -600,12 +598,12 @@ impl Clock {
     }
 }
 
-/// Runs `rounds` rounds over one connection. A round sends `block` messages of each
-/// variant in runs of [`RUN`] (one: the variants alternate message by message), the
-/// order shuffled anew for every cycle, so the variants meet the same connection,
-/// caches and neighbours; every message is timed on its own. (Runs of 32 were tried:
-/// a stretch of blocked writes then falls on one variant's run, and the intervals
-/// were ten times wider.)
+/// Runs `rounds` rounds over one connection. A round sends `block` cycles of one
+/// message of each variant, in an order shuffled anew for every cycle, so the
+/// variants alternate message by message and meet the same connection, caches and
+/// neighbours; every message is timed on its own. (Runs of 32 messages of one variant
+/// were tried: a stretch of blocked writes then falls on one variant's run, and the
+/// intervals were ten times wider.)
 fn interleave(
     rounds: usize,
     block: usize,
@@ -630,12 +628,11 @@ fn interleave(
     };
     let mut x = 0x2545_F491_4F6C_DD1Du64;
     let mut order: Vec<usize> = (0..k).collect();
-    let cycles = block.div_ceil(RUN);
     for _ in 0..rounds {
         interruption_point();
         samples.iter_mut().for_each(Vec::clear);
         let c0 = thread_cpu_ns();
-        for _ in 0..cycles {
+        for _ in 0..block {
             // Fisher-Yates with xorshift: a new order for each cycle.
             for i in (1..k).rev() {
                 x ^= x << 13;
@@ -644,18 +641,13 @@ fn interleave(
                 order.swap(i, (x % (i as u64 + 1)) as usize);
             }
             for &v in &order {
-                for i in 0..RUN {
-                    let t0 = clock.now();
-                    one(v);
-                    let t = clock.now() - t0;
-                    if i >= RUN_WARM {
-                        samples[v].push(t);
-                    }
-                }
+                let t0 = clock.now();
+                one(v);
+                samples[v].push(clock.now() - t0);
             }
         }
         r.cpu
-            .push(((thread_cpu_ns() - c0) / (cycles * RUN * k) as f64 - timing).max(1.0));
+            .push(((thread_cpu_ns() - c0) / (block * k) as f64 - timing).max(1.0));
         for (v, s) in samples.iter().enumerate() {
             r.med[v].push(low_mean(s));
         }
@@ -737,7 +729,7 @@ fn intercept(size: usize, rr: bool, rounds: usize, block_time: Duration) -> (Int
         one(0);
     }
     let per_msg = ((thread_cpu_ns() - c0) / n0 as f64).max(1.0);
-    let block = ((block_time.as_nanos() as f64 / per_msg) as usize).clamp(RUN, 1 << 16);
+    let block = ((block_time.as_nanos() as f64 / per_msg) as usize).clamp(8, 1 << 16);
     let result = interleave(rounds, block, Clock::Wall(Instant::now()), &mut one);
     // EOF for the peer (`back` still holds the socket open).
     let _ = router.network().stream.shutdown(std::net::Shutdown::Write);
@@ -876,7 +868,7 @@ fn exp2(plan: &Plan, out: &Path) -> (Csv, Vec<String>) {
     println!(
         "Each cell: how much longer the variant's messages took than those with no \
          lookup, as a share of the network path's CPU time per message, from {} rounds \
-         over one connection in which the variants alternate every {RUN} messages \
+         over one connection in which the variants alternate message by message \
          (trimmed mean of the per-round figures, 95% bootstrap interval; each message \
          timed by the wall clock, the slowest tenth of each round dropped); then the interception work alone, timed without a network (ns per message, \
          warm), as a share of the same CPU time. XenLoop's 10-lookup chain cost 32.7% \
