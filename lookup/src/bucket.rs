@@ -1,4 +1,4 @@
-//! One bucket: a control word (per-slot tags, an overflow count and a version) and a
+//! One bucket: a control word (per-slot tags, an overflow filter and a version) and a
 //! 64-byte line of slots (keys and handles).
 //!
 //! The control words of all buckets live in one dense array, 8 bytes each, apart from
@@ -234,7 +234,7 @@ impl Line {
 /// One bucket of the table: its control word and its slot line.
 #[derive(Clone, Copy)]
 pub(crate) struct Bucket<'t> {
-    /// Control bytes, overflow count and version. Only the writer stores it.
+    /// Control bytes, overflow filter and version. Only the writer stores it.
     ctrl: &'t AtomicU64,
     /// Keys and handles.
     line: &'t Line,

@@ -283,7 +283,7 @@ fn lookup_touches_at_most_two_buckets() {
         assert_eq!(table.get_traced(&k, |a| reads.push(a)), None);
         assert!(
             matches!(reads[..], [Access::Control(_)]),
-            "{k}: an overflow count stayed above 0: {reads:?}"
+            "{k}: an overflow filter bit stayed set: {reads:?}"
         );
     }
 }
