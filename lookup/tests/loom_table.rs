@@ -108,7 +108,11 @@ fn get_races_relocation() {
             }
             assert_eq!(t.len(), 2 * S);
             assert_eq!(probes(&t, x), (Some(Handle::new(9, 9)), 1));
-            assert_eq!(probes(&t, y), (None, 1), "p's overflow filter should be clear");
+            assert_eq!(
+                probes(&t, y),
+                (None, 1),
+                "p's overflow filter should be clear"
+            );
         }
         let reader = {
             let t = t.clone();
