@@ -19,8 +19,11 @@
 //! load it chooses itself (hashbrown cannot be filled past 87.5%).
 //!
 //! `lookup_{hit,miss}_with_writer`: the same lookups (50% load) while another thread
-//! removes and re-inserts 64 other keys (8 at 16 entries) as fast as it can, one change visible at a
-//! time, for the maps that allow a concurrent writer: `coresident` (its `Writer`),
+//! removes and re-inserts one of 64 other keys (8 at 16 entries) 10,000 times a second
+//! (`PACED_RATE`, a rate every contender's writer sustains), each change visible when
+//! it returns; `..._with_busy_writer`, the same with the writer changing back to back
+//! as fast as it can (a writer that is slow to change then hurts its readers less).
+//! Contenders, the maps that allow a concurrent writer: `coresident` (its `Writer`),
 //! `papaya` (`pin()` per lookup), `dashmap` (sharded `RwLock`s), `arcswap_hashbrown`
 //! (`ArcSwap<hashbrown::HashMap>`, a `load()` per lookup; the writer clones the map,
 //! changes it and stores it, RCU style) and `left_right` (a `ReadHandle::enter()` per
@@ -34,7 +37,7 @@
 //!
 //! ```text
 //! cargo bench --bench lookup -- --warm-up-time 1 --measurement-time 3
-//! cargo bench --bench lookup -- with_writer      # only the concurrent groups
+//! cargo bench --bench lookup -- _writer         # only the concurrent groups
 //! ```
 
 // `criterion_group!` generates an undocumented `pub fn`.
@@ -262,19 +265,34 @@ impl left_right::Absorb<LrOp> for LrMap {
     }
 }
 
-/// Runs `bench` while a writer thread calls `change(generation)` (a remove and an
-/// insert of each churned key, each visible to readers when it returns) until `bench`
-/// returns. Returns the changes made.
-fn with_writer(change: &mut (dyn FnMut(u16) + Send), bench: impl FnOnce()) -> u64 {
+/// Changes per second of the paced writer: a peer arriving or leaving every 100 µs, a
+/// very busy control plane, and a rate every contender's writer sustains (arc-swap's
+/// clones a 4096-entry map per change: about 12,000 a second on the loaded 2-vCPU
+/// development machine).
+const PACED_RATE: u64 = 10_000;
+
+/// Runs `bench` while a writer thread calls `change(i)` (the remove and re-insert of
+/// one churned key, visible to readers when it returns; `i` counts the changes) until
+/// `bench` returns: `PACED_RATE` times a second with `paced`, else back to back.
+/// Returns the changes made.
+fn with_writer(paced: bool, change: &mut (dyn FnMut(u64) + Send), bench: impl FnOnce()) -> u64 {
     let stop = AtomicBool::new(false);
     let changes = AtomicU64::new(0);
     std::thread::scope(|s| {
         s.spawn(|| {
-            let mut gen = 0u16;
+            let start = std::time::Instant::now();
+            let mut i = 0u64;
             // Relaxed: a stop request; nothing else is read through it.
             while !stop.load(Ordering::Relaxed) {
-                gen = gen.wrapping_add(1);
-                change(gen);
+                if paced {
+                    let due = std::time::Duration::from_nanos(i * 1_000_000_000 / PACED_RATE);
+                    if start.elapsed() < due {
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                }
+                change(i);
+                i += 1;
                 // Relaxed: a statistic, read after the join.
                 changes.fetch_add(1, Ordering::Relaxed);
             }
@@ -320,77 +338,80 @@ fn concurrent<const B: usize>(c: &mut Criterion, n: usize) {
     let (mut lw, lr) = left_right::new_from_empty::<LrMap, LrOp>(LrMap(brown(&fill)));
     lw.publish();
 
-    for (kind, keys, expect) in [("hit", &hits, hits.len()), ("miss", &absent, 0)] {
-        let mut g = c.benchmark_group(format!("lookup_{kind}_with_writer"));
-        g.throughput(Throughput::Elements(keys.len() as u64));
-        let mut run = |name: &str,
-                       get: &dyn Fn(&Mac) -> Option<Handle>,
-                       change: &mut (dyn FnMut(u16) + Send)| {
-            let changes = with_writer(change, || {
-                assert_eq!(run_batch(keys, get), expect, "{name} {kind} {n}");
-                g.bench_with_input(BenchmarkId::new(name, n), keys, |b, keys| {
-                    b.iter(|| run_batch(keys, get));
+    for (paced, suffix) in [(true, "with_writer"), (false, "with_busy_writer")] {
+        for (kind, keys, expect) in [("hit", &hits, hits.len()), ("miss", &absent, 0)] {
+            let mut g = c.benchmark_group(format!("lookup_{kind}_{suffix}"));
+            g.throughput(Throughput::Elements(keys.len() as u64));
+            let mut run = |name: &str,
+                           get: &dyn Fn(&Mac) -> Option<Handle>,
+                           change: &mut (dyn FnMut(u64) + Send)| {
+                let t0 = std::time::Instant::now();
+                let changes = with_writer(paced, change, || {
+                    assert_eq!(run_batch(keys, get), expect, "{name} {kind} {n}");
+                    g.bench_with_input(BenchmarkId::new(name, n), keys, |b, keys| {
+                        b.iter(|| run_batch(keys, get));
+                    });
                 });
-            });
-            eprintln!("writer: {changes} changes during {name}'s {n}-entry {kind} run");
-        };
+                // A benchmark filtered out returns at once: nothing to report.
+                if t0.elapsed() > std::time::Duration::from_millis(100) {
+                    eprintln!(
+                        "writer: {changes} changes ({:.0}/s) during {name}'s {n}-entry {kind} \
+                         run ({suffix})",
+                        changes as f64 / t0.elapsed().as_secs_f64()
+                    );
+                }
+            };
+            let key = |i: u64| churn[i as usize % churn.len()];
+            let gen = |i: u64| (i / churn.len() as u64) as u16;
 
-        // coresident: the table's single writer.
-        let mut w = t.writer().unwrap();
-        run("coresident", &|k| t.get(k), &mut |gen| {
-            for k in &churn {
-                w.remove(k);
+            // coresident: the table's single writer.
+            let mut w = t.writer().unwrap();
+            run("coresident", &|k| t.get(k), &mut |i| {
+                w.remove(&key(i));
                 // Full cannot happen at 50% load; if it did, the key would stay out.
-                let _ = w.insert(*k, Handle::new(0, gen));
-            }
-        });
-        drop(w);
+                let _ = w.insert(key(i), Handle::new(0, gen(i)));
+            });
+            drop(w);
 
-        // papaya: lock-free, a guard per lookup.
-        run("papaya", &|k| papaya.pin().get(k).copied(), &mut |gen| {
-            for k in &churn {
+            // papaya: lock-free, a guard per lookup.
+            run("papaya", &|k| papaya.pin().get(k).copied(), &mut |i| {
                 let m = papaya.pin();
-                m.remove(k);
-                m.insert(*k, Handle::new(0, gen));
-            }
-        });
+                m.remove(&key(i));
+                m.insert(key(i), Handle::new(0, gen(i)));
+            });
 
-        // dashmap: sharded reader-writer locks.
-        run("dashmap", &|k| dash.get(k).map(|r| *r), &mut |gen| {
-            for k in &churn {
-                dash.remove(k);
-                dash.insert(*k, Handle::new(0, gen));
-            }
-        });
+            // dashmap: sharded reader-writer locks.
+            run("dashmap", &|k| dash.get(k).map(|r| *r), &mut |i| {
+                dash.remove(&key(i));
+                dash.insert(key(i), Handle::new(0, gen(i)));
+            });
 
-        // arc-swap over hashbrown: readers load the current map, the writer replaces it.
-        run(
-            "arcswap_hashbrown",
-            &|k| swap.load().get(k).copied(),
-            &mut |gen| {
-                for k in &churn {
+            // arc-swap over hashbrown: readers load the current map, the writer
+            // replaces it (one clone per change).
+            run(
+                "arcswap_hashbrown",
+                &|k| swap.load().get(k).copied(),
+                &mut |i| {
                     let mut next = Brown::clone(&swap.load());
-                    next.remove(k);
-                    next.insert(*k, Handle::new(0, gen));
+                    next.remove(&key(i));
+                    next.insert(key(i), Handle::new(0, gen(i)));
                     swap.store(Arc::new(next));
-                }
-            },
-        );
+                },
+            );
 
-        // left-right: two copies, readers on one while the writer changes the other.
-        // The read handle stays on the benchmark thread (it is not `Sync`).
-        run(
-            "left_right",
-            &|k| lr.enter().and_then(|m| m.0.get(k).copied()),
-            &mut |gen| {
-                for k in &churn {
-                    lw.append(LrOp::Remove(*k));
-                    lw.append(LrOp::Insert(*k, Handle::new(0, gen)));
+            // left-right: two copies, readers on one while the writer changes the
+            // other. The read handle stays on the benchmark thread (it is not `Sync`).
+            run(
+                "left_right",
+                &|k| lr.enter().and_then(|m| m.0.get(k).copied()),
+                &mut |i| {
+                    lw.append(LrOp::Remove(key(i)));
+                    lw.append(LrOp::Insert(key(i), Handle::new(0, gen(i))));
                     lw.publish();
-                }
-            },
-        );
-        g.finish();
+                },
+            );
+            g.finish();
+        }
     }
 }
 
