@@ -196,6 +196,50 @@ impl Drop for Veth {
     }
 }
 
+/// A `tc` token-bucket rate limit on a device inside a namespace; removed on drop (also
+/// while unwinding; a run killed with SIGKILL leaves it on a veth that the next run's
+/// `Veth::create` deletes with its namespaces).
+#[derive(Debug)]
+pub struct RateLimit {
+    ns: &'static str,
+    dev: &'static str,
+}
+
+impl RateLimit {
+    /// Limits `dev`'s egress in namespace `ns` to `rate` (a `tc` rate such as
+    /// `1gbit`). The bucket holds 256 KiB, enough for the largest GSO segment the veth
+    /// hands it, and queues up to 20 ms before dropping, like a switch port's buffer.
+    pub fn new(ns: &'static str, dev: &'static str, rate: &str) -> Result<Self, String> {
+        let args = [
+            "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
+            "burst", "256kb", "latency", "20ms",
+        ];
+        match Command::new("ip").args(args).stdin(Stdio::null()).output() {
+            Ok(o) if o.status.success() => Ok(Self { ns, dev }),
+            Ok(o) => Err(format!(
+                "`ip {}` failed ({}): the rate-limited veth column is skipped",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => Err(format!(
+                "no `ip` ({e}): the rate-limited veth column is skipped"
+            )),
+        }
+    }
+}
+
+impl Drop for RateLimit {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args([
+                "netns", "exec", self.ns, "tc", "qdisc", "del", "dev", self.dev, "root",
+            ])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 // ------------------------------------------------------------------ channels
 
 pub fn channel_config(batching: Batching, same_core: bool) -> ChannelConfig {

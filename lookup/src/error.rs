@@ -11,8 +11,11 @@ use core::fmt;
 #[non_exhaustive]
 pub enum InsertError {
     /// Neither of the key's two buckets had a free slot, and no bounded relocation path
-    /// (breadth-first, at most [`MAX_SEARCH`](crate::MAX_SEARCH) buckets) reached one.
-    /// The table is too full for this key; remove entries or build a larger table.
+    /// (breadth-first, at most [`MAX_SEARCH`](crate::MAX_SEARCH) buckets) reached one;
+    /// or placing the key would overflow a bucket's count of keys of one tag class that
+    /// live in their second bucket (255 for one-word keys, 15 for two-word keys: only
+    /// keys aimed at one bucket get there). The table is too full for this key; remove
+    /// entries or build a larger table.
     Full,
     /// The key lies outside the table's fixed range (a domain id at or above the
     /// [`DomainTable`](crate::DomainTable)'s size).
