@@ -147,6 +147,8 @@ pub(crate) struct Geometry {
     pub mask: u32,
     /// [`max_message`]`(size)`.
     pub max: u32,
+    /// `(size - 1) & !7`: masks a position to its 8-aligned frame slot.
+    pub mask8: u32,
 }
 
 impl Geometry {
@@ -158,6 +160,7 @@ impl Geometry {
             size: data_size,
             mask: data_size - 1,
             max: max_message(data_size),
+            mask8: (data_size - 1) & !7,
         })
     }
 
@@ -165,6 +168,15 @@ impl Geometry {
     #[inline(always)]
     pub fn slot(&self, pos: u32) -> usize {
         DATA_OFFSET + (pos & self.mask) as usize
+    }
+
+    /// Region offset of the frame header at `pos`: in `DATA_OFFSET..=DATA_OFFSET +
+    /// size - 8` and 8-aligned whatever `pos` is, so an 8-byte access there stays
+    /// inside any region that holds this geometry's ring (checked at attach: the
+    /// hot paths rely on it instead of checking every header access).
+    #[inline(always)]
+    pub fn hdr(&self, pos: u32) -> usize {
+        DATA_OFFSET + (pos & self.mask8) as usize
     }
 }
 
@@ -214,12 +226,15 @@ pub(crate) fn lay_out(mem: &RingMemory, data_size: u32) -> Result<Geometry, Atta
     ];
     region::zero(mem, &fields).map_err(oob)?;
     // Relaxed: the region is not shared yet; handing it to the peer orders this.
-    mem.store(
-        geo.slot(0) + layout::FRAME_TAG,
-        layout::invalid_tag(0),
-        Ordering::Relaxed,
-    )
-    .map_err(oob)?;
+    // SAFETY: `check_len` proved the region holds `geo`'s ring, so the header at
+    // `hdr(0)` is inside it and 8-aligned (see `Geometry::hdr`).
+    unsafe {
+        mem.store64(
+            geo.hdr(0),
+            layout::header(0, layout::invalid_tag(0)),
+            Ordering::Relaxed,
+        )
+    };
     mem.write_bytes(off::HEADER, header.as_bytes())
         .map_err(oob)?;
     Ok(geo)
