@@ -61,6 +61,7 @@ impl View<'_> {
     /// A view of the validated frame of `kind` and `len` at `pos`.
     // `RingMemory` is `Copy` except under loom, where it is an `Arc`.
     #[allow(clippy::clone_on_copy)]
+    #[inline]
     pub(crate) fn new(mem: &RingMemory, geo: &Geometry, kind: u8, len: u32, pos: u32) -> Self {
         View {
             mem: mem.clone(),
@@ -72,22 +73,26 @@ impl View<'_> {
     }
 
     /// The frame's kind.
+    #[inline]
     pub fn kind(&self) -> u8 {
         self.kind
     }
 
     /// The payload length.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len as usize
     }
 
     /// Whether the payload is empty.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Copies payload bytes from `offset` into `buf`; returns how many (fewer than
     /// `buf.len()` at the end of the payload, 0 past it).
+    #[inline]
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> usize {
         let avail = self.len().saturating_sub(offset);
         let n = avail.min(buf.len());
@@ -114,11 +119,18 @@ impl View<'_> {
     /// # Errors
     ///
     /// [`RecvError::BufferTooSmall`] if `buf` is shorter than the payload.
+    #[inline]
     pub fn copy_to(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
-        if buf.len() < self.len() {
-            return Err(RecvError::BufferTooSmall { needed: self.len() });
-        }
-        Ok(self.read_at(0, buf))
+        let n = self.len();
+        let Some(dst) = buf.get_mut(..n) else {
+            return Err(RecvError::BufferTooSmall { needed: n });
+        };
+        // `consumer::next` validated `at + len` against the data area, so this cannot
+        // fail; if it did, the caller gets 0 bytes rather than a panic.
+        Ok(match self.mem.read_payload(self.at, dst) {
+            Ok(()) => n,
+            Err(_) => 0,
+        })
     }
 
     /// A raw pointer to the payload in shared memory, valid for reads of

@@ -160,6 +160,13 @@ impl Producer {
     #[inline]
     pub fn write(&mut self, kind: u8, msg: &[u8]) -> Result<(), SendError> {
         let len = self.check_len(kind, msg.len())?;
+        self.write_len(kind, len, msg)
+    }
+
+    /// `write` of a message whose kind and length (`len == msg.len() <= max`) were
+    /// checked, on an open half.
+    #[inline(always)]
+    fn write_len(&mut self, kind: u8, len: u32, msg: &[u8]) -> Result<(), SendError> {
         let place = self.place(len)?;
         // The payload's range comes from our own placement; the copy still checks it
         // against the region (the second wall).
@@ -180,9 +187,19 @@ impl Producer {
         kind: u8,
         msgs: &[M],
     ) -> Result<(usize, Notify), SendError> {
+        // The state and the kind once for the batch; each message's length and room.
+        self.check_len(kind, 0)?;
         let mut sent = 0;
         for m in msgs {
-            match self.write(kind, m.as_ref()) {
+            let m = m.as_ref();
+            let r = match u32::try_from(m.len()) {
+                Ok(len) if len <= self.geo.max => self.write_len(kind, len, m),
+                _ => Err(SendError::TooLarge {
+                    len: m.len(),
+                    max: self.geo.max,
+                }),
+            };
+            match r {
                 Ok(()) => sent += 1,
                 Err(e) if sent == 0 => return Err(e),
                 Err(_) => break,
