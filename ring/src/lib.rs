@@ -11,9 +11,9 @@
 //!   0        128       256       384       512       640
 //!
 //!  producer: writes frames, then publishes a batch with one Release store of the
-//!            first frame's tag and one store of `write`;
-//!  consumer: polls the tag of the frame at `read` (one cache line), copies out,
-//!            then releases space with one store of `read`.
+//!            first frame's 8-byte header (length and tag) and one store of `write`;
+//!  consumer: polls the header of the frame at `read` (one cache line, one 8-byte
+//!            load), copies out, then releases space with one store of `read`.
 //! ```
 //!
 //! - **Frames.** A message is an 8-byte header (length; kind and a position stamp)
@@ -34,9 +34,15 @@
 //!   writers that wake on any progress). [`Producer::publish`] and [`Consumer::release`]
 //!   report whether the crossing happened: ringing the doorbell is the caller's job.
 //!   The arm/re-check and publish/check pairs are Dekker-style: each side does a
-//!   `SeqCst` store then a `SeqCst` load, so at least one side sees the other (the
+//!   store, a `SeqCst` fence, then a load, so at least one side sees the other (the
 //!   missing fence of SPDK issue 3178 is the bug this rules out; `tests/loom_ring.rs`
-//!   checks it).
+//!   checks it). A consumer may release lazily ([`Consumer::set_lazy_release`]): its
+//!   receives then check the producer's request without the fence, and
+//!   [`Consumer::release`] settles every position since with it, at the first empty
+//!   poll; the producer keeps one fence per publish.
+//! - **Copies** are volatile (or an opaque `rep movsb`), each shared byte touched once,
+//!   in the widest aligned words the target offers: see `volatile.rs` for the copies
+//!   and their soundness argument.
 //! - **The peer is hostile.** Shared bytes are read only through atomics and volatile
 //!   copies, never through `&`/`&mut` (see [`RingMemory`]); each shared value is read
 //!   once into a local and validated before use; an impossible value poisons the half,
