@@ -537,6 +537,12 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
 
     /// Receives one message into `buf` without blocking; returns its length.
     ///
+    /// The space is released at once, but the check that wakes a peer blocked on a
+    /// full ring runs without a full fence (the ring's lazy release); the exact check
+    /// runs at the next receive that finds the ring empty (blocking receives reach one
+    /// before they sleep). A peer whose request the fast check missed is woken then,
+    /// or by its own re-check timer ([`ChannelConfig::recheck`]): later, never lost.
+    ///
     /// # Errors
     ///
     /// `Empty`, `BufferTooSmall` (the message stays), `PeerGone` once the peer is gone
