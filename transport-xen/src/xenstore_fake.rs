@@ -410,7 +410,11 @@ impl Read for FakeXenbus {
 impl Write for FakeXenbus {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let h: XsdSockmsg = zerocopy::FromBytes::read_from_bytes(&buf[..16]).unwrap();
-        assert_eq!(buf.len(), 16 + h.len as usize, "one whole message per write");
+        assert_eq!(
+            buf.len(),
+            16 + h.len as usize,
+            "one whole message per write"
+        );
         if h.r#type == MsgType::Watch as u32 {
             let path = split_strings(&buf[16..]).next().unwrap_or_default();
             if path.contains(&b'!') {
@@ -470,7 +474,10 @@ fn xenbus_refused_watch_fails_that_request_alone() {
     assert_eq!(xs.read("/k").unwrap(), b"v");
     // The events of the watches set before still arrive.
     xs.watch("/k", "k").unwrap();
-    let ev = xs.wait_watch(Some(Duration::from_secs(20))).unwrap().unwrap();
+    let ev = xs
+        .wait_watch(Some(Duration::from_secs(20)))
+        .unwrap()
+        .unwrap();
     assert_eq!((ev.path.as_str(), ev.token.as_str()), ("/k", "k"));
 }
 
@@ -481,6 +488,9 @@ fn socket_write_error_breaks_the_connection() {
     let (a, b) = UnixStream::pair().unwrap();
     drop(b);
     let mut xs = XenStore::new(a);
-    assert!(matches!(xs.read("/x"), Err(XsError::Io(_) | XsError::Closed)));
+    assert!(matches!(
+        xs.read("/x"),
+        Err(XsError::Io(_) | XsError::Closed)
+    ));
     assert_eq!(xs.read("/x"), Err(XsError::Broken));
 }

@@ -144,8 +144,8 @@ impl FakeXenstored {
     }
 
     /// What the toolstack does to create a domain: `/local/domain/N`
-    /// (owner dom0, read for N), `data` (owned by N), `domid`; then
-    /// `@introduceDomain`.
+    /// (owner dom0, read for N), `data` (owned by N), `domid`, `name`
+    /// (`domN`); then `@introduceDomain`.
     pub(crate) fn introduce(&self, domid: DomId) {
         let mut st = self.0.lock().unwrap();
         let home = format!("/local/domain/{domid}");
@@ -153,7 +153,11 @@ impl FakeXenstored {
         st.nodes.insert(home.clone(), (vec![], ro.clone()));
         st.nodes.insert(
             format!("{home}/domid"),
-            (domid.to_string().into_bytes(), ro),
+            (domid.to_string().into_bytes(), ro.clone()),
+        );
+        st.nodes.insert(
+            format!("{home}/name"),
+            (format!("dom{domid}").into_bytes(), ro),
         );
         st.nodes.insert(
             format!("{home}/data"),
