@@ -451,6 +451,27 @@ impl<S: Sys> XenPending<S> {
     pub fn peer_alive(&self) -> bool {
         self.doorbell.live()
     }
+
+    /// The event channel's descriptor, readable when our port fired.
+    pub(crate) fn event_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.doorbell.ev.fd()
+    }
+
+    /// Takes the pending events (without waiting) and unmasks them;
+    /// whether our port was among them. Our port fires only from the
+    /// acceptor's side: its ring after it set its live byte, or its
+    /// unmap-notify after its live byte was cleared (its process died or
+    /// let go), so a firing with the byte clear is an acceptor gone.
+    pub(crate) fn take_events(&self) -> Result<bool, XenTransportError> {
+        let mut buf = [0u32; 8];
+        let n = self.doorbell.ev.pending(&mut buf)?;
+        let mut ours = false;
+        for &p in buf.get(..n).unwrap_or(&[]) {
+            self.doorbell.ev.unmask(p)?;
+            ours |= p == self.doorbell.port;
+        }
+        Ok(ours)
+    }
 }
 
 impl<S: Sys> Transport for XenTransport<S> {

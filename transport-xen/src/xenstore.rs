@@ -259,6 +259,17 @@ impl<C: Read + Write + AsFd> XenStore<C> {
         self.reply_timeout = timeout;
     }
 
+    /// Whether a watch event is queued already (the connection's
+    /// descriptor then need not be readable for one to be there).
+    pub(crate) fn has_queued_event(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// The connection's descriptor, readable when a message arrived.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.conn.as_fd()
+    }
+
     /// Watch events dropped because the queue was full.
     pub fn lost_events(&self) -> u64 {
         self.lost_events

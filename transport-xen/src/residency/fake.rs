@@ -200,6 +200,17 @@ impl FakeXenstored {
         Self::fire(&mut st, path, None);
     }
 
+    /// Every node at or below `prefix`, sorted.
+    pub(crate) fn nodes_under(&self, prefix: &str) -> Vec<String> {
+        let below = format!("{prefix}/");
+        let st = self.0.lock().unwrap();
+        st.nodes
+            .keys()
+            .filter(|k| *k == prefix || k.starts_with(&below))
+            .cloned()
+            .collect()
+    }
+
     /// A node's value and perms.
     pub(crate) fn peek(&self, path: &str) -> Option<(Vec<u8>, Vec<Perm>)> {
         self.0.lock().unwrap().nodes.get(path).cloned()

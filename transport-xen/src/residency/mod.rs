@@ -114,7 +114,7 @@ mod policy;
 mod view;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
