@@ -743,10 +743,15 @@ fn linger<C: Read + Write + AsFd>(
     let end = Instant::now() + ANSWER_LINGER;
     let end = deadline.map_or(end, |d| d.min(end));
     loop {
-        // Gone, or another offer (another port) in its place.
+        // Gone (no `state`), or another offer (another port) in its place.
+        // An offer whose port cannot be read is still the one we answered.
+        match xs.read(&format!("{offer_dir}/{}", Key::State)) {
+            Ok(_) | Err(XsError::Daemon(XsErrno::EACCES)) => {}
+            Err(_) => return,
+        }
         match keys::read_u32(&mut Reader::new(xs), offer_dir, Key::Port) {
-            Ok(p) if p == port => {}
-            _ => return,
+            Ok(p) if p != port => return,
+            _ => {}
         }
         if wait_event(xs, Some(end)).is_err() {
             return;
@@ -936,13 +941,10 @@ impl<S: Sys> XsPending<S> {
             });
         remove_dir(xs, self.own, &self.offer);
         r?;
-        // The acceptor set its live byte before it answered; a short wait
-        // covers nothing but a peer that lied in its answer.
-        let left = deadline.map_or(Duration::from_secs(5), |d| {
-            d.saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(100))
-        });
-        Ok(self.pending.complete(Some(left))?)
+        // Accepted: the acceptor set its live byte before it answered. If
+        // the byte is clear now, it has come and gone already (or lied):
+        // the channel says so at once, and what it sent can be received.
+        Ok(self.pending.into_link())
     }
 
     /// The watched wait of [`complete`](Self::complete).

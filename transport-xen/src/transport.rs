@@ -504,6 +504,20 @@ impl<S: Sys> XenPending<S> {
         self.doorbell.live()
     }
 
+    /// The link, without waiting for the acceptor's live byte: for an
+    /// offerer that saw the acceptance (`state=accepted`, written after the
+    /// acceptor set its byte). If the byte is clear by now, the acceptor
+    /// has already left: the channel reports it (its doorbell's hint) and
+    /// what the acceptor sent before leaving can still be received.
+    pub(crate) fn into_link(self) -> Link<XenRegion<S>, XenDoorbell<S>> {
+        Link {
+            region: self.region,
+            doorbell: self.doorbell,
+            role: Role::Offerer,
+            layout: self.layout,
+        }
+    }
+
     /// The event channel's descriptor, readable when our port fired.
     pub(crate) fn event_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.doorbell.ev.fd()

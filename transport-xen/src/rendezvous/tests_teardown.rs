@@ -168,10 +168,9 @@ fn a_waiting_complete_wakes_when_the_acceptor_dies() {
         // acceptance whose channel then reports the death; either is fine.
         drop(link);
     });
-    let r = pending
-        .complete(&mut xo, LONG)
-        .map(|link| link.doorbell.peer_alive());
+    let r = pending.complete(&mut xo, LONG);
     acc.join().unwrap();
+    let r = r.map(|link| link.doorbell.peer_alive());
     assert!(
         matches!(
             r,

@@ -7,6 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use super::fake::FakeXenstored;
+use super::view::PeerChange;
 use super::*;
 
 const DUE: Option<Duration> = Some(Duration::from_secs(20));
@@ -302,4 +303,50 @@ fn a_debounced_change_is_applied_when_its_period_ends() {
         seen.extend(agent.step(DUE).unwrap());
     }
     assert!(seen.contains(&Change::Silenced(2)), "{seen:?}");
+}
+
+/// `xl save` and `xl restore` (or a migration in): the guest runs on as
+/// another domain. Its view sees it (`Moved`), every peer leaves (their
+/// channels were to the old domain), and once it advertises again under
+/// its new id the agent lists it again, and it sees its peers again.
+#[test]
+fn a_restored_guest_is_seen_moving_and_listed_again() {
+    let (fake, mut agent, mut xs) = world(2, Policy::default().debounce(Duration::ZERO));
+    advertise(&mut xs[0], 0, &Addresses::from_addrs([v4(1)]).unwrap()).unwrap();
+    vif(&fake, 2, 0, "00:16:3e:00:00:02", Some("10.0.0.2"));
+    let mine = Addresses::from_addrs([mac(2), v4(2)]).unwrap();
+    advertise(&mut xs[2], 2, &mine).unwrap();
+    settle(&mut agent);
+    let mut view = ResidencyView::new(fake.connect(2), 2, mine.clone()).unwrap();
+    let arrived = view.step(DUE).unwrap();
+    assert!(
+        matches!(arrived[..], [PeerChange::Arrived { domid: 0, .. }]),
+        "{arrived:?}"
+    );
+    // Saved and restored as domain 5, with its vif (the toolstack's).
+    fake.restore(2, 5);
+    vif(&fake, 5, 0, "00:16:3e:00:00:02", Some("10.0.0.2"));
+    let changes = settle(&mut agent);
+    assert!(changes.contains(&Change::Gone(2)), "{changes:?}");
+    assert_eq!(listed(&agent, 0), Vec::<DomId>::new());
+    let moved = view.step(DUE).unwrap();
+    assert_eq!(moved[0], PeerChange::Moved { from: 2, to: 5 }, "{moved:?}");
+    assert!(moved.contains(&PeerChange::Left {
+        domid: 0,
+        addrs: Addresses::from_addrs([v4(1)]).unwrap()
+    }));
+    assert_eq!(view.domid(), 5);
+    assert!(view.peers().is_empty());
+    // The daemon advertises again: listed again, and it sees dom0 again.
+    advertise(view.xenstore(), 5, &mine).unwrap();
+    settle(&mut agent);
+    assert_eq!(listed(&agent, 0), [5]);
+    let watchdog = std::time::Instant::now() + Duration::from_secs(20);
+    while !view.peers().contains_key(&0) {
+        assert!(
+            std::time::Instant::now() < watchdog,
+            "dom0 never listed again"
+        );
+        view.step(DUE).unwrap();
+    }
 }
