@@ -112,7 +112,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::time::Instant;
 
-use coresident::{ChannelLayout, Link, PendingOffer, Transport};
+use coresident::{ChannelLayout, Link, Transport};
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::IntoBytes;
 
