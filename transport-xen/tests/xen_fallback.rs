@@ -27,21 +27,28 @@
 //! 10,000).
 //!
 //! With `XEN_FALLBACK_EVENT=save` on both sides (`.ci/xen`'s job
-//! `domu-save`), the event a third of the way through is `xl save` and
-//! `xl restore` of the domU, mid-stream, instead of the withdrawal: the
-//! domU runs on as a new domain, with new grants and event channels and
-//! (usually) a new domain id. dom0's channel reports the saved domain gone
-//! by itself (the doorbell asks Xen: the old domain's end is closed) and
-//! the agent sees it go; the restored domU's view sees its domain id change
-//! ([`PeerChange::Moved`]) and every peer leave, so it falls back too and
-//! advertises again under its new id; both flows go on over the vif with
-//! nothing lost (the router drops what both paths delivered), and the agent
-//! lists the restored domU again. Here the domU offers the channel (its
-//! own pages, granted to dom0): a PV domU that holds a *mapping* of
-//! another domain's grants (gntdev) across `xl save` and `xl restore`
-//! loses it, its process faults, and Debian 12's Linux 6.1 then oopses in
-//! gntdev's `unmap_grant_pages` on the way out (seen in this kit); pages
-//! of its own survive the restore as its memory.
+//! `domu-save`), `xl save` and `xl restore` of the domU follow the
+//! withdrawal, mid-stream (the domU paces its flow so that both are still
+//! running): the domU runs on as a new domain, with new grants and event
+//! channels and (usually) a new domain id. The save is *prepared*, as a
+//! migration away is: the agent withdraws the domU first, both sides fall
+//! back and close the channel, the domU says so (`SAVE_READY`), and only
+//! then does dom0 run `xl save`. The flows go on over the vif while the
+//! domU is suspended and after it is restored, with nothing lost; the
+//! restored domU's view sees its domain id change ([`PeerChange::Moved`]),
+//! it advertises again under its new id, and the agent lists it again.
+//! Here the domU offers the channel (its own pages, granted to dom0).
+//!
+//! Why prepared: a Linux domU whose *process* holds Xen channels through
+//! the `/dev/xen` devices across `xl save` and `xl restore` does not
+//! survive it on Debian 12's Linux 6.1 (both seen in this kit): a mapping
+//! of another domain's grants (gntdev) is lost, the process faults and
+//! gntdev oopses in `unmap_grant_pages` on the way out; an interdomain
+//! event channel bound through `/dev/xen/evtchn` hits `kernel BUG at
+//! drivers/xen/evtchn.c:422` (`evtchn_unbind_from_user`'s `BUG_ON(irq <
+//! 0)`: the driver has no resume handling) when its descriptor is closed
+//! after the restore, which kills the process. dom0's side copes with an
+//! unprepared save (its channel reports the saved domain gone at once).
 #![cfg(target_os = "linux")]
 
 use std::io::{self, Read, Write};
@@ -114,8 +121,17 @@ fn messages() -> u64 {
     std::env::var("XEN_FALLBACK_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000)
+        .unwrap_or(if save_event() { 3_000 } else { 10_000 })
 }
+
+/// How long the domU rests after each burst of up to 16 messages in the
+/// `save` variant: the flows must still run when `xl save` has suspended
+/// the domU (it takes seconds to get there under TCG); dom0 follows the
+/// domU's pace through its window.
+const SAVE_PACE: Duration = Duration::from_millis(150);
+/// Relative to the domU's home: the domU's word that its channel to dom0
+/// is closed (`save` variant), so dom0 may save it.
+const SAVE_READY: &str = "data/coresident-test/save-ready";
 
 fn fnv64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
@@ -378,7 +394,9 @@ fn exchange(
     incoming: &mpsc::Receiver<Incoming>,
     (out_flow, in_flow): (u32, u32),
     n: u64,
+    pace: Duration,
     mut departed: impl FnMut(u64, u64) -> Vec<Handle>,
+    mut closed: impl FnMut(),
 ) -> Report {
     let mut r = Report {
         sent_channel_before: 0,
@@ -393,6 +411,7 @@ fn exchange(
     };
     let (mut sent, mut fin_sent, mut peer_fin) = (0u64, false, false);
     let (mut bye_sent, mut peer_bye) = (false, false);
+    let mut closed_told = false;
     let mut m = Vec::new();
     let t0 = Instant::now();
     loop {
@@ -404,6 +423,12 @@ fn exchange(
             r.left_at,
             router.stats()
         );
+        // Once the router has drained and closed the channel (after the
+        // peer left), say so once.
+        if r.left_at.is_some() && !closed_told && router.channel(handle).is_none() {
+            closed_told = true;
+            closed();
+        }
         let gone = departed(sent, r.inbox.arrived());
         for &h in &gone {
             assert_eq!(h, handle, "{side}: a handle that was never attached left");
@@ -482,6 +507,8 @@ fn exchange(
         }
         if !progress {
             std::thread::sleep(Duration::from_millis(1));
+        } else if !pace.is_zero() && sent < n {
+            std::thread::sleep(pace);
         }
     }
     r
@@ -716,6 +743,10 @@ fn fallback_host() {
     // each flow has gone by: both lists lose the other side.
     let mut withdrawn = false;
     let mut saver: Option<std::thread::JoinHandle<std::process::ExitStatus>> = None;
+    let ready = format!("/local/domain/{domu}/{SAVE_READY}");
+    if save {
+        xs_rv.watch(&ready, "save-ready").unwrap();
+    }
     let report = exchange(
         "dom0",
         &mut router,
@@ -724,11 +755,29 @@ fn fallback_host() {
         &incoming,
         (FLOW_DOWN, FLOW_UP),
         n,
+        Duration::ZERO,
         |sent, got| {
             if !withdrawn && sent >= n / 3 && got >= n / 3 {
                 withdrawn = true;
-                if save {
-                    println!("dom0: xl save and xl restore of dom{domu}, mid-stream");
+                for c in agent.withdraw(domu).unwrap() {
+                    println!("dom0: agent: {c}");
+                }
+            }
+            if !withdrawn {
+                return Vec::new();
+            }
+            if save {
+                for c in agent.step(Some(Duration::ZERO)).unwrap() {
+                    println!("dom0: agent: {c}");
+                }
+                // Once the domU closed its channel: save it, mid-stream.
+                if saver.is_none()
+                    && xs_rv.wait_watch(Some(Duration::ZERO)).unwrap().is_some()
+                    && xs_rv.read(&ready).is_ok()
+                {
+                    println!(
+                        "dom0: dom{domu} closed its channel; xl save and xl restore, mid-stream"
+                    );
                     saver = Some(std::thread::spawn(|| {
                         std::process::Command::new("sh")
                             .args([
@@ -739,23 +788,12 @@ fn fallback_host() {
                             .status()
                             .unwrap()
                     }));
-                } else {
-                    for c in agent.withdraw(domu).unwrap() {
-                        println!("dom0: agent: {c}");
-                    }
-                }
-            }
-            if !withdrawn {
-                return Vec::new();
-            }
-            if save {
-                for c in agent.step(Some(Duration::ZERO)).unwrap() {
-                    println!("dom0: agent: {c}");
                 }
             }
             let changes = view.step(Some(Duration::ZERO)).unwrap();
             departed("dom0", &mut tables, &changes)
         },
+        || {},
     );
     assert_eq!(
         t.v4.get(&DOMU_IP),
@@ -769,7 +807,8 @@ fn fallback_host() {
     );
     print_report("dom0", &mut router, &report, n);
     check_report("dom0", &router, &report, n);
-    if let Some(s) = saver {
+    if save {
+        let s = saver.expect("the domU never said it closed its channel: no save");
         let status = s.join().unwrap();
         assert!(status.success(), "xl save / xl restore: {status}");
         let out = std::process::Command::new("xl")
@@ -906,17 +945,30 @@ fn fallback_guest() {
         &incoming,
         (FLOW_UP, FLOW_DOWN),
         n,
-        |_, _| {
+        if save { SAVE_PACE } else { Duration::ZERO },
+        |sent, got| {
             let changes = view.step(Some(Duration::ZERO)).unwrap();
             for c in &changes {
                 // Restored as another domain: advertise again under the new
                 // id (the old advertisement went with the old domain).
                 if let PeerChange::Moved { from, to } = c {
-                    println!("domU: restored: dom{from} is now dom{to}; advertising again");
+                    println!(
+                        "domU: restored: dom{from} is now dom{to}, after {sent} sent and {got} \
+                         received of {n}; advertising again"
+                    );
+                    assert!(sent < n && got < n, "the save was not mid-stream");
                     residency::advertise(view.xenstore(), *to, &me).unwrap();
                 }
             }
             departed("domU", &mut tables, &changes)
+        },
+        || {
+            if save {
+                // Our channel is closed (its descriptors released): dom0
+                // may save us now.
+                xs_rv.write(SAVE_READY, b"1").unwrap();
+                println!("domU: channel closed; ready to be saved");
+            }
         },
     );
     assert_eq!(
