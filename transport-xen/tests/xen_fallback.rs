@@ -448,7 +448,11 @@ fn exchange(
             // the switch, and a full ring (the peer starved of CPU) does not
             // push most of the resident traffic onto the network. Arrivals,
             // not deliveries: a gap must not stall the sender.
-            if sent == n || (r.left_at.is_none() && sent >= r.inbox.arrived() + WINDOW) {
+            // In the `save` variant the window holds after the fallback
+            // too, so that both flows are still running when the domU is
+            // suspended (the domU paces its own).
+            let windowed = r.left_at.is_none() || save_event();
+            if sent == n || (windowed && sent >= r.inbox.arrived() + WINDOW) {
                 break;
             }
             message(out_flow, sent, &mut m);
@@ -957,6 +961,7 @@ fn fallback_guest() {
                          received of {n}; advertising again"
                     );
                     assert!(sent < n && got < n, "the save was not mid-stream");
+                    println!("XEN-CHECK save: restored mid-stream");
                     residency::advertise(view.xenstore(), *to, &me).unwrap();
                 }
             }
