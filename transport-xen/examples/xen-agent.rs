@@ -6,11 +6,20 @@
 //!
 //! ```text
 //! xen-agent [--once] [--for SECONDS] [--advertise ADDR[,ADDR...]]
+//!           [--allow NAME=ADDR[,ADDR...]]... [--debounce MS]
 //!   --once         read everything, write the lists, print, exit
 //!   --for SECONDS  run that long (default: until `quit` or a signal)
 //!   --advertise    advertise dom0 itself with these addresses (MAC,
 //!                  IPv4 or IPv6, comma-separated; "" for none)
+//!   --allow        let the domain named NAME (xl's name) claim these
+//!                  addresses beyond its vifs' MACs and `ip` (repeatable)
+//!   --debounce MS  apply one domain's changes at most once per MS
+//!                  milliseconds (default 1000; 0: off)
 //! ```
+//!
+//! A guest may advertise only what the toolstack gave it (its vifs' MACs
+//! and `ip=` entries) or `--allow` names: anything else is refused
+//! (`coresident_xen::residency::Policy`).
 //!
 //! Commands on stdin, one per line: `withdraw DOMID` (take a domain out of
 //! every list, as a migration away would), `readmit DOMID`, `list`, `quit`.
@@ -36,10 +45,20 @@ mod linux {
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
-    use coresident_xen::residency::{self, Addr, Addresses, Agent, Change};
+    use coresident_xen::residency::{self, Addr, Addresses, Agent, Change, Policy};
     use coresident_xen::XenStore;
 
-    const USAGE: &str = "usage: xen-agent [--once] [--for SECONDS] [--advertise ADDR[,ADDR...]]";
+    const USAGE: &str = "usage: xen-agent [--once] [--for SECONDS] [--advertise ADDR[,ADDR...]] \
+[--allow NAME=ADDR[,ADDR...]]... [--debounce MS]";
+
+    fn parse_list(list: &str) -> Result<Addresses, Box<dyn Error>> {
+        let addrs = list
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(parse_addr)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Addresses::from_addrs(addrs)?)
+    }
 
     fn parse_addr(s: &str) -> Result<Addr, String> {
         if let Ok(a) = s.parse() {
@@ -76,6 +95,7 @@ mod linux {
         let mut once = false;
         let mut run_for = None;
         let mut advertise = None;
+        let mut policy = Policy::default();
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
@@ -84,19 +104,20 @@ mod linux {
                     let s: u64 = args.next().ok_or(USAGE)?.parse().map_err(|_| USAGE)?;
                     run_for = Some(Duration::from_secs(s));
                 }
-                "--advertise" => {
-                    let list = args.next().ok_or(USAGE)?;
-                    let addrs = list
-                        .split(',')
-                        .filter(|s| !s.is_empty())
-                        .map(parse_addr)
-                        .collect::<Result<Vec<_>, _>>()?;
-                    advertise = Some(Addresses::from_addrs(addrs)?);
+                "--advertise" => advertise = Some(parse_list(&args.next().ok_or(USAGE)?)?),
+                "--allow" => {
+                    let arg = args.next().ok_or(USAGE)?;
+                    let (name, list) = arg.split_once('=').ok_or(USAGE)?;
+                    policy = policy.allow(name, parse_list(list)?);
+                }
+                "--debounce" => {
+                    let ms: u64 = args.next().ok_or(USAGE)?.parse().map_err(|_| USAGE)?;
+                    policy = policy.debounce(Duration::from_millis(ms));
                 }
                 _ => return Err(USAGE.into()),
             }
         }
-        let mut agent = Agent::new(XenStore::open()?)?;
+        let mut agent = Agent::with_policy(XenStore::open()?, policy)?;
         if let Some(a) = &advertise {
             residency::advertise(agent.xenstore(), 0, a)?;
             say(&format!("dom0 advertises {} addresses", a.len()));

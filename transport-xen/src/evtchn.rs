@@ -218,6 +218,12 @@ impl<S: Sys> Evtchn<S> {
         }
     }
 
+    /// The descriptor, readable while a port is pending (for a `poll`
+    /// beside other descriptors).
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.dev.fd()
+    }
+
     /// Waits until a port is pending or `timeout` passes (`None`: forever);
     /// `true` if something is pending. Then call [`Evtchn::pending`].
     ///

@@ -2,6 +2,11 @@
 //! gntalloc pages are heap pages, gntdev maps the same pages back by grant
 //! reference, event channels link ports in pairs, and the unmap-notify
 //! actions run when a share or mapping is released.
+//!
+//! An event-channel descriptor is a real eventfd, readable while a port
+//! is pending (one queue for every descriptor, as every port here is
+//! between domain 0 and itself), so `poll` on it, alone or beside another
+//! descriptor, waits as on `/dev/xen/evtchn`.
 
 use core::ffi::{c_int, c_void};
 use core::ptr::NonNull;
@@ -51,6 +56,9 @@ pub(crate) struct State {
     next_port: u32,
     pending: VecDeque<u32>,
     masked: Vec<u32>,
+    /// A second handle on each event-channel descriptor (an eventfd):
+    /// signalled while `pending` is not empty.
+    evfds: Vec<OwnedFd>,
     /// Every ioctl issued, in order.
     pub(crate) calls: Vec<Opcode>,
     /// Make the next ioctl with this opcode fail.
@@ -91,6 +99,7 @@ impl State {
         if let Some(Some(peer)) = self.ports.insert(port, None) {
             self.ports.remove(&peer);
             self.pending.retain(|&p| p != peer);
+            self.signal();
         }
     }
 
@@ -98,6 +107,20 @@ impl State {
         if let Some(Some(peer)) = self.ports.get(&port).copied() {
             if !self.pending.contains(&peer) && !self.masked.contains(&peer) {
                 self.pending.push_back(peer);
+                self.signal();
+            }
+        }
+    }
+
+    /// Makes every event-channel descriptor readable while a port is
+    /// pending, and not readable otherwise.
+    fn signal(&mut self) {
+        for fd in &self.evfds {
+            if self.pending.is_empty() {
+                let mut buf = [0u8; 8];
+                let _ = rustix::io::read(fd, &mut buf);
+            } else {
+                let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
             }
         }
     }
@@ -155,8 +178,18 @@ impl Sys for FakeXen {
             b"/dev/xen/privcmd" if self.state().privcmd => Kind::Privcmd,
             _ => return Err(Errno::NOENT),
         };
-        let fd: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
-        self.state().fds.insert(fd.as_raw_fd(), kind);
+        let fd: OwnedFd = if kind == Kind::Evtchn {
+            rustix::event::eventfd(0, rustix::event::EventfdFlags::NONBLOCK)?
+        } else {
+            std::fs::File::open("/dev/null").unwrap().into()
+        };
+        let mut st = self.state();
+        st.fds.insert(fd.as_raw_fd(), kind);
+        if kind == Kind::Evtchn {
+            let second = fd.try_clone().map_err(|_| Errno::MFILE)?;
+            st.evfds.push(second);
+            st.signal();
+        }
         Ok(fd)
     }
 
@@ -190,7 +223,11 @@ impl Sys for FakeXen {
                 // SAFETY: the header's `index` field (offset 8) is writable.
                 unsafe { put(arg, 8, index.as_bytes()) };
                 for i in 0..n {
-                    st.next_gref += 1;
+                    // Like Xen: references below 8 are reserved.
+                    st.next_gref = st
+                        .next_gref
+                        .max(crate::rendezvous_keys::FIRST_GRANT_REF - 1)
+                        + 1;
                     let g = st.next_gref;
                     st.grants.insert(g, addr + i * PAGE_SIZE);
                     // SAFETY: slot `i` of `count` refs after the header.
@@ -276,6 +313,7 @@ impl Sys for FakeXen {
                 st.ports.insert(a.remote_port, Some(p));
                 // Like Xen: the new local port starts pending.
                 st.pending.push_back(p);
+                st.signal();
                 Ok(p as c_int)
             }
             (Kind::Evtchn, IOCTL_EVTCHN_NOTIFY) => {
@@ -360,6 +398,7 @@ impl Sys for FakeXen {
             buf[n..n + 4].copy_from_slice(&p.to_ne_bytes());
             n += 4;
         }
+        st.signal();
         if n == 0 {
             Err(Errno::AGAIN)
         } else {
@@ -376,8 +415,9 @@ impl Sys for FakeXen {
         Ok(buf.len())
     }
 
-    fn poll_readable(&self, _fd: BorrowedFd<'_>, _t: Option<Duration>) -> Result<bool, Errno> {
-        Ok(!self.state().pending.is_empty())
+    fn poll_readable(&self, fd: BorrowedFd<'_>, t: Option<Duration>) -> Result<bool, Errno> {
+        // A real wait on the eventfd (without the state's lock).
+        crate::sys::poll_readable(fd, t)
     }
 }
 

@@ -112,11 +112,12 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::time::Instant;
 
-use coresident::{ChannelLayout, Link, PendingOffer, Transport};
+use coresident::{ChannelLayout, Link, Transport};
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::IntoBytes;
 
 use crate::rendezvous_keys::{self as keys, perms, ReadError, Store, TooLong};
+use crate::sys::{Linux, Sys};
 use crate::transport::{
     RendezvousError, RendezvousHeader, XenPending, RENDEZVOUS_MAGIC, RENDEZVOUS_VERSION,
 };
@@ -335,33 +336,56 @@ impl Offer {
     }
 }
 
+/// A Xen link: the region and the doorbell.
+type XenLink<S> = Link<XenRegion<S>, XenDoorbell<S>>;
+
 /// Either side's view of one named channel between two domains.
 #[derive(Debug)]
-pub struct Rendezvous {
+pub struct Rendezvous<S: Sys = Linux> {
     own: DomId,
     peer: DomId,
     name: String,
-    transport: XenTransport,
+    transport: XenTransport<S>,
 }
 
 /// An offer published in XenStore, waiting for the answer.
 #[derive(Debug)]
 #[must_use = "an offer is withdrawn only by complete or withdraw"]
-pub struct XsPending {
-    pending: XenPending,
+pub struct XsPending<S: Sys = Linux> {
+    pending: XenPending<S>,
     port: EvtchnPort,
+    /// This domain (whose home holds the offer).
+    own: DomId,
+    /// The acceptor's domain.
+    peer: DomId,
     offer: String,
     answer: String,
     token: String,
 }
 
-impl Rendezvous {
+impl Rendezvous<Linux> {
     /// The channel `name` between this domain, `own`, and domain `peer`.
     ///
     /// # Errors
     ///
     /// [`XsRendezvousError::BadName`].
     pub fn new(own: DomId, peer: DomId, name: &str) -> Result<Self, XsRendezvousError> {
+        Self::with_sys(Linux, own, peer, name)
+    }
+}
+
+impl<S: Sys> Rendezvous<S> {
+    /// As [`Rendezvous::new`], with the system calls of `sys`.
+    ///
+    /// # Errors
+    ///
+    /// [`XsRendezvousError::BadName`].
+    pub fn with_sys(
+        sys: S,
+        own: DomId,
+        peer: DomId,
+        name: &str,
+    ) -> Result<Self, XsRendezvousError> {
         if !keys::valid_name(name) {
             return Err(XsRendezvousError::BadName);
         }
@@ -369,7 +393,7 @@ impl Rendezvous {
             own,
             peer,
             name: name.to_owned(),
-            transport: XenTransport::new(own, peer),
+            transport: XenTransport::with_sys(sys, own, peer),
         })
     }
 
@@ -402,7 +426,7 @@ impl Rendezvous {
         &mut self,
         xs: &mut XenStore<C>,
         layout: ChannelLayout,
-    ) -> Result<XsPending, XsRendezvousError> {
+    ) -> Result<XsPending<S>, XsRendezvousError> {
         let mut buf = vec![0u8; size_of::<RendezvousHeader>() + 4 * MAX_PAGES];
         let (pending, n) = self.transport.offer(layout, &mut buf)?;
         // Our own bytes: parsing them back cannot fail unless the transport
@@ -413,12 +437,14 @@ impl Rendezvous {
         let port = h.port.get();
         let r = publish_offer(xs, &offer, perms(self.own, self.peer), port, layout, &refs);
         if let Err(e) = r {
-            let _ = xs.rm(&offer);
+            remove_dir(xs, self.own, &offer);
             return Err(e);
         }
         Ok(XsPending {
             pending,
             port,
+            own: self.own,
+            peer: self.peer,
             offer,
             answer,
             token: format!("coresident/{}/{}/answer", self.peer, self.name),
@@ -440,9 +466,11 @@ impl Rendezvous {
 
     /// Waits (watching) for the peer's offer, validates it, maps the region,
     /// binds the event channel and answers `accepted`; a bad offer is
-    /// answered `refused` with the reason. The answer stays in XenStore
-    /// until [`Rendezvous::withdraw`] (which may follow at once after an
-    /// acceptance: the offerer also reads our live byte).
+    /// answered `refused` with the reason. Then it waits until the offerer
+    /// has taken the answer (it removes its offer) or [`ANSWER_LINGER`]
+    /// has passed, and removes the answer and every node it left empty
+    /// (issue 17, finding 9): nothing of the rendezvous stays in XenStore,
+    /// whatever the outcome.
     ///
     /// # Errors
     ///
@@ -452,14 +480,14 @@ impl Rendezvous {
         &mut self,
         xs: &mut XenStore<C>,
         timeout: Option<Duration>,
-    ) -> Result<Link<XenRegion, XenDoorbell>, XsRendezvousError> {
+    ) -> Result<Link<XenRegion<S>, XenDoorbell<S>>, XsRendezvousError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
         let offer_dir = offer_path(self.peer, self.own, &self.name);
         let token = format!("coresident/{}/{}/offer", self.peer, self.name);
         xs.watch(&offer_dir, &token)?;
-        let r = self.accept_watched(xs, timeout);
-        let _ = xs.unwatch(&offer_dir, &token);
+        let r = self.accept_watched(xs, deadline);
         let answer = answer_path(self.own, self.peer, &self.name);
-        match r {
+        let r = match r {
             Ok((link, offer_port)) => {
                 let port = link.doorbell.port();
                 write_answer(
@@ -468,28 +496,39 @@ impl Rendezvous {
                     perms(self.own, self.peer),
                     offer_port,
                     Ok(port),
-                )?;
-                Ok(link)
+                )
+                .map(|()| (link, Some(offer_port)))
             }
             Err(e) => {
+                let mut answered = None;
                 if e != XsRendezvousError::Timeout && !matches!(e, XsRendezvousError::Xs(_)) {
                     // Echo the offer's port if it is readable, so the offerer
                     // knows the refusal is about this offer.
                     let port =
                         keys::read_u32(&mut Reader::new(xs), &offer_dir, Key::Port).unwrap_or(0);
-                    let _ = write_answer(xs, &answer, perms(self.own, self.peer), port, Err(e));
+                    if write_answer(xs, &answer, perms(self.own, self.peer), port, Err(e)).is_ok() {
+                        answered = Some(port);
+                    }
                 }
-                Err(e)
+                linger(xs, &offer_dir, answered, deadline);
+                let _ = xs.unwatch(&offer_dir, &token);
+                remove_dir(xs, self.own, &answer);
+                return Err(e);
             }
+        };
+        if let Ok((_, port)) = &r {
+            linger(xs, &offer_dir, *port, deadline);
         }
+        let _ = xs.unwatch(&offer_dir, &token);
+        remove_dir(xs, self.own, &answer);
+        r.map(|(link, _)| link)
     }
 
     fn accept_watched<C: Read + Write + AsFd>(
         &mut self,
         xs: &mut XenStore<C>,
-        timeout: Option<Duration>,
-    ) -> Result<(Link<XenRegion, XenDoorbell>, EvtchnPort), XsRendezvousError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        deadline: Option<Instant>,
+    ) -> Result<(XenLink<S>, EvtchnPort), XsRendezvousError> {
         let offer = loop {
             if let Some(offer) = read_offer(xs, self.peer, self.own, &self.name)? {
                 break offer;
@@ -501,8 +540,9 @@ impl Rendezvous {
     }
 
     /// Removes this side's keys of the channel (our offer and our answer),
-    /// if any: the acceptor's teardown, once the channel carries traffic
-    /// or when it closes. `xl destroy` removes a dead guest's whole home.
+    /// if any, and the nodes above them left empty. [`Rendezvous::accept`]
+    /// and [`XsPending::complete`] already do; this is for a side that
+    /// gives up another way. `xl destroy` removes a dead guest's whole home.
     ///
     /// # Errors
     ///
@@ -519,12 +559,13 @@ impl Rendezvous {
                 Ok(()) | Err(XsError::NotFound) => {}
                 Err(e) => return Err(e.into()),
             }
+            prune(xs, self.own, &dir)?;
         }
         Ok(())
     }
 }
 
-impl Rendezvous {
+impl<S: Sys> Rendezvous<S> {
     /// Watches for the peer domain's death: xenstored fires
     /// [`RELEASE_DOMAIN`] when any domain is released, and the toolstack
     /// removes the domain's home when it destroys it. A destroyed domain
@@ -570,11 +611,7 @@ impl Rendezvous {
         &self,
         xs: &mut XenStore<C>,
     ) -> Result<bool, XsRendezvousError> {
-        match xs.read(&format!("/local/domain/{}", self.peer)) {
-            Ok(_) | Err(XsError::Daemon(XsErrno::EACCES)) => Ok(true),
-            Err(XsError::NotFound) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        home_exists(xs, self.peer)
     }
 
     /// Waits, on the watch set by [`Rendezvous::watch_peer`], until the
@@ -663,7 +700,9 @@ fn fresh_dir<'a, C: Read + Write + AsFd>(
 }
 
 /// Waits (the caller watches `dir`) for an answer to the offer whose port
-/// is `port`: `Ok` for `accepted`.
+/// is `port`: `Ok` for `accepted` (the tests' view of
+/// [`XsPending::complete`]'s answer handling).
+#[cfg(test)]
 fn wait_answer<C: Read + Write + AsFd>(
     xs: &mut XenStore<C>,
     dir: &str,
@@ -684,6 +723,122 @@ fn wait_answer<C: Read + Write + AsFd>(
             None => {}
         }
         wait_event(xs, deadline)?;
+    }
+}
+
+/// How long [`Rendezvous::accept`] waits, after it answered, for the
+/// offerer to take the answer (it removes its offer) before removing it.
+pub const ANSWER_LINGER: Duration = Duration::from_secs(5);
+
+/// After an answer to the offer of `port` (`None`: no answer was written),
+/// waits (the caller watches `offer_dir`) until that offer is gone or
+/// replaced, at most [`ANSWER_LINGER`] and never past `deadline`.
+fn linger<C: Read + Write + AsFd>(
+    xs: &mut XenStore<C>,
+    offer_dir: &str,
+    port: Option<EvtchnPort>,
+    deadline: Option<Instant>,
+) {
+    let Some(port) = port else { return };
+    let end = Instant::now() + ANSWER_LINGER;
+    let end = deadline.map_or(end, |d| d.min(end));
+    loop {
+        // Gone (no `state`), or another offer (another port) in its place.
+        // An offer whose port cannot be read is still the one we answered.
+        match xs.read(&format!("{offer_dir}/{}", Key::State)) {
+            Ok(_) | Err(XsError::Daemon(XsErrno::EACCES)) => {}
+            Err(_) => return,
+        }
+        match keys::read_u32(&mut Reader::new(xs), offer_dir, Key::Port) {
+            Ok(p) if p != port => return,
+            _ => {}
+        }
+        if wait_event(xs, Some(end)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Removes our `dir` (a missing one is fine) and the nodes above it left
+/// empty; best effort (teardown: the outcome the caller gets is already
+/// decided).
+fn remove_dir<C: Read + Write + AsFd>(xs: &mut XenStore<C>, own: DomId, dir: &str) {
+    match xs.rm(dir) {
+        Ok(()) | Err(XsError::NotFound) => {
+            let _ = prune(xs, own, dir);
+        }
+        Err(_) => {}
+    }
+}
+
+/// Removes the ancestors of `dir` that are left empty (no children, no
+/// value), from its parent up to our `data/coresident` (never `data`,
+/// the toolstack's): `channels/<peer>/<name>`, `channels/<peer>`,
+/// `channels`, `data/coresident`. Each in a transaction, so a sibling
+/// another of our processes creates meanwhile is never removed (the
+/// commit fails and the check is redone).
+///
+/// # Errors
+///
+/// [`XsRendezvousError::Xs`].
+fn prune<C: Read + Write + AsFd>(
+    xs: &mut XenStore<C>,
+    own: DomId,
+    dir: &str,
+) -> Result<(), XsRendezvousError> {
+    let top = format!("/local/domain/{own}/data/coresident");
+    let mut p = dir;
+    while let Some(i) = p.rfind('/') {
+        p = p.get(..i).unwrap_or("");
+        if !p.starts_with(&top) {
+            break;
+        }
+        if !remove_if_empty(xs, p)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Removes `p` if it has no children and no value: whether it is gone.
+fn remove_if_empty<C: Read + Write + AsFd>(
+    xs: &mut XenStore<C>,
+    p: &str,
+) -> Result<bool, XsRendezvousError> {
+    for _ in 0..16 {
+        let mut tx = xs.transaction()?;
+        match tx.directory(p) {
+            Ok(kids) if kids.is_empty() => {}
+            Ok(_) => return Ok(false),
+            Err(XsError::NotFound) => return Ok(true),
+            Err(e) => return Err(e.into()),
+        }
+        match tx.read(p) {
+            Ok(v) if v.is_empty() => {}
+            Ok(_) => return Ok(false),
+            Err(XsError::NotFound) => return Ok(true),
+            Err(e) => return Err(e.into()),
+        }
+        tx.rm(p)?;
+        match tx.commit() {
+            Ok(()) => return Ok(true),
+            Err(XsError::Daemon(XsErrno::EAGAIN)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(false)
+}
+
+/// Whether `/local/domain/D` exists (`EACCES`: it exists, not ours to
+/// read).
+fn home_exists<C: Read + Write + AsFd>(
+    xs: &mut XenStore<C>,
+    d: DomId,
+) -> Result<bool, XsRendezvousError> {
+    match xs.read(&format!("/local/domain/{d}")) {
+        Ok(_) | Err(XsError::Daemon(XsErrno::EACCES)) => Ok(true),
+        Err(XsError::NotFound) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -742,45 +897,96 @@ pub fn read_offer<C: Read + Write + AsFd>(
     Ok(Some(offer))
 }
 
-impl XsPending {
+impl<S: Sys> XsPending<S> {
     /// The offer's directory in XenStore.
     pub fn offer_path(&self) -> &str {
         &self.offer
     }
 
-    /// Waits (watching the answer) for the acceptor: `accepted` for this
-    /// offer, then its live byte; removes the offer from XenStore whatever
-    /// the outcome.
+    /// Waits for the acceptor: `accepted` for this offer (or its live
+    /// byte), then removes the offer and every node it left empty from
+    /// XenStore, whatever the outcome. Besides the answer's watch it waits
+    /// on the offer's event channel and on `@releaseDomain` (issue 17,
+    /// finding 10): an acceptor that mapped and bound and then died before
+    /// it answered (its unmap-notify clears its live byte and fires our
+    /// port), or whose domain was destroyed (its home goes), is
+    /// [`XenTransportError::PeerGone`] at once, not at the timeout.
     ///
     /// # Errors
     ///
     /// [`XsRendezvousError::Timeout`], [`XsRendezvousError::Refused`], a
-    /// malformed answer, the transport's (the live byte never came).
+    /// malformed answer, [`XsRendezvousError::Transport`] (`PeerGone`; the
+    /// live byte never came).
     pub fn complete<C: Read + Write + AsFd>(
         self,
         xs: &mut XenStore<C>,
         timeout: Option<Duration>,
-    ) -> Result<Link<XenRegion, XenDoorbell>, XsRendezvousError> {
+    ) -> Result<Link<XenRegion<S>, XenDoorbell<S>>, XsRendezvousError> {
         let deadline = timeout.map(|t| Instant::now() + t);
+        let release = format!("{}/release", self.token);
         let r = xs
             .watch(&self.answer, &self.token)
             .map_err(XsRendezvousError::from)
             .and_then(|()| {
-                let r = wait_answer(xs, &self.answer, self.port, deadline, &|| {
-                    self.pending.peer_alive()
-                });
+                // Best effort: a guest may not be allowed the special watch
+                // (then the answer's watch, which fires when the acceptor's
+                // home is removed, and the event channel remain).
+                let released = xs.watch(RELEASE_DOMAIN, &release).is_ok();
+                let r = self.wait_accepted(xs, deadline);
                 let _ = xs.unwatch(&self.answer, &self.token);
+                if released {
+                    let _ = xs.unwatch(RELEASE_DOMAIN, &release);
+                }
                 r
             });
-        let _ = xs.rm(&self.offer);
+        remove_dir(xs, self.own, &self.offer);
         r?;
-        // The acceptor set its live byte before it answered; a short wait
-        // covers nothing but a peer that lied in its answer.
-        let left = deadline.map_or(Duration::from_secs(5), |d| {
-            d.saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(100))
-        });
-        Ok(self.pending.complete(Some(left))?)
+        // Accepted: the acceptor set its live byte before it answered. If
+        // the byte is clear now, it has come and gone already (or lied):
+        // the channel says so at once, and what it sent can be received.
+        Ok(self.pending.into_link())
+    }
+
+    /// The watched wait of [`complete`](Self::complete).
+    fn wait_accepted<C: Read + Write + AsFd>(
+        &self,
+        xs: &mut XenStore<C>,
+        deadline: Option<Instant>,
+    ) -> Result<(), XsRendezvousError> {
+        let gone = XsRendezvousError::Transport(XenTransportError::PeerGone);
+        loop {
+            // The acceptor sets its live byte before it answers, and may
+            // withdraw its answer as soon as it wrote it: a set live byte is
+            // an acceptance whether or not we saw the answer.
+            if self.pending.peer_alive() {
+                return Ok(());
+            }
+            match keys::read_answer(&mut Reader::new(xs), &self.answer, self.port)? {
+                Some(true) => return Ok(()),
+                Some(false) => return Err(XsRendezvousError::Refused),
+                None => {}
+            }
+            if !home_exists(xs, self.peer)? {
+                return Err(gone);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Err(XsRendezvousError::Timeout);
+            }
+            let (store, port) = if xs.has_queued_event() {
+                (true, false)
+            } else {
+                crate::sys::poll_two(xs.fd(), self.pending.event_fd(), left)
+                    .map_err(|e| XsRendezvousError::Xs(XsError::Io(e)))?
+            };
+            if port && self.pending.take_events()? && !self.pending.peer_alive() {
+                return Err(gone);
+            }
+            if store {
+                // Take every queued event; the loop re-reads what they name.
+                while xs.wait_watch(Some(Duration::ZERO))?.is_some() {}
+            }
+        }
     }
 
     /// Withdraws the offer without waiting (its grants are released when
@@ -794,11 +1000,15 @@ impl XsPending {
         xs: &mut XenStore<C>,
     ) -> Result<(), XsRendezvousError> {
         match xs.rm(&self.offer) {
-            Ok(()) | Err(XsError::NotFound) => Ok(()),
-            Err(e) => Err(e.into()),
+            Ok(()) | Err(XsError::NotFound) => {}
+            Err(e) => return Err(e.into()),
         }
+        prune(xs, self.own, &self.offer)
     }
 }
+
+#[cfg(test)]
+mod tests_teardown;
 
 #[cfg(test)]
 mod tests {

@@ -398,8 +398,8 @@ pub fn publish_offer<E: Events>(
             &mut refs,
         )
     });
-    if r.is_err() {
-        let _ = xs.rm(d);
+    if r.is_err() && xs.rm(d).is_ok() {
+        let _ = prune(xs, own, d);
     }
     r.map(|()| offer.port())
 }
@@ -439,12 +439,52 @@ pub fn wait_answer<E: Events>(
         r
     });
     if let Ok(offer) = offer_dir(own, acceptor, name) {
-        let _ = xs.rm(offer.as_str());
+        if xs.rm(offer.as_str()).is_ok() {
+            let _ = prune(xs, own, offer.as_str());
+        }
     }
     r
 }
 
-/// Removes our answer (teardown).
+/// Removes the ancestors of `dir` left empty (no children, no value),
+/// from its parent up to our `data/coresident`: the channel's
+/// `channels/<peer>/<name>`, then `channels/<peer>`, `channels` and
+/// `data/coresident` (issue 17, finding 9). Without transactions on the
+/// ring, a sibling made between the check and the removal would go too;
+/// the kernel is the only writer of its `data/coresident`.
+///
+/// # Errors
+///
+/// [`RdvError::Xs`].
+fn prune<E: Events>(xs: &mut XsRing<E>, own: DomId, dir: &str) -> Result<(), RdvError> {
+    let top = Path::new(format_args!("/local/domain/{own}/data/coresident"))?;
+    let mut p = dir;
+    while let Some(i) = p.rfind('/') {
+        p = p.get(..i).unwrap_or("");
+        if !p.starts_with(top.as_str()) {
+            break;
+        }
+        match xs.directory(p) {
+            Ok([]) => {}
+            Ok(_) => break,
+            Err(XsRingError::Daemon(XsErrno::ENOENT)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        match xs.read(p) {
+            Ok([]) => {}
+            Ok(_) => break,
+            Err(XsRingError::Daemon(XsErrno::ENOENT)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        match xs.rm(p) {
+            Ok(()) | Err(XsRingError::Daemon(XsErrno::ENOENT)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Removes our answer (teardown) and the nodes above it left empty.
 ///
 /// # Errors
 ///
@@ -457,7 +497,7 @@ pub fn withdraw<E: Events>(
 ) -> Result<(), RdvError> {
     let dir = answer_dir(own, offerer, name)?;
     match xs.rm(dir.as_str()) {
-        Ok(()) | Err(XsRingError::Daemon(XsErrno::ENOENT)) => Ok(()),
+        Ok(()) | Err(XsRingError::Daemon(XsErrno::ENOENT)) => prune(xs, own, dir.as_str()),
         Err(e) => Err(e.into()),
     }
 }
@@ -703,6 +743,62 @@ mod tests {
         withdraw(&mut xs, OWN, 0, "pv").unwrap();
         let store = &xs.events_mut().store;
         assert!(!store.keys().any(|k| k.starts_with(dir.as_bytes())));
+    }
+
+    /// Our nodes: the simulated store's keys under our home.
+    fn ours(xs: &mut XsRing<Daemon>) -> Vec<String> {
+        let home = std::format!("/local/domain/{OWN}");
+        xs.events_mut()
+            .store
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .filter(|k| k.starts_with(&home))
+            .collect()
+    }
+
+    /// Issue 17, finding 9, on the kernel's side: an answer withdrawn and
+    /// an offer answered leave none of their nodes, parents included.
+    #[test]
+    fn no_node_outlives_a_kernel_rendezvous() {
+        let mut xs = ring_with(&offer_keys());
+        // What the toolstack made: the home, `data`, `domid`.
+        for (k, v) in [("", ""), ("/data", ""), ("/domid", "5")] {
+            let path = std::format!("/local/domain/{OWN}{k}");
+            xs.events_mut()
+                .store
+                .insert(path.into_bytes(), v.as_bytes().to_vec());
+        }
+        let base = ours(&mut xs);
+        let offer = wait_offer(&mut xs, OWN, 0, "pv").unwrap();
+        answer(&mut xs, OWN, &offer, "pv", Ok(3)).unwrap();
+        assert_ne!(ours(&mut xs), base);
+        withdraw(&mut xs, OWN, 0, "pv").unwrap();
+        assert_eq!(ours(&mut xs), base, "after the answer's withdrawal");
+        publish_offer(&mut xs, OWN, 0, "k", &kernel_offer(21)).unwrap();
+        let dir = answer_dir(0, OWN, "k").unwrap();
+        for (k, v) in [
+            ("version", "1"),
+            ("offer-port", "21"),
+            ("port", "4"),
+            ("state", "accepted"),
+        ] {
+            let path = std::format!("{}/{k}", dir.as_str());
+            xs.events_mut()
+                .store
+                .insert(path.into_bytes(), v.as_bytes().to_vec());
+        }
+        wait_answer(&mut xs, OWN, 0, "k", 21).unwrap();
+        assert_eq!(ours(&mut xs), base, "after the offer was answered");
+        // A sibling stays, and its parents with it.
+        xs.write(
+            &std::format!("/local/domain/{OWN}/data/coresident/advertise"),
+            b"x",
+        )
+        .unwrap();
+        let kept = ours(&mut xs);
+        answer(&mut xs, OWN, &offer, "pv", Ok(3)).unwrap();
+        withdraw(&mut xs, OWN, 0, "pv").unwrap();
+        assert_eq!(ours(&mut xs), kept);
     }
 
     /// Rendezvous bytes of a kernel offer: 16 KiB each way from dom5.

@@ -234,6 +234,34 @@ pub(crate) fn poll_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Re
     }
 }
 
+/// `poll` on two descriptors for `POLLIN`, retrying on `EINTR`: which
+/// are readable (or hung up); both `false` on timeout.
+pub(crate) fn poll_two(
+    a: BorrowedFd<'_>,
+    b: BorrowedFd<'_>,
+    timeout: Option<Duration>,
+) -> Result<(bool, bool), Errno> {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let ts = timeout.map(|d| Timespec {
+        tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(d.subsec_nanos()),
+    });
+    loop {
+        let mut fds = [
+            PollFd::new(&a, PollFlags::IN),
+            PollFd::new(&b, PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, ts.as_ref()) {
+            Ok(_) => {
+                let [x, y] = fds.map(|f| !f.revents().is_empty());
+                return Ok((x, y));
+            }
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// An open Xen device: the descriptor and the `Sys` that drives it.
 #[derive(Debug)]
 pub(crate) struct Device<S: Sys> {

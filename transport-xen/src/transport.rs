@@ -26,7 +26,7 @@
 //! only that link's events.
 
 use core::fmt;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use core::time::Duration;
 use std::sync::Arc;
 use std::time::Instant;
@@ -228,6 +228,25 @@ pub struct XenDoorbell<S: Sys = Linux> {
     heard: AtomicBool,
     /// Xen said `port` is no longer connected to the peer (never cleared).
     severed: AtomicBool,
+    /// Where `asked_at` counts from.
+    epoch: Instant,
+    /// When [`Doorbell::peer_alive`] last asked Xen, in nanoseconds since
+    /// `epoch`; `u64::MAX`: never.
+    asked_at: AtomicU64,
+    /// [`Doorbell::peer_alive`] asks Xen at most once per this many
+    /// nanoseconds ([`XenDoorbell::set_recheck`]).
+    recheck_ns: AtomicU64,
+}
+
+/// How often, by default, [`Doorbell::peer_alive`] may ask Xen about the
+/// port ([`XenDoorbell::set_recheck`]). The channel asks `peer_alive`
+/// every 1024 sends and on its slow paths; a sender into a destroyed
+/// domain learns of it within this period of its next probe.
+pub const DEFAULT_XEN_RECHECK: Duration = Duration::from_millis(10);
+
+/// A duration in nanoseconds, saturating.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn os(e: EvtchnError) -> TransportError {
@@ -252,7 +271,30 @@ impl<S: Sys> XenDoorbell<S> {
             privcmd: None,
             heard: AtomicBool::new(false),
             severed: AtomicBool::new(false),
+            epoch: Instant::now(),
+            asked_at: AtomicU64::new(u64::MAX),
+            recheck_ns: AtomicU64::new(nanos(DEFAULT_XEN_RECHECK)),
         }
+    }
+
+    /// Lets [`Doorbell::peer_alive`] ask Xen at most once per `period`
+    /// (default [`DEFAULT_XEN_RECHECK`]); in between, and whenever an
+    /// event arrived since the last question, the live byte answers.
+    /// `Duration::ZERO` asks at every call that heard nothing.
+    pub fn set_recheck(&self, period: Duration) {
+        self.recheck_ns.store(nanos(period), Ordering::Relaxed);
+    }
+
+    /// Whether the recheck period has passed since Xen was last asked
+    /// (and, if so, notes that it is asked now).
+    fn may_ask(&self) -> bool {
+        let now = nanos(self.epoch.elapsed());
+        let last = self.asked_at.load(Ordering::Relaxed);
+        if last != u64::MAX && now.saturating_sub(last) < self.recheck_ns.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.asked_at.store(now, Ordering::Relaxed);
+        true
     }
 
     /// The local event-channel port.
@@ -335,15 +377,25 @@ impl<S: Sys> Doorbell for XenDoorbell<S> {
     }
 
     /// The live byte; then, unless an event arrived since Xen was last
-    /// asked, Xen's word on the port (see the type's docs).
+    /// asked or Xen was asked less than the recheck period ago
+    /// ([`XenDoorbell::set_recheck`]), Xen's word on the port (see the
+    /// type's docs).
     fn peer_alive(&self) -> bool {
         if !self.live() {
             return false;
         }
-        if self.heard.swap(false, Ordering::Relaxed) {
+        if self.heard.swap(false, Ordering::Relaxed) || !self.may_ask() {
             return true;
         }
         self.port_connected() != Some(false)
+    }
+
+    /// The live byte (unmap-notify clears it when the peer's process exits
+    /// or unmaps) and an earlier verdict of Xen: a load and a volatile
+    /// byte read, no system call.
+    #[inline]
+    fn peer_gone_hint(&self) -> bool {
+        !self.live()
     }
 }
 
@@ -450,6 +502,41 @@ impl<S: Sys> XenPending<S> {
     /// [`PendingOffer::complete`] would return at once).
     pub fn peer_alive(&self) -> bool {
         self.doorbell.live()
+    }
+
+    /// The link, without waiting for the acceptor's live byte: for an
+    /// offerer that saw the acceptance (`state=accepted`, written after the
+    /// acceptor set its byte). If the byte is clear by now, the acceptor
+    /// has already left: the channel reports it (its doorbell's hint) and
+    /// what the acceptor sent before leaving can still be received.
+    pub(crate) fn into_link(self) -> Link<XenRegion<S>, XenDoorbell<S>> {
+        Link {
+            region: self.region,
+            doorbell: self.doorbell,
+            role: Role::Offerer,
+            layout: self.layout,
+        }
+    }
+
+    /// The event channel's descriptor, readable when our port fired.
+    pub(crate) fn event_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.doorbell.ev.fd()
+    }
+
+    /// Takes the pending events (without waiting) and unmasks them;
+    /// whether our port was among them. Our port fires only from the
+    /// acceptor's side: its ring after it set its live byte, or its
+    /// unmap-notify after its live byte was cleared (its process died or
+    /// let go), so a firing with the byte clear is an acceptor gone.
+    pub(crate) fn take_events(&self) -> Result<bool, XenTransportError> {
+        let mut buf = [0u32; 8];
+        let n = self.doorbell.ev.pending(&mut buf)?;
+        let mut ours = false;
+        for &p in buf.get(..n).unwrap_or(&[]) {
+            self.doorbell.ev.unmask(p)?;
+            ours |= p == self.doorbell.port;
+        }
+        Ok(ours)
     }
 }
 
@@ -735,6 +822,8 @@ mod doorbell_tests {
     fn connected_port_means_alive_and_events_spare_hypercalls() {
         let xen = with_privcmd();
         let (off, acc) = pair(&xen, 0);
+        // Every quiet check asks (no rate limit here).
+        off.doorbell.set_recheck(Duration::ZERO);
         assert!(off.doorbell.can_ask_xen());
         assert_eq!(off.doorbell.port_connected(), Some(true));
         assert_eq!(acc.doorbell.port_connected(), Some(true));
@@ -789,6 +878,96 @@ mod doorbell_tests {
             Err(ChannelError::PeerGone)
         );
         drop((acc, acc2));
+    }
+
+    /// Issue 17, finding 11: the channel asks `peer_alive` often (every
+    /// 1024 sends, and on its slow paths); Xen is asked at most once per
+    /// recheck period, and the live byte answers the rest.
+    #[test]
+    fn peer_alive_asks_xen_at_most_once_per_period() {
+        let xen = with_privcmd();
+        let (off, acc) = pair(&xen, 0);
+        off.doorbell.set_recheck(Duration::from_secs(3600));
+        let n = hypercalls(&xen);
+        for _ in 0..1000 {
+            assert!(off.doorbell.peer_alive());
+        }
+        let asked = hypercalls(&xen) - n;
+        assert!(asked <= 1, "Xen asked {asked} times for 1000 checks");
+        // Unmap-notify (the peer's process let go) is seen at once.
+        drop(acc);
+        assert!(!off.doorbell.peer_alive());
+    }
+
+    /// Issue 17, finding 11: the hint the channel takes on every send is
+    /// the live byte (and an earlier verdict), at the cost of a load.
+    #[test]
+    fn the_gone_hint_is_the_live_byte() {
+        let xen = with_privcmd();
+        let (off, acc) = pair(&xen, 0);
+        let n = hypercalls(&xen);
+        assert!(!off.doorbell.peer_gone_hint());
+        drop(acc);
+        assert!(off.doorbell.peer_gone_hint());
+        assert_eq!(hypercalls(&xen), n, "the hint asks nobody");
+        // A destroyed domain clears no byte: the probe finds it, then the
+        // hint remembers.
+        let (off, acc) = pair(&xen, 0);
+        xen.state().destroy_peer_of(off.doorbell.port());
+        assert!(!off.doorbell.peer_gone_hint());
+        off.doorbell.set_recheck(Duration::ZERO);
+        assert!(!off.doorbell.peer_alive());
+        assert!(off.doorbell.peer_gone_hint());
+        drop(acc);
+    }
+
+    /// Issue 17, finding 11: a sender that never blocks learnt of a dead
+    /// peer only when the ring was full (152 messages into a destroyed
+    /// domU's ring). A departed process is seen at the next send; a
+    /// destroyed domain within the channel's probe period.
+    #[test]
+    fn a_sender_that_never_blocks_sees_a_dead_peer() {
+        let config = ChannelConfig {
+            liveness: None,
+            ..ChannelConfig::default()
+        };
+        let layout = ChannelLayout::symmetric(64 * 1024);
+        let open = |xen: &FakeXen| {
+            let mut buf = [0u8; 256];
+            let (pending, n) = XenTransport::with_sys(xen.clone(), 0, 0)
+                .offer(layout, &mut buf)
+                .unwrap();
+            let acc = XenTransport::with_sys(xen.clone(), 0, 0)
+                .accept(&buf[..n])
+                .unwrap();
+            let off = pending.complete(Some(Duration::from_secs(1))).unwrap();
+            (Channel::new(off, config, StdClock::default()).unwrap(), acc)
+        };
+        let sends_until_gone = |ch: &mut Channel<_, _, _>| {
+            for sent in 0u32.. {
+                match ch.send(&[7u8; 8]) {
+                    Ok(()) => {}
+                    Err(ChannelError::PeerGone) => return sent,
+                    Err(e) => panic!("after {sent} sends into a dead peer: {e:?}"),
+                }
+            }
+            unreachable!()
+        };
+        let xen = with_privcmd();
+        let (mut ch, acc) = open(&xen);
+        ch.send(b"before").unwrap();
+        drop(acc);
+        assert_eq!(sends_until_gone(&mut ch), 0, "unmap-notify: the next send");
+        let (mut ch, acc) = open(&xen);
+        ch.send(b"before").unwrap();
+        ch.doorbell().set_recheck(Duration::ZERO);
+        xen.state().destroy_peer_of(ch.doorbell().port());
+        let n = sends_until_gone(&mut ch);
+        assert!(
+            n <= coresident::PEER_PROBE_SENDS,
+            "{n} sends into a destroyed peer"
+        );
+        drop(acc);
     }
 
     #[test]

@@ -12,6 +12,13 @@
 //! length over `XENSTORE_PAYLOAD_MAX`, an unknown type, a reply to another
 //! request) mark the connection broken, since its byte stream can no longer
 //! be trusted to be in step.
+//!
+//! A request the daemon refuses is that request's error, never the
+//! connection's: over the socket xenstored answers `XS_ERROR`; over
+//! `/dev/xen/xenbus` Linux answers some refusals (a watch past the
+//! domain's quota, `E2BIG`; a malformed watch path, `EINVAL`) with the
+//! `write(2)` error instead, having consumed the message, and the client
+//! reports them as the same [`XsError::Daemon`] (issue 17, finding 12).
 
 use core::fmt;
 use core::time::Duration;
@@ -101,6 +108,16 @@ fn io_error(e: &io::Error) -> XsError {
     }
 }
 
+/// A request `/dev/xen/xenbus` refused through `write(2)`'s errno: the
+/// error xenstored would have sent in `XS_ERROR` (the kernel relays it).
+fn refused(e: &io::Error) -> XsError {
+    let errno = Errno::from_io_error(e).unwrap_or(Errno::IO);
+    match XsErrno::from_errno(errno.raw_os_error()) {
+        XsErrno::ENOENT => XsError::NotFound,
+        e => XsError::Daemon(e),
+    }
+}
+
 /// A watch event: `path` changed (or the watch was just set: xenstored
 /// fires every new watch once).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -165,6 +182,9 @@ pub struct XenStore<C: Read + Write + AsFd = Conn> {
     lost_events: u64,
     broken: bool,
     reply_timeout: Duration,
+    /// The connection takes one whole message per `write(2)` and reports
+    /// a refused request as that write's error (`/dev/xen/xenbus`).
+    message_writes: bool,
 }
 
 impl XenStore<Conn> {
@@ -200,7 +220,7 @@ impl XenStore<Conn> {
             .write(true)
             .open(XENBUS_PATH)
             .map_err(|e| XsError::Open(Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
-        Ok(Self::new(Conn::Xenbus(f)))
+        Ok(Self::xenbus(Conn::Xenbus(f)))
     }
 }
 
@@ -215,6 +235,21 @@ impl<C: Read + Write + AsFd> XenStore<C> {
             lost_events: 0,
             broken: false,
             reply_timeout: Duration::from_secs(60),
+            message_writes: false,
+        }
+    }
+
+    /// A client over a connection with `/dev/xen/xenbus`'s semantics: each
+    /// `write(2)` carries one whole message, and the kernel answers a
+    /// request it refuses (a watch over the domain's quota, a malformed
+    /// path) with the `write` error itself, having consumed the message
+    /// (Linux's `xenbus_file_write` empties its buffer): that request
+    /// fails with [`XsError::Daemon`] (or [`XsError::NotFound`]), as it
+    /// would over xenstored's socket, and the connection goes on.
+    pub fn xenbus(conn: C) -> Self {
+        Self {
+            message_writes: true,
+            ..Self::new(conn)
         }
     }
 
@@ -222,6 +257,17 @@ impl<C: Read + Write + AsFd> XenStore<C> {
     /// under emulation is slow). After a timeout the connection is broken.
     pub fn set_reply_timeout(&mut self, timeout: Duration) {
         self.reply_timeout = timeout;
+    }
+
+    /// Whether a watch event is queued already (the connection's
+    /// descriptor then need not be readable for one to be there).
+    pub(crate) fn has_queued_event(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// The connection's descriptor, readable when a message arrived.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.conn.as_fd()
     }
 
     /// Watch events dropped because the queue was full.
@@ -298,7 +344,20 @@ impl<C: Read + Write + AsFd> XenStore<C> {
         let mut msg = Vec::with_capacity(HEADER_LEN + body.len());
         msg.extend_from_slice(&header);
         msg.extend_from_slice(body);
-        self.conn.write_all(&msg).map_err(|e| io_error(&e))?;
+        if self.message_writes {
+            match self.conn.write(&msg) {
+                Ok(n) if n == msg.len() => {}
+                // A short write of a whole-message device: out of step.
+                Ok(_) => return Err(XsError::Io(Errno::IO)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    return Err(XsError::Io(Errno::INTR))
+                }
+                // The kernel refused this request and consumed it.
+                Err(e) => return Err(refused(&e)),
+            }
+        } else {
+            self.conn.write_all(&msg).map_err(|e| io_error(&e))?;
+        }
         let deadline = Instant::now() + self.reply_timeout;
         loop {
             let Some((h, body)) = self.recv(Some(deadline))? else {
@@ -451,8 +510,9 @@ impl<C: Read + Write + AsFd> XenStore<C> {
     ///
     /// # Errors
     ///
-    /// [`XsError::Daemon`] (`EEXIST` for the same path and token twice),
-    /// connection errors.
+    /// [`XsError::Daemon`] (`EEXIST` for the same path and token twice,
+    /// `E2BIG` past the domain's watch quota, `EINVAL` for a malformed
+    /// path), connection errors.
     pub fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
         let mut p = Payload::new();
         p.path(path)?.string(token.as_bytes())?;

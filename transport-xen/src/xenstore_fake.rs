@@ -386,3 +386,111 @@ fn hostile_daemon_frames() {
         Err(XsError::Value(ValueError::BadPermission))
     );
 }
+
+/// `/dev/xen/xenbus` in front of the fake daemon: each `write(2)` is one
+/// whole message, and, like Linux's `xenbus_file_write`, a watch the
+/// daemon would refuse is answered by the `write` itself failing (the
+/// kernel registers the watch synchronously and returns xenstored's
+/// error as the errno; the message is consumed, the stream stays in step).
+/// Here: the domain's watch quota (`quota-nb-watch-per-domain`) and a path
+/// with a character xenstored refuses.
+#[derive(Debug)]
+struct FakeXenbus {
+    sock: UnixStream,
+    watches: usize,
+    quota: usize,
+}
+
+impl Read for FakeXenbus {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.sock.read(buf)
+    }
+}
+
+impl Write for FakeXenbus {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let h: XsdSockmsg = zerocopy::FromBytes::read_from_bytes(&buf[..16]).unwrap();
+        assert_eq!(
+            buf.len(),
+            16 + h.len as usize,
+            "one whole message per write"
+        );
+        if h.r#type == MsgType::Watch as u32 {
+            let path = split_strings(&buf[16..]).next().unwrap_or_default();
+            if path.contains(&b'!') {
+                return Err(std::io::Error::from_raw_os_error(22)); // EINVAL
+            }
+            if self.watches == self.quota {
+                return Err(std::io::Error::from_raw_os_error(7)); // E2BIG
+            }
+            self.watches += 1;
+        }
+        self.sock.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::os::fd::AsFd for FakeXenbus {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+fn xenbus_client(quota: usize) -> XenStore<FakeXenbus> {
+    let (a, b) = UnixStream::pair().unwrap();
+    thread::spawn(move || fake_xenstored(b));
+    XenStore::xenbus(FakeXenbus {
+        sock: a,
+        watches: 0,
+        quota,
+    })
+}
+
+/// Issue 17, finding 12: over `/dev/xen/xenbus` a refused watch is the
+/// `write(2)` error. It is that request's error (the same `Daemon` error
+/// dom0's socket gives), and the connection goes on.
+#[test]
+fn xenbus_refused_watch_fails_that_request_alone() {
+    let mut xs = xenbus_client(3);
+    xs.write("/domid", b"7").unwrap();
+    for j in 0..3 {
+        xs.watch(&format!("/data/x/w{j}"), "t").unwrap();
+    }
+    assert_eq!(
+        xs.watch("/data/x/w3", "t"),
+        Err(XsError::Daemon(XsErrno::E2BIG))
+    );
+    assert_eq!(xs.read("/domid").unwrap(), b"7");
+    let mut xs = xenbus_client(3);
+    assert_eq!(
+        xs.watch("data/bad!path", "t"),
+        Err(XsError::Daemon(XsErrno::EINVAL))
+    );
+    xs.write("/k", b"v").unwrap();
+    assert_eq!(xs.read("/k").unwrap(), b"v");
+    // The events of the watches set before still arrive.
+    xs.watch("/k", "k").unwrap();
+    let ev = xs
+        .wait_watch(Some(Duration::from_secs(20)))
+        .unwrap()
+        .unwrap();
+    assert_eq!((ev.path.as_str(), ev.token.as_str()), ("/k", "k"));
+}
+
+/// Over a socket a write error is the connection's: nothing is known of
+/// what the daemon received.
+#[test]
+fn socket_write_error_breaks_the_connection() {
+    let (a, b) = UnixStream::pair().unwrap();
+    drop(b);
+    let mut xs = XenStore::new(a);
+    assert!(matches!(
+        xs.read("/x"),
+        Err(XsError::Io(_) | XsError::Closed)
+    ));
+    assert_eq!(xs.read("/x"), Err(XsError::Broken));
+}

@@ -559,6 +559,18 @@ impl<E: Events> XsRing<E> {
         self.request(MsgType::Read, &p)
     }
 
+    /// Lists a node's children: their names, each ended by a NUL (empty
+    /// for a node without children).
+    ///
+    /// # Errors
+    ///
+    /// As [`XsRing::read`].
+    pub fn directory(&mut self, path: &str) -> Result<&[u8], XsRingError> {
+        let mut p = Payload::new();
+        p.path(path)?;
+        self.request(MsgType::Directory, &p)
+    }
+
     /// Writes a node, creating it and its missing parents.
     ///
     /// # Errors
@@ -804,6 +816,18 @@ pub(crate) mod fake {
             self.outbox.extend(body);
         }
 
+        /// Creates the missing ancestors of `path`, as xenstored does.
+        fn parents(&mut self, path: &[u8]) {
+            let mut end = path.len();
+            while let Some(i) = path[..end].iter().rposition(|&b| b == b'/') {
+                if i == 0 {
+                    break;
+                }
+                self.store.entry(path[..i].to_vec()).or_default();
+                end = i;
+            }
+        }
+
         pub(crate) fn fire(&mut self, path: &[u8]) {
             let hits: Vec<Vec<u8>> = self
                 .watches
@@ -861,11 +885,13 @@ pub(crate) mod fake {
                 },
                 11 => {
                     let value = &body[path.len() + 1..];
+                    self.parents(&path);
                     self.store.insert(path.clone(), value.to_vec());
                     self.reply(11, req_id, b"OK\0");
                     self.fire(&path);
                 }
                 12 => {
+                    self.parents(&path);
                     self.store.entry(path).or_default();
                     self.reply(12, req_id, b"OK\0");
                 }
@@ -896,6 +922,20 @@ pub(crate) mod fake {
                     } else {
                         self.reply(13, req_id, b"OK\0");
                     }
+                }
+                1 if !self.store.contains_key(&path) => self.reply(16, req_id, b"ENOENT\0"),
+                1 => {
+                    let under = [&path[..], b"/"].concat();
+                    let mut names = Vec::new();
+                    for k in self.store.keys() {
+                        if let Some(rest) = k.strip_prefix(&under[..]) {
+                            if !rest.is_empty() && !rest.contains(&b'/') {
+                                names.extend_from_slice(rest);
+                                names.push(0);
+                            }
+                        }
+                    }
+                    self.reply(1, req_id, &names);
                 }
                 _ => self.reply(16, req_id, b"ENOSYS\0"),
             }

@@ -355,6 +355,31 @@ impl XsErrno {
         }
     }
 
+    /// The name of a Linux errno (x86 and Arm numbering), [`Self::Unknown`]
+    /// for one xenstored does not send: how `/dev/xen/xenbus` reports a
+    /// request it refused (`write(2)` fails with the errno).
+    pub const fn from_errno(errno: i32) -> Self {
+        match errno {
+            22 => Self::EINVAL,
+            13 => Self::EACCES,
+            17 => Self::EEXIST,
+            21 => Self::EISDIR,
+            2 => Self::ENOENT,
+            12 => Self::ENOMEM,
+            28 => Self::ENOSPC,
+            5 => Self::EIO,
+            39 => Self::ENOTEMPTY,
+            38 => Self::ENOSYS,
+            30 => Self::EROFS,
+            16 => Self::EBUSY,
+            11 => Self::EAGAIN,
+            106 => Self::EISCONN,
+            7 => Self::E2BIG,
+            1 => Self::EPERM,
+            _ => Self::Unknown,
+        }
+    }
+
     /// The wire name.
     pub const fn name(self) -> &'static str {
         match self {

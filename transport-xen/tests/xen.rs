@@ -321,5 +321,47 @@ fn domu_xenstore_guest() {
     let ack = wait_for(&mut xs, &format!("{offer}/ack"));
     assert_eq!(ack, b"done");
     println!("domU: dom0 acknowledged");
+    watch_refusals_are_request_errors();
     println!("XEN-CHECK domu_xenstore_guest ok");
+}
+
+/// Issue 17, finding 12: over `/dev/xen/xenbus` Linux answers a refused
+/// watch with the `write(2)` error. Past the domain's watch quota
+/// (xenstored's `quota-nb-watch-per-domain`, 128; the domU's kernel holds
+/// a few) a watch fails with `E2BIG`, a path xenstored refuses with
+/// `EINVAL`; each is that request's error and the connection goes on.
+fn watch_refusals_are_request_errors() {
+    let mut xs = XenStore::open().unwrap();
+    let mut set = Vec::new();
+    let refused = loop {
+        let path = format!("data/coresident-test/w{}", set.len());
+        match xs.watch(&path, "quota") {
+            Ok(()) => set.push(path),
+            Err(e) => break e,
+        }
+        assert!(set.len() < 4096, "no watch quota");
+    };
+    println!(
+        "domU: watch {} refused: {refused} ({refused:?})",
+        set.len() + 1
+    );
+    assert_eq!(refused, XsError::Daemon(XsErrno::E2BIG));
+    let me = xs
+        .read_string("domid")
+        .expect("the connection survives E2BIG");
+    for path in &set {
+        xs.unwatch(path, "quota").unwrap();
+    }
+    let bad = xs.watch("data/bad!path", "t");
+    println!("domU: watch data/bad!path: {bad:?}");
+    assert_eq!(bad, Err(XsError::Daemon(XsErrno::EINVAL)));
+    assert_eq!(
+        xs.read_string("domid")
+            .expect("the connection survives EINVAL"),
+        me
+    );
+    println!(
+        "XEN-CHECK domu_xenstore watch refusals are request errors (watch {} E2BIG, bad path EINVAL)",
+        set.len() + 1
+    );
 }

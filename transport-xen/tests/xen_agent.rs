@@ -8,7 +8,9 @@
 //! other side through a key in the guest's `data/coresident-test`:
 //!
 //! 0. the guest first advertises garbage: the agent refuses it (and goes
-//!    on), dom0's view stays empty;
+//!    on), dom0's view stays empty; then it claims 8.8.8.8 besides its own
+//!    addresses (issue 17, finding 6: interception): refused too, since the
+//!    toolstack gave its vif only 10.0.0.2 and fd00::2 (`ip=`);
 //! 1. each view shows the other domain with its addresses (and the tables
 //!    hit); the guest cannot write its list nor advertise for dom0;
 //! 2. `withdraw DOMU`: dom0's view loses the guest, the guest's loses dom0;
@@ -193,6 +195,13 @@ fn domu_agent_host() {
     assert!(view.peers().is_empty());
     xs.write(&format!("{home}/{GO}"), b"1").unwrap();
     println!("XEN-CHECK agent refused a hostile advertisement");
+    wait_said(&format!(
+        "domain {domu}'s advertisement refused: IP 8.8.8.8 is neither on the domain's vifs"
+    ));
+    assert!(view.refresh().unwrap().is_empty());
+    assert!(view.peers().is_empty());
+    xs.write(&format!("{home}/{GO}"), b"2").unwrap();
+    println!("XEN-CHECK agent refused an address the toolstack did not give (8.8.8.8)");
 
     // 1. Both advertise: each sees the other.
     let updates = wait_view(
@@ -294,12 +303,23 @@ fn domu_agent_guest() {
     )
     .unwrap();
     xs.watch(GO, "go").unwrap();
-    let deadline = Instant::now() + STEP;
-    while xs.read(GO).is_err() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "domU: dom0 never said go");
-        let _ = xs.wait_watch(Some(left)).unwrap();
-    }
+    let wait_go = |xs: &mut XenStore, want: &[u8]| {
+        let deadline = Instant::now() + STEP;
+        while xs.read(GO).ok().as_deref() != Some(want) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "domU: dom0 never said go {want:?}");
+            let _ = xs.wait_watch(Some(left)).unwrap();
+        }
+    };
+    wait_go(&mut xs, b"1");
+    // Our addresses and one the toolstack did not give us: an
+    // interception attempt, refused as a whole.
+    let mut intercept = guest_addrs();
+    intercept
+        .push(Addr::Ipv4(Ipv4Addr::new(8, 8, 8, 8)))
+        .unwrap();
+    residency::advertise(&mut xs, me, &intercept).unwrap();
+    wait_go(&mut xs, b"2");
     residency::advertise(&mut xs, me, &guest_addrs()).unwrap();
     // Only our own home is ours: no advertising for dom0.
     assert_eq!(

@@ -9,16 +9,25 @@
 //!   checksums, at once, with blocking receives (event-channel wake-ups)
 //!   on both sides; doorbells per message printed; the rendezvous keys
 //!   removed; dom0's departure seen by the guest through unmap-notify.
+//! - `domu_rendezvous` (issue 17, findings 9 and 10): 27 rendezvous (the
+//!   domU offers, dom0 accepts), a refused one and one nobody answers,
+//!   then each side counts its XenStore nodes: back to what it had before
+//!   (the parents `channels/<peer>/<name>` used to stay, one node per
+//!   rendezvous). Then dom0 offers and the domU maps, binds and dies
+//!   before answering (its unmap-notify clears its live byte and fires
+//!   dom0's port): dom0's `complete` reports `PeerGone` at once, not at its
+//!   timeout.
 //! - `domu_hostile`: the domU publishes garbage offers (dom0 refuses each
 //!   with a typed error and the guest reads the refusal), then scribbles
 //!   over its side of the rings of channels dom0 offered (indices jumping,
 //!   lengths past the end, a length changing between reads): dom0 reports
 //!   `Corrupted` and keeps going; a last, clean channel still works.
 //! - `domu_destroy`: dom0 streams to the domU, which consumes 1,000
-//!   messages, fills its own ring towards dom0 and stops; dom0 fills its
-//!   ring, runs `xl destroy`, and its channel reports the peer gone by
-//!   itself (a blocked send: the doorbell asks Xen, through privcmd,
-//!   whether its event channel is still connected); dom0 also learns the
+//!   messages, fills its own ring towards dom0 and stops; dom0 sends a few
+//!   more, runs `xl destroy`, and its channel reports the peer gone by
+//!   itself to a sender that never blocks (issue 17, finding 11: the
+//!   channel probes the doorbell, which asks Xen through privcmd whether
+//!   its event channel is still connected); dom0 also learns the
 //!   death from XenStore, and gets back exactly the messages the domU had
 //!   not consumed, in order. Dom0 first checks that privcmd's
 //!   `EVTCHNOP_status` answers; the domU, that it answers exactly when the
@@ -32,13 +41,13 @@ use std::time::{Duration, Instant};
 
 use coresident::{
     Channel, ChannelConfig, ChannelError, ChannelLayout, ChannelState, Doorbell, Link, Role,
-    SharedRegion, StdClock,
+    SharedRegion, StdClock, Transport,
 };
 use coresident_xen::privcmd::PortStatus;
 use coresident_xen::rendezvous::{self, Rendezvous, XsRendezvousError};
 use coresident_xen::transport::RendezvousError;
-use coresident_xen::xs_wire::{Access, Perm, XsErrno};
-use coresident_xen::{XenDoorbell, XenRegion, XenStore, XsError};
+use coresident_xen::xs_wire::XsErrno;
+use coresident_xen::{XenDoorbell, XenRegion, XenStore, XenTransport, XenTransportError, XsError};
 
 type XenChannel = Channel<XenRegion, XenDoorbell, StdClock>;
 
@@ -266,20 +275,10 @@ fn domu_channel_host() {
         link.layout,
         link.region.len()
     );
-    // The guest's offer and our answer carry the permissions the protocol
-    // promises (the offer may already be gone once the guest completed).
+    // accept() returned once the guest took the answer (its complete()
+    // removed its offer): our answer is gone too (issue 17, finding 9).
     let answer = rendezvous::answer_path(0, domu, CHANNEL);
-    let read_only = [
-        Perm {
-            domid: 0,
-            access: Access::None,
-        },
-        Perm {
-            domid: domu,
-            access: Access::Read,
-        },
-    ];
-    assert_eq!(xs.get_perms(&format!("{answer}/state")).unwrap(), read_only);
+    assert_eq!(xs.read(&format!("{answer}/state")), Err(XsError::NotFound));
     let mut ch = channel(link);
     let n = messages();
     let t0 = Instant::now();
@@ -293,6 +292,198 @@ fn domu_channel_host() {
     println!("dom0: {n} messages each way verified; rendezvous keys removed; closing");
     drop(ch.close());
     println!("XEN-CHECK domu_channel_host ok");
+}
+
+// ------------------------------------------------------------ rendezvous
+
+/// Rendezvous of the node count (the issue saw 27 nodes left after 27).
+const RENDEZVOUS: u32 = 27;
+/// Where the guest reports its counts and progress (excluded from them).
+const RDV_REPORT: &str = "data/coresident-test";
+
+/// Every node at or below `path` outside `skip` (absolute paths), counted
+/// by walking `XS_DIRECTORY`.
+fn count_nodes(xs: &mut XenStore, path: &str, skip: &str) -> usize {
+    if path == skip {
+        return 0;
+    }
+    let kids = match xs.directory(path) {
+        Ok(k) => k,
+        Err(XsError::NotFound) => return 0,
+        Err(e) => panic!("directory {path}: {e}"),
+    };
+    1 + kids
+        .iter()
+        .map(|k| count_nodes(xs, &format!("{path}/{k}"), skip))
+        .sum::<usize>()
+}
+
+/// Waits until the guest's report key `key` exists; returns its value.
+fn wait_key(xs: &mut XenStore, path: &str) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    xs.watch(path, "wait-key").unwrap();
+    let v = loop {
+        match xs.read_string(path) {
+            Ok(v) => break v,
+            Err(XsError::NotFound | XsError::Daemon(XsErrno::EACCES)) => {}
+            Err(e) => panic!("reading {path}: {e}"),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "{path} never appeared");
+        let _ = xs.wait_watch(Some(left)).unwrap();
+    };
+    xs.unwatch(path, "wait-key").unwrap();
+    v
+}
+
+#[test]
+#[ignore = "needs a Xen domU with dom0 running domu_rendezvous_host"]
+fn domu_rendezvous_guest() {
+    let (mut xs, own) = guest_xs();
+    let home = format!("/local/domain/{own}");
+    let skip = format!("{home}/{RDV_REPORT}");
+    let before = count_nodes(&mut xs, &home, &skip);
+    let layout = ChannelLayout::symmetric(4096);
+    for i in 0..RENDEZVOUS {
+        let link = Rendezvous::new(own, 0, &format!("rdv-{i}"))
+            .unwrap()
+            .offer(&mut xs, layout)
+            .unwrap()
+            .complete(&mut xs, Some(PATIENCE))
+            .unwrap();
+        drop(link);
+    }
+    // A refusal: our offer spoiled (a ring size that is not a power of
+    // two), dom0 refuses it, we read the refusal.
+    let pending = Rendezvous::new(own, 0, "rdv-refused")
+        .unwrap()
+        .offer(&mut xs, layout)
+        .unwrap();
+    xs.write(&format!("{}/to-acceptor", pending.offer_path()), b"1000")
+        .unwrap();
+    assert_eq!(
+        pending.complete(&mut xs, Some(PATIENCE)).map(drop),
+        Err(XsRendezvousError::Refused)
+    );
+    // Nobody answers this one.
+    let pending = Rendezvous::new(own, 0, "rdv-alone")
+        .unwrap()
+        .offer(&mut xs, layout)
+        .unwrap();
+    assert_eq!(
+        pending
+            .complete(&mut xs, Some(Duration::from_secs(1)))
+            .map(drop),
+        Err(XsRendezvousError::Timeout)
+    );
+    let after = count_nodes(&mut xs, &home, &skip);
+    println!(
+        "domU: {RENDEZVOUS} accepted, 1 refused, 1 unanswered rendezvous: {before} nodes in my          home before, {after} after"
+    );
+    assert_eq!(
+        after, before,
+        "XenStore nodes left behind in the domU's home"
+    );
+    xs.write(
+        &format!("{RDV_REPORT}/rdv-count"),
+        format!("{before} {after}").as_bytes(),
+    )
+    .unwrap();
+
+    // Finding 10: we map dom0's offer, bind, set our live byte and ring,
+    // then die before answering (our pages go: unmap-notify).
+    let rdv = Rendezvous::new(own, 0, "rdv-dies").unwrap();
+    xs.watch(&rendezvous::offer_path(0, own, "rdv-dies"), "dies")
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let offer = loop {
+        if let Some(o) = rdv.read_offer(&mut xs).unwrap() {
+            break o;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no offer rdv-dies from dom0");
+        let _ = xs.wait_watch(Some(left)).unwrap();
+    };
+    let link = XenTransport::new(own, 0).accept(&offer.to_bytes()).unwrap();
+    println!(
+        "domU: mapped dom0's rdv-dies offer, bound port {}; dying",
+        link.doorbell.port()
+    );
+    drop(link);
+    println!("XEN-CHECK domu_rendezvous_guest ok");
+}
+
+#[test]
+#[ignore = "needs a Xen dom0 with a domU running domu_rendezvous_guest"]
+fn domu_rendezvous_host() {
+    let domu = domu_id();
+    let mut xs = XenStore::open_socket().unwrap();
+    let (home0, homeu) = (
+        "/local/domain/0".to_owned(),
+        format!("/local/domain/{domu}"),
+    );
+    let skip = format!("{homeu}/{RDV_REPORT}");
+    // The guest's home is counted by the guest; dom0 counts its own.
+    let before = count_nodes(&mut xs, &home0, &skip);
+    for i in 0..RENDEZVOUS {
+        let link = Rendezvous::new(0, domu, &format!("rdv-{i}"))
+            .unwrap()
+            .accept(&mut xs, Some(PATIENCE))
+            .unwrap();
+        drop(link);
+    }
+    let e = Rendezvous::new(0, domu, "rdv-refused")
+        .unwrap()
+        .accept(&mut xs, Some(PATIENCE))
+        .map(drop)
+        .unwrap_err();
+    assert_eq!(e, XsRendezvousError::Offer(RendezvousError::BadLayout));
+    let guest = wait_key(&mut xs, &format!("{skip}/rdv-count"));
+    let after = count_nodes(&mut xs, &home0, &skip);
+    println!(
+        "dom0: {RENDEZVOUS} accepted and 1 refused: {before} nodes in dom0's home before, {after}          after; the domU's home (before after): {guest}"
+    );
+    assert_eq!(after, before, "XenStore nodes left behind in dom0's home");
+    let (b, a) = guest.split_once(' ').unwrap();
+    assert_eq!(a, b, "XenStore nodes left behind in the domU's home");
+    println!("XEN-CHECK domu_rendezvous node count back to baseline ({RENDEZVOUS} rendezvous)");
+
+    // Finding 10: the guest maps, binds and dies before answering.
+    let pending = Rendezvous::new(0, domu, "rdv-dies")
+        .unwrap()
+        .offer(&mut xs, ChannelLayout::symmetric(4096))
+        .unwrap();
+    let t0 = Instant::now();
+    let r = pending.complete(&mut xs, Some(PATIENCE));
+    let took = t0.elapsed();
+    // Either the acceptor's death was seen before its live byte (its
+    // unmap-notify cleared the byte and fired our port): PeerGone; or its
+    // live byte was seen set first, an acceptance, and the channel says at
+    // once that the peer is gone. Never the timeout.
+    let outcome = match r {
+        Err(XsRendezvousError::Transport(XenTransportError::PeerGone)) => "PeerGone".to_owned(),
+        Ok(link) => {
+            let mut ch = channel(link);
+            let deadline = Instant::now() + STEP;
+            let gone = loop {
+                match ch.send(b"anyone?") {
+                    Err(ChannelError::PeerGone) => break true,
+                    _ if Instant::now() > deadline => break false,
+                    _ => std::thread::sleep(Duration::from_millis(5)),
+                }
+            };
+            assert!(gone, "an acceptor that died looks alive");
+            "an acceptance, then PeerGone at the first send".to_owned()
+        }
+        Err(e) => panic!("complete after the acceptor died: {e:?} after {took:?}"),
+    };
+    println!(
+        "dom0: the acceptor died before answering: {outcome}, after {took:?} (its timeout: \
+         {PATIENCE:?}; TCG timing, not a claim)"
+    );
+    assert!(took < STEP, "the death was noticed only after {took:?}");
+    xs.rm(&skip).unwrap();
+    println!("XEN-CHECK domu_rendezvous_host ok");
 }
 
 // ------------------------------------------------------------------ hostile
@@ -704,15 +895,12 @@ fn domu_destroy_host() {
         .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
         .expect("malformed report");
     assert_eq!(consumed, CONSUMED);
-    // Fill our ring: the guest no longer consumes.
+    // Messages the guest will never consume, far from a full ring.
     let mut total = CONSUMED;
-    loop {
+    for _ in 0..16 {
         message(5, total, &mut out);
-        match ch.send(&out) {
-            Ok(()) => total += 1,
-            Err(ChannelError::Full) => break,
-            Err(e) => panic!("send {total}: {e}"),
-        }
+        ch.send(&out).unwrap();
+        total += 1;
     }
     ch.flush().unwrap();
     println!(
@@ -727,21 +915,48 @@ fn domu_destroy_host() {
         .status()
         .unwrap();
     assert!(st.success(), "xl destroy failed: {st}");
-    // The channel sees it by itself: a send blocked on the full ring wakes
-    // within the recheck period, the doorbell asks Xen, and Xen says the
-    // dead domain's end is closed. The message is not sent.
+    // A sender that never blocks (issue 17, finding 11; it used to send
+    // into the dead domain's ring until it was full, then get Full for
+    // ever): every send returns at once, the channel probes the doorbell
+    // (every 1024 sends, on its slow paths at most every millisecond), the
+    // doorbell asks Xen (at most every 10 ms) and Xen says the dead
+    // domain's end is closed. Messages sent before the verdict join the
+    // unconsumed suffix.
     let t0 = Instant::now();
-    message(5, total, &mut out);
-    match ch.send_blocking(&out, Some(STEP)) {
-        Err(ChannelError::PeerGone) => {}
-        other => panic!("a send to the destroyed domain: {other:?}"),
+    let (mut after, mut fulls) = (0u64, 0u64);
+    loop {
+        assert!(
+            t0.elapsed() < STEP,
+            "no PeerGone: {after} sends and {fulls} Full after xl destroy"
+        );
+        message(5, total, &mut out);
+        match ch.send(&out) {
+            Ok(()) => {
+                total += 1;
+                after += 1;
+            }
+            Err(ChannelError::Full) => {
+                // A non-blocking sender tries again later.
+                fulls += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(ChannelError::PeerGone) => break,
+            Err(e) => panic!("a send to the destroyed domain: {e:?}"),
+        }
     }
+    println!(
+        "dom0: a sender that never blocks: {after} sends accepted and {fulls} Full after xl destroy          returned, then PeerGone after {:?} (TCG timing, not a claim)",
+        t0.elapsed()
+    );
+    assert!(
+        after <= u64::from(coresident::PEER_PROBE_SENDS),
+        "{after} sends into a destroyed domain"
+    );
     assert_eq!(ch.state(), ChannelState::PeerGone);
     assert_eq!(ch.doorbell().port_connected(), Some(false));
     println!(
-        "dom0: the channel reported the peer gone by itself, {:?} after xl destroy returned \
-         (EVTCHNOP_status: port {} no longer connected; TCG timing, not a claim)",
-        t0.elapsed(),
+        "dom0: the channel reported the peer gone by itself (EVTCHNOP_status: port {} no longer \
+         connected)",
         ch.doorbell().port()
     );
     // XenStore says so too.

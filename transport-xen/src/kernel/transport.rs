@@ -450,6 +450,12 @@ impl<K: Kernel> Doorbell for KernelDoorbell<'_, K> {
     fn peer_alive(&self) -> bool {
         !self.disconnected.get() && self.read_live(self.peer_role()) != 0
     }
+
+    /// The same check: a flag and the live byte, no hypercall.
+    #[inline]
+    fn peer_gone_hint(&self) -> bool {
+        !self.peer_alive()
+    }
 }
 
 impl<K: Kernel> Drop for KernelDoorbell<'_, K> {

@@ -10,6 +10,12 @@
 //! ipv6 fd00::2                 any textual IPv6 form
 //! ```
 //!
+//! One address has one spelling: an IPv4-mapped IPv6 address
+//! (`::ffff:10.0.0.2`, RFC 4291 2.5.5.2) is its IPv4 address, everywhere an
+//! [`Addr`] is made ([`Addr::canonical`]: the parser, [`Addresses::push`]),
+//! so it meets the conflict rule and the ownership check as that address;
+//! the deprecated IPv4-compatible form (`::10.0.0.2`) is refused.
+//!
 //! An advertisement starts with the line `coresident 1` (the protocol
 //! version); a peer entry in a list is the address lines alone.
 
@@ -74,6 +80,18 @@ pub enum Addr {
     Ipv6(Ipv6Addr),
 }
 
+impl Addr {
+    /// The address in its one spelling: an IPv4-mapped IPv6 address
+    /// (`::ffff:a.b.c.d`) becomes the IPv4 address; anything else is
+    /// itself.
+    pub fn canonical(self) -> Self {
+        match self {
+            Self::Ipv6(a) => a.to_ipv4_mapped().map_or(self, Self::Ipv4),
+            a => a,
+        }
+    }
+}
+
 impl fmt::Display for Addr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -124,8 +142,15 @@ pub enum AdvertError {
     Owner(u16),
     /// A MAC address that is not one of the domain's virtual interfaces
     /// (the toolstack's `backend/vif/N/*/mac` in dom0, which the guest
-    /// cannot write), for a domain that has some.
+    /// cannot write). A domain without vif backends in dom0 may claim no
+    /// MAC at all.
     MacNotOwned([u8; 6]),
+    /// An IP address the toolstack did not give the domain (its vifs'
+    /// `ip` in `/local/domain/0/backend/vif/N/*/ip`, an address or a
+    /// network) and dom0's [`Policy`](super::Policy) does not allow it: a
+    /// guest claiming another host's address (8.8.8.8, say) would have
+    /// every co-resident router send that traffic into its channel.
+    IpNotOwned(Addr),
     /// Reading the advertisement failed (`EACCES`, say).
     Unreadable,
 }
@@ -148,6 +173,10 @@ impl fmt::Display for AdvertError {
             Self::MacNotOwned(m) => {
                 write!(f, "MAC {} is not one of the domain's vifs", Addr::Mac(*m))
             }
+            Self::IpNotOwned(a) => write!(
+                f,
+                "IP {a} is neither on the domain's vifs (the toolstack's `ip`) nor allowed by dom0"
+            ),
             Self::Unreadable => f.write_str("the advertisement cannot be read"),
         }
     }
@@ -174,7 +203,8 @@ impl Addresses {
         }
     }
 
-    /// Adds an address (a no-op if present).
+    /// Adds an address (a no-op if present), in its
+    /// [canonical](Addr::canonical) spelling.
     ///
     /// # Errors
     ///
@@ -191,7 +221,7 @@ impl Addresses {
                 }
             }
         }
-        match addr {
+        match addr.canonical() {
             Addr::Mac(m) => add(&mut self.macs, m, AddrKind::Mac),
             Addr::Ipv4(a) => add(&mut self.ipv4, a, AddrKind::Ipv4),
             Addr::Ipv6(a) => add(&mut self.ipv6, a, AddrKind::Ipv6),
@@ -211,16 +241,16 @@ impl Addresses {
         Ok(s)
     }
 
-    /// Whether `addr` is in the set.
+    /// Whether `addr` (in any spelling) is in the set.
     pub fn contains(&self, addr: &Addr) -> bool {
-        match addr {
+        match &addr.canonical() {
             Addr::Mac(m) => self.macs.binary_search(m).is_ok(),
             Addr::Ipv4(a) => self.ipv4.binary_search(a).is_ok(),
             Addr::Ipv6(a) => self.ipv6.binary_search(a).is_ok(),
         }
     }
 
-    /// Removes `addr`; whether it was there.
+    /// Removes `addr` (in any spelling); whether it was there.
     pub fn remove(&mut self, addr: &Addr) -> bool {
         fn rm<T: Ord>(v: &mut Vec<T>, a: &T) -> bool {
             match v.binary_search(a) {
@@ -231,7 +261,7 @@ impl Addresses {
                 Err(_) => false,
             }
         }
-        match addr {
+        match &addr.canonical() {
             Addr::Mac(m) => rm(&mut self.macs, m),
             Addr::Ipv4(a) => rm(&mut self.ipv4, a),
             Addr::Ipv6(a) => rm(&mut self.ipv6, a),
@@ -363,12 +393,12 @@ impl Addresses {
                         .filter(|a| usable_v4(*a))
                         .ok_or(AdvertError::BadIpv4(n))?,
                 ),
-                "ipv6" => Addr::Ipv6(
-                    val.parse::<Ipv6Addr>()
-                        .ok()
-                        .filter(|a| usable_v6(*a))
-                        .ok_or(AdvertError::BadIpv6(n))?,
-                ),
+                "ipv6" => val
+                    .parse::<Ipv6Addr>()
+                    .ok()
+                    .filter(|a| usable_v6(*a))
+                    .map(|a| Addr::Ipv6(a).canonical())
+                    .ok_or(AdvertError::BadIpv6(n))?,
                 _ => return Err(AdvertError::UnknownKey(n)),
             };
             if !seen.insert(addr) {
@@ -404,8 +434,15 @@ fn usable_v4(a: Ipv4Addr) -> bool {
     !(a.is_unspecified() || a.is_loopback() || a.is_broadcast() || a.is_multicast())
 }
 
+/// Not unspecified, loopback or multicast; an IPv4-mapped address only if
+/// its IPv4 address is usable; never IPv4-compatible (`::a.b.c.d`,
+/// deprecated by RFC 4291 2.5.5.1: a second spelling of an IPv4 address).
 fn usable_v6(a: Ipv6Addr) -> bool {
-    !(a.is_unspecified() || a.is_loopback() || a.is_multicast())
+    if let Some(v4) = a.to_ipv4_mapped() {
+        return usable_v4(v4);
+    }
+    let compatible = a.segments()[..6] == [0; 6];
+    !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || compatible)
 }
 
 #[cfg(test)]

@@ -6,8 +6,10 @@ use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
+use std::time::Instant;
 
 use super::addr::{Addr, Addresses, AdvertError};
+use super::policy::{Grants, IpNet, Policy};
 use super::{advert_path, home_path, list_dir, list_perms, perms_ok, TX_RETRIES};
 use crate::xenstore::{Conn, XenStore, XsError};
 use crate::xs_wire::{self, XsErrno};
@@ -20,7 +22,7 @@ const TOKEN_DOMAINS: &str = "coresident-agent:domains";
 const TOKEN_ADVERT: &str = "coresident-agent:advert";
 /// The watch token of every domain's vif backends in dom0.
 const TOKEN_VIF: &str = "coresident-agent:vif";
-/// Most vifs of one domain whose MACs are read.
+/// Most vifs of one domain whose MACs and IPs are read.
 const MAX_VIFS: usize = 64;
 
 /// What the agent knows of one live domain.
@@ -199,18 +201,35 @@ pub struct Agent<C: Read + Write + AsFd = Conn> {
     relist: bool,
     /// Domains whose advertisement must be read again.
     dirty: BTreeSet<DomId>,
+    /// What a domain may claim, and the debounce period.
+    policy: Policy,
+    /// When each domain's last change was applied (for the debounce).
+    applied: BTreeMap<DomId, Instant>,
+    /// Domains with an event held back by the debounce, and when they are
+    /// due to be read again.
+    deferred: BTreeMap<DomId, Instant>,
     /// The client's count of dropped watch events, as last seen.
     lost_seen: u64,
 }
 
 impl<C: Read + Write + AsFd> Agent<C> {
-    /// Starts watching. Nothing is read or written before the first
-    /// [`step`](Self::step).
+    /// Starts watching, with the default [`Policy`]: no address beyond the
+    /// vifs', a one-second debounce. Nothing is read or written before the
+    /// first [`step`](Self::step).
     ///
     /// # Errors
     ///
     /// The watches' XenStore errors.
-    pub fn new(mut xs: XenStore<C>) -> Result<Self, AgentError> {
+    pub fn new(xs: XenStore<C>) -> Result<Self, AgentError> {
+        Self::with_policy(xs, Policy::default())
+    }
+
+    /// As [`Agent::new`], with `policy`.
+    ///
+    /// # Errors
+    ///
+    /// The watches' XenStore errors.
+    pub fn with_policy(mut xs: XenStore<C>, policy: Policy) -> Result<Self, AgentError> {
         xs.watch("@introduceDomain", TOKEN_DOMAINS)?;
         xs.watch("@releaseDomain", TOKEN_DOMAINS)?;
         Ok(Self {
@@ -224,6 +243,9 @@ impl<C: Read + Write + AsFd> Agent<C> {
             relist: true,
             dirty: BTreeSet::new(),
             lost_seen: 0,
+            policy,
+            applied: BTreeMap::new(),
+            deferred: BTreeMap::new(),
         })
     }
 
@@ -235,6 +257,12 @@ impl<C: Read + Write + AsFd> Agent<C> {
     /// The peers in `domid`'s list as last written.
     pub fn list_of(&self, domid: DomId) -> Option<&BTreeMap<DomId, Addresses>> {
         self.written.get(&domid)
+    }
+
+    /// The domains whose latest change is held back by the debounce
+    /// ([`Policy::debounce`]): it is applied when their period ends.
+    pub fn deferred(&self) -> impl Iterator<Item = DomId> + '_ {
+        self.deferred.keys().copied()
     }
 
     /// The XenStore client (for the daemon's own reads).
@@ -252,10 +280,35 @@ impl<C: Read + Write + AsFd> Agent<C> {
     ///
     /// Connection errors; errors about one domain are [`Change`]s.
     pub fn step(&mut self, timeout: Option<Duration>) -> Result<Vec<Change>, AgentError> {
-        if !self.relist && self.dirty.is_empty() {
-            match self.xs.wait_watch(timeout)? {
-                Some(ev) => self.note(&ev.path, &ev.token),
-                None => return Ok(Vec::new()),
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            self.promote_due(Instant::now());
+            if self.relist || !self.dirty.is_empty() {
+                break;
+            }
+            // Wait for an event, or until a deferred domain is due.
+            let now = Instant::now();
+            let left = deadline.map(|d| d.saturating_duration_since(now));
+            let due = self
+                .deferred
+                .values()
+                .min()
+                .map(|d| d.saturating_duration_since(now));
+            let wait = match (left, due) {
+                (Some(l), Some(d)) => Some(l.min(d)),
+                (l, d) => l.or(d),
+            };
+            match self.xs.wait_watch(wait)? {
+                Some(ev) => {
+                    self.note(&ev.path, &ev.token);
+                    break;
+                }
+                None if deadline.is_some_and(|d| Instant::now() >= d)
+                    && self.deferred.values().all(|&d| d > Instant::now()) =>
+                {
+                    return Ok(Vec::new());
+                }
+                None => {}
             }
         }
         while let Some(ev) = self.xs.wait_watch(Some(Duration::ZERO))? {
@@ -310,6 +363,20 @@ impl<C: Read + Write + AsFd> Agent<C> {
         Ok(out)
     }
 
+    /// Moves the deferred domains due by `now` back to `dirty`.
+    fn promote_due(&mut self, now: Instant) {
+        let due: Vec<DomId> = self
+            .deferred
+            .iter()
+            .filter(|(_, &t)| t <= now)
+            .map(|(&d, _)| d)
+            .collect();
+        for d in due {
+            self.deferred.remove(&d);
+            self.dirty.insert(d);
+        }
+    }
+
     /// Records what a watch event asks for.
     fn note(&mut self, path: &str, token: &str) {
         match token {
@@ -341,9 +408,19 @@ impl<C: Read + Write + AsFd> Agent<C> {
             self.relist_domains(&mut out)?;
         }
         let dirty = core::mem::take(&mut self.dirty);
+        let now = Instant::now();
+        let period = self.policy.debounce_period();
         for d in dirty {
             if !self.domains.contains_key(&d) {
                 continue;
+            }
+            // Finding 7: at most one applied change per domain and period;
+            // what arrives meanwhile waits (and is read once) until then.
+            if let Some(&last) = self.applied.get(&d) {
+                if let Some(due) = last.checked_add(period).filter(|&due| due > now) {
+                    self.deferred.entry(d).or_insert(due);
+                    continue;
+                }
             }
             let status = self.read_advert(d)?;
             // A vanished advertisement may mean a vanished domain: the
@@ -357,6 +434,7 @@ impl<C: Read + Write + AsFd> Agent<C> {
             if old.as_ref() == Some(&status) {
                 continue;
             }
+            self.applied.insert(d, now);
             out.push(match status {
                 Status::Silent => Change::Silenced(d),
                 Status::Advertising(addrs) => Change::Advertised { domid: d, addrs },
@@ -430,6 +508,8 @@ impl<C: Read + Write + AsFd> Agent<C> {
             return Ok(());
         }
         self.withdrawn.remove(&d);
+        self.applied.remove(&d);
+        self.deferred.remove(&d);
         self.written.remove(&d);
         self.inherited.remove(&d);
         self.dirty.remove(&d);
@@ -469,43 +549,73 @@ impl<C: Read + Write + AsFd> Agent<C> {
             Ok(a) => a,
             Err(e) => return Ok(Status::Rejected(e)),
         };
-        // MACs are checked against the vifs the toolstack gave the domain,
-        // when it has any (dom0 is trusted).
-        if d != 0 {
-            let vifs = self.vif_macs(d)?;
-            if !vifs.is_empty() {
-                if let Some(m) = addrs.macs().iter().find(|m| !vifs.contains(m)) {
-                    return Ok(Status::Rejected(AdvertError::MacNotOwned(*m)));
-                }
+        // Finding 6: every address must be one the toolstack gave the
+        // domain (its vifs' MACs and `ip`) or dom0's policy allows it;
+        // dom0 is trusted.
+        if d != 0 && !addrs.is_empty() {
+            if let Some(a) = self.grants(d)?.first_unowned(&addrs) {
+                return Ok(Status::Rejected(match a {
+                    Addr::Mac(m) => AdvertError::MacNotOwned(m),
+                    ip => AdvertError::IpNotOwned(ip),
+                }));
             }
         }
         Ok(Status::Advertising(addrs))
     }
 
-    /// The MACs of `d`'s vifs whose backend is in dom0
-    /// (`/local/domain/0/backend/vif/N/DEVID/mac`, written by the toolstack
-    /// and not writable by the guest). Malformed entries are skipped.
-    fn vif_macs(&mut self, d: DomId) -> Result<Vec<[u8; 6]>, AgentError> {
+    /// What vouches for `d`'s addresses: the MACs and `ip` entries of its
+    /// vifs whose backend is in dom0 (`/local/domain/0/backend/vif/N/DEVID/
+    /// {mac,ip}`, written by the toolstack and not writable by the guest;
+    /// malformed entries are skipped), and what the policy allows its name
+    /// (`/local/domain/N/name`, the toolstack's too).
+    fn grants(&mut self, d: DomId) -> Result<Grants, AgentError> {
+        let mut g = Grants::default();
+        if self.policy.has_names() {
+            match self.xs.read(&format!("{}/name", home_path(d))) {
+                Ok(name) => {
+                    if let Some(a) = core::str::from_utf8(&name)
+                        .ok()
+                        .and_then(|n| self.policy.allowed(n))
+                    {
+                        g.allowed = a.clone();
+                    }
+                }
+                Err(e) if local(e) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let dir = vif_path(d);
         let devs = match self.xs.directory(&dir) {
             Ok(devs) => devs,
-            Err(e) if local(e) => return Ok(Vec::new()),
+            Err(e) if local(e) => return Ok(g),
             Err(e) => return Err(e.into()),
         };
-        let mut macs = Vec::new();
         for dev in devs.iter().take(MAX_VIFS) {
-            let v = match self.xs.read(&format!("{dir}/{dev}/mac")) {
-                Ok(v) => v,
-                Err(e) if local(e) => continue,
+            match self.xs.read(&format!("{dir}/{dev}/mac")) {
+                Ok(v) => {
+                    let mut line = b"mac ".to_vec();
+                    line.extend_from_slice(&v);
+                    if let Ok(a) = Addresses::parse(&line) {
+                        g.macs.extend_from_slice(a.macs());
+                    }
+                }
+                Err(e) if local(e) => {}
                 Err(e) => return Err(e.into()),
-            };
-            let mut line = b"mac ".to_vec();
-            line.extend_from_slice(&v);
-            if let Ok(a) = Addresses::parse(&line) {
-                macs.extend_from_slice(a.macs());
+            }
+            match self.xs.read(&format!("{dir}/{dev}/ip")) {
+                Ok(v) => {
+                    let text = String::from_utf8_lossy(&v);
+                    g.nets.extend(
+                        text.split_ascii_whitespace()
+                            .take(64)
+                            .filter_map(IpNet::parse),
+                    );
+                }
+                Err(e) if local(e) => {}
+                Err(e) => return Err(e.into()),
             }
         }
-        Ok(macs)
+        Ok(g)
     }
 
     /// Computes every list and writes those that changed.

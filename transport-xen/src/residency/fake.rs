@@ -27,6 +27,9 @@ struct Conn {
     /// client that does not read (xenstored queues, too).
     out: Sender<Vec<u8>>,
     watches: Vec<(String, String)>,
+    /// The watches set with a relative path (as given, and the token):
+    /// resolved again against the new home after a restore.
+    relative: Vec<(String, String)>,
     /// Open transaction: id, the snapshot it works on, the store version it
     /// started from, and the paths it changed.
     tx: Option<(u32, Nodes, u64, Vec<String>)>,
@@ -126,6 +129,7 @@ impl FakeXenstored {
                 domid,
                 out,
                 watches: vec![],
+                relative: vec![],
                 tx: None,
             });
             st.conns.len() - 1
@@ -144,8 +148,8 @@ impl FakeXenstored {
     }
 
     /// What the toolstack does to create a domain: `/local/domain/N`
-    /// (owner dom0, read for N), `data` (owned by N), `domid`; then
-    /// `@introduceDomain`.
+    /// (owner dom0, read for N), `data` (owned by N), `domid`, `name`
+    /// (`domN`); then `@introduceDomain`.
     pub(crate) fn introduce(&self, domid: DomId) {
         let mut st = self.0.lock().unwrap();
         let home = format!("/local/domain/{domid}");
@@ -153,7 +157,11 @@ impl FakeXenstored {
         st.nodes.insert(home.clone(), (vec![], ro.clone()));
         st.nodes.insert(
             format!("{home}/domid"),
-            (domid.to_string().into_bytes(), ro),
+            (domid.to_string().into_bytes(), ro.clone()),
+        );
+        st.nodes.insert(
+            format!("{home}/name"),
+            (format!("dom{domid}").into_bytes(), ro),
         );
         st.nodes.insert(
             format!("{home}/data"),
@@ -176,6 +184,44 @@ impl FakeXenstored {
         // gone with it; the tests simply stop using them).
     }
 
+    /// `xl save` then `xl restore`: domain `old` goes (`@releaseDomain`,
+    /// its home removed), the same guest comes back as domain `new` (a new
+    /// home, `@introduceDomain`), and its open connections, now `new`'s,
+    /// have every watch set again (relative paths resolved against the new
+    /// home) and fired once, as Linux does on resume.
+    pub(crate) fn restore(&self, old: DomId, new: DomId) {
+        self.destroy(old);
+        self.introduce(new);
+        let mut st = self.0.lock().unwrap();
+        let old_home = format!("/local/domain/{old}/");
+        let new_home = format!("/local/domain/{new}/");
+        let mut events = Vec::new();
+        for (i, c) in st.conns.iter_mut().enumerate() {
+            if c.domid != old {
+                continue;
+            }
+            c.domid = new;
+            for (rel, tok) in &c.relative {
+                let was = format!("{old_home}{rel}");
+                if let Some(w) = c.watches.iter_mut().find(|(p, t)| *p == was && t == tok) {
+                    w.0 = format!("{new_home}{rel}");
+                }
+            }
+            for (p, t) in &c.watches {
+                events.push((i, format!("{p}\0{t}\0")));
+            }
+        }
+        for (i, ev) in events {
+            send(
+                &mut st.conns[i].out,
+                MsgType::WatchEvent as u32,
+                0,
+                0,
+                ev.as_bytes(),
+            );
+        }
+    }
+
     /// What the toolstack does before Xen reports the death: removes the
     /// domain's home (no `@releaseDomain` yet).
     pub(crate) fn remove_home(&self, domid: DomId) {
@@ -194,6 +240,17 @@ impl FakeXenstored {
         assert!(Self::write(nodes, as_dom, path, Some(value)), "poke {path}");
         st.version += 1;
         Self::fire(&mut st, path, None);
+    }
+
+    /// Every node at or below `prefix`, sorted.
+    pub(crate) fn nodes_under(&self, prefix: &str) -> Vec<String> {
+        let below = format!("{prefix}/");
+        let st = self.0.lock().unwrap();
+        st.nodes
+            .keys()
+            .filter(|k| *k == prefix || k.starts_with(&below))
+            .cloned()
+            .collect()
     }
 
     /// A node's value and perms.
@@ -406,6 +463,10 @@ impl FakeXenstored {
             MsgType::Watch => {
                 let tok = parts.get(1).cloned().unwrap_or_default();
                 st.conns[idx].watches.push((path.clone(), tok.clone()));
+                let raw = parts.first().cloned().unwrap_or_default();
+                if !raw.starts_with('/') && !raw.starts_with('@') {
+                    st.conns[idx].relative.push((raw, tok.clone()));
+                }
                 // The reply, then the watch's first event.
                 send(&mut st.conns[idx].out, h.r#type, h.req_id, h.tx_id, b"OK\0");
                 let ev = format!("{path}\0{tok}\0");

@@ -44,12 +44,18 @@
 //!   never used.
 //! - A malformed advertisement is refused with an [`AdvertError`] and
 //!   leaves that domain out of every list; the agent goes on.
-//! - MAC addresses are checked against what the toolstack wrote, not the
-//!   guest: a domain with vifs (backends in dom0,
-//!   `/local/domain/0/backend/vif/N/*/mac`, watched) may advertise only
-//!   their MACs ([`AdvertError::MacNotOwned`]). IP addresses have no such
-//!   source and stand as claimed, under the next rule. (Backends in a
-//!   driver domain other than dom0 are not consulted.)
+//! - Addresses are checked against what the toolstack wrote, never the
+//!   guest's word alone ([`Policy`] has the details): a guest may advertise
+//!   the MACs of its vifs (backends in dom0,
+//!   `/local/domain/0/backend/vif/N/*/mac`, watched), and no MAC without a
+//!   vif ([`AdvertError::MacNotOwned`]); and the IPs of their `ip` entries
+//!   (addresses or networks) or those dom0's [`Policy::allow`] gives its
+//!   name ([`AdvertError::IpNotOwned`]): a guest claiming 8.8.8.8 would
+//!   otherwise draw every co-resident router's traffic for it. An
+//!   IPv4-mapped IPv6 address is its IPv4 address ([`Addr::canonical`]).
+//!   (Backends in a driver domain other than dom0 are not consulted.)
+//! - A guest toggling its advertisement makes the agent rewrite the lists
+//!   at most once per [`Policy::debounce`] period (issue 17, finding 7).
 //! - An address claimed by two domains (a guest claiming dom0's address,
 //!   say) is published for neither ([`Change::Conflict`]): traffic to it
 //!   takes the network, which is always correct.
@@ -104,18 +110,22 @@ use crate::{DomId, XsError};
 
 mod addr;
 mod agent;
+mod policy;
 mod view;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_claims;
 
 pub use addr::{
     Addr, AddrKind, Addresses, AdvertError, MAX_IPV4, MAX_IPV6, MAX_LINE_LEN, MAX_MACS,
     MAX_VALUE_LEN, VERSION,
 };
 pub use agent::{Agent, AgentError, Change, Status};
+pub use policy::{Policy, DEFAULT_DEBOUNCE};
 pub use view::{
     ListError, PeerChange, ResidencyTables, ResidencyView, TableUpdate, ViewError, MAX_PEERS,
 };

@@ -53,14 +53,34 @@ fn listed(agent: &Agent<UnixStream>, d: DomId) -> Vec<DomId> {
         .unwrap_or_default()
 }
 
+/// The policy of these tests, which are about lists and views rather than
+/// who may claim what (`tests_claims`): every guest (`domN`) may claim
+/// every address of `addrs(1..=9)`; no debounce.
+fn lenient(n: DomId) -> Policy {
+    let mut p = Policy::default().debounce(Duration::ZERO);
+    for d in 1..=n {
+        for last in 1..=9 {
+            p = p.allow(&format!("dom{d}"), addrs(last));
+        }
+    }
+    p
+}
+
 /// dom0 and guests 1..=n, each with a client; the agent on its own
-/// connection.
+/// connection, with the [`lenient`] policy.
 fn world(n: DomId) -> (FakeXenstored, Agent<UnixStream>, Vec<XenStore<UnixStream>>) {
+    world_with(n, lenient(n))
+}
+
+fn world_with(
+    n: DomId,
+    policy: Policy,
+) -> (FakeXenstored, Agent<UnixStream>, Vec<XenStore<UnixStream>>) {
     let fake = FakeXenstored::new();
     for d in 0..=n {
         fake.introduce(d);
     }
-    let mut agent = Agent::new(fake.connect(0)).unwrap();
+    let mut agent = Agent::with_policy(fake.connect(0), policy).unwrap();
     let first = settle(&mut agent);
     for d in 0..=n {
         assert!(first.contains(&Change::Appeared(d)), "{first:?}");
@@ -290,7 +310,21 @@ fn an_address_claimed_twice_is_published_for_nobody() {
 
 #[test]
 fn macs_must_be_the_domains_own_vifs() {
-    let (fake, mut agent, mut xs) = world(2);
+    // IPs allowed by name, MACs only from vifs.
+    let mut ips = Policy::default().debounce(Duration::ZERO);
+    for d in 1..=2 {
+        for last in 1..=9 {
+            let mut a = addrs(last);
+            a.remove(&Addr::Mac([0x00, 0x16, 0x3e, 0, 0, last]));
+            ips = ips.allow(&format!("dom{d}"), a);
+        }
+    }
+    let (fake, mut agent, mut xs) = world_with(2, ips);
+    fake.poke(
+        0,
+        "/local/domain/0/backend/vif/1/0/mac",
+        b"00:16:3e:00:00:01",
+    );
     advertise(&mut xs[1], 1, &addrs(1)).unwrap();
     settle_due(&mut agent);
     // The toolstack gives guest 2 a vif (its backend lives in dom0).
@@ -334,7 +368,6 @@ fn macs_must_be_the_domains_own_vifs() {
     fake.poke(0, "/local/domain/0/backend/vif/2/7/mac", b"zz");
     settle_due(&mut agent);
     assert_eq!(agent.domains()[&2], Status::Advertising(spoof));
-    // Guest 1 has no vif: its MACs cannot be checked and stand as claimed.
     assert_eq!(agent.domains()[&1], Status::Advertising(addrs(1)));
 }
 
@@ -354,7 +387,7 @@ fn a_restarted_agent_replaces_the_lists_it_inherits() {
     advertise(&mut xs2, 2, &addrs(2)).unwrap();
     let mut view = ResidencyView::new(fake.connect(1), 1, addrs(1)).unwrap();
     assert_eq!(view.step(DUE).unwrap().len(), 2);
-    let mut agent = Agent::new(fake.connect(0)).unwrap();
+    let mut agent = Agent::with_policy(fake.connect(0), lenient(2)).unwrap();
     let changes = settle(&mut agent);
     // Guest 1 does not advertise, guest 2 is alone: both lists emptied.
     for d in [1, 2] {
@@ -410,7 +443,8 @@ impl Tables {
 
 #[test]
 fn views_and_tables_follow_the_agent_through_arrival_withdrawal_and_destruction() {
-    let (fake, mut agent, mut xs) = world(2);
+    // Domain 3 comes later: the policy names it already.
+    let (fake, mut agent, mut xs) = world_with(2, lenient(3));
     let mut view1 = ResidencyView::new(fake.connect(1), 1, addrs(2)).unwrap();
     let mut view0 = ResidencyView::new(fake.connect(0), 0, addrs(1)).unwrap();
     // No list yet: no peers.

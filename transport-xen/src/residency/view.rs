@@ -24,6 +24,10 @@ pub const MAX_PEERS: usize = 512;
 
 /// The watch token of the view.
 const TOKEN_LIST: &str = "coresident-view";
+/// The watch token of this domain's own `domid` key (relative: after `xl
+/// save` and `xl restore`, or a migration, the guest runs on as another
+/// domain, and Linux sets its watches again, so this one fires).
+const TOKEN_DOMID: &str = "coresident-view:domid";
 
 /// What is wrong with the list or with one entry of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +94,19 @@ pub enum PeerChange {
         /// The addresses it had.
         addrs: Addresses,
     },
+    /// This domain runs on under another domain id (`xl save` then
+    /// `xl restore`, or a migration in): its old list, channels and
+    /// advertisement are gone with the old domain. Every peer is reported
+    /// [`Left`](Self::Left) right after this change (their channels were
+    /// to the old domain: fall back), the view now reads the new domain's
+    /// list, and the daemon should advertise again under `to`
+    /// ([`advertise`](super::advertise)): the agent then lists it again.
+    Moved {
+        /// The domain id before.
+        from: DomId,
+        /// The domain id now.
+        to: DomId,
+    },
     /// Part of the list (or all of it, `entry: None`) was refused.
     Refused {
         /// The entry's name (at most 16 bytes of it), or `None` for the
@@ -115,6 +132,7 @@ impl fmt::Display for PeerChange {
                 addrs(f, new)
             }
             Self::Left { domid, .. } => write!(f, "peer {domid} left"),
+            Self::Moved { from, to } => write!(f, "this domain is now domain {to} (was {from})"),
             Self::Refused {
                 entry: Some(e),
                 error,
@@ -178,6 +196,7 @@ impl<C: Read + Write + AsFd> ResidencyView<C> {
     pub fn new(mut xs: XenStore<C>, domid: DomId, own: Addresses) -> Result<Self, ViewError> {
         let dir = list_dir(domid);
         xs.watch(&dir, TOKEN_LIST)?;
+        xs.watch("domid", TOKEN_DOMID)?;
         Ok(Self {
             xs,
             domid,
@@ -193,6 +212,12 @@ impl<C: Read + Write + AsFd> ResidencyView<C> {
     /// The current peers and their addresses.
     pub fn peers(&self) -> &BTreeMap<DomId, Addresses> {
         &self.peers
+    }
+
+    /// This domain's id, as the view last read it (it changes after `xl
+    /// save` and `xl restore`: [`PeerChange::Moved`]).
+    pub fn domid(&self) -> DomId {
+        self.domid
     }
 
     /// The generation of the list last read (`None`: no list).
@@ -229,14 +254,15 @@ impl<C: Read + Write + AsFd> ResidencyView<C> {
         self.refresh()
     }
 
-    /// Reads the list now and returns the changes.
+    /// Reads this domain's id and the list now and returns the changes.
     ///
     /// # Errors
     ///
     /// Connection errors.
     pub fn refresh(&mut self) -> Result<Vec<PeerChange>, ViewError> {
-        let raw = self.read_raw()?;
         let mut out = Vec::new();
+        self.check_domid(&mut out)?;
+        let raw = self.read_raw()?;
         let (generation, peers) = self.parse(raw, &mut out);
         self.generation = generation;
         let old = core::mem::take(&mut self.peers);
@@ -264,6 +290,36 @@ impl<C: Read + Write + AsFd> ResidencyView<C> {
         }
         self.peers = peers;
         Ok(out)
+    }
+
+    /// Follows a change of this domain's id (`xl save` and `xl restore`):
+    /// every peer leaves, the view turns to the new domain's list.
+    fn check_domid(&mut self, out: &mut Vec<PeerChange>) -> Result<(), XsError> {
+        let now = match self.xs.read("domid") {
+            Ok(v) => match xs_wire::parse_u16(&v) {
+                Ok(d) => d,
+                // Not ours to judge: the toolstack writes it.
+                Err(_) => return Ok(()),
+            },
+            Err(XsError::NotFound | XsError::Daemon(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if now == self.domid {
+            return Ok(());
+        }
+        out.push(PeerChange::Moved {
+            from: self.domid,
+            to: now,
+        });
+        for (domid, addrs) in core::mem::take(&mut self.peers) {
+            out.push(PeerChange::Left { domid, addrs });
+        }
+        self.generation = None;
+        let _ = self.xs.unwatch(&self.dir, TOKEN_LIST);
+        self.domid = now;
+        self.dir = list_dir(now);
+        self.xs.watch(&self.dir, TOKEN_LIST)?;
+        Ok(())
     }
 
     /// Reads the generation and every entry in one transaction.
@@ -509,7 +565,7 @@ impl<'t, const D: usize, const B: usize> ResidencyTables<'t, D, B> {
                         });
                     }
                 }
-                PeerChange::Refused { .. } => {}
+                PeerChange::Refused { .. } | PeerChange::Moved { .. } => {}
             }
         }
         out
