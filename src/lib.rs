@@ -53,33 +53,55 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+#[cfg(all(feature = "std", not(loom)))]
+mod builder;
 mod channel;
 #[cfg(all(feature = "conformance", not(loom)))]
 pub mod conformance;
+#[cfg(feature = "alloc")]
+mod discovery;
 mod error;
 mod flow;
+#[cfg(feature = "alloc")]
+mod net;
 mod notify;
+#[cfg(all(feature = "std", not(loom)))]
+pub mod path;
+mod policy;
+#[cfg(feature = "alloc")]
+mod reassembly;
 #[cfg(feature = "alloc")]
 mod router;
 mod stats;
 mod transport;
+#[cfg(all(feature = "std", target_os = "linux", not(loom)))]
+pub mod wait;
 
 pub use coresident_lookup as lookup;
 pub use coresident_ring as ring;
 
+#[cfg(all(feature = "std", not(loom)))]
+pub use builder::{random_seed, BuildError, NotGiven, RouterBuilder, Unset};
 pub use channel::{Channel, ChannelConfig, ChannelState};
-pub use error::{ChannelError, TransportError};
 #[cfg(feature = "alloc")]
-pub use flow::{Delivery, Reassembler, ReassemblyError};
+pub use discovery::{Discovery, Residency};
+pub use error::{ChannelError, TransportError};
 pub use flow::{FlowHeader, FLOW_HEADER_LEN};
+#[cfg(feature = "alloc")]
+pub use net::{Inbox, NetworkPath, Offered};
 #[cfg(feature = "std")]
 pub use notify::StdClock;
 pub use notify::{Batching, Clock, Doorbell, Wake};
+pub use policy::{Decision, Overflow, Path, PeerState, Policy, ThresholdPolicy};
 #[cfg(feature = "alloc")]
-pub use router::{
-    Decision, NetworkPath, Path, PeerState, Policy, RouteError, Router, ThresholdPolicy,
+pub use reassembly::{
+    Delivery, Reassembler, ReassemblyError, ReassemblyLimits, ReassemblyStats, HELD_OVERHEAD,
 };
+#[cfg(feature = "alloc")]
+pub use router::{RouteError, Router, RouterStats};
 pub use stats::Stats;
 #[cfg(not(loom))]
 pub use transport::{init_region, ring_memory};
 pub use transport::{ChannelLayout, Link, PendingOffer, Role, SharedRegion, Transport};
+#[cfg(all(feature = "std", target_os = "linux", not(loom)))]
+pub use wait::Waitable;

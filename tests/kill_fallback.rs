@@ -191,7 +191,9 @@ fn child_entry() {
                 .map(|l| l.split(' ').nth(1).unwrap().parse().unwrap());
             let mut router: Net<NoNet> =
                 Router::new(table(), ThresholdPolicy::default(), NoNet, 1 << 16);
-            router.resume_flow(FLOW, last.map_or(0, |l| l + 1));
+            router
+                .resume_flow(&1, FLOW, last.map_or(0, |l| l + 1), |_, _, _| {})
+                .unwrap();
             let port: u16 = std::env::var(PORT_ENV).unwrap().parse().unwrap();
             let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
             ready(port);
@@ -203,7 +205,9 @@ fn child_entry() {
                 s.read_exact(&mut frame).unwrap();
                 let h = FlowHeader::decode(&frame).unwrap();
                 router
-                    .recv_network(h, &frame[FLOW_HEADER_LEN..], |f, m| log.deliver(f, m))
+                    .recv_network_from(&1, h, &frame[FLOW_HEADER_LEN..], |_, f, m| {
+                        log.deliver(f, m)
+                    })
                     .unwrap();
             }
             eprintln!(

@@ -5,8 +5,8 @@
 
 use coresident::lookup::{Seed, Table};
 use coresident::{
-    Channel, ChannelConfig, ChannelLayout, FlowHeader, NetworkPath, Reassembler, Router, StdClock,
-    ThresholdPolicy,
+    Channel, ChannelConfig, ChannelLayout, Delivery, FlowHeader, NetworkPath, Path, Reassembler,
+    ReassemblyError, ReassemblyLimits, RouteError, Router, RouterStats, StdClock, ThresholdPolicy,
 };
 use coresident_mock::{pair, MockDoorbell, MockRegion};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -129,30 +129,35 @@ fn a_peer_cannot_forge_another_peers_flow() {
     let hh = h.attach(ME, h_tx).unwrap();
     t_h.writer().unwrap().insert(ME, hh).unwrap();
 
-    let mut got: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut got: Vec<(u64, u32, Vec<u8>)> = Vec::new();
+    let mut deliver = |p: &u64, f: u32, m: &[u8]| got.push((*p, f, m.to_vec()));
     h.send(&ME, 7, b"H0").unwrap();
-    me.recv_channels(|f, m| got.push((f, m.to_vec()))).unwrap();
+    me.recv_channels_from(&mut deliver).unwrap();
     for seq in 1..=40 {
         x_tx.send(&frame(7, seq, format!("X{seq}").as_bytes()))
             .unwrap();
     }
-    me.recv_channels(|f, m| got.push((f, m.to_vec()))).unwrap();
+    me.recv_channels_from(&mut deliver).unwrap();
     for i in 1..=5 {
         h.send(&ME, 7, format!("H{i}").as_bytes()).unwrap();
     }
-    me.recv_channels(|f, m| got.push((f, m.to_vec()))).unwrap();
+    me.recv_channels_from(&mut deliver).unwrap();
 
-    let from_h: Vec<&[u8]> = got
-        .iter()
-        .filter(|(f, m)| *f == 7 && m.starts_with(b"H"))
-        .map(|(_, m)| &m[..])
-        .collect();
+    let of = |peer: u64| -> Vec<Vec<u8>> {
+        got.iter()
+            .filter(|(p, f, _)| *p == peer && *f == 7)
+            .map(|(_, _, m)| m.clone())
+            .collect()
+    };
     let expected: Vec<Vec<u8>> = (0..=5).map(|i| format!("H{i}").into_bytes()).collect();
-    assert_eq!(from_h, expected, "H's flow 7, exactly");
+    assert_eq!(of(H), expected, "H's flow 7, exactly");
     assert!(
-        got.iter().all(|(_, m)| !m.starts_with(b"X")),
+        of(H).iter().all(|m| !m.starts_with(b"X")),
         "X's forged messages were delivered in H's flow: {got:?}"
     );
+    // X's own flow 7 starts at 1: it waits for X's message 0, in X's budget only.
+    assert!(of(X).is_empty());
+    assert_eq!(me.stats().rx.held, 40);
 }
 
 // ------------------------------------------------------------ bounded state
@@ -161,28 +166,75 @@ fn a_peer_cannot_forge_another_peers_flow() {
 /// bounded (it grew by 67 MiB, ~70 bytes per id).
 #[test]
 fn a_million_fresh_flow_ids_do_not_grow_memory_without_bound() {
-    let mut r = Reassembler::new(64);
+    let mut r: Reassembler<u64> = Reassembler::new(ReassemblyLimits::default());
+    let mut got = Vec::new();
+    // H's flow 7 is half-way through a gap when X starts.
+    for seq in [0, 2] {
+        r.accept(
+            &H,
+            Path::Network,
+            FlowHeader { flow: 7, seq },
+            &[seq as u8],
+            |_, _, m| got.push(m[0]),
+        )
+        .unwrap();
+    }
     let before = live();
     let mut peak = 0;
     for flow in 0..1_000_000u32 {
-        let _ = r.accept(FlowHeader { flow, seq: 0 }, b"x", |_, _| {});
-        peak = peak.max(live() - before);
+        let _ = r.accept(
+            &X,
+            Path::Network,
+            FlowHeader { flow, seq: 0 },
+            b"x",
+            |_, _, _| {},
+        );
+        if flow % 1024 == 0 {
+            peak = peak.max(live() - before);
+        }
     }
+    peak = peak.max(live() - before);
     assert!(
         peak < 8 * MIB,
         "the receiver grew by {} KiB for one million flow ids",
         peak >> 10
     );
+    assert!(r.flows(&X) <= ReassemblyLimits::default().flows_per_peer);
+    assert!(r.stats().flows_evicted >= 1_000_000 - 1024);
+    // X's flood forgot only X's flows: H's flow and its held message are intact.
+    r.accept(
+        &H,
+        Path::Channel,
+        FlowHeader { flow: 7, seq: 1 },
+        &[1],
+        |_, _, m| got.push(m[0]),
+    )
+    .unwrap();
+    assert_eq!(got, [0, 1, 2]);
 }
 
 /// 64 early messages of 4 MiB held 256 MiB: held state is bounded in bytes per peer.
 #[test]
 fn held_bytes_are_bounded_not_only_counted() {
-    let mut r = Reassembler::new(64);
+    let limits = ReassemblyLimits::default();
+    let mut r: Reassembler<u64> = Reassembler::new(limits);
     let big = vec![0xA5u8; 4 << 20];
     let before = live();
+    let mut refused = 0;
     for seq in 1..=64 {
-        let _ = r.accept(FlowHeader { flow: 1, seq }, &big, |_, _| {});
+        match r.accept(
+            &X,
+            Path::Network,
+            FlowHeader { flow: 1, seq },
+            &big,
+            |_, _, _| {},
+        ) {
+            Ok(Delivery::Held) => {}
+            Err(
+                ReassemblyError::PeerOverBudget { .. } | ReassemblyError::FlowOverBudget { .. },
+            ) => refused += 1,
+            other => panic!("{other:?}"),
+        }
     }
     let grown = live() - before;
     assert!(
@@ -190,6 +242,9 @@ fn held_bytes_are_bounded_not_only_counted() {
         "64 early messages of 4 MiB hold {} MiB",
         grown >> 20
     );
+    assert!(r.held_bytes() <= limits.held_bytes_per_peer);
+    assert_eq!(refused, 64 - r.held() as u64);
+    assert_eq!(r.stats().over_budget, refused);
 }
 
 // ------------------------------------------------------------ no global hold budget
@@ -231,24 +286,25 @@ fn a_hostile_peers_parked_messages_cost_an_honest_flow_nothing() {
         "the test needs H's ring to overflow to the network"
     );
     let mut got = Vec::new();
+    let mut deliver = |p: &u64, f: u32, m: &[u8]| {
+        if *p == H && f == 7 {
+            got.push(m.to_vec());
+        }
+    };
     // The network first (its messages are early), then the ring, then whatever is left.
     while let Some((hd, p)) = net.q.borrow_mut().pop_front() {
-        let _ = me.recv_network(hd, &p, |f, m| {
-            if f == 7 {
-                got.push(m.to_vec());
-            }
-        });
+        me.recv_network_from(&H, hd, &p, &mut deliver).unwrap();
     }
     for _ in 0..4 {
-        let _ = me.recv_channels(|f, m| {
-            if f == 7 {
-                got.push(m.to_vec());
-            }
-        });
+        me.recv_channels_from(&mut deliver).unwrap();
     }
     let expected: Vec<Vec<u8>> = (0..100).map(msg).collect();
     assert_eq!(got.len(), 100, "H's flow lost {} of 100", 100 - got.len());
     assert_eq!(got, expected);
+    // X's parked messages lay beyond the window: refused, never held.
+    let s: RouterStats = *me.stats();
+    assert_eq!(s.rx.beyond_window, 4096);
+    assert_eq!(s.channel_refused, 4096);
 }
 
 // ------------------------------------------------------------ resume
@@ -257,18 +313,25 @@ fn a_hostile_peers_parked_messages_cost_an_honest_flow_nothing() {
 /// behind a "duplicate" `n`.
 #[test]
 fn resume_at_a_held_sequence_number_releases_the_run() {
-    let mut r = Reassembler::new(64);
+    let mut r: Reassembler<u64> = Reassembler::new(ReassemblyLimits::default());
     let mut out = Vec::new();
     let h = |seq| FlowHeader { flow: 7, seq };
     for seq in [5, 6] {
-        r.accept(h(seq), &[seq as u8], |_, m| out.push(m[0]))
-            .unwrap();
+        r.accept(&H, Path::Network, h(seq), &[seq as u8], |_, _, m| {
+            out.push(m[0])
+        })
+        .unwrap();
     }
-    r.resume(7, 5);
-    // A resend of 5 (it was already here) and the next message.
-    r.accept(h(5), &[5], |_, m| out.push(m[0])).unwrap();
-    r.accept(h(7), &[7], |_, m| out.push(m[0])).unwrap();
+    assert_eq!(r.resume(&H, 7, 5, |_, _, m| out.push(m[0])), Ok(2));
+    // A resend of 5 (it was already delivered) and the next message.
+    assert_eq!(
+        r.accept(&H, Path::Network, h(5), &[5], |_, _, m| out.push(m[0])),
+        Ok(Delivery::Duplicate)
+    );
+    r.accept(&H, Path::Network, h(7), &[7], |_, _, m| out.push(m[0]))
+        .unwrap();
     assert_eq!(out, [5, 6, 7]);
+    assert_eq!(r.held(), 0);
 }
 
 // ------------------------------------------------------------ burnt sequence numbers
@@ -293,9 +356,12 @@ fn a_failed_network_send_burns_no_sequence_number() {
     }
     let mut got = Vec::new();
     while let Some((h, p)) = net.q.borrow_mut().pop_front() {
-        let _ = me.recv_network(h, &p, |_, m| got.push(m[0]));
+        me.recv_network_from(&H, h, &p, |_, _, m| got.push(m[0]))
+            .unwrap();
     }
     assert_eq!(got, sent, "the messages reported sent, in order");
+    assert_eq!(sent, [0, 2, 3]);
+    assert_eq!(s.stats().network_refused, 1);
 }
 
 /// A fail-over whose resend fails half-way: the frames not yet resent must not be
@@ -313,15 +379,19 @@ fn a_failed_resend_during_fail_over_loses_nothing() {
     }
     t.writer().unwrap().remove(&ME);
     net.fail.set(1);
-    let _ = s.peer_left(hd); // the first resend fails
+    // The first resend fails: the caller is told, and the rest waits in order.
+    assert!(matches!(s.peer_left(hd), Err(RouteError::Network(_))));
+    assert_eq!(s.backlog(), 10);
     for i in 10..12u8 {
         while s.send(&ME, 3, &[i]).is_err() {}
     }
+    assert_eq!(s.backlog(), 0);
     let t2 = table();
     let mut me: R = Router::new(&t2, ThresholdPolicy::default(), Net::default(), 64);
     let mut got = Vec::new();
     while let Some((h, p)) = net.q.borrow_mut().pop_front() {
-        let _ = me.recv_network(h, &p, |_, m| got.push(m[0]));
+        me.recv_network_from(&H, h, &p, |_, _, m| got.push(m[0]))
+            .unwrap();
     }
     assert_eq!(got, (0..12).collect::<Vec<u8>>());
 }

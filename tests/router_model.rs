@@ -109,6 +109,7 @@ fn run(ops: Vec<Op>) {
         min_len: 24,
         max_load: 900,
         hysteresis: 2,
+        ..ThresholdPolicy::default()
     };
     let mut ra: R = Router::new(&table_a, policy, net.clone(), 1 << 20);
     let mut rb: R = Router::new(&table_b, policy, net.clone(), 1 << 20);
