@@ -83,3 +83,67 @@ pub trait Discovery<K> {
         None
     }
 }
+
+/// A ring data size a transport refuses, worded for what is wrong with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RingSizeError {
+    /// Ring data areas are powers of two; this is not one.
+    NotPowerOfTwo {
+        /// The size given.
+        size: u64,
+    },
+    /// A power of two, but outside what the ring and the transport take.
+    OutOfRange {
+        /// The size given.
+        size: u64,
+        /// The smallest size taken.
+        min: u64,
+        /// The largest size taken.
+        max: u64,
+    },
+}
+
+impl fmt::Display for RingSizeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::NotPowerOfTwo { size } => {
+                write!(f, "ring data size {size} is not a power of two")
+            }
+            Self::OutOfRange { size, min, max } => write!(
+                f,
+                "ring data size {size} is a power of two but out of range: {min}..={max} bytes"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for RingSizeError {}
+
+/// Checks a ring data size against the ring's bounds and a transport's own largest
+/// (`max`, e.g. 2^28 for the host transport); returns it as the ring takes it.
+///
+/// # Errors
+///
+/// [`RingSizeError`], worded: not a power of two, or a power of two out of range.
+///
+/// # Examples
+///
+/// ```
+/// use coresident::{check_ring_size, RingSizeError};
+/// assert_eq!(check_ring_size(1 << 20, 1 << 28), Ok(1 << 20));
+/// assert_eq!(check_ring_size(3000, 1 << 28), Err(RingSizeError::NotPowerOfTwo { size: 3000 }));
+/// let e = check_ring_size(1 << 29, 1 << 28).unwrap_err();
+/// assert_eq!(e.to_string(), "ring data size 536870912 is a power of two but out of range: 64..=268435456 bytes");
+/// ```
+pub fn check_ring_size(size: u64, max: u64) -> Result<u32, RingSizeError> {
+    let min = u64::from(coresident_ring::MIN_DATA_SIZE);
+    let max = max.min(u64::from(coresident_ring::MAX_DATA_SIZE));
+    if !size.is_power_of_two() {
+        return Err(RingSizeError::NotPowerOfTwo { size });
+    }
+    if size < min || size > max {
+        return Err(RingSizeError::OutOfRange { size, min, max });
+    }
+    u32::try_from(size).map_err(|_| RingSizeError::OutOfRange { size, min, max })
+}

@@ -83,6 +83,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+#[cfg(feature = "core")]
+pub mod discovery;
 pub mod endpoint;
 pub mod error;
 pub mod eventfd;
@@ -96,6 +98,8 @@ pub mod rendezvous;
 pub mod transport;
 pub mod wire;
 
+#[cfg(feature = "core")]
+pub use discovery::{DiscoveryError, HostConfig, HostDiscovery};
 pub use endpoint::{Endpoint, PeerInfo, PeerLink, Role};
 pub use error::SysError;
 pub use eventfd::{peer_alive, Doorbell, DoorbellError, WaitError, Wake};
