@@ -82,7 +82,7 @@ pub use coresident_ring as ring;
 
 #[cfg(all(feature = "std", not(loom)))]
 pub use builder::{random_seed, BuildError, NotGiven, RouterBuilder, Unset};
-pub use channel::{Channel, ChannelConfig, ChannelState};
+pub use channel::{Channel, ChannelConfig, ChannelState, PEER_PROBE_INTERVAL, PEER_PROBE_SENDS};
 #[cfg(feature = "alloc")]
 pub use discovery::{check_ring_size, Discovery, Residency, RingSizeError};
 pub use error::{ChannelError, TransportError};
@@ -91,7 +91,7 @@ pub use flow::{FlowHeader, FLOW_HEADER_LEN};
 pub use net::{Inbox, NetworkPath, Offered};
 #[cfg(feature = "std")]
 pub use notify::StdClock;
-pub use notify::{Batching, Clock, Doorbell, Wake};
+pub use notify::{Batching, Clock, Doorbell, SpinPolicy, Wake};
 pub use policy::{Decision, Overflow, Path, PeerState, Policy, ThresholdPolicy};
 #[cfg(feature = "alloc")]
 pub use reassembly::{
