@@ -2,33 +2,38 @@
 //!
 //! Every outgoing message is looked up here, so a lookup costs the same small, bounded
 //! amount whether it hits (a co-resident peer) or misses (a remote one, the common
-//! case): the key is hashed with a secret seed to two buckets, each one 64-byte cache
-//! line, and nothing else is read. No chains, no probing sequence, no allocation. A
-//! miss usually reads one word of one bucket: per-slot tags in that word rule out
-//! every stored key without comparing it, and a count there of the keys that
-//! overflowed into their second bucket, usually 0, rules out the second bucket.
+//! case): the key is hashed with a secret seed to two buckets, and nothing else is
+//! read. No chains, no probing sequence, no allocation. Each bucket is a control word
+//! (per-slot tags, an overflow filter, a version) in a dense array, and a 64-byte line
+//! of keys and handles. A miss usually reads one control word: the tags rule out
+//! every stored key without comparing it, and the filter, which says whether keys of
+//! the missing key's class overflowed into their second bucket, usually rules out the
+//! second bucket. A hit reads one control word and one line.
 //!
 //! ```text
-//!  key --seeded hash--> (b1, b2, tag)    Table<K, BUCKETS>: [Bucket; BUCKETS]
-//!                                        ┌──────────────────── 64 bytes ────────────────────┐
-//!  bucket b1 ───────────────────────────>│ c0-c3 ovf ver │ h0 h1 │ h2 h3 │ k0 k1 k2 k3 │ - │
-//!  bucket b2 ───────────────────────────>│ c0-c3 ovf ver │ h0 h1 │ h2 h3 │ k0 k1 k2 k3 │ - │
-//!                                        └────────────────────────────────────────────────┘
+//!  key --seeded hash--> (b1, b2, tag)     Table<K, BUCKETS>
+//!                                         control words, 8 bytes each, dense
+//!  bucket b1 ──────────────────────────>  │ c0 c1 c2 c3 │ ovf │ ver │ ...
+//!  bucket b2 ──────────────────────────>  │ c0 c1 c2 c3 │ ovf │ ver │ ...
+//!                                         slot lines, 64 bytes each
+//!         (only where a tag matches) ───> │ k0 h0 │ k1 h1 │ k2 h2 │ k3 h3 │
+//!
 //!  c_i: slot i's control byte, 0 (free) or 0x80 | tag (7 bits of the hash)
-//!  ovf: how many keys whose first bucket this is live in their second bucket
-//!  (two-word keys such as IPv6: 3 untagged slots, occupancy bits, no ovf)
+//!  ovf: bit c set while keys of class c (tag & 7) whose first bucket this is live
+//!       in their second bucket
+//!  (two-word keys such as IPv6: 3 slots, the keys first and the handles after)
 //!
 //!  reader (any thread)                       writer (one control thread)
-//!  m1 = b1.word0.load(Acquire)               fill a free slot (Relaxed stores)
-//!  c_i == 0x80|tag? (one SWAR op on m1)      b.word0.store(ver+1 | c_i = 0x80|tag, Release)
+//!  m1 = ctrl[b1].load(Acquire)               fill a free slot (Relaxed stores)
+//!  c_i == 0x80|tag? (one SWAR op on m1)      ctrl.store(ver+1 | c_i = 0x80|tag, Release)
 //!   ── for each match, compare the key       relocation: publish in the new bucket,
 //!      (Relaxed); hit? fence(Acquire),                   then clear the old one
-//!      b1.word0 == m1 ? done : retry         remove: b.word0.store(ver+1 | c_i = 0, Release)
-//!  m1.ovf == 0 ? absent (re-read m1 if a     ovf changes in the store that moves a key
-//!                key was compared)                       out of / back into b1
-//!  m2 = b2.word0.load(Acquire), match as above
+//!      ctrl[b1] == m1 ? done : retry         remove: ctrl.store(ver+1 | c_i = 0, Release)
+//!  ovf bit clear? absent (re-read m1 if a    ovf changes in the store that moves a key
+//!                 key was compared)                      out of / back into b1
+//!  m2 = ctrl[b2].load(Acquire), match as above
 //!  fence(Acquire)
-//!  b1.word0 == m1 && b2.word0 == m2 ? done : retry
+//!  ctrl[b1] == m1 && ctrl[b2] == m2 ? done : retry
 //! ```
 //!
 //! The design is bucketized cuckoo hashing with full keys stored in the buckets, a
@@ -36,8 +41,9 @@
 //! compared for a whole group at once) and a per-bucket version in the style of a
 //! seqlock, but without a locked state: the writer fills a slot while it is marked free
 //! and publishes it with one store, so readers never wait for it ([`table`] has the
-//! protocol and its argument). Readers are lock-free, the writer wait-free. A [`DomainTable`] indexes Xen domain ids
-//! directly for a one-load fast path.
+//! protocol and its argument). Readers are lock-free, the writer wait-free. A
+//! [`DomainTable`] indexes Xen domain ids directly for a one-load fast path, and
+//! [`Table::generation`] lets a caller cache lookups behind one load.
 //!
 //! The crate is `no_std`, allocation-free and has no `unsafe` code. Atomics come from
 //! `coresident-sync`, so `RUSTFLAGS="--cfg loom"` runs the protocol under loom.
@@ -72,4 +78,4 @@ pub use domain::DomainTable;
 pub use error::{ClaimError, InsertError};
 pub use hash::Seed;
 pub use key::{DomainId, Handle, Key};
-pub use table::{Table, Writer, MAX_SEARCH};
+pub use table::{Access, Table, Writer, MAX_SEARCH};

@@ -5,43 +5,55 @@
 //!
 //! Bucketized cuckoo hashing (Pagh and Rodler, "Cuckoo Hashing", 2004; buckets of
 //! several slots as in Erlingsson, Manasse and McSherry, 2006): a key lives in one of
-//! two buckets chosen by a seeded hash, each bucket one cache line. Insertion into two
-//! full buckets finds, by a bounded breadth-first search, a path of entries that can
-//! each move to their other bucket, then moves them from the free end backwards, as
-//! libcuckoo and MemC3 do (Fan, Andersen and Kaminsky, NSDI 2013), so that every key
-//! is in at least one of its buckets at every moment.
+//! two buckets chosen by a seeded hash. Insertion into two full buckets finds, by a
+//! bounded breadth-first search, a path of entries that can each move to their other
+//! bucket, then moves them from the free end backwards, as libcuckoo and MemC3 do (Fan,
+//! Andersen and Kaminsky, NSDI 2013), so that every key is in at least one of its
+//! buckets at every moment.
+//!
+//! Each bucket is an 8-byte control word, in a dense array of them, and a 64-byte
+//! slot line elsewhere (`bucket.rs` has the layouts): a miss reads control words
+//! only, as a hashbrown miss reads control bytes only, and those of a 2048-bucket table
+//! (16 KiB) stay in L1 while its slot lines (128 KiB) do not.
 //!
 //! # The reader/writer protocol
 //!
-//! Word 0 of each bucket carries a version that every writer store of word 0
+//! The control word of each bucket carries a version that every writer store of it
 //! increments. There is no "locked" state: the writer never leaves a bucket half
-//! written in a way a reader must wait out. A slot is filled while its occupancy bit is
-//! clear, then published by one Release store of word 0; a slot is emptied by one such
-//! store; a handle changes in place, then word 0 is stored again. A reader:
+//! written in a way a reader must wait out. A slot is filled while its control byte
+//! says free, then published by one Release store of the control word; a slot is
+//! emptied by one such store; a handle changes in place, then the control word is
+//! stored again. A reader:
 //!
-//! 1. loads word 0 of the first bucket (Acquire) and scans the slots it names: for
-//!    one-word keys only those whose 7-bit tag (in word 0, from the key's hash) matches,
-//!    for two-word keys every occupied slot (Relaxed loads); if the key is there, an
-//!    Acquire fence and an unchanged word 0 make the answer valid;
-//! 2. otherwise, for one-word keys, if the first bucket's overflow count (in its word
-//!    0) is 0, answers "absent": at once if no tag matched (the answer rests on one
-//!    atomic load), else after the same fence and re-read;
-//! 3. otherwise loads word 0 of the second bucket (Acquire), scans it the same way,
-//!    fences, and accepts "absent" only if both words 0 are unchanged;
+//! 1. loads the control word of the first bucket (Acquire) and reads the keys of the
+//!    slots whose 7-bit tag (in the control word, from the key's hash) matches
+//!    (Relaxed loads); if the key is there, an Acquire fence and an unchanged control
+//!    word make the answer valid;
+//! 2. otherwise, if the first bucket's overflow filter (in its control word) has no
+//!    bit for the key's class, answers "absent": at once if no tag matched (the answer
+//!    rests on one atomic load), else after the same fence and re-read;
+//! 3. otherwise loads the control word of the second bucket (Acquire), scans it the
+//!    same way, fences, and accepts its answer only if both control words are
+//!    unchanged;
 //! 4. on any change, starts again.
 //!
-//! A tag is written into word 0 by the same store that publishes its slot, so a tag
-//! and the occupancy it implies are never torn; a miss whose tags match nothing reads
-//! no key, and while the overflow count is 0 it reads one word of one line.
+//! A tag is written into the control word by the same store that publishes its slot,
+//! so a tag and the occupancy it implies are never torn; a miss whose tags match
+//! nothing reads no key, and while the filter bit is clear it reads one word.
+//! [`Table::get`] runs the common cases of these steps straight-line (the first
+//! candidate slot of each bucket, no retry) and hands anything else to the loop.
 //!
-//! The overflow count of a bucket is the number of keys whose first bucket it is that
-//! live in their second bucket (SYNC: overflow-count). It changes only in the store of
-//! word 0 that clears such a key from its first bucket (+1, a relocation out) or puts
-//! it there (-1, a relocation back), or on its own before an insert publishes a new key
-//! in its second bucket (+1) and after a remove cleared one there (-1). So at every
-//! store of a first bucket's word 0, a key that is present is in that bucket or
-//! counted, and a reader that sees a count of 0 and no matching entry in one load of
-//! that word saw the key absent at that store.
+//! The overflow filter of a bucket has one bit for each of eight classes of keys (the
+//! low three bits of the tag); the writer keeps, for each class, the number of keys
+//! whose first bucket it is that live in their second bucket, and the bit says whether
+//! that number is above 0 (SYNC: overflow-count). A count changes only in the store of
+//! the control word that clears such a key from its first bucket (+1, a relocation
+//! out) or puts it there (-1, a relocation back), or on its own before an insert
+//! publishes a new key in its second bucket (+1) and after a remove cleared one there
+//! (-1). So at every store of a first bucket's control word, a key that is present is
+//! in that bucket or counted under its class, and a reader that sees its class's bit
+//! clear and no matching entry in one load of that word saw the key absent at that
+//! store.
 //!
 //! A relocation publishes the key in its new bucket before it clears the old one, so a
 //! key that is present throughout is found: a reader that misses it in bucket A and
@@ -57,6 +69,15 @@
 //! found. A lookup that happens after `remove` returned (through any synchronisation:
 //! a message, a lock, a join) does not find the entry.
 //!
+//! # The generation
+//!
+//! [`Table::generation`] counts the changes of the table's contents: every insert of a
+//! new key, every update of a key's handle and every remove of a present key stores it
+//! once more, one higher, after its last bucket store (SYNC: generation). A caller that
+//! keeps the result of a lookup together with the generation it loaded before the
+//! lookup can reuse the result for as long as the generation reads the same: one load
+//! instead of a hash and a bucket (see [`Table::generation`] for the exact contract).
+//!
 //! # Progress
 //!
 //! Readers are lock-free, not wait-free: a reader retries only when the writer
@@ -67,9 +88,9 @@
 use core::fmt;
 use core::marker::PhantomData;
 
-use coresident_sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use coresident_sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use crate::bucket::{Bucket, Geometry};
+use crate::bucket::{Bucket, Geometry, Line};
 use crate::hash::{self, Seed};
 use crate::{ClaimError, Handle, InsertError, Key};
 
@@ -83,8 +104,8 @@ pub const MAX_SEARCH: usize = 256;
 ///
 /// `BUCKETS` is a power of two; the table holds up to `BUCKETS * 4` one-word keys or
 /// `BUCKETS * 3` two-word keys ([`Table::SLOTS`]). Insertion succeeds reliably up to
-/// about 95% of that. The table lives inline (64 bytes per bucket): put a big one in a
-/// `Box`, an `Arc` or a `static` cell.
+/// about 95% of that. The table lives inline (72 bytes per bucket: a control word and
+/// a slot line): put a big one in a `Box`, an `Arc` or a `static` cell.
 ///
 /// # Examples
 ///
@@ -101,10 +122,15 @@ pub const MAX_SEARCH: usize = 256;
 /// assert_eq!(table.get(&[0; 6]), None);
 /// ```
 pub struct Table<K: Key, const BUCKETS: usize> {
-    /// The buckets; entries live only in their key's two candidate buckets.
-    buckets: [Bucket; BUCKETS],
+    /// The buckets' control words, one per bucket, dense: what a miss reads.
+    ctrl: Controls<BUCKETS>,
+    /// The buckets' slot lines; entries live only in their key's two candidate buckets.
+    lines: [Line; BUCKETS],
     /// Secret key of the hash, fixed for the table's life.
     seed: Seed,
+    /// Changes of the table's contents so far ([`Table::generation`]); only the writer
+    /// stores it, one higher after each change.
+    generation: AtomicU64,
     /// Entries stored, in `0 ..= SLOTS`.
     len: AtomicUsize,
     /// Whether a [`Writer`] is alive.
@@ -113,6 +139,10 @@ pub struct Table<K: Key, const BUCKETS: usize> {
     /// `Sync` whatever `K` is).
     _key: PhantomData<fn(K) -> K>,
 }
+
+/// The control words of a table's buckets, from a cache-line boundary.
+#[repr(C, align(64))]
+struct Controls<const BUCKETS: usize>([AtomicU64; BUCKETS]);
 
 impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
     /// The slot layout; a compile error unless `K::WORDS` is 1 or 2.
@@ -132,8 +162,10 @@ impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
     pub fn new(seed: Seed) -> Self {
         let _: usize = Self::SLOTS; // Evaluates the compile-time checks.
         Self {
-            buckets: core::array::from_fn(|_| Bucket::new()),
+            ctrl: Controls(core::array::from_fn(|_| AtomicU64::new(0))),
+            lines: core::array::from_fn(|_| Line::new()),
             seed,
+            generation: AtomicU64::new(0),
             len: AtomicUsize::new(0),
             writer_claimed: AtomicBool::new(false),
             _key: PhantomData,
@@ -166,6 +198,67 @@ impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
         self.len.load(Ordering::Relaxed)
     }
 
+    /// The table's generation: how many changes of its contents the writer has
+    /// completed. Every [`Writer::insert`] that returns `Ok` (a new key, or a new
+    /// handle for a present key) and every [`Writer::remove`] that returns `Some`
+    /// raises it by exactly one, after the change is stored; nothing else changes it
+    /// (a failed insert, a remove of an absent key, the relocations inside an insert,
+    /// claiming or dropping a writer). It starts at 0 and, 64 bits wide, never wraps.
+    ///
+    /// # What a reader can rely on
+    ///
+    /// A caller that caches lookups does, for a key `k`:
+    ///
+    /// 1. `g1 = table.generation()`, then `r = table.get(&k)`; keeps `(g1, r)`;
+    /// 2. later, `g2 = table.generation()`: if `g2 == g1`, it uses `r`; otherwise it
+    ///    starts again at 1.
+    ///
+    /// If the generation read before and after is unchanged, a result of `get` taken
+    /// in between is still the table's answer: `r` is what a `get(&k)` made at the
+    /// load of `g2` could return, the answer after every change that load counts, with
+    /// the one change that may be in progress (stored, not yet counted: there is one
+    /// writer) in or out, as for any `get` concurrent with a change. This rests on two
+    /// facts:
+    ///
+    /// - *Acquire/Release* (SYNC: generation): this load is Acquire and the writer's
+    ///   store of the generation is Release, after the change's bucket stores. A load
+    ///   that reads `n` therefore happens after the first `n` changes, and a `get`
+    ///   that follows it in the same thread returns their result or a newer one: it
+    ///   can never miss a change the generation already counted. (Load the
+    ///   generation *before* `get`: loaded after it, a change completed in between
+    ///   would be counted in a generation paired with the older answer.)
+    /// - *Coherence*: the generation only grows, so `g2 == g1` means the second load
+    ///   saw no change completed after the first. Any change `r` may not reflect has
+    ///   not completed as far as this thread can tell; in particular, a load that
+    ///   happens after an insert or remove returned (through any synchronisation: a
+    ///   message, a lock, a join) reads a generation that counts it, so after
+    ///   `remove(&k)` returned a cached `Some` is never reused.
+    ///
+    /// Every change bumps the generation, whatever key it concerns, so a cache of
+    /// many keys is invalidated by the change of any one of them; a table changes
+    /// when peers come and go, not per message.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_lookup::{Handle, Seed, Table};
+    ///
+    /// let table: Table<u64, 8> = Table::new(Seed::new([1; 4]));
+    /// let mut w = table.writer().unwrap();
+    /// let (g1, r) = (table.generation(), table.get(&7));
+    /// assert_eq!((g1, r), (0, None));
+    /// w.insert(7, Handle::new(1, 0)).unwrap();
+    /// assert_ne!(table.generation(), g1, "the cached None is stale");
+    /// assert_eq!(w.remove(&8), None);
+    /// assert_eq!(table.generation(), 1, "no change, no new generation");
+    /// ```
+    #[inline(always)]
+    pub fn generation(&self) -> u64 {
+        // SYNC: generation. Acquire: pairs with the Release store in
+        // `Writer::changed`; a `get` after this load sees every change counted here.
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Whether [`len`](Table::len) is 0.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -178,9 +271,9 @@ impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
         (b1, b2)
     }
 
-    /// The 7-bit tag (`0..128`) stored beside `key` in a one-word-key bucket under this
-    /// table's seed: a lookup reads a key word only where the tag matches. A diagnostic
-    /// for tests and tools (two-word keys are stored untagged).
+    /// The 7-bit tag (`0..128`) stored beside `key` in its bucket's control word under
+    /// this table's seed: a lookup reads a key only where the tag matches. A
+    /// diagnostic for tests and tools.
     pub fn tag_of(&self, key: &K) -> u8 {
         self.place(&key.encode()).2
     }
@@ -188,63 +281,145 @@ impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
     /// The candidate buckets and the tag of the key encoded as `words`.
     #[inline(always)]
     fn place(&self, words: &[u64; 2]) -> (usize, usize, u8) {
-        let h = hash::hash(&self.seed, words);
+        let h = self.hash(words);
         let (b1, b2) = hash::buckets(h, BUCKETS);
         (b1, b2, hash::tag(h))
+    }
+
+    /// The hash of the key encoded as `words`.
+    #[inline(always)]
+    fn hash(&self, words: &[u64; 2]) -> u64 {
+        hash::hash(&self.seed, words, Self::GEOMETRY.key_words)
     }
 
     /// Bucket `i` of the table. Callers pass `i < BUCKETS` (from [`hash::buckets`]);
     /// the mask (`BUCKETS` is a power of two) makes the access infallible.
     #[inline(always)]
-    fn bucket(&self, i: usize) -> &Bucket {
-        &self.buckets[i & (BUCKETS - 1)]
+    fn bucket(&self, i: usize) -> Bucket<'_> {
+        let i = i & (BUCKETS - 1);
+        Bucket::new(&self.ctrl.0[i], &self.lines[i])
     }
 
-    /// The handle stored for `key`, if any. Reads at most two 64-byte cache lines.
+    /// The handle stored for `key`, if any. Reads at most two control words and two
+    /// slot lines; usually one control word on a miss, one and one line on a hit.
     ///
     /// See the [module docs](crate::table) for what a lookup concurrent with the
     /// writer returns.
     #[inline]
     pub fn get(&self, key: &K) -> Option<Handle> {
-        self.get_traced(key, |_| {})
+        let g = Self::GEOMETRY;
+        let words = key.encode();
+        let h = self.hash(&words);
+        let (tag, b1) = (hash::tag(h), self.bucket(hash::first(h, BUCKETS)));
+        // The common cases, straight-line: the first step of `search` below, cut short
+        // where it would look at a second candidate slot or retry. Same loads, same
+        // checks, in the same order.
+        // SYNC: bucket-publish. Acquire: pairs with the Release store in
+        // `Bucket::publish`; the slots read below are at least as new as this word.
+        let m1 = b1.meta(Ordering::Acquire);
+        let c1 = Geometry::matches(m1, tag);
+        if c1 != 0 {
+            let slot = (c1.trailing_zeros() / 8) as usize;
+            if b1.holds(g, slot, &words) {
+                let handle = b1.handle(g, slot);
+                // SYNC: slot-reuse. Pairs with the Release fence in `Bucket::retire`:
+                // if a slot load above saw a newer write, the re-read sees a newer word.
+                fence(Ordering::Acquire);
+                // Relaxed: ordered after the slot loads by the fence above.
+                if b1.meta(Ordering::Relaxed) == m1 {
+                    return Some(Handle::from_bits(handle));
+                }
+            }
+            return self.get_slow(words, h);
+        }
+        if !Geometry::may_overflow(m1, tag) {
+            // SYNC: overflow-count. At m1's store no key whose first bucket is `b1` and
+            // of this key's class lived in its second bucket, and none with this tag in
+            // `b1`; nothing but m1, one atomic load, was read: absent.
+            return None;
+        }
+        let b2 = self.bucket(hash::second(h, BUCKETS));
+        // SYNC: bucket-publish. Acquire: as above; it also makes a relocation's
+        // publication in `b1` (stored before this bucket's clearing) visible to the
+        // re-read of `b1` below.
+        let m2 = b2.meta(Ordering::Acquire);
+        let c2 = Geometry::matches(m2, tag);
+        let found = if c2 == 0 {
+            None
+        } else {
+            let slot = (c2.trailing_zeros() / 8) as usize;
+            if !b2.holds(g, slot, &words) {
+                return self.get_slow(words, h);
+            }
+            Some(b2.handle(g, slot))
+        };
+        // SYNC: slot-reuse. Pairs with the Release fence in `Bucket::retire`.
+        fence(Ordering::Acquire);
+        // Relaxed: ordered after the slot loads by the fence above.
+        if b1.meta(Ordering::Relaxed) == m1 && b2.meta(Ordering::Relaxed) == m2 {
+            return found.map(Handle::from_bits);
+        }
+        self.get_slow(words, h)
     }
 
-    /// [`get`](Table::get), calling `trace` with the address of each bucket (a
-    /// 64-byte-aligned cache line) before reading from it. Tests use it to count the
-    /// lines a lookup touches; with an empty closure it compiles to `get`.
+    /// `get` past its common cases: the key's second bucket, a second candidate slot,
+    /// or a retry after a concurrent change.
+    #[cold]
+    #[inline(never)]
+    fn get_slow(&self, words: [u64; 2], h: u64) -> Option<Handle> {
+        self.search(&words, h, |_| {})
+    }
+
+    /// [`get`](Table::get), calling `trace` with each [`Access`] (a control word or a
+    /// slot line, by address) before it is read. Tests use it to count the memory a
+    /// lookup touches. It always takes the general path of `get`, which returns the
+    /// same answers.
     ///
     /// # Examples
     ///
     /// ```
     /// use std::net::Ipv6Addr;
-    /// use coresident_lookup::{Seed, Table};
+    /// use coresident_lookup::{Access, Handle, Seed, Table};
     ///
-    /// // No key overflowed into its second bucket: a miss reads one line.
+    /// // No key overflowed into its second bucket: a miss reads one control word.
     /// let table: Table<u64, 16> = Table::new(Seed::new([5; 4]));
-    /// let mut lines = Vec::new();
-    /// assert_eq!(table.get_traced(&42, |addr| lines.push(addr / 64)), None);
-    /// assert_eq!(lines.len(), 1);
+    /// let mut reads = Vec::new();
+    /// assert_eq!(table.get_traced(&42, |a| reads.push(a)), None);
+    /// assert!(matches!(reads[..], [Access::Control(_)]));
     ///
-    /// // Two-word keys keep no overflow count: a miss reads both lines.
+    /// // A hit: the control word, then the slot line with the key and its handle.
     /// let table: Table<Ipv6Addr, 16> = Table::new(Seed::new([5; 4]));
-    /// let mut lines = Vec::new();
-    /// assert_eq!(table.get_traced(&Ipv6Addr::LOCALHOST, |a| lines.push(a / 64)), None);
-    /// lines.dedup();
-    /// assert_eq!(lines.len(), 2);
+    /// table.writer().unwrap().insert(Ipv6Addr::LOCALHOST, Handle::new(1, 2)).unwrap();
+    /// let mut reads = Vec::new();
+    /// assert!(table.get_traced(&Ipv6Addr::LOCALHOST, |a| reads.push(a)).is_some());
+    /// assert!(matches!(reads[..], [Access::Control(_), Access::Slots(_)]));
     /// ```
-    #[inline(always)]
-    pub fn get_traced(&self, key: &K, mut trace: impl FnMut(usize)) -> Option<Handle> {
-        let g = Self::GEOMETRY;
+    pub fn get_traced(&self, key: &K, trace: impl FnMut(Access)) -> Option<Handle> {
         let words = key.encode();
-        let (i1, i2, tag) = self.place(&words);
+        self.search(&words, self.hash(&words), trace)
+    }
+
+    /// The whole lookup protocol of the module docs, for the key `words` of hash `h`.
+    #[inline(always)]
+    fn search(&self, words: &[u64; 2], h: u64, mut trace: impl FnMut(Access)) -> Option<Handle> {
+        let g = Self::GEOMETRY;
+        let (i1, i2) = hash::buckets(h, BUCKETS);
+        let tag = hash::tag(h);
         let (b1, b2) = (self.bucket(i1), self.bucket(i2));
+        // The handle of the key in bucket `b` of control word `m`, if it is there.
+        let find = |b: Bucket<'_>, m: u64, trace: &mut dyn FnMut(Access)| {
+            if Geometry::matches(m, tag) == 0 {
+                return None;
+            }
+            trace(Access::Slots(b.line_addr()));
+            b.find(g, m, words, tag).map(|slot| b.handle(g, slot))
+        };
         loop {
-            trace(core::ptr::from_ref(b1).addr());
+            trace(Access::Control(b1.ctrl_addr()));
             // SYNC: bucket-publish. Acquire: pairs with the Release store in
             // `Bucket::publish`; the slots read below are at least as new as this word.
             let m1 = b1.meta(Ordering::Acquire);
-            if let Some(slot) = b1.find(g, m1, &words, tag) {
-                let handle = b1.handle(g, m1, slot);
+            if let Some(handle) = find(b1, m1, &mut trace) {
                 // SYNC: slot-reuse. Pairs with the Release fence in `Bucket::retire`:
                 // if a slot load above saw a newer write, the re-read sees a newer word.
                 fence(Ordering::Acquire);
@@ -255,10 +430,10 @@ impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
                 crate::spin_loop();
                 continue;
             }
-            if !g.may_overflow(m1) {
+            if !Geometry::may_overflow(m1, tag) {
                 // SYNC: overflow-count. At m1's store no key whose first bucket is `b1`
                 // lived in its second bucket, so the key is absent if m1 is consistent.
-                if !g.reads_keys(m1, tag) {
+                if Geometry::matches(m1, tag) == 0 {
                     // Nothing but m1, one atomic load, was read: it is consistent.
                     return None;
                 }
@@ -271,14 +446,12 @@ impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
                 crate::spin_loop();
                 continue;
             }
-            trace(core::ptr::from_ref(b2).addr());
+            trace(Access::Control(b2.ctrl_addr()));
             // SYNC: bucket-publish. Acquire: pairs with `Bucket::publish`, as above. It
             // also makes a relocation's publication in `b1` (stored before this
             // bucket's clearing) visible to the re-read of `b1` below.
             let m2 = b2.meta(Ordering::Acquire);
-            let found = b2
-                .find(g, m2, &words, tag)
-                .map(|slot| b2.handle(g, m2, slot));
+            let found = find(b2, m2, &mut trace);
             // SYNC: slot-reuse. Pairs with the Release fence in `Bucket::retire`.
             fence(Ordering::Acquire);
             // Relaxed: ordered after the slot loads by the fence above.
@@ -286,6 +459,24 @@ impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
                 return found.map(Handle::from_bits);
             }
             crate::spin_loop();
+        }
+    }
+}
+
+/// One read of a lookup, as [`Table::get_traced`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A bucket's control word (8 bytes; eight to a cache line), at this address.
+    Control(usize),
+    /// A bucket's slot line (64 bytes, one cache line), at this address.
+    Slots(usize),
+}
+
+impl Access {
+    /// The address read.
+    pub fn addr(self) -> usize {
+        match self {
+            Self::Control(a) | Self::Slots(a) => a,
         }
     }
 }
@@ -333,6 +524,20 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
         self.table
     }
 
+    /// Counts one completed change of the table's contents ([`Table::generation`]).
+    /// Called after the change's last bucket store.
+    fn changed(&self) {
+        // Relaxed load: only the writer stores the generation, and a new writer has
+        // synchronised with the previous one (SYNC: writer-handoff).
+        let g = self.table.generation.load(Ordering::Relaxed);
+        // SYNC: generation. Release: pairs with the Acquire load in
+        // `Table::generation`; the bucket stores of this change (and of every earlier
+        // one) happen before any load that reads this value.
+        self.table
+            .generation
+            .store(g.wrapping_add(1), Ordering::Release);
+    }
+
     /// The slot of `words` (of tag `tag`) in bucket `i`, if it is there.
     fn find(&self, i: usize, words: &[u64; 2], tag: u8) -> Option<usize> {
         let b = self.table.bucket(i);
@@ -368,15 +573,16 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
         for i in [i1, i2] {
             if let Some(slot) = self.find(i, &words, tag) {
                 let b = self.table.bucket(i);
-                let old = b.handle(g, b.writer_meta(), slot);
+                let old = b.handle(g, slot);
                 b.set_handle(g, slot, handle.to_bits());
+                self.changed();
                 return Ok(Some(Handle::from_bits(old)));
             }
         }
         let (i, s) = self.make_room(i1, i2)?;
         // SYNC: overflow-count. A key placed in its second bucket is counted in its
         // first before it is published, so no lookup that could see it skips it.
-        if i != i1 && !self.table.bucket(i1).add_overflow(g, 1) {
+        if i != i1 && !self.table.bucket(i1).add_overflow(g, tag, 1) {
             return Err(InsertError::Full);
         }
         if !self
@@ -388,6 +594,7 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
         }
         // Relaxed: a statistic, only this writer stores it.
         self.table.len.fetch_add(1, Ordering::Relaxed);
+        self.changed();
         Ok(None)
     }
 
@@ -477,12 +684,12 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
             else {
                 return Err(InsertError::Full);
             };
-            let entry = (src.handle(g, src.writer_meta(), slot), src.tag(g, slot));
+            let entry = (src.handle(g, slot), src.tag(slot));
             // SYNC: overflow-count. The count of the key's first bucket changes in the
             // same store that puts the key there (-1) or clears it from there (+1).
             let home = self.table.place(&words).0;
             let (into, out_of) = if to == home { (-1, 0) } else { (0, 1) };
-            if !src.overflow_fits(g, out_of) {
+            if !src.overflow_fits(g, entry.1, out_of) {
                 return Err(InsertError::Full);
             }
             // Publish in the new bucket before clearing the old one: the key is findable
@@ -517,15 +724,16 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
         for i in [i1, i2] {
             if let Some(slot) = self.find(i, &words, tag) {
                 let b = self.table.bucket(i);
-                let handle = b.handle(g, b.writer_meta(), slot);
+                let handle = b.handle(g, slot);
                 let cleared = b.clear(g, slot, 0);
                 // SYNC: overflow-count. Uncounted only once it is gone: a lookup that
                 // skips the second bucket never skips a key still in it.
-                let uncounted = i == i1 || self.table.bucket(i1).add_overflow(g, -1);
+                let uncounted = i == i1 || self.table.bucket(i1).add_overflow(g, tag, -1);
                 // The count of `i1` counts this key, so it can go down by one.
                 debug_assert!(cleared && uncounted);
                 // Relaxed: a statistic, only this writer stores it.
                 self.table.len.fetch_sub(1, Ordering::Relaxed);
+                self.changed();
                 return Some(Handle::from_bits(handle));
             }
         }

@@ -12,10 +12,12 @@
 //! removed: publish-before-clear in relocation, the re-read of the first bucket's
 //! version on a miss, the Release fence before reusing a slot (with two keys of one
 //! tag), and changing a first bucket's overflow count in the same store that moves a
-//! key out of it or back into it (relocation in either direction).
+//! key out of it or back into it (relocation in either direction); the generation
+//! test fails with a Relaxed store of the generation, or with the store made before
+//! a change's bucket stores.
 #![cfg(loom)]
 
-use coresident_lookup::{Handle, Seed, Table};
+use coresident_lookup::{Access, Handle, Seed, Table};
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::sync::Arc;
 use loom::thread;
@@ -36,6 +38,13 @@ fn keys_in(t: &Small, b1: usize, b2: usize, n: usize) -> Vec<u64> {
         .filter(|k| t.buckets_of(k) == (b1, b2))
         .take(n)
         .collect()
+}
+
+/// How many buckets (control words) a lookup of `k` probes, with no writer running.
+fn probes(t: &Small, k: u64) -> (Option<Handle>, usize) {
+    let mut n = 0;
+    let got = t.get_traced(&k, |a| n += usize::from(matches!(a, Access::Control(_))));
+    (got, n)
 }
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
@@ -94,10 +103,8 @@ fn get_races_relocation() {
                 w.insert(*k, Handle::new(i as u16, 0)).unwrap();
             }
             assert_eq!(t.len(), 2 * S);
-            let mut lines = Vec::new();
-            assert_eq!(t.get_traced(&x, |a| lines.push(a)), Some(Handle::new(9, 9)));
-            assert_eq!(t.get_traced(&y, |a| lines.push(a)), None);
-            assert_eq!(lines.len(), 2, "p's overflow count should be 0");
+            assert_eq!(probes(&t, x), (Some(Handle::new(9, 9)), 1));
+            assert_eq!(probes(&t, y), (None, 1), "p's overflow count should be 0");
         }
         let reader = {
             let t = t.clone();
@@ -110,9 +117,11 @@ fn get_races_relocation() {
         t.writer().unwrap().insert(y, Handle::new(7, 7)).unwrap();
         reader.join().unwrap();
         // The insert had to move x out of p.
-        let mut lines = Vec::new();
-        assert_eq!(t.get_traced(&x, |a| lines.push(a)), Some(Handle::new(9, 9)));
-        assert_eq!(lines.len(), 2, "x should now be in its second bucket");
+        assert_eq!(
+            probes(&t, x),
+            (Some(Handle::new(9, 9)), 2),
+            "x should now be in its second bucket"
+        );
     });
 }
 
@@ -140,9 +149,7 @@ fn get_races_relocation_to_first_bucket() {
                 w.insert(*k, Handle::new(1, 1)).unwrap();
             }
         }
-        let mut lines = Vec::new();
-        t.get_traced(&x, |a| lines.push(a));
-        assert_eq!(lines.len(), 2, "x should start in its second bucket");
+        assert_eq!(probes(&t, x).1, 2, "x should start in its second bucket");
         let reader = {
             let t = t.clone();
             thread::spawn(move || {
@@ -153,9 +160,11 @@ fn get_races_relocation_to_first_bucket() {
         };
         t.writer().unwrap().insert(y, Handle::new(7, 7)).unwrap();
         reader.join().unwrap();
-        let mut lines = Vec::new();
-        assert_eq!(t.get_traced(&x, |a| lines.push(a)), Some(Handle::new(9, 9)));
-        assert_eq!(lines.len(), 1, "x should now be in its first bucket");
+        assert_eq!(
+            probes(&t, x),
+            (Some(Handle::new(9, 9)), 1),
+            "x should now be in its first bucket"
+        );
     });
 }
 
@@ -213,5 +222,45 @@ fn get_races_slot_reuse() {
         w.insert(new, Handle::new(2, 2)).unwrap();
         drop(w);
         reader.join().unwrap();
+    });
+}
+
+/// The generation contract (SYNC: generation): a reader that loads generation `n`
+/// and then looks up sees at least the first `n` changes; a load of the generation
+/// after the writer's last change returned (seen through a flag) counts it, so a
+/// result cached under an older generation is never reused.
+#[test]
+fn generation_orders_changes() {
+    model(|| {
+        let t = table();
+        let done = Arc::new(AtomicBool::new(false));
+        let (h1, h2) = (Handle::new(1, 1), Handle::new(2, 2));
+        let reader = {
+            let (t, done) = (t.clone(), done.clone());
+            thread::spawn(move || {
+                let g1 = t.generation();
+                let r = t.get(&5);
+                // The contents after change n: 0 none, 1 h1, 2 h2, 3 none.
+                let after = [None, Some(h1), Some(h2), None];
+                let possible = after.get(g1 as usize..).unwrap_or(&[]);
+                assert!(possible.contains(&r), "generation {g1}, got {r:?}");
+                // Acquire: pairs with the Release below.
+                if done.load(Ordering::Acquire) {
+                    assert_eq!(t.generation(), 3, "a finished change is counted");
+                    if t.generation() == g1 {
+                        assert_eq!(r, None, "a stale cached result reused");
+                    }
+                }
+            })
+        };
+        let mut w = t.writer().unwrap();
+        w.insert(5, h1).unwrap();
+        w.insert(5, h2).unwrap();
+        assert_eq!(w.remove(&5), Some(h2));
+        drop(w);
+        // Release: pairs with the Acquire in the reader.
+        done.store(true, Ordering::Release);
+        reader.join().unwrap();
+        assert_eq!(t.generation(), 3);
     });
 }
