@@ -681,9 +681,9 @@ where
     /// table nor the slots changed (one load of the table's generation), else a lookup.
     #[inline(always)]
     fn resolve(&mut self, fi: usize) -> Option<usize> {
-        let now = (table_generation(&self.table), self.epoch);
+        let now = (self.table.generation(), self.epoch);
         let f = &mut self.flows[fi];
-        if f.valid == Some(now) && now.0 != u64::MAX {
+        if f.valid == Some(now) {
             return f.slot.map(usize::from);
         }
         self.revalidate(fi, now)
@@ -1226,12 +1226,6 @@ where
             }
         }
     }
-}
-
-/// The table's generation, or `u64::MAX` (never cached) until the table has one.
-#[inline(always)]
-fn table_generation<K: Key, const B: usize>(_t: &Table<K, B>) -> u64 {
-    u64::MAX
 }
 
 /// Writes `header` and `payload` as one message, in place.

@@ -45,6 +45,12 @@ pub trait Waitable {
     fn drain(&self) {}
 }
 
+/// How long arming one channel may wait on it (see `prepare_wait`).
+const ARM_BOUND: Duration = Duration::from_micros(200);
+/// The longest sleep on the poll set: a ring whose arming was missed is looked at again
+/// this soon.
+const ARM_MISS_NAP: Duration = Duration::from_millis(10);
+
 const NET: u64 = u64::MAX;
 const DISCOVERY: u64 = u64::MAX - 1;
 
@@ -170,8 +176,11 @@ where
         self.sync_poller()?;
         let mut got = false;
         for i in 0..self.slots.len() {
-            // A zero timeout arms the ring's data request and returns at once:
-            // `TimedOut` when armed and still empty, else the message that raced in.
+            // `Channel` has no non-blocking "arm" yet: a blocking receive with a short
+            // bound spins (within its own budget), arms the ring's data request and
+            // sleeps the rest of the bound; `TimedOut` when armed and still empty, else
+            // the message that came in. Should the spin use up the bound, the ring is
+            // not armed this round, and the router's wait is bounded by `ARM_MISS_NAP`.
             let s = &self.slots[i];
             let max = match s.channel.as_ref() {
                 Some(c) if !s.draining => c.max_incoming(),
@@ -180,7 +189,7 @@ where
             let mut buf = core::mem::take(&mut self.rx_buf);
             buf.resize(max, 0);
             let r = match self.slots[i].channel.as_mut() {
-                Some(c) => c.recv_blocking(&mut buf, Some(Duration::ZERO)),
+                Some(c) => c.recv_blocking(&mut buf, Some(ARM_BOUND)),
                 None => Err(ChannelError::Empty),
             };
             match r {
@@ -240,10 +249,9 @@ where
                 Some(d) => Some(d - now),
                 None => None,
             };
-            // Doorbells are hints: wake at least every 100 ms to re-check and poll.
-            let nap = left.map_or(Duration::from_millis(100), |l| {
-                l.min(Duration::from_millis(100))
-            });
+            // Doorbells are hints (and an arming may have been missed): wake at least
+            // every `ARM_MISS_NAP` to look again.
+            let nap = left.map_or(ARM_MISS_NAP, |l| l.min(ARM_MISS_NAP));
             let hung_up = self.wait_once(nap)?;
             self.after_wait();
             if hung_up {
