@@ -80,6 +80,40 @@ pub trait NetworkPath<K> {
         self.send(peer, header, payload)
     }
 
+    /// Takes back a message the router had taken earlier and must send again: a failed
+    /// channel's unconsumed frames, oldest first. A path with a bounded buffer takes
+    /// these beyond its bound (their number is bounded by the ring they came from):
+    /// newer messages of the flow may already wait at the receiver for them, and a
+    /// buffer full of those could never drain. The default is [`send`](Self::send).
+    ///
+    /// # Errors
+    ///
+    /// As `send`; the router keeps the message and tries again, in order.
+    fn resend(&mut self, peer: &K, header: FlowHeader, payload: &[u8]) -> Result<(), Self::Error> {
+        self.send(peer, header, payload)
+    }
+
+    /// Whether messages of `flow` to `peer` that this path took are not yet known to be
+    /// delivered. While they are, the router keeps the flow on this path: a newer
+    /// message by a channel would overtake them, the receiver would hold it (it cannot
+    /// hand it over out of order), and a receiver that crashed then would have taken it
+    /// out of the ring and lost it. A path that cannot tell returns `false` (the
+    /// default): then the no-loss promise covers a *sender's* fail-over, not a receiver
+    /// that crashes while holding channel messages.
+    fn in_flight(&self, peer: &K, flow: u32) -> bool {
+        let _ = (peer, flow);
+        false
+    }
+
+    /// Blocks up to `timeout` for the path to make progress (an acknowledgement, room),
+    /// for a blocking send that waits on it. The default sleeps.
+    fn wait(&mut self, timeout: Duration) {
+        #[cfg(feature = "std")]
+        std::thread::sleep(timeout);
+        #[cfg(not(feature = "std"))]
+        let _ = timeout;
+    }
+
     /// Hands what arrived to `inbox`, without blocking; returns how many messages were
     /// offered.
     ///

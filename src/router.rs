@@ -52,6 +52,11 @@ pub enum RouteError<E> {
     Full,
     /// A blocking call's timeout passed.
     TimedOut,
+    /// The flow is going back to its channel, and the network path has not yet
+    /// delivered what it carried of the flow (a message by the channel would overtake
+    /// them: [`NetworkPath::in_flight`]). Not taken: poll and retry, or use
+    /// [`Router::send_blocking`], which waits.
+    Switching,
     /// [`Router::recv_network`] without a peer, on a router that has channels to
     /// several peers (or none): the source of the message is unknown, and a message
     /// of unknown source cannot be placed in any peer's flow. Use
@@ -80,6 +85,10 @@ impl<E: fmt::Display> fmt::Display for RouteError<E> {
                 "the peer's ring is full and the policy waits rather than spills: not sent",
             ),
             Self::TimedOut => f.write_str("timed out"),
+            Self::Switching => f.write_str(
+                "the flow returns to its channel once the network path delivered its earlier \
+                 messages: not sent yet",
+            ),
             Self::UnknownSource => f.write_str(
                 "a network message without its sender, on a router with channels to several \
                  peers (or none): use recv_network_from",
@@ -115,6 +124,9 @@ pub struct RouterStats {
     pub full: u64,
     /// Sends the network path did not take ([`RouteError::Network`]; nothing was lost).
     pub network_refused: u64,
+    /// Sends refused with [`RouteError::Switching`]: the flow returns to its channel
+    /// once the network path has delivered what it carried of it.
+    pub switching: u64,
     /// Channels given up.
     pub fallbacks: u64,
     /// Unconsumed messages sent again over the network (backlogged ones included once
@@ -195,6 +207,9 @@ struct FlowTx<K> {
     slot: Option<u16>,
     /// `(table generation, router epoch)` at which `slot` was looked up; `None`: never.
     valid: Option<(u64, u64)>,
+    /// The network path may still carry undelivered messages of this flow (it took
+    /// one, or the flow's channel changed): ask it before taking the channel again.
+    net_pending: bool,
 }
 
 /// A resend the network path did not take: it goes before anything newer of its flow.
@@ -394,6 +409,11 @@ where
         &mut self.net
     }
 
+    /// The network path, to look at (its counters, say).
+    pub fn network_ref(&self) -> &N {
+        &self.net
+    }
+
     /// The policy.
     pub fn policy(&mut self) -> &mut P {
         &mut self.policy
@@ -535,7 +555,24 @@ where
             peer_load: c.load(),
         };
         let f = &mut self.flows[fi];
-        if self.policy.choose(&mut f.policy, &d) == Path::Channel {
+        let mut channel = self.policy.choose(&mut f.policy, &d) == Path::Channel;
+        if channel && f.net_pending {
+            // In order: a message by the channel must not overtake messages of its flow
+            // still undelivered on the network path (see `NetworkPath::in_flight`).
+            if self.net.in_flight(dst, flow) {
+                if !BLOCK {
+                    self.stats.switching += 1;
+                    return Err(RouteError::Switching);
+                }
+                self.wait_delivered(dst, flow, timeout)?;
+            }
+            self.flows[fi].net_pending = false;
+        }
+        let Some(c) = self.slots[i].channel.as_mut() else {
+            return self.send_network::<BLOCK>(fi, dst, payload, timeout);
+        };
+        let f = &mut self.flows[fi];
+        if channel {
             let header = FlowHeader {
                 flow,
                 seq: f.next_seq,
@@ -591,6 +628,7 @@ where
         match r {
             Ok(()) => {
                 f.next_seq += 1;
+                f.net_pending = true;
                 self.stats.via_network += 1;
                 Ok(Path::Network)
             }
@@ -603,6 +641,30 @@ where
         self.stats.network_refused += 1;
         tracing::debug!(peer = ?dst, flow = h.flow, seq = h.seq, error = %e, "router: the network path did not take a message");
         RouteError::Network(e)
+    }
+
+    /// Waits until the network path has delivered what it carried of `flow` to `dst`.
+    #[cold]
+    fn wait_delivered(
+        &mut self,
+        dst: &K,
+        flow: u32,
+        timeout: Option<Duration>,
+    ) -> Result<(), RouteError<N::Error>> {
+        let mut left = timeout;
+        let step = Duration::from_micros(100);
+        while self.net.in_flight(dst, flow) {
+            if left.is_some_and(|l| l.is_zero()) {
+                return Err(RouteError::TimedOut);
+            }
+            self.net.poll().map_err(RouteError::Network)?;
+            if !self.net.in_flight(dst, flow) {
+                break;
+            }
+            self.net.wait(step);
+            left = left.map(|l| l.saturating_sub(step));
+        }
+        Ok(())
     }
 
     /// The ring is full and the policy waits: a blocking channel send.
@@ -668,6 +730,7 @@ where
             },
             slot: None,
             valid: None,
+            net_pending: false,
         });
         let (seed, flows) = (self.flow_seed, &self.flows);
         self.flow_index.insert_unique(hash, i as u32, |&j| {
@@ -703,6 +766,8 @@ where
         });
         f.slot = slot;
         f.valid = Some(now);
+        // A fail-over may have resent this flow's messages on the network.
+        f.net_pending = true;
         slot.map(usize::from)
     }
 
@@ -715,7 +780,7 @@ where
     ) -> Result<(), RouteError<N::Error>> {
         let mut failed = None;
         while let Some(b) = self.backlog.front() {
-            match self.net.send(&b.dst, b.header, &b.payload) {
+            match self.net.resend(&b.dst, b.header, &b.payload) {
                 Ok(()) => {
                     self.backlog.pop_front();
                     self.stats.resent += 1;
@@ -821,7 +886,7 @@ where
         let mut frames = frames.into_iter();
         if self.backlog.is_empty() {
             for (h, p) in frames.by_ref() {
-                match self.net.send(&peer, h, &p) {
+                match self.net.resend(&peer, h, &p) {
                     Ok(()) => self.stats.resent += 1,
                     Err(e) => {
                         self.backlog.push_back(Backlogged {

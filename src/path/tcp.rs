@@ -672,10 +672,21 @@ impl<K: WireKey + fmt::Debug> TcpPath<K> {
         }
     }
 
-    /// Takes one message for destination `i` (its index), or refuses it.
-    fn take(&mut self, i: usize, header: FlowHeader, payload: &[u8]) -> Result<(), TcpError> {
+    /// Takes one message for destination `i` (its index), or refuses it; a resend is
+    /// taken beyond the bound.
+    fn take(
+        &mut self,
+        i: usize,
+        header: FlowHeader,
+        payload: &[u8],
+        resend: bool,
+    ) -> Result<(), TcpError> {
         let cost = payload.len() + 64;
-        let limit = self.config.replay_bytes;
+        let limit = if resend {
+            usize::MAX
+        } else {
+            self.config.replay_bytes
+        };
         {
             let d = &mut self.dests[i];
             d.sends = d.sends.wrapping_add(1);
@@ -689,10 +700,14 @@ impl<K: WireKey + fmt::Debug> TcpPath<K> {
                 replay_bytes: limit,
             });
         }
-        d.replay
+        if let Some(old) = d
+            .replay
             .entry(header.flow)
             .or_default()
-            .insert(header.seq, payload.to_vec());
+            .insert(header.seq, payload.to_vec())
+        {
+            d.replay_bytes -= old.len() + 64;
+        }
         d.replay_bytes += cost;
         if let Some(c) = d.conn.as_mut().filter(|c| c.ready) {
             frame_into(&mut c.tx, KIND_DATA, &[&header.encode(), payload]);
@@ -923,7 +938,18 @@ impl<K: WireKey + fmt::Debug> NetworkPath<K> for TcpPath<K> {
             });
         }
         let i = self.dest(peer)?;
-        self.take(i, header, payload)
+        self.take(i, header, payload, false)
+    }
+
+    fn resend(&mut self, peer: &K, header: FlowHeader, payload: &[u8]) -> Result<(), TcpError> {
+        if payload.len() > self.config.max_message {
+            return Err(TcpError::TooLarge {
+                len: payload.len(),
+                max: self.config.max_message,
+            });
+        }
+        let i = self.dest(peer)?;
+        self.take(i, header, payload, true)
     }
 
     fn send_blocking(
@@ -979,6 +1005,20 @@ impl<K: WireKey + fmt::Debug> NetworkPath<K> for TcpPath<K> {
         }
         self.incoming.retain(|c| !c.dead);
         Ok(())
+    }
+
+    fn wait(&mut self, timeout: Duration) {
+        // Any destination's acknowledgement will do: wait on the first connected one.
+        match (0..self.dests.len()).find(|&i| self.dests[i].conn.is_some()) {
+            Some(i) => self.wait_dest(i, timeout),
+            None => std::thread::sleep(timeout),
+        }
+    }
+
+    fn in_flight(&self, peer: &K, flow: u32) -> bool {
+        self.by_key
+            .get(&peer.encode())
+            .is_some_and(|&i| self.dests[i].replay.contains_key(&flow))
     }
 
     fn wants_progress(&self) -> bool {
