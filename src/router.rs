@@ -32,7 +32,6 @@ use core::hash::{Hash, Hasher};
 use core::ops::Deref;
 use core::time::Duration;
 use coresident_lookup::{Handle, Key, Table};
-use hashbrown::HashTable;
 
 /// Why a message was not routed, or a receive failed. A send that returns an error
 /// did **not** take its message: nothing of it will arrive, and its sequence number is
@@ -199,14 +198,18 @@ pub(crate) struct Slot<K, R: SharedRegion, D: Doorbell, C: Clock> {
 /// A flow's sender state.
 #[derive(Debug)]
 struct FlowTx<K> {
-    dst: K,
+    /// `dst`'s table encoding, compared on lookup.
+    words: [u64; 2],
     flow: u32,
+    dst: K,
     next_seq: u64,
     policy: PeerState,
     /// The validated slot of `dst`'s channel, as of `valid`.
     slot: Option<u16>,
-    /// `(table generation, router epoch)` at which `slot` was looked up; `None`: never.
-    valid: Option<(u64, u64)>,
+    /// The table generation and router epoch at which `slot` was looked up (`u64::MAX`:
+    /// never; the generation only counts up from 0).
+    valid_gen: u64,
+    valid_epoch: u64,
     /// The network path may still carry undelivered messages of this flow (it took
     /// one, or the flow's channel changed): ask it before taking the channel again.
     net_pending: bool,
@@ -228,8 +231,60 @@ enum SolePeer<K> {
     Several,
 }
 
-/// A keyed multiply-fold of a flow's key (the sender's own flow ids, but hashed with a
-/// per-router secret all the same).
+/// The flows' index: open addressing with linear probing over `u32` slots (`0`:
+/// empty, else the flow's index + 1), at most half full, so a lookup is one hash, one
+/// or two slot loads and one key compare. Flows are never removed, so there are no
+/// tombstones; the probe sequence visits every slot (step 1 over a power-of-two
+/// table), and one empty slot always exists (load <= 1/2), so a probe ends.
+#[derive(Debug, Default)]
+struct FlowIndex {
+    slots: Vec<u32>,
+    len: usize,
+}
+
+impl FlowIndex {
+    #[inline(always)]
+    fn find(&self, hash: u64, eq: impl Fn(usize) -> bool) -> Option<usize> {
+        let mask = self.slots.len().wrapping_sub(1);
+        let mut i = hash as usize & mask;
+        loop {
+            let s = *self.slots.get(i)?;
+            if s == 0 {
+                return None;
+            }
+            let idx = s as usize - 1;
+            if eq(idx) {
+                return Some(idx);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn insert(&mut self, hash: u64, idx: usize, rehash: impl Fn(usize) -> u64) {
+        if (self.len + 1) * 2 > self.slots.len() {
+            let cap = (self.slots.len() * 2).max(16);
+            let old = core::mem::replace(&mut self.slots, alloc::vec![0; cap]);
+            for s in old.into_iter().filter(|&s| s != 0) {
+                self.place(rehash(s as usize - 1), s);
+            }
+        }
+        self.place(hash, idx as u32 + 1);
+        self.len += 1;
+    }
+
+    fn place(&mut self, hash: u64, s: u32) {
+        let mask = self.slots.len() - 1;
+        let mut i = hash as usize & mask;
+        while self.slots[i] != 0 {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = s;
+    }
+}
+
+/// A keyed multiply-fold of a flow's key (`fold(a, b) = lo(a * b) ^ hi(a * b)`, as
+/// foldhash). Flow ids are the sender's own choice, not a peer's; the seed only keeps
+/// one router's layout unlike another's.
 #[inline(always)]
 fn flow_hash(seed: [u64; 2], words: [u64; 2], flow: u32) -> u64 {
     let a = words[0] ^ seed[0];
@@ -268,9 +323,9 @@ pub struct Router<'t, K: Key, R: SharedRegion, D: Doorbell, C: Clock, N, P, cons
     /// Bumped whenever a slot starts or stops being usable for sending: every flow's
     /// cached lookup is then stale.
     epoch: u64,
-    /// Flow state, found through `flow_index` (indices into `flows`).
+    /// Flow state, found through `flow_index`.
     flows: Vec<FlowTx<K>>,
-    flow_index: HashTable<u32>,
+    flow_index: FlowIndex,
     flow_seed: [u64; 2],
     policy: P,
     pub(crate) net: N,
@@ -376,7 +431,7 @@ where
             slots: Vec::new(),
             epoch: 0,
             flows: Vec::new(),
-            flow_index: HashTable::new(),
+            flow_index: FlowIndex::default(),
             flow_seed: [
                 addr ^ 0x9E37_79B9_7F4A_7C15,
                 addr.rotate_left(29) ^ 0xD1B5_4A32_D192_ED03,
@@ -526,24 +581,74 @@ where
         payload: &[u8],
         timeout: Option<Duration>,
     ) -> Result<Path, RouteError<N::Error>> {
-        if payload.len() > usize::MAX - FLOW_HEADER_LEN {
-            return Err(RouteError::TooLarge);
-        }
         if !self.backlog.is_empty() {
             self.flush_backlog_for(Some((dst, flow)))?;
         }
         let fi = self.flow_index(dst, flow);
-        let Some(i) = self.resolve(fi) else {
-            self.stats.misses += 1;
-            let d = Decision {
-                len: payload.len(),
-                resident: false,
-                max_len: 0,
-                peer_load: 0,
-            };
-            let _ = self.policy.choose(&mut self.flows[fi].policy, &d);
-            return self.send_network::<BLOCK>(fi, dst, payload, timeout);
+        // The miss path, written out over the router's fields (one bounds check, the
+        // flow's cached lookup, the policy, the network path): issue 15's +5 ns.
+        let Self {
+            flows,
+            table,
+            slots,
+            epoch,
+            policy,
+            net,
+            stats,
+            ..
+        } = self;
+        let f = &mut flows[fi];
+        let gen = table.generation();
+        let slot = if f.valid_gen == gen && f.valid_epoch == *epoch {
+            f.slot
+        } else {
+            revalidate(table, slots, f, gen, *epoch)
         };
+        if let Some(i) = slot {
+            return self.route_hit::<BLOCK>(fi, usize::from(i), dst, flow, payload, timeout);
+        }
+        stats.misses += 1;
+        let d = Decision {
+            len: payload.len(),
+            resident: false,
+            max_len: 0,
+            peer_load: 0,
+        };
+        let _ = policy.choose(&mut f.policy, &d);
+        let header = FlowHeader {
+            flow,
+            seq: f.next_seq,
+        };
+        let r = if BLOCK {
+            net.send_blocking(dst, header, payload, timeout)
+        } else {
+            net.send(dst, header, payload)
+        };
+        match r {
+            Ok(()) => {
+                f.next_seq += 1;
+                f.net_pending = true;
+                stats.via_network += 1;
+                Ok(Path::Network)
+            }
+            Err(e) => Err(self.network_refused(dst, header, e)),
+        }
+    }
+
+    /// The resident case of [`route`](Self::route): flow `fi`, usable slot `i`.
+    #[inline(never)]
+    fn route_hit<const BLOCK: bool>(
+        &mut self,
+        fi: usize,
+        i: usize,
+        dst: &K,
+        flow: u32,
+        payload: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<Path, RouteError<N::Error>> {
+        if payload.len() > usize::MAX - FLOW_HEADER_LEN {
+            return Err(RouteError::TooLarge);
+        }
         self.stats.hits += 1;
         let Some(c) = self.slots[i].channel.as_mut() else {
             return self.send_network::<BLOCK>(fi, dst, payload, timeout);
@@ -555,7 +660,7 @@ where
             peer_load: c.load(),
         };
         let f = &mut self.flows[fi];
-        let mut channel = self.policy.choose(&mut f.policy, &d) == Path::Channel;
+        let channel = self.policy.choose(&mut f.policy, &d) == Path::Channel;
         if channel && f.net_pending {
             // In order: a message by the channel must not overtake messages of its flow
             // still undelivered on the network path (see `NetworkPath::in_flight`).
@@ -708,67 +813,37 @@ where
         let words = dst.encode();
         let hash = flow_hash(self.flow_seed, words, flow);
         let flows = &self.flows;
-        if let Some(&i) = self.flow_index.find(hash, |&i| {
-            let f = &flows[i as usize];
-            f.flow == flow && f.dst == *dst
-        }) {
-            return i as usize;
+        match self
+            .flow_index
+            .find(hash, |i| flows[i].flow == flow && flows[i].words == words)
+        {
+            Some(i) => i,
+            None => self.new_flow(dst, flow, hash),
         }
-        self.new_flow(dst, flow, hash)
     }
 
     #[cold]
+    #[inline(never)]
     fn new_flow(&mut self, dst: &K, flow: u32, hash: u64) -> usize {
         let i = self.flows.len();
         self.flows.push(FlowTx {
-            dst: *dst,
+            words: dst.encode(),
             flow,
+            dst: *dst,
             next_seq: 0,
             policy: PeerState {
                 path: Path::Channel,
                 streak: 0,
             },
             slot: None,
-            valid: None,
+            valid_gen: u64::MAX,
+            valid_epoch: u64::MAX,
             net_pending: false,
         });
         let (seed, flows) = (self.flow_seed, &self.flows);
-        self.flow_index.insert_unique(hash, i as u32, |&j| {
-            let f = &flows[j as usize];
-            flow_hash(seed, f.dst.encode(), f.flow)
-        });
+        self.flow_index
+            .insert(hash, i, |j| flow_hash(seed, flows[j].words, flows[j].flow));
         i
-    }
-
-    /// The usable slot of flow `fi`'s destination: the cached answer while neither the
-    /// table nor the slots changed (one load of the table's generation), else a lookup.
-    #[inline(always)]
-    fn resolve(&mut self, fi: usize) -> Option<usize> {
-        let now = (self.table.generation(), self.epoch);
-        let f = &mut self.flows[fi];
-        if f.valid == Some(now) {
-            return f.slot.map(usize::from);
-        }
-        self.revalidate(fi, now)
-    }
-
-    #[inline(never)]
-    fn revalidate(&mut self, fi: usize, now: (u64, u64)) -> Option<usize> {
-        let f = &mut self.flows[fi];
-        let slot = self.table.get(&f.dst).and_then(|h| {
-            let i = h.slot() as usize;
-            match self.slots.get(i) {
-                Some(s) if s.generation == h.generation() && !s.draining && s.channel.is_some() => {
-                    Some(h.slot())
-                }
-                _ => None,
-            }
-        });
-        f.slot = slot;
-        f.valid = Some(now);
-        // A fail-over may have resent this flow's messages on the network.
-        f.net_pending = true;
-        slot.map(usize::from)
     }
 
     /// Sends backlogged resends, oldest first, until the network path refuses one. With
@@ -1253,7 +1328,7 @@ where
     pub fn next_seq(&self, dst: &K, flow: u32) -> u64 {
         self.flows
             .iter()
-            .find(|f| f.flow == flow && f.dst == *dst)
+            .find(|f| f.flow == flow && f.words == dst.encode())
             .map_or(0, |f| f.next_seq)
     }
 
@@ -1291,6 +1366,32 @@ where
             }
         }
     }
+}
+
+/// Looks flow `f`'s destination up again (the table or the slots changed since its
+/// cached answer): its usable slot, if any, cached at `(gen, epoch)`.
+#[inline(never)]
+fn revalidate<K: Key, R: SharedRegion, D: Doorbell, C: Clock, const B: usize>(
+    table: &Table<K, B>,
+    slots: &[Slot<K, R, D, C>],
+    f: &mut FlowTx<K>,
+    gen: u64,
+    epoch: u64,
+) -> Option<u16> {
+    let slot = table
+        .get(&f.dst)
+        .and_then(|h| match slots.get(h.slot() as usize) {
+            Some(s) if s.generation == h.generation() && !s.draining && s.channel.is_some() => {
+                Some(h.slot())
+            }
+            _ => None,
+        });
+    f.slot = slot;
+    f.valid_gen = gen;
+    f.valid_epoch = epoch;
+    // A fail-over may have resent this flow's messages on the network.
+    f.net_pending = true;
+    slot
 }
 
 /// Writes `header` and `payload` as one message, in place.

@@ -91,7 +91,7 @@ fn len_of(seq: u64) -> usize {
     if seq % 65_539 == 1 {
         return MIN_LEN;
     }
-    let r = mix(seq ^ 0x5EED_0F51_2E5);
+    let r = mix(seq ^ 0x05EE_D0F5_12E5);
     if r & 15 == 0 {
         log_uniform(mix(r), MIN_LEN, MAX_LEN)
     } else {

@@ -399,7 +399,7 @@ fn watch_loop<K>(s: &Shared<K>, mut watcher: crate::Watcher) {
 
 /// A peer joined: offer it a channel if we sort below it (it offers to us otherwise).
 fn joined<K>(s: &Shared<K>, id: &PeerId) {
-    if *id == s.config.me || *id < s.config.me {
+    if *id <= s.config.me {
         return;
     }
     let Some(key) = (s.config.key_of)(id) else {
