@@ -118,12 +118,13 @@ where
     }
 }
 
-type MakeChannel<R, D, C> = Box<dyn FnMut(Link<R, D>) -> Result<Channel<R, D, C>, ChannelError>>;
+type MakeChannel<R, D, C> =
+    Box<dyn FnMut(Link<R, D>) -> Result<Channel<R, D, C>, ChannelError> + Send>;
 
 /// What a built router has beyond the generic one: its discovery source, how it makes
 /// channels of the links it reports, the keys each peer arrived with, the poll set.
 pub(crate) struct Extras<K, R: SharedRegion, D: Doorbell, C: Clock> {
-    pub(crate) discovery: Option<Box<dyn DynDiscovery<K, R, D>>>,
+    pub(crate) discovery: Option<Box<dyn DynDiscovery<K, R, D> + Send>>,
     pub(crate) make_channel: Option<MakeChannel<R, D, C>>,
     /// Each discovered peer's name and its keys in the table.
     pub(crate) peers: Vec<(K, Vec<K>)>,
@@ -299,7 +300,7 @@ impl<K: Key, S, N, P, const B: usize> RouterBuilder<K, S, N, P, B> {
 impl<K, S, N, P, const B: usize> RouterBuilder<K, S, N, P, B>
 where
     K: Key + fmt::Debug + 'static,
-    S: Discovery<K> + 'static,
+    S: Discovery<K> + Send + 'static,
     S::Error: core::error::Error + Send + Sync + 'static,
     N: NetworkPath<K>,
     P: Policy,

@@ -146,6 +146,10 @@ pub trait NetworkPath<K> {
         let _ = (peer, flow, next);
     }
 
+    /// The end of a round of [`delivered`](Self::delivered) and
+    /// [`resend_from`](Self::resend_from) calls: send what they queued.
+    fn flush_progress(&mut self) {}
+
     /// The receiving side evicted messages of `flow` of `peer` from `seq` on that this
     /// path had carried: ask the sender to send them again.
     fn resend_from(&mut self, peer: &K, flow: u32, seq: u64) {

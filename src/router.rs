@@ -1068,10 +1068,18 @@ where
         self.stats.rx = *self.reasm.stats();
         if self.net.wants_progress() {
             let net = &mut self.net;
-            self.reasm
-                .take_progress(|p, f, next| net.delivered(&p.0, f, next));
-            self.reasm
-                .take_lost(|p, f, seq| net.resend_from(&p.0, f, seq));
+            let mut any = false;
+            self.reasm.take_progress(|p, f, next| {
+                any = true;
+                net.delivered(&p.0, f, next);
+            });
+            self.reasm.take_lost(|p, f, seq| {
+                any = true;
+                net.resend_from(&p.0, f, seq);
+            });
+            if any {
+                net.flush_progress();
+            }
         } else if self.reasm.has_progress() {
             self.reasm.take_progress(|_, _, _| {});
             self.reasm.take_lost(|_, _, _| {});

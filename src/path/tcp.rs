@@ -73,7 +73,7 @@ const HELLO_LEN: usize = 8 + 4 + 16;
 const PAIR: usize = 12;
 
 /// Where a destination key lives.
-type Resolve<K> = Box<dyn FnMut(&K) -> Option<SocketAddr>>;
+type Resolve<K> = Box<dyn FnMut(&K) -> Option<SocketAddr> + Send>;
 
 /// A check of a connecting sender: its source address and the key it claims.
 pub type Authorize<K> = Arc<dyn Fn(SocketAddr, &K) -> bool + Send + Sync>;
@@ -390,7 +390,7 @@ fn next_frame(rx: &[u8], max: usize) -> Result<Option<(u8, core::ops::Range<usiz
 impl<K: WireKey + fmt::Debug> TcpPath<K> {
     /// A sending path for `me`: `resolve` gives each destination's address (`None`:
     /// no route).
-    pub fn new(me: K, resolve: impl FnMut(&K) -> Option<SocketAddr> + 'static) -> Self {
+    pub fn new(me: K, resolve: impl FnMut(&K) -> Option<SocketAddr> + Send + 'static) -> Self {
         Self {
             me,
             config: TcpConfig::default(),
@@ -412,7 +412,7 @@ impl<K: WireKey + fmt::Debug> TcpPath<K> {
     pub fn bind(
         me: K,
         addr: SocketAddr,
-        resolve: impl FnMut(&K) -> Option<SocketAddr> + 'static,
+        resolve: impl FnMut(&K) -> Option<SocketAddr> + Send + 'static,
     ) -> io::Result<Self> {
         let mut p = Self::new(me, resolve);
         let l = TcpListener::bind(addr)?;
@@ -1032,6 +1032,18 @@ impl<K: WireKey + fmt::Debug> NetworkPath<K> for TcpPath<K> {
             .find(|c| c.peer == Some(*peer) && !c.dead)
         {
             c.acks.insert(flow, next);
+        }
+    }
+
+    fn flush_progress(&mut self) {
+        for c in &mut self.incoming {
+            if c.acks.is_empty() && c.tx_pos == c.tx.len() {
+                continue;
+            }
+            Self::queue_acks(c);
+            if flush(&mut c.stream, &mut c.tx, &mut c.tx_pos).is_err() {
+                c.dead = true;
+            }
         }
     }
 

@@ -29,7 +29,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::vec::Vec;
 
 /// Where a destination key lives.
-type Resolve<K> = Box<dyn FnMut(&K) -> Option<SocketAddr>>;
+type Resolve<K> = Box<dyn FnMut(&K) -> Option<SocketAddr> + Send>;
 
 /// The largest payload of one datagram.
 pub const MAX_UDP_PAYLOAD: usize = 65_507 - FLOW_HEADER_LEN;
@@ -84,7 +84,7 @@ impl core::error::Error for UdpError {}
 pub struct UdpPath<K> {
     socket: UdpSocket,
     resolve: Resolve<K>,
-    source: Box<dyn FnMut(SocketAddr) -> Option<K>>,
+    source: Box<dyn FnMut(SocketAddr) -> Option<K> + Send>,
     buf: Vec<u8>,
     /// A datagram the inbox said `Later` to (offered again first).
     pending: Option<(K, FlowHeader, Vec<u8>)>,
@@ -110,8 +110,8 @@ impl<K: Copy + fmt::Debug> UdpPath<K> {
     /// The bind's.
     pub fn bind(
         addr: SocketAddr,
-        resolve: impl FnMut(&K) -> Option<SocketAddr> + 'static,
-        source: impl FnMut(SocketAddr) -> Option<K> + 'static,
+        resolve: impl FnMut(&K) -> Option<SocketAddr> + Send + 'static,
+        source: impl FnMut(SocketAddr) -> Option<K> + Send + 'static,
     ) -> io::Result<Self> {
         let socket = UdpSocket::bind(addr)?;
         socket.set_nonblocking(true)?;

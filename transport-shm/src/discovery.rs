@@ -34,7 +34,7 @@ use core::time::Duration;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use coresident::{check_ring_size, Discovery, Link, Residency, RingSizeError};
@@ -164,12 +164,49 @@ struct Shared<K> {
     wake: EventFd,
     stop: AtomicBool,
     failed: AtomicBool,
+    /// We leave the registry (this peer is moving away): no more channels.
+    withdrawn: AtomicBool,
+    /// The peers reported arrived and not yet departed.
+    live: Mutex<Vec<PeerId>>,
 }
 
 impl<K> Shared<K> {
     fn report(&self, c: Change<K>) {
         if self.tx.send(c).is_ok() {
             let _ = self.wake.notify();
+        }
+    }
+
+    /// Reports `id` arrived over `ep`, unless we withdrew meanwhile.
+    fn arrived(&self, id: &PeerId, key: K, ep: Endpoint) {
+        let mut live = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Relaxed: see `stopped`; checked under the lock `withdraw` takes too.
+        if self.withdrawn.load(Ordering::Relaxed) {
+            return;
+        }
+        if !live.contains(id) {
+            live.push(id.clone());
+        }
+        self.report(Residency::Arrived {
+            keys: vec![key],
+            link: ep.into_link(),
+        });
+    }
+
+    /// Reports `id` departed, if it had arrived.
+    fn departed(&self, id: &PeerId) {
+        let mut live = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(i) = live.iter().position(|p| p == id) {
+            live.swap_remove(i);
+            if let Some(key) = (self.config.key_of)(id) {
+                self.report(Residency::Departed { key });
+            }
         }
     }
 
@@ -229,13 +266,15 @@ impl<K: Send + 'static> HostDiscovery<K> {
             wake,
             stop: AtomicBool::new(false),
             failed: AtomicBool::new(false),
+            withdrawn: AtomicBool::new(false),
+            live: Mutex::new(Vec::new()),
         });
         let mut threads = Vec::new();
         let s = shared.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("coresident-discovery-accept".into())
-                .spawn(move || accept_loop(&s, &listener))
+                .spawn(move || accept_loop(&s, listener))
                 .map_err(|e| DiscoveryError::Spawn(e.raw_os_error().unwrap_or(0)))?,
         );
         let s = shared.clone();
@@ -250,6 +289,49 @@ impl<K: Send + 'static> HostDiscovery<K> {
             rx,
             threads,
         })
+    }
+}
+
+/// Withdraws a [`HostDiscovery`]'s peer from the registry, from anywhere (the
+/// discovery itself belongs to the router).
+pub struct Withdraw<K>(Arc<Shared<K>>);
+
+impl<K> fmt::Debug for Withdraw<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Withdraw").field(&self.0.config.me).finish()
+    }
+}
+
+impl<K> Withdraw<K> {
+    /// Leaves the registry (this peer is about to move away, say): our socket goes, so
+    /// the other peers see us depart and fail their channels to us over; and every peer
+    /// we had a channel to is reported departed to our own router, which fails its
+    /// channels over too. No channel is set up after this.
+    pub fn withdraw(&self) {
+        let s = &self.0;
+        let peers = {
+            let mut live = s
+                .live
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Relaxed: read under the same lock by `arrived`.
+            s.withdrawn.store(true, Ordering::Relaxed);
+            core::mem::take(&mut *live)
+        };
+        for id in peers {
+            if let Some(key) = (s.config.key_of)(&id) {
+                s.report(Residency::Departed { key });
+            }
+        }
+        tracing::info!(me = %s.config.me, "host discovery: withdrawn from the registry");
+    }
+}
+
+impl<K> HostDiscovery<K> {
+    /// A handle that withdraws this peer from the registry (see [`Withdraw`]).
+    #[must_use]
+    pub fn withdrawer(&self) -> Withdraw<K> {
+        Withdraw(self.shared.clone())
     }
 }
 
@@ -293,7 +375,7 @@ fn owner_of(registry: &Registry, id: &PeerId) -> Option<(i32, u32)> {
 }
 
 /// Accepts offers on our registry socket.
-fn accept_loop<K>(s: &Shared<K>, listener: &Listener) {
+fn accept_loop<K>(s: &Shared<K>, listener: Listener) {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
     let cfg = AcceptConfig {
         local_id: Some(s.config.me.clone()),
@@ -305,7 +387,16 @@ fn accept_loop<K>(s: &Shared<K>, listener: &Listener) {
         tv_nsec: 50_000_000,
     };
     while !s.stopped() {
-        let mut fds = [PollFd::new(listener, PollFlags::IN)];
+        // Relaxed: see `Shared::stopped`.
+        if s.withdrawn.load(Ordering::Relaxed) {
+            // Dropping the listener removes our socket: the others see us leave.
+            drop(listener);
+            while !s.stopped() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return;
+        }
+        let mut fds = [PollFd::new(&listener, PollFlags::IN)];
         match poll(&mut fds, Some(&ts)) {
             Ok(0) | Err(rustix::io::Errno::INTR) => continue,
             Ok(_) => {}
@@ -325,43 +416,38 @@ fn accept_loop<K>(s: &Shared<K>, listener: &Listener) {
                 continue;
             }
         };
-        if let Some(change) = admit(s, ep) {
-            s.report(change);
-        }
+        admit(s, ep);
     }
 }
 
 /// Checks an accepted offer: the claimed offerer must be a registered peer that sorts
-/// below us and must be the process holding that peer's socket.
-fn admit<K>(s: &Shared<K>, ep: Endpoint) -> Option<Change<K>> {
+/// below us and must be the process holding that peer's socket; then reports it.
+fn admit<K>(s: &Shared<K>, ep: Endpoint) {
     let info = ep.peer().clone();
     let Some(id) = info.id.clone() else {
         tracing::warn!(
             pid = info.pid,
             "host discovery: an offer names no peer: refused"
         );
-        return None;
+        return;
     };
     if id >= s.config.me {
         tracing::warn!(peer = %id, "host discovery: an offer from a peer that should accept: refused");
-        return None;
+        return;
     }
     match owner_of(&s.registry, &id) {
         Some((pid, uid)) if uid == info.uid && (pid == info.pid || pid == 0 || info.pid == 0) => {}
         owner => {
             tracing::warn!(peer = %id, offerer_pid = info.pid, owner = ?owner, "host discovery: an offer under another peer's id: refused");
-            return None;
+            return;
         }
     }
     let Some(key) = (s.config.key_of)(&id) else {
         tracing::debug!(peer = %id, "host discovery: a peer this router has no key for");
-        return None;
+        return;
     };
     tracing::info!(peer = %id, "host discovery: channel accepted");
-    Some(Residency::Arrived {
-        keys: vec![key],
-        link: ep.into_link(),
-    })
+    s.arrived(&id, key, ep);
 }
 
 /// Watches the registry: offers to the peers above us, reports departures.
@@ -384,12 +470,14 @@ fn watch_loop<K>(s: &Shared<K>, mut watcher: crate::Watcher) {
         };
         for e in events {
             match e {
-                RegistryEvent::Joined(id) if id != me => joined(s, &id),
+                RegistryEvent::Joined(id) if id != me => {
+                    // A restart under the same name: the old channel is stale.
+                    s.departed(&id);
+                    joined(s, &id);
+                }
                 RegistryEvent::Left(id) if id != me => {
-                    if let Some(key) = (s.config.key_of)(&id) {
-                        tracing::info!(peer = %id, "host discovery: peer left");
-                        s.report(Residency::Departed { key });
-                    }
+                    tracing::info!(peer = %id, "host discovery: peer left");
+                    s.departed(&id);
                 }
                 _ => {}
             }
@@ -399,7 +487,8 @@ fn watch_loop<K>(s: &Shared<K>, mut watcher: crate::Watcher) {
 
 /// A peer joined: offer it a channel if we sort below it (it offers to us otherwise).
 fn joined<K>(s: &Shared<K>, id: &PeerId) {
-    if *id <= s.config.me {
+    // Relaxed: see `Shared::stopped`.
+    if *id <= s.config.me || s.withdrawn.load(Ordering::Relaxed) {
         return;
     }
     let Some(key) = (s.config.key_of)(id) else {
@@ -420,10 +509,7 @@ fn joined<K>(s: &Shared<K>, id: &PeerId) {
     match ep {
         Ok(ep) => {
             tracing::info!(peer = %id, "host discovery: channel offered and accepted");
-            s.report(Residency::Arrived {
-                keys: vec![key],
-                link: ep.into_link(),
-            });
+            s.arrived(id, key, ep);
         }
         Err(e) => {
             tracing::warn!(peer = %id, error = %e, "host discovery: offering a channel failed")

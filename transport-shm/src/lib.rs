@@ -99,7 +99,7 @@ pub mod transport;
 pub mod wire;
 
 #[cfg(feature = "core")]
-pub use discovery::{DiscoveryError, HostConfig, HostDiscovery};
+pub use discovery::{DiscoveryError, HostConfig, HostDiscovery, Withdraw};
 pub use endpoint::{Endpoint, PeerInfo, PeerLink, Role};
 pub use error::SysError;
 pub use eventfd::{peer_alive, Doorbell, DoorbellError, WaitError, Wake};
