@@ -620,7 +620,7 @@ impl<P: Copy + Eq + Hash + fmt::Debug> Reassembler<P> {
         let Some((&first, _)) = f.held.first_key_value() else {
             return 0;
         };
-        self.acct.stats.skipped += first - f.next;
+        self.acct.stats.skipped = self.acct.stats.skipped.saturating_add(first - f.next);
         tracing::warn!(peer = ?peer, flow, from = f.next, to = first, "reassembly: gap skipped");
         f.next = first;
         self.acct.release(f, totals, peer, flow, &mut deliver)
@@ -668,7 +668,7 @@ impl<P: Copy + Eq + Hash + fmt::Debug> Reassembler<P> {
             tracing::trace!(peer = ?peer, flow, seq, "reassembly: duplicate dropped");
             return Ok(Delivery::Duplicate);
         }
-        if seq == f.next {
+        if seq == f.next && seq != u64::MAX {
             deliver(peer, flow, payload);
             acct.stats.delivered += 1;
             f.next += 1;
@@ -677,7 +677,9 @@ impl<P: Copy + Eq + Hash + fmt::Debug> Reassembler<P> {
             return Ok(Delivery::Delivered { released });
         }
         let next = f.next;
-        if seq - next > window {
+        // `u64::MAX` is never a sequence number (no sender gets there; taking it would
+        // leave `next` nowhere to go).
+        if seq - next > window || seq == u64::MAX {
             acct.stats.beyond_window += 1;
             tracing::warn!(peer = ?peer, flow, seq, next, "reassembly: beyond the window, refused");
             return Err(ReassemblyError::BeyondWindow {
@@ -819,5 +821,197 @@ impl<P: Copy + Eq + Hash + fmt::Debug> Reassembler<P> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    fn h(flow: u32, seq: u64) -> FlowHeader {
+        FlowHeader { flow, seq }
+    }
+
+    fn small() -> ReassemblyLimits {
+        ReassemblyLimits {
+            window: 100,
+            flows_per_peer: 4,
+            peers: 8,
+            held_bytes_per_flow: 10 * (HELD_OVERHEAD + 10),
+            held_bytes_per_peer: 10 * (HELD_OVERHEAD + 10),
+            held_per_peer: 1000,
+            held_bytes_total: 15 * (HELD_OVERHEAD + 10),
+        }
+    }
+
+    #[test]
+    fn beyond_the_window_is_refused_and_not_held() {
+        let mut r: Reassembler<u8> = Reassembler::new(small());
+        assert_eq!(
+            r.accept(&1, Path::Network, h(1, 101), b"x", |_, _, _| {}),
+            Err(ReassemblyError::BeyondWindow {
+                flow: 1,
+                seq: 101,
+                next: 0,
+                window: 100
+            })
+        );
+        assert_eq!(
+            r.accept(&1, Path::Network, h(1, 100), b"x", |_, _, _| {}),
+            Ok(Delivery::Held)
+        );
+        assert_eq!((r.held(), r.stats().beyond_window), (1, 1));
+        assert!(!ReassemblyError::BeyondWindow {
+            flow: 0,
+            seq: 0,
+            next: 0,
+            window: 0
+        }
+        .is_retryable());
+    }
+
+    #[test]
+    fn the_last_sequence_number_is_never_taken() {
+        let mut r: Reassembler<u8> = Reassembler::new(small());
+        r.resume(&1, 1, u64::MAX, |_, _, _| {}).unwrap();
+        let mut out = 0;
+        assert!(r
+            .accept(&1, Path::Channel, h(1, u64::MAX), b"x", |_, _, _| out += 1)
+            .is_err());
+        assert_eq!(
+            r.accept(&1, Path::Channel, h(1, 5), b"x", |_, _, _| out += 1),
+            Ok(Delivery::Duplicate)
+        );
+        assert_eq!(out, 0);
+    }
+
+    #[test]
+    fn a_full_budget_evicts_the_farthest_ahead_first() {
+        let mut r: Reassembler<u8> = Reassembler::new(small());
+        let p = [0u8; 10];
+        for seq in 11..=20 {
+            assert_eq!(
+                r.accept(&1, Path::Network, h(1, seq), &p, |_, _, _| {}),
+                Ok(Delivery::Held)
+            );
+        }
+        // Full: a nearer one evicts the farthest (20); a farther one is refused.
+        assert_eq!(
+            r.accept(&1, Path::Network, h(1, 5), &p, |_, _, _| {}),
+            Ok(Delivery::Held)
+        );
+        assert_eq!(r.stats().evicted, 1);
+        assert_eq!(
+            r.accept(&1, Path::Network, h(1, 30), &p, |_, _, _| {}),
+            Err(ReassemblyError::FlowOverBudget {
+                flow: 1,
+                limit: 740
+            })
+        );
+        // The evicted network message is reported for a resend.
+        let mut lost = Vec::new();
+        r.take_lost(|peer, flow, seq| lost.push((*peer, flow, seq)));
+        assert_eq!(lost, [(1, 1, 20)]);
+    }
+
+    #[test]
+    fn the_shared_budget_takes_from_the_largest_holder_never_from_a_peer_under_its_share() {
+        let mut r: Reassembler<u8> = Reassembler::new(small());
+        let p = [0u8; 10];
+        // X (peer 9) holds its whole per-peer budget, in window, over two flows.
+        for seq in 1..=5 {
+            r.accept(&9, Path::Network, h(1, seq), &p, |_, _, _| {})
+                .unwrap();
+            r.accept(&9, Path::Network, h(2, seq + 50), &p, |_, _, _| {})
+                .unwrap();
+        }
+        // H (peer 1): 7 early messages. The shared budget (15) is full after 5 of them;
+        // H is under its fair share (7 of 15), so X loses its farthest-ahead ones.
+        for seq in 1..=7 {
+            assert_eq!(
+                r.accept(&1, Path::Network, h(7, seq), &p, |_, _, _| {}),
+                Ok(Delivery::Held)
+            );
+        }
+        assert!(r.held_bytes() <= small().held_bytes_total);
+        assert_eq!(r.stats().evicted, 2);
+        let mut x_left = Vec::new();
+        r.take_lost(|peer, flow, seq| x_left.push((*peer, flow, seq)));
+        assert_eq!(
+            x_left,
+            [(9, 2, 54)],
+            "flow 2's farthest first (55, then 54)"
+        );
+        // H's gap fills: all seven and the filler are delivered.
+        let mut out = Vec::new();
+        r.accept(&1, Path::Channel, h(7, 0), &p, |_, _, _| out.push(()))
+            .unwrap();
+        assert_eq!(out.len(), 8);
+        // X over its share is refused, not H.
+        for seq in 1..=7 {
+            r.accept(&1, Path::Network, h(8, seq), &p, |_, _, _| {})
+                .unwrap();
+        }
+        assert!(matches!(
+            r.accept(&9, Path::Network, h(1, 6), &p, |_, _, _| {}),
+            Err(ReassemblyError::PeerOverBudget { .. })
+        ));
+    }
+
+    #[test]
+    fn skip_gap_gives_up_the_gap_and_progress_is_reported_once() {
+        let mut r: Reassembler<u8> = Reassembler::new(small());
+        let mut out = Vec::new();
+        for seq in [0, 3, 4] {
+            r.accept(&1, Path::Network, h(1, seq), &[seq as u8], |_, _, m| {
+                out.push(m[0])
+            })
+            .unwrap();
+        }
+        let mut progress = Vec::new();
+        r.take_progress(|p, f, n| progress.push((*p, f, n)));
+        assert_eq!(progress, [(1, 1, 1)]);
+        assert_eq!(r.skip_gap(&1, 1, |_, _, m| out.push(m[0])), 2);
+        assert_eq!(out, [0, 3, 4]);
+        assert_eq!(r.stats().skipped, 2);
+        progress.clear();
+        r.take_progress(|p, f, n| progress.push((*p, f, n)));
+        assert_eq!(progress, [(1, 1, 5)]);
+        r.take_progress(|_, _, _| panic!("reported twice"));
+    }
+
+    #[test]
+    fn resume_drops_what_lies_below_and_releases_the_run() {
+        let mut r: Reassembler<u8> = Reassembler::new(small());
+        for seq in [2, 3, 6, 7] {
+            r.accept(&1, Path::Network, h(1, seq), &[seq as u8], |_, _, _| {})
+                .unwrap();
+        }
+        let mut out = Vec::new();
+        assert_eq!(r.resume(&1, 1, 6, |_, _, m| out.push(m[0])), Ok(2));
+        assert_eq!(out, [6, 7]);
+        assert_eq!((r.held(), r.held_bytes(), r.expected(&1, 1)), (0, 0, 8));
+    }
+
+    #[test]
+    fn the_peer_table_is_bounded_and_forget_makes_room() {
+        let mut r: Reassembler<u8> = Reassembler::new(ReassemblyLimits {
+            peers: 2,
+            ..small()
+        });
+        r.accept(&1, Path::Network, h(1, 0), b"", |_, _, _| {})
+            .unwrap();
+        r.accept(&2, Path::Network, h(1, 0), b"", |_, _, _| {})
+            .unwrap();
+        assert_eq!(
+            r.accept(&3, Path::Network, h(1, 0), b"", |_, _, _| {}),
+            Err(ReassemblyError::TooManyPeers { limit: 2 })
+        );
+        r.forget_peer(&2);
+        assert!(r
+            .accept(&3, Path::Network, h(1, 0), b"", |_, _, _| {})
+            .is_ok());
+        assert_eq!(r.stats().too_many_peers, 1);
     }
 }
