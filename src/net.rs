@@ -1,20 +1,6 @@
 //! The network half of a [`Router`](crate::Router): the trait a network path
-//! implements, and the inbox through which it hands received messages to the
-//! router's reassembly.
-//!
-//! The contract that keeps flows lossless:
-//!
-//! - [`NetworkPath::send`] returning `Ok` means the path has **taken** the message:
-//!   from then on delivering it (or promising nothing, for a datagram path) is the
-//!   path's job. Returning `Err` means it did **not**: nothing of it will arrive, and
-//!   the router does not use up its sequence number, so the flow has no gap.
-//! - A reliable path ([`TcpPath`](crate::path::TcpPath)) keeps what it took until the
-//!   receiver acknowledges it ([`NetworkPath::delivered`] on the receiving side tells
-//!   it what was delivered, by either path), and resends it after a reconnect from the
-//!   receiver's next expected sequence number per (peer, flow).
-//! - The receiving side names each message's sender by the same key the sender's
-//!   channel has in the residency table, so both paths of a flow meet in one
-//!   reassembly state, and one peer cannot fill another's flows.
+//! implements ([`NetworkPath`], with the contract that keeps flows lossless), and the
+//! inbox through which it hands received messages to the router's reassembly.
 
 use crate::flow::FlowHeader;
 use core::fmt;
@@ -51,6 +37,20 @@ pub trait Inbox<K> {
 /// kernel module. Only [`send`](Self::send) is required; the rest has defaults for a
 /// path the caller drives itself (receiving with
 /// [`Router::recv_network_from`](crate::Router::recv_network_from)).
+///
+/// The contract that keeps flows lossless:
+///
+/// - [`NetworkPath::send`] returning `Ok` means the path has **taken** the message:
+///   from then on delivering it (or promising nothing, for a datagram path) is the
+///   path's job. Returning `Err` means it did **not**: nothing of it will arrive, and
+///   the router does not use up its sequence number, so the flow has no gap.
+/// - A reliable path ([`TcpPath`](crate::path::TcpPath)) keeps what it took until the
+///   receiver acknowledges it ([`NetworkPath::delivered`] on the receiving side tells
+///   it what was delivered, by either path), and resends it after a reconnect from the
+///   receiver's next expected sequence number per (peer, flow).
+/// - The receiving side names each message's sender by the same key the sender's
+///   channel has in the residency table, so both paths of a flow meet in one
+///   reassembly state, and one peer cannot fill another's flows.
 pub trait NetworkPath<K> {
     /// Its failures.
     type Error: fmt::Debug + fmt::Display;
@@ -60,7 +60,7 @@ pub trait NetworkPath<K> {
     ///
     /// # Errors
     ///
-    /// The path's own; the message was **not** taken (see the [module docs](self)).
+    /// The path's own; the message was **not** taken (see the [trait docs](NetworkPath)).
     fn send(&mut self, peer: &K, header: FlowHeader, payload: &[u8]) -> Result<(), Self::Error>;
 
     /// As [`send`](Self::send), waiting up to `timeout` (`None`: no bound) for the

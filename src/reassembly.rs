@@ -1,54 +1,4 @@
-//! The receiver's reassembly: each sequence number of a flow delivered once and in
-//! order, whichever path carried it, keyed by **(peer, flow)**, in bounded memory.
-//!
-//! ```text
-//!   accept(peer, path, {flow, seq}, payload)
-//!     peer   : known, or a new entry (at most `peers`)
-//!     flow   : known, or a new entry (at most `flows_per_peer` per peer; the least
-//!              recently used idle flow of the same peer makes room)
-//!     seq <  next, or held already  -> Duplicate (dropped)
-//!     seq == next                   -> delivered, then every held seq after it
-//!     seq >  next + window          -> BeyondWindow (refused, never held)
-//!     seq >  next                   -> held, within three budgets:
-//!        the flow's bytes, the peer's bytes and messages, everyone's bytes (with a
-//!        fair share per holding peer); a budget that is full evicts the farthest-ahead
-//!        message first if it lies farther ahead than this one, else refuses this one
-//! ```
-//!
-//! # Why per peer
-//!
-//! A flow id names a stream of *one* sender. Were flows keyed by id alone, any peer
-//! could send `{flow: 7, seq: next}` on its own channel and have its payload delivered
-//! as another peer's message (and the real one dropped as a duplicate). Here a peer can
-//! only ever fill gaps in its own flows, hold its own bytes and exhaust its own
-//! budgets; another peer's in-window messages are never refused or evicted because of
-//! it: the shared budget (`held_bytes_total`) evicts from the peer holding the most,
-//! and refuses only a peer that holds more than its fair share.
-//!
-//! # Budgets an honest sender stays within
-//!
-//! Early arrivals are normal: a full ring sends by network, so network messages
-//! overtake the ring's. What an honest peer holds is bounded by what it has in flight
-//! on the slower path: the messages in its ring, plus the network messages it has sent
-//! and that were not delivered (a [`TcpPath`](crate::path::TcpPath)'s replay buffer
-//! bounds those). Give `held_bytes_per_peer` at least the sum, and `window` at least
-//! the number of messages it can hold in flight; the router also stops reading a
-//! peer's channel while too much of that peer's channel traffic waits for a gap.
-//!
-//! # Examples
-//!
-//! ```
-//! use coresident::{FlowHeader, Path, Reassembler, ReassemblyLimits};
-//! let mut r: Reassembler<u64> = Reassembler::new(ReassemblyLimits::default());
-//! let mut out = Vec::new();
-//! let h = |seq| FlowHeader { flow: 1, seq };
-//! let mut deliver = |peer: &u64, flow: u32, m: &[u8]| out.push((*peer, flow, m.to_vec()));
-//! r.accept(&9, Path::Network, h(1), b"b", &mut deliver).unwrap(); // early: held
-//! r.accept(&9, Path::Channel, h(0), b"a", &mut deliver).unwrap(); // fills the gap
-//! r.accept(&9, Path::Network, h(0), b"a", &mut deliver).unwrap(); // a resend: dropped
-//! r.accept(&5, Path::Channel, h(1), b"x", &mut deliver).unwrap(); // peer 5's own flow 1
-//! assert_eq!(out, [(9, 1, b"a".to_vec()), (9, 1, b"b".to_vec())]);
-//! ```
+//! The receiver's reassembly (see [`Reassembler`]).
 
 use crate::flow::FlowHeader;
 use crate::policy::Path;
@@ -294,10 +244,60 @@ struct Acct<P> {
     stale: usize,
 }
 
-/// Per-(peer, flow) in-order, exactly-once delivery over two paths, in bounded memory
-/// (see the [module docs](self)). `P` is the peer's key: the channel's residency key,
-/// or the network source as the network path names it; both paths must name a peer
-/// the same way.
+/// The receiver's reassembly: each sequence number of a flow delivered once and in
+/// order, whichever path carried it, keyed by **(peer, flow)**, in bounded memory.
+///
+/// ```text
+///   accept(peer, path, {flow, seq}, payload)
+///     peer   : known, or a new entry (at most `peers`)
+///     flow   : known, or a new entry (at most `flows_per_peer` per peer; the least
+///              recently used idle flow of the same peer makes room)
+///     seq <  next, or held already  -> Duplicate (dropped)
+///     seq == next                   -> delivered, then every held seq after it
+///     seq >  next + window          -> BeyondWindow (refused, never held)
+///     seq >  next                   -> held, within three budgets:
+///        the flow's bytes, the peer's bytes and messages, everyone's bytes (with a
+///        fair share per holding peer); a budget that is full evicts the farthest-ahead
+///        message first if it lies farther ahead than this one, else refuses this one
+/// ```
+///
+/// # Why per peer
+///
+/// A flow id names a stream of *one* sender. Were flows keyed by id alone, any peer
+/// could send `{flow: 7, seq: next}` on its own channel and have its payload delivered
+/// as another peer's message (and the real one dropped as a duplicate). Here a peer can
+/// only ever fill gaps in its own flows, hold its own bytes and exhaust its own
+/// budgets; another peer's in-window messages are never refused or evicted because of
+/// it: the shared budget (`held_bytes_total`) evicts from the peer holding the most,
+/// and refuses only a peer that holds more than its fair share.
+///
+/// # Budgets an honest sender stays within
+///
+/// Early arrivals are normal: a full ring sends by network, so network messages
+/// overtake the ring's. What an honest peer holds is bounded by what it has in flight
+/// on the slower path: the messages in its ring, plus the network messages it has sent
+/// and that were not delivered (a [`TcpPath`](crate::path::TcpPath)'s replay buffer
+/// bounds those). Give `held_bytes_per_peer` at least the sum, and `window` at least
+/// the number of messages it can hold in flight; the router also stops reading a
+/// peer's channel while too much of that peer's channel traffic waits for a gap.
+///
+/// # Examples
+///
+/// ```
+/// use coresident::{FlowHeader, Path, Reassembler, ReassemblyLimits};
+/// let mut r: Reassembler<u64> = Reassembler::new(ReassemblyLimits::default());
+/// let mut out = Vec::new();
+/// let h = |seq| FlowHeader { flow: 1, seq };
+/// let mut deliver = |peer: &u64, flow: u32, m: &[u8]| out.push((*peer, flow, m.to_vec()));
+/// r.accept(&9, Path::Network, h(1), b"b", &mut deliver).unwrap(); // early: held
+/// r.accept(&9, Path::Channel, h(0), b"a", &mut deliver).unwrap(); // fills the gap
+/// r.accept(&9, Path::Network, h(0), b"a", &mut deliver).unwrap(); // a resend: dropped
+/// r.accept(&5, Path::Channel, h(1), b"x", &mut deliver).unwrap(); // peer 5's own flow 1
+/// assert_eq!(out, [(9, 1, b"a".to_vec()), (9, 1, b"b".to_vec())]);
+/// ```
+///
+/// `P` is the peer's key: the channel's residency key, or the network source as the
+/// network path names it; both paths must name a peer the same way.
 #[derive(Debug)]
 pub struct Reassembler<P> {
     peers: HashMap<P, PeerRx>,

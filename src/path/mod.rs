@@ -47,8 +47,8 @@ impl WireKey for DomainId {
     }
 }
 
-mod tcp;
-mod udp;
+pub mod tcp;
+pub mod udp;
 
 pub use tcp::{TcpConfig, TcpError, TcpPath};
-pub use udp::{UdpError, UdpPath};
+pub use udp::{UdpError, UdpPath, MAX_UDP_PAYLOAD};
