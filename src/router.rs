@@ -191,7 +191,10 @@ pub(crate) struct Slot<K, R: SharedRegion, D: Doorbell, C: Clock> {
     /// Failed over: receive what is left, send nothing.
     pub(crate) draining: bool,
     /// Registered in the router's poll set (std).
-    #[cfg_attr(not(all(feature = "std", target_os = "linux")), allow(dead_code))]
+    #[cfg_attr(
+        not(all(feature = "std", target_os = "linux", not(loom))),
+        allow(dead_code)
+    )]
     pub(crate) polled: bool,
 }
 
@@ -339,7 +342,7 @@ pub struct Router<'t, K: Key, R: SharedRegion, D: Doorbell, C: Clock, N, P, cons
     /// One framed message for a blocking channel send.
     tx_buf: Vec<u8>,
     sole: SolePeer<K>,
-    #[cfg(feature = "std")]
+    #[cfg(all(feature = "std", not(loom)))]
     pub(crate) ext: crate::builder::Extras<K, R, D, C>,
 }
 
@@ -444,7 +447,7 @@ where
             rx_buf: Vec::new(),
             tx_buf: Vec::new(),
             sole: SolePeer::None,
-            #[cfg(feature = "std")]
+            #[cfg(all(feature = "std", not(loom)))]
             ext: crate::builder::Extras::default(),
         }
     }
@@ -1012,7 +1015,7 @@ where
     /// The network path's.
     pub fn poll(&mut self) -> Result<(), RouteError<N::Error>> {
         self.net.poll().map_err(RouteError::Network)?;
-        #[cfg(feature = "std")]
+        #[cfg(all(feature = "std", not(loom)))]
         self.poll_discovery()?;
         if !self.backlog.is_empty() {
             let _ = self.flush_backlog_for(None);
@@ -1237,7 +1240,7 @@ where
     }
 
     /// Reassembles one message received outside a batch from channel `i`.
-    #[cfg(all(feature = "std", target_os = "linux"))]
+    #[cfg(all(feature = "std", target_os = "linux", not(loom)))]
     pub(crate) fn accept_channel_message(
         &mut self,
         i: usize,
