@@ -28,7 +28,7 @@ use coresident::{
     Channel, ChannelConfig, ChannelLayout, FlowHeader, NetworkPath, PendingOffer, Router, StdClock,
     ThresholdPolicy, Transport, FLOW_HEADER_LEN,
 };
-use coresident_shm::{PeerLink, SharedRegion, ShmTransport};
+use coresident_shm::{MemfdRegion, PeerLink, ShmTransport};
 
 const ROLE_ENV: &str = "CORESIDENT_KILL_CHILD";
 const RDV_ENV: &str = "CORESIDENT_KILL_RDV";
@@ -49,7 +49,7 @@ const BURST: u64 = 2_000;
 /// Data area of each ring.
 const RING: u32 = 1 << 22;
 
-type Net<N> = Router<'static, u64, SharedRegion, PeerLink, StdClock, N, ThresholdPolicy, 4>;
+type Net<N> = Router<'static, u64, MemfdRegion, PeerLink, StdClock, N, ThresholdPolicy, 4>;
 
 /// Deterministic payload of message `seq`: 8 bytes of `seq`, then 0..=500 more.
 fn payload(seq: u64) -> Vec<u8> {
@@ -253,7 +253,7 @@ fn killed_receiver_flow_continues_over_tcp_without_loss_duplicates_or_reordering
     let log_env = log.to_str().unwrap().to_string();
 
     // The channel: offered here, accepted by child 1.
-    let mut t = ShmTransport::new("sender".parse().unwrap(), std::env::temp_dir());
+    let mut t = ShmTransport::in_default_dir("sender".parse().unwrap());
     let mut buf = [0u8; 256];
     let (pending, n) = t.offer(ChannelLayout::symmetric(RING), &mut buf).unwrap();
     let hex: String = buf[..n].iter().map(|b| format!("{b:02x}")).collect();
