@@ -138,7 +138,7 @@ pub use coresident_ring as ring;
 pub use builder::{random_seed, BuildError, NotGiven, RouterBuilder, Unset};
 pub use channel::{Channel, ChannelConfig, ChannelState, PEER_PROBE_INTERVAL, PEER_PROBE_SENDS};
 #[cfg(feature = "alloc")]
-pub use discovery::{check_ring_size, Discovery, Residency, RingSizeError};
+pub use discovery::{Discovery, Residency};
 pub use error::{ChannelError, TransportError};
 pub use flow::{FlowHeader, FLOW_HEADER_LEN};
 #[cfg(feature = "alloc")]

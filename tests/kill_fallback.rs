@@ -42,7 +42,7 @@ use coresident::{
     Channel, ChannelConfig, ChannelLayout, NetworkPath, PendingOffer, RouteError, Router, StdClock,
     ThresholdPolicy, Transport,
 };
-use coresident_shm::{PeerLink, SharedRegion, ShmTransport};
+use coresident_shm::{MemfdRegion, PeerLink, ShmTransport};
 
 const ROLE_ENV: &str = "CORESIDENT_KILL_CHILD";
 const RDV_ENV: &str = "CORESIDENT_KILL_RDV";
@@ -59,7 +59,7 @@ const RING: u32 = 1 << 20;
 const MAX_LEN: usize = 64 << 10;
 const MIN_LEN: usize = 16;
 
-type Net = Router<'static, u64, SharedRegion, PeerLink, StdClock, TcpPath<u64>, ThresholdPolicy, 4>;
+type Net = Router<'static, u64, MemfdRegion, PeerLink, StdClock, TcpPath<u64>, ThresholdPolicy, 4>;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

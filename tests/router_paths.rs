@@ -13,7 +13,7 @@ use coresident::{
 };
 use coresident_mock::{pair, MockDoorbell, MockRegion};
 use coresident_shm::{
-    HostConfig, HostDiscovery, PeerId, PeerLink, Registry, SharedRegion, ShmTransport,
+    HostConfig, HostDiscovery, MemfdRegion, PeerId, PeerLink, Registry, ShmTransport,
 };
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
@@ -263,11 +263,11 @@ fn a_waiting_policy_applies_back_pressure_instead_of_spilling() {
 // ------------------------------------------------------------------ waiting
 
 type ShmRouter =
-    Router<'static, u64, SharedRegion, PeerLink, StdClock, TcpPath<u64>, ThresholdPolicy, 4>;
+    Router<'static, u64, MemfdRegion, PeerLink, StdClock, TcpPath<u64>, ThresholdPolicy, 4>;
 
 fn shm_pair() -> (
-    Channel<SharedRegion, PeerLink, StdClock>,
-    Channel<SharedRegion, PeerLink, StdClock>,
+    Channel<MemfdRegion, PeerLink, StdClock>,
+    Channel<MemfdRegion, PeerLink, StdClock>,
 ) {
     let mut a = ShmTransport::new("wait-a".parse().unwrap(), std::env::temp_dir());
     let mut b = ShmTransport::new("wait-b".parse().unwrap(), std::env::temp_dir());

@@ -3,13 +3,14 @@
 //! table in step with who is registered on this host, with a channel to each.
 //!
 //! ```text
-//!   HostDiscovery::new(registry, me, key_of)
-//!     registers `me` (a listening socket in the registry directory)
+//!   HostDiscovery::new(registry, config)
+//!     registers `me` (a listening socket in the registry directory), served by an
+//!     Acceptor (handshakes on its own threads, each with one deadline)
 //!     thread "watch":  Registry::watch; for each peer P that joins:
-//!                        me < P (by id): offer: ready_offer + connect(path_of(P))
+//!                        me < P (by id): offer: Registry::connect(P)
 //!                        me > P:         wait: P offers to us (the tie-break)
-//!                      P leaves (socket gone or stale) -> Departed(key_of(P))
-//!     thread "accept": accepts offers on our socket; the offerer's claimed id must
+//!                      P leaves (socket gone, stale, or replaced) -> Departed
+//!     thread "accept": takes the Acceptor's endpoints; the offerer's claimed id must
 //!                      be a registered peer below us, and the process listening on
 //!                      that peer's socket must be the one offering (SO_PEERCRED
 //!                      pid and uid of both sockets); else refused
@@ -27,7 +28,7 @@
 //! accepted only from the process that holds P's registered socket.
 //!
 //! [`PeerLink`] is also the core's `Waitable` here: its eventfd and its rendezvous
-//! socket join the router's pollable descriptor.
+//! socket (its doorbell, and its hang-up) joins the router's pollable descriptor.
 
 use core::fmt;
 use core::time::Duration;
@@ -37,26 +38,57 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
-use coresident::{check_ring_size, Discovery, Link, Residency, RingSizeError};
+use coresident::{ChannelLayout, Discovery, Link, Residency};
 
-use crate::endpoint::{Endpoint, PeerLink};
-use crate::eventfd::Doorbell as EventFd;
-use crate::layout::MAX_RING_DATA;
-use crate::memfd::SharedRegion;
+use crate::acceptor::{AcceptError, Acceptor};
+use crate::cred::PeerCred;
+use crate::endpoint::Endpoint;
+use crate::listener::Listener;
+use crate::memfd::MemfdRegion;
 use crate::offer::OfferConfig;
 use crate::peer_id::PeerId;
+use crate::peer_link::PeerLink;
 use crate::registry::{Registry, RegistryError, RegistryEvent};
-use crate::rendezvous::{accept_offer, peer_cred, AcceptConfig, Listener};
-use crate::transport::ready_offer;
+use crate::rendezvous::AcceptConfig;
+use crate::wire::{check_ring_size, RingSizeError};
 
 impl coresident::Waitable for PeerLink {
     fn wait_fds(&self, add: &mut dyn FnMut(BorrowedFd<'_>)) {
-        add(self.local_doorbell().as_fd());
-        add(self.socket());
+        // The rendezvous socket carries the doorbell's bytes and the hang-up.
+        add(self.as_fd());
     }
 
     fn drain(&self) {
         let _ = self.try_consume();
+    }
+}
+
+/// A doorbell for the discovery threads to ring the router's poll set with: one end of
+/// a socket pair (a byte means "poll me").
+#[derive(Debug)]
+struct Wake {
+    rx: UnixStream,
+    tx: UnixStream,
+}
+
+impl Wake {
+    fn new() -> std::io::Result<Self> {
+        let (rx, tx) = UnixStream::pair()?;
+        rx.set_nonblocking(true)?;
+        tx.set_nonblocking(true)?;
+        Ok(Self { rx, tx })
+    }
+
+    fn notify(&self) {
+        use std::io::Write;
+        // A full buffer already says "poll me".
+        let _ = (&self.tx).write(&[1]);
+    }
+
+    fn consume(&self) {
+        use std::io::Read;
+        let mut buf = [0u8; 64];
+        while matches!((&self.rx).read(&mut buf), Ok(n) if n > 0) {}
     }
 }
 
@@ -71,7 +103,7 @@ pub struct HostConfig<K> {
     /// The router's key of each peer id.
     pub key_of: KeyOf<K>,
     /// Data size of each ring (both directions), checked by [`HostDiscovery::new`].
-    pub ring: u64,
+    pub ring: u32,
     /// The longest time before a peer that died without removing its socket is seen
     /// to be gone (the registry's rescan interval).
     pub rescan: Duration,
@@ -154,14 +186,14 @@ impl From<RegistryError> for DiscoveryError {
     }
 }
 
-type Change<K> = Residency<K, Link<SharedRegion, PeerLink>>;
+type Change<K> = Residency<K, Link<MemfdRegion, PeerLink>>;
 
 /// What the threads share.
 struct Shared<K> {
     registry: Registry,
     config: HostConfig<K>,
     tx: mpsc::Sender<Change<K>>,
-    wake: EventFd,
+    wake: Wake,
     stop: AtomicBool,
     failed: AtomicBool,
     /// We leave the registry (this peer is moving away): no more channels.
@@ -173,7 +205,7 @@ struct Shared<K> {
 impl<K> Shared<K> {
     fn report(&self, c: Change<K>) {
         if self.tx.send(c).is_ok() {
-            let _ = self.wake.notify();
+            self.wake.notify();
         }
     }
 
@@ -254,11 +286,11 @@ impl<K: Send + 'static> HostDiscovery<K> {
     /// [`DiscoveryError::RingSize`], [`DiscoveryError::Registry`] (already registered,
     /// the directory), [`DiscoveryError::Spawn`].
     pub fn new(registry: Registry, config: HostConfig<K>) -> Result<Self, DiscoveryError> {
-        check_ring_size(config.ring, MAX_RING_DATA as u64).map_err(DiscoveryError::RingSize)?;
+        check_ring_size(config.ring).map_err(DiscoveryError::RingSize)?;
         let listener = registry.register(&config.me)?;
         let watcher = registry.watch()?;
         let (tx, rx) = mpsc::channel();
-        let wake = EventFd::new().map_err(|_| DiscoveryError::Spawn(0))?;
+        let wake = Wake::new().map_err(|e| DiscoveryError::Spawn(e.raw_os_error().unwrap_or(0)))?;
         let shared = Arc::new(Shared {
             registry,
             config,
@@ -346,12 +378,12 @@ impl<K> Drop for HostDiscovery<K> {
 }
 
 impl<K> Discovery<K> for HostDiscovery<K> {
-    type Region = SharedRegion;
+    type Region = MemfdRegion;
     type Doorbell = PeerLink;
     type Error = DiscoveryError;
 
     fn poll(&mut self, changes: &mut dyn FnMut(Change<K>)) -> Result<(), DiscoveryError> {
-        let _ = self.shared.wake.try_consume();
+        self.shared.wake.consume();
         while let Ok(c) = self.rx.try_recv() {
             changes(c);
         }
@@ -363,60 +395,53 @@ impl<K> Discovery<K> for HostDiscovery<K> {
     }
 
     fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
-        Some(self.shared.wake.as_fd())
+        Some(self.shared.wake.rx.as_fd())
     }
 }
 
 /// The pid and uid of the process listening on `id`'s registry socket (a probe
 /// connection, which the listener skips).
-fn owner_of(registry: &Registry, id: &PeerId) -> Option<(i32, u32)> {
+fn owner_of(registry: &Registry, id: &PeerId) -> Option<PeerCred> {
     let s = UnixStream::connect(registry.path_of(id)).ok()?;
-    peer_cred(s.as_fd()).ok()
+    PeerCred::of(s.as_fd()).ok()
 }
 
-/// Accepts offers on our registry socket.
+/// Takes the offers the acceptor validated on our registry socket.
 fn accept_loop<K>(s: &Shared<K>, listener: Listener) {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
     let cfg = AcceptConfig {
         local_id: Some(s.config.me.clone()),
         handshake_timeout: s.config.handshake_timeout,
         ..AcceptConfig::default()
     };
-    let ts = Timespec {
-        tv_sec: 0,
-        tv_nsec: 50_000_000,
+    let acceptor = match Acceptor::spawn(listener, cfg) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "host discovery: cannot serve our registry socket");
+            s.failed.store(true, Ordering::Relaxed);
+            s.wake.notify();
+            return;
+        }
     };
     while !s.stopped() {
         // Relaxed: see `Shared::stopped`.
         if s.withdrawn.load(Ordering::Relaxed) {
-            // Dropping the listener removes our socket: the others see us leave.
-            drop(listener);
+            // Dropping the acceptor removes our socket: the others see us leave.
+            drop(acceptor);
             while !s.stopped() {
                 std::thread::sleep(Duration::from_millis(20));
             }
             return;
         }
-        let mut fds = [PollFd::new(&listener, PollFlags::IN)];
-        match poll(&mut fds, Some(&ts)) {
-            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
-            Ok(_) => {}
-            Err(_) => {
+        match acceptor.accept(Some(Duration::from_millis(50))) {
+            Ok(ep) => admit(s, ep),
+            Err(AcceptError::TimedOut) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "host discovery: our registry socket failed");
                 s.failed.store(true, Ordering::Relaxed);
+                s.wake.notify();
                 return;
             }
         }
-        let Ok(stream) = listener.accept_stream() else {
-            continue;
-        };
-        let ep = match accept_offer(stream, &cfg) {
-            Ok(ep) => ep,
-            Err(crate::HandshakeError::Closed) => continue, // a liveness probe
-            Err(e) => {
-                tracing::warn!(error = %e, "host discovery: an offer failed");
-                continue;
-            }
-        };
-        admit(s, ep);
     }
 }
 
@@ -425,20 +450,18 @@ fn accept_loop<K>(s: &Shared<K>, listener: Listener) {
 fn admit<K>(s: &Shared<K>, ep: Endpoint) {
     let info = ep.peer().clone();
     let Some(id) = info.id.clone() else {
-        tracing::warn!(
-            pid = info.pid,
-            "host discovery: an offer names no peer: refused"
-        );
+        tracing::warn!(offerer = ?info.cred, "host discovery: an offer names no peer: refused");
         return;
     };
     if id >= s.config.me {
         tracing::warn!(peer = %id, "host discovery: an offer from a peer that should accept: refused");
         return;
     }
+    let c = info.cred;
     match owner_of(&s.registry, &id) {
-        Some((pid, uid)) if uid == info.uid && (pid == info.pid || pid == 0 || info.pid == 0) => {}
+        Some(o) if o.uid == c.uid && (o.pid == c.pid || o.pid == 0 || c.pid == 0) => {}
         owner => {
-            tracing::warn!(peer = %id, offerer_pid = info.pid, owner = ?owner, "host discovery: an offer under another peer's id: refused");
+            tracing::warn!(peer = %id, offerer = ?c, owner = ?owner, "host discovery: an offer under another peer's id: refused");
             return;
         }
     }
@@ -451,7 +474,7 @@ fn admit<K>(s: &Shared<K>, ep: Endpoint) {
 }
 
 /// Watches the registry: offers to the peers above us, reports departures.
-fn watch_loop<K>(s: &Shared<K>, mut watcher: crate::Watcher) {
+fn watch_loop<K>(s: &Shared<K>, mut watcher: crate::registry::Watcher) {
     watcher.set_rescan_interval(s.config.rescan);
     let me = s.config.me.clone();
     let initial: Vec<PeerId> = watcher.peers().cloned().collect();
@@ -464,7 +487,7 @@ fn watch_loop<K>(s: &Shared<K>, mut watcher: crate::Watcher) {
             Err(e) => {
                 tracing::warn!(error = %e, "host discovery: the registry watcher failed");
                 s.failed.store(true, Ordering::Relaxed);
-                let _ = s.wake.notify();
+                s.wake.notify();
                 return;
             }
         };
@@ -494,19 +517,13 @@ fn joined<K>(s: &Shared<K>, id: &PeerId) {
     let Some(key) = (s.config.key_of)(id) else {
         return;
     };
-    let ring = s.config.ring as usize;
     let cfg = OfferConfig {
         peer_id: Some(id.clone()),
-        tx_data_size: ring,
-        rx_data_size: ring,
+        layout: ChannelLayout::symmetric(s.config.ring),
         handshake_timeout: s.config.handshake_timeout,
         ..OfferConfig::new(s.config.me.clone())
     };
-    let ep = ready_offer(&cfg).map_err(|e| e.to_string()).and_then(|p| {
-        p.connect(&s.registry.path_of(id))
-            .map_err(|e| e.to_string())
-    });
-    match ep {
+    match s.registry.connect(id, &cfg) {
         Ok(ep) => {
             tracing::info!(peer = %id, "host discovery: channel offered and accepted");
             s.arrived(id, key, ep);
