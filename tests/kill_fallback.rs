@@ -49,6 +49,7 @@ const RDV_ENV: &str = "CORESIDENT_KILL_RDV";
 const LOG_ENV: &str = "CORESIDENT_KILL_LOG";
 const PORT_ENV: &str = "CORESIDENT_KILL_PORT";
 const TOTAL_ENV: &str = "CORESIDENT_KILL_MESSAGES";
+const DIR_ENV: &str = "CORESIDENT_KILL_DIR";
 /// The longest anything may make no progress; never a bound on the test's runtime.
 const WATCHDOG: Duration = Duration::from_secs(60);
 const FLOW: u32 = 7;
@@ -212,7 +213,8 @@ fn receiver() {
             unreachable!("nothing is held yet")
         })
         .unwrap();
-    let mut t = ShmTransport::new("receiver".parse().unwrap(), std::env::temp_dir());
+    let dir = std::path::PathBuf::from(std::env::var_os(DIR_ENV).unwrap());
+    let mut t = ShmTransport::new("receiver".parse().unwrap(), dir);
     let link = t.accept(&rdv).unwrap();
     let ch = Channel::new(link, channel_config(), StdClock::default()).unwrap();
     router.attach(SENDER, ch).unwrap();
@@ -336,9 +338,22 @@ fn the_receiver_killed_at_random_points_loses_nothing_at_full_speed() {
         .local_addr()
         .unwrap()
         .port();
+    // The rendezvous sockets' directory: ours alone (the host transport refuses a
+    // world-writable one).
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kill-fallback-{}", std::process::id()));
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .unwrap();
+    }
     let mut spawner = Spawner {
-        transport: ShmTransport::new("sender".parse().unwrap(), std::env::temp_dir()),
+        transport: ShmTransport::new("sender".parse().unwrap(), &dir),
         envs: vec![
+            (DIR_ENV, dir.to_str().unwrap().to_string()),
             (LOG_ENV, log.to_str().unwrap().to_string()),
             (PORT_ENV, port.to_string()),
             (TOTAL_ENV, total.to_string()),
@@ -494,4 +509,5 @@ fn the_receiver_killed_at_random_points_loses_nothing_at_full_speed() {
     }
     assert_eq!(count, total, "the log ends early");
     let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_dir_all(&dir);
 }

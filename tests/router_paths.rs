@@ -262,6 +262,19 @@ fn a_waiting_policy_applies_back_pressure_instead_of_spilling() {
 
 // ------------------------------------------------------------------ waiting
 
+/// A directory only we may use (the host transport refuses a world-writable one).
+fn private_dir(name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    let d = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&d)
+        .unwrap();
+    d
+}
+
 type ShmRouter =
     Router<'static, u64, MemfdRegion, PeerLink, StdClock, TcpPath<u64>, ThresholdPolicy, 4>;
 
@@ -269,8 +282,9 @@ fn shm_pair() -> (
     Channel<MemfdRegion, PeerLink, StdClock>,
     Channel<MemfdRegion, PeerLink, StdClock>,
 ) {
-    let mut a = ShmTransport::new("wait-a".parse().unwrap(), std::env::temp_dir());
-    let mut b = ShmTransport::new("wait-b".parse().unwrap(), std::env::temp_dir());
+    let dir = private_dir("wait");
+    let mut a = ShmTransport::new("wait-a".parse().unwrap(), &dir);
+    let mut b = ShmTransport::new("wait-b".parse().unwrap(), &dir);
     let mut buf = [0u8; 256];
     let (pending, n) = a
         .offer(ChannelLayout::symmetric(1 << 16), &mut buf)
