@@ -967,13 +967,8 @@ where
                 match self.net.resend(&peer, h, &p) {
                     Ok(()) => self.stats.resent += 1,
                     Err(e) => {
-                        self.backlog.push_back(Backlogged {
-                            dst: peer,
-                            header: h,
-                            payload: p,
-                        });
-                        let n = self.backlog_rest(peer, frames);
-                        tracing::warn!(peer = ?peer, waiting = n + 1, error = %e, "router: resend refused by the network path, backlogged");
+                        let n = self.backlog_rest(peer, core::iter::once((h, p)).chain(frames));
+                        tracing::warn!(peer = ?peer, waiting = n, error = %e, "router: resend refused by the network path, backlogged");
                         self.stats.network_refused += 1;
                         return Err(RouteError::Network(e));
                     }
@@ -996,7 +991,7 @@ where
                 payload,
             }));
         let n = self.backlog.len() - before;
-        self.stats.backlogged += n as u64 + 1;
+        self.stats.backlogged += n as u64;
         n
     }
 
@@ -1007,8 +1002,12 @@ where
     }
 
     /// Periodic duty: the network path's own (reconnects, acknowledgements), the
-    /// backlog, overdue batches, every channel's peer; fails over the channels whose
-    /// peer is gone or whose memory is corrupted.
+    /// discovery source's changes (a built router), the backlog, overdue batches,
+    /// every channel's peer; fails over the channels whose peer is gone or whose memory
+    /// is corrupted. A failed-over channel is closed, and its slot freed, by the next
+    /// receive that finds it drained ([`recv`](Self::recv),
+    /// [`recv_channels_from`](Self::recv_channels_from)): a router that only sends
+    /// calls one of them now and then all the same.
     ///
     /// # Errors
     ///
