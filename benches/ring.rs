@@ -21,10 +21,34 @@
 //! A batch is 32 messages, or fewer when 32 would exceed a quarter of the ring
 //! ([`batch_len`]): 15 of 16 KiB, 3 of 64 KiB.
 //!
+//! The coresident consumers release lazily (`Consumer::set_lazy_release`, as the
+//! channel does) and call `release` on an empty poll.
+//!
 //! **Round trip** (`round-trip-cross-core`): ping on core 0, pong on core 1, one ring
 //! each way, 8- and 64-byte messages, echoed; beside `bare-pingpong`, where each
 //! thread spins on an `AtomicU64` in its own 128-byte line and the other stores to it:
-//! one cache-line transfer each way, the floor for any ring.
+//! one cache-line transfer each way, the floor for any ring; `rtrb-u64` (a ring of
+//! `u64`, `push`/`pop`: rtrb at its leanest); and `coresident-8B-exact` (every
+//! receive fences, the default of the ring API) beside the lazy `coresident-8B`.
+//!
+//! **Copy** (`copy-{64,1024,65536}B`, one thread): `coresident-send-recv` sends one
+//! message and receives it (volatile copy in, volatile copy out) beside
+//! `memcpy-twice` (`copy_from_slice` into a buffer and out again: the same bytes
+//! moved twice, without the ring) and `rtrb-chunk` doing the same through rtrb.
+//! Target: the ring's copies at least 0.8x `memcpy` at 64 KiB.
+//!
+//! Round trips and the cache lines they move, by store order (issue 15): per message
+//! and direction the frame's line moves twice (the producer's store takes it from the
+//! consumer, which was polling it; the consumer's poll takes it back), as in a bare
+//! ping-pong. The frame header is one 8-byte store issued last (after the payload and
+//! the next slot's mark, which sit in the same line for small frames): the line is
+//! written in one burst, so a poll between two of our stores can steal it back at
+//! most once. `write` and `read` live on lines the other side does not read on its
+//! fast path (the consumer polls headers, the producer re-reads `read` only when its
+//! cache says full), and each side's event line is read-mostly. So 8 B costs the two
+//! transfers a ping-pong costs; what it costs beyond is instructions and fences: the
+//! publish fence waits for the frame line (after the stores, off the reply's path),
+//! and the lazy release moves the receive fence to the next empty poll.
 //!
 //! `cargo bench --bench ring` takes about three minutes; a filter narrows it, e.g.
 //! `cargo bench --bench ring -- round-trip`.
@@ -232,6 +256,7 @@ fn bench(g: &mut BenchmarkGroup<'_, WallTime>, id: &str, place: &Place, work: [W
 
 fn coresident_send<'s>(rg: &Region, len: usize, spin: Spin) -> [Work<'s>; 2] {
     let (mut tx, mut rx) = rg.ring();
+    rx.set_lazy_release(true);
     let (mut msg, mut buf, mut seq) = (vec![0xA5; len], vec![0; len], 0);
     let producer = move |n| {
         let mut sum = 0u64;
@@ -269,7 +294,11 @@ fn recv(rx: &mut Consumer, buf: &mut [u8], spin: Spin) -> usize {
     loop {
         match rx.recv(buf) {
             Ok(r) => return r.len,
-            Err(RecvError::Empty) => spin.wait(),
+            Err(RecvError::Empty) => {
+                // Lazy release: settle on the empty poll (nobody sleeps here).
+                let _ = rx.release();
+                spin.wait();
+            }
             Err(e) => panic!("recv: {e}"),
         }
     }
@@ -277,6 +306,7 @@ fn recv(rx: &mut Consumer, buf: &mut [u8], spin: Spin) -> usize {
 
 fn coresident_batch<'s>(rg: &Region, len: usize, spin: Spin) -> [Work<'s>; 2] {
     let (mut tx, mut rx) = rg.ring();
+    rx.set_lazy_release(true);
     let k = batch_len(len);
     let (mut msg, mut buf, mut seq) = (vec![0xA5; len], vec![0; len], 0);
     let producer = move |n| {
@@ -310,7 +340,10 @@ fn coresident_batch<'s>(rg: &Region, len: usize, spin: Spin) -> [Work<'s>; 2] {
             });
             match r {
                 Ok((m, _)) => got += m as u64,
-                Err(RecvError::Empty) => spin.wait(),
+                Err(RecvError::Empty) => {
+                    let _ = rx.release();
+                    spin.wait();
+                }
                 Err(e) => panic!("recv_batch: {e}"),
             }
         }
@@ -587,9 +620,11 @@ fn round_trip(c: &mut Criterion) {
     };
     bench(&mut g, "bare-pingpong", &place, [Box::new(a), Box::new(b)]);
 
-    for len in [8, 64] {
+    for (len, lazy) in [(8, true), (64, true), (8, false)] {
         let (there, back) = (Region::new(), Region::new());
         let ((mut tx_a, mut rx_a), (mut tx_b, mut rx_b)) = (there.ring(), back.ring());
+        rx_a.set_lazy_release(lazy);
+        rx_b.set_lazy_release(lazy);
         let (mut msg, mut buf_a, mut buf_b, mut seq) =
             (vec![0; len], vec![0; len], vec![0; len], 0);
         let a = move |n| {
@@ -612,12 +647,51 @@ fn round_trip(c: &mut Criterion) {
             }
             sum
         };
-        bench(
-            &mut g,
-            &format!("coresident-{len}B"),
-            &place,
-            [Box::new(a), Box::new(b)],
-        );
+        let id = if lazy {
+            format!("coresident-{len}B")
+        } else {
+            format!("coresident-{len}B-exact")
+        };
+        bench(&mut g, &id, &place, [Box::new(a), Box::new(b)]);
+    }
+
+    {
+        let (mut tx_a, mut rx_a) = rtrb::RingBuffer::<u64>::new(1024);
+        let (mut tx_b, mut rx_b) = rtrb::RingBuffer::<u64>::new(1024);
+        let mut seq = 0u64;
+        let a = move |n| {
+            for _ in 0..n {
+                seq += 1;
+                while tx_a.push(seq).is_err() {
+                    spin.wait();
+                }
+                let v = loop {
+                    match rx_b.pop() {
+                        Ok(v) => break v,
+                        Err(_) => spin.wait(),
+                    }
+                };
+                assert_eq!(v, seq);
+            }
+            seq
+        };
+        let mut seen = 0u64;
+        let b = move |n| {
+            for _ in 0..n {
+                let v = loop {
+                    match rx_a.pop() {
+                        Ok(v) => break v,
+                        Err(_) => spin.wait(),
+                    }
+                };
+                seen = v;
+                while tx_b.push(v).is_err() {
+                    spin.wait();
+                }
+            }
+            seen
+        };
+        bench(&mut g, "rtrb-u64", &place, [Box::new(a), Box::new(b)]);
     }
 
     for len in [8, 64] {
@@ -655,13 +729,54 @@ fn round_trip(c: &mut Criterion) {
     g.finish();
 }
 
+/// One thread: a message into the ring and straight out again, beside `memcpy` and
+/// rtrb moving the same bytes twice.
+fn copy(c: &mut Criterion) {
+    for len in [64usize, 1024, 65536] {
+        let mut g = c.benchmark_group(format!("copy-{len}B"));
+        g.throughput(Throughput::Bytes(len as u64))
+            .sample_size(20)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(1));
+        let msg = vec![0xA5u8; len];
+        let mut buf = vec![0u8; len];
+        let rg = Region::new();
+        let (mut tx, mut rx) = rg.ring();
+        rx.set_lazy_release(true);
+        g.bench_function("coresident-send-recv", |b| {
+            b.iter(|| {
+                let _ = tx.send(KIND, std::hint::black_box(&msg)).unwrap();
+                rx.recv(&mut buf).unwrap().len
+            })
+        });
+        let mut mid = vec![0u8; len];
+        g.bench_function("memcpy-twice", |b| {
+            b.iter(|| {
+                mid.copy_from_slice(std::hint::black_box(&msg));
+                std::hint::black_box(&mut mid);
+                buf.copy_from_slice(&mid);
+                buf.len()
+            })
+        });
+        let (mut p, mut cns) = rtrb::RingBuffer::<u8>::new(DATA as usize);
+        let spin = Spin { yield_: false };
+        g.bench_function("rtrb-chunk", |b| {
+            b.iter(|| {
+                rtrb_send(&mut p, std::hint::black_box(&msg), spin);
+                rtrb_recv(&mut cns, &mut buf, spin)
+            })
+        });
+        g.finish();
+    }
+}
+
 /// `criterion_group!` makes a `pub fn`; inside a private module it needs no docs.
 mod harness {
-    use super::{round_trip, throughput, Criterion};
+    use super::{copy, round_trip, throughput, Criterion};
     criterion::criterion_group! {
         name = ring;
         config = Criterion::default().nresamples(20_000).without_plots();
-        targets = throughput, round_trip
+        targets = copy, throughput, round_trip
     }
 }
 criterion_main!(harness::ring);

@@ -11,7 +11,8 @@
 //! socket) and writes the rendezvous bytes to a file; the client reads them and
 //! accepts. The client then sends `--messages` messages of `--size` bytes, one at a
 //! time; the server echoes each one back. Both sides use the blocking `send` and
-//! `recv_blocking` of a `Channel`: spin `--spin` polls, then sleep on the eventfd.
+//! `recv_blocking` of a `Channel`: spin up to `--spin` microseconds (the cap of the
+//! adaptive budget, `ChannelConfig::spin`), then sleep on the eventfd.
 //! The client checks every echo and prints round-trip percentiles.
 
 use std::path::{Path, PathBuf};
@@ -54,7 +55,7 @@ fn parse_args() -> Args {
             "-h" | "--help" => {
                 println!(
                     "pingpong [--role server|client] [--messages N] [--size BYTES] \
-                     [--spin POLLS] [--rendezvous FILE]"
+                     [--spin MICROSECONDS] [--rendezvous FILE]"
                 );
                 std::process::exit(0);
             }

@@ -243,6 +243,11 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
         clock: C,
     ) -> Self {
         let now = clock.now();
+        let mut rx = rx;
+        // Receives release lazily: the fence that makes the producer's space wake-up
+        // exact moves from every receive to the first empty poll after it (see
+        // `Consumer::set_lazy_release`; `settle` keeps the promise).
+        rx.set_lazy_release(true);
         Self {
             progress: (tx.position(), now),
             tx,
@@ -532,6 +537,12 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
 
     /// Receives one message into `buf` without blocking; returns its length.
     ///
+    /// The space is released at once, but the check that wakes a peer blocked on a
+    /// full ring runs without a full fence (the ring's lazy release); the exact check
+    /// runs at the next receive that finds the ring empty (blocking receives reach one
+    /// before they sleep). A peer whose request the fast check missed is woken then,
+    /// or by its own re-check timer ([`ChannelConfig::recheck`]): later, never lost.
+    ///
     /// # Errors
     ///
     /// `Empty`, `BufferTooSmall` (the message stays), `PeerGone` once the peer is gone
@@ -557,8 +568,23 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
                 let _ = self.doorbell_for(got.notify);
                 Ok(got.len)
             }
-            Err(RecvError::Empty) => Err(ChannelError::Empty),
+            Err(RecvError::Empty) => {
+                self.settle();
+                Err(ChannelError::Empty)
+            }
             Err(e) => Err(self.fail_recv(e)),
+        }
+    }
+
+    /// The ring looks empty: settle the lazy releases since the last time (a full
+    /// fence, then the check of the producer's space request) and ring the peer if it
+    /// waits for the space. Cheap when nothing is owed (one compare), so it may run on
+    /// every empty poll of a spin.
+    #[inline(always)]
+    fn settle(&mut self) {
+        if let Ok(n) = self.rx.release() {
+            // As in `try_recv`: a failed doorbell marks the channel; the next call says.
+            let _ = self.doorbell_for(n);
         }
     }
 
@@ -612,6 +638,7 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
             }
             Err(RecvError::Empty) => match self.state {
                 ChannelState::Connected => {
+                    self.settle();
                     self.tick()?;
                     Err(ChannelError::Empty)
                 }

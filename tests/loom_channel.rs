@@ -134,3 +134,26 @@ fn batched_publish_wakes_a_blocked_receiver() {
         max_delay: Duration::from_secs(3600),
     });
 }
+
+/// Both ends block: the sender on space (one 24-byte message fits the 64-byte ring at
+/// a time), the receiver on data. The receiver releases lazily (the channel's way);
+/// its empty poll must settle the release and ring the sleeping sender, or the model
+/// deadlocks.
+#[test]
+fn a_blocked_sender_is_woken_by_a_lazy_receiver() {
+    loom::model(|| {
+        let (mut a, mut b) = pair(Batching::EventIndex);
+        let t = loom::thread::spawn(move || {
+            for i in 0..2u8 {
+                a.send_blocking(&[i; 24], None).unwrap();
+            }
+            a
+        });
+        let mut buf = [0u8; 24];
+        for i in 0..2u8 {
+            assert_eq!(b.recv_blocking(&mut buf, None).unwrap(), 24);
+            assert_eq!(buf[23], i);
+        }
+        let _a = t.join().unwrap();
+    });
+}

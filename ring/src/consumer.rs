@@ -1,7 +1,7 @@
 //! The consumer half: polls frame stamps, copies out, releases space.
 
 use crate::index::{crossed, distance};
-use crate::layout::{frame_size, invalid_tag, off, stamp, FRAME_LEN, FRAME_TAG, KIND_PAD};
+use crate::layout::{frame_len, invalid_tag, off, split, stamp, KIND_PAD, STAMP_MASK};
 use crate::region::OutOfBounds;
 use crate::sync::atomic::fence;
 use crate::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
@@ -21,6 +21,13 @@ pub struct Consumer {
     read: u32,
     /// The value last stored to the shared `read`.
     released: u32,
+    /// The value of `read` at the last check of the producer's space request made
+    /// after a full fence (exact). Equal to `released` except in lazy mode, where the
+    /// receiving calls check without the fence and [`release`](Consumer::release)
+    /// settles `fenced..released`.
+    fenced: u32,
+    /// Lazy release ([`Consumer::set_lazy_release`]).
+    lazy: bool,
     state: State,
     /// Not `Sync`.
     _not_sync: PhantomData<Cell<()>>,
@@ -54,6 +61,7 @@ impl View<'_> {
     /// A view of the validated frame of `kind` and `len` at `pos`.
     // `RingMemory` is `Copy` except under loom, where it is an `Arc`.
     #[allow(clippy::clone_on_copy)]
+    #[inline]
     pub(crate) fn new(mem: &RingMemory, geo: &Geometry, kind: u8, len: u32, pos: u32) -> Self {
         View {
             mem: mem.clone(),
@@ -65,29 +73,40 @@ impl View<'_> {
     }
 
     /// The frame's kind.
+    #[inline]
     pub fn kind(&self) -> u8 {
         self.kind
     }
 
     /// The payload length.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len as usize
     }
 
     /// Whether the payload is empty.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Copies payload bytes from `offset` into `buf`; returns how many (fewer than
     /// `buf.len()` at the end of the payload, 0 past it).
+    #[inline]
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> usize {
         let avail = self.len().saturating_sub(offset);
         let n = avail.min(buf.len());
         // `consumer::next` validated `at + len` against the data area, so this cannot
         // fail; if it did, the caller gets 0 bytes rather than a panic.
+        let r = |dst: &mut [u8]| {
+            if offset == 0 {
+                self.mem.read_payload(self.at, dst)
+            } else {
+                self.mem.read_bytes(self.at + offset, dst)
+            }
+        };
         match buf.get_mut(..n) {
-            Some(dst) => match self.mem.read_bytes(self.at + offset, dst) {
+            Some(dst) => match r(dst) {
                 Ok(()) => n,
                 Err(_) => 0,
             },
@@ -100,11 +119,18 @@ impl View<'_> {
     /// # Errors
     ///
     /// [`RecvError::BufferTooSmall`] if `buf` is shorter than the payload.
+    #[inline]
     pub fn copy_to(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
-        if buf.len() < self.len() {
-            return Err(RecvError::BufferTooSmall { needed: self.len() });
-        }
-        Ok(self.read_at(0, buf))
+        let n = self.len();
+        let Some(dst) = buf.get_mut(..n) else {
+            return Err(RecvError::BufferTooSmall { needed: n });
+        };
+        // `consumer::next` validated `at + len` against the data area, so this cannot
+        // fail; if it did, the caller gets 0 bytes rather than a panic.
+        Ok(match self.mem.read_payload(self.at, dst) {
+            Ok(()) => n,
+            Err(_) => 0,
+        })
     }
 
     /// A raw pointer to the payload in shared memory, valid for reads of
@@ -143,7 +169,7 @@ impl Frame<'_> {
     /// [`RecvError::Corrupted`] if the region turned out unusable.
     pub fn consume(self) -> Result<Notify, RecvError> {
         self.consumer.read = self.end;
-        self.consumer.release()
+        Ok(self.consumer.released_now())
     }
 }
 
@@ -179,6 +205,8 @@ impl Consumer {
             geo,
             read,
             released: read,
+            fenced: read,
+            lazy: false,
             state: State::Open,
             _not_sync: PhantomData,
         })
@@ -208,11 +236,22 @@ impl Consumer {
     /// [`RecvError::Corrupted`].
     #[inline]
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<Received, RecvError> {
-        let frame = self.peek()?;
-        let len = frame.copy_to(buf)?;
-        let kind = frame.kind();
-        let notify = frame.consume()?;
-        Ok(Received { kind, len, notify })
+        let (kind, len, pos) = self.next()?;
+        let n = len as usize;
+        let Some(dst) = buf.get_mut(..n) else {
+            return Err(RecvError::BufferTooSmall { needed: n });
+        };
+        // `next` validated `pos + 8 + len` against the data area; the copy checks the
+        // range against the region again (the second wall).
+        let r = self.mem.read_payload(self.geo.slot(pos) + 8, dst);
+        self.fail_oob(r)?;
+        self.read = pos.wrapping_add(frame_len(len));
+        let notify = self.released_now();
+        Ok(Received {
+            kind,
+            len: n,
+            notify,
+        })
     }
 
     /// The next message, in place, without consuming it.
@@ -224,7 +263,7 @@ impl Consumer {
     pub fn peek(&mut self) -> Result<Frame<'_>, RecvError> {
         let (kind, len, pos) = self.next()?;
         let view = self.view(kind, len, pos);
-        let end = pos.wrapping_add(frame_size(len).unwrap_or(0));
+        let end = pos.wrapping_add(frame_len(len));
         Ok(Frame {
             view,
             consumer: self,
@@ -249,47 +288,105 @@ impl Consumer {
             match self.next() {
                 Ok((kind, len, pos)) => {
                     f(&self.view(kind, len, pos));
-                    self.read = pos.wrapping_add(frame_size(len).unwrap_or(0));
+                    self.read = pos.wrapping_add(frame_len(len));
                     n += 1;
                 }
                 Err(RecvError::Empty | RecvError::Closed) if n > 0 => break,
                 Err(e) => return Err(e),
             }
         }
-        Ok((n, self.release()?))
+        Ok((n, self.released_now()))
     }
 
-    /// Stores the read position so the producer may reuse the space, and says whether
-    /// the producer asked to be woken at a point this crossed. [`recv`](Self::recv),
-    /// [`Frame::consume`] and [`recv_batch`](Self::recv_batch) call it.
+    /// Stores the read position so the producer may reuse the space, and says, after a
+    /// full fence, whether the producer asked to be woken at a point passed since the
+    /// last such check. [`recv`](Self::recv), [`Frame::consume`] and
+    /// [`recv_batch`](Self::recv_batch) do this themselves, unless lazy release is on
+    /// ([`set_lazy_release`](Self::set_lazy_release)): then this call is the caller's
+    /// duty whenever a receiving call answers `Empty`.
     ///
     /// # Errors
     ///
     /// [`RecvError::Corrupted`] if poisoned.
     pub fn release(&mut self) -> Result<Notify, RecvError> {
         self.usable()?;
-        if self.read == self.released {
+        if self.read == self.fenced {
             return Ok(Notify::Suppressed);
         }
+        self.store_read();
+        Ok(self.check_space(true))
+    }
+
+    /// Makes receiving calls release their space lazily (`true`) or exactly (`false`,
+    /// the default).
+    ///
+    /// Either way every receiving call stores the read position at once (the producer
+    /// sees the space, and a dead consumer's unconsumed messages stay exact). What
+    /// changes is the check of the producer's space request: exactly, each call makes
+    /// it after a full fence (`SeqCst`), the store–load pairing that rules out a lost
+    /// wake-up; lazily, each call makes it without the fence, and a request the
+    /// producer is recording at that very moment can be missed. The caller then
+    /// promises to call [`release`](Self::release) (with the fence, over every position
+    /// since its last call) whenever a receiving call answers `Empty`, and before it
+    /// arms, sleeps, stops receiving or closes; and to ring the producer's doorbell
+    /// when it answers `Required`. A producer waiting for space always has frames in
+    /// the ring for the consumer, so the consumer reaches an `Empty` (and that call)
+    /// before it can run out of work: no wake-up is lost, it can only come at the
+    /// `Empty` instead of at the crossing (`tests/loom_ring.rs` checks this).
+    ///
+    /// Why: the fence is the only costly instruction of a receive, and on a round trip
+    /// it sits between the request's arrival and the reply. Lazily, it moves to the
+    /// `Empty` that follows, where the consumer waits anyway.
+    pub fn set_lazy_release(&mut self, lazy: bool) {
+        self.lazy = lazy;
+    }
+
+    /// After a receiving call moved `read`: store it and check the producer's request
+    /// (fenced unless lazy).
+    #[inline(always)]
+    fn released_now(&mut self) -> Notify {
+        if self.read == self.released {
+            return Notify::Suppressed;
+        }
+        self.store_read();
+        self.check_space(!self.lazy)
+    }
+
+    #[inline(always)]
+    fn store_read(&mut self) {
+        // SAFETY: a control word at a constant offset below `DATA_OFFSET`, inside every
+        // region a ring was attached to.
         // SYNC(release-space): Release; pairs with the Acquire load of `read` in
         // `Producer::refresh_read`: our copies out of the released bytes happen before
         // the producer overwrites them.
-        let e = self.mem.store(off::READ, self.read, Release);
-        self.fail_oob(e)?;
-        // SYNC(event-space): store `read`, full fence, load `space event`; the mirror of
-        // `Producer::arm_space`. Either the producer's re-check sees this `read`, or we
-        // see its request (the argument is at SYNC(event-data) in `Producer::publish`).
-        fence(SeqCst);
-        // Relaxed: ordered by the fence above; a hint.
-        let event = self.mem.load(off::SPACE_EVENT, Relaxed);
-        let event = self.fail_oob(event)?;
-        let old = self.released;
+        unsafe { self.mem.store_ctl(off::READ, self.read, Release) };
+    }
+
+    /// Whether the producer's space request lies in the positions released since the
+    /// last check: since the last fenced check when `fenced`, else since the last
+    /// store (the lazy, unfenced check).
+    #[inline(always)]
+    fn check_space(&mut self, fenced: bool) -> Notify {
+        let from = if fenced {
+            // SYNC(event-space): store `read`, full fence, load `space event`; the
+            // mirror of `Producer::arm_space`. Either the producer's re-check sees this
+            // `read`, or we see its request (the argument is at SYNC(event-data) in
+            // `Producer::publish`). Every `read` stored since the last fenced check is
+            // covered: the range starts there.
+            fence(SeqCst);
+            core::mem::replace(&mut self.fenced, self.read)
+        } else {
+            self.released
+        };
+        // SAFETY: as in `store_read`.
+        // Relaxed: a hint; ordered by the fence above when there is one.
+        let event = unsafe { self.mem.load_ctl(off::SPACE_EVENT, Relaxed) };
         self.released = self.read;
-        Ok(if crossed(event, old, self.read) {
+        if crossed(event, from, self.read) {
             Notify::Required
         } else {
             Notify::Suppressed
-        })
+        }
     }
 
     /// Before sleeping until at least `min_bytes` of frames (1: any frame) are
@@ -308,15 +405,17 @@ impl Consumer {
         // SYNC(event-data): store `data event`, full fence, load `write`; the mirror of
         // `Producer::publish`. Either the producer sees this request, or this load sees
         // its `write` (the argument is at SYNC(event-data) in `Producer::publish`).
-        let e = self
-            .mem
-            .store(off::DATA_EVENT, self.read.wrapping_add(min), Relaxed);
-        self.fail_oob(e)?;
+        // SAFETY: a control word at a constant offset below `DATA_OFFSET`, inside every
+        // region a ring was attached to.
+        unsafe {
+            self.mem
+                .store_ctl(off::DATA_EVENT, self.read.wrapping_add(min), Relaxed)
+        };
         fence(SeqCst);
         // Acquire: pairs with the Release store of `write` in `Producer::publish`; the
         // frames before a `write` seen here are then visible to `next`.
-        let write = self.mem.load(off::WRITE, Acquire);
-        let write = self.fail_oob(write)?;
+        // SAFETY: as above.
+        let write = unsafe { self.mem.load_ctl(off::WRITE, Acquire) };
         // The honest range, both ways: the producer keeps 8 bytes of slack, so `write`
         // is at most `size - 8` ahead of `read`; and `write` is stored after the tags
         // it publishes, so it may lag behind frames we already read by their stamps,
@@ -358,10 +457,11 @@ impl Consumer {
     /// [`RecvError::Corrupted`] if the region turned out unusable.
     pub fn close(mut self) -> Result<(), RecvError> {
         let _ = self.release();
+        // SAFETY: a control word at a constant offset below `DATA_OFFSET`.
         // Release: our last `read` store is visible with the flag. A hint for the
         // producer (read Relaxed there): closing never hides data.
-        let e = self.mem.store(off::CONS_CLOSED, 1, Release);
-        self.fail_oob(e)
+        unsafe { self.mem.store_ctl(off::CONS_CLOSED, 1, Release) };
+        self.usable()
     }
 
     // ---- internals ----
@@ -391,28 +491,27 @@ impl Consumer {
     }
 
     /// Finds the next published frame, skipping a padding frame: `(kind, len, pos)`.
-    /// Reads each shared word once and validates it before use. Bounded: at most one
-    /// padding frame (a padding frame at offset 0 is corruption).
+    /// Reads each frame header once (length and tag in one 8-byte load) and validates
+    /// it before use. Bounded: at most one padding frame (a padding frame at offset 0
+    /// is corruption).
     #[inline(always)]
     fn next(&mut self) -> Result<(u8, u32, u32), RecvError> {
         self.usable()?;
         for _ in 0..2 {
             let pos = self.read;
-            let slot = self.geo.slot(pos);
+            // SAFETY: `hdr` is inside the region (`Geometry::hdr`; the region was
+            // checked to hold this ring at attach).
             // SYNC(publish): Acquire; pairs with the Release store of the first frame's
-            // tag in `Producer::publish`: the frame's length and payload, and every
-            // frame after it in that batch, are visible once this tag is.
-            let tag = self.mem.load(slot + FRAME_TAG, Acquire);
-            let tag = self.fail_oob(tag)?;
-            if tag & 0x00FF_FFFF != stamp(pos) {
+            // header in `Producer::publish`: the frame's payload, and every frame after
+            // it in that batch, are visible once this header is.
+            let h = unsafe { self.mem.load64(self.geo.hdr(pos), Acquire) };
+            let (len, tag) = split(h);
+            if tag & STAMP_MASK != stamp(pos) {
                 if tag != invalid_tag(pos) {
                     return Err(self.poison(Corruption::Tag { pos, tag }));
                 }
                 return Err(self.empty_or_closed(pos));
             }
-            // Relaxed: ordered after the Acquire load of the tag above.
-            let len = self.mem.load(slot + FRAME_LEN, Relaxed);
-            let len = self.fail_oob(len)?;
             let kind = (tag >> 24) as u8;
             let offset = pos & self.geo.mask;
             let room = self.geo.size - offset - 8;
@@ -420,13 +519,14 @@ impl Consumer {
                 if offset == 0 || len != room {
                     return Err(self.poison(Corruption::Padding { pos, len }));
                 }
-                self.read = pos.wrapping_add(self.geo.size - offset);
+                self.read = pos.wrapping_add(room + 8);
                 continue;
             }
-            match frame_size(len) {
-                Some(f) if len <= self.geo.max && f - 8 <= room => return Ok((kind, len, pos)),
-                _ => return Err(self.poison(Corruption::Length { pos, len })),
+            // `len <= max` first: then `frame_len` cannot overflow.
+            if len > self.geo.max || frame_len(len) - 8 > room {
+                return Err(self.poison(Corruption::Length { pos, len }));
             }
+            return Ok((kind, len, pos));
         }
         let pos = self.read;
         Err(self.poison(Corruption::Padding { pos, len: 0 }))
@@ -438,17 +538,17 @@ impl Consumer {
     fn empty_or_closed(&mut self, pos: u32) -> RecvError {
         // SYNC(close): Acquire; pairs with the Release store of `prod closed` in
         // `Producer::close`: if the flag is seen, so is every frame published before it.
-        match self.mem.load(off::PROD_CLOSED, Acquire) {
-            Ok(0) => RecvError::Empty,
-            Ok(_) => {
-                // Re-read the tag now that the last publish is visible.
-                match self.mem.load(self.geo.slot(pos) + FRAME_TAG, Acquire) {
-                    Ok(t) if t & 0x00FF_FFFF == stamp(pos) => RecvError::Empty,
-                    Ok(_) => RecvError::Closed,
-                    Err(_) => self.poison(Corruption::OutOfBounds),
-                }
-            }
-            Err(_) => self.poison(Corruption::OutOfBounds),
+        // SAFETY: a control word at a constant offset below `DATA_OFFSET`.
+        if unsafe { self.mem.load_ctl(off::PROD_CLOSED, Acquire) } == 0 {
+            return RecvError::Empty;
+        }
+        // Re-read the header now that the last publish is visible.
+        // SAFETY: `hdr` is inside the region (`Geometry::hdr`).
+        let (_, tag) = split(unsafe { self.mem.load64(self.geo.hdr(pos), Acquire) });
+        if tag & STAMP_MASK == stamp(pos) {
+            RecvError::Empty
+        } else {
+            RecvError::Closed
         }
     }
 }

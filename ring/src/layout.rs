@@ -130,7 +130,8 @@ pub(crate) const FRAME_LEN: usize = 0;
 /// Offset of `tag` inside a frame header.
 pub(crate) const FRAME_TAG: usize = 4;
 
-const STAMP_MASK: u32 = 0x00FF_FFFF;
+/// The stamp bits of a tag.
+pub(crate) const STAMP_MASK: u32 = 0x00FF_FFFF;
 
 /// The stamp of a frame at free-running position `pos`.
 #[inline(always)]
@@ -149,6 +150,34 @@ pub(crate) const fn tag(kind: u8, pos: u32) -> u32 {
 #[inline(always)]
 pub(crate) const fn invalid_tag(pos: u32) -> u32 {
     stamp(pos) ^ 0x0080_0000
+}
+
+/// A frame header as the one `u64` both sides read and write whole: `len` in the
+/// first four bytes, `tag` in the next four, whatever the target's byte order.
+#[inline(always)]
+pub(crate) const fn header(len: u32, tag: u32) -> u64 {
+    if cfg!(target_endian = "little") {
+        (len as u64) | ((tag as u64) << 32)
+    } else {
+        ((len as u64) << 32) | (tag as u64)
+    }
+}
+
+/// `(len, tag)` of a header read whole.
+#[inline(always)]
+pub(crate) const fn split(h: u64) -> (u32, u32) {
+    if cfg!(target_endian = "little") {
+        (h as u32, (h >> 32) as u32)
+    } else {
+        ((h >> 32) as u32, h as u32)
+    }
+}
+
+/// The bytes of a frame with a payload of `len <= MAX_DATA_SIZE / 2` bytes (a length
+/// already checked against the maximum message size, so no overflow).
+#[inline(always)]
+pub(crate) const fn frame_len(len: u32) -> u32 {
+    (len + FRAME_ALIGN as u32 + 7) & !7
 }
 
 /// Rounds a payload length up to the frame alignment; `None` on overflow.
@@ -200,4 +229,6 @@ const _: () = {
     // Every position is a multiple of 8, so its stamp changes at every frame slot.
     assert!(stamp(8) != stamp(0));
     assert!(invalid_tag(0) != tag(0, 0));
+    assert!(split(header(0x1234, 0xABCD_EF01)).0 == 0x1234);
+    assert!(split(header(0x1234, 0xABCD_EF01)).1 == 0xABCD_EF01);
 };

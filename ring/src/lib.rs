@@ -11,9 +11,9 @@
 //!   0        128       256       384       512       640
 //!
 //!  producer: writes frames, then publishes a batch with one Release store of the
-//!            first frame's tag and one store of `write`;
-//!  consumer: polls the tag of the frame at `read` (one cache line), copies out,
-//!            then releases space with one store of `read`.
+//!            first frame's 8-byte header (length and tag) and one store of `write`;
+//!  consumer: polls the header of the frame at `read` (one cache line, one 8-byte
+//!            load), copies out, then releases space with one store of `read`.
 //! ```
 //!
 //! - **Frames.** A message is an 8-byte header (length; kind and a position stamp)
@@ -34,9 +34,15 @@
 //!   writers that wake on any progress). [`Producer::publish`] and [`Consumer::release`]
 //!   report whether the crossing happened: ringing the doorbell is the caller's job.
 //!   The arm/re-check and publish/check pairs are Dekker-style: each side does a
-//!   `SeqCst` store then a `SeqCst` load, so at least one side sees the other (the
+//!   store, a `SeqCst` fence, then a load, so at least one side sees the other (the
 //!   missing fence of SPDK issue 3178 is the bug this rules out; `tests/loom_ring.rs`
-//!   checks it).
+//!   checks it). A consumer may release lazily ([`Consumer::set_lazy_release`]): its
+//!   receives then check the producer's request without the fence, and
+//!   [`Consumer::release`] settles every position since with it, at the first empty
+//!   poll; the producer keeps one fence per publish.
+//! - **Copies** are volatile (or an opaque `rep movsb`), each shared byte touched once,
+//!   in the widest aligned words the target offers: see `volatile.rs` for the copies
+//!   and their soundness argument.
 //! - **The peer is hostile.** Shared bytes are read only through atomics and volatile
 //!   copies, never through `&`/`&mut` (see [`RingMemory`]); each shared value is read
 //!   once into a local and validated before use; an impossible value poisons the half,
@@ -147,6 +153,8 @@ pub(crate) struct Geometry {
     pub mask: u32,
     /// [`max_message`]`(size)`.
     pub max: u32,
+    /// `(size - 1) & !7`: masks a position to its 8-aligned frame slot.
+    pub mask8: u32,
 }
 
 impl Geometry {
@@ -158,6 +166,7 @@ impl Geometry {
             size: data_size,
             mask: data_size - 1,
             max: max_message(data_size),
+            mask8: (data_size - 1) & !7,
         })
     }
 
@@ -165,6 +174,15 @@ impl Geometry {
     #[inline(always)]
     pub fn slot(&self, pos: u32) -> usize {
         DATA_OFFSET + (pos & self.mask) as usize
+    }
+
+    /// Region offset of the frame header at `pos`: in `DATA_OFFSET..=DATA_OFFSET +
+    /// size - 8` and 8-aligned whatever `pos` is, so an 8-byte access there stays
+    /// inside any region that holds this geometry's ring (checked at attach: the
+    /// hot paths rely on it instead of checking every header access).
+    #[inline(always)]
+    pub fn hdr(&self, pos: u32) -> usize {
+        DATA_OFFSET + (pos & self.mask8) as usize
     }
 }
 
@@ -214,12 +232,15 @@ pub(crate) fn lay_out(mem: &RingMemory, data_size: u32) -> Result<Geometry, Atta
     ];
     region::zero(mem, &fields).map_err(oob)?;
     // Relaxed: the region is not shared yet; handing it to the peer orders this.
-    mem.store(
-        geo.slot(0) + layout::FRAME_TAG,
-        layout::invalid_tag(0),
-        Ordering::Relaxed,
-    )
-    .map_err(oob)?;
+    // SAFETY: `check_len` proved the region holds `geo`'s ring, so the header at
+    // `hdr(0)` is inside it and 8-aligned (see `Geometry::hdr`).
+    unsafe {
+        mem.store64(
+            geo.hdr(0),
+            layout::header(0, layout::invalid_tag(0)),
+            Ordering::Relaxed,
+        )
+    };
     mem.write_bytes(off::HEADER, header.as_bytes())
         .map_err(oob)?;
     Ok(geo)

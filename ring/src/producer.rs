@@ -1,7 +1,9 @@
 //! The producer half: writes frames, publishes batches, asks for space.
 
 use crate::index::{crossed, distance};
-use crate::layout::{frame_size, invalid_tag, off, stamp, tag, FRAME_LEN, FRAME_TAG, KIND_PAD};
+use crate::layout::{
+    frame_len, frame_size, header, invalid_tag, off, split, stamp, tag, KIND_PAD, STAMP_MASK,
+};
 use crate::region::OutOfBounds;
 use crate::sync::atomic::fence;
 use crate::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
@@ -28,9 +30,10 @@ pub struct Producer {
     published: u32,
     /// The last validated shared `read`: in `[previous cached_read, published]`.
     cached_read: u32,
-    /// Tag of the first unpublished frame (its slot is `published`). Stored last, by
-    /// `publish`, with Release: until then the consumer cannot see past that slot.
-    first_tag: u32,
+    /// Header (length and tag) of the first unpublished frame (its slot is
+    /// `published`). Stored last, by `publish`, with Release: until then the consumer
+    /// cannot see past that slot.
+    first: u64,
     state: State,
     /// Not `Sync`.
     _not_sync: PhantomData<Cell<()>>,
@@ -83,14 +86,13 @@ impl Producer {
             write,
             published: write,
             cached_read: read,
-            first_tag: 0,
+            first: 0,
             state: State::Open,
             _not_sync: PhantomData,
         };
         // The slot at `write` must say "nothing yet" before we publish past it; a fresh
         // ring has the mark already, a re-attached one may not.
-        p.store_tag(write, invalid_tag(write), Relaxed)
-            .map_err(|_| AttachError::Corrupted(Corruption::OutOfBounds))?;
+        p.put_mark();
         Ok(p)
     }
 
@@ -158,9 +160,19 @@ impl Producer {
     #[inline]
     pub fn write(&mut self, kind: u8, msg: &[u8]) -> Result<(), SendError> {
         let len = self.check_len(kind, msg.len())?;
+        self.write_len(kind, len, msg)
+    }
+
+    /// `write` of a message whose kind and length (`len == msg.len() <= max`) were
+    /// checked, on an open half.
+    #[inline(always)]
+    fn write_len(&mut self, kind: u8, len: u32, msg: &[u8]) -> Result<(), SendError> {
         let place = self.place(len)?;
-        self.ok(self.mem.write_bytes(self.geo.slot(place.pos) + 8, msg))?;
-        self.commit_frame(place, kind, len)
+        // The payload's range comes from our own placement; the copy still checks it
+        // against the region (the second wall).
+        self.ok(self.mem.write_payload(self.geo.slot(place.pos) + 8, msg))?;
+        self.commit_frame(place, kind, len);
+        Ok(())
     }
 
     /// Writes as many of `msgs` as fit, all of `kind`, and publishes them with one
@@ -175,9 +187,19 @@ impl Producer {
         kind: u8,
         msgs: &[M],
     ) -> Result<(usize, Notify), SendError> {
+        // The state and the kind once for the batch; each message's length and room.
+        self.check_len(kind, 0)?;
         let mut sent = 0;
         for m in msgs {
-            match self.write(kind, m.as_ref()) {
+            let m = m.as_ref();
+            let r = match u32::try_from(m.len()) {
+                Ok(len) if len <= self.geo.max => self.write_len(kind, len, m),
+                _ => Err(SendError::TooLarge {
+                    len: m.len(),
+                    max: self.geo.max,
+                }),
+            };
+            match r {
                 Ok(()) => sent += 1,
                 Err(e) if sent == 0 => return Err(e),
                 Err(_) => break,
@@ -220,31 +242,41 @@ impl Producer {
         // The slot after our last frame must read "nothing yet" before anything before
         // it becomes visible; it is free (`write + 8 <= read + size`, the slack).
         // Relaxed: ordered before the consumer can look by the Release store below.
-        self.ok(self.store_tag(self.write, invalid_tag(self.write), Relaxed))?;
-        // SYNC(publish): Release; pairs with the Acquire load of the tag in
-        // `Consumer::next`. Every payload, length and tag of this batch, and the mark
-        // above, were written before it in program order, so they are visible to a
-        // consumer that sees this tag.
-        self.ok(self.store_tag(self.published, self.first_tag, Release))?;
-        // SYNC(event-data): store `write`, full fence, load `data event`; the mirror
-        // of `Consumer::arm_data` (store `data event`, full fence, load `write`). The
-        // two SeqCst fences are ordered one way or the other in the single total order
-        // S; whichever comes second, its side's load sees the other side's store. So
+        self.put_mark();
+        // SAFETY: `hdr` is inside the region (`Geometry::hdr`; the region was checked
+        // to hold this ring at attach).
+        // SYNC(publish): Release; pairs with the Acquire load of the frame header in
+        // `Consumer::next`. Every payload and header of this batch, and the mark above,
+        // were written before it in program order, so they are visible to a consumer
+        // that sees this header.
+        unsafe {
+            self.mem
+                .store64(self.geo.hdr(self.published), self.first, Release)
+        };
+        // SYNC(event-data): store `write`, full fence, load `data event`; the mirror of
+        // `Consumer::arm_data` (store `data event`, full fence, load `write`). The two
+        // SeqCst fences are ordered one way or the other in the single total order S;
+        // whichever comes second, its side's load sees the other side's store. So
         // either the consumer's re-check sees this `write`, or this load sees its
         // request: a sleeping consumer is never missed (the store-buffering litmus;
         // without the fence both loads may miss: the lost wake-up of SPDK issue 3178).
         // Fences rather than SeqCst loads and stores, because loom models fences
         // exactly and treats SeqCst accesses as AcqRel.
         // Release: also publishes the frames to a consumer that reads `write`.
-        self.ok(self.mem.store(off::WRITE, self.write, Release))?;
+        // SAFETY: a control word at a constant offset below `DATA_OFFSET`, inside every
+        // region a ring was attached to.
+        unsafe { self.mem.store_ctl(off::WRITE, self.write, Release) };
         fence(SeqCst);
         // Relaxed: ordered by the fence above; a hint.
-        let event = self.ok(self.mem.load(off::DATA_EVENT, Relaxed))?;
+        // SAFETY: as above.
+        let event = unsafe { self.mem.load_ctl(off::DATA_EVENT, Relaxed) };
+        // Relaxed: the flag is a hint on the line just loaded; the consumer never
+        // clears it, so a late view only delays `Closed` by one call.
+        // SAFETY: as above.
+        let closed = unsafe { self.mem.load_ctl(off::CONS_CLOSED, Relaxed) };
         let old = self.published;
         self.published = self.write;
-        // Relaxed: the flag is a hint read on the same line just loaded; the consumer
-        // never clears it, so a late view only delays `Closed` by one call.
-        if self.ok(self.mem.load(off::CONS_CLOSED, Relaxed))? != 0 {
+        if closed != 0 {
             self.state = State::PeerClosed;
             return Err(SendError::Closed);
         }
@@ -274,7 +306,8 @@ impl Producer {
         // SYNC(event-space): store `space event`, full fence, load `read`; the mirror
         // of `Consumer::release` (store `read`, full fence, load `space event`). See
         // SYNC(event-data) in `publish` for why one side always sees the other.
-        self.ok(self.mem.store(off::SPACE_EVENT, target, Relaxed))?;
+        // SAFETY: a control word at a constant offset below `DATA_OFFSET`.
+        unsafe { self.mem.store_ctl(off::SPACE_EVENT, target, Relaxed) };
         fence(SeqCst);
         self.refresh_read()?;
         Ok(if self.fits(need) {
@@ -319,20 +352,20 @@ impl Producer {
             if pos == self.write {
                 return Ok(n);
             }
-            let slot = self.geo.slot(pos);
-            let tag = if pos == self.published {
-                // The first unpublished frame's tag is still private.
-                self.first_tag
+            let h = if pos == self.published {
+                // The first unpublished frame's header is still private.
+                self.first
             } else {
+                // SAFETY: `hdr` is inside the region (`Geometry::hdr`).
                 // Relaxed: our own earlier store, or whatever the peer put there;
-                // validated below either way.
-                self.ok(self.mem.load(slot + FRAME_TAG, Relaxed))?
+                // validated below either way. One load: length and tag together.
+                unsafe { self.mem.load64(self.geo.hdr(pos), Relaxed) }
             };
-            let len = self.ok(self.mem.load(slot + FRAME_LEN, Relaxed))?;
+            let (len, tag) = split(h);
             let offset = pos & self.geo.mask;
             let room = self.geo.size - offset - 8;
             let left = distance(pos, self.write);
-            if tag & 0x00FF_FFFF != stamp(pos) {
+            if tag & STAMP_MASK != stamp(pos) {
                 return Err(self.poison(Corruption::Tag { pos, tag }));
             }
             if (tag >> 24) as u8 == KIND_PAD {
@@ -372,7 +405,8 @@ impl Producer {
         // SYNC(close): Release; pairs with the Acquire load of `prod closed` in
         // `Consumer::next`: every frame published above is visible to a consumer that
         // sees the flag.
-        self.ok(self.mem.store(off::PROD_CLOSED, 1, Release))?;
+        // SAFETY: a control word at a constant offset below `DATA_OFFSET`.
+        unsafe { self.mem.store_ctl(off::PROD_CLOSED, 1, Release) };
         // A consumer asleep on an armed request needs the doorbell to see the close.
         Ok(n.or(Notify::Required))
     }
@@ -423,8 +457,7 @@ impl Producer {
     /// Bytes a frame of `len` bytes needs at `write`, counting a padding frame.
     #[inline(always)]
     fn need(&self, len: u32) -> u32 {
-        // `len <= max = size/2 - 8`, so `frame <= size/2`: no overflow.
-        let frame = frame_size(len).unwrap_or(u32::MAX);
+        let frame = frame_len(len);
         let tail = self.geo.size - (self.write & self.geo.mask);
         if frame <= tail {
             frame
@@ -440,19 +473,20 @@ impl Producer {
         distance(self.cached_read, self.write) + need + 8 <= self.geo.size
     }
 
+    /// Where a frame of `len <= max` bytes goes. `len` was checked against the
+    /// maximum, so `frame_len` cannot overflow.
     #[inline(always)]
     fn place(&mut self, len: u32) -> Result<Placement, SendError> {
-        let need = self.need(len);
-        if !self.fits(need) {
+        let frame = frame_len(len);
+        let tail = self.geo.size - (self.write & self.geo.mask);
+        let pad = if frame <= tail { 0 } else { tail };
+        if !self.fits(pad + frame) {
             // The cache says full: re-read the consumer's index, then check "really full".
             self.refresh_read()?;
-            if !self.fits(need) {
+            if !self.fits(pad + frame) {
                 return Err(SendError::Full);
             }
         }
-        let tail = self.geo.size - (self.write & self.geo.mask);
-        let frame = frame_size(len).unwrap_or(u32::MAX);
-        let pad = if frame <= tail { 0 } else { tail };
         Ok(Placement {
             pad,
             pos: self.write.wrapping_add(pad),
@@ -463,10 +497,8 @@ impl Producer {
         // SYNC(release-space): Acquire; pairs with the Release store of `read` in
         // `Consumer::release`: the consumer finished copying out the bytes it released
         // before we overwrite them.
-        let read = match self.mem.load(off::READ, Acquire) {
-            Ok(r) => r,
-            Err(_) => return Err(self.poison(Corruption::OutOfBounds)),
-        };
+        // SAFETY: a control word at a constant offset below `DATA_OFFSET`.
+        let read = unsafe { self.mem.load_ctl(off::READ, Acquire) };
         // Valid: a multiple of 8 that moved forward by at most what was published.
         if read % 8 != 0
             || distance(self.cached_read, read) > distance(self.cached_read, self.published)
@@ -477,49 +509,44 @@ impl Producer {
         Ok(())
     }
 
+    /// Stores the "nothing published here yet" mark at `write` (a header of length 0
+    /// with the invalid tag).
     #[inline(always)]
-    fn store_tag(
-        &self,
-        pos: u32,
-        value: u32,
-        order: crate::sync::atomic::Ordering,
-    ) -> Result<(), OutOfBounds> {
-        self.mem.store(self.geo.slot(pos) + FRAME_TAG, value, order)
+    fn put_mark(&self) {
+        // SAFETY: `hdr` is inside the region (`Geometry::hdr`).
+        // Relaxed: ordered before the consumer can look past `published` by the
+        // Release store of the first header in `publish`.
+        unsafe {
+            self.mem.store64(
+                self.geo.hdr(self.write),
+                header(0, invalid_tag(self.write)),
+                Relaxed,
+            )
+        };
     }
 
     /// Writes the headers of a placed frame (and its padding frame) whose payload is in
-    /// place, and advances `write`. The first unpublished frame's tag is kept for
+    /// place, and advances `write`. The first unpublished frame's header is kept for
     /// `publish`; the others are stored now.
     #[inline(always)]
-    fn commit_frame(&mut self, place: Placement, kind: u8, len: u32) -> Result<(), SendError> {
+    fn commit_frame(&mut self, place: Placement, kind: u8, len: u32) {
         if place.pad != 0 {
-            self.ok(self.mem.store(
-                self.geo.slot(self.write) + FRAME_LEN,
-                place.pad - 8,
-                Relaxed,
-            ))?;
-            let r = self.frame_tag(self.write, tag(KIND_PAD, self.write));
-            self.ok(r)?;
+            self.put_header(self.write, header(place.pad - 8, tag(KIND_PAD, self.write)));
         }
-        self.ok(self
-            .mem
-            .store(self.geo.slot(place.pos) + FRAME_LEN, len, Relaxed))?;
-        let r = self.frame_tag(place.pos, tag(kind, place.pos));
-        self.ok(r)?;
-        self.write = place.pos.wrapping_add(frame_size(len).unwrap_or(u32::MAX));
-        Ok(())
+        self.put_header(place.pos, header(len, tag(kind, place.pos)));
+        self.write = place.pos.wrapping_add(frame_len(len));
     }
 
     #[inline(always)]
-    fn frame_tag(&mut self, pos: u32, value: u32) -> Result<(), OutOfBounds> {
+    fn put_header(&mut self, pos: u32, h: u64) {
         if pos == self.published {
-            self.first_tag = value;
-            Ok(())
+            self.first = h;
         } else {
+            // SAFETY: `hdr` is inside the region (`Geometry::hdr`).
             // Relaxed: the consumer reaches this slot only after acquiring the first
-            // unpublished frame's tag, whose Release store in `publish` comes later in
-            // program order.
-            self.store_tag(pos, value, Relaxed)
+            // unpublished frame's header, whose Release store in `publish` comes later
+            // in program order.
+            unsafe { self.mem.store64(self.geo.hdr(pos), h, Relaxed) };
         }
     }
 }
@@ -591,6 +618,7 @@ impl Reservation<'_> {
             Ok(l) if l <= self.cap => l,
             _ => return Err(SendError::TooLarge { len, max: self.cap }),
         };
-        self.producer.commit_frame(self.place, kind, len)
+        self.producer.commit_frame(self.place, kind, len);
+        Ok(())
     }
 }

@@ -201,7 +201,10 @@ fn scribble(mem: &Mem, size: u32, rng: &mut Rng, stop: &AtomicBool, ops: &Atomic
             ),
             // A padding frame where there should be a message.
             8 => {
-                mem.poke(slot(read), size - (read & (size - 1)) - 8);
+                mem.poke(
+                    slot(read),
+                    size.wrapping_sub(read & (size - 1)).wrapping_sub(8),
+                );
                 mem.poke(slot(read) + 4, tag(KIND_PAD, read));
             }
             // A pause: let the halves make progress between lies.
@@ -256,6 +259,9 @@ fn our_halves_survive_a_racing_scribbler() {
         mem.poke(WRITE, start);
         let mut p = Producer::attach(mem.ring_memory()).unwrap();
         let mut c = Consumer::attach(mem.ring_memory()).unwrap();
+        // Half the epochs release lazily (the channel's way): the consumer then calls
+        // `release` itself (the `3` arm of `consume`).
+        c.set_lazy_release(epochs % 3 == 1);
         let stop = AtomicBool::new(false);
         let done = AtomicBool::new(false);
         let progress = Progress {

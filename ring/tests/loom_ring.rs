@@ -151,3 +151,62 @@ fn no_lost_wakeup_for_space() {
         t.join().unwrap();
     });
 }
+
+/// Lazy release (`Consumer::set_lazy_release`): the receiving calls check the
+/// producer's space request without the fence; the consumer calls `release` (fenced)
+/// when a receive answers `Empty`, before it arms. Both sides block, as in
+/// `no_lost_wakeup_for_space`: a wake-up the lazy checks miss must be caught by that
+/// `release`, or the model deadlocks.
+#[test]
+fn no_lost_wakeup_for_space_with_lazy_release() {
+    loom::model(|| {
+        let (mut p, mut c) = ring();
+        c.set_lazy_release(true);
+        let data_bell = Arc::new(Notify::new());
+        let space_bell = Arc::new(Notify::new());
+        let (db, sb) = (data_bell.clone(), space_bell.clone());
+        let t = thread::spawn(move || {
+            for i in 0..2u8 {
+                loop {
+                    match p.send(i, &[i; 24]) {
+                        Ok(n) => {
+                            if n.is_required() {
+                                db.notify();
+                            }
+                            break;
+                        }
+                        Err(SendError::Full) => match p.arm_space(24).unwrap() {
+                            Readiness::Ready => {}
+                            Readiness::Armed => sb.wait(),
+                        },
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+        });
+        let mut buf = [0u8; 24];
+        let mut got = 0u8;
+        while got < 2 {
+            match c.recv(&mut buf) {
+                Ok(r) => {
+                    assert_eq!((r.kind, buf[23]), (got, got));
+                    if r.notify.is_required() {
+                        space_bell.notify();
+                    }
+                    got += 1;
+                }
+                Err(RecvError::Empty) => {
+                    if c.release().unwrap().is_required() {
+                        space_bell.notify();
+                    }
+                    match c.arm_data(1).unwrap() {
+                        Readiness::Ready => {}
+                        Readiness::Armed => data_bell.wait(),
+                    }
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        t.join().unwrap();
+    });
+}

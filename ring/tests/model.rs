@@ -81,8 +81,10 @@ impl Model {
     }
 }
 
-fn run(data_size: u32, start: u32, ops: Vec<Op>) {
+fn run(data_size: u32, start: u32, lazy: bool, ops: Vec<Op>) {
     let (_mem, mut p, mut c) = ring_at(data_size, start);
+    // Lazy release changes when the space request is checked, never what is read.
+    c.set_lazy_release(lazy);
     let max = p.max_message() as usize;
     let mut m = Model {
         published: VecDeque::new(),
@@ -256,11 +258,12 @@ proptest! {
         shift in 6u32..=12,
         start in prop_oneof![Just(0u32), Just(u32::MAX - 127), any::<u32>()],
         ops in prop::collection::vec(op(2040), 1..if cfg!(miri) { 40 } else { 400 }),
+        lazy in any::<bool>(),
     ) {
         let data_size = 1u32 << shift;
         let max = coresident_ring::max_message(data_size) as usize;
         let ops = ops.into_iter().map(|o| clamp(o, max)).collect();
-        run(data_size, start & !7, ops);
+        run(data_size, start & !7, lazy, ops);
     }
 }
 
