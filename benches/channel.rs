@@ -1,5 +1,5 @@
 //! The channel core: throughput and doorbells per message for each batching policy, and
-//! the router's per-message overhead on a residency miss and a hit.
+//! the round trip. (The router's groups are in `benches/router.rs`.)
 //!
 //! **Throughput** (`channel-{cross-core,one-core}/{policy}/{len}`): a sender thread and a
 //! receiver thread over a mock channel ([`coresident_mock::pair`], 1 MiB ring each way;
@@ -19,22 +19,6 @@
 //! message and messages per publish, per policy, size and placement: the study's
 //! lesson 3 metric. Target: at most 0.01 doorbells per message with batching.
 //!
-//! **Router** (`router-miss`, `router-hit`, `router-parts`): `Router::send` of a 64-byte
-//! payload to a MAC that is not in the residency table, with a `NetworkPath` that only
-//! folds its arguments into a `black_box`ed counter, beside that network path called
-//! directly: the difference is lookup, policy and flow bookkeeping (target: under 5 ns).
-//! With one flow and with 1024 flows (the flow id cycles). The hit path (the peer
-//! resident, a connected mock channel) beside a bare `Channel::send` of the same 80
-//! bytes (header and payload) and beside `send_in_place`, the call the router makes;
-//! every 256 messages the peer drains the ring and the sender polls, in all three.
-//! `router-parts` times the pieces alone: the table lookup (miss), a `BTreeMap` flow
-//! entry like the router's, and the replacements worth considering.
-//!
-//! The router groups take 100 samples of linearly growing length, the shortest a
-//! fraction of a millisecond: on a shared machine the fastest sample per iteration
-//! (criterion's `sample.json`) estimates the uncontended cost beside criterion's
-//! estimate.
-//!
 //! **Round trip** (`channel-rtt/{cross-core,one-core}/{spin}`): 8 bytes each way,
 //! `send_blocking` then `recv_blocking` on both sides, one round trip per iteration,
 //! with spinning off, fixed at 50 µs (the old fixed count's behaviour, in time) and
@@ -43,19 +27,14 @@
 //! spinning off there, and close to the fixed one across cores.
 //!
 //! `cargo bench --bench channel` takes about three minutes; a filter narrows it, e.g.
-//! `cargo bench --bench channel -- router`.
+//! `cargo bench --bench channel -- channel-rtt`.
 
 use core_affinity::CoreId;
-use coresident::lookup::{Seed, Table};
 use coresident::{
-    Batching, Channel, ChannelConfig, ChannelError, ChannelLayout, Decision, FlowHeader,
-    NetworkPath, Path, PeerState, Policy, Router, SpinPolicy, Stats, StdClock, ThresholdPolicy,
-    FLOW_HEADER_LEN,
+    Batching, Channel, ChannelConfig, ChannelError, ChannelLayout, SpinPolicy, Stats, StdClock,
 };
 use coresident_mock::{MockDoorbell, MockRegion};
-use criterion::{black_box, BenchmarkGroup, Criterion, Throughput};
-use std::collections::BTreeMap;
-use std::convert::Infallible;
+use criterion::{BenchmarkGroup, Criterion, Throughput};
 use std::sync::{mpsc, Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -416,229 +395,6 @@ fn print_summary() {
     );
 }
 
-// ---------------------------------------------------------------------------- router
-
-type Mac = [u8; 6];
-const BUCKETS: usize = 1024;
-type MacTable = Table<Mac, BUCKETS>;
-type MockRouter<'t> =
-    Router<'t, Mac, MockRegion, MockDoorbell, StdClock, NullNet, ThresholdPolicy, BUCKETS>;
-
-/// A network path that does nothing but fold its arguments into a counter.
-#[derive(Debug, Default)]
-struct NullNet {
-    sum: u64,
-}
-
-impl NetworkPath<Mac> for NullNet {
-    type Error = Infallible;
-
-    #[inline]
-    fn send(&mut self, peer: &Mac, header: FlowHeader, payload: &[u8]) -> Result<(), Infallible> {
-        let (peer, header, payload) = black_box((peer, header, payload));
-        self.sum = self.sum.wrapping_add(
-            header.seq ^ u64::from(header.flow) ^ u64::from(peer[5]) ^ payload.len() as u64,
-        );
-        Ok(())
-    }
-}
-
-fn mac(i: u32) -> Mac {
-    let b = i.to_le_bytes();
-    [2, 0, b[3], b[2], b[1], b[0]]
-}
-
-/// A residency table (1024 buckets, 5120 slots) holding 64 co-resident peers (MACs
-/// 1..=64); the hit benches add theirs.
-fn table() -> Box<MacTable> {
-    let t = Box::new(MacTable::new(Seed::from_bytes([42; 32])));
-    {
-        let mut w = t.writer().unwrap();
-        for i in 1..=64 {
-            w.insert(mac(i), coresident::lookup::Handle::new(1000 + i as u16, 1))
-                .unwrap();
-        }
-    }
-    t
-}
-
-/// The MAC of a peer on another host: never in the table.
-const REMOTE: u32 = 0x00AB_CDEF;
-/// The resident peer of the hit benches.
-const RESIDENT: u32 = 0x0012_3456;
-const PAYLOAD: usize = 64;
-/// Messages between two drains of the receiving ring in the hit benches.
-const DRAIN_EVERY: u64 = 256;
-
-fn hit_channels(liveness: Option<Duration>) -> (MockChannel, MockChannel) {
-    let (a, b, _faults) = coresident_mock::pair(ChannelLayout::symmetric(DATA));
-    let config = ChannelConfig {
-        batching: Batching::EventIndex,
-        spin: 0,
-        liveness,
-        recheck: None,
-        ..ChannelConfig::default()
-    };
-    (
-        Channel::new(a, config, StdClock::default()).unwrap(),
-        Channel::new(b, config, StdClock::default()).unwrap(),
-    )
-}
-
-fn drain(rx: &mut MockChannel) {
-    while let Ok(n) = rx.recv_batch(usize::MAX, |v| {
-        black_box(v.len());
-    }) {
-        black_box(n);
-    }
-}
-
-fn router_miss(c: &mut Criterion) {
-    let mut g = c.benchmark_group("router-miss");
-    g.sample_size(100)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1))
-        .throughput(Throughput::Elements(1));
-    let payload = [0x5Au8; PAYLOAD];
-    let dst = mac(REMOTE);
-
-    let mut net = NullNet::default();
-    let mut seq = 0u64;
-    g.bench_function("network-direct", |b| {
-        b.iter(|| {
-            seq += 1;
-            let h = FlowHeader { flow: 7, seq };
-            net.send(black_box(&dst), h, black_box(&payload)).unwrap();
-        });
-    });
-    black_box(net.sum);
-
-    let t = table();
-    for flows in [1u32, 1024] {
-        let mut r: MockRouter<'_> =
-            Router::new(&t, ThresholdPolicy::default(), NullNet::default(), 64);
-        let mut i = 0u32;
-        g.bench_function(format!("router-{flows}-flows"), |b| {
-            b.iter(|| {
-                i = i.wrapping_add(1);
-                let p = r
-                    .send(black_box(&dst), i % flows, black_box(&payload))
-                    .unwrap();
-                debug_assert_eq!(p, Path::Network);
-                p
-            });
-        });
-        assert_eq!(r.stats().via_channel, 0);
-        black_box(r.network().sum);
-    }
-    g.finish();
-}
-
-fn router_hit(c: &mut Criterion) {
-    let mut g = c.benchmark_group("router-hit");
-    g.sample_size(100)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1))
-        .throughput(Throughput::Elements(1));
-    let payload = [0x5Au8; PAYLOAD];
-    let mut framed = [0x5Au8; FLOW_HEADER_LEN + PAYLOAD];
-
-    // A bare channel: the same 80 bytes a routed message takes.
-    let (mut tx, mut rx) = hit_channels(Some(Duration::from_secs(60)));
-    let mut n = 0u64;
-    g.bench_function("channel-send", |b| {
-        b.iter(|| {
-            n += 1;
-            framed[8..16].copy_from_slice(&n.to_le_bytes());
-            tx.send(black_box(&framed)).unwrap();
-            if n % DRAIN_EVERY == 0 {
-                drain(&mut rx);
-                tx.poll().unwrap();
-            }
-        });
-    });
-    // The router's way of writing: in place, header then payload.
-    g.bench_function("channel-send-in-place", |b| {
-        b.iter(|| {
-            n += 1;
-            let h = FlowHeader { flow: 7, seq: n }.encode();
-            let p = black_box(&payload);
-            tx.send_in_place(FLOW_HEADER_LEN + p.len(), |r| {
-                let ok = r.write_at(0, &h).is_ok() && r.write_at(FLOW_HEADER_LEN, p).is_ok();
-                if ok {
-                    FLOW_HEADER_LEN + p.len()
-                } else {
-                    0
-                }
-            })
-            .unwrap();
-            if n % DRAIN_EVERY == 0 {
-                drain(&mut rx);
-                tx.poll().unwrap();
-            }
-        });
-    });
-    drop((tx, rx));
-
-    let t = table();
-    let dst = mac(RESIDENT);
-    let (ch, mut rx) = hit_channels(Some(Duration::from_secs(60)));
-    let mut r: MockRouter<'_> = Router::new(&t, ThresholdPolicy::default(), NullNet::default(), 64);
-    let h = r.attach(dst, ch).unwrap();
-    t.writer().unwrap().insert(dst, h).unwrap();
-    let mut n = 0u64;
-    g.bench_function("router-send", |b| {
-        b.iter(|| {
-            n += 1;
-            let p = r.send(black_box(&dst), 7, black_box(&payload)).unwrap();
-            if n % DRAIN_EVERY == 0 {
-                drain(&mut rx);
-                r.poll().unwrap();
-            }
-            p
-        });
-    });
-    let s = *r.stats();
-    if s.via_channel + s.via_network > 0 {
-        eprintln!(
-            "router-hit/router-send: {} via channel, {} via network",
-            s.via_channel, s.via_network
-        );
-    }
-    g.finish();
-}
-
-/// The load estimate the policy reads with `liveness: None`: sends 64-byte messages to
-/// a resident peer that drains after every 256 (and the router polls), and reports how
-/// many went by network. With an accurate load, none should.
-fn router_load_check() {
-    let t = table();
-    let dst = mac(RESIDENT);
-    let (ch, mut rx) = hit_channels(None);
-    let mut r: MockRouter<'_> = Router::new(&t, ThresholdPolicy::default(), NullNet::default(), 64);
-    let h = r.attach(dst, ch).unwrap();
-    t.writer().unwrap().insert(dst, h).unwrap();
-    let payload = [0u8; PAYLOAD];
-    let mut first_network = None;
-    let total = 100_000u64;
-    for n in 1..=total {
-        if r.send(&dst, 7, &payload).unwrap() == Path::Network && first_network.is_none() {
-            first_network = Some(n);
-        }
-        if n % DRAIN_EVERY == 0 {
-            drain(&mut rx);
-            r.poll().unwrap();
-        }
-    }
-    let s = *r.stats();
-    eprintln!(
-        "load check (liveness: None, receiver drains every {DRAIN_EVERY}, router polls): \
-         {total} sends to a resident peer, {} via channel, {} via network, first network \
-         send at message {first_network:?}",
-        s.via_channel, s.via_network
-    );
-}
-
 /// The floor that ring size puts under doorbells per message when both sides must sleep
 /// (one core, large messages): a cycle of "sender fills the ring, sleeps; receiver
 /// drains it, sleeps" costs at least two doorbells, and carries at most
@@ -682,109 +438,8 @@ fn ring_size_check() {
     }
 }
 
-/// The router's flow state, as `router.rs` keeps it (`FlowTx`: 16 bytes).
-#[derive(Debug)]
-struct FlowTx {
-    next_seq: u64,
-    policy: PeerState,
-}
-
-fn new_flow() -> FlowTx {
-    FlowTx {
-        next_seq: 0,
-        policy: PeerState {
-            path: Path::Channel,
-            streak: 0,
-        },
-    }
-}
-
-fn router_parts(c: &mut Criterion) {
-    let mut g = c.benchmark_group("router-parts");
-    g.sample_size(100)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1))
-        .throughput(Throughput::Elements(1));
-    let t = table();
-    let dst = mac(REMOTE);
-    g.bench_function("table-get-miss", |b| {
-        b.iter(|| t.get(black_box(&dst)));
-    });
-
-    let mut policy = ThresholdPolicy::default();
-    let mut st = PeerState {
-        path: Path::Channel,
-        streak: 0,
-    };
-    let d = Decision {
-        len: PAYLOAD,
-        resident: false,
-        max_len: 0,
-        peer_load: 0,
-    };
-    g.bench_function("policy-choose-miss", |b| {
-        b.iter(|| policy.choose(black_box(&mut st), black_box(&d)));
-    });
-
-    for flows in [1u32, 1024] {
-        let mut m: BTreeMap<u32, FlowTx> = BTreeMap::new();
-        let mut i = 0u32;
-        g.bench_function(format!("btreemap-entry-{flows}-flows"), |b| {
-            b.iter(|| {
-                i = i.wrapping_add(1);
-                let f = m.entry(black_box(i % flows)).or_insert_with(new_flow);
-                f.next_seq += 1;
-                f.next_seq + u64::from(f.policy.streak)
-            });
-        });
-
-        let mut h: hashbrown::HashMap<u32, FlowTx, foldhash::fast::FixedState> =
-            hashbrown::HashMap::with_hasher(foldhash::fast::FixedState::with_seed(7));
-        let mut i = 0u32;
-        g.bench_function(format!("hashbrown-foldhash-entry-{flows}-flows"), |b| {
-            b.iter(|| {
-                i = i.wrapping_add(1);
-                let f = h.entry(black_box(i % flows)).or_insert_with(new_flow);
-                f.next_seq += 1;
-                f.next_seq + u64::from(f.policy.streak)
-            });
-        });
-
-        // A one-entry cache in front of the map: the last flow's key and its state
-        // (in the router, an index into a `Vec<FlowTx>` the map points to).
-        let mut m: BTreeMap<u32, usize> = BTreeMap::new();
-        let mut v: Vec<FlowTx> = Vec::new();
-        let mut last: Option<(u32, usize)> = None;
-        let mut i = 0u32;
-        g.bench_function(format!("cached-btreemap-entry-{flows}-flows"), |b| {
-            b.iter(|| {
-                i = i.wrapping_add(1);
-                let flow = black_box(i % flows);
-                let k = match last {
-                    Some((f, k)) if f == flow => k,
-                    _ => {
-                        let k = *m.entry(flow).or_insert_with(|| {
-                            v.push(new_flow());
-                            v.len() - 1
-                        });
-                        last = Some((flow, k));
-                        k
-                    }
-                };
-                let f = &mut v[k];
-                f.next_seq += 1;
-                f.next_seq + u64::from(f.policy.streak)
-            });
-        });
-    }
-    g.finish();
-}
-
 fn main() {
     let mut c = Criterion::default().configure_from_args();
-    router_miss(&mut c);
-    router_hit(&mut c);
-    router_parts(&mut c);
     throughput(&mut c);
     round_trip(&mut c);
     c.final_summary();
@@ -795,5 +450,4 @@ fn main() {
         // Only in an unfiltered run: a few seconds of one-off checks.
         ring_size_check();
     }
-    router_load_check();
 }

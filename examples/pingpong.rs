@@ -23,7 +23,7 @@ use coresident::{Channel, ChannelConfig, ChannelError, ChannelLayout, StdClock};
 use coresident::{PendingOffer, Transport};
 use coresident_shm::ShmTransport;
 
-type Chan = Channel<coresident_shm::SharedRegion, coresident_shm::PeerLink, StdClock>;
+type Chan = Channel<coresident_shm::MemfdRegion, coresident_shm::PeerLink, StdClock>;
 
 const WATCHDOG: Duration = Duration::from_secs(30);
 
@@ -85,8 +85,8 @@ fn layout(size: usize) -> ChannelLayout {
 /// The server: offers the channel, publishes the rendezvous bytes, echoes until the
 /// client goes away.
 fn server(a: &Args) {
-    let dir = std::env::temp_dir();
-    let mut t = ShmTransport::new("pingpong-server".parse().unwrap(), &dir);
+    // Offers live in a private, verified directory (never /tmp: others could take them).
+    let mut t = ShmTransport::in_default_dir("pingpong-server".parse().unwrap());
     let mut buf = [0u8; 256];
     let (pending, n) = t.offer(layout(a.size), &mut buf).unwrap();
     // Write then rename: the client never reads half a file.

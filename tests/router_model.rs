@@ -1,4 +1,4 @@
-//! End to end: two endpoints, several flows each way, random message sizes (0 bytes to
+//! End to end: two endpoints, the same flow ids each way (a flow is its sender's), several flows each way, random message sizes (0 bytes to
 //! past the channel's maximum), random path switches and random faults. The model
 //! checks that each flow's delivered messages equal its sent messages, in order, with
 //! no duplicates, whichever path each message took.
@@ -19,23 +19,31 @@ const A: u64 = 1;
 const B: u64 = 2;
 const DATA: u32 = 4096;
 
-type Queues = BTreeMap<u64, VecDeque<(FlowHeader, Vec<u8>)>>;
+/// Per destination: `(source, header, payload)` in order.
+type Queues = BTreeMap<u64, VecDeque<(u64, FlowHeader, Vec<u8>)>>;
 
-/// A reliable, ordered network: one queue per destination.
-#[derive(Clone, Default)]
-struct Net(Rc<RefCell<Queues>>);
+/// A reliable, ordered network: one queue per destination; messages carry their
+/// source, as a network path names the sender.
+#[derive(Clone)]
+struct Net {
+    me: u64,
+    q: Rc<RefCell<Queues>>,
+}
 
 impl NetworkPath<u64> for Net {
     type Error = std::convert::Infallible;
     fn send(&mut self, peer: &u64, h: FlowHeader, payload: &[u8]) -> Result<(), Self::Error> {
-        self.0
+        self.q
             .borrow_mut()
             .entry(*peer)
             .or_default()
-            .push_back((h, payload.to_vec()));
+            .push_back((self.me, h, payload.to_vec()));
         Ok(())
     }
 }
+
+/// What each receiver got, per (sender, flow).
+type Got = BTreeMap<(u64, u32), Vec<Vec<u8>>>;
 
 type R<'t> = Router<'t, u64, MockRegion, MockDoorbell, StdClock, Net, ThresholdPolicy, 16>;
 
@@ -92,6 +100,11 @@ fn payload(flow: u32, i: u64, len: usize) -> Vec<u8> {
     p
 }
 
+/// A delivery callback filling `got`, per (sender, flow).
+fn into(got: &mut Got) -> impl FnMut(&u64, u32, &[u8]) + '_ {
+    move |p, f, m| got.entry((*p, f)).or_default().push(m.to_vec())
+}
+
 fn run(ops: Vec<Op>) {
     let table_a: Table<u64, 16> = Table::new(Seed::new([1, 2, 3, 4]));
     let table_b: Table<u64, 16> = Table::new(Seed::new([5, 6, 7, 8]));
@@ -103,15 +116,32 @@ fn run(ops: Vec<Op>) {
     };
     let ca = Channel::new(la, config, StdClock::default()).unwrap();
     let cb = Channel::new(lb, config, StdClock::default()).unwrap();
-    let net = Net::default();
+    let q: Rc<RefCell<Queues>> = Rc::default();
     // A soft size threshold with short hysteresis: flows switch paths back and forth.
     let policy = ThresholdPolicy {
         min_len: 24,
         max_load: 900,
         hysteresis: 2,
+        ..ThresholdPolicy::default()
     };
-    let mut ra: R = Router::new(&table_a, policy, net.clone(), 1 << 20);
-    let mut rb: R = Router::new(&table_b, policy, net.clone(), 1 << 20);
+    let mut ra: R = Router::new(
+        &table_a,
+        policy,
+        Net {
+            me: A,
+            q: q.clone(),
+        },
+        1 << 20,
+    );
+    let mut rb: R = Router::new(
+        &table_b,
+        policy,
+        Net {
+            me: B,
+            q: q.clone(),
+        },
+        1 << 20,
+    );
     let ha = ra.attach(B, ca).unwrap();
     let hb = rb.attach(A, cb).unwrap();
     let mut wa = table_a.writer().unwrap();
@@ -119,18 +149,17 @@ fn run(ops: Vec<Op>) {
     wa.insert(B, ha).unwrap();
     wb.insert(A, hb).unwrap();
 
-    // flow ids: A->B flows 0..3, B->A flows 100..103 (unique per receiver).
-    let mut sent: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
-    let mut got_a: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
-    let mut got_b: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+    // Both directions use flows 0..3: a flow is (sender, id), so they never mix.
+    let mut sent: Got = BTreeMap::new();
+    let mut got_a: Got = BTreeMap::new();
+    let mut got_b: Got = BTreeMap::new();
 
-    let recv_net = |r: &mut R, me: u64, max: usize, got: &mut BTreeMap<u32, Vec<Vec<u8>>>| {
+    let recv_net = |r: &mut R, me: u64, max: usize, got: &mut Got| {
         for _ in 0..max {
-            let Some((h, p)) = net.0.borrow_mut().get_mut(&me).and_then(|q| q.pop_front()) else {
+            let Some((src, h, p)) = q.borrow_mut().get_mut(&me).and_then(|q| q.pop_front()) else {
                 break;
             };
-            r.recv_network(h, &p, |f, m| got.entry(f).or_default().push(m.to_vec()))
-                .unwrap();
+            r.recv_network_from(&src, h, &p, into(got)).unwrap();
         }
     };
 
@@ -138,23 +167,21 @@ fn run(ops: Vec<Op>) {
     for op in ops {
         match op {
             Op::Send { from_a, flow, len } => {
-                let (r, dst, flow) = if from_a {
-                    (&mut ra, B, flow)
+                let (r, src, dst) = if from_a {
+                    (&mut ra, A, B)
                 } else {
-                    (&mut rb, A, flow + 100)
+                    (&mut rb, B, A)
                 };
-                let s = sent.entry(flow).or_default();
+                let s = sent.entry((src, flow)).or_default();
                 let p = payload(flow, s.len() as u64, len);
                 r.send(&dst, flow, &p).unwrap();
                 s.push(p);
             }
             Op::RecvChannels { at_a: true } => {
-                ra.recv_channels(|f, m| got_a.entry(f).or_default().push(m.to_vec()))
-                    .unwrap();
+                ra.recv_channels_from(into(&mut got_a)).unwrap();
             }
             Op::RecvChannels { at_a: false } => {
-                rb.recv_channels(|f, m| got_b.entry(f).or_default().push(m.to_vec()))
-                    .unwrap();
+                rb.recv_channels_from(into(&mut got_b)).unwrap();
             }
             Op::RecvNetwork { at_a: true, max } => recv_net(&mut ra, A, max, &mut got_a),
             Op::RecvNetwork { at_a: false, max } => recv_net(&mut rb, B, max, &mut got_b),
@@ -181,8 +208,7 @@ fn run(ops: Vec<Op>) {
                 // path drops the peer from both residency tables and tells A's router.
                 faults.migrate(Side::Acceptor);
                 rb.peer_left(hb).unwrap();
-                rb.recv_channels(|f, m| got_b.entry(f).or_default().push(m.to_vec()))
-                    .unwrap();
+                rb.recv_channels_from(into(&mut got_b)).unwrap();
                 rb.abandon(hb);
                 wa.remove(&B);
                 wb.remove(&A);
@@ -211,10 +237,8 @@ fn run(ops: Vec<Op>) {
         rb.flush();
         ra.poll().unwrap();
         rb.poll().unwrap();
-        ra.recv_channels(|f, m| got_a.entry(f).or_default().push(m.to_vec()))
-            .unwrap();
-        rb.recv_channels(|f, m| got_b.entry(f).or_default().push(m.to_vec()))
-            .unwrap();
+        ra.recv_channels_from(into(&mut got_a)).unwrap();
+        rb.recv_channels_from(into(&mut got_b)).unwrap();
         recv_net(&mut ra, A, usize::MAX, &mut got_a);
         recv_net(&mut rb, B, usize::MAX, &mut got_b);
     }
@@ -225,29 +249,27 @@ fn run(ops: Vec<Op>) {
     ra.peer_left(ha).unwrap();
     rb.peer_left(hb).unwrap();
     for _ in 0..4 {
-        ra.recv_channels(|f, m| got_a.entry(f).or_default().push(m.to_vec()))
-            .unwrap();
-        rb.recv_channels(|f, m| got_b.entry(f).or_default().push(m.to_vec()))
-            .unwrap();
+        ra.recv_channels_from(into(&mut got_a)).unwrap();
+        rb.recv_channels_from(into(&mut got_b)).unwrap();
         recv_net(&mut ra, A, usize::MAX, &mut got_a);
         recv_net(&mut rb, B, usize::MAX, &mut got_b);
     }
-    for (flow, msgs) in &sent {
-        let got = if *flow >= 100 {
-            got_a.get(flow)
+    for ((src, flow), msgs) in &sent {
+        let got = if *src == B {
+            got_a.get(&(B, *flow))
         } else {
-            got_b.get(flow)
+            got_b.get(&(A, *flow))
         };
         let got = got.map(Vec::as_slice).unwrap_or(&[]);
         assert_eq!(
             got.len(),
             msgs.len(),
-            "flow {flow}: delivered {} of {}",
+            "flow {flow} of {src}: delivered {} of {}",
             got.len(),
             msgs.len()
         );
         for (i, (g, s)) in got.iter().zip(msgs).enumerate() {
-            assert_eq!(g, s, "flow {flow}: message {i} differs");
+            assert_eq!(g, s, "flow {flow} of {src}: message {i} differs");
         }
     }
 }

@@ -26,13 +26,13 @@ use coresident::{
 use coresident_shm::{ShmPending, ShmTransport};
 
 /// The channel type over the host transport.
-pub type Chan = Channel<coresident_shm::SharedRegion, coresident_shm::PeerLink, StdClock>;
+pub type Chan = Channel<coresident_shm::MemfdRegion, coresident_shm::PeerLink, StdClock>;
 
 /// A router whose channels are host-transport channels and whose network path is TCP.
 pub type NetRouter<'t, K, const B: usize> = coresident::Router<
     't,
     K,
-    coresident_shm::SharedRegion,
+    coresident_shm::MemfdRegion,
     coresident_shm::PeerLink,
     StdClock,
     TcpPath,
@@ -274,8 +274,8 @@ fn batching_from(s: &str) -> Batching {
 
 /// Offers a channel; returns the pending offer and the rendezvous bytes as hex.
 pub fn offer() -> (ShmPending, String) {
-    let dir = std::env::temp_dir();
-    let mut t = ShmTransport::new("study-sender".parse().unwrap(), dir);
+    // A private, verified directory (never /tmp: others could take the offer).
+    let mut t = ShmTransport::in_default_dir("study-sender".parse().unwrap());
     let mut buf = [0u8; 256];
     let (p, n) = t.offer(ChannelLayout::symmetric(RING), &mut buf).unwrap();
     (p, buf[..n].iter().map(|b| format!("{b:02x}")).collect())

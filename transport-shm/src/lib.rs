@@ -1,80 +1,96 @@
 //! coresident's host transport: co-resident processes and containers on one Linux host
-//! share a sealed memfd region and signal each other through eventfd doorbells; a
-//! Unix-socket rendezvous passes the descriptors (the model of KVM's ivshmem server).
+//! share a sealed memfd region holding both rings; a Unix-socket rendezvous passes it,
+//! and the same socket then carries the doorbells and signals the peer's death (the
+//! model of KVM's ivshmem server).
 //!
 //! # The rendezvous
 //!
 //! ```text
 //!   offerer (connects)                                 acceptor (listens)
 //!   ------------------                                 ------------------
-//!   memfd_create, ftruncate(size),                     Listener::bind(path)  or
-//!     seal SHRINK|GROW|SEAL, mmap                        Registry::register(id)
-//!   eventfd "to offerer", eventfd "to acceptor"
-//!   connect(path) ---------------------------------->  accept()
-//!   Hello {magic, version, len, region size,
-//!          ring data sizes, offerer id, acceptor id}
-//!     + SCM_RIGHTS [memfd, to_offerer, to_acceptor] ->  read 16-byte prefix: magic, version, len
-//!                                                      read the rest; exactly 3 fds;
-//!                                                      ids, ring sizes, region size;
-//!                                                      memfd: S_IFREG, sealed SHRINK|GROW,
-//!                                                        size == declared; mmap
-//!                                                      eventfds: /proc/self/fd link
-//!                                                      SO_PEERCRED -> peer pid, uid
-//!   SO_PEERCRED -> peer pid, uid  <-----------------  Ack {magic, version, status}
-//!                                                      (status != 0: RejectReason, close)
+//!   memfd_create, ftruncate, seal SHRINK|GROW|SEAL,    Registry::register(id) in a
+//!     mmap, lay both rings out (ChannelLayout)           verified 0700 directory,
+//!   connect(path)  -------------------------------->    socket mode 0600; accept
+//!   SO_PEERCRED: the listener's uid -> CredPolicy      SO_PEERCRED: the offerer's uid
+//!     (refused: nothing is sent)                         -> CredPolicy (refused: say
+//!                                                        why, read nothing)
+//!   Hello v2 {magic, version, len, region size,
+//!     ring sizes, ring layout version, ids,
+//!     context (<= 256 B)} + SCM_RIGHTS [memfd] ---->  one deadline for the whole hello;
+//!                                                      parse; exactly 1 descriptor;
+//!                                                      memfd: F_GET_SEALS first, sealed
+//!                                                        SHRINK|GROW, size == declared;
+//!                                                        mmap; both ring headers match
+//!                     <---------------------------  Ack {magic, version, status}
 //!   ==================== channel established ====================
-//!   produce into "to acceptor" ring,                    produce into "to offerer" ring,
-//!   ring the "to acceptor" eventfd;                     ring the "to offerer" eventfd;
-//!   wait on "to offerer" + socket                       wait on "to acceptor" + socket
-//!   socket hang-up (exit, crash, drop) = peer death, seen by the other side's wait
+//!   each side: produce into its ring, send one byte on the socket as a doorbell;
+//!   wait = poll the socket; the socket's hang-up (exit, crash, drop) = peer death
 //! ```
 //!
-//! The region holds the two rings (see [`layout`]); the bytes of both messages are in
-//! [`wire`].
+//! The bytes of both messages, and their parsers, are in [`wire`]. Every endpoint this
+//! crate hands out is ready for the core's `Channel::new` ([`Endpoint::into_link`]).
 //!
 //! # Examples
 //!
-//! Both sides in one process, over a socket pair (across processes, the acceptor uses
-//! [`Listener::bind`] or [`Registry::register`] and the offerer [`connect`]):
+//! Two processes that share a registry directory: the server registers, the client
+//! connects by name, and each side has a channel.
 //!
 //! ```
-//! use std::os::unix::net::UnixStream;
 //! use std::time::Duration;
-//! use coresident_shm::{accept_offer, offer, AcceptConfig, OfferConfig, Wake};
+//! use coresident::{Channel, ChannelConfig, StdClock};
+//! use coresident_shm::{AcceptConfig, OfferConfig, Registry};
 //!
-//! let (a, b) = UnixStream::pair()?;
-//! let acceptor = std::thread::spawn(move || accept_offer(b, &AcceptConfig::default()));
-//! let offerer = offer(a, &OfferConfig::new("client".parse()?))?;
-//! let acceptor = acceptor.join().unwrap()?;
+//! # let dir = std::env::temp_dir().join(format!("shm-doc-{}", std::process::id()));
+//! let registry = Registry::open(&dir)?; // or Registry::open_default()
+//! let listener = registry.register(&"server".parse()?)?;
+//! let server = std::thread::spawn(move || listener.accept(&AcceptConfig::default()));
 //!
-//! // The offerer's transmit ring is the acceptor's receive ring, in shared memory.
-//! assert_eq!(offerer.tx_slot(), acceptor.rx_slot());
-//! offerer.notify_peer()?;
-//! assert_eq!(acceptor.wait(Some(Duration::from_secs(5)))?, Wake::Notified { count: 1 });
+//! let client = registry.connect(&"server".parse()?, &OfferConfig::new("client".parse()?))?;
+//! let server = server.join().unwrap()?;
+//! assert_eq!(server.peer().id, Some("client".parse()?));
 //!
-//! drop(offerer); // hang-up: the peer's next wait reports `PeerGone`
-//! assert!(acceptor.wait(None).is_err());
+//! let mut tx = Channel::new(client.into_link(), ChannelConfig::default(), StdClock::default())?;
+//! let mut rx = Channel::new(server.into_link(), ChannelConfig::default(), StdClock::default())?;
+//! tx.send_blocking(b"hello", Some(Duration::from_secs(5)))?;
+//! let mut buf = [0u8; 64];
+//! let n = rx.recv_blocking(&mut buf, Some(Duration::from_secs(5)))?;
+//! assert_eq!(&buf[..n], b"hello");
+//! # drop((tx, rx));
+//! # std::fs::remove_dir_all(&dir)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! A server facing many offerers runs an [`Acceptor`]: a thread serving handshakes
+//! concurrently, each with its own deadline, handing validated endpoints out through a
+//! bounded queue.
 //!
 //! # Discovery
 //!
 //! [`Registry`] keeps one listening socket per peer id in a directory; `scan` lists the
-//! live ones (and removes stale sockets), `watch` reports peers coming and going.
+//! live ones (and removes stale sockets), `watch` reports peers coming and going. A
+//! [`PeerId`] converts to a residency-table key with [`PeerKey`].
 //!
 //! # The core's `Transport`
 //!
-//! With feature `core`, `ShmTransport` implements the core's `Transport` (rendezvous
-//! bytes name a one-shot socket; see the `transport` module), [`SharedRegion`] its
-//! `SharedRegion` and [`PeerLink`] its `Doorbell`. Feature `conformance` runs the core's
-//! conformance suite in this crate's tests.
+//! [`ShmTransport`] implements the core's `Transport` (the rendezvous bytes name a
+//! one-shot socket; see the `transport` module), [`MemfdRegion`] its `SharedRegion` and
+//! [`PeerLink`] its `Doorbell`. Feature `conformance` runs the core's conformance suite
+//! in this crate's tests.
 //!
 //! # Trust
 //!
-//! The peer is not trusted: every field of the hello and every descriptor is validated
-//! before use, each failure is a typed error, and nothing the peer sends can panic this
-//! crate. The mapped memory is handed out as raw pointers only (the peer writes it
-//! concurrently).
+//! The peer is not trusted (see `docs/threat-model.md`):
+//! - who it is: the kernel's `SO_PEERCRED`, checked against a [`CredPolicy`] on both
+//!   sides before any descriptor moves, and carried in [`PeerInfo::cred`];
+//! - where: sockets live in a [`SecureDir`] (owner, mode, no symlink; reached through
+//!   its descriptor), under unpredictable names for one-shot offers;
+//! - what it sends: every field of the hello and the descriptor are validated before
+//!   use, each failure is a typed error, and nothing the peer sends can panic this
+//!   crate (the `shm_hello` fuzz target holds that);
+//! - when: one deadline bounds each whole handshake, and listeners serve many at once;
+//! - after: no file description is shared with the peer except the memfd (whose size
+//!   is sealed), so no flag the peer sets can make a call of ours block. The mapped
+//!   memory is handed out as raw pointers only (the peer writes it concurrently).
 //!
 //! Linux only: on other targets this crate is empty.
 #![cfg(target_os = "linux")]
@@ -83,27 +99,34 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod acceptor;
+pub mod cred;
+pub mod dir;
+pub mod discovery;
 pub mod endpoint;
 pub mod error;
-pub mod eventfd;
-pub mod layout;
+pub mod listener;
 pub mod memfd;
 pub mod offer;
 pub mod peer_id;
+pub mod peer_link;
 pub mod registry;
 pub mod rendezvous;
-#[cfg(feature = "core")]
 pub mod transport;
 pub mod wire;
 
-pub use endpoint::{Endpoint, PeerInfo, PeerLink, Role};
+pub use acceptor::{AcceptError, Acceptor, AcceptorStats};
+pub use cred::{CredPolicy, PeerCred};
+pub use dir::{DirError, SecureDir};
+pub use discovery::{DiscoveryError, HostConfig, HostDiscovery, Withdraw};
+pub use endpoint::{Endpoint, PeerInfo};
 pub use error::SysError;
-pub use eventfd::{peer_alive, Doorbell, DoorbellError, WaitError, Wake};
-pub use layout::{Layout, LayoutError, RingSlot};
-pub use memfd::{RegionError, SharedRegion, MAX_REGION_SIZE, MIN_REGION_SIZE};
-pub use offer::{connect, offer, OfferConfig, PendingOffer};
-pub use peer_id::{PeerId, PeerIdError};
-pub use registry::{Registry, RegistryError, RegistryEvent, Watcher};
-pub use rendezvous::{accept_offer, AcceptConfig, HandshakeError, Listener, RejectReason};
-#[cfg(feature = "core")]
-pub use transport::{ready_offer, ShmError, ShmPending, ShmTransport};
+pub use listener::Listener;
+pub use memfd::{MemfdRegion, RegionError, MAX_REGION_SIZE, MIN_REGION_SIZE};
+pub use offer::{connect, offer, OfferConfig, PreparedOffer};
+pub use peer_id::{PeerId, PeerIdError, PeerKey};
+pub use peer_link::PeerLink;
+pub use registry::{default_dir, Registry, RegistryError, RegistryEvent, Watcher};
+pub use rendezvous::{accept_offer, AcceptConfig, HandshakeError, RejectReason};
+pub use transport::{ShmError, ShmPending, ShmTransport};
+pub use wire::{AckError, HelloError, RingSizeError};

@@ -4,18 +4,27 @@
 //! `MFD_ALLOW_SEALING | MFD_CLOEXEC`), sizes it with `ftruncate`, then seals it with
 //! `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`: from then on nobody, not even the
 //! creator, can change its size or its seals. The attaching side receives the
-//! descriptor from a peer it does not trust and validates it before mapping it:
+//! descriptor from a peer it does not trust and validates it before mapping it, in an
+//! order that never lets the peer's file system run code on our behalf:
 //!
-//! 1. `fstat` says it is a regular file, `fstatfs` says it lives on tmpfs (ordinary
-//!    memfds do; disk files and hugetlbfs memfds do not), and `F_GET_SEALS` succeeds
-//!    (only shmem files, i.e. memfds and tmpfs files, support seals);
+//! 1. `F_GET_SEALS` succeeds. Only shmem files (memfds, tmpfs files) and hugetlbfs
+//!    files support seals, and the call is answered by the kernel's shmem code alone.
+//!    Anything else (a pipe, a socket, a disk file, a FUSE file whose server could
+//!    leave `fstat` blocked forever) fails here, before any call that reaches another
+//!    file system;
 //! 2. the seals include `F_SEAL_SHRINK | F_SEAL_GROW`: without them the peer could
 //!    shrink the file after we mapped it, and our next access would raise `SIGBUS`;
-//! 3. its size equals the size the rendezvous message declared, and lies within
+//! 3. `fstat` says it is a regular file and `fstatfs` that it lives on tmpfs (ordinary
+//!    memfds do; hugetlbfs memfds do not): both are answered by shmem now;
+//! 4. its size equals the size the hello declared, and lies within
 //!    [`MIN_REGION_SIZE`]`..=`[`MAX_REGION_SIZE`].
 //!
 //! A tmpfs file opened by path starts out with `F_SEAL_SEAL` and can never gain the
 //! shrink/grow seals, so step 2 rejects it too.
+//!
+//! A descriptor that fails is not closed inline: closing a FUSE file sends its server a
+//! `FLUSH` that it may never answer. It goes to [`close_untrusted`], which closes it on
+//! a background thread.
 //!
 //! The mapping is handed out as a raw pointer and a length, never as `&[u8]` or
 //! `&mut [u8]`: the peer writes these bytes concurrently, so a reference to them would
@@ -133,6 +142,19 @@ fn check_size(size: u64) -> Result<usize, RegionError> {
 /// See the module docs for the checks; each failure is its own [`RegionError`] variant.
 pub fn validate_memfd(fd: BorrowedFd<'_>, declared: u64) -> Result<usize, RegionError> {
     let size = check_size(declared)?;
+    // First, and alone: answered by shmem or hugetlbfs only, never by another file
+    // system (see the module docs).
+    let seals = match rustix::fs::fcntl_get_seals(fd) {
+        Ok(seals) => seals,
+        Err(rustix::io::Errno::INVAL) => return Err(RegionError::NotMemfd),
+        Err(e) => return Err(SysError::new("fcntl(F_GET_SEALS)", e).into()),
+    };
+    if !seals.contains(REQUIRED_SEALS) {
+        return Err(RegionError::NotSealed {
+            seals: seals.bits(),
+        });
+    }
+    // Now known to be a shmem or hugetlbfs file: these calls stay in the kernel.
     let stat = rustix::fs::fstat(fd).sys("fstat")?;
     if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
         return Err(RegionError::NotRegularFile);
@@ -144,29 +166,67 @@ pub fn validate_memfd(fd: BorrowedFd<'_>, declared: u64) -> Result<usize, Region
     if fs.f_type as u64 != TMPFS_MAGIC {
         return Err(RegionError::NotMemfd);
     }
-    let seals = match rustix::fs::fcntl_get_seals(fd) {
-        Ok(seals) => seals,
-        Err(rustix::io::Errno::INVAL) => return Err(RegionError::NotMemfd),
-        Err(e) => return Err(SysError::new("fcntl(F_GET_SEALS)", e).into()),
-    };
-    if !seals.contains(REQUIRED_SEALS) {
-        return Err(RegionError::NotSealed {
-            seals: seals.bits(),
-        });
-    }
-    // Read the size only now: once shrink/grow are sealed it can no longer change.
-    let actual = u64::try_from(rustix::fs::fstat(fd).sys("fstat")?.st_size).unwrap_or(0);
+    // Read after the seal check: once shrink/grow are sealed the size cannot change.
+    let actual = u64::try_from(stat.st_size).unwrap_or(0);
     if actual != declared {
         return Err(RegionError::SizeMismatch { declared, actual });
     }
     Ok(size)
 }
 
+/// Closes a descriptor received from a peer that failed validation, without letting
+/// the peer block us: a FUSE file's `close` sends its server a `FLUSH` it may never
+/// answer. The descriptor goes to one background thread that closes what it is given
+/// in order. If that thread is stuck (every queued close blocked) or cannot be
+/// started, the descriptor is leaked rather than closed here, and counted in
+/// [`leaked_untrusted`]; a hostile peer can then exhaust descriptors, never hang us.
+pub fn close_untrusted(fd: OwnedFd) {
+    use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+    use std::sync::OnceLock;
+    static CLOSER: OnceLock<Option<SyncSender<OwnedFd>>> = OnceLock::new();
+    let closer = CLOSER.get_or_init(|| {
+        let (tx, rx) = sync_channel::<OwnedFd>(1024);
+        std::thread::Builder::new()
+            .name("coresident-shm-closer".into())
+            .spawn(move || {
+                for fd in rx {
+                    drop(fd);
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    let fd = match closer {
+        Some(tx) => match tx.try_send(fd) {
+            Ok(()) => return,
+            Err(TrySendError::Full(fd) | TrySendError::Disconnected(fd)) => fd,
+        },
+        None => fd,
+    };
+    // Relaxed: a statistics counter.
+    LEAKED.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(
+        fd = std::os::fd::AsRawFd::as_raw_fd(&fd),
+        "coresident-shm: leaking an untrusted descriptor (its closer thread is stuck)"
+    );
+    core::mem::forget(fd);
+}
+
+/// Untrusted descriptors leaked by [`close_untrusted`].
+static LEAKED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// How many untrusted descriptors [`close_untrusted`] had to leak so far.
+#[must_use]
+pub fn leaked_untrusted() -> u64 {
+    // Relaxed: a statistics counter.
+    LEAKED.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 /// A shared memory region backed by a sealed memfd, mapped shared read/write.
 ///
 /// Unmapped when dropped; the descriptor is closed then too (the memory itself lives on
 /// while the peer keeps its own mapping or descriptor).
-pub struct SharedRegion {
+pub struct MemfdRegion {
     /// Start of the mapping; page-aligned, valid for `len` bytes until `drop`.
     ptr: NonNull<u8>,
     /// Length of the mapping in bytes, in `MIN_REGION_SIZE..=MAX_REGION_SIZE`; equal to
@@ -177,20 +237,20 @@ pub struct SharedRegion {
 }
 
 // SAFETY:
-// - `SharedRegion` owns its mapping and descriptor; nothing in it is tied to a thread.
+// - `MemfdRegion` owns its mapping and descriptor; nothing in it is tied to a thread.
 // - It hands out only a raw pointer; all accesses through it are the caller's `unsafe`
 //   code, which must synchronise (atomics, volatile copies) as it would across processes.
-unsafe impl Send for SharedRegion {}
+unsafe impl Send for MemfdRegion {}
 // SAFETY:
-// - `&SharedRegion` exposes only the pointer, length and descriptor, all read-only
+// - `&MemfdRegion` exposes only the pointer, length and descriptor, all read-only
 //   fields; concurrent reads of them are fine.
 // - The memory behind the pointer is already shared with another process, so sharing it
 //   between threads adds no new hazard: every access goes through raw pointers.
-unsafe impl Sync for SharedRegion {}
+unsafe impl Sync for MemfdRegion {}
 
-impl fmt::Debug for SharedRegion {
+impl fmt::Debug for MemfdRegion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SharedRegion")
+        f.debug_struct("MemfdRegion")
             .field("ptr", &self.ptr)
             .field("len", &self.len)
             .field("fd", &self.fd)
@@ -198,7 +258,7 @@ impl fmt::Debug for SharedRegion {
     }
 }
 
-impl SharedRegion {
+impl MemfdRegion {
     /// Creates a new sealed memfd of `len` bytes (zero-filled) and maps it.
     ///
     /// `name` shows up in `/proc/<pid>/fd` and `/proc/<pid>/maps` as `memfd:<name>`.
@@ -220,14 +280,19 @@ impl SharedRegion {
 
     /// Validates a descriptor received from a peer (see [`validate_memfd`]) and maps it.
     ///
-    /// On error the descriptor is closed.
+    /// On error the descriptor is closed ([`close_untrusted`]).
     ///
     /// # Errors
     ///
     /// Any [`RegionError`]: see the module docs for the checks.
     pub fn attach(fd: OwnedFd, declared: u64) -> Result<Self, RegionError> {
-        let len = validate_memfd(fd.as_fd(), declared)?;
-        Self::map(fd, len)
+        match validate_memfd(fd.as_fd(), declared) {
+            Ok(len) => Self::map(fd, len),
+            Err(e) => {
+                close_untrusted(fd);
+                Err(e)
+            }
+        }
     }
 
     /// Maps `len` bytes of `fd` shared read/write.
@@ -280,13 +345,27 @@ impl SharedRegion {
     }
 }
 
-impl AsFd for SharedRegion {
+impl AsFd for MemfdRegion {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 }
 
-impl Drop for SharedRegion {
+// SAFETY:
+// - `as_ptr()..as_ptr() + len()` is one `mmap` mapping, valid for reads and writes
+//   until the `MemfdRegion` is dropped, and page-aligned (so 128-byte aligned);
+// - this crate never makes a Rust reference to the mapped bytes, only raw pointers.
+unsafe impl coresident::SharedRegion for MemfdRegion {
+    fn as_ptr(&self) -> *mut u8 {
+        MemfdRegion::as_ptr(self)
+    }
+
+    fn len(&self) -> usize {
+        MemfdRegion::len(self)
+    }
+}
+
+impl Drop for MemfdRegion {
     fn drop(&mut self) {
         // SAFETY:
         // - `ptr` and `len` describe exactly the mapping made in `map`, not yet unmapped.
@@ -304,9 +383,9 @@ mod tests {
 
     #[test]
     fn create_map_and_attach_share_memory() {
-        let a = SharedRegion::create("test", 8192).unwrap();
+        let a = MemfdRegion::create("test", 8192).unwrap();
         let dup = a.fd.try_clone().unwrap();
-        let b = SharedRegion::attach(dup, 8192).unwrap();
+        let b = MemfdRegion::attach(dup, 8192).unwrap();
         assert_eq!(b.len(), 8192);
         // SAFETY:
         // - offset 100 is within both 8192-byte mappings;
@@ -320,21 +399,21 @@ mod tests {
     #[test]
     fn size_bounds() {
         assert_eq!(
-            SharedRegion::create("x", 10).unwrap_err(),
+            MemfdRegion::create("x", 10).unwrap_err(),
             RegionError::SizeOutOfRange { size: 10 }
         );
         assert!(matches!(
-            SharedRegion::create("x", MAX_REGION_SIZE + 1),
+            MemfdRegion::create("x", MAX_REGION_SIZE + 1),
             Err(RegionError::SizeOutOfRange { .. })
         ));
     }
 
     #[test]
     fn size_mismatch_is_rejected() {
-        let a = SharedRegion::create("test", 8192).unwrap();
+        let a = MemfdRegion::create("test", 8192).unwrap();
         let dup = a.fd.try_clone().unwrap();
         assert_eq!(
-            SharedRegion::attach(dup, 16384).unwrap_err(),
+            MemfdRegion::attach(dup, 16384).unwrap_err(),
             RegionError::SizeMismatch {
                 declared: 16384,
                 actual: 8192
@@ -347,17 +426,18 @@ mod tests {
         let fd = rustix::fs::memfd_create("x", MemfdFlags::ALLOW_SEALING).unwrap();
         rustix::fs::ftruncate(&fd, 8192).unwrap();
         assert!(matches!(
-            SharedRegion::attach(fd, 8192),
+            MemfdRegion::attach(fd, 8192),
             Err(RegionError::NotSealed { .. })
         ));
     }
 
     #[test]
     fn pipe_is_not_a_region() {
+        // Refused by the seal check, before `fstat` (see the module docs).
         let (r, _w) = rustix::pipe::pipe().unwrap();
         assert_eq!(
-            SharedRegion::attach(r, 8192).unwrap_err(),
-            RegionError::NotRegularFile
+            MemfdRegion::attach(r, 8192).unwrap_err(),
+            RegionError::NotMemfd
         );
     }
 }

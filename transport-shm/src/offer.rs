@@ -1,26 +1,29 @@
 //! The offering side of the rendezvous.
 //!
-//! An offer is made in two steps so that the offerer can lay the rings out in the fresh
-//! region *before* the peer sees it ([`PendingOffer`]): once the acceptor has the
-//! region it may attach to the rings at once, and must find them initialised.
+//! [`PreparedOffer::new`] creates the sealed region and lays both rings out in it,
+//! exactly as the core's [`ChannelLayout`] places them, before any peer can see it: an
+//! acceptor may attach to the rings the moment it has the region, and every endpoint
+//! this crate hands out is ready for `Channel::new`.
 
 use core::time::Duration;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use zerocopy::{FromBytes, IntoBytes};
+use coresident::{ChannelLayout, Role};
 
-use crate::endpoint::{Endpoint, PeerInfo, PeerLink, Role};
-use crate::eventfd::Doorbell;
-use crate::layout::{Layout, RingSlot};
-use crate::memfd::SharedRegion;
+use crate::cred::{CredPolicy, PeerCred};
+use crate::endpoint::{Endpoint, PeerInfo};
+use crate::memfd::{close_untrusted, MemfdRegion};
 use crate::peer_id::PeerId;
+use crate::peer_link::PeerLink;
 use crate::rendezvous::{
-    io_err, peer_cred, recv_exact, send_with_fds, HandshakeError, RejectReason,
-    DEFAULT_HANDSHAKE_TIMEOUT,
+    connect_path, recv_exact, send_all, Deadline, HandshakeError, DEFAULT_HANDSHAKE_TIMEOUT,
 };
-use crate::wire::{AckWire, HelloWire, ACK_LEN, ACK_MAGIC, PROTOCOL_VERSION};
+use crate::wire::{
+    check_layout, encode_hello, parse_ack, region_alloc_size, AckError, Hello, ACK_LEN,
+    MAX_CONTEXT_LEN,
+};
 
 /// What the offering side proposes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,194 +32,185 @@ pub struct OfferConfig {
     pub local_id: PeerId,
     /// The id of the peer we expect to reach (checked by the acceptor), if known.
     pub peer_id: Option<PeerId>,
-    /// Data size of the ring we produce into (a power of two, see [`crate::layout`]).
-    pub tx_data_size: usize,
-    /// Data size of the ring the peer produces into.
-    pub rx_data_size: usize,
-    /// How long to wait for the ack.
+    /// The ring sizes: `to_acceptor` is the ring we produce into. Powers of two in
+    /// [`MIN_RING_DATA`](crate::wire::MIN_RING_DATA)`..=`[`MAX_RING_DATA`](crate::wire::MAX_RING_DATA).
+    pub layout: ChannelLayout,
+    /// How long the whole handshake may take, from `connect` to the ack.
     pub handshake_timeout: Duration,
+    /// Whom we offer to: the listener's credentials are checked against it before the
+    /// region is sent.
+    pub policy: CredPolicy,
+    /// Opaque application bytes for the acceptor (at most
+    /// [`MAX_CONTEXT_LEN`]): a session id, the TCP
+    /// 4-tuple a stream binds this channel to... The acceptor finds them in
+    /// [`PeerInfo::context`].
+    pub context: Vec<u8>,
 }
 
 impl OfferConfig {
-    /// An offer from `local_id` with two 64 KiB rings and the default timeout.
+    /// An offer from `local_id` with two 64 KiB rings, the default timeout and policy,
+    /// and no context.
     #[must_use]
     pub fn new(local_id: PeerId) -> Self {
         Self {
             local_id,
             peer_id: None,
-            tx_data_size: 1 << 16,
-            rx_data_size: 1 << 16,
+            layout: ChannelLayout::symmetric(1 << 16),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            policy: CredPolicy::default(),
+            context: Vec::new(),
         }
     }
 }
 
-/// A region and doorbells made for an offer, not yet sent: lay the rings out in
-/// [`region`](Self::region), then [`offer`](Self::offer) or [`connect`](Self::connect).
+/// A region made for an offer, rings laid out, not yet sent: [`offer`](Self::offer) it
+/// over a connected stream or [`connect`](Self::connect) it to a listener.
 #[derive(Debug)]
-pub struct PendingOffer {
-    /// The fresh, zero-filled region, sized for `layout`.
-    region: SharedRegion,
-    /// Where the two rings go.
-    layout: Layout,
-    /// The doorbell the acceptor rings for us.
-    to_offerer: Doorbell,
-    /// The doorbell we ring for the acceptor.
-    to_acceptor: Doorbell,
-    /// The configuration.
+pub struct PreparedOffer {
+    /// The fresh region, both rings initialised.
+    region: MemfdRegion,
+    /// The configuration (its layout checked).
     cfg: OfferConfig,
 }
 
-impl PendingOffer {
-    /// Creates the region (sealed memfd, zero-filled) and the two doorbells.
+impl PreparedOffer {
+    /// Creates the region (sealed memfd) and lays both rings out in it.
     ///
     /// # Errors
     ///
-    /// [`HandshakeError::Layout`] for bad ring sizes in `cfg`;
-    /// [`HandshakeError::Region`] or [`HandshakeError::Doorbell`] if a system call fails.
+    /// [`HandshakeError::RingSize`] for ring sizes this transport refuses,
+    /// [`HandshakeError::ContextTooLong`] for a context over
+    /// [`MAX_CONTEXT_LEN`]; [`HandshakeError::Region`] or
+    /// [`HandshakeError::Rings`] if creating or laying out the region fails.
     pub fn new(cfg: &OfferConfig) -> Result<Self, HandshakeError> {
-        let layout = Layout::new(cfg.tx_data_size as u64, cfg.rx_data_size as u64)
-            .map_err(HandshakeError::Layout)?;
-        let region = SharedRegion::create("coresident", layout.region_alloc_size())
+        let layout = check_layout(cfg.layout).map_err(HandshakeError::RingSize)?;
+        if cfg.context.len() > MAX_CONTEXT_LEN {
+            return Err(HandshakeError::ContextTooLong {
+                len: cfg.context.len(),
+            });
+        }
+        let region = MemfdRegion::create("coresident", region_alloc_size(layout))
             .map_err(HandshakeError::Region)?;
+        coresident::init_region(&region, layout).map_err(HandshakeError::Rings)?;
         Ok(Self {
             region,
-            layout,
-            to_offerer: Doorbell::new().map_err(HandshakeError::Doorbell)?,
-            to_acceptor: Doorbell::new().map_err(HandshakeError::Doorbell)?,
             cfg: cfg.clone(),
         })
     }
 
-    /// The region, to lay the rings out before offering.
+    /// The ring sizes.
     #[must_use]
-    pub fn region(&self) -> &SharedRegion {
-        &self.region
-    }
-
-    /// The ring layout.
-    #[must_use]
-    pub fn layout(&self) -> Layout {
-        self.layout
-    }
-
-    /// The slot of the ring we will produce into (`layout().to_acceptor`).
-    #[must_use]
-    pub fn tx_slot(&self) -> RingSlot {
-        self.layout.to_acceptor
-    }
-
-    /// The slot of the ring we will consume from (`layout().to_offerer`).
-    #[must_use]
-    pub fn rx_slot(&self) -> RingSlot {
-        self.layout.to_offerer
+    pub fn layout(&self) -> ChannelLayout {
+        self.cfg.layout
     }
 
     /// Connects to the listener at `path` and offers.
     ///
     /// # Errors
     ///
-    /// [`HandshakeError::Sys`] if the connection fails (`ECONNREFUSED`: nobody listens;
-    /// `ENOENT`: no such socket); otherwise as [`offer`](Self::offer).
+    /// [`HandshakeError::NoSuchSocket`] (nobody registered there),
+    /// [`HandshakeError::NotListening`] (a stale socket), [`HandshakeError::Timeout`]
+    /// (a backlog that stayed full); otherwise as [`offer`](Self::offer).
     pub fn connect(self, path: &Path) -> Result<Endpoint, HandshakeError> {
-        let stream = UnixStream::connect(path).map_err(|e| io_err("connect", &e))?;
-        self.offer(stream)
+        let deadline = Deadline::after(self.cfg.handshake_timeout);
+        let stream = connect_path(path, deadline)?;
+        self.offer_until(stream, deadline)
     }
 
-    /// Sends the hello with the three descriptors over a connected stream and waits for
-    /// the ack.
+    /// Offers over a connected stream: checks who listens, sends the hello with the
+    /// region, and waits for the ack, all within the handshake timeout.
     ///
     /// # Errors
     ///
-    /// [`HandshakeError::Rejected`] if the acceptor refused (with its reason);
-    /// [`HandshakeError::Timeout`] if it did not answer in time; transport errors
-    /// otherwise.
+    /// [`HandshakeError::PeerRefused`] if the policy does not admit the peer (nothing
+    /// was sent); [`HandshakeError::Rejected`] if the acceptor refused (with its
+    /// reason); [`HandshakeError::Timeout`] if it did not answer in time; transport
+    /// errors otherwise.
     pub fn offer(self, stream: UnixStream) -> Result<Endpoint, HandshakeError> {
-        let Self {
-            region,
-            layout,
-            to_offerer,
-            to_acceptor,
-            cfg,
-        } = self;
-        stream
-            .set_read_timeout(Some(cfg.handshake_timeout.max(Duration::from_millis(1))))
-            .map_err(|e| io_err("setsockopt(SO_RCVTIMEO)", &e))?;
-        let hello = HelloWire::new(
-            region.len() as u64,
-            layout.to_acceptor.data_size as u64,
-            layout.to_offerer.data_size as u64,
-            &cfg.local_id,
-            cfg.peer_id.as_ref(),
-        );
-        send_with_fds(
-            stream.as_fd(),
-            hello.as_bytes(),
-            &[region.as_fd(), to_offerer.as_fd(), to_acceptor.as_fd()],
-        )?;
+        let deadline = Deadline::after(self.cfg.handshake_timeout);
+        self.offer_until(stream, deadline)
+    }
 
-        let mut buf = [0u8; ACK_LEN];
+    /// [`offer`](Self::offer) with a deadline already running.
+    pub(crate) fn offer_until(
+        self,
+        stream: UnixStream,
+        deadline: Deadline,
+    ) -> Result<Endpoint, HandshakeError> {
+        let Self { region, cfg } = self;
+        let sock = stream.as_fd();
+        // Who listens, before anything moves: the kernel's word, fixed at its listen().
+        let cred = PeerCred::of(sock)?;
+        if !cfg.policy.allows(&cred) {
+            tracing::info!(
+                pid = cred.pid,
+                uid = cred.uid,
+                "coresident-shm: not offering to a listener the policy does not admit"
+            );
+            return Err(HandshakeError::PeerRefused(cred));
+        }
+        let hello = encode_hello(&Hello {
+            region_size: region.len() as u64,
+            layout: cfg.layout,
+            offerer: cfg.local_id.clone(),
+            acceptor: cfg.peer_id.clone(),
+            context: cfg.context.clone(),
+        })?;
+        if let Err(e) = send_all(sock, &hello, &[region.as_fd()], deadline) {
+            // An acceptor that refused before reading (credentials, busy) closed the
+            // connection; its reason may be waiting for us.
+            let mut ack = [0u8; ACK_LEN];
+            let mut fds = Vec::new();
+            let answer = recv_exact(sock, &mut ack, &mut fds, deadline);
+            fds.into_iter().for_each(close_untrusted);
+            if answer.is_ok() {
+                if let Err(refusal @ AckError::Rejected(_)) = parse_ack(&ack) {
+                    return Err(refusal.into());
+                }
+            }
+            return Err(e);
+        }
+
+        let mut ack = [0u8; ACK_LEN];
         let mut fds = Vec::new();
-        let mut truncated = false;
-        recv_exact(
-            stream.as_fd(),
-            &mut buf,
-            &mut fds,
-            &mut truncated,
-            0,
-            ACK_LEN,
-        )?;
-        if !fds.is_empty() || truncated {
+        let got = recv_exact(sock, &mut ack, &mut fds, deadline);
+        if !fds.is_empty() {
+            fds.into_iter().for_each(close_untrusted);
             return Err(HandshakeError::UnexpectedFds);
         }
-        // Infallible: the buffer has exactly the struct's size and any bytes are valid.
-        let ack = AckWire::read_from_bytes(&buf).map_err(|_| HandshakeError::BadMagic)?;
-        if ack.magic != ACK_MAGIC {
-            return Err(HandshakeError::BadMagic);
-        }
-        if let code @ 1.. = ack.status.get() {
-            return Err(HandshakeError::Rejected(RejectReason::from_code(code)));
-        }
-        if ack.version.get() != PROTOCOL_VERSION {
-            return Err(HandshakeError::VersionMismatch {
-                ours: PROTOCOL_VERSION,
-                theirs: ack.version.get(),
-            });
-        }
-        let (pid, uid) = peer_cred(stream.as_fd())?;
-        stream
-            .set_read_timeout(None)
-            .map_err(|e| io_err("setsockopt(SO_RCVTIMEO)", &e))?;
+        got?;
+        parse_ack(&ack)?;
         Ok(Endpoint {
             region,
-            layout,
+            layout: cfg.layout,
             role: Role::Offerer,
-            link: PeerLink::new(to_offerer, to_acceptor, stream),
-            peer: PeerInfo {
-                id: cfg.peer_id,
-                pid,
-                uid,
-            },
+            link: PeerLink::new(
+                stream.into(),
+                PeerInfo {
+                    id: cfg.peer_id,
+                    cred,
+                    context: cfg.context,
+                },
+            ),
         })
     }
 }
 
-/// Offers a channel over a connected stream, with the region left zero-filled:
-/// `PendingOffer::new(cfg)?.offer(stream)`.
+/// Offers a channel over a connected stream: `PreparedOffer::new(cfg)?.offer(stream)`.
 ///
 /// # Errors
 ///
-/// As [`PendingOffer::new`] and [`PendingOffer::offer`].
+/// As [`PreparedOffer::new`] and [`PreparedOffer::offer`].
 pub fn offer(stream: UnixStream, cfg: &OfferConfig) -> Result<Endpoint, HandshakeError> {
-    PendingOffer::new(cfg)?.offer(stream)
+    PreparedOffer::new(cfg)?.offer(stream)
 }
 
-/// Connects to the listener at `path` and offers a channel, with the region left
-/// zero-filled: `PendingOffer::new(cfg)?.connect(path)`.
+/// Connects to the listener at `path` and offers a channel:
+/// `PreparedOffer::new(cfg)?.connect(path)`.
 ///
 /// # Errors
 ///
-/// As [`PendingOffer::new`] and [`PendingOffer::connect`].
+/// As [`PreparedOffer::new`] and [`PreparedOffer::connect`].
 pub fn connect(path: &Path, cfg: &OfferConfig) -> Result<Endpoint, HandshakeError> {
-    PendingOffer::new(cfg)?.connect(path)
+    PreparedOffer::new(cfg)?.connect(path)
 }

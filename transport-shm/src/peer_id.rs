@@ -13,7 +13,16 @@
 //!
 //! Parsing accepts any form the address parsers accept (e.g. uppercase hex);
 //! [`fmt::Display`] always gives the canonical form, and the registry only lists files
-//! whose name is canonical.
+//! whose name is canonical. An IPv4-mapped IPv6 address (`::ffff:10.0.0.2`) is the
+//! IPv4 address it maps: one peer, one spelling.
+//!
+//! # Keying the residency table
+//!
+//! The core's residency table (`coresident::lookup::Table<K, B>`) takes a fixed-size
+//! `Copy` key, and a deployment uses one kind of id for its peers. [`PeerKey`] converts
+//! between a `PeerId` and such a key, for the three kinds the table already supports:
+//! [`Ipv4Addr`], [`Ipv6Addr`] and a MAC address (`[u8; 6]`). A name has no fixed-size
+//! injective encoding, so it cannot be a key: map names to addresses first.
 
 use core::fmt;
 use core::str::FromStr;
@@ -93,7 +102,7 @@ impl FromStr for PeerId {
             return Ok(Self::Ipv4(ip));
         }
         if let Ok(ip) = s.parse::<Ipv6Addr>() {
-            return Ok(Self::Ipv6(ip));
+            return Ok(Self::from(ip));
         }
         let ok = !s.starts_with('.')
             && s.bytes()
@@ -121,7 +130,94 @@ impl fmt::Display for PeerId {
     }
 }
 
+impl From<Ipv4Addr> for PeerId {
+    fn from(ip: Ipv4Addr) -> Self {
+        Self::Ipv4(ip)
+    }
+}
+
+impl From<Ipv6Addr> for PeerId {
+    /// An IPv4-mapped address becomes the IPv4 address it maps.
+    fn from(ip: Ipv6Addr) -> Self {
+        match ip.to_ipv4_mapped() {
+            Some(v4) => Self::Ipv4(v4),
+            None => Self::Ipv6(ip),
+        }
+    }
+}
+
+impl From<[u8; 6]> for PeerId {
+    fn from(mac: [u8; 6]) -> Self {
+        Self::Mac(mac)
+    }
+}
+
+/// A residency-table key that a [`PeerId`] of one kind converts to and from.
+///
+/// # Examples
+///
+/// ```
+/// use std::net::Ipv4Addr;
+/// use coresident_shm::{PeerId, PeerKey};
+///
+/// let id: PeerId = "10.0.0.2".parse()?;
+/// assert_eq!(Ipv4Addr::from_peer_id(&id), Some(Ipv4Addr::new(10, 0, 0, 2)));
+/// assert_eq!(Ipv4Addr::new(10, 0, 0, 2).peer_id(), id);
+/// // Another kind of id is not this kind of key.
+/// assert_eq!(Ipv4Addr::from_peer_id(&"db-primary".parse()?), None);
+/// # Ok::<(), coresident_shm::PeerIdError>(())
+/// ```
+pub trait PeerKey: coresident::lookup::Key {
+    /// The key of `id`, if `id` is of this kind.
+    fn from_peer_id(id: &PeerId) -> Option<Self>;
+    /// The id of this key.
+    fn peer_id(&self) -> PeerId;
+}
+
+impl PeerKey for Ipv4Addr {
+    fn from_peer_id(id: &PeerId) -> Option<Self> {
+        match id {
+            PeerId::Ipv4(ip) => Some(*ip),
+            _ => None,
+        }
+    }
+    fn peer_id(&self) -> PeerId {
+        PeerId::Ipv4(*self)
+    }
+}
+
+impl PeerKey for Ipv6Addr {
+    fn from_peer_id(id: &PeerId) -> Option<Self> {
+        match id {
+            PeerId::Ipv6(ip) => Some(*ip),
+            _ => None,
+        }
+    }
+    fn peer_id(&self) -> PeerId {
+        PeerId::from(*self)
+    }
+}
+
+impl PeerKey for [u8; 6] {
+    fn from_peer_id(id: &PeerId) -> Option<Self> {
+        match id {
+            PeerId::Mac(m) => Some(*m),
+            _ => None,
+        }
+    }
+    fn peer_id(&self) -> PeerId {
+        PeerId::Mac(*self)
+    }
+}
+
 impl PeerId {
+    /// This id as a residency-table key of kind `K`, if it is of that kind
+    /// ([`PeerKey::from_peer_id`]).
+    #[must_use]
+    pub fn key<K: PeerKey>(&self) -> Option<K> {
+        K::from_peer_id(self)
+    }
+
     /// Builds a name id, checking it (it must not parse as an address).
     ///
     /// # Errors
@@ -175,5 +271,24 @@ mod tests {
         assert_eq!("x".repeat(64).parse::<PeerId>(), Err(PeerIdError::TooLong));
         assert_eq!(PeerId::name("10.0.0.1"), Err(PeerIdError::BadName));
         assert_eq!(PeerId::parse_canonical("FD00::1"), None);
+    }
+
+    #[test]
+    fn mapped_addresses_have_one_spelling_and_keys_convert() {
+        let mapped: PeerId = "::ffff:10.0.0.2".parse().unwrap();
+        assert_eq!(mapped, "10.0.0.2".parse().unwrap());
+        assert_eq!(PeerId::parse_canonical("::ffff:10.0.0.2"), None);
+        let v6: PeerId = "fd00::1".parse().unwrap();
+        assert_eq!(v6.key::<Ipv6Addr>(), Some("fd00::1".parse().unwrap()));
+        assert_eq!(v6.key::<Ipv4Addr>(), None);
+        let mac: PeerId = "02-00-00-00-00-01".parse().unwrap();
+        assert_eq!(mac.key::<[u8; 6]>(), Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!([2, 0, 0, 0, 0, 1].peer_id(), mac);
+        // The key encodes injectively, as the table requires.
+        use coresident::lookup::Key;
+        assert_ne!(
+            Ipv4Addr::new(10, 0, 0, 1).encode(),
+            Ipv4Addr::new(10, 0, 0, 2).encode()
+        );
     }
 }

@@ -2,37 +2,46 @@
 //! listening sockets, one per peer id.
 //!
 //! ```text
-//! $XDG_RUNTIME_DIR/coresident/        (or any directory the peers share, e.g. a bind
-//!   10.0.0.1                           mount into several containers)
-//!   02-00-00-00-00-01                 one listening Unix socket per registered peer;
-//!   db-primary                        the file name is the peer id (see crate::peer_id)
-//!   .reg-4242-0                       a registration in progress (ignored by scans)
+//! /run/coresident/                    (as root), $XDG_RUNTIME_DIR/coresident (a user),
+//!   10.0.0.1                          or any verified directory the peers share (a
+//!   02-00-00-00-00-01                 bind mount into containers): 0700, ours
+//!   db-primary                        one listening socket per peer id, mode 0600;
+//!   .reg-5f1c0e...                    the file name is the id (see crate::peer_id);
+//!                                     a registration in progress (ignored by scans)
 //! ```
 //!
-//! * [`Registry::register`] binds and listens under a temporary dot-name, then renames
-//!   the socket into place with `RENAME_NOREPLACE`: a socket under a peer's name is
-//!   always already listening, so a scan never mistakes a peer that is still starting
-//!   for a dead one, and two peers cannot both take one name.
+//! * The directory is a [`SecureDir`]: opened once without following a symlink,
+//!   verified (owner, mode) at open and before every operation, and reached through
+//!   its descriptor, never through its path again. A directory others may write, such
+//!   as a mode-`1777` one where another user could register `db-primary` first, is
+//!   refused.
+//! * [`Registry::register`] binds under an unpredictable temporary dot-name, sets the
+//!   socket's mode, and renames it into place with `RENAME_NOREPLACE`: a socket under a
+//!   peer's name is always already listening, so a scan never mistakes a peer that is
+//!   still starting for a dead one, and two peers cannot both take one name.
 //! * [`Registry::scan`] lists the sockets that accept a connection. A socket that
 //!   refuses (`ECONNREFUSED`: its owner died without removing it) is stale and is
 //!   removed, after checking it is still the same inode.
+//! * [`Registry::connect`] offers a channel to a registered peer; the endpoint is ready
+//!   for `Channel::new` (the rings are laid out before the offer).
 //! * [`Registry::watch`] reports peers joining and leaving: inotify on the directory
 //!   triggers a rescan, and a periodic rescan catches peers that died without a trace
-//!   (and serves alone where inotify is unavailable).
+//!   (and serves alone where inotify is unavailable). A peer that restarts under the
+//!   same name between two rescans is reported as leaving, then joining: each socket
+//!   is known by its identity (device, inode, change time), not only its name.
 //!
 //! A liveness probe is a connection that closes without sending a byte;
 //! [`Listener::accept`] skips such connections.
 //!
 //! Peers that already share a channel learn of each other's death faster, from the
-//! rendezvous socket (see [`crate::Endpoint::wait`]).
+//! rendezvous socket (see [`crate::PeerLink`]).
 
 use core::fmt;
 use core::time::Duration;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rustix::event::{PollFd, PollFlags};
@@ -40,14 +49,20 @@ use rustix::fs::inotify;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
+use crate::cred::CredPolicy;
+use crate::dir::{random_name, DirError, EntryIdent, SecureDir};
 use crate::endpoint::Endpoint;
 use crate::error::{SysContext, SysError};
-use crate::offer::{connect, OfferConfig};
+use crate::listener::Listener;
+use crate::offer::{OfferConfig, PreparedOffer};
 use crate::peer_id::PeerId;
-use crate::rendezvous::{HandshakeError, Listener};
+use crate::rendezvous::HandshakeError;
 
 /// The default interval between periodic rescans of a [`Watcher`].
 pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The registry directory for root.
+pub const ROOT_REGISTRY_DIR: &str = "/run/coresident";
 
 /// A registry operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,9 +70,10 @@ pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 pub enum RegistryError {
     /// A live peer is already registered under this id.
     AlreadyRegistered,
-    /// The default registry directory exists but belongs to another user or is
-    /// writable by others.
-    InsecureDirectory,
+    /// Something that is not a socket holds the id's name (left alone).
+    NameTaken,
+    /// The directory failed its checks (see [`SecureDir`]).
+    Dir(DirError),
     /// A system call failed.
     Sys(SysError),
 }
@@ -68,9 +84,10 @@ impl fmt::Display for RegistryError {
             Self::AlreadyRegistered => {
                 f.write_str("registry: a live peer is already registered under this id")
             }
-            Self::InsecureDirectory => f.write_str(
-                "registry: the default directory belongs to another user or is writable by others",
-            ),
+            Self::NameTaken => {
+                f.write_str("registry: a file that is not a socket holds this id's name")
+            }
+            Self::Dir(e) => write!(f, "registry: {e}"),
             Self::Sys(e) => write!(f, "registry: {e}"),
         }
     }
@@ -79,6 +96,7 @@ impl fmt::Display for RegistryError {
 impl std::error::Error for RegistryError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
+            Self::Dir(e) => Some(e),
             Self::Sys(e) => Some(e),
             _ => None,
         }
@@ -91,16 +109,26 @@ impl From<SysError> for RegistryError {
     }
 }
 
+impl From<DirError> for RegistryError {
+    fn from(e: DirError) -> Self {
+        match e {
+            DirError::Sys(s) => Self::Sys(s),
+            e => Self::Dir(e),
+        }
+    }
+}
+
 /// A peer joined or left the registry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RegistryEvent {
     /// A peer registered (its socket appeared and accepts connections).
     Joined(PeerId),
-    /// A peer left (its socket disappeared or went stale).
+    /// A peer left (its socket disappeared, went stale, or was replaced by a new
+    /// registration under the same name, which is then reported as `Joined`).
     Left(PeerId),
 }
 
-/// What a liveness probe found at a path.
+/// What a liveness probe found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Probe {
     /// Something listens (or its backlog is full, which also means alive).
@@ -129,155 +157,152 @@ fn probe(path: &Path) -> Result<Probe, SysError> {
     }
 }
 
-/// `(st_dev, st_ino)` of a socket file at `path`, or `None` if there is no socket there.
-fn socket_ident(path: &Path) -> Option<(u64, u64)> {
-    let meta = std::fs::symlink_metadata(path).ok()?;
-    meta.file_type()
-        .is_socket()
-        .then(|| (meta.dev(), meta.ino()))
-}
-
-/// Removes the socket at `path` if nobody listens on it. Returns whether a live socket
-/// is there.
-///
-/// Checks that the file is still the same inode before unlinking, so a peer that
-/// replaced the stale socket in the meantime keeps its own (a window of a few
-/// instructions remains between that check and `unlink`; registrations use
-/// `RENAME_NOREPLACE` after this, so the worst case is one spurious re-registration).
-fn live_or_remove(path: &Path) -> Result<bool, SysError> {
-    let Some(before) = socket_ident(path) else {
-        return Ok(false);
-    };
-    match probe(path)? {
-        Probe::Live => Ok(true),
-        Probe::Gone => Ok(false),
-        Probe::Stale => {
-            if socket_ident(path) == Some(before) {
-                match std::fs::remove_file(path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(SysError::from_io("unlink", &e)),
-                }
-            }
-            Ok(false)
-        }
+/// The default registry directory: [`ROOT_REGISTRY_DIR`] as root;
+/// `$XDG_RUNTIME_DIR/coresident` for a user; without `XDG_RUNTIME_DIR`,
+/// `/tmp/coresident-<uid>` (which must then be ours and `0700`: checked at open).
+#[must_use]
+pub fn default_dir() -> PathBuf {
+    let uid = rustix::process::geteuid().as_raw();
+    if uid == 0 {
+        return PathBuf::from(ROOT_REGISTRY_DIR);
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(rt) => PathBuf::from(rt).join("coresident"),
+        None => PathBuf::from(format!("/tmp/coresident-{uid}")),
     }
 }
 
 /// A directory of peer sockets.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Cloning shares the directory descriptor.
+#[derive(Clone, Debug)]
 pub struct Registry {
-    /// The directory.
-    dir: PathBuf,
+    /// The directory, verified.
+    dir: Arc<SecureDir>,
 }
 
 impl Registry {
-    /// Opens the registry in `dir`, creating it (mode 0700) if it does not exist.
+    /// Opens the registry in `dir`, creating it (mode `0700`) if it does not exist,
+    /// with the default [`CredPolicy`] (the same user).
     ///
     /// The peers that should see each other must use the same directory (for
-    /// containers: a shared bind mount); its permissions decide who may join.
+    /// containers: a shared bind mount, with [`open_with`](Self::open_with) and an
+    /// allow-list).
     ///
     /// # Errors
     ///
-    /// [`RegistryError::Sys`] if the directory cannot be created.
+    /// [`RegistryError::Dir`] if the directory fails its checks (see [`SecureDir`]);
+    /// [`RegistryError::Sys`] if it cannot be created or opened.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, RegistryError> {
-        let dir = dir.into();
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| SysError::from_io("mkdir", &e))?;
-        Ok(Self { dir })
+        Self::open_with(dir, &CredPolicy::default())
     }
 
-    /// Opens the registry in the default directory: `$XDG_RUNTIME_DIR/coresident`, or,
-    /// without `XDG_RUNTIME_DIR`, `/tmp/coresident-<uid>` (which must then belong to us
-    /// and not be writable by others).
+    /// As [`open`](Self::open), with `policy` deciding who may own and share the
+    /// directory and whom [`connect`](Self::connect) offers to.
     ///
     /// # Errors
     ///
-    /// [`RegistryError::InsecureDirectory`] if the `/tmp` fallback is not ours;
-    /// [`RegistryError::Sys`] if the directory cannot be created.
-    pub fn open_default() -> Result<Self, RegistryError> {
-        if let Some(rt) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-            return Self::open(PathBuf::from(rt).join("coresident"));
-        }
-        let uid = rustix::process::getuid().as_raw();
-        let reg = Self::open(format!("/tmp/coresident-{uid}"))?;
-        let meta =
-            std::fs::symlink_metadata(&reg.dir).map_err(|e| SysError::from_io("lstat", &e))?;
-        if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
-            return Err(RegistryError::InsecureDirectory);
-        }
-        Ok(reg)
+    /// As [`open`](Self::open).
+    pub fn open_with(dir: impl Into<PathBuf>, policy: &CredPolicy) -> Result<Self, RegistryError> {
+        Ok(Self {
+            dir: Arc::new(SecureDir::create(dir, policy)?),
+        })
     }
 
-    /// The directory.
+    /// Opens the registry in the [`default_dir`].
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open) (for instance [`DirError::Owner`] if another user made
+    /// `/tmp/coresident-<uid>` first).
+    pub fn open_default() -> Result<Self, RegistryError> {
+        Self::open(default_dir())
+    }
+
+    /// The directory's path.
     #[must_use]
     pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The verified directory.
+    #[must_use]
+    pub fn secure_dir(&self) -> &Arc<SecureDir> {
         &self.dir
     }
 
-    /// The socket path of `id`.
+    /// The credential policy (the directory's, and [`connect`](Self::connect)'s).
+    #[must_use]
+    pub fn policy(&self) -> &CredPolicy {
+        self.dir.policy()
+    }
+
+    /// The socket path of `id` (for people: the directory's path joined with the id).
     #[must_use]
     pub fn path_of(&self, id: &PeerId) -> PathBuf {
-        self.dir.join(id.to_string())
+        self.dir.display_path(&id.to_string())
+    }
+
+    /// Removes the socket `name` if nobody listens on it. Returns whether a live
+    /// socket is there.
+    ///
+    /// Checks that the file is still the same socket before unlinking, so a peer that
+    /// replaced the stale socket in the meantime keeps its own (a window of a few
+    /// instructions remains between that check and `unlink`; registrations use
+    /// `RENAME_NOREPLACE` after this, so the worst case is one spurious
+    /// re-registration).
+    fn live_or_remove(&self, name: &str) -> Result<bool, SysError> {
+        let Some(before) = self.dir.socket_ident(name) else {
+            return Ok(false);
+        };
+        match probe(&self.dir.socket_path(name))? {
+            Probe::Live => Ok(true),
+            Probe::Gone => Ok(false),
+            Probe::Stale => {
+                if self.dir.socket_ident(name) == Some(before) {
+                    match self.dir.unlink(name) {
+                        Ok(()) | Err(Errno::NOENT) => {}
+                        Err(e) => return Err(SysError::new("unlink", e)),
+                    }
+                }
+                Ok(false)
+            }
+        }
     }
 
     /// Registers `id`: returns a listener whose socket is in place under the id's name.
     /// A stale socket under that name (its owner died) is replaced. The socket file is
-    /// removed when the listener is dropped.
+    /// removed when the listener is dropped. Serve it with [`Listener::accept`] or an
+    /// [`Acceptor`](crate::Acceptor), with the registry's [`policy`](Self::policy) in
+    /// the [`AcceptConfig`](crate::AcceptConfig) (the default policy is the same).
     ///
     /// # Errors
     ///
     /// [`RegistryError::AlreadyRegistered`] if a live peer holds the name;
-    /// [`RegistryError::Sys`] otherwise (`ENAMETOOLONG` if the path does not fit a
-    /// `sockaddr_un`).
+    /// [`RegistryError::NameTaken`] if a file that is not a socket does;
+    /// [`RegistryError::Dir`] if the directory fails its checks now;
+    /// [`RegistryError::Sys`] otherwise.
     pub fn register(&self, id: &PeerId) -> Result<Listener, RegistryError> {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        // Relaxed: the counter only makes temporary names unique within this process.
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.dir.join(format!(".reg-{}-{n}", std::process::id()));
-        let target = self.path_of(id);
-        if target.as_os_str().len() >= 108 {
-            return Err(SysError::new("bind", Errno::NAMETOOLONG).into());
-        }
-        // A leftover from a dead process whose pid we now have.
-        let _ = std::fs::remove_file(&tmp);
-        let listener = Listener::bind(&tmp)?;
-        let result = self.move_into_place(&tmp, &target);
-        match result {
-            Ok(()) => Ok(listener.rename_to(target)),
-            // Dropping `listener` removes the temporary socket.
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Renames the listening socket at `tmp` to `target`, never over a live peer.
-    fn move_into_place(&self, tmp: &Path, target: &Path) -> Result<(), RegistryError> {
+        let tmp = random_name(".reg-")?;
+        let name = id.to_string();
+        let listener = Listener::bind_in(&self.dir, &tmp)?;
         // A few rounds: each failed round found a stale socket and removed it, and only
         // another registration racing us can make one more round necessary.
         for _ in 0..4 {
-            match rustix::fs::renameat_with(
-                rustix::fs::CWD,
-                tmp,
-                rustix::fs::CWD,
-                target,
-                rustix::fs::RenameFlags::NOREPLACE,
-            ) {
-                Ok(()) => return Ok(()),
+            match self.dir.rename_noreplace(&tmp, &name) {
+                Ok(()) => return Ok(listener.renamed(&name)),
                 Err(Errno::EXIST) => {
-                    if live_or_remove(target)? {
+                    if self.live_or_remove(&name)? {
                         return Err(RegistryError::AlreadyRegistered);
                     }
-                    if socket_ident(target).is_none() && target.exists() {
-                        // Not a socket: a file we must not remove.
-                        return Err(SysError::new("rename", Errno::EXIST).into());
+                    if self.dir.socket_ident(&name).is_none() && self.dir.exists(&name) {
+                        return Err(RegistryError::NameTaken);
                     }
                 }
                 Err(e) => return Err(SysError::new("renameat2(RENAME_NOREPLACE)", e).into()),
             }
         }
+        // Dropping `listener` removes the temporary socket.
         Err(RegistryError::AlreadyRegistered)
     }
 
@@ -285,9 +310,30 @@ impl Registry {
     ///
     /// # Errors
     ///
-    /// [`RegistryError::Sys`] if the probe fails.
+    /// [`RegistryError::Sys`] if the probe fails; [`RegistryError::Dir`] if the
+    /// directory fails its checks.
     pub fn is_live(&self, id: &PeerId) -> Result<bool, RegistryError> {
-        Ok(live_or_remove(&self.path_of(id))?)
+        self.dir.verify()?;
+        Ok(self.live_or_remove(&id.to_string())?)
+    }
+
+    /// The live peers with the identity of their sockets.
+    fn scan_idents(&self) -> Result<BTreeMap<PeerId, EntryIdent>, RegistryError> {
+        self.dir.verify()?;
+        let mut live = BTreeMap::new();
+        for name in self.dir.names()? {
+            let Some(id) = PeerId::parse_canonical(&name) else {
+                continue;
+            };
+            let Some(ident) = self.dir.socket_ident(&name) else {
+                continue;
+            };
+            // A probe error for one entry (e.g. EACCES) does not hide the others.
+            if let Ok(true) = self.live_or_remove(&name) {
+                live.insert(id, ident);
+            }
+        }
+        Ok(live)
     }
 
     /// Lists the live peers, sorted, removing stale sockets on the way. Files whose
@@ -296,35 +342,28 @@ impl Registry {
     ///
     /// # Errors
     ///
-    /// [`RegistryError::Sys`] if the directory cannot be read.
+    /// [`RegistryError::Sys`] if the directory cannot be read; [`RegistryError::Dir`]
+    /// if it fails its checks.
     pub fn scan(&self) -> Result<Vec<PeerId>, RegistryError> {
-        let mut live = Vec::new();
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| SysError::from_io("opendir", &e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| SysError::from_io("readdir", &e))?;
-            let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(PeerId::parse_canonical) else {
-                continue;
-            };
-            // A probe error for one entry (e.g. EACCES) does not hide the others.
-            if let Ok(true) = live_or_remove(&entry.path()) {
-                live.push(id);
-            }
-        }
-        live.sort();
-        Ok(live)
+        Ok(self.scan_idents()?.into_keys().collect())
     }
 
-    /// Connects to the peer registered as `id` and offers it a channel
-    /// (`cfg.peer_id` is set to `id`).
+    /// Connects to the peer registered as `id` and offers it a channel, ready for
+    /// `Channel::new` (`cfg.peer_id` is set to `id` and `cfg.policy` to the
+    /// registry's policy).
     ///
     /// # Errors
     ///
-    /// As [`crate::connect`].
+    /// [`HandshakeError::NoSuchSocket`] if nobody is registered as `id`,
+    /// [`HandshakeError::NotListening`] for a stale socket (its owner died), and the
+    /// rest as [`crate::connect`]; [`HandshakeError::Dir`] if the directory fails its
+    /// checks now.
     pub fn connect(&self, id: &PeerId, cfg: &OfferConfig) -> Result<Endpoint, HandshakeError> {
+        self.dir.verify().map_err(HandshakeError::Dir)?;
         let mut cfg = cfg.clone();
         cfg.peer_id = Some(id.clone());
-        connect(&self.path_of(id), &cfg)
+        cfg.policy = self.dir.policy().clone();
+        PreparedOffer::new(&cfg)?.connect(&self.dir.socket_path(&id.to_string()))
     }
 
     /// Starts watching the registry. The watcher starts out knowing the current live
@@ -332,7 +371,7 @@ impl Registry {
     ///
     /// # Errors
     ///
-    /// [`RegistryError::Sys`] if the first scan fails. If inotify is unavailable, the
+    /// As [`scan`](Self::scan) for the first scan. If inotify is unavailable, the
     /// watcher falls back to periodic rescans.
     pub fn watch(&self) -> Result<Watcher, RegistryError> {
         let inotify = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
@@ -340,16 +379,17 @@ impl Registry {
             .filter(|fd| {
                 inotify::add_watch(
                     fd,
-                    &self.dir,
+                    self.dir.own_path(),
                     inotify::WatchFlags::CREATE
                         | inotify::WatchFlags::DELETE
                         | inotify::WatchFlags::MOVED_TO
                         | inotify::WatchFlags::MOVED_FROM
+                        | inotify::WatchFlags::ATTRIB
                         | inotify::WatchFlags::ONLYDIR,
                 )
                 .is_ok()
             });
-        let known = self.scan()?.into_iter().collect();
+        let known = self.scan_idents()?;
         Ok(Watcher {
             registry: self.clone(),
             inotify,
@@ -366,8 +406,8 @@ pub struct Watcher {
     registry: Registry,
     /// The inotify instance watching the directory, if inotify is available.
     inotify: Option<OwnedFd>,
-    /// The live peers as of the last scan.
-    known: BTreeSet<PeerId>,
+    /// The live peers as of the last scan, with their sockets' identities.
+    known: BTreeMap<PeerId, EntryIdent>,
     /// The longest time between two rescans.
     rescan_interval: Duration,
 }
@@ -375,7 +415,7 @@ pub struct Watcher {
 impl Watcher {
     /// The live peers as of the last scan.
     pub fn peers(&self) -> impl Iterator<Item = &PeerId> {
-        self.known.iter()
+        self.known.keys()
     }
 
     /// Whether changes are noticed through inotify (else only by periodic rescans).
@@ -392,11 +432,13 @@ impl Watcher {
     }
 
     /// Waits until peers join or leave, or `timeout` passes (`None`: no timeout), and
-    /// returns the changes (empty on timeout).
+    /// returns the changes (empty on timeout): every `Left` of a rescan before its
+    /// `Joined`s, so a restart under the same name reads `Left(id)`, `Joined(id)`.
     ///
     /// # Errors
     ///
-    /// [`RegistryError::Sys`] if a scan or the inotify wait fails.
+    /// [`RegistryError::Sys`] if a scan or the inotify wait fails;
+    /// [`RegistryError::Dir`] if the directory fails its checks.
     pub fn next_events(
         &mut self,
         timeout: Option<Duration>,
@@ -426,10 +468,7 @@ impl Watcher {
             std::thread::sleep(wait);
             return Ok(());
         };
-        let ts = rustix::event::Timespec {
-            tv_sec: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
-            tv_nsec: i64::from(wait.subsec_nanos()),
-        };
+        let ts = crate::rendezvous::timespec(wait);
         let mut fds = [PollFd::new(fd, PollFlags::IN)];
         match rustix::event::poll(&mut fds, Some(&ts)) {
             Ok(_) | Err(Errno::INTR) => {}
@@ -447,17 +486,17 @@ impl Watcher {
 
     /// Rescans and returns the difference to the last scan.
     fn rescan(&mut self) -> Result<Vec<RegistryEvent>, RegistryError> {
-        let now: BTreeSet<PeerId> = self.registry.scan()?.into_iter().collect();
+        let now = self.registry.scan_idents()?;
         let mut events: Vec<RegistryEvent> = self
             .known
-            .difference(&now)
-            .cloned()
-            .map(RegistryEvent::Left)
+            .iter()
+            .filter(|(id, ident)| now.get(*id) != Some(*ident))
+            .map(|(id, _)| RegistryEvent::Left(id.clone()))
             .collect();
         events.extend(
-            now.difference(&self.known)
-                .cloned()
-                .map(RegistryEvent::Joined),
+            now.iter()
+                .filter(|(id, ident)| self.known.get(*id) != Some(*ident))
+                .map(|(id, _)| RegistryEvent::Joined(id.clone())),
         );
         self.known = now;
         Ok(events)

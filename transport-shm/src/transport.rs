@@ -1,92 +1,60 @@
-//! The core's `Transport` trait for this transport (feature `core`).
+//! The core's `Transport` trait for this transport.
 //!
 //! The core passes rendezvous information as bytes over any control path; descriptors
 //! cannot travel as bytes, so the bytes name a one-shot Unix socket instead:
 //!
 //! ```text
 //!  offerer: Transport::offer(layout, buf)            acceptor: Transport::accept(bytes)
-//!    PendingOffer::new (memfd + eventfds)
-//!    init_region (core's ring layout)
-//!    Listener::bind(dir/.offer-<pid>-<n>)
-//!    buf <- "CRSDRV1\0" | len: u8 | socket path
+//!    SecureDir::create(socket_dir): 0700, verified
+//!    PreparedOffer::new (memfd, rings laid out)
+//!    Listener::bind_in(dir, ".offer-<16 random hex>"), mode 0600
+//!    buf <- "CRSDRV2\0" | len: u8 | socket path
 //!    a thread serves the socket:    <------------------  connect(path)
-//!      accept, send hello + 3 fds   ------------------>  accept_offer: validate all
+//!      SO_PEERCRED -> policy                              SO_PEERCRED -> policy
+//!        (refused: next connection)
+//!      hello + memfd               ------------------>  accept_offer: validate all
 //!      wait for the ack             <------------------  ack
 //!    complete(timeout) joins it; the socket file is removed
 //! ```
 //!
 //! The serving thread is what lets the acceptor's `accept` finish before the
 //! offerer's `complete` is called (or on another thread, or in another process). The
-//! socket lives in the directory given to [`ShmTransport::new`]: whoever can connect
-//! to it receives the region, so the directory's permissions are the access control
-//! (a registry directory is created 0700).
+//! socket lives in the directory given to [`ShmTransport::new`], verified at each offer
+//! (see [`SecureDir`]: a world-writable `/tmp` is refused), under a name nobody can
+//! guess, and both ends check each other's credentials before the region moves. A
+//! connection the policy refuses does not use the offer up.
 
 use core::fmt;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 use core::time::Duration;
 use std::ffi::OsStr;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
-use coresident::{ChannelLayout, Link, TransportError};
-use coresident_ring::AttachError;
+use coresident::{ChannelLayout, Link};
 
-use crate::endpoint::{Endpoint, PeerLink};
+use crate::cred::{CredPolicy, PeerCred};
+use crate::dir::{random_name, DirError, SecureDir};
+use crate::endpoint::Endpoint;
 use crate::error::SysError;
-use crate::eventfd::{WaitError, Wake};
-use crate::memfd::SharedRegion;
-use crate::offer::{OfferConfig, PendingOffer};
+use crate::listener::Listener;
+use crate::memfd::MemfdRegion;
+use crate::offer::{OfferConfig, PreparedOffer};
 use crate::peer_id::PeerId;
-use crate::rendezvous::{accept_offer, AcceptConfig, HandshakeError, Listener};
+use crate::peer_link::PeerLink;
+use crate::rendezvous::{
+    accept_offer, connect_path, AcceptConfig, Deadline, HandshakeError, DEFAULT_HANDSHAKE_TIMEOUT,
+};
 
-/// The magic that opens this transport's rendezvous bytes.
-pub const RENDEZVOUS_MAGIC: [u8; 8] = *b"CRSDRV1\0";
+/// The magic that opens this transport's rendezvous bytes (version 2: the protocol
+/// behind the socket is [`crate::wire`]'s version 2).
+pub const RENDEZVOUS_MAGIC: [u8; 8] = *b"CRSDRV2\0";
 
 /// The longest socket path a rendezvous can name (a `sockaddr_un` path, less its NUL).
 const MAX_PATH: usize = 107;
-
-// SAFETY:
-// - `as_ptr()..as_ptr() + len()` is one `mmap` mapping, valid for reads and writes
-//   until the `SharedRegion` is dropped, and page-aligned (so 128-byte aligned);
-// - this crate never makes a Rust reference to the mapped bytes, only raw pointers.
-unsafe impl coresident::SharedRegion for SharedRegion {
-    fn as_ptr(&self) -> *mut u8 {
-        SharedRegion::as_ptr(self)
-    }
-
-    fn len(&self) -> usize {
-        SharedRegion::len(self)
-    }
-}
-
-impl coresident::Doorbell for PeerLink {
-    fn ring(&self) -> Result<(), TransportError> {
-        if self.peer_known_gone() {
-            return Err(TransportError::PeerGone);
-        }
-        self.notify_peer().map_err(|e| match e {
-            crate::DoorbellError::Sys(s) => TransportError::Os(s.errno),
-            _ => TransportError::Protocol("doorbell is not an eventfd"),
-        })
-    }
-
-    fn wait(&self, timeout: Option<Duration>) -> Result<coresident::Wake, TransportError> {
-        match PeerLink::wait(self, timeout) {
-            Ok(Wake::Notified { .. }) => Ok(coresident::Wake::Rung),
-            Ok(Wake::TimedOut) => Ok(coresident::Wake::TimedOut),
-            Err(WaitError::PeerGone) => Ok(coresident::Wake::PeerGone),
-            Err(WaitError::Sys(s)) => Err(TransportError::Os(s.errno)),
-        }
-    }
-
-    fn peer_alive(&self) -> bool {
-        // One `poll` of the socket unless the death is already known; a failing poll
-        // means the socket is broken, which is as good as gone.
-        PeerLink::peer_alive(self).unwrap_or(false)
-    }
-}
 
 /// Setting up a channel through [`ShmTransport`] failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,8 +62,8 @@ impl coresident::Doorbell for PeerLink {
 pub enum ShmError {
     /// The rendezvous handshake failed (see [`HandshakeError`]).
     Handshake(HandshakeError),
-    /// Laying the rings out failed (sizes the ring refuses).
-    Ring(AttachError),
+    /// The socket directory failed its checks (see [`SecureDir`]).
+    Dir(DirError),
     /// The rendezvous bytes are malformed (wrong magic, length or path).
     BadRendezvous,
     /// The caller's rendezvous buffer is too small.
@@ -107,19 +75,25 @@ pub enum ShmError {
     PathTooLong,
     /// Nobody accepted the offer in time.
     Timeout,
+    /// The offer was already taken by another acceptor, or withdrawn: its socket is
+    /// gone, refuses connections, or closed before the hello.
+    OfferTaken,
 }
 
 impl fmt::Display for ShmError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Handshake(e) => write!(f, "{e}"),
-            Self::Ring(e) => write!(f, "laying the rings out: {e}"),
+            Self::Dir(e) => write!(f, "host transport: {e}"),
             Self::BadRendezvous => f.write_str("malformed host-transport rendezvous bytes"),
             Self::RendezvousTooSmall { needed } => {
                 write!(f, "rendezvous buffer too small: {needed} bytes needed")
             }
             Self::PathTooLong => f.write_str("socket directory path too long for a socket"),
             Self::Timeout => f.write_str("nobody accepted the offer in time"),
+            Self::OfferTaken => {
+                f.write_str("the offer was already taken by another acceptor, or withdrawn")
+            }
         }
     }
 }
@@ -128,6 +102,7 @@ impl std::error::Error for ShmError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Handshake(e) => Some(e),
+            Self::Dir(e) => Some(e),
             _ => None,
         }
     }
@@ -145,6 +120,12 @@ impl From<SysError> for ShmError {
     }
 }
 
+impl From<DirError> for ShmError {
+    fn from(e: DirError) -> Self {
+        Self::Dir(e)
+    }
+}
+
 /// The host transport, as the core's `Transport`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShmTransport {
@@ -154,18 +135,45 @@ pub struct ShmTransport {
     socket_dir: PathBuf,
     /// Handshake timeout for both roles.
     handshake_timeout: Duration,
+    /// Whom we offer to and accept from.
+    policy: CredPolicy,
 }
 
 impl ShmTransport {
     /// A transport for `local_id` that creates its one-shot offer sockets in
-    /// `socket_dir` (for instance a [`crate::Registry`]'s directory; it must exist).
+    /// `socket_dir`: created `0700` if missing, verified at each offer (a directory
+    /// others may enter, such as `/tmp`, is refused). Only offers use it.
     #[must_use]
     pub fn new(local_id: PeerId, socket_dir: impl Into<PathBuf>) -> Self {
         Self {
             local_id,
             socket_dir: socket_dir.into(),
-            handshake_timeout: crate::rendezvous::DEFAULT_HANDSHAKE_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            policy: CredPolicy::default(),
         }
+    }
+
+    /// A transport whose offers live in the registry's default directory
+    /// ([`crate::default_dir`]: `/run/coresident` as root,
+    /// `$XDG_RUNTIME_DIR/coresident` for a user).
+    #[must_use]
+    pub fn in_default_dir(local_id: PeerId) -> Self {
+        Self::new(local_id, crate::registry::default_dir())
+    }
+
+    /// Replaces the credential policy (default: the same user).
+    #[must_use]
+    pub fn with_policy(mut self, policy: CredPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Replaces the handshake timeout (default
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`]).
+    #[must_use]
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
     }
 }
 
@@ -200,7 +208,7 @@ fn decode(bytes: &[u8]) -> Result<&Path, ShmError> {
 }
 
 impl coresident::Transport for ShmTransport {
-    type Region = SharedRegion;
+    type Region = MemfdRegion;
     type Doorbell = PeerLink;
     type Pending = ShmPending;
     type Error = ShmError;
@@ -210,110 +218,95 @@ impl coresident::Transport for ShmTransport {
         layout: ChannelLayout,
         rendezvous: &mut [u8],
     ) -> Result<(ShmPending, usize), ShmError> {
+        let dir = Arc::new(SecureDir::create(&self.socket_dir, &self.policy)?);
         let cfg = OfferConfig {
             local_id: self.local_id.clone(),
             peer_id: None,
-            tx_data_size: layout.to_acceptor as usize,
-            rx_data_size: layout.to_offerer as usize,
+            layout,
             handshake_timeout: self.handshake_timeout,
+            policy: self.policy.clone(),
+            context: Vec::new(),
         };
-        let pending = PendingOffer::new(&cfg)?;
-        // Our layout and the core's must agree on where the second ring starts.
-        if pending.layout().to_offerer.offset != layout.second_ring_offset() {
-            return Err(ShmError::Ring(AttachError::RegionTooSmall {
-                needed: layout.region_len(),
-                len: pending.region().len(),
-            }));
-        }
-        coresident::init_region(pending.region(), layout).map_err(ShmError::Ring)?;
-
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        // Relaxed: the counter only makes socket names unique within this process.
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .socket_dir
-            .join(format!(".offer-{}-{n}", std::process::id()));
+        let pending = PreparedOffer::new(&cfg)?;
+        let name = random_name(".offer-")?;
+        // The path another process connects to: the directory's own path.
+        let path = dir.display_path(&name);
         let len = encode(&path, rendezvous)?;
-        let _ = std::fs::remove_file(&path); // a leftover of a dead process with our pid
-        let listener = Listener::bind(&path)?;
+        let listener = Listener::bind_in(&dir, &name)?;
         let (tx, rx) = mpsc::sync_channel(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let policy = self.policy.clone();
+        let timeout = self.handshake_timeout;
         std::thread::Builder::new()
             .name("coresident-shm-offer".into())
             .spawn(move || {
-                let res = listener
-                    .accept_stream()
-                    .map_err(HandshakeError::Sys)
-                    .and_then(|stream| pending.offer(stream));
+                let res = serve_offer(&listener, pending, &policy, timeout, &stop2);
                 // Dropping the listener removes the socket file: the offer is one-shot.
                 drop(listener);
                 let _ = tx.send(res);
             })
             .map_err(|e| SysError::from_io("spawn", &e))?;
-        Ok((ShmPending { rx: Some(rx), path }, len))
+        Ok((
+            ShmPending {
+                rx: Some(rx),
+                path,
+                stop,
+            },
+            len,
+        ))
     }
 
-    fn accept(&mut self, rendezvous: &[u8]) -> Result<Link<SharedRegion, PeerLink>, ShmError> {
+    fn accept(&mut self, rendezvous: &[u8]) -> Result<Link<MemfdRegion, PeerLink>, ShmError> {
         let path = decode(rendezvous)?;
-        let stream = UnixStream::connect(path)
-            .map_err(|e| HandshakeError::Sys(SysError::from_io("connect", &e)))?;
+        let deadline = Deadline::after(self.handshake_timeout);
+        let taken = |e: HandshakeError| match e {
+            HandshakeError::NoSuchSocket
+            | HandshakeError::NotListening
+            | HandshakeError::Closed => ShmError::OfferTaken,
+            HandshakeError::Sys(s) if s.errno == rustix::io::Errno::CONNRESET.raw_os_error() => {
+                ShmError::OfferTaken
+            }
+            e => ShmError::Handshake(e),
+        };
+        let stream = connect_path(path, deadline).map_err(taken)?;
         let cfg = AcceptConfig {
             local_id: Some(self.local_id.clone()),
             handshake_timeout: self.handshake_timeout,
+            policy: self.policy.clone(),
             ..AcceptConfig::default()
         };
-        Ok(accept_offer(stream, &cfg)?.into_link())
+        Ok(accept_offer(stream, &cfg).map_err(taken)?.into_link())
     }
 }
 
-impl Endpoint {
-    /// This endpoint as the core's [`Link`], for `Channel::new`. On the offering side
-    /// the rings must have been laid out before the handshake ([`ready_offer`]).
-    pub fn into_link(self) -> Link<SharedRegion, PeerLink> {
-        let l = self.layout();
-        // Both sizes passed `Layout::new`: powers of two at most 2^28, so they fit.
-        let layout = ChannelLayout {
-            to_acceptor: l.to_acceptor.data_size as u32,
-            to_offerer: l.to_offerer.data_size as u32,
-        };
-        let role = match self.role() {
-            crate::endpoint::Role::Offerer => coresident::Role::Offerer,
-            crate::endpoint::Role::Acceptor => coresident::Role::Acceptor,
-        };
-        let (region, doorbell) = self.into_parts();
-        Link {
-            region,
-            doorbell,
-            role,
-            layout,
+/// The serving thread: waits for a connection the policy admits, then offers on it.
+fn serve_offer(
+    listener: &Listener,
+    pending: PreparedOffer,
+    policy: &CredPolicy,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> Result<Endpoint, HandshakeError> {
+    loop {
+        let stream: UnixStream = listener.accept_stream()?;
+        // Relaxed: `withdraw` stores it before the connection that woke us; the flag
+        // carries no data.
+        if stop.load(Ordering::Relaxed) {
+            return Err(HandshakeError::Closed);
         }
+        let cred = PeerCred::of(stream.as_fd())?;
+        if !policy.allows(&cred) {
+            // Not for them, and not used up by them either.
+            tracing::info!(
+                pid = cred.pid,
+                uid = cred.uid,
+                "coresident-shm: a connection to a one-shot offer was refused"
+            );
+            continue;
+        }
+        return pending.offer_until(stream, Deadline::after(timeout));
     }
-}
-
-/// An offer whose region already holds both rings, laid out as the core's
-/// [`ChannelLayout`] places them: `connect` it to a peer's registry socket, then
-/// [`Endpoint::into_link`]. This is the control path's half of residency detection:
-/// on [`RegistryEvent::Joined`](crate::RegistryEvent::Joined), `ready_offer` and
-/// connect, attach the channel to the router and insert its handle into the residency
-/// table; on `Left`, remove the key and fail the router's channel over.
-///
-/// # Errors
-///
-/// Sizes out of range, or the region could not be created.
-pub fn ready_offer(cfg: &OfferConfig) -> Result<PendingOffer, ShmError> {
-    let pending = PendingOffer::new(cfg)?;
-    let l = pending.layout();
-    let layout = ChannelLayout {
-        to_acceptor: l.to_acceptor.data_size as u32,
-        to_offerer: l.to_offerer.data_size as u32,
-    };
-    if l.to_offerer.offset != layout.second_ring_offset() {
-        return Err(ShmError::Ring(AttachError::RegionTooSmall {
-            needed: layout.region_len(),
-            len: pending.region().len(),
-        }));
-    }
-    coresident::init_region(pending.region(), layout).map_err(ShmError::Ring)?;
-    Ok(pending)
 }
 
 /// An offer whose socket is being served by a thread, waiting for the acceptor.
@@ -327,6 +320,8 @@ pub struct ShmPending {
     rx: Option<mpsc::Receiver<Result<Endpoint, HandshakeError>>>,
     /// The one-shot socket.
     path: PathBuf,
+    /// Tells the serving thread to stop.
+    stop: Arc<AtomicBool>,
 }
 
 impl ShmPending {
@@ -338,21 +333,22 @@ impl ShmPending {
 
     /// Wakes a serving thread still blocked in `accept`, so it exits.
     fn withdraw(&self) {
-        // A connection that closes at once makes the thread's `offer` fail; if the
-        // socket is already gone, the thread has finished.
+        // Relaxed: see `serve_offer`.
+        self.stop.store(true, Ordering::Relaxed);
+        // If the socket is already gone, the thread has finished.
         let _ = UnixStream::connect(&self.path);
     }
 }
 
 impl coresident::PendingOffer for ShmPending {
-    type Region = SharedRegion;
+    type Region = MemfdRegion;
     type Doorbell = PeerLink;
     type Error = ShmError;
 
     fn complete(
         mut self,
         timeout: Option<Duration>,
-    ) -> Result<Link<SharedRegion, PeerLink>, ShmError> {
+    ) -> Result<Link<MemfdRegion, PeerLink>, ShmError> {
         let Some(rx) = self.rx.take() else {
             return Err(ShmError::Timeout);
         };
@@ -365,15 +361,13 @@ impl coresident::PendingOffer for ShmPending {
                 .recv()
                 .map_err(|_| ShmError::Handshake(HandshakeError::Closed)),
         };
-        let ep = match res {
-            Ok(r) => r?,
+        match res {
+            Ok(r) => Ok(r?.into_link()),
             Err(e) => {
                 self.withdraw();
-                return Err(e);
+                Err(e)
             }
-        };
-        // The endpoint's layout is our own offer's, read back from the region we made.
-        Ok(ep.into_link())
+        }
     }
 }
 

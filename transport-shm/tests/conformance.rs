@@ -10,10 +10,8 @@ use coresident::{ChannelLayout, PendingOffer, Transport};
 use coresident_shm::{ShmError, ShmTransport};
 
 fn dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("conf-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    // Created 0700 by the transport's first offer.
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("conf-{}-{name}", std::process::id()))
 }
 
 fn transport(id: &str, name: &str) -> ShmTransport {

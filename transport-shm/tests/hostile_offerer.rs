@@ -1,5 +1,6 @@
 //! A hostile offerer, generated: random mutations of a good hello, random truncation,
-//! and a random choice and order of descriptors (right ones, pipes, unsealed memfds).
+//! and a random choice and order of descriptors (the right one, pipes, sockets,
+//! unsealed or short memfds, a region without rings).
 //! Whatever it sends, the acceptor returns (an endpoint or a typed error) and never
 //! panics; and when it does accept, what it accepted is sound.
 #![cfg(target_os = "linux")]
@@ -8,12 +9,12 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use coresident::ChannelLayout;
 use coresident_shm::rendezvous::send_with_fds;
-use coresident_shm::wire::{HelloWire, HELLO_LEN};
-use coresident_shm::{accept_offer, AcceptConfig, Doorbell, Layout};
+use coresident_shm::wire::{encode_hello, region_alloc_size, Hello, HELLO_MAX_LEN};
+use coresident_shm::{accept_offer, AcceptConfig, MemfdRegion};
 use proptest::prelude::*;
 use rustix::fs::{MemfdFlags, SealFlags};
-use zerocopy::IntoBytes;
 
 fn memfd(len: u64, seals: SealFlags) -> OwnedFd {
     let fd =
@@ -25,25 +26,25 @@ fn memfd(len: u64, seals: SealFlags) -> OwnedFd {
     fd
 }
 
-/// The descriptors a hostile offerer may pick from.
+const LAYOUT: ChannelLayout = ChannelLayout {
+    to_acceptor: 4096,
+    to_offerer: 8192,
+};
+
+/// The descriptors a hostile offerer may pick from; the first is the right one.
 fn pool(region: u64) -> Vec<OwnedFd> {
     let (r, _w) = rustix::pipe::pipe().unwrap();
+    let (s, _t) = std::os::unix::net::UnixStream::pair().unwrap();
+    let good = MemfdRegion::create("t", region as usize).unwrap();
+    coresident::init_region(&good, LAYOUT).unwrap();
     vec![
+        good.as_fd().try_clone_to_owned().unwrap(),
         memfd(
             region,
             SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
         ),
-        Doorbell::new()
-            .unwrap()
-            .as_fd()
-            .try_clone_to_owned()
-            .unwrap(),
-        Doorbell::new()
-            .unwrap()
-            .as_fd()
-            .try_clone_to_owned()
-            .unwrap(),
         r,
+        s.into(),
         memfd(region, SealFlags::empty()),
         memfd(region / 2, SealFlags::SHRINK | SealFlags::GROW),
     ]
@@ -54,16 +55,26 @@ proptest! {
 
     #[test]
     fn acceptor_never_panics(
-        mutations in proptest::collection::vec((0..HELLO_LEN, any::<u8>()), 0..6),
-        cut in prop_oneof![Just(HELLO_LEN), 0..=HELLO_LEN],
-        picks in proptest::collection::vec(0usize..6, 0..6),
+        context in proptest::collection::vec(any::<u8>(), 0..300),
+        mutations in proptest::collection::vec((0..HELLO_MAX_LEN, any::<u8>()), 0..6),
+        cut in prop_oneof![Just(HELLO_MAX_LEN), 0..=HELLO_MAX_LEN],
+        picks in proptest::collection::vec(0usize..6, 0..4),
     ) {
-        let layout = Layout::new(4096, 8192).unwrap();
-        let region = layout.region_size() as u64;
-        let hello = HelloWire::new(region, 4096, 8192, &"o".parse().unwrap(), None);
-        let mut bytes = hello.as_bytes().to_vec();
+        let region = region_alloc_size(LAYOUT) as u64;
+        let mut bytes = encode_hello(&Hello {
+            region_size: region,
+            layout: LAYOUT,
+            offerer: "o".parse().unwrap(),
+            acceptor: None,
+            context: context.iter().copied().take(256).collect(),
+        })
+        .unwrap();
+        // Context beyond the limit: appended raw (the length field no longer matches).
+        bytes.extend(context.iter().skip(256));
         for (i, b) in &mutations {
-            bytes[*i] = *b;
+            if let Some(x) = bytes.get_mut(*i) {
+                *x = *b;
+            }
         }
         bytes.truncate(cut);
         let pool = pool(region);
@@ -77,10 +88,15 @@ proptest! {
                 ..AcceptConfig::default()
             };
             accept_offer(theirs, &cfg).map(|ep| {
-                // Whatever it accepted must be sound: both slots inside the mapping.
-                assert!(ep.slot_ptr(ep.tx_slot()).is_some());
-                assert!(ep.slot_ptr(ep.rx_slot()).is_some());
-                ep.region().len()
+                // Whatever it accepted must be sound: the channel attaches.
+                let len = ep.region().len();
+                let ch = coresident::Channel::new(
+                    ep.into_link(),
+                    coresident::ChannelConfig::default(),
+                    coresident::StdClock::default(),
+                );
+                assert!(ch.is_ok(), "accepted an endpoint the channel refuses");
+                len
             })
         });
         if !bytes.is_empty() || !fds.is_empty() {

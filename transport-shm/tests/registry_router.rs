@@ -10,7 +10,7 @@ use coresident::{
     Channel, ChannelConfig, FlowHeader, NetworkPath, Path, Router, StdClock, ThresholdPolicy,
 };
 use coresident_shm::{
-    ready_offer, AcceptConfig, OfferConfig, PeerId, PeerLink, Registry, RegistryEvent, SharedRegion,
+    AcceptConfig, MemfdRegion, OfferConfig, PeerId, PeerLink, Registry, RegistryEvent,
 };
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -30,7 +30,7 @@ impl NetworkPath<Ipv4Addr> for Net {
     }
 }
 
-type R<'t> = Router<'t, Ipv4Addr, SharedRegion, PeerLink, StdClock, Net, ThresholdPolicy, 16>;
+type R<'t> = Router<'t, Ipv4Addr, MemfdRegion, PeerLink, StdClock, Net, ThresholdPolicy, 16>;
 
 fn payload(i: u64) -> Vec<u8> {
     let mut p = i.to_le_bytes().to_vec();
@@ -42,8 +42,7 @@ fn dir() -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("registry-router-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    d // `Registry::open` creates it, mode 0700
 }
 
 #[test]
@@ -51,7 +50,8 @@ fn the_registry_drives_the_residency_table_and_the_flow_survives_departure() {
     let dir = dir();
     let registry = Registry::open(&dir).unwrap();
     let (a_id, b_id): (PeerId, PeerId) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-    let (a_key, b_key) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+    // The registry's ids key the residency table directly.
+    let (a_key, b_key): (Ipv4Addr, Ipv4Addr) = (a_id.key().unwrap(), b_id.key().unwrap());
     let (to_b, b_net) = mpsc::channel::<(FlowHeader, Vec<u8>)>();
     let (back_tx, _back_rx) = mpsc::channel::<(FlowHeader, Vec<u8>)>();
     let config = ChannelConfig {
@@ -113,13 +113,9 @@ fn the_registry_drives_the_residency_table_and_the_flow_survives_departure() {
                 .next_events(Some(Duration::from_millis(50)))
                 .unwrap();
             if events.contains(&RegistryEvent::Joined(b_id.clone())) {
-                let cfg = OfferConfig {
-                    peer_id: Some(b_id.clone()),
-                    ..OfferConfig::new(a_id.clone())
-                };
-                let ep = ready_offer(&cfg)
-                    .unwrap()
-                    .connect(&registry.path_of(&b_id))
+                // The endpoint `Registry::connect` gives is ready for `Channel::new`.
+                let ep = registry
+                    .connect(&b_id, &OfferConfig::new(a_id.clone()))
                     .unwrap();
                 let ch = Channel::new(ep.into_link(), config, StdClock::default()).unwrap();
                 let h = ra.attach(b_key, ch).unwrap();

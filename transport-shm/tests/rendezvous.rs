@@ -8,34 +8,52 @@ use std::os::unix::net::UnixStream;
 use std::thread;
 use std::time::Duration;
 
+use coresident::{ChannelLayout, Doorbell, Role, Wake};
 use coresident_shm::rendezvous::send_with_fds;
-use coresident_shm::wire::{AckWire, HelloWire, ACK_LEN};
+use coresident_shm::wire::{
+    encode_hello, region_alloc_size, AckWire, Hello, HelloWire, RingSizeError, ACK_LEN,
+    HELLO_FIXED_LEN,
+};
 use coresident_shm::{
-    accept_offer, offer, AcceptConfig, Doorbell, DoorbellError, HandshakeError, Layout,
-    LayoutError, OfferConfig, PeerId, RegionError, RejectReason, Role, SharedRegion, Wake,
+    accept_offer, offer, AcceptConfig, HandshakeError, HelloError, MemfdRegion, OfferConfig,
+    PeerId, RegionError, RejectReason,
 };
 use rustix::fs::{MemfdFlags, SealFlags};
-use zerocopy::little_endian::U32;
+use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
-const RING: u64 = 4096;
+const RING: u32 = 4096;
 
 fn id(s: &str) -> PeerId {
     s.parse().unwrap()
 }
 
+fn layout() -> ChannelLayout {
+    ChannelLayout::symmetric(RING)
+}
+
+/// The size of a region for two `RING` rings.
 fn needed() -> u64 {
-    Layout::new(RING, RING).unwrap().region_size() as u64
+    region_alloc_size(layout()) as u64
+}
+
+/// A memfd holding two laid-out rings of `RING` bytes, `len` bytes long and sealed.
+fn rings(len: u64) -> OwnedFd {
+    let r = MemfdRegion::create("t", len as usize).unwrap();
+    coresident::init_region(&r, layout()).unwrap();
+    r.as_fd().try_clone_to_owned().unwrap()
 }
 
 fn good_hello(region_size: u64) -> HelloWire {
-    HelloWire::new(
+    let bytes = encode_hello(&Hello {
         region_size,
-        RING,
-        RING,
-        &id("offerer"),
-        Some(&id("acceptor")),
-    )
+        layout: layout(),
+        offerer: id("offerer"),
+        acceptor: Some(id("acceptor")),
+        context: Vec::new(),
+    })
+    .unwrap();
+    HelloWire::read_from_bytes(&bytes).unwrap()
 }
 
 fn accept_cfg() -> AcceptConfig {
@@ -60,10 +78,6 @@ fn memfd(len: u64, seals: SealFlags) -> OwnedFd {
 
 fn sealed(len: u64) -> OwnedFd {
     memfd(len, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
-}
-
-fn eventfd() -> Doorbell {
-    Doorbell::new().unwrap()
 }
 
 /// Plays a hostile offerer: sends `bytes` with `fds`, then reads the acceptor's answer.
@@ -92,36 +106,43 @@ fn good_offer_is_accepted_and_memory_and_doorbells_are_shared() {
     let acceptor = thread::spawn(move || accept_offer(b, &accept_cfg()).unwrap());
     let mut cfg = OfferConfig::new(id("offerer"));
     cfg.peer_id = Some(id("acceptor"));
-    cfg.tx_data_size = 8192;
-    cfg.rx_data_size = 4096;
+    cfg.layout = ChannelLayout {
+        to_acceptor: 8192,
+        to_offerer: 4096,
+    };
+    cfg.context = b"tcp 10.0.0.1:5000 -> 10.0.0.2:80, session 7".to_vec();
     let off = offer(a, &cfg).unwrap();
     let acc = acceptor.join().unwrap();
     assert_eq!(off.role(), Role::Offerer);
     assert_eq!(acc.role(), Role::Acceptor);
     assert_eq!(acc.peer().id, Some(id("offerer")));
-    assert_eq!(acc.peer().pid, std::process::id() as i32);
-    assert_eq!(off.tx_slot(), acc.rx_slot());
-    assert_eq!(off.tx_slot().data_size, 8192);
-    let p = off.slot_ptr(off.tx_slot()).unwrap();
-    let q = acc.slot_ptr(acc.rx_slot()).unwrap();
+    assert_eq!(acc.peer().cred.pid, std::process::id() as i32);
+    assert_eq!(acc.peer().cred.uid, rustix::process::geteuid().as_raw());
+    // The context arrives as sent, and the offerer keeps the same bytes.
+    assert_eq!(acc.peer().context, cfg.context);
+    assert_eq!(off.peer().context, cfg.context);
+    assert_eq!(off.rings().0, acc.rings().1);
+    assert_eq!(off.rings().0 .1, 8192);
+    let p = off.region().as_ptr().wrapping_add(off.rings().0 .0);
+    let q = acc.region().as_ptr().wrapping_add(acc.rings().1 .0);
     // SAFETY:
-    // - both pointers are valid for the slot's length (>= 4096 bytes), and offset 4096
-    //   lies within it;
+    // - both pointers are valid for the ring's length (> 4096 + 640 bytes), and offset
+    //   4096 lies within it (in the data area, which nothing else uses here);
     // - nothing else accesses these bytes concurrently.
     unsafe {
         p.add(4096).write_volatile(42);
         assert_eq!(q.add(4096).read_volatile(), 42);
     }
-    off.notify_peer().unwrap();
+    off.link().ring().unwrap();
     assert_eq!(
-        acc.wait(Some(Duration::from_secs(30))).unwrap(),
-        Wake::Notified { count: 1 }
+        acc.link().wait(Some(Duration::from_secs(30))).unwrap(),
+        Wake::Rung
     );
-    assert_eq!(off.try_consume().unwrap(), None);
-    acc.notify_peer().unwrap();
-    assert_eq!(off.try_consume().unwrap(), Some(1));
+    assert!(!off.link().try_consume().unwrap());
+    acc.link().ring().unwrap();
+    assert!(off.link().try_consume().unwrap());
     drop(acc);
-    assert!(!off.peer_alive().unwrap());
+    assert!(!off.link().peer_alive());
 }
 
 #[test]
@@ -145,16 +166,65 @@ fn version_mismatch() {
     let mut h = good_hello(needed());
     h.version = U32::new(7);
     let (err, status) = play(h.as_bytes(), &[]);
-    assert_eq!(err, HandshakeError::VersionMismatch { ours: 1, theirs: 7 });
+    assert_eq!(
+        err,
+        HandshakeError::Hello(HelloError::VersionMismatch { ours: 2, theirs: 7 })
+    );
     assert_eq!(status, Some(RejectReason::Version.code()));
     assert!(err.to_string().contains("version 7"), "{err}");
+}
+
+/// Issue 14: the ring layout version is checked in the hello, with its own reason.
+#[test]
+fn ring_layout_version_is_refused_in_the_hello() {
+    let mut h = good_hello(needed());
+    h.ring_version = U32::new(coresident_ring::VERSION + 1);
+    let m = rings(needed());
+    let (err, status) = play(h.as_bytes(), &[m.as_fd()]);
+    assert_eq!(
+        err,
+        HandshakeError::Hello(HelloError::RingVersion {
+            ours: coresident_ring::VERSION,
+            theirs: coresident_ring::VERSION + 1
+        })
+    );
+    assert_eq!(status, Some(RejectReason::RingVersion.code()));
+    assert!(err.to_string().contains("layout version"), "{err}");
+}
+
+/// Issue 16: rings that disagree with the hello are `Rings`, never `RegionTooSmall`.
+#[test]
+fn rings_that_disagree_with_the_hello_are_refused_as_such() {
+    // Laid out for 4096-byte rings, offered as 8192-byte ones (the region is large
+    // enough for either).
+    let big = ChannelLayout::symmetric(8192);
+    let len = region_alloc_size(big) as u64;
+    let m = rings(len);
+    let mut h = good_hello(len);
+    h.to_acceptor_data = U32::new(8192);
+    h.to_offerer_data = U32::new(8192);
+    let (err, status) = play(h.as_bytes(), &[m.as_fd()]);
+    assert!(matches!(err, HandshakeError::Rings(_)), "{err:?}");
+    assert_eq!(status, Some(RejectReason::Rings.code()));
+    // And a region nobody laid out at all.
+    let (err, _) = play_fds(needed(), &[sealed(needed()).as_fd()]);
+    assert!(
+        matches!(
+            err,
+            HandshakeError::Rings(coresident_ring::AttachError::BadMagic { found: 0 })
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn bad_magic() {
     let mut h = good_hello(needed());
     h.magic = *b"GET / HT";
-    assert_eq!(play(h.as_bytes(), &[]).0, HandshakeError::BadMagic);
+    assert_eq!(
+        play(h.as_bytes(), &[]).0,
+        HandshakeError::Hello(HelloError::BadMagic)
+    );
 }
 
 #[test]
@@ -163,7 +233,7 @@ fn bad_length_field() {
     h.hello_len = U32::new(1000);
     assert_eq!(
         play(h.as_bytes(), &[]).0,
-        HandshakeError::BadLength { claimed: 1000 }
+        HandshakeError::Hello(HelloError::BadLength { claimed: 1000 })
     );
 }
 
@@ -178,7 +248,7 @@ fn truncated_hello() {
         acceptor.join().unwrap().unwrap_err(),
         HandshakeError::Truncated {
             received: 50,
-            expected: 168
+            expected: HELLO_FIXED_LEN
         }
     );
 }
@@ -208,28 +278,27 @@ fn timeout_when_silent() {
 
 #[test]
 fn wrong_number_of_fds() {
-    let m = sealed(needed());
-    let e = eventfd();
-    let (err, status) = play_fds(needed(), &[m.as_fd(), e.as_fd()]);
+    let m = rings(needed());
+    let m2 = sealed(needed());
+    let (err, status) = play_fds(needed(), &[m.as_fd(), m2.as_fd()]);
     assert_eq!(err, HandshakeError::WrongFdCount { received: 2 });
     assert_eq!(status, Some(RejectReason::Descriptors.code()));
     assert_eq!(
         play_fds(needed(), &[]).0,
         HandshakeError::WrongFdCount { received: 0 }
     );
-    let many: Vec<Doorbell> = (0..8).map(|_| eventfd()).collect();
+    let many: Vec<OwnedFd> = (0..8).map(|_| sealed(needed())).collect();
     let fds: Vec<BorrowedFd<'_>> = many.iter().map(AsFd::as_fd).collect();
     assert_eq!(play_fds(needed(), &fds).0, HandshakeError::TooManyFds);
 }
 
 #[test]
-fn pipe_instead_of_eventfd() {
-    let m = sealed(needed());
-    let e = eventfd();
+fn pipe_instead_of_memfd() {
+    // Refused by the seal check, which comes before any fstat (issue 17 finding 5).
     let (r, _w) = rustix::pipe::pipe().unwrap();
-    let (err, status) = play_fds(needed(), &[m.as_fd(), e.as_fd(), r.as_fd()]);
-    assert_eq!(err, HandshakeError::Doorbell(DoorbellError::NotEventfd));
-    assert_eq!(status, Some(RejectReason::Descriptors.code()));
+    let (err, status) = play_fds(needed(), &[r.as_fd()]);
+    assert_eq!(err, HandshakeError::Region(RegionError::NotMemfd));
+    assert_eq!(status, Some(RejectReason::Region.code()));
 }
 
 #[test]
@@ -239,8 +308,7 @@ fn plain_file_instead_of_memfd() {
     let f = std::fs::File::create(&path).unwrap();
     f.set_len(needed()).unwrap();
     std::fs::remove_file(&path).unwrap();
-    let (e1, e2) = (eventfd(), eventfd());
-    let (err, status) = play_fds(needed(), &[f.as_fd(), e1.as_fd(), e2.as_fd()]);
+    let (err, status) = play_fds(needed(), &[f.as_fd()]);
     // On a disk filesystem: no seal support at all. On tmpfs: seals supported, but a
     // file opened by path is born with F_SEAL_SEAL and can never be shrink/grow-sealed.
     assert!(
@@ -254,42 +322,40 @@ fn plain_file_instead_of_memfd() {
 }
 
 #[test]
-fn eventfd_instead_of_memfd() {
-    let (e0, e1, e2) = (eventfd(), eventfd(), eventfd());
+fn socket_instead_of_memfd() {
+    let (s1, _s2) = UnixStream::pair().unwrap();
     assert_eq!(
-        play_fds(needed(), &[e0.as_fd(), e1.as_fd(), e2.as_fd()]).0,
-        HandshakeError::Region(RegionError::NotRegularFile)
+        play_fds(needed(), &[s1.as_fd()]).0,
+        HandshakeError::Region(RegionError::NotMemfd)
     );
 }
 
 #[test]
 fn unsealed_memfd() {
     let m = memfd(needed(), SealFlags::empty());
-    let (e1, e2) = (eventfd(), eventfd());
     assert_eq!(
-        play_fds(needed(), &[m.as_fd(), e1.as_fd(), e2.as_fd()]).0,
+        play_fds(needed(), &[m.as_fd()]).0,
         HandshakeError::Region(RegionError::NotSealed { seals: 0 })
     );
     // Grow-sealed only: still shrinkable under our mapping.
     let m = memfd(needed(), SealFlags::GROW);
     assert!(matches!(
-        play_fds(needed(), &[m.as_fd(), e1.as_fd(), e2.as_fd()]).0,
+        play_fds(needed(), &[m.as_fd()]).0,
         HandshakeError::Region(RegionError::NotSealed { .. })
     ));
 }
 
 #[test]
 fn region_smaller_than_the_rings_need() {
-    let small = needed() - 4096;
+    let small = ChannelLayout::symmetric(RING).region_len() as u64 - 8;
     let m = sealed(small);
-    let (e1, e2) = (eventfd(), eventfd());
-    let (err, status) = play_fds(small, &[m.as_fd(), e1.as_fd(), e2.as_fd()]);
+    let (err, status) = play_fds(small, &[m.as_fd()]);
     assert_eq!(
         err,
-        HandshakeError::RegionTooSmall {
+        HandshakeError::Hello(HelloError::RegionTooSmall {
             region: small,
-            needed: needed()
-        }
+            needed: small + 8
+        })
     );
     assert_eq!(status, Some(RejectReason::Sizes.code()));
 }
@@ -297,10 +363,9 @@ fn region_smaller_than_the_rings_need() {
 #[test]
 fn declared_size_differs_from_the_memfd() {
     // The hello claims more than the memfd holds: mapping it would SIGBUS.
-    let m = sealed(needed());
-    let (e1, e2) = (eventfd(), eventfd());
+    let m = rings(needed());
     assert_eq!(
-        play_fds(needed() * 2, &[m.as_fd(), e1.as_fd(), e2.as_fd()]).0,
+        play_fds(needed() * 2, &[m.as_fd()]).0,
         HandshakeError::Region(RegionError::SizeMismatch {
             declared: needed() * 2,
             actual: needed()
@@ -310,107 +375,129 @@ fn declared_size_differs_from_the_memfd() {
 
 #[test]
 fn sizes_out_of_range() {
+    let m = rings(needed());
     let mut h = good_hello(needed());
     h.to_offerer_data = 5000.into();
     assert_eq!(
-        play(
-            h.as_bytes(),
-            &[
-                sealed(needed()).as_fd(),
-                eventfd().as_fd(),
-                eventfd().as_fd()
-            ]
-        )
-        .0,
-        HandshakeError::Layout(LayoutError::BadRingSize { size: 5000 })
+        play(h.as_bytes(), &[m.as_fd()]).0,
+        HandshakeError::Hello(HelloError::RingSize(RingSizeError::NotPowerOfTwo {
+            size: 5000
+        }))
     );
-    let h = good_hello(u64::MAX);
+    // A power of two, out of range: said so (issue 14).
+    let mut h = good_hello(needed());
+    h.to_offerer_data = (1u32 << 29).into();
+    let err = play(h.as_bytes(), &[m.as_fd()]).0;
+    assert_eq!(
+        err,
+        HandshakeError::Hello(HelloError::RingSize(RingSizeError::OutOfRange {
+            size: 1 << 29
+        }))
+    );
+    assert!(!err.to_string().contains("not a power of two"), "{err}");
+    let mut h = good_hello(needed());
+    h.region_size = U64::new(u64::MAX);
     assert!(matches!(
-        play(
-            h.as_bytes(),
-            &[
-                sealed(needed()).as_fd(),
-                eventfd().as_fd(),
-                eventfd().as_fd()
-            ]
-        )
-        .0,
-        HandshakeError::RegionTooLarge { .. }
+        play(h.as_bytes(), &[m.as_fd()]).0,
+        HandshakeError::Hello(HelloError::RegionTooLarge { .. })
     ));
 }
 
 #[test]
 fn garbage_peer_ids() {
+    let m = rings(needed());
     let mut h = good_hello(needed());
     h.offerer_id = [0xff; 64];
     assert!(matches!(
-        play(
-            h.as_bytes(),
-            &[
-                sealed(needed()).as_fd(),
-                eventfd().as_fd(),
-                eventfd().as_fd()
-            ]
-        )
-        .0,
-        HandshakeError::BadPeerId(_)
+        play(h.as_bytes(), &[m.as_fd()]).0,
+        HandshakeError::Hello(HelloError::BadPeerId(_))
     ));
     let mut h = good_hello(needed());
     h.offerer_id = [0; 64];
     assert!(matches!(
-        play(
-            h.as_bytes(),
-            &[
-                sealed(needed()).as_fd(),
-                eventfd().as_fd(),
-                eventfd().as_fd()
-            ]
-        )
-        .0,
-        HandshakeError::BadPeerId(_)
+        play(h.as_bytes(), &[m.as_fd()]).0,
+        HandshakeError::Hello(HelloError::BadPeerId(_))
     ));
 }
 
 #[test]
-fn region_can_be_created_for_every_layout_size() {
-    let l = Layout::new(1 << 16, 1 << 12).unwrap();
-    let r = SharedRegion::create("t", l.region_size()).unwrap();
-    assert_eq!(r.len(), l.region_size());
+fn hostile_context_is_bounded_and_delivered_as_is() {
+    // A context of every byte value at the limit is accepted as opaque bytes.
+    let context: Vec<u8> = (0..=255u8).collect();
+    let mut bytes = good_hello(needed()).as_bytes().to_vec();
+    bytes[12..16].copy_from_slice(&((HELLO_FIXED_LEN + 256) as u32).to_le_bytes());
+    bytes.extend_from_slice(&context);
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let acceptor = thread::spawn(move || accept_offer(theirs, &accept_cfg()));
+    let m = rings(needed());
+    send_with_fds(ours.as_fd(), &bytes, &[m.as_fd()]).unwrap();
+    let ep = acceptor.join().unwrap().unwrap();
+    assert_eq!(ep.peer().context, context);
+    // One byte more is refused before it is read.
+    let mut h = good_hello(needed());
+    h.hello_len = U32::new((HELLO_FIXED_LEN + 257) as u32);
+    assert_eq!(
+        play(h.as_bytes(), &[]).0,
+        HandshakeError::Hello(HelloError::BadLength {
+            claimed: (HELLO_FIXED_LEN + 257) as u32
+        })
+    );
+    // A context longer than the limit is refused on the offering side too.
+    let mut cfg = OfferConfig::new(id("o"));
+    cfg.context = vec![0; 257];
+    let (a, _b) = UnixStream::pair().unwrap();
+    assert_eq!(
+        offer(a, &cfg).unwrap_err(),
+        HandshakeError::ContextTooLong { len: 257 }
+    );
 }
 
 #[test]
-fn hello_in_pieces_with_fds_on_a_later_piece_is_accepted() {
+fn region_can_be_created_for_every_layout_size() {
+    let l = ChannelLayout {
+        to_acceptor: 1 << 16,
+        to_offerer: 1 << 12,
+    };
+    let r = MemfdRegion::create("t", region_alloc_size(l)).unwrap();
+    assert!(r.len() >= l.region_len());
+    coresident::init_region(&r, l).unwrap();
+}
+
+#[test]
+fn hello_in_pieces_with_the_fd_on_a_later_piece_is_accepted() {
     // A stream socket may deliver the hello in several reads; descriptors ride on
     // whichever piece they were sent with.
     let (ours, theirs) = UnixStream::pair().unwrap();
     let acceptor = thread::spawn(move || accept_offer(theirs, &accept_cfg()));
-    let m = sealed(needed());
-    let (e1, e2) = (eventfd(), eventfd());
+    let m = rings(needed());
     let h = good_hello(needed());
     let bytes = h.as_bytes();
     send_with_fds(ours.as_fd(), &bytes[..10], &[]).unwrap();
     thread::sleep(Duration::from_millis(5));
-    send_with_fds(
-        ours.as_fd(),
-        &bytes[10..100],
-        &[m.as_fd(), e1.as_fd(), e2.as_fd()],
-    )
-    .unwrap();
+    send_with_fds(ours.as_fd(), &bytes[10..100], &[m.as_fd()]).unwrap();
     thread::sleep(Duration::from_millis(5));
     send_with_fds(ours.as_fd(), &bytes[100..], &[]).unwrap();
     let ep = acceptor.join().unwrap().unwrap();
     assert_eq!(ep.peer().id, Some(id("offerer")));
-    // The acceptor's doorbell for us is `e1` ("to offerer").
-    ep.notify_peer().unwrap();
-    assert_eq!(e1.try_consume().unwrap(), Some(1));
-    drop(ours);
-    assert!(!ep.peer_known_gone());
+    // The ack, then a doorbell byte: both on our end of the socket.
+    ep.link().ring().unwrap();
+    let mut ack = [0u8; ACK_LEN + 1];
+    std::io::Read::read_exact(&mut &ours, &mut ack).unwrap();
     assert_eq!(
-        ep.wait(Some(Duration::from_secs(30))),
-        Err(coresident_shm::WaitError::PeerGone)
+        AckWire::read_from_bytes(&ack[..ACK_LEN])
+            .unwrap()
+            .status
+            .get(),
+        0
     );
-    assert!(ep.peer_known_gone());
-    assert!(!ep.peer_alive().unwrap());
+    drop(ours);
+    assert!(!ep.link().peer_known_gone());
+    assert_eq!(
+        ep.link().wait(Some(Duration::from_secs(30))).unwrap(),
+        Wake::PeerGone
+    );
+    assert!(ep.link().peer_known_gone());
+    assert!(!ep.link().peer_alive());
 }
 
 #[test]
@@ -438,22 +525,24 @@ fn listener_removes_only_its_own_socket() {
 #[test]
 fn errors_display_clearly() {
     let cases = [
-        (HandshakeError::BadMagic, "bad magic"),
+        (HandshakeError::Hello(HelloError::BadMagic), "bad magic"),
         (
             HandshakeError::WrongFdCount { received: 2 },
-            "2 descriptors, expected 3",
+            "2 descriptors, expected 1",
         ),
         (
             HandshakeError::Region(RegionError::NotSealed { seals: 0 }),
             "lacks the shrink/grow seals",
         ),
         (
-            HandshakeError::Doorbell(DoorbellError::NotEventfd),
-            "not an eventfd",
-        ),
-        (
             HandshakeError::Rejected(RejectReason::Version),
             "refused the offer: protocol version mismatch",
+        ),
+        (HandshakeError::NotListening, "stale socket"),
+        (HandshakeError::NoSuchSocket, "no socket at that path"),
+        (
+            HandshakeError::Rejected(RejectReason::Credentials),
+            "credentials are not admitted",
         ),
     ];
     for (err, want) in cases {

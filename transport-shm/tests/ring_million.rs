@@ -3,17 +3,17 @@
 //! and streams 1,000,000 messages of random sizes, each with its sequence number and a
 //! checksum; the parent checks every one, then sends back the count and a digest over
 //! the other ring, which the child compares with its own. Blocking uses the ring's
-//! event indices (`arm_data`, `arm_space`) and this crate's eventfd doorbells.
+//! event indices (`arm_data`, `arm_space`) and this crate's doorbells (bytes on the
+//! rendezvous socket).
 #![cfg(target_os = "linux")]
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use coresident::{ChannelLayout, Doorbell, TransportError};
 use coresident_ring::{Consumer, Producer, Readiness, RecvError, RingMemory, SendError};
-use coresident_shm::{
-    AcceptConfig, Endpoint, Listener, OfferConfig, PendingOffer, RingSlot, WaitError,
-};
+use coresident_shm::{AcceptConfig, Endpoint, Listener, OfferConfig, PreparedOffer};
 
 const ROLE_ENV: &str = "CORESIDENT_SHM_CHILD";
 const SOCK_ENV: &str = "CORESIDENT_SHM_SOCK";
@@ -40,37 +40,19 @@ struct Chan {
     progress: Instant,
 }
 
-/// The ring memory of `slot` in a region starting at `base`.
-///
-/// # Safety
-///
-/// `base` must be the start of a live mapping holding `slot`, which outlives every use
-/// of the returned value, and whose bytes are only accessed through the ring (atomics
-/// and volatile copies) in this process.
-unsafe fn ring_memory(base: *mut u8, slot: RingSlot) -> RingMemory {
-    // SAFETY:
-    // - `base + slot.offset .. + slot.len` lies within the mapping (the caller's
-    //   contract; slots come from the validated layout) and is one mapping;
-    // - the mapping outlives the returned value (the caller's contract);
-    // - no Rust reference to those bytes exists, only the ring's atomics and volatile
-    //   copies (the caller's contract).
-    unsafe { RingMemory::new(base.add(slot.offset), slot.len) }.unwrap()
+/// The ring memory of the ring at `(offset, size)` in `ep`'s region (the core's checked
+/// accessor).
+fn ring_memory(ep: &Endpoint, (offset, size): (usize, u32)) -> RingMemory {
+    coresident::ring_memory(ep.region(), offset, size).unwrap()
 }
 
 impl Chan {
     /// Attaches both halves to the rings already laid out in `ep`'s region.
     fn attach(ep: Endpoint) -> Self {
-        let base = ep.region().as_ptr();
-        // SAFETY:
-        // - `base` is the start of `ep`'s mapping, which holds both slots;
-        // - the halves are stored next to `ep` in `Chan` and dropped before it;
-        // - the region is only accessed through the ring in this test.
-        let (tx, rx) = unsafe {
-            (
-                Producer::attach(ring_memory(base, ep.tx_slot())).unwrap(),
-                Consumer::attach(ring_memory(base, ep.rx_slot())).unwrap(),
-            )
-        };
+        // The halves are stored next to `ep` in `Chan` and dropped before it.
+        let (ours, theirs) = ep.rings();
+        let tx = Producer::attach(ring_memory(&ep, ours)).unwrap();
+        let rx = Consumer::attach(ring_memory(&ep, theirs)).unwrap();
         Self {
             tx,
             rx,
@@ -81,17 +63,20 @@ impl Chan {
     }
 
     fn notify(&mut self) {
-        self.ep.notify_peer().unwrap();
+        self.ep.link().ring().unwrap();
         self.notifies += 1;
     }
 
     /// Sleeps until the doorbell rings (or a second passes); fails on the watchdog.
-    fn sleep(&self, what: &str) -> Result<(), WaitError> {
+    fn sleep(&self, what: &str) -> Result<(), TransportError> {
         assert!(
             self.progress.elapsed() < WATCHDOG,
             "watchdog: no progress for {WATCHDOG:?} {what}"
         );
-        self.ep.wait(Some(Duration::from_secs(1))).map(|_| ())
+        match self.ep.link().wait(Some(Duration::from_secs(1)))? {
+            coresident::Wake::PeerGone => Err(TransportError::PeerGone),
+            _ => Ok(()),
+        }
     }
 
     /// Sends one message, blocking (on the doorbell) while the ring is full.
@@ -167,21 +152,12 @@ fn child_entry() {
     assert_eq!(role, "ring");
     let sock = PathBuf::from(std::env::var_os(SOCK_ENV).unwrap());
     let mut cfg = OfferConfig::new("ring-child".parse().unwrap());
-    cfg.tx_data_size = 1 << 16;
-    cfg.rx_data_size = 1 << 12;
-    let pending = PendingOffer::new(&cfg).unwrap();
-    {
-        // Lay both rings out before the peer can see the region.
-        let base = pending.region().as_ptr();
-        // SAFETY:
-        // - `base` is the start of the pending region's mapping, which holds both slots
-        //   and outlives this block (the halves are dropped at its end);
-        // - the region is only accessed through the ring.
-        unsafe {
-            Producer::init(ring_memory(base, pending.tx_slot()), 1 << 16).unwrap();
-            Consumer::init(ring_memory(base, pending.rx_slot()), 1 << 12).unwrap();
-        }
-    }
+    cfg.layout = ChannelLayout {
+        to_acceptor: 1 << 16,
+        to_offerer: 1 << 12,
+    };
+    // Both rings are laid out by `PreparedOffer::new`, before the peer sees the region.
+    let pending = PreparedOffer::new(&cfg).unwrap();
     let mut chan = Chan::attach(pending.connect(&sock).unwrap());
 
     let mut rng = 0x9e3779b97f4a7c15u64;
