@@ -1,0 +1,244 @@
+//! An accelerated connection as the hooks see it: a small trait, so that the socket
+//! emulation (blocking, flags, readiness for poll/select/epoll) is written once, against
+//! whatever carries the bytes.
+//!
+//! The production implementation is `coresident_net::Stream` (the TCP + ring session that
+//! switches paths mid-stream); [`crate::mem::MemConn`] is an in-process implementation
+//! (two bounded byte queues and real eventfds) that the emulation's tests run against.
+//!
+//! Every operation of the trait is non-blocking. Blocking calls, timeouts, spinning and
+//! `MSG_WAITALL` are built on top in [`crate::wait`]: try the operation; if it would block,
+//! [`Accelerated::arm`] the wake-ups for what is awaited and sleep on
+//! [`Accelerated::wake_fd`] (after a short spin).
+
+use core::fmt;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::BorrowedFd;
+
+use rustix::io::Errno;
+
+/// Readiness bits, in the kernel's poll encoding (`POLLIN` = 1, `POLLOUT` = 4,
+/// `POLLERR` = 8, `POLLHUP` = 16, `POLLRDHUP` = 0x2000), which epoll shares.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Readiness(pub u32);
+
+impl Readiness {
+    /// Nothing ready.
+    pub const NONE: Self = Self(0);
+    /// Bytes to read, or the end of the stream (a read will not block).
+    pub const READ: Self = Self(libc::POLLIN as u32);
+    /// Room to write (a write will not block).
+    pub const WRITE: Self = Self(libc::POLLOUT as u32);
+    /// An error is pending (`SO_ERROR`), e.g. the connection was reset.
+    pub const ERR: Self = Self(libc::POLLERR as u32);
+    /// Both directions are shut down, or the connection was reset.
+    pub const HUP: Self = Self(libc::POLLHUP as u32);
+    /// The peer shut its writing side down (it sent its end of stream).
+    pub const RDHUP: Self = Self(libc::POLLRDHUP as u32);
+
+    /// Whether every bit of `other` is set.
+    #[must_use]
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Whether any bit of `other` is set.
+    #[must_use]
+    pub const fn intersects(self, other: Self) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// The bits of both.
+    #[must_use]
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// The bits of `self` that are also in `other`.
+    #[must_use]
+    pub const fn and(self, other: Self) -> Self {
+        Self(self.0 & other.0)
+    }
+
+    /// Whether no bit is set.
+    #[must_use]
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl core::ops::BitOr for Readiness {
+    type Output = Self;
+    fn bitor(self, rhs: Self) -> Self {
+        self.union(rhs)
+    }
+}
+
+impl fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for (bit, name) in [
+            (Self::READ, "READ"),
+            (Self::WRITE, "WRITE"),
+            (Self::ERR, "ERR"),
+            (Self::HUP, "HUP"),
+            (Self::RDHUP, "RDHUP"),
+        ] {
+            if self.contains(bit) {
+                if !first {
+                    f.write_str("|")?;
+                }
+                f.write_str(name)?;
+                first = false;
+            }
+        }
+        if first {
+            f.write_str("NONE")?;
+        }
+        Ok(())
+    }
+}
+
+/// Which direction a `shutdown` closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// `SHUT_RD`.
+    Read,
+    /// `SHUT_WR`: the peer reads the end of the stream after the bytes already sent.
+    Write,
+    /// `SHUT_RDWR`.
+    Both,
+}
+
+/// The path carrying a connection's bytes now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// The shared-memory ring.
+    Ring,
+    /// The TCP connection (never accelerated, or fallen back).
+    Tcp,
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ring => "ring",
+            Self::Tcp => "tcp",
+        })
+    }
+}
+
+/// Why the library asks a connection to fall back to TCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reason {
+    /// `coresident withdraw`, or another operator request.
+    Operator,
+    /// The process forks: both copies then hold the plain TCP connection.
+    Fork,
+    /// The process execs a new image that inherits the socket.
+    Exec,
+    /// A call the ring cannot serve (`sendfile`, `splice`, `MSG_OOB`, zero-copy...).
+    Declined(&'static str),
+    /// An internal failure (a caught panic on this connection, say).
+    Internal,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Operator => f.write_str("operator request"),
+            Self::Fork => f.write_str("fork"),
+            Self::Exec => f.write_str("exec"),
+            Self::Declined(call) => write!(f, "{call} is served by TCP"),
+            Self::Internal => f.write_str("internal error"),
+        }
+    }
+}
+
+/// Byte counters of one connection, for `coresident status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    /// The path carrying the bytes now.
+    pub path: Option<Path>,
+    /// Bytes sent over the ring.
+    pub ring_tx: u64,
+    /// Bytes received over the ring.
+    pub ring_rx: u64,
+    /// Bytes sent over TCP.
+    pub tcp_tx: u64,
+    /// Bytes received over TCP.
+    pub tcp_rx: u64,
+    /// Path switches so far.
+    pub switches: u64,
+}
+
+/// An accelerated connection: what carries the bytes of a socket the application holds
+/// (see the module docs). Every method is non-blocking and may be called from any
+/// thread; one reader and one writer at a time at least must work concurrently (the
+/// hooks serialise readers among themselves and writers among themselves).
+pub trait Accelerated: Send + Sync + fmt::Debug {
+    /// Receives into `bufs` without blocking: `Ok(0)` at the end of the stream,
+    /// `Err(Errno::AGAIN)` if nothing is there yet. With `peek`, the bytes stay.
+    ///
+    /// # Errors
+    ///
+    /// `AGAIN` (nothing yet), `CONNRESET` (reset), or another errno the application
+    /// should see.
+    fn try_recv(&self, bufs: &mut [IoSliceMut<'_>], peek: bool) -> Result<usize, Errno>;
+
+    /// Sends from `bufs` without blocking; returns how many bytes were taken.
+    ///
+    /// # Errors
+    ///
+    /// `AGAIN` (no room), `PIPE` (the peer or our `shutdown` closed the direction; the
+    /// hooks raise `SIGPIPE` unless `MSG_NOSIGNAL`), `CONNRESET`, or another errno.
+    fn try_send(&self, bufs: &[IoSlice<'_>]) -> Result<usize, Errno>;
+
+    /// The readiness now, without arming any wake-up (cheap: the spin loop calls it).
+    fn readiness(&self) -> Readiness;
+
+    /// Arms the wake-ups for `interest` (drains [`Self::wake_fd`] first), then returns the
+    /// readiness. If none of `interest` is ready, `wake_fd` becomes readable when that may
+    /// have changed: arm, check, sleep loses no wake-up.
+    fn arm(&self, interest: Readiness) -> Readiness;
+
+    /// The descriptor that becomes readable when an armed interest may be ready
+    /// (spurious wake-ups allowed). Owned by the connection.
+    fn wake_fd(&self) -> BorrowedFd<'_>;
+
+    /// Shuts one or both directions down.
+    ///
+    /// # Errors
+    ///
+    /// An errno for the application (`NOTCONN`...).
+    fn shutdown(&self, how: Shutdown) -> Result<(), Errno>;
+
+    /// Bytes that can be read without blocking (`FIONREAD`).
+    fn rx_pending(&self) -> usize;
+
+    /// Takes the pending error (`getsockopt(SO_ERROR)`), if any.
+    fn take_error(&self) -> Option<Errno>;
+
+    /// Falls back to TCP mid-stream now (idempotent).
+    ///
+    /// # Errors
+    ///
+    /// An errno if the connection cannot continue (it is then reset).
+    fn downgrade(&self, why: Reason) -> Result<(), Errno>;
+
+    /// Whether the connection can be handed back to the application as a plain TCP
+    /// socket: it is on TCP and no byte is buffered by the library. After that the hooks
+    /// forget the connection and pass every call through.
+    fn releasable(&self) -> bool;
+
+    /// Counters for `coresident status`.
+    fn stats(&self) -> ConnStats;
+
+    /// A number that grows whenever bytes arrive (bytes received so far, say);
+    /// edge-triggered epoll reports an edge when it changed. The default (constant)
+    /// reports edges only on readiness changes and after `EAGAIN`.
+    fn rx_seq(&self) -> u64 {
+        0
+    }
+}

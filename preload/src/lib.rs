@@ -1,0 +1,80 @@
+//! `libcoresident_preload.so`: unmodified, dynamically linked TCP programs on one host
+//! take coresident's shared-memory ring when both ends run the library, and fall back
+//! to TCP mid-stream, losing nothing, when that stops being possible.
+//!
+//! ```text
+//!   program ── read/write/recv/send/poll/epoll_wait/... ──► libcoresident_preload.so
+//!                                                              │
+//!             descriptor not tracked (UDP, Unix, files, a     │ tracked TCP socket
+//!             peer without the library, a remote host)        │ with an accelerated
+//!             ◄──── passed through to the C library ──────────┤ connection
+//!                                                              ▼
+//!                                   socket emulation (blocking, flags, readiness)
+//!                                                              │
+//!                                             `Accelerated` ── coresident_net::Stream
+//!                                                              (ring ⇄ TCP, byte offsets)
+//! ```
+//!
+//! Load it with `LD_PRELOAD` (or `coresident run -- CMD`). How it works, which calls are
+//! interposed, and what is not covered: `docs/preload.md`. Settings (environment):
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `CORESIDENT_DISABLE=1` | pass everything through |
+//! | `CORESIDENT_SPIN_US` | how long a blocked call spins before it sleeps (default 20 µs, 0 on one CPU) |
+//! | `CORESIDENT_LOG=PATH` (or `stderr`) | write the library's log there; nothing is written otherwise |
+//! | `CORESIDENT_LOG_LEVEL` | `error`, `warn`, `info` (default), `debug`, `trace` |
+//! | `CORESIDENT_REGISTRY=DIR` | the registry directory (see `coresident run --registry`) |
+//! | `CORESIDENT_AGREE_MS` | how long a client waits for the server's verdict (default 100) |
+//! | `CORESIDENT_INPROC=1` | accelerate connections within one process (a test aid) |
+//!
+//! The library never panics into the host program and never aborts it: every hook runs
+//! behind a panic barrier, and any internal failure means "this connection stays on
+//! TCP", with the reason in the log.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+mod accel;
+pub mod conn;
+mod epoll;
+#[cfg(not(test))]
+mod exports;
+mod fdops;
+mod guard;
+mod io;
+mod log;
+pub mod mem;
+mod poll;
+mod real;
+mod slot;
+mod sockaddr;
+mod state;
+mod wait;
+
+#[cfg(test)]
+mod tests;
+
+pub use conn::{Accelerated, ConnStats, Path, Readiness, Reason, Shutdown};
+pub use mem::MemConn;
+
+/// The constructor: runs when the library is loaded, before the program's `main`.
+#[cfg(not(test))]
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = init;
+
+/// Resolves every next symbol, installs the panic hook, the log and the fork handlers.
+#[cfg(not(test))]
+extern "C" fn init() {
+    guard::quietly(|| {
+        real::resolve_all();
+        guard::install_panic_hook();
+        log::init();
+        let _ = state::config();
+        // SAFETY: the handlers are `extern "C" fn()` that never unwind (each runs behind
+        // the panic barrier).
+        unsafe {
+            libc::pthread_atfork(Some(fdops::fork::prepare), None, Some(fdops::fork::child));
+        }
+    });
+}

@@ -1,0 +1,1 @@
+//! Unit tests of the socket emulation against the in-process connection.
