@@ -242,3 +242,42 @@ pub trait Accelerated: Send + Sync + fmt::Debug {
         0
     }
 }
+
+impl<T: Accelerated + ?Sized> Accelerated for std::sync::Arc<T> {
+    fn try_recv(&self, bufs: &mut [IoSliceMut<'_>], peek: bool) -> Result<usize, Errno> {
+        (**self).try_recv(bufs, peek)
+    }
+    fn try_send(&self, bufs: &[IoSlice<'_>]) -> Result<usize, Errno> {
+        (**self).try_send(bufs)
+    }
+    fn readiness(&self) -> Readiness {
+        (**self).readiness()
+    }
+    fn arm(&self, interest: Readiness) -> Readiness {
+        (**self).arm(interest)
+    }
+    fn wake_fd(&self) -> BorrowedFd<'_> {
+        (**self).wake_fd()
+    }
+    fn shutdown(&self, how: Shutdown) -> Result<(), Errno> {
+        (**self).shutdown(how)
+    }
+    fn rx_pending(&self) -> usize {
+        (**self).rx_pending()
+    }
+    fn take_error(&self) -> Option<Errno> {
+        (**self).take_error()
+    }
+    fn downgrade(&self, why: Reason) -> Result<(), Errno> {
+        (**self).downgrade(why)
+    }
+    fn releasable(&self) -> bool {
+        (**self).releasable()
+    }
+    fn stats(&self) -> ConnStats {
+        (**self).stats()
+    }
+    fn rx_seq(&self) -> u64 {
+        (**self).rx_seq()
+    }
+}
