@@ -24,7 +24,7 @@ pub(crate) fn is_tcp(domain: c_int, ty: c_int, proto: c_int) -> bool {
 
 /// After a successful `socket`: track TCP sockets, clear a stale entry otherwise.
 pub(crate) fn on_socket(fd: c_int, domain: c_int, ty: c_int, proto: c_int) {
-    if is_tcp(domain, ty, proto) && !crate::guard::inside() {
+    if is_tcp(domain, ty, proto) {
         let sock = Sock::new(ty & libc::SOCK_NONBLOCK != 0, true);
         put(fd, Arc::new(Entry::Sock(sock)));
     } else {
@@ -35,7 +35,7 @@ pub(crate) fn on_socket(fd: c_int, domain: c_int, ty: c_int, proto: c_int) {
 /// After a successful `accept`/`accept4` on `listener` returned `fd`.
 pub(crate) fn on_accept(listener: c_int, fd: c_int, flags: c_int) {
     let tracked = FDS.get(listener).is_some_and(|e| e.sock().is_some());
-    if !tracked || crate::guard::inside() {
+    if !tracked {
         forget(fd);
         return;
     }
@@ -114,7 +114,7 @@ pub(crate) fn on_dup(old: c_int, new: c_int) {
         return;
     }
     match FDS.get(old) {
-        Some(e) if !crate::guard::inside() => put(new, e),
+        Some(e) => put(new, e),
         _ => forget(new),
     }
 }
@@ -285,6 +285,7 @@ pub(crate) fn install(fd: c_int, conn: Arc<Conn>) -> bool {
         tracing::warn!(target: "coresident_preload", conn = old.id, "replaced a connection");
     }
     crate::epoll::take_from_kernel(&entry);
+    crate::control::ensure_started();
     true
 }
 
@@ -369,6 +370,7 @@ pub(crate) mod fork {
                 }
             });
             crate::accel::after_fork_child();
+            crate::control::after_fork_child();
         });
     }
 }

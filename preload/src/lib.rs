@@ -39,6 +39,7 @@
 
 mod accel;
 pub mod conn;
+mod control;
 mod epoll;
 #[cfg(not(test))]
 mod exports;

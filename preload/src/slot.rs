@@ -262,11 +262,6 @@ impl<T> FdTable<T> {
         self.slot(fd)?.swap(None)
     }
 
-    /// Removes the value of `fd` only if it is `current` (by pointer).
-    pub(crate) fn remove_if(&self, fd: i32, current: &Arc<T>) -> bool {
-        self.slot(fd).is_some_and(|s| s.replace_if(current, None))
-    }
-
     /// Calls `f` for every descriptor in `first ..= last` that has a value (in order).
     pub(crate) fn for_each_in(&self, first: u32, last: u32, mut f: impl FnMut(i32, Arc<T>)) {
         let last = (last as usize).min(Self::capacity() - 1);
@@ -321,18 +316,6 @@ mod tests {
         let big = FdTable::<u32>::capacity() as i32;
         assert!(t.insert(big, Arc::new(4)).is_err());
         assert!(t.insert(big - 1, Arc::new(4)).is_ok());
-    }
-
-    #[test]
-    fn remove_if_only_removes_the_same_value() {
-        let t: FdTable<u32> = FdTable::new();
-        let a = Arc::new(1);
-        let b = Arc::new(2);
-        t.insert(3, a.clone()).unwrap();
-        assert!(!t.remove_if(3, &b));
-        assert!(t.remove_if(3, &a));
-        assert!(t.get(3).is_none());
-        assert_eq!(Arc::strong_count(&a), 1, "the table's count was dropped");
     }
 
     #[test]

@@ -1,0 +1,289 @@
+/* A small program that uses sockets the way real servers and clients do, and prints a
+ * transcript that does not depend on timing. The preload tests run it plain and under
+ * libcoresident_preload.so and compare the transcripts byte for byte.
+ *
+ *   sockets tcp       one process: an epoll (edge-triggered, non-blocking accept4)
+ *                     echo server thread, and a client that uses blocking connect,
+ *                     write/read, send/recv flags, readv/writev, sendmsg/recvmsg,
+ *                     poll, select, FIONREAD, dup, shutdown; then a non-blocking
+ *                     connect (EINPROGRESS, EPOLLOUT, SO_ERROR); then a fork whose
+ *                     child leaves the socket alone
+ *   sockets udp       a UDP echo over loopback
+ *   sockets unix      a Unix stream socket pair across fork
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define CHECK(c) do { if (!(c)) { fprintf(stderr, "%s:%d: check failed: %s (errno %d %s)\n", \
+    __FILE__, __LINE__, #c, errno, strerror(errno)); exit(1); } } while (0)
+
+static uint32_t sum(const unsigned char *p, size_t n) {
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 16777619u;
+    return h;
+}
+
+static int listener(struct sockaddr_in *addr) {
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(l >= 0);
+    int one = 1;
+    CHECK(setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0);
+    memset(addr, 0, sizeof *addr);
+    addr->sin_family = AF_INET;
+    addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK(bind(l, (struct sockaddr *)addr, sizeof *addr) == 0);
+    socklen_t len = sizeof *addr;
+    CHECK(getsockname(l, (struct sockaddr *)addr, &len) == 0);
+    CHECK(listen(l, 16) == 0);
+    return l;
+}
+
+/* The echo server: edge-triggered epoll, non-blocking sockets, read until EAGAIN. */
+struct server { int l; int conns; };
+static void *serve(void *arg) {
+    struct server *s = arg;
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    CHECK(ep >= 0);
+    struct epoll_event ev = { .events = EPOLLIN, .data.fd = s->l };
+    CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, s->l, &ev) == 0);
+    int closed = 0;
+    static unsigned char buf[1 << 17];
+    while (closed < s->conns) {
+        struct epoll_event evs[8];
+        int n = epoll_wait(ep, evs, 8, 10000);
+        CHECK(n > 0);
+        for (int i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            if (fd == s->l) {
+                int c = accept4(s->l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                CHECK(c >= 0);
+                struct epoll_event cev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.fd = c };
+                CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, c, &cev) == 0);
+                continue;
+            }
+            for (;;) {
+                ssize_t r = read(fd, buf, sizeof buf);
+                if (r > 0) {
+                    size_t off = 0;
+                    while (off < (size_t)r) {
+                        ssize_t w = write(fd, buf + off, r - off);
+                        if (w < 0 && errno == EAGAIN) {
+                            struct pollfd p = { .fd = fd, .events = POLLOUT };
+                            CHECK(poll(&p, 1, 10000) == 1);
+                            continue;
+                        }
+                        CHECK(w > 0);
+                        off += w;
+                    }
+                    continue;
+                }
+                if (r == 0) {
+                    CHECK(epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL) == 0);
+                    CHECK(close(fd) == 0);
+                    closed++;
+                    break;
+                }
+                CHECK(errno == EAGAIN);
+                break;
+            }
+        }
+    }
+    close(ep);
+    return NULL;
+}
+
+static void read_exact(int fd, unsigned char *p, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, p + got, n - got);
+        CHECK(r > 0);
+        got += r;
+    }
+}
+
+static void tcp(void) {
+    struct sockaddr_in addr;
+    int l = listener(&addr);
+    struct server s = { .l = l, .conns = 2 };
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, serve, &s) == 0);
+
+    int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+    CHECK(c >= 0);
+    CHECK(connect(c, (struct sockaddr *)&addr, sizeof addr) == 0);
+    printf("connect: 0\n");
+
+    static unsigned char out[1 << 16], in[1 << 16];
+    for (size_t i = 0; i < sizeof out; i++) out[i] = (unsigned char)(i * 7 + 3);
+    size_t sizes[] = { 1, 7, 64, 1000, 1024, 4096, 12345, 65536 };
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+        size_t n = sizes[k];
+        CHECK(write(c, out, n) == (ssize_t)n);
+        memset(in, 0, n);
+        read_exact(c, in, n);
+        printf("echo %zu: %s %08x\n", n, memcmp(in, out, n) == 0 ? "same" : "DIFFERENT", sum(in, n));
+    }
+
+    /* send/recv flags: MSG_PEEK, MSG_WAITALL, MSG_DONTWAIT, MSG_NOSIGNAL. */
+    CHECK(send(c, "peekaboo", 8, MSG_NOSIGNAL) == 8);
+    struct pollfd p = { .fd = c, .events = POLLIN };
+    int pr = poll(&p, 1, 10000);
+    printf("poll: %d revents=%#x\n", pr, p.revents);
+    unsigned char b[16];
+    usleep(20000);
+    int avail = -1;
+    CHECK(ioctl(c, FIONREAD, &avail) == 0);
+    printf("FIONREAD: %d\n", avail);
+    ssize_t rr0 = recv(c, b, 4, MSG_PEEK);
+    printf("peek: %zd %.4s\n", rr0, b);
+    rr0 = recv(c, b, 8, MSG_WAITALL);
+    printf("waitall: %zd %.8s\n", rr0, b);
+    errno = 0;
+    rr0 = recv(c, b, 8, MSG_DONTWAIT);
+    printf("dontwait: %zd errno=%s\n", rr0, errno == EAGAIN ? "EAGAIN" : "other");
+
+    /* select for reading, after a write. */
+    CHECK(write(c, "sel", 3) == 3);
+    fd_set rs; FD_ZERO(&rs); FD_SET(c, &rs);
+    struct timeval tv = { .tv_sec = 10 };
+    int sr = select(c + 1, &rs, NULL, NULL, &tv);
+    printf("select: %d isset=%d\n", sr, FD_ISSET(c, &rs));
+    read_exact(c, b, 3);
+    printf("selected: %.3s\n", b);
+
+    /* writev/readv and sendmsg/recvmsg. */
+    struct iovec wv[3] = { { "ab", 2 }, { "cde", 3 }, { "f", 1 } };
+    CHECK(writev(c, wv, 3) == 6);
+    char x[2], y[4];
+    struct iovec rv[2] = { { x, 2 }, { y, 4 } };
+    size_t got = 0;
+    while (got < 6) { ssize_t r = readv(c, rv, 2); CHECK(r > 0); got += r; if (got < 6) { rv[0].iov_len = 0; rv[1].iov_base = y + (got - 2); rv[1].iov_len = 6 - got; } }
+    printf("readv: %.2s|%.4s\n", x, y);
+    struct msghdr m = { 0 };
+    struct iovec one = { "msg!", 4 };
+    m.msg_iov = &one; m.msg_iovlen = 1;
+    CHECK(sendmsg(c, &m, 0) == 4);
+    char mb[4];
+    struct iovec rone = { mb, 4 };
+    struct msghdr rm = { 0 };
+    rm.msg_iov = &rone; rm.msg_iovlen = 1;
+    CHECK(recvmsg(c, &rm, MSG_WAITALL) == 4);
+    printf("recvmsg: %.4s flags=%d\n", mb, rm.msg_flags);
+
+    /* A dup reads the same connection; closing one of two keeps it open. */
+    int d = dup(c);
+    CHECK(d >= 0);
+    CHECK(write(d, "dup", 3) == 3);
+    read_exact(c, b, 3);
+    printf("dup: %.3s\n", b);
+    CHECK(close(d) == 0);
+
+    /* A fork whose child leaves the socket alone: the parent goes on. */
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) _exit(0);
+    int st;
+    CHECK(waitpid(pid, &st, 0) == pid);
+    CHECK(write(c, "after fork", 10) == 10);
+    read_exact(c, b, 10);
+    printf("after fork: %.10s\n", b);
+
+    /* Half close: the server sees end of stream and closes; we read 0. */
+    CHECK(shutdown(c, SHUT_WR) == 0);
+    printf("eof: %zd\n", read(c, b, sizeof b));
+    CHECK(close(c) == 0);
+
+    /* A non-blocking connect. */
+    int nb = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    CHECK(nb >= 0);
+    int r = connect(nb, (struct sockaddr *)&addr, sizeof addr);
+    printf("nonblocking connect: %s\n", r == 0 || errno == EINPROGRESS ? "ok" : "FAILED");
+    int ep = epoll_create1(0);
+    struct epoll_event ev = { .events = EPOLLOUT, .data.u64 = 42 };
+    CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, nb, &ev) == 0);
+    struct epoll_event got_ev;
+    int en = epoll_wait(ep, &got_ev, 1, 10000);
+    printf("epollout: %d events=%#x data=%llu\n", en, got_ev.events, (unsigned long long)got_ev.data.u64);
+    int err = -1; socklen_t el = sizeof err;
+    CHECK(getsockopt(nb, SOL_SOCKET, SO_ERROR, &err, &el) == 0);
+    printf("SO_ERROR: %d\n", err);
+    ev.events = EPOLLIN; ev.data.u64 = 43;
+    CHECK(epoll_ctl(ep, EPOLL_CTL_MOD, nb, &ev) == 0);
+    size_t sent = 0;
+    while (sent < 5) { ssize_t w = write(nb, "hello" + sent, 5 - sent); if (w < 0 && errno == EAGAIN) continue; CHECK(w > 0); sent += w; }
+    en = epoll_wait(ep, &got_ev, 1, 10000);
+    printf("epollin: %d events=%#x data=%llu\n", en, got_ev.events, (unsigned long long)got_ev.data.u64);
+    got = 0;
+    while (got < 5) { ssize_t rr = read(nb, b + got, 5 - got); if (rr < 0 && errno == EAGAIN) { struct pollfd q = { nb, POLLIN, 0 }; poll(&q, 1, 10000); continue; } CHECK(rr > 0); got += rr; }
+    printf("nonblocking echo: %.5s\n", b);
+    CHECK(close(nb) == 0);
+    close(ep);
+    CHECK(pthread_join(t, NULL) == 0);
+    close(l);
+}
+
+static void udp(void) {
+    int a = socket(AF_INET, SOCK_DGRAM, 0), b = socket(AF_INET, SOCK_DGRAM, 0);
+    CHECK(a >= 0 && b >= 0);
+    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    CHECK(bind(b, (struct sockaddr *)&addr, sizeof addr) == 0);
+    socklen_t len = sizeof addr;
+    CHECK(getsockname(b, (struct sockaddr *)&addr, &len) == 0);
+    for (int i = 1; i <= 3; i++) {
+        char msg[32];
+        int n = snprintf(msg, sizeof msg, "datagram %d", i);
+        CHECK(sendto(a, msg, n, 0, (struct sockaddr *)&addr, sizeof addr) == n);
+        char in[64];
+        struct sockaddr_in from; socklen_t fl = sizeof from;
+        ssize_t r = recvfrom(b, in, sizeof in, 0, (struct sockaddr *)&from, &fl);
+        printf("udp: %zd %.*s from-loopback=%d\n", r, (int)r, in, from.sin_addr.s_addr == htonl(INADDR_LOOPBACK));
+    }
+    close(a); close(b);
+}
+
+static void unix_stream(void) {
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        char b[5];
+        read_exact(sv[1], (unsigned char *)b, 5);
+        CHECK(write(sv[1], b, 5) == 5);
+        _exit(0);
+    }
+    CHECK(write(sv[0], "unix!", 5) == 5);
+    unsigned char b[5];
+    read_exact(sv[0], b, 5);
+    printf("unix: %.5s\n", b);
+    int st;
+    CHECK(waitpid(pid, &st, 0) == pid);
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    if (argc < 2) { fprintf(stderr, "usage: sockets tcp|udp|unix\n"); return 2; }
+    if (!strcmp(argv[1], "tcp")) tcp();
+    else if (!strcmp(argv[1], "udp")) udp();
+    else if (!strcmp(argv[1], "unix")) unix_stream();
+    else return 2;
+    printf("done\n");
+    return 0;
+}
