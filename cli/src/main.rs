@@ -120,12 +120,19 @@ fn library() -> Result<PathBuf, String> {
         return if p.is_file() {
             Ok(p)
         } else {
-            Err(format!("CORESIDENT_PRELOAD_LIB={} is not a file", p.display()))
+            Err(format!(
+                "CORESIDENT_PRELOAD_LIB={} is not a file",
+                p.display()
+            ))
         };
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
     let dir = exe.parent().ok_or("no directory for this binary")?;
-    for c in [dir.join(LIB), dir.join("deps").join(LIB), dir.join("../lib").join(LIB)] {
+    for c in [
+        dir.join(LIB),
+        dir.join("deps").join(LIB),
+        dir.join("../lib").join(LIB),
+    ] {
         if c.is_file() {
             return c.canonicalize().map_err(|e| e.to_string());
         }

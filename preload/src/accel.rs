@@ -5,35 +5,33 @@
 //!
 //! A TCP connection is always made as usual. The connecting side decides to propose
 //! acceleration *before* its `connect` (the destination is a listener that runs the
-//! library), so the proposal exists before the connection can be accepted. The proposal
-//! carries one agreement word, `PENDING`:
+//! library), binds its socket so the 4-tuple is known, and commits to the proposal:
 //!
 //! ```text
 //!   client                                   server
 //!   bind (if unbound): the 4-tuple is known
-//!   propose(4-tuple, word = PENDING)
-//!   connect ───────────── TCP handshake ───► accept: finds the proposal by 4-tuple
-//!                                            CAS word PENDING -> TAKEN: accelerated
-//!   first use (or a blocking connect's end):
-//!   wait (bounded) while word == PENDING;
-//!   CAS word PENDING -> CANCELLED: plain TCP
-//!   word == TAKEN: accelerated
+//!   propose(4-tuple) and commit
+//!   connect ───────────── TCP handshake ───► accept: finds the proposal by 4-tuple:
+//!                                            accelerated; none: plain TCP
+//!   the connection exists: accelerated
 //! ```
 //!
-//! Exactly one compare-and-swap succeeds, so both sides agree without a round trip, and
-//! the client never moves a byte before the verdict. A server that never accepts costs
-//! the client one bounded wait (`CORESIDENT_AGREE_MS`, default 100 ms), then plain TCP.
+//! The proposal exists before the connection can be accepted, so the server's verdict
+//! needs no round trip and no wait, and no byte moves before both sides know the path.
+//! This is the order `coresident_net` uses across processes (its connecting side
+//! handshakes the channel and commits before its TCP connect).
 //!
 //! # Backends
 //!
 //! * In-process (`CORESIDENT_INPROC=1`): a connection between two sockets of one
 //!   process is carried by [`crate::mem::MemConn`]. This exercises every hook of the
 //!   library end to end in a real program, and is what the C tests run in one process.
+//!   (A proposal whose connection is accepted by another process, a forked child
+//!   sharing the listener, is never taken: that connection would stall. A test aid.)
 //! * Across processes: the host registry and `coresident_net::Stream` (see
 //!   `docs/preload.md`).
 
 use core::net::{IpAddr, SocketAddr};
-use core::sync::atomic::{AtomicU8, Ordering};
 use core::time::Duration;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -42,18 +40,9 @@ use std::time::Instant;
 use crate::conn::Accelerated;
 use crate::state::{lock, Conn, Entry};
 
-/// The agreement word: the client's proposal waits.
-const PENDING: u8 = 0;
-/// The server took the proposal: both sides accelerate.
-const TAKEN: u8 = 1;
-/// The client gave up waiting: both sides stay on TCP.
-const CANCELLED: u8 = 2;
-
 /// A proposal to accelerate one connection (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Proposal {
-    /// The agreement word.
-    word: AtomicU8,
     /// The client's side of the connection, installed on `TAKEN`.
     client: Mutex<Option<Box<dyn Accelerated>>>,
     /// The server's side, taken by `accept`.
@@ -64,19 +53,6 @@ pub(crate) struct Proposal {
     peer: SocketAddr,
     /// When the proposal was made.
     made: Instant,
-}
-
-/// How long a client waits for the server's verdict.
-fn agree_timeout() -> Duration {
-    static T: OnceLock<Duration> = OnceLock::new();
-    *T.get_or_init(|| {
-        Duration::from_millis(
-            std::env::var("CORESIDENT_AGREE_MS")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(100),
-        )
-    })
 }
 
 /// Whether in-process acceleration is on.
@@ -97,9 +73,9 @@ static PROPOSALS: Mutex<Option<HashMap<SocketAddr, Arc<Proposal>>>> = Mutex::new
 
 /// Whether `to` is one of our listening addresses.
 fn listens_on(to: SocketAddr) -> bool {
-    lock(&LISTENING).iter().any(|l| {
-        l.port() == to.port() && (l.ip() == to.ip() || l.ip().is_unspecified())
-    })
+    lock(&LISTENING)
+        .iter()
+        .any(|l| l.port() == to.port() && (l.ip() == to.ip() || l.ip().is_unspecified()))
 }
 
 /// After a successful `listen(fd)`.
@@ -130,7 +106,6 @@ pub(crate) fn before_connect(entry: &Arc<Entry>, fd: i32, to: SocketAddr) {
             return;
         };
         let p = Arc::new(Proposal {
-            word: AtomicU8::new(PENDING),
             client: Mutex::new(Some(Box::new(a))),
             server: Mutex::new(Some(Box::new(b))),
             local,
@@ -191,57 +166,40 @@ pub(crate) fn after_connect(entry: &Arc<Entry>, fd: i32, ret: i32, err: i32) {
 fn cancel(entry: &Arc<Entry>) {
     let Some(sock) = entry.sock() else { return };
     if let Some(p) = sock.proposal.swap(None) {
-        let _ = p
-            .word
-            .compare_exchange(PENDING, CANCELLED, Ordering::AcqRel, Ordering::Acquire);
         if let Some(m) = lock(&PROPOSALS).as_mut() {
             m.remove(&p.local);
         }
     }
 }
 
-/// Resolves a pending proposal of `entry` once its connection exists: waits (bounded)
-/// for the server's verdict, then accelerates or stays on TCP.
+/// Accelerates the connecting side of `entry` once its connection exists (a
+/// non-blocking connect in progress waits for the next call on the socket).
 pub(crate) fn settle(entry: &Arc<Entry>, fd: i32) {
     let Some(sock) = entry.sock() else { return };
     let Some(p) = sock.proposal.load() else {
         return;
     };
-    // Not connected yet (a non-blocking connect in progress): decide later.
     let (_, peer) = crate::fdops::tuple(fd);
     if peer.is_none() {
-        if p.made.elapsed() > agree_timeout() * 20 {
+        // Not connected yet; a connect that failed for good is forgotten with the
+        // socket or the next connect.
+        if p.made.elapsed() > Duration::from_secs(120) {
             cancel(entry);
         }
         return;
     }
-    let deadline = Instant::now() + agree_timeout();
-    // SYNC: agreement word, paired with the AcqRel compare-exchange in `on_accept`.
-    while p.word.load(Ordering::Acquire) == PENDING && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_micros(50));
-    }
-    let verdict = match p
-        .word
-        .compare_exchange(PENDING, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
-    {
-        Ok(_) => CANCELLED,
-        Err(v) => v,
-    };
     if !sock.proposal.replace_if(&p, None) {
         return;
     }
-    if let Some(m) = lock(&PROPOSALS).as_mut() {
-        m.remove(&p.local);
-    }
-    if verdict == TAKEN {
-        let imp = lock(&p.client).take();
-        if let Some(imp) = imp {
-            let conn = Arc::new(Conn::new(imp, Some(p.local), Some(p.peer), Some(std::process::id())));
-            crate::fdops::install(fd, conn);
-        }
-    } else {
-        tracing::info!(target: "coresident_preload", fd, peer = %p.peer,
-            "the server did not take the proposal in time: plain TCP");
+    let imp = lock(&p.client).take();
+    if let Some(imp) = imp {
+        let conn = Arc::new(Conn::new(
+            imp,
+            Some(p.local),
+            Some(p.peer),
+            Some(std::process::id()),
+        ));
+        crate::fdops::install(fd, conn);
     }
 }
 
@@ -255,14 +213,6 @@ pub(crate) fn on_accept(_listener: i32, fd: i32, _entry: &Arc<Entry>) {
     let Some(p) = lock(&PROPOSALS).as_mut().and_then(|m| m.remove(&peer)) else {
         return;
     };
-    // SYNC: agreement word, paired with the Acquire load in `settle`.
-    if p
-        .word
-        .compare_exchange(PENDING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
-        .is_err()
-    {
-        return;
-    }
     let imp = lock(&p.server).take();
     if let Some(imp) = imp {
         let conn = Arc::new(Conn::new(imp, local, Some(peer), Some(std::process::id())));

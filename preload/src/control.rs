@@ -199,7 +199,8 @@ pub(crate) fn respond(req: &str) -> String {
             for (fd, _, c) in &conns {
                 let s = c.imp.stats();
                 let path = s.path.map_or("?".into(), |p| p.to_string());
-                let addr = |a: Option<core::net::SocketAddr>| a.map_or("-".into(), |a| a.to_string());
+                let addr =
+                    |a: Option<core::net::SocketAddr>| a.map_or("-".into(), |a| a.to_string());
                 let age = c.since.elapsed().map_or(0, |d| d.as_secs());
                 let peer_pid = c.peer_pid.map_or("-".into(), |p| p.to_string());
                 let _ = writeln!(
@@ -278,6 +279,8 @@ mod tests {
     #[test]
     fn unknown_requests_are_answered_as_such() {
         assert_eq!(respond("reboot"), "error unknown request\n");
-        assert!(respond("status").starts_with("end pid=") || respond("status").contains("conn id="));
+        assert!(
+            respond("status").starts_with("end pid=") || respond("status").contains("conn id=")
+        );
     }
 }

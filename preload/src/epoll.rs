@@ -311,7 +311,12 @@ pub(crate) fn on_create(epfd: c_int) {
 /// # Safety
 ///
 /// `ev` is null or valid for reads (the C contract).
-pub(crate) unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut epoll_event) -> Verdict<c_int> {
+pub(crate) unsafe fn ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    ev: *mut epoll_event,
+) -> Verdict<c_int> {
     let Some(target) = FDS.get(fd) else {
         return Verdict::Pass;
     };
@@ -338,7 +343,11 @@ pub(crate) unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut epoll_event
         return Verdict::Done(r);
     };
     let Some(set_entry) = set_of(epfd, true) else {
-        return Verdict::Done(fail(if epfd == fd { libc::EINVAL } else { libc::EBADF }));
+        return Verdict::Done(fail(if epfd == fd {
+            libc::EINVAL
+        } else {
+            libc::EBADF
+        }));
     };
     let Some(set) = set_entry.epoll() else {
         return Verdict::Done(fail(libc::EINVAL));
@@ -396,7 +405,13 @@ pub(crate) unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut epoll_event
 }
 
 /// Records a successful kernel `epoll_ctl` on a plain tracked socket.
-fn remember_kernel(epfd: c_int, op: c_int, fd: c_int, ev: Option<epoll_event>, target: &Arc<Entry>) {
+fn remember_kernel(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    ev: Option<epoll_event>,
+    target: &Arc<Entry>,
+) {
     let Some(sock) = target.sock() else { return };
     // The kernel accepted `epfd` as an epoll: make sure it has an entry.
     let _ = set_of(epfd, true);
@@ -424,10 +439,14 @@ pub(crate) fn take_from_kernel(entry: &Arc<Entry>) {
         let Some(set_entry) = set_of(kr.epfd, false) else {
             continue;
         };
-        let Some(set) = set_entry.epoll() else { continue };
+        let Some(set) = set_entry.epoll() else {
+            continue;
+        };
         // SAFETY: plain `epoll_ctl` on the application's descriptors, a null event is
         // allowed for `EPOLL_CTL_DEL`.
-        let r = unsafe { crate::real::epoll_ctl(kr.epfd, libc::EPOLL_CTL_DEL, kr.fd, core::ptr::null_mut()) };
+        let r = unsafe {
+            crate::real::epoll_ctl(kr.epfd, libc::EPOLL_CTL_DEL, kr.fd, core::ptr::null_mut())
+        };
         if r != 0 {
             continue;
         }
@@ -455,8 +474,12 @@ pub(crate) fn return_to_kernel(entry: &Arc<Entry>) {
     let Some(sock) = entry.sock() else { return };
     let sets: Vec<Weak<Entry>> = core::mem::take(&mut *lock(&sock.emulated_in));
     for w in sets {
-        let Some(set_entry) = w.upgrade() else { continue };
-        let Some(set) = set_entry.epoll() else { continue };
+        let Some(set_entry) = w.upgrade() else {
+            continue;
+        };
+        let Some(set) = set_entry.epoll() else {
+            continue;
+        };
         let moved = set.remove_where(|r| r.sock.as_ptr() == Arc::as_ptr(entry));
         for r in moved {
             let mut ev = epoll_event {
@@ -469,7 +492,8 @@ pub(crate) fn return_to_kernel(entry: &Arc<Entry>) {
                 ev.events &= !READY_BITS;
             }
             // SAFETY: plain `epoll_ctl` with a valid event.
-            let ok = unsafe { crate::real::epoll_ctl(r.epfd, libc::EPOLL_CTL_ADD, r.fd, &mut ev) } == 0;
+            let ok =
+                unsafe { crate::real::epoll_ctl(r.epfd, libc::EPOLL_CTL_ADD, r.fd, &mut ev) } == 0;
             if ok {
                 lock(&sock.kernel_regs).push(KernelReg {
                     epfd: r.epfd,
@@ -524,7 +548,11 @@ pub(crate) unsafe fn wait(
         return Verdict::Done(fail(libc::EINVAL));
     };
     if max_n == 0 || evs.is_null() {
-        return Verdict::Done(fail(if max_n == 0 { libc::EINVAL } else { libc::EFAULT }));
+        return Verdict::Done(fail(if max_n == 0 {
+            libc::EINVAL
+        } else {
+            libc::EFAULT
+        }));
     }
     // SAFETY: `evs` is valid for `max` events (caller).
     let out = unsafe { core::slice::from_raw_parts_mut(evs, max_n) };
@@ -560,21 +588,26 @@ pub(crate) unsafe fn wait(
         // Sleep until the kernel's side or a connection's wake-up fires.
         // SAFETY: `epfd` is the caller's open descriptor for this call.
         let ep = unsafe { std::os::fd::BorrowedFd::borrow_raw(epfd) };
-        let mut pfds = [libc::pollfd {
-            fd: ep.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }, libc::pollfd {
-            fd: set.inner().map_or(-1, |f| f.as_fd().as_raw_fd()),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
+        let mut pfds = [
+            libc::pollfd {
+                fd: ep.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: set.inner().map_or(-1, |f| f.as_fd().as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
         let ts = deadline.remaining().map(crate::wait::timespec);
         let ts_c = ts.map(|t| libc::timespec {
             tv_sec: t.tv_sec,
             tv_nsec: t.tv_nsec,
         });
-        let tp = ts_c.as_ref().map_or(core::ptr::null(), |t| t as *const libc::timespec);
+        let tp = ts_c
+            .as_ref()
+            .map_or(core::ptr::null(), |t| t as *const libc::timespec);
         // SAFETY: `pfds` holds two valid entries; `tp` and `mask` are null or valid.
         let r = unsafe { crate::real::ppoll(pfds.as_mut_ptr(), 2, tp, mask) };
         if r < 0 {

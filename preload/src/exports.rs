@@ -18,8 +18,8 @@ use core::ffi::{c_char, c_int, c_uint, c_ulong, c_void};
 use std::io::{IoSlice, IoSliceMut};
 
 use libc::{
-    epoll_event, fd_set, iovec, loff_t, mmsghdr, msghdr, nfds_t, off_t, pollfd, sigset_t,
-    size_t, sockaddr, socklen_t, ssize_t, timespec, timeval,
+    epoll_event, fd_set, iovec, loff_t, mmsghdr, msghdr, nfds_t, off_t, pollfd, sigset_t, size_t,
+    sockaddr, socklen_t, ssize_t, timespec, timeval,
 };
 
 use crate::guard::{errno, hook, inside, set_errno, Verdict};
@@ -118,18 +118,29 @@ pub unsafe extern "C" fn read(fd: c_int, b: *mut c_void, n: size_t) -> ssize_t {
         return pass();
     }
     // SAFETY: `b` is valid for `n` bytes (C contract).
-    hook(|| unsafe { io::recv(fd, &mut [IoSliceMut::new(buf_mut(b, n))], 0) }, pass)
+    hook(
+        || unsafe { io::recv(fd, &mut [IoSliceMut::new(buf_mut(b, n))], 0) },
+        pass,
+    )
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn __read_chk(fd: c_int, b: *mut c_void, n: size_t, buflen: size_t) -> ssize_t {
+pub unsafe extern "C" fn __read_chk(
+    fd: c_int,
+    b: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+) -> ssize_t {
     // SAFETY: the caller's arguments, passed on (the next definition does the check).
     let pass = || unsafe { real::__read_chk(fd, b, n, buflen) };
     if !tracked(fd) || n > buflen {
         return pass();
     }
     // SAFETY: as in `read`.
-    hook(|| unsafe { io::recv(fd, &mut [IoSliceMut::new(buf_mut(b, n))], 0) }, pass)
+    hook(
+        || unsafe { io::recv(fd, &mut [IoSliceMut::new(buf_mut(b, n))], 0) },
+        pass,
+    )
 }
 
 #[no_mangle]
@@ -158,18 +169,30 @@ pub unsafe extern "C" fn recv(fd: c_int, b: *mut c_void, n: size_t, flags: c_int
         return pass();
     }
     // SAFETY: as in `read`.
-    hook(|| unsafe { io::recv(fd, &mut [IoSliceMut::new(buf_mut(b, n))], flags) }, pass)
+    hook(
+        || unsafe { io::recv(fd, &mut [IoSliceMut::new(buf_mut(b, n))], flags) },
+        pass,
+    )
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn __recv_chk(fd: c_int, b: *mut c_void, n: size_t, buflen: size_t, flags: c_int) -> ssize_t {
+pub unsafe extern "C" fn __recv_chk(
+    fd: c_int,
+    b: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+    flags: c_int,
+) -> ssize_t {
     // SAFETY: the caller's arguments, passed on (the next definition does the check).
     let pass = || unsafe { real::__recv_chk(fd, b, n, buflen, flags) };
     if !tracked(fd) || n > buflen {
         return pass();
     }
     // SAFETY: as in `read`.
-    hook(|| unsafe { io::recv(fd, &mut [IoSliceMut::new(buf_mut(b, n))], flags) }, pass)
+    hook(
+        || unsafe { io::recv(fd, &mut [IoSliceMut::new(buf_mut(b, n))], flags) },
+        pass,
+    )
 }
 
 /// Stores an empty source address (a connected stream socket reports none).
@@ -329,7 +352,10 @@ pub unsafe extern "C" fn write(fd: c_int, b: *const c_void, n: size_t) -> ssize_
         return pass();
     }
     // SAFETY: `b` is valid for `n` bytes (C contract).
-    hook(|| io::send(fd, &[IoSlice::new(unsafe { buf(b, n) })], 0, Call::Plain), pass)
+    hook(
+        || io::send(fd, &[IoSlice::new(unsafe { buf(b, n) })], 0, Call::Plain),
+        pass,
+    )
 }
 
 #[no_mangle]
@@ -357,7 +383,17 @@ pub unsafe extern "C" fn send(fd: c_int, b: *const c_void, n: size_t, flags: c_i
         return pass();
     }
     // SAFETY: as in `write`.
-    hook(|| io::send(fd, &[IoSlice::new(unsafe { buf(b, n) })], flags, Call::Socket), pass)
+    hook(
+        || {
+            io::send(
+                fd,
+                &[IoSlice::new(unsafe { buf(b, n) })],
+                flags,
+                Call::Socket,
+            )
+        },
+        pass,
+    )
 }
 
 #[no_mangle]
@@ -376,7 +412,17 @@ pub unsafe extern "C" fn sendto(
     }
     // A connected TCP socket ignores the address (as Linux does).
     // SAFETY: as in `write`.
-    hook(|| io::send(fd, &[IoSlice::new(unsafe { buf(b, n) })], flags, Call::Socket), pass)
+    hook(
+        || {
+            io::send(
+                fd,
+                &[IoSlice::new(unsafe { buf(b, n) })],
+                flags,
+                Call::Socket,
+            )
+        },
+        pass,
+    )
 }
 
 /// `sendmsg` on an accelerated socket.
@@ -442,7 +488,12 @@ pub unsafe extern "C" fn sendmmsg(fd: c_int, msgs: *mut mmsghdr, n: c_uint, flag
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn sendfile(out_fd: c_int, in_fd: c_int, off: *mut off_t, count: size_t) -> ssize_t {
+pub unsafe extern "C" fn sendfile(
+    out_fd: c_int,
+    in_fd: c_int,
+    off: *mut off_t,
+    count: size_t,
+) -> ssize_t {
     // SAFETY: the caller's arguments, passed on.
     let pass = || unsafe { real::sendfile(out_fd, in_fd, off, count) };
     if !tracked(out_fd) && !tracked(in_fd) {
@@ -453,7 +504,12 @@ pub unsafe extern "C" fn sendfile(out_fd: c_int, in_fd: c_int, off: *mut off_t, 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn sendfile64(out_fd: c_int, in_fd: c_int, off: *mut off_t, count: size_t) -> ssize_t {
+pub unsafe extern "C" fn sendfile64(
+    out_fd: c_int,
+    in_fd: c_int,
+    off: *mut off_t,
+    count: size_t,
+) -> ssize_t {
     // SAFETY: the caller's arguments, passed on.
     let pass = || unsafe { real::sendfile64(out_fd, in_fd, off, count) };
     if !tracked(out_fd) && !tracked(in_fd) {
@@ -517,7 +573,12 @@ pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut sockle
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+pub unsafe extern "C" fn accept4(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     let new = unsafe { real::accept4(fd, addr, len, flags) };
     if new >= 0 {
@@ -689,7 +750,10 @@ pub unsafe extern "C" fn getsockopt(
         return pass();
     }
     // SAFETY: `val` and `len` are valid (C contract).
-    hook(|| unsafe { fdops::getsockopt(fd, level, name, val, len) }, pass)
+    hook(
+        || unsafe { fdops::getsockopt(fd, level, name, val, len) },
+        pass,
+    )
 }
 
 #[no_mangle]
@@ -754,11 +818,19 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_
         return pass();
     }
     // SAFETY: as above.
-    hook(|| unsafe { poll::poll(fds, n, poll::ms(timeout), core::ptr::null()) }, pass)
+    hook(
+        || unsafe { poll::poll(fds, n, poll::ms(timeout), core::ptr::null()) },
+        pass,
+    )
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn __poll_chk(fds: *mut pollfd, n: nfds_t, timeout: c_int, fdslen: size_t) -> c_int {
+pub unsafe extern "C" fn __poll_chk(
+    fds: *mut pollfd,
+    n: nfds_t,
+    timeout: c_int,
+    fdslen: size_t,
+) -> c_int {
     // SAFETY: the caller's arguments, passed on (the next definition does the check).
     let pass = || unsafe { real::__poll_chk(fds, n, timeout, fdslen) };
     let fits = fdslen / core::mem::size_of::<pollfd>() >= n as usize;
@@ -767,11 +839,19 @@ pub unsafe extern "C" fn __poll_chk(fds: *mut pollfd, n: nfds_t, timeout: c_int,
         return pass();
     }
     // SAFETY: as in `poll`.
-    hook(|| unsafe { poll::poll(fds, n, poll::ms(timeout), core::ptr::null()) }, pass)
+    hook(
+        || unsafe { poll::poll(fds, n, poll::ms(timeout), core::ptr::null()) },
+        pass,
+    )
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ppoll(fds: *mut pollfd, n: nfds_t, ts: *const timespec, mask: *const sigset_t) -> c_int {
+pub unsafe extern "C" fn ppoll(
+    fds: *mut pollfd,
+    n: nfds_t,
+    ts: *const timespec,
+    mask: *const sigset_t,
+) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     let pass = || unsafe { real::ppoll(fds, n, ts, mask) };
     // SAFETY: as in `poll`.
@@ -802,7 +882,13 @@ pub unsafe extern "C" fn __ppoll_chk(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn select(n: c_int, r: *mut fd_set, w: *mut fd_set, e: *mut fd_set, tv: *mut timeval) -> c_int {
+pub unsafe extern "C" fn select(
+    n: c_int,
+    r: *mut fd_set,
+    w: *mut fd_set,
+    e: *mut fd_set,
+    tv: *mut timeval,
+) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     let pass = || unsafe { real::select(n, r, w, e, tv) };
     if inside() {
@@ -824,7 +910,8 @@ pub unsafe extern "C" fn select(n: c_int, r: *mut fd_set, w: *mut fd_set, e: *mu
         || {
             let mut left = None;
             // SAFETY: the sets hold `n` bits (C contract).
-            let v = unsafe { poll::select(n, r, w, e, timeout, core::ptr::null(), Some(&mut left)) };
+            let v =
+                unsafe { poll::select(n, r, w, e, timeout, core::ptr::null(), Some(&mut left)) };
             if let (Verdict::Done(k), false) = (&v, tv.is_null()) {
                 if *k >= 0 {
                     let l = left.unwrap_or_default();
@@ -858,7 +945,10 @@ pub unsafe extern "C" fn pselect(
         return pass();
     }
     // SAFETY: the sets hold `n` bits; `ts` and `mask` are null or valid (C contract).
-    hook(|| unsafe { poll::select(n, r, w, e, ts_timeout(ts), mask, None) }, pass)
+    hook(
+        || unsafe { poll::select(n, r, w, e, ts_timeout(ts), mask, None) },
+        pass,
+    )
 }
 
 #[no_mangle]
@@ -882,7 +972,12 @@ pub unsafe extern "C" fn epoll_create1(flags: c_int) -> c_int {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut epoll_event) -> c_int {
+pub unsafe extern "C" fn epoll_ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    ev: *mut epoll_event,
+) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     let pass = || unsafe { real::epoll_ctl(epfd, op, fd, ev) };
     if !tracked(fd) {
@@ -893,14 +988,22 @@ pub unsafe extern "C" fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut e
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn epoll_wait(epfd: c_int, evs: *mut epoll_event, max: c_int, timeout: c_int) -> c_int {
+pub unsafe extern "C" fn epoll_wait(
+    epfd: c_int,
+    evs: *mut epoll_event,
+    max: c_int,
+    timeout: c_int,
+) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     let pass = || unsafe { real::epoll_wait(epfd, evs, max, timeout) };
     if !tracked(epfd) {
         return pass();
     }
     // SAFETY: `evs` is valid for `max` events (C contract).
-    hook(|| unsafe { epoll::wait(epfd, evs, max, poll::ms(timeout), core::ptr::null()) }, pass)
+    hook(
+        || unsafe { epoll::wait(epfd, evs, max, poll::ms(timeout), core::ptr::null()) },
+        pass,
+    )
 }
 
 #[no_mangle]
@@ -917,7 +1020,10 @@ pub unsafe extern "C" fn epoll_pwait(
         return pass();
     }
     // SAFETY: as in `epoll_wait`; `mask` is null or valid.
-    hook(|| unsafe { epoll::wait(epfd, evs, max, poll::ms(timeout), mask) }, pass)
+    hook(
+        || unsafe { epoll::wait(epfd, evs, max, poll::ms(timeout), mask) },
+        pass,
+    )
 }
 
 #[no_mangle]
@@ -934,14 +1040,21 @@ pub unsafe extern "C" fn epoll_pwait2(
         return pass();
     }
     // SAFETY: as in `epoll_pwait`; `ts` is null or valid.
-    hook(|| unsafe { epoll::wait(epfd, evs, max, ts_timeout(ts), mask) }, pass)
+    hook(
+        || unsafe { epoll::wait(epfd, evs, max, ts_timeout(ts), mask) },
+        pass,
+    )
 }
 
 // ---------------------------------------------------------------------------------------
 // Process images.
 
 #[no_mangle]
-pub unsafe extern "C" fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+pub unsafe extern "C" fn execve(
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
     after(fdops::before_exec);
     // SAFETY: the caller's arguments, passed on.
     unsafe { real::execve(path, argv, envp) }
@@ -962,14 +1075,22 @@ pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char)
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+pub unsafe extern "C" fn execvpe(
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
     after(fdops::before_exec);
     // SAFETY: the caller's arguments, passed on.
     unsafe { real::execvpe(file, argv, envp) }
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+pub unsafe extern "C" fn fexecve(
+    fd: c_int,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
     after(fdops::before_exec);
     // SAFETY: the caller's arguments, passed on.
     unsafe { real::fexecve(fd, argv, envp) }

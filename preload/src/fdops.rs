@@ -39,7 +39,10 @@ pub(crate) fn on_accept(listener: c_int, fd: c_int, flags: c_int) {
         forget(fd);
         return;
     }
-    let entry = Arc::new(Entry::Sock(Sock::new(flags & libc::SOCK_NONBLOCK != 0, false)));
+    let entry = Arc::new(Entry::Sock(Sock::new(
+        flags & libc::SOCK_NONBLOCK != 0,
+        false,
+    )));
     put(fd, entry.clone());
     crate::accel::on_accept(listener, fd, &entry);
 }

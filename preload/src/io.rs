@@ -110,7 +110,13 @@ pub(crate) unsafe fn recv(fd: c_int, bufs: &mut [IoSliceMut<'_>], flags: c_int) 
         // TCP's MSG_TRUNC: read the bytes and drop them.
         let want: usize = bufs.iter().map(|b| b.len()).sum();
         let mut scratch = vec![0u8; want.min(1 << 20)];
-        return ret(recv_loop(&conn, &mut [IoSliceMut::new(&mut scratch)], peek, waitall, deadline));
+        return ret(recv_loop(
+            &conn,
+            &mut [IoSliceMut::new(&mut scratch)],
+            peek,
+            waitall,
+            deadline,
+        ));
     }
     ret(recv_loop(&conn, bufs, peek, waitall, deadline))
 }
@@ -196,7 +202,11 @@ pub(crate) fn send(fd: c_int, bufs: &[IoSlice<'_>], flags: c_int, call: Call) ->
 }
 
 /// Sends everything (blocking) or what fits (non-blocking).
-pub(crate) fn send_loop(conn: &Conn, bufs: &[IoSlice<'_>], deadline: Deadline) -> Result<usize, Errno> {
+pub(crate) fn send_loop(
+    conn: &Conn,
+    bufs: &[IoSlice<'_>],
+    deadline: Deadline,
+) -> Result<usize, Errno> {
     let want: usize = bufs.iter().map(|b| b.len()).sum();
     if want == 0 {
         // A zero-length send on a live connection succeeds; on a closed one TCP says EPIPE.
@@ -279,7 +289,10 @@ pub(crate) unsafe fn sendfile(
     }
     if in_conn.is_some() {
         // Reading a socket with sendfile: hand it back to the kernel if possible.
-        let (e, c) = in_conn.as_ref().map(|(e, c)| (e.clone(), c.clone())).unwrap_or_else(|| unreachable!());
+        let (e, c) = in_conn
+            .as_ref()
+            .map(|(e, c)| (e.clone(), c.clone()))
+            .unwrap_or_else(|| unreachable!());
         if decline(&e, &c, "sendfile").is_err() {
             return Verdict::Done(fail(libc::EINVAL));
         }

@@ -25,7 +25,6 @@
 //! | `CORESIDENT_LOG=PATH` (or `stderr`) | write the library's log there; nothing is written otherwise |
 //! | `CORESIDENT_LOG_LEVEL` | `error`, `warn`, `info` (default), `debug`, `trace` |
 //! | `CORESIDENT_REGISTRY=DIR` | the registry directory (see `coresident run --registry`) |
-//! | `CORESIDENT_AGREE_MS` | how long a client waits for the server's verdict (default 100) |
 //! | `CORESIDENT_INPROC=1` | accelerate connections within one process (a test aid) |
 //!
 //! The library never panics into the host program and never aborts it: every hook runs

@@ -317,7 +317,10 @@ mod tests {
     #[test]
     fn bytes_flow_and_end_of_stream() {
         let (a, b) = MemConn::pair(8).unwrap();
-        assert_eq!(b.try_recv(&mut [IoSliceMut::new(&mut [0; 4])], false), Err(Errno::AGAIN));
+        assert_eq!(
+            b.try_recv(&mut [IoSliceMut::new(&mut [0; 4])], false),
+            Err(Errno::AGAIN)
+        );
         assert_eq!(a.try_send(&[IoSlice::new(b"hello world")]), Ok(8));
         assert_eq!(a.try_send(&[IoSlice::new(b"x")]), Err(Errno::AGAIN));
         assert!(b.readiness().contains(Readiness::READ));
@@ -329,7 +332,10 @@ mod tests {
         let mut x = [0u8; 3];
         let mut y = [0u8; 10];
         assert_eq!(
-            b.try_recv(&mut [IoSliceMut::new(&mut x), IoSliceMut::new(&mut y)], false),
+            b.try_recv(
+                &mut [IoSliceMut::new(&mut x), IoSliceMut::new(&mut y)],
+                false
+            ),
             Ok(8)
         );
         assert_eq!(&x, b"hel");

@@ -311,7 +311,9 @@ pub(crate) unsafe fn select(
         let rev = p.revents;
         // SAFETY: as above; `fd < nfds`.
         unsafe {
-            if p.events & libc::POLLIN != 0 && rev & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+            if p.events & libc::POLLIN != 0
+                && rev & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
+            {
                 set_bit(r, fd);
                 count += 1;
             }

@@ -346,7 +346,11 @@ mod tests {
         assert_eq!(Arc::strong_count(&a), 4);
         drop(g);
         drop(t);
-        assert_eq!(Arc::strong_count(&a), 1, "dropping the table drops its counts");
+        assert_eq!(
+            Arc::strong_count(&a),
+            1,
+            "dropping the table drops its counts"
+        );
     }
 
     /// Many readers against a writer that keeps swapping: no use after free (Miri or

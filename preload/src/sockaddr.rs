@@ -8,7 +8,10 @@ use core::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 /// # Safety
 ///
 /// `addr` is null or valid for reads of `len` bytes.
-pub(crate) unsafe fn to_std(addr: *const libc::sockaddr, len: libc::socklen_t) -> Option<SocketAddr> {
+pub(crate) unsafe fn to_std(
+    addr: *const libc::sockaddr,
+    len: libc::socklen_t,
+) -> Option<SocketAddr> {
     if addr.is_null() {
         return None;
     }

@@ -80,7 +80,10 @@ fn read(fd: c_int, buf: &mut [u8], flags: c_int) -> isize {
 }
 
 fn write(fd: c_int, buf: &[u8], flags: c_int) -> isize {
-    hook(|| io::send(fd, &[IoSlice::new(buf)], flags, Call::Socket), || -2)
+    hook(
+        || io::send(fd, &[IoSlice::new(buf)], flags, Call::Socket),
+        || -2,
+    )
 }
 
 fn set_nonblocking(fd: c_int, on: bool) {
@@ -90,7 +93,14 @@ fn set_nonblocking(fd: c_int, on: bool) {
 fn ppoll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> c_int {
     hook(
         // SAFETY: `fds` is a valid array.
-        || unsafe { poll::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout, core::ptr::null()) },
+        || unsafe {
+            poll::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                timeout,
+                core::ptr::null(),
+            )
+        },
         || -2,
     )
 }
@@ -140,7 +150,10 @@ fn ewait(ep: &OwnedFd, timeout: Option<Duration>) -> Vec<(u32, u64)> {
         },
     );
     assert!(n >= 0, "epoll_wait failed: errno {}", errno());
-    evs[..n as usize].iter().map(|e| (e.events, e.u64)).collect()
+    evs[..n as usize]
+        .iter()
+        .map(|e| (e.events, e.u64))
+        .collect()
 }
 
 const SHORT: Option<Duration> = Some(Duration::from_millis(30));
@@ -214,10 +227,18 @@ fn end_of_stream_and_epipe_with_and_without_sigpipe() {
     let before = SIGPIPES.load(Ordering::SeqCst);
     assert_eq!(write(p.a(), b"x", libc::MSG_NOSIGNAL), -1);
     assert_eq!(errno(), libc::EPIPE);
-    assert_eq!(SIGPIPES.load(Ordering::SeqCst), before, "MSG_NOSIGNAL: no signal");
+    assert_eq!(
+        SIGPIPES.load(Ordering::SeqCst),
+        before,
+        "MSG_NOSIGNAL: no signal"
+    );
     assert_eq!(write(p.a(), b"x", 0), -1);
     assert_eq!(errno(), libc::EPIPE);
-    assert_eq!(SIGPIPES.load(Ordering::SeqCst), before + 1, "SIGPIPE raised");
+    assert_eq!(
+        SIGPIPES.load(Ordering::SeqCst),
+        before + 1,
+        "SIGPIPE raised"
+    );
 }
 
 #[test]
@@ -334,7 +355,15 @@ fn select_reports_accelerated_descriptors() {
         libc::FD_SET(p.a(), &mut ws);
         let n = p.a().max(p.b()) + 1;
         let mut left = None;
-        let v = poll::select(n, &mut rs, &mut ws, core::ptr::null_mut(), SHORT, core::ptr::null(), Some(&mut left));
+        let v = poll::select(
+            n,
+            &mut rs,
+            &mut ws,
+            core::ptr::null_mut(),
+            SHORT,
+            core::ptr::null(),
+            Some(&mut left),
+        );
         assert!(matches!(v, Verdict::Done(1)));
         assert!(!libc::FD_ISSET(p.b(), &rs));
         assert!(libc::FD_ISSET(p.a(), &ws));
@@ -342,7 +371,15 @@ fn select_reports_accelerated_descriptors() {
         assert_eq!(write(p.a(), b"x", 0), 1);
         libc::FD_ZERO(&mut rs);
         libc::FD_SET(p.b(), &mut rs);
-        let v = poll::select(n, &mut rs, core::ptr::null_mut(), core::ptr::null_mut(), SHORT, core::ptr::null(), None);
+        let v = poll::select(
+            n,
+            &mut rs,
+            core::ptr::null_mut(),
+            core::ptr::null_mut(),
+            SHORT,
+            core::ptr::null(),
+            None,
+        );
         assert!(matches!(v, Verdict::Done(1)));
         assert!(libc::FD_ISSET(p.b(), &rs));
     }
@@ -352,26 +389,57 @@ fn select_reports_accelerated_descriptors() {
 fn epoll_level_triggered_reports_until_drained() {
     let p = Pair::new(1024);
     let ep = epoll_new();
-    assert_eq!(ctl(&ep, libc::EPOLL_CTL_ADD, p.b(), libc::EPOLLIN as u32, 7), 0);
-    assert_eq!(ctl(&ep, libc::EPOLL_CTL_ADD, p.b(), libc::EPOLLIN as u32, 7), -1);
+    assert_eq!(
+        ctl(&ep, libc::EPOLL_CTL_ADD, p.b(), libc::EPOLLIN as u32, 7),
+        0
+    );
+    assert_eq!(
+        ctl(&ep, libc::EPOLL_CTL_ADD, p.b(), libc::EPOLLIN as u32, 7),
+        -1
+    );
     assert_eq!(errno(), libc::EEXIST);
     assert!(ewait(&ep, SHORT).is_empty());
     assert_eq!(write(p.a(), b"abc", 0), 3);
     assert_eq!(ewait(&ep, SHORT), vec![(libc::EPOLLIN as u32, 7)]);
-    assert_eq!(ewait(&ep, SHORT), vec![(libc::EPOLLIN as u32, 7)], "level: again");
+    assert_eq!(
+        ewait(&ep, SHORT),
+        vec![(libc::EPOLLIN as u32, 7)],
+        "level: again"
+    );
     let mut buf = [0u8; 8];
     assert_eq!(read(p.b(), &mut buf, 0), 3);
     assert!(ewait(&ep, SHORT).is_empty());
     // A plain descriptor in the same set is reported beside it.
     let (pr, pw) = rustix::pipe::pipe().unwrap();
-    assert_eq!(ctl(&ep, libc::EPOLL_CTL_ADD, pr.as_raw_fd(), libc::EPOLLIN as u32, 9), 0);
+    assert_eq!(
+        ctl(
+            &ep,
+            libc::EPOLL_CTL_ADD,
+            pr.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            9
+        ),
+        0
+    );
     rustix::io::write(&pw, b"y").unwrap();
     assert_eq!(write(p.a(), b"z", 0), 1);
     let mut got = ewait(&ep, SHORT);
     got.sort_unstable_by_key(|e| e.1);
-    assert_eq!(got, vec![(libc::EPOLLIN as u32, 7), (libc::EPOLLIN as u32, 9)]);
+    assert_eq!(
+        got,
+        vec![(libc::EPOLLIN as u32, 7), (libc::EPOLLIN as u32, 9)]
+    );
     // MOD and DEL.
-    assert_eq!(ctl(&ep, libc::EPOLL_CTL_MOD, p.b(), (libc::EPOLLIN | libc::EPOLLOUT) as u32, 8), 0);
+    assert_eq!(
+        ctl(
+            &ep,
+            libc::EPOLL_CTL_MOD,
+            p.b(),
+            (libc::EPOLLIN | libc::EPOLLOUT) as u32,
+            8
+        ),
+        0
+    );
     assert!(ewait(&ep, SHORT).contains(&((libc::EPOLLIN | libc::EPOLLOUT) as u32, 8)));
     assert_eq!(ctl(&ep, libc::EPOLL_CTL_DEL, p.b(), 0, 0), 0);
     assert_eq!(ctl(&ep, libc::EPOLL_CTL_DEL, p.b(), 0, 0), -1);
@@ -404,7 +472,10 @@ fn epoll_edge_triggered_reports_each_edge_once() {
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(write(a, b"d", 0), 1);
     });
-    assert_eq!(ewait(&ep, Some(Duration::from_secs(10))), vec![(libc::EPOLLIN as u32, 1)]);
+    assert_eq!(
+        ewait(&ep, Some(Duration::from_secs(10))),
+        vec![(libc::EPOLLIN as u32, 1)]
+    );
     t.join().unwrap();
     // Oneshot: one report until MOD.
     let os = (libc::EPOLLIN | libc::EPOLLONESHOT) as u32;
@@ -442,7 +513,16 @@ fn kernel_registration_moves_into_the_emulation_and_back() {
     track(b.as_raw_fd());
     let ep = epoll_new();
     // Plain: the kernel's registration (the idle socket is writable).
-    assert_eq!(ctl(&ep, libc::EPOLL_CTL_ADD, b.as_raw_fd(), (libc::EPOLLIN | libc::EPOLLOUT) as u32, 4), 0);
+    assert_eq!(
+        ctl(
+            &ep,
+            libc::EPOLL_CTL_ADD,
+            b.as_raw_fd(),
+            (libc::EPOLLIN | libc::EPOLLOUT) as u32,
+            4
+        ),
+        0
+    );
     assert_eq!(ewait(&ep, SHORT), vec![(libc::EPOLLOUT as u32, 4)]);
     // Accelerated now: a full ring is not writable, which only the emulation knows.
     let (ma, mb) = MemConn::pair(2).unwrap();
@@ -451,7 +531,10 @@ fn kernel_registration_moves_into_the_emulation_and_back() {
     let cb = Arc::new(Conn::new(Box::new(mb), None, None, None));
     assert!(fdops::install(b.as_raw_fd(), cb.clone()));
     assert_eq!(write(b.as_raw_fd(), b"xy", 0), 2);
-    assert!(ewait(&ep, SHORT).is_empty(), "the kernel's registration is gone");
+    assert!(
+        ewait(&ep, SHORT).is_empty(),
+        "the kernel's registration is gone"
+    );
     assert_eq!(write(a.as_raw_fd(), b"q", 0), 1);
     assert_eq!(ewait(&ep, SHORT), vec![(libc::EPOLLIN as u32, 4)]);
     // Released (a connection that says it can be): back to the kernel's list.
@@ -459,7 +542,11 @@ fn kernel_registration_moves_into_the_emulation_and_back() {
     let released = Arc::new(Conn::new(Box::new(Releasable), None, None, None));
     assert!(fdops::install(b.as_raw_fd(), released.clone()));
     assert!(fdops::release(&entry, &released));
-    assert_eq!(ewait(&ep, SHORT), vec![(libc::EPOLLOUT as u32, 4)], "kernel again");
+    assert_eq!(
+        ewait(&ep, SHORT),
+        vec![(libc::EPOLLOUT as u32, 4)],
+        "kernel again"
+    );
     fdops::close(a.as_raw_fd());
     fdops::close(b.as_raw_fd());
 }
@@ -520,7 +607,11 @@ fn dup_shares_and_the_last_close_closes() {
     fdops::close(d);
     // SAFETY: our own descriptor.
     unsafe { real::close(d) };
-    assert_eq!(read(p.a(), &mut buf, 0), 0, "the peer closed: end of stream");
+    assert_eq!(
+        read(p.a(), &mut buf, 0),
+        0,
+        "the peer closed: end of stream"
+    );
     assert_eq!(write(p.a(), b"x", libc::MSG_NOSIGNAL), -1);
     assert_eq!(errno(), libc::EPIPE);
 }
@@ -544,7 +635,12 @@ fn one_reader_and_one_writer_thread() {
         let mut sent = 0usize;
         let mut x = 0u8;
         while sent < total {
-            let chunk: Vec<u8> = (0..1500).map(|_| { x = x.wrapping_add(1); x }).collect();
+            let chunk: Vec<u8> = (0..1500)
+                .map(|_| {
+                    x = x.wrapping_add(1);
+                    x
+                })
+                .collect();
             let n = write(a, &chunk, 0);
             assert_eq!(n, 1500);
             sent += 1500;
@@ -592,7 +688,10 @@ fn two_writers_never_interleave_one_write() {
         w.join().unwrap();
     }
     for (i, chunk) in got.chunks(3000).enumerate() {
-        assert!(chunk.iter().all(|&b| b == chunk[0]), "write {i} interleaved");
+        assert!(
+            chunk.iter().all(|&b| b == chunk[0]),
+            "write {i} interleaved"
+        );
     }
 }
 
@@ -658,7 +757,11 @@ fn untracked_descriptors_pass_through() {
     let (pr, _pw) = rustix::pipe::pipe().unwrap();
     let fd: RawFd = pr.as_raw_fd();
     let mut buf = [0u8; 1];
-    assert_eq!(read(fd, &mut buf, 0), -2, "not tracked: the pass-through runs");
+    assert_eq!(
+        read(fd, &mut buf, 0),
+        -2,
+        "not tracked: the pass-through runs"
+    );
     let mut fds = [pfd(fd, libc::POLLIN)];
     assert_eq!(ppoll(&mut fds, SHORT), -2);
 }

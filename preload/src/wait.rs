@@ -128,7 +128,10 @@ pub(crate) fn wait_ready(
 ///
 /// `INTR` when a signal interrupted the sleep; another errno if `ppoll` failed.
 pub(crate) fn sleep_on(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> Result<(), Errno> {
-    let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(fd, PollFlags::IN)).collect();
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
     let ts = timeout.map(timespec);
     match rustix::event::poll(&mut pfds, ts.as_ref()) {
         Ok(_) => Ok(()),

@@ -45,7 +45,10 @@ fn c_program_transcripts_match_plain_runs() {
         let pre = transcript(&prog, arg, Mode::Preloaded, &[]);
         assert_eq!(plain, pre, "sockets {arg}: preloaded differs from plain");
         let off = transcript(&prog, arg, Mode::Preloaded, &[("CORESIDENT_DISABLE", "1")]);
-        assert_eq!(plain, off, "sockets {arg}: CORESIDENT_DISABLE differs from plain");
+        assert_eq!(
+            plain, off,
+            "sockets {arg}: CORESIDENT_DISABLE differs from plain"
+        );
     }
 }
 
@@ -71,7 +74,10 @@ fn accelerated_in_process_the_transcript_is_the_same() {
     assert_eq!(plain, acc, "accelerated in-process: transcript differs");
     let log = std::fs::read_to_string(&log).unwrap();
     // Two connections, both ends accelerated, and the fork made them fall back.
-    assert!(log.matches(" accelerated ").count() >= 4, "not accelerated:\n{log}");
+    assert!(
+        log.matches(" accelerated ").count() >= 4,
+        "not accelerated:\n{log}"
+    );
     assert!(log.contains("reason=fork"), "{log}");
 }
 
@@ -100,7 +106,11 @@ fn socat_tcp_to_a_peer_without_the_library_is_exact() {
             .arg(format!("OPEN:{}", input.display()))
             .arg(format!("TCP:127.0.0.1:{port}"));
         let st = run_bounded(tx, LIMIT);
-        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
         let done = rx.finish(LIMIT);
         assert!(done.status.success());
         assert_eq!(sha256(&input), sha256(&out), "{rx_mode:?} <- {tx_mode:?}");
@@ -163,7 +173,9 @@ fn redis_with_one_side_preloaded_answers_as_plain() {
     let script = |port: u16, cli: Mode| -> String {
         let mut out = String::new();
         for (i, size) in [1usize, 100, 10_000, 1 << 20].iter().enumerate() {
-            let value: String = (0..*size).map(|j| char::from(b'a' + ((i + j) % 26) as u8)).collect();
+            let value: String = (0..*size)
+                .map(|j| char::from(b'a' + ((i + j) % 26) as u8))
+                .collect();
             let vfile = dir.join(format!("v{i}"));
             std::fs::write(&vfile, &value).unwrap();
             let mut set = command("redis-cli", cli, &dir);
@@ -214,7 +226,10 @@ fn redis_with_one_side_preloaded_answers_as_plain() {
 fn iperf3_and_sockperf_with_one_side_preloaded() {
     let dir = tempdir("bench");
     if have("iperf3") {
-        for (server, client) in [(Mode::Plain, Mode::Preloaded), (Mode::Preloaded, Mode::Plain)] {
+        for (server, client) in [
+            (Mode::Plain, Mode::Preloaded),
+            (Mode::Preloaded, Mode::Plain),
+        ] {
             let port = common::free_port();
             let mut s = command("iperf3", server, &dir);
             s.args(["-s", "-1", "-p", &port.to_string(), "-B", "127.0.0.1"])
@@ -222,12 +237,28 @@ fn iperf3_and_sockperf_with_one_side_preloaded() {
             let s = Background::new(s.spawn().unwrap());
             wait_listening(port);
             let mut c = command("iperf3", client, &dir);
-            c.args(["-c", "127.0.0.1", "-p", &port.to_string(), "-n", "20M", "-J"]);
+            c.args([
+                "-c",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-n",
+                "20M",
+                "-J",
+            ]);
             let out = run_bounded(c, LIMIT);
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let json = String::from_utf8_lossy(&out.stdout);
-            assert!(json.contains("\"bytes\":\t20971520") || json.contains("\"bytes\": 20971520")
-                || json.contains("20971520"), "{json}");
+            assert!(
+                json.contains("\"bytes\":\t20971520")
+                    || json.contains("\"bytes\": 20971520")
+                    || json.contains("20971520"),
+                "{json}"
+            );
             assert!(s.finish(LIMIT).status.success());
         }
     }
@@ -239,23 +270,45 @@ fn iperf3_and_sockperf_with_one_side_preloaded() {
         let _s = Background::new(s.spawn().unwrap());
         wait_listening(port);
         let mut c = command("sockperf", Mode::Preloaded, &dir);
-        c.args(["pp", "--tcp", "-i", "127.0.0.1", "-p", &port.to_string(), "-t", "1", "-m", "64"]);
+        c.args([
+            "pp",
+            "--tcp",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "1",
+            "-m",
+            "64",
+        ]);
         let out = run_bounded(c, LIMIT);
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-        assert!(text.contains("avg-latency") || text.contains("Summary: Latency"), "{text}");
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("avg-latency") || text.contains("Summary: Latency"),
+            "{text}"
+        );
     }
 }
 
 #[test]
 fn coreutils_and_a_shell_run_unchanged() {
     let dir = tempdir("shell");
-    let script = "for i in 1 2 3; do echo line $i; done | sort -r | tr a-z A-Z; ls / >/dev/null; echo ok";
+    let script =
+        "for i in 1 2 3; do echo line $i; done | sort -r | tr a-z A-Z; ls / >/dev/null; echo ok";
     let plain = Command::new("sh").arg("-c").arg(script).output().unwrap();
     let mut c = command("sh", Mode::Preloaded, &dir);
     c.arg("-c").arg(script);
     let pre = run_bounded(c, LIMIT);
     assert_eq!(plain.stdout, pre.stdout);
-    assert_eq!(plain.stderr, pre.stderr, "the library writes nothing to stderr");
+    assert_eq!(
+        plain.stderr, pre.stderr,
+        "the library writes nothing to stderr"
+    );
     assert!(pre.status.success());
 }

@@ -277,12 +277,38 @@ static void unix_stream(void) {
     CHECK(waitpid(pid, &st, 0) == pid);
 }
 
+/* One connection (accelerated in-process when the library runs with
+ * CORESIDENT_INPROC=1), held open until a line arrives on stdin, so that a test can look
+ * at it with `coresident status` and withdraw it with `coresident withdraw`. */
+static void hold(void) {
+    struct sockaddr_in addr;
+    int l = listener(&addr);
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(c >= 0);
+    CHECK(connect(c, (struct sockaddr *)&addr, sizeof addr) == 0);
+    int s = accept(l, NULL, NULL);
+    CHECK(s >= 0);
+    unsigned char b[4];
+    CHECK(write(c, "ping", 4) == 4);
+    read_exact(s, b, 4);
+    CHECK(write(s, b, 4) == 4);
+    read_exact(c, b, 4);
+    printf("ready %d\n", (int)getpid());
+    char line[16];
+    CHECK(fgets(line, sizeof line, stdin) != NULL);
+    CHECK(write(c, "pong", 4) == 4);
+    read_exact(s, b, 4);
+    printf("after: %.4s\n", b);
+    close(c); close(s); close(l);
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     if (argc < 2) { fprintf(stderr, "usage: sockets tcp|udp|unix\n"); return 2; }
     if (!strcmp(argv[1], "tcp")) tcp();
     else if (!strcmp(argv[1], "udp")) udp();
     else if (!strcmp(argv[1], "unix")) unix_stream();
+    else if (!strcmp(argv[1], "hold")) hold();
     else return 2;
     printf("done\n");
     return 0;

@@ -20,16 +20,18 @@ pub fn library() -> PathBuf {
             return c;
         }
     }
-    panic!("libcoresident_preload.so not found beside {}", exe.display());
+    panic!(
+        "libcoresident_preload.so not found beside {}",
+        exe.display()
+    );
 }
 
 /// Whether `prog` is on `PATH`. Missing: a skip (with a message saying how to install
 /// it), or a failure when `CORESIDENT_REQUIRE_PROGRAMS=1` (as `.ci/run` sets), so a
 /// missing program can never make CI pass silently.
 pub fn have(prog: &str) -> bool {
-    let found = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join(prog).is_file())
-    });
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()));
     if found {
         return true;
     }
@@ -66,7 +68,11 @@ pub fn c_program(name: &str) -> Option<PathBuf> {
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// How a program runs.
@@ -85,7 +91,8 @@ pub fn command(prog: impl AsRef<std::ffi::OsStr>, mode: Mode, registry: &Path) -
         .env_remove("CORESIDENT_INPROC")
         .env_remove("CORESIDENT_DISABLE");
     if mode == Mode::Preloaded {
-        c.env("LD_PRELOAD", library()).env("CORESIDENT_REGISTRY", registry);
+        c.env("LD_PRELOAD", library())
+            .env("CORESIDENT_REGISTRY", registry);
     }
     c
 }
@@ -191,7 +198,10 @@ pub fn wait_listening(port: u16) {
         if listening {
             return;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "nothing listens on {port}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nothing listens on {port}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -202,12 +212,19 @@ pub fn wait_udp_bound(port: u16) {
     let hex = format!(":{port:04X}");
     loop {
         let bound = std::fs::read_to_string("/proc/net/udp").is_ok_and(|t| {
-            t.lines().skip(1).any(|l| l.split_whitespace().nth(1).is_some_and(|a| a.ends_with(&hex)))
+            t.lines().skip(1).any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|a| a.ends_with(&hex))
+            })
         });
         if bound {
             return;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "nothing bound to udp {port}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nothing bound to udp {port}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
