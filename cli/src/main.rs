@@ -322,7 +322,7 @@ fn status(args: &[OsString]) -> Result<ExitCode, String> {
 
 fn withdraw(args: &[OsString]) -> Result<ExitCode, String> {
     let o = parse(args, &["--registry", "--pid", "--all"])?;
-    if o.pid.is_none() == !o.all {
+    if o.pid.is_some() == o.all {
         return Err(format!("withdraw: give --pid PID or --all\n{USAGE}"));
     }
     let answers = ask_all(&o, "withdraw")?;

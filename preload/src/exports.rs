@@ -382,15 +382,11 @@ pub unsafe extern "C" fn send(fd: c_int, b: *const c_void, n: size_t, flags: c_i
     if !tracked(fd) {
         return pass();
     }
-    // SAFETY: as in `write`.
     hook(
         || {
-            io::send(
-                fd,
-                &[IoSlice::new(unsafe { buf(b, n) })],
-                flags,
-                Call::Socket,
-            )
+            // SAFETY: `b` is valid for `n` bytes (C contract).
+            let bytes = unsafe { buf(b, n) };
+            io::send(fd, &[IoSlice::new(bytes)], flags, Call::Socket)
         },
         pass,
     )
@@ -411,15 +407,11 @@ pub unsafe extern "C" fn sendto(
         return pass();
     }
     // A connected TCP socket ignores the address (as Linux does).
-    // SAFETY: as in `write`.
     hook(
         || {
-            io::send(
-                fd,
-                &[IoSlice::new(unsafe { buf(b, n) })],
-                flags,
-                Call::Socket,
-            )
+            // SAFETY: `b` is valid for `n` bytes (C contract).
+            let bytes = unsafe { buf(b, n) };
+            io::send(fd, &[IoSlice::new(bytes)], flags, Call::Socket)
         },
         pass,
     )
