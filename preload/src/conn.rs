@@ -7,7 +7,7 @@
 //! (two bounded byte queues and real eventfds) that the emulation's tests run against.
 //!
 //! Every operation of the trait is non-blocking. Blocking calls, timeouts, spinning and
-//! `MSG_WAITALL` are built on top in [`crate::wait`]: try the operation; if it would block,
+//! `MSG_WAITALL` are built on top by the hooks (module `wait`): try the operation; if it would block,
 //! [`Accelerated::arm`] the wake-ups for what is awaited and sleep on
 //! [`Accelerated::wake_fd`] (after a short spin).
 
