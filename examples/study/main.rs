@@ -21,11 +21,15 @@
 //!    CPUs 0 and 1.
 //! 4. Notification batching: doorbells per message and throughput for `Always`,
 //!    `EventIndex` and `STREAM`, on one core and on two.
+//! 13. Unmodified programs (issue 13, run only when asked: `--experiment 13`):
+//!    sockperf, iperf3 and redis plain and under `coresident run`, ratios and CPU per
+//!    byte (see `programs.rs`).
 //!
 //! Markdown tables go to stdout, progress to stderr, `expN.csv` and `expN.svg` to
 //! `--out` (default `study-out/`).
 
 mod peer;
+mod programs;
 mod report;
 
 use std::hint::black_box;
@@ -69,7 +73,7 @@ fn parse_args(args: &[String]) -> Opts {
                     .collect()
             }
             "-h" | "--help" => {
-                println!("study [--quick] [--check] [--out DIR] [--experiment 1,2,3,4]");
+                println!("study [--quick] [--check] [--out DIR] [--experiment 1,2,3,4,13]");
                 std::process::exit(0);
             }
             o => panic!("unknown argument {o}"),
@@ -797,6 +801,7 @@ fn main() {
             2 => exp2(&plan, &o.out),
             3 => exp3(&plan, &o.out),
             4 => exp4(&plan, &o.out),
+            13 => programs::exp13(o.quick, &o.out),
             n => panic!("no experiment {n}"),
         };
         let path = o.out.join(format!("exp{e}.csv"));
