@@ -56,11 +56,35 @@ impl Mode {
 
 /// The tests, their units and targets: (key, title, unit, target ratio, higher is better).
 const TESTS: [(&str, &str, &str, f64, bool); 5] = [
-    ("sockperf-pp-64", "sockperf ping-pong 64 B", "µs avg latency", 0.2, false),
-    ("sockperf-tp-1k", "sockperf throughput 1 KiB", "MB/s", 3.0, true),
+    (
+        "sockperf-pp-64",
+        "sockperf ping-pong 64 B",
+        "µs avg latency",
+        0.2,
+        false,
+    ),
+    (
+        "sockperf-tp-1k",
+        "sockperf throughput 1 KiB",
+        "MB/s",
+        3.0,
+        true,
+    ),
     ("iperf3-1", "iperf3, one stream", "Gbit/s", 2.0, true),
-    ("redis-get-50", "redis-benchmark GET, 50 clients", "req/s", 1.3, true),
-    ("redis-get-1", "redis-benchmark GET, 1 client", "req/s", 2.0, true),
+    (
+        "redis-get-50",
+        "redis-benchmark GET, 50 clients",
+        "req/s",
+        1.3,
+        true,
+    ),
+    (
+        "redis-get-1",
+        "redis-benchmark GET, 1 client",
+        "req/s",
+        2.0,
+        true,
+    ),
 ];
 
 /// Where the study binary's profile keeps the CLI and the library.
@@ -112,13 +136,18 @@ fn command(tools: &Tools, registry: &Path, mode: Mode, prog: &str) -> Command {
         (Mode::Plain, _) => Command::new(prog),
         (Mode::Coresident, Some(cli)) => {
             let mut c = Command::new(cli);
-            c.arg("run").arg("--registry").arg(registry).arg("--").arg(prog);
+            c.arg("run")
+                .arg("--registry")
+                .arg(registry)
+                .arg("--")
+                .arg(prog);
             c.env("CORESIDENT_PRELOAD_LIB", &tools.lib);
             c
         }
         (Mode::Coresident, None) => {
             let mut c = Command::new(prog);
-            c.env("LD_PRELOAD", &tools.lib).env("CORESIDENT_REGISTRY", registry);
+            c.env("LD_PRELOAD", &tools.lib)
+                .env("CORESIDENT_REGISTRY", registry);
             c
         }
     };
@@ -231,7 +260,8 @@ fn client(mut c: Command, limit: Duration) -> Result<(String, f64), String> {
 /// The number after `key` in `text` (the first occurrence).
 fn number_after(text: &str, key: &str) -> Option<f64> {
     let i = text.find(key)? + key.len();
-    let rest = text[i..].trim_start_matches(|c: char| c.is_whitespace() || c == '=' || c == '"' || c == ':');
+    let rest = text[i..]
+        .trim_start_matches(|c: char| c.is_whitespace() || c == '=' || c == '"' || c == ':');
     let end = rest
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == '-' || c == '+'))
         .unwrap_or(rest.len());
@@ -239,7 +269,14 @@ fn number_after(text: &str, key: &str) -> Option<f64> {
 }
 
 /// One run of test `key` in `mode` for `secs` seconds (or the request count of redis).
-fn measure(tools: &Tools, reg: &Path, key: &str, mode: Mode, secs: u32, quick: bool) -> Result<Sample, String> {
+fn measure(
+    tools: &Tools,
+    reg: &Path,
+    key: &str,
+    mode: Mode,
+    secs: u32,
+    quick: bool,
+) -> Result<Sample, String> {
     let port = free_port();
     let p = port.to_string();
     let limit = Duration::from_secs(u64::from(secs) * 4 + 60);
@@ -265,18 +302,43 @@ fn measure(tools: &Tools, reg: &Path, key: &str, mode: Mode, secs: u32, quick: b
             let server = spawn(s)?;
             let mut c = command(tools, reg, mode, "sockperf");
             let pp = key == "sockperf-pp-64";
-            c.args([if pp { "pp" } else { "tp" }, "--tcp", "-i", "127.0.0.1", "-p", &p, "-t", &t, "-m", if pp { "64" } else { "1024" }]);
+            c.args([
+                if pp { "pp" } else { "tp" },
+                "--tcp",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &p,
+                "-t",
+                &t,
+                "-m",
+                if pp { "64" } else { "1024" },
+            ]);
             let (out, ccpu) = client(c, limit)?;
             let cpu = ccpu + server.cpu();
             if pp {
-                let lat = number_after(&out, "Summary: Latency is").ok_or(format!("no latency in {out}"))?;
+                let lat = number_after(&out, "Summary: Latency is")
+                    .ok_or(format!("no latency in {out}"))?;
                 let p50 = number_after(&out, "percentile 50.000").unwrap_or(0.0);
-                let rts = number_after(&out, "ReceivedMessages").unwrap_or(1.0).max(1.0);
-                Ok(Sample { value: lat, p50_us: p50, cpu_us_per_op: cpu * 1e6 / rts, cpu_ns_per_byte: 0.0 })
+                let rts = number_after(&out, "ReceivedMessages")
+                    .unwrap_or(1.0)
+                    .max(1.0);
+                Ok(Sample {
+                    value: lat,
+                    p50_us: p50,
+                    cpu_us_per_op: cpu * 1e6 / rts,
+                    cpu_ns_per_byte: 0.0,
+                })
             } else {
-                let mbps = number_after(&out, "BandWidth is").ok_or(format!("no bandwidth in {out}"))?;
+                let mbps =
+                    number_after(&out, "BandWidth is").ok_or(format!("no bandwidth in {out}"))?;
                 let bytes = mbps * 1e6 * f64::from(secs);
-                Ok(Sample { value: mbps, p50_us: 0.0, cpu_us_per_op: 0.0, cpu_ns_per_byte: cpu * 1e9 / bytes.max(1.0) })
+                Ok(Sample {
+                    value: mbps,
+                    p50_us: 0.0,
+                    cpu_us_per_op: 0.0,
+                    cpu_ns_per_byte: cpu * 1e9 / bytes.max(1.0),
+                })
             }
         }
         "iperf3-1" => {
@@ -290,15 +352,29 @@ fn measure(tools: &Tools, reg: &Path, key: &str, mode: Mode, secs: u32, quick: b
             let i = out.find("\"sum_received\"").ok_or("no sum_received")?;
             let bps = number_after(&out[i..], "\"bits_per_second\"").ok_or("no bits_per_second")?;
             let bytes = number_after(&out[i..], "\"bytes\"").unwrap_or(1.0);
-            Ok(Sample { value: bps / 1e9, p50_us: 0.0, cpu_us_per_op: 0.0, cpu_ns_per_byte: cpu * 1e9 / bytes.max(1.0) })
+            Ok(Sample {
+                value: bps / 1e9,
+                p50_us: 0.0,
+                cpu_us_per_op: 0.0,
+                cpu_ns_per_byte: cpu * 1e9 / bytes.max(1.0),
+            })
         }
         "redis-get-50" | "redis-get-1" => {
             let dir = reg.join("redis");
             let _ = std::fs::create_dir_all(&dir);
             let mut s = command(tools, reg, mode, "redis-server");
-            s.args(["--port", &p, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(&dir);
+            s.args([
+                "--port",
+                &p,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir);
             let server = spawn(s)?;
             let clients = if key == "redis-get-50" { "50" } else { "1" };
             let n: u32 = match (quick, clients) {
@@ -308,10 +384,23 @@ fn measure(tools: &Tools, reg: &Path, key: &str, mode: Mode, secs: u32, quick: b
                 (false, _) => 100_000,
             };
             let mut c = command(tools, reg, mode, "redis-benchmark");
-            c.args(["-p", &p, "-t", "get", "-n", &n.to_string(), "-c", clients, "--csv"]);
+            c.args([
+                "-p",
+                &p,
+                "-t",
+                "get",
+                "-n",
+                &n.to_string(),
+                "-c",
+                clients,
+                "--csv",
+            ]);
             let (out, ccpu) = client(c, limit)?;
             let cpu = ccpu + server.cpu();
-            let line = out.lines().find(|l| l.starts_with("\"GET")).ok_or(format!("no GET line in {out}"))?;
+            let line = out
+                .lines()
+                .find(|l| l.starts_with("\"GET"))
+                .ok_or(format!("no GET line in {out}"))?;
             let cells: Vec<f64> = line
                 .split(',')
                 .skip(1)
@@ -319,7 +408,12 @@ fn measure(tools: &Tools, reg: &Path, key: &str, mode: Mode, secs: u32, quick: b
                 .collect();
             let rps = *cells.first().ok_or("no rps")?;
             let p50_ms = cells.get(3).copied().unwrap_or(0.0);
-            Ok(Sample { value: rps, p50_us: p50_ms * 1e3, cpu_us_per_op: cpu * 1e6 / f64::from(n), cpu_ns_per_byte: 0.0 })
+            Ok(Sample {
+                value: rps,
+                p50_us: p50_ms * 1e3,
+                cpu_us_per_op: cpu * 1e6 / f64::from(n),
+                cpu_ns_per_byte: 0.0,
+            })
         }
         _ => Err(format!("no test {key}")),
     }
@@ -332,7 +426,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Experiment 13 (see the module docs).
 pub fn exp13(quick: bool, out: &Path) -> (Csv, Vec<String>) {
-    let mut csv = Csv::new(&["test", "mode", "value", "p50_us", "cpu_us_per_op", "cpu_ns_per_byte"], 2);
+    let mut csv = Csv::new(
+        &[
+            "test",
+            "mode",
+            "value",
+            "p50_us",
+            "cpu_us_per_op",
+            "cpu_ns_per_byte",
+        ],
+        2,
+    );
     let expected: Vec<String> = TESTS
         .iter()
         .flat_map(|t| [Mode::Plain, Mode::Coresident].map(|m| format!("{},{}", t.0, m.name())))
@@ -363,7 +467,11 @@ pub fn exp13(quick: bool, out: &Path) -> (Csv, Vec<String>) {
     let (secs, rounds) = if quick { (1, 1) } else { (10, 3) };
     let mut table = Pivot::new("test");
     let mut ratios = Vec::new();
-    let mut progress = crate::Progress { exp: 13, done: 0, total: TESTS.len() * 2 * rounds };
+    let mut progress = crate::Progress {
+        exp: 13,
+        done: 0,
+        total: TESTS.len() * 2 * rounds,
+    };
     for (i, (key, title, unit, target, higher)) in TESTS.iter().enumerate() {
         let mut got: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
         // Side by side: the two modes alternate, round after round.
@@ -395,13 +503,21 @@ pub fn exp13(quick: bool, out: &Path) -> (Csv, Vec<String>) {
         }
         let (plain, acc) = (med(0, |s| s.value), med(1, |s| s.value));
         let ratio = if plain > 0.0 { acc / plain } else { 0.0 };
-        let met = if *higher { ratio >= *target } else { ratio <= *target };
+        let met = if *higher {
+            ratio >= *target
+        } else {
+            ratio <= *target
+        };
         ratios.push((i as f64 + 1.0, ratio, *target));
         let row = format!("{title} ({unit})");
         table.set(&row, "plain", format!("{plain:.2}"));
         table.set(&row, "coresident", format!("{acc:.2}"));
         table.set(&row, "ratio", format!("{ratio:.2}"));
-        table.set(&row, "target", format!("{}{target}", if *higher { "≥ " } else { "≤ " }));
+        table.set(
+            &row,
+            "target",
+            format!("{}{target}", if *higher { "≥ " } else { "≤ " }),
+        );
         table.set(&row, "met", if met { "yes".into() } else { "no".into() });
         let cpu = |m| {
             if med(m, |s| s.cpu_ns_per_byte) > 0.0 {
@@ -414,7 +530,11 @@ pub fn exp13(quick: bool, out: &Path) -> (Csv, Vec<String>) {
         table.set(&row, "CPU coresident", cpu(1));
         if med(0, |s| s.p50_us) > 0.0 {
             table.set(&row, "p50 µs plain", format!("{:.1}", med(0, |s| s.p50_us)));
-            table.set(&row, "p50 µs coresident", format!("{:.1}", med(1, |s| s.p50_us)));
+            table.set(
+                &row,
+                "p50 µs coresident",
+                format!("{:.1}", med(1, |s| s.p50_us)),
+            );
         }
     }
     drop(progress);
