@@ -21,6 +21,9 @@
 //!    CPUs 0 and 1.
 //! 4. Notification batching: doorbells per message and throughput for `Always`,
 //!    `EventIndex` and `STREAM`, on one core and on two.
+//! 5. Streams (`coresident-net`) against TCP loopback and Unix sockets: throughput
+//!    and round trip at 64 B, 1 KiB, 64 KiB, busy and sleeping; a switch's cost
+//!    (`--experiment 5`; not in the default set).
 //! 13. Unmodified programs (issue 13, run only when asked: `--experiment 13`):
 //!    sockperf, iperf3 and redis plain and under `coresident run`, ratios and CPU per
 //!    byte (see `programs.rs`).
@@ -31,6 +34,7 @@
 mod peer;
 mod programs;
 mod report;
+mod streams;
 
 use std::hint::black_box;
 use std::io::{Read, Write};
@@ -73,7 +77,7 @@ fn parse_args(args: &[String]) -> Opts {
                     .collect()
             }
             "-h" | "--help" => {
-                println!("study [--quick] [--check] [--out DIR] [--experiment 1,2,3,4,13]");
+                println!("study [--quick] [--check] [--out DIR] [--experiment 1,2,3,4,5,13]");
                 std::process::exit(0);
             }
             o => panic!("unknown argument {o}"),
@@ -801,6 +805,7 @@ fn main() {
             2 => exp2(&plan, &o.out),
             3 => exp3(&plan, &o.out),
             4 => exp4(&plan, &o.out),
+            5 => streams::exp5(&plan, &o.out),
             13 => programs::exp13(o.quick, &o.out),
             n => panic!("no experiment {n}"),
         };

@@ -1,0 +1,164 @@
+//! One process, two threads: the stream upgrades at connect, carries bytes both ways,
+//! downgrades and upgrades again mid-stream, and ends with EOF at the final offset.
+
+mod common;
+
+use common::{builder, Pattern};
+use coresident_net::{NoDiscovery, Path};
+use std::io::{Read, Write};
+use std::net::Shutdown;
+
+#[test]
+fn upgrade_at_connect_then_switch_both_ways_and_eof() {
+    let (b, dir) = builder("basic");
+    let listener = b.bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        assert_eq!(
+            s.path(),
+            Path::Ring,
+            "the accepted stream holds the channel"
+        );
+        let mut p = Pattern::new(1);
+        let mut buf = vec![0u8; 10_000];
+        let mut total = 0u64;
+        loop {
+            let n = (&s).read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            p.check(&buf[..n]).unwrap();
+            total += n as u64;
+        }
+        (&s).write_all(b"bye").unwrap();
+        (total, s.stats())
+    });
+    let c = b.connect(addr).unwrap();
+    assert_eq!(c.path(), Path::Ring);
+    let mut p = Pattern::new(1);
+    let mut buf = vec![0u8; 7777];
+    for round in 0..30 {
+        p.fill(&mut buf);
+        (&c).write_all(&buf).unwrap();
+        match round % 10 {
+            3 => c.downgrade(),
+            6 => c.upgrade().unwrap(),
+            _ => {}
+        }
+    }
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut bye = Vec::new();
+    (&c).read_to_end(&mut bye).unwrap();
+    assert_eq!(bye, b"bye");
+    let (total, sst) = server.join().unwrap();
+    assert_eq!(total, 30 * 7777);
+    let cst = c.stats();
+    eprintln!("client {cst:?}\nserver {sst:?}");
+    // 3 explicit, maybe a 4th when the server closes its end first.
+    assert!(cst.downgrades >= 3, "{cst:?}");
+    assert_eq!(cst.upgrades, 4);
+    assert!(cst.ring_tx_bytes > 0 && cst.tcp_tx_bytes > 0, "{cst:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn no_discovery_is_plain_tcp_both_ways() {
+    let (b, dir) = builder("plain");
+    let listener = b.bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        assert_eq!(s.path(), Path::Plain);
+        let mut v = Vec::new();
+        s.read_to_end(&mut v).unwrap();
+        v
+    });
+    let mut c = b.discovery(NoDiscovery).connect(addr).unwrap();
+    assert_eq!(c.path(), Path::Plain);
+    c.write_all(b"plain bytes").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(server.join().unwrap(), b"plain bytes");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_plain_std_client_reaches_a_registered_listener_as_plain_tcp() {
+    let (b, dir) = builder("stdclient");
+    let listener = b.bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        assert_eq!(s.path(), Path::Plain);
+        s.write_all(b"hello").unwrap();
+    });
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    let mut v = Vec::new();
+    c.read_to_end(&mut v).unwrap();
+    assert_eq!(v, b"hello");
+    server.join().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn messages_keep_their_boundaries_across_switches() {
+    let (b, dir) = builder("msgs");
+    let listener = b.bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 70_000];
+        for i in 0..300usize {
+            let n = s.recv_msg(&mut buf).unwrap();
+            assert_eq!(n, (i * 233) % 70_000, "message {i}");
+            assert!(buf[..n].iter().all(|&x| x == i as u8), "message {i}");
+            if i % 50 == 25 {
+                s.downgrade();
+            }
+        }
+    });
+    let c = b.connect(addr).unwrap();
+    for i in 0..300usize {
+        c.send_msg(&vec![i as u8; (i * 233) % 70_000]).unwrap();
+        if i % 50 == 40 {
+            c.upgrade().unwrap();
+        }
+    }
+    server.join().unwrap();
+    assert!(c.stats().downgrades >= 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_stream_from_a_connection_made_by_the_caller_and_a_prepared_session() {
+    // What the preload library does around a program's own connect().
+    let (b, dir) = builder("prepared");
+    let listener = b.bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    let src = sock.local_addr().unwrap().as_socket().unwrap();
+    let prepared = b.offer_for(src, addr).expect("resident");
+    assert_eq!(prepared.tuple().src, src);
+    sock.connect(&addr.into()).unwrap();
+    let c = coresident_net::Stream::from_session(sock.into(), prepared).unwrap();
+    let (s, _) = listener.accept().unwrap();
+    assert_eq!((c.path(), s.path()), (Path::Ring, Path::Ring));
+    (&c).write_all(b"via a prepared session").unwrap();
+    let mut v = [0u8; 22];
+    (&s).read_exact(&mut v).unwrap();
+    assert_eq!(&v, b"via a prepared session");
+
+    // A prepared session does not fit another connection.
+    let other = b.offer_for("127.0.0.1:1".parse().unwrap(), addr).unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    let e = coresident_net::Stream::from_session(tcp, other).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    let _ = std::fs::remove_dir_all(dir);
+}
