@@ -28,26 +28,52 @@
 //!   library end to end in a real program, and is what the C tests run in one process.
 //!   (A proposal whose connection is accepted by another process, a forked child
 //!   sharing the listener, is never taken: that connection would stall. A test aid.)
-//! * Across processes: the host registry and `coresident_net::Stream` (see
-//!   `docs/preload.md`).
+//! * Across processes: `coresident_net` (the host registry as discovery). `listen`
+//!   registers the bound address with a `coresident_net::Listener` whose background
+//!   acceptor serves the channel handshakes; `connect` to a registered destination
+//!   binds the socket to the route's source address, offers and commits a channel
+//!   (`Builder::offer_for`) before the application's own `connect`; the connecting
+//!   side's stream is `Stream::from_session` over a duplicate of the application's
+//!   descriptor, the accepting side's `Listener::adopt`. See `docs/preload.md`.
+//!
+//! A destination nobody registered costs a stat per candidate name of the registry
+//! (`tcp/<ip>_<port>`, then the wildcards): no socket is bound, nothing is sent, the
+//! connection is plain TCP exactly as without the library.
 
 use core::net::{IpAddr, SocketAddr};
 use core::time::Duration;
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileTypeExt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
+
+use coresident_net::{
+    Builder, Discovery, HandshakeSink, HostRegistry, OfferParams, Prepared, Refusal, Registration,
+    RingLink,
+};
 
 use crate::conn::Accelerated;
 use crate::state::{lock, Conn, Entry};
 
+/// What a proposal carries.
+#[derive(Debug)]
+enum Carrier {
+    /// In-process: both sides of the connection.
+    Mem {
+        client: Mutex<Option<Box<dyn Accelerated>>>,
+        server: Mutex<Option<Box<dyn Accelerated>>>,
+    },
+    /// Across processes: the channel handshaken and committed for this 4-tuple.
+    Net(Mutex<Option<Prepared>>),
+}
+
 /// A proposal to accelerate one connection (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Proposal {
-    /// The client's side of the connection, installed on `TAKEN`.
-    client: Mutex<Option<Box<dyn Accelerated>>>,
-    /// The server's side, taken by `accept`.
-    server: Mutex<Option<Box<dyn Accelerated>>>,
-    /// The client's address (the key the server finds it by).
+    carrier: Carrier,
+    /// The client's address (the key the in-process server finds it by).
     local: SocketAddr,
     /// The server's address.
     peer: SocketAddr,
@@ -66,6 +92,18 @@ fn enabled() -> bool {
     !crate::state::config().disabled && !crate::guard::poisoned()
 }
 
+/// The streams' settings: the host registry (in `CORESIDENT_REGISTRY` if set), no
+/// spinning inside the stream (the hooks spin, see `wait.rs`).
+fn builder() -> &'static Builder {
+    static B: OnceLock<Builder> = OnceLock::new();
+    B.get_or_init(|| Builder::new().discovery(registry()).spin(Duration::ZERO))
+}
+
+/// The host registry in the library's registry directory.
+fn registry() -> HostRegistry {
+    HostRegistry::at(crate::control::registry_dir())
+}
+
 /// Addresses this process listens on (in-process backend).
 static LISTENING: Mutex<Vec<SocketAddr>> = Mutex::new(Vec::new());
 /// Proposals waiting for an `accept`, by the client's address (in-process backend).
@@ -78,17 +116,123 @@ fn listens_on(to: SocketAddr) -> bool {
         .any(|l| l.port() == to.port() && (l.ip() == to.ip() || l.ip().is_unspecified()))
 }
 
-/// After a successful `listen(fd)`.
-pub(crate) fn on_listen(fd: i32) {
-    if !enabled() || !inproc() {
+/// The host registry's discovery, registering the application's address (not the one
+/// the `Listener` bound for itself: the application's socket is already bound there).
+#[derive(Debug)]
+struct AtAddress {
+    inner: HostRegistry,
+    addr: SocketAddr,
+}
+
+impl Discovery for AtAddress {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn register(
+        &self,
+        _own: SocketAddr,
+        sink: Arc<dyn HandshakeSink>,
+    ) -> std::io::Result<Option<Box<dyn Registration>>> {
+        self.inner.register(self.addr, sink)
+    }
+
+    fn offer(
+        &self,
+        hello: &coresident_net::wire::Hello,
+        params: &OfferParams,
+    ) -> Result<Box<dyn RingLink>, Refusal> {
+        self.inner.offer(hello, params)
+    }
+}
+
+/// After a successful `listen(fd)` on a tracked TCP socket.
+pub(crate) fn on_listen(entry: &Arc<Entry>, fd: i32) {
+    if !enabled() {
         return;
     }
-    if let (Some(addr), _) = crate::fdops::tuple(fd) {
+    let Some(sock) = entry.sock() else { return };
+    let (Some(addr), _) = crate::fdops::tuple(fd) else {
+        return;
+    };
+    if inproc() {
         let mut l = lock(&LISTENING);
         if !l.contains(&addr) {
             l.push(addr);
         }
+        return;
     }
+    // A `Listener` of our own on a loopback port nobody knows; its registration and
+    // background acceptor serve the application's address.
+    let own: SocketAddr = if addr.is_ipv4() {
+        (IpAddr::from([127, 0, 0, 1]), 0).into()
+    } else {
+        (IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 0).into()
+    };
+    let b = Builder::new()
+        .discovery(AtAddress {
+            inner: registry(),
+            addr,
+        })
+        .spin(Duration::ZERO);
+    match b.bind(own) {
+        Ok(l) => {
+            tracing::info!(target: "coresident_preload", fd, %addr, "listening socket registered");
+            *lock(&sock.listener) = Some(Arc::new(l));
+        }
+        Err(e) => {
+            tracing::warn!(target: "coresident_preload", fd, %addr, error = %e,
+                "registration failed: this listener accepts plain TCP only");
+        }
+    }
+}
+
+/// The registry names that may serve `dst` (`coresident_net`'s `HostRegistry`
+/// layout: `tcp/<ip>_<port>`, `tcp/[<ip6>]_<port>`, then the wildcards).
+fn registry_names(dst: SocketAddr) -> Vec<PathBuf> {
+    let dir = crate::control::registry_dir().join("tcp");
+    let dst = coresident_net::wire::canonical(dst);
+    let port = dst.port();
+    let mut v = Vec::with_capacity(3);
+    match dst {
+        SocketAddr::V4(a) => {
+            v.push(dir.join(format!("{}_{port}", a.ip())));
+            v.push(dir.join(format!("0.0.0.0_{port}")));
+            v.push(dir.join(format!("[::]_{port}")));
+        }
+        SocketAddr::V6(a) => {
+            v.push(dir.join(format!("[{}]_{port}", a.ip())));
+            v.push(dir.join(format!("[::]_{port}")));
+        }
+    }
+    v
+}
+
+/// Whether someone registered `dst` (a stat per candidate name).
+fn registered(dst: SocketAddr) -> bool {
+    registry_names(dst)
+        .iter()
+        .any(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()))
+}
+
+/// The source address a connection to `dst` would leave from (a UDP `connect` sends
+/// nothing).
+fn route_source(dst: SocketAddr) -> Option<IpAddr> {
+    let family = if dst.is_ipv4() {
+        rustix::net::AddressFamily::INET
+    } else {
+        rustix::net::AddressFamily::INET6
+    };
+    let u = rustix::net::socket_with(
+        family,
+        rustix::net::SocketType::DGRAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .ok()?;
+    rustix::net::connect(&u, &dst).ok()?;
+    let local = rustix::net::getsockname(&u).ok()?;
+    SocketAddr::try_from(local).ok().map(|a| a.ip())
 }
 
 /// Before `connect(fd, to)` on a tracked TCP socket: propose acceleration if the
@@ -98,7 +242,10 @@ pub(crate) fn before_connect(entry: &Arc<Entry>, fd: i32, to: SocketAddr) {
     if !enabled() || !sock.outgoing || !sock.conn.is_empty() || !sock.proposal.is_empty() {
         return;
     }
-    if inproc() && listens_on(to) {
+    if inproc() {
+        if !listens_on(to) {
+            return;
+        }
         let Some(local) = bound_address(fd, to) else {
             return;
         };
@@ -106,8 +253,10 @@ pub(crate) fn before_connect(entry: &Arc<Entry>, fd: i32, to: SocketAddr) {
             return;
         };
         let p = Arc::new(Proposal {
-            client: Mutex::new(Some(Box::new(a))),
-            server: Mutex::new(Some(Box::new(b))),
+            carrier: Carrier::Mem {
+                client: Mutex::new(Some(Box::new(a))),
+                server: Mutex::new(Some(Box::new(b))),
+            },
             local,
             peer: to,
             made: Instant::now(),
@@ -117,36 +266,48 @@ pub(crate) fn before_connect(entry: &Arc<Entry>, fd: i32, to: SocketAddr) {
             .insert(local, p.clone());
         sock.proposal.swap(Some(p));
         tracing::debug!(target: "coresident_preload", fd, %local, %to, "proposed (in-process)");
+        return;
     }
+    if !registered(to) {
+        return;
+    }
+    let Some(local) = bound_address(fd, to) else {
+        return;
+    };
+    let Some(prepared) = builder().offer_for(local, to) else {
+        return;
+    };
+    tracing::debug!(target: "coresident_preload", fd, %local, %to, "channel offered and committed");
+    sock.proposal.swap(Some(Arc::new(Proposal {
+        carrier: Carrier::Net(Mutex::new(Some(prepared))),
+        local,
+        peer: to,
+        made: Instant::now(),
+    })));
 }
 
-/// Our address on `fd`, binding it to an ephemeral port first if it has none (so the
-/// 4-tuple is known before the connection exists).
+/// Our address on `fd`, binding it first to the route's source address and an
+/// ephemeral port if it has no port (so the 4-tuple is known before the connection
+/// exists).
 fn bound_address(fd: i32, to: SocketAddr) -> Option<SocketAddr> {
     // SAFETY: `fd` is the application's open socket for the duration of this call.
     let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    if let (Some(local), _) = crate::fdops::tuple(fd) {
+    let (bound, _) = crate::fdops::tuple(fd);
+    if let Some(local) = bound {
+        if local.port() != 0 && !local.ip().is_unspecified() {
+            return Some(local);
+        }
         if local.port() != 0 {
-            return Some(fixup_unspecified(local, to));
+            // Bound to a wildcard address with a port: the route picks the source.
+            return route_source(to).map(|ip| SocketAddr::new(ip, local.port()));
         }
     }
-    let any: SocketAddr = match to.ip() {
-        IpAddr::V4(_) => (IpAddr::from([0u8; 4]), 0).into(),
-        IpAddr::V6(_) => (IpAddr::from([0u16; 8]), 0).into(),
+    let ip = match bound {
+        Some(l) if !l.ip().is_unspecified() => l.ip(),
+        _ => route_source(to)?,
     };
-    rustix::net::bind(b, &any).ok()?;
-    let (local, _) = crate::fdops::tuple(fd);
-    local.map(|l| fixup_unspecified(l, to))
-}
-
-/// A socket bound to the unspecified address gets the address its route uses; for a
-/// destination on this host that is the destination's own address (loopback or local).
-fn fixup_unspecified(local: SocketAddr, to: SocketAddr) -> SocketAddr {
-    if local.ip().is_unspecified() {
-        SocketAddr::new(to.ip(), local.port())
-    } else {
-        local
-    }
+    rustix::net::bind(b, &SocketAddr::new(ip, 0)).ok()?;
+    crate::fdops::tuple(fd).0
 }
 
 /// After `connect` returned `ret` (`errno` in `err`).
@@ -172,6 +333,14 @@ fn cancel(entry: &Arc<Entry>) {
     }
 }
 
+/// A duplicate of the application's descriptor, for the stream to own.
+fn dup_of(fd: i32) -> Option<std::net::TcpStream> {
+    // SAFETY: `fd` is the application's open socket for the duration of this call.
+    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let d: OwnedFd = rustix::io::fcntl_dupfd_cloexec(b, 3).ok()?;
+    Some(std::net::TcpStream::from(d))
+}
+
 /// Accelerates the connecting side of `entry` once its connection exists (a
 /// non-blocking connect in progress waits for the next call on the socket).
 pub(crate) fn settle(entry: &Arc<Entry>, fd: i32) {
@@ -191,41 +360,122 @@ pub(crate) fn settle(entry: &Arc<Entry>, fd: i32) {
     if !sock.proposal.replace_if(&p, None) {
         return;
     }
-    let imp = lock(&p.client).take();
+    let imp: Option<Box<dyn Accelerated>> = match &p.carrier {
+        Carrier::Mem { client, .. } => lock(client).take(),
+        Carrier::Net(prepared) => {
+            let prepared = lock(prepared).take();
+            match (prepared, dup_of(fd)) {
+                (Some(prepared), Some(tcp)) => {
+                    match coresident_net::Stream::from_session(tcp, prepared)
+                        .and_then(crate::netconn::NetConn::new)
+                    {
+                        Ok(c) => Some(Box::new(c)),
+                        Err(e) => {
+                            // The peer expects a session: the connection cannot be plain.
+                            tracing::warn!(target: "coresident_preload", fd, error = %e,
+                            "the committed session could not be made: the connection is reset");
+                            Some(Box::new(crate::conn::Dead(rustix::io::Errno::CONNRESET)))
+                        }
+                    }
+                }
+                _ => None,
+            }
+        }
+    };
     if let Some(imp) = imp {
-        let conn = Arc::new(Conn::new(
-            imp,
-            Some(p.local),
-            Some(p.peer),
-            Some(std::process::id()),
-        ));
+        let pid = match &p.carrier {
+            Carrier::Mem { .. } => Some(std::process::id()),
+            Carrier::Net(_) => None,
+        };
+        let conn = Arc::new(Conn::new(imp, Some(p.local), Some(p.peer), pid));
         crate::fdops::install(fd, conn);
     }
 }
 
 /// After `accept` on `listener` returned `fd` (a tracked socket in `entry`).
-pub(crate) fn on_accept(_listener: i32, fd: i32, _entry: &Arc<Entry>) {
-    if !inproc() {
+pub(crate) fn on_accept(listener: &Arc<Entry>, fd: i32, _entry: &Arc<Entry>) {
+    if !enabled() {
         return;
     }
     let (local, peer) = crate::fdops::tuple(fd);
     let Some(peer) = peer else { return };
-    let Some(p) = lock(&PROPOSALS).as_mut().and_then(|m| m.remove(&peer)) else {
+    if inproc() {
+        let Some(p) = lock(&PROPOSALS).as_mut().and_then(|m| m.remove(&peer)) else {
+            return;
+        };
+        let imp = match &p.carrier {
+            Carrier::Mem { server, .. } => lock(server).take(),
+            Carrier::Net(_) => None,
+        };
+        if let Some(imp) = imp {
+            let conn = Arc::new(Conn::new(imp, local, Some(peer), Some(std::process::id())));
+            crate::fdops::install(fd, conn);
+        }
+        return;
+    }
+    let Some(l) = listener.sock().and_then(|s| lock(&s.listener).clone()) else {
         return;
     };
-    let imp = lock(&p.server).take();
-    if let Some(imp) = imp {
-        let conn = Arc::new(Conn::new(imp, local, Some(peer), Some(std::process::id())));
-        crate::fdops::install(fd, conn);
+    let Some(tcp) = dup_of(fd) else { return };
+    // The stream makes its socket non-blocking and sets TCP_NODELAY: both belong to the
+    // open file description the application shares. Put them back if the connection
+    // stays plain (an accelerated one's flags are the emulation's, see `fdops`).
+    // SAFETY: `fd` is the application's open socket for the duration of this call.
+    let app = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let flags = rustix::fs::fcntl_getfl(app).ok();
+    let nodelay = rustix::net::sockopt::tcp_nodelay(app).ok();
+    let restore = || {
+        if let Some(f) = flags {
+            let _ = rustix::fs::fcntl_setfl(app, f);
+        }
+        if let Some(n) = nodelay {
+            let _ = rustix::net::sockopt::set_tcp_nodelay(app, n);
+        }
+    };
+    match l.adopt(tcp) {
+        Ok(stream) if stream.path() != coresident_net::Path::Plain => {
+            match crate::netconn::NetConn::new(stream) {
+                Ok(c) => {
+                    let conn = Arc::new(Conn::new(Box::new(c), local, Some(peer), None));
+                    crate::fdops::install(fd, conn);
+                }
+                Err(e) => {
+                    tracing::warn!(target: "coresident_preload", fd, error = %e, "accepted session unusable: reset");
+                    let conn = Arc::new(Conn::new(
+                        Box::new(crate::conn::Dead(rustix::io::Errno::CONNRESET)),
+                        local,
+                        Some(peer),
+                        None,
+                    ));
+                    crate::fdops::install(fd, conn);
+                }
+            }
+        }
+        // Plain TCP: dropping the plain stream closes only our duplicate.
+        Ok(plain) => {
+            drop(plain);
+            restore();
+        }
+        Err(e) => {
+            restore();
+            tracing::warn!(target: "coresident_preload", fd, error = %e, "adopt failed: plain TCP");
+        }
     }
 }
 
 /// The last descriptor of a socket was closed.
 pub(crate) fn on_last_close(entry: &Arc<Entry>) {
     cancel(entry);
+    if let Some(s) = entry.sock() {
+        // A listening socket's registration goes with it.
+        if let Ok(mut l) = s.listener.try_lock() {
+            *l = None;
+        }
+    }
 }
 
-/// In a forked child: the parent's proposals and listeners are not ours.
+/// In a forked child: the parent's proposals are not ours, nor its registrations (the
+/// parent's background acceptor serves them).
 pub(crate) fn after_fork_child() {
     // Lock-free only here: `try_lock`, and leave the state if another thread held it.
     if let Ok(mut p) = PROPOSALS.try_lock() {

@@ -241,6 +241,56 @@ pub trait Accelerated: Send + Sync + fmt::Debug {
     fn rx_seq(&self) -> u64 {
         0
     }
+
+    /// Whether a copy of the connection in a forked child may be used there (the child
+    /// then speaks TCP only, the parent keeps the channel). If not, the child's copy
+    /// fails every call with `EIO`.
+    fn survives_fork(&self) -> bool {
+        false
+    }
+}
+
+/// A connection that failed for good: every call fails with its errno. Installed when a
+/// session the peer committed to cannot be made here (so the socket must not carry raw
+/// bytes either).
+#[derive(Debug)]
+pub struct Dead(pub Errno);
+
+impl Accelerated for Dead {
+    fn try_recv(&self, _: &mut [IoSliceMut<'_>], _: bool) -> Result<usize, Errno> {
+        Err(self.0)
+    }
+    fn try_send(&self, _: &[IoSlice<'_>]) -> Result<usize, Errno> {
+        Err(self.0)
+    }
+    fn readiness(&self) -> Readiness {
+        Readiness::READ | Readiness::WRITE | Readiness::ERR | Readiness::HUP
+    }
+    fn arm(&self, _: Readiness) -> Readiness {
+        self.readiness()
+    }
+    fn wake_fd(&self) -> BorrowedFd<'_> {
+        // Never slept on: readiness is always set.
+        rustix::stdio::stdin()
+    }
+    fn shutdown(&self, _: Shutdown) -> Result<(), Errno> {
+        Ok(())
+    }
+    fn rx_pending(&self) -> usize {
+        0
+    }
+    fn take_error(&self) -> Option<Errno> {
+        Some(self.0)
+    }
+    fn downgrade(&self, _: Reason) -> Result<(), Errno> {
+        Ok(())
+    }
+    fn releasable(&self) -> bool {
+        false
+    }
+    fn stats(&self) -> ConnStats {
+        ConnStats::default()
+    }
 }
 
 impl<T: Accelerated + ?Sized> Accelerated for std::sync::Arc<T> {
@@ -279,5 +329,8 @@ impl<T: Accelerated + ?Sized> Accelerated for std::sync::Arc<T> {
     }
     fn rx_seq(&self) -> u64 {
         (**self).rx_seq()
+    }
+    fn survives_fork(&self) -> bool {
+        (**self).survives_fork()
     }
 }

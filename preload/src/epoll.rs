@@ -600,7 +600,7 @@ pub(crate) unsafe fn wait(
                 revents: 0,
             },
         ];
-        let ts = deadline.remaining().map(crate::wait::timespec);
+        let ts = Some(crate::wait::timespec(crate::wait::nap(deadline)));
         let ts_c = ts.map(|t| libc::timespec {
             tv_sec: t.tv_sec,
             tv_nsec: t.tv_nsec,

@@ -303,11 +303,14 @@ pub unsafe extern "C" fn recvmmsg(
 ) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     let pass = || unsafe { real::recvmmsg(fd, msgs, n, flags, timeout) };
-    if !tracked(fd) || crate::state::conn_of(fd).is_none() {
+    if !tracked(fd) {
         return pass();
     }
     hook(
         || {
+            if crate::state::conn_of(fd).is_none() {
+                return Verdict::Pass;
+            }
             // On a byte stream each message is one `recvmsg`; after the first, only what
             // is there without waiting.
             let mut done: c_int = 0;
@@ -453,11 +456,14 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
 pub unsafe extern "C" fn sendmmsg(fd: c_int, msgs: *mut mmsghdr, n: c_uint, flags: c_int) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     let pass = || unsafe { real::sendmmsg(fd, msgs, n, flags) };
-    if !tracked(fd) || crate::state::conn_of(fd).is_none() {
+    if !tracked(fd) {
         return pass();
     }
     hook(
         || {
+            if crate::state::conn_of(fd).is_none() {
+                return Verdict::Pass;
+            }
             let mut done: c_int = 0;
             for i in 0..n as usize {
                 // SAFETY: `msgs` is valid for `n` entries (C contract).
@@ -584,7 +590,11 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     let r = unsafe { real::listen(fd, backlog) };
     if r == 0 && tracked(fd) {
-        after(|| crate::accel::on_listen(fd));
+        after(|| {
+            if let Some(e) = crate::state::sock_entry(fd) {
+                crate::accel::on_listen(&e, fd);
+            }
+        });
     }
     r
 }
@@ -674,6 +684,44 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     r
 }
 
+/// `fcntl(fd, F_GETFL/F_SETFL)` on an accelerated socket: the kernel's `O_NONBLOCK`
+/// stays set (the stream under the emulation needs it); the application sees and sets
+/// its own, which the emulation honours. `None`: not accelerated, pass through.
+fn fcntl_flags(fd: c_int, cmd: c_int, arg: usize, next: impl Fn(usize) -> c_int) -> Option<c_int> {
+    if !tracked(fd) || !matches!(cmd, libc::F_GETFL | libc::F_SETFL) {
+        return None;
+    }
+    let v = hook(
+        || match fcntl_flags_inside(fd, cmd, arg, &next) {
+            Some(r) => Verdict::Done(r),
+            None => Verdict::Pass,
+        },
+        || c_int::MIN,
+    );
+    (v != c_int::MIN).then_some(v)
+}
+
+/// [`fcntl_flags`]'s body, behind the barrier.
+fn fcntl_flags_inside(fd: c_int, cmd: c_int, arg: usize, next: &impl Fn(usize) -> c_int) -> Option<c_int> {
+    let (entry, _) = crate::state::conn_of(fd)?;
+    let sock = entry.sock()?;
+    if cmd == libc::F_GETFL {
+        let r = next(arg);
+        if r < 0 {
+            return Some(r);
+        }
+        let nb = if sock.is_nonblocking() { libc::O_NONBLOCK } else { 0 };
+        return Some((r & !libc::O_NONBLOCK) | nb);
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    let want = arg as c_int;
+    let r = next((arg as c_int | libc::O_NONBLOCK) as usize);
+    if r == 0 {
+        fdops::on_setfl(fd, want);
+    }
+    Some(r)
+}
+
 /// The bookkeeping after a successful `fcntl(fd, cmd, arg)` that returned `r`.
 fn after_fcntl(fd: c_int, cmd: c_int, arg: usize, r: c_int) {
     if r < 0 {
@@ -690,7 +738,11 @@ fn after_fcntl(fd: c_int, cmd: c_int, arg: usize, r: c_int) {
 #[no_mangle]
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
     // SAFETY: the caller's arguments, passed on (see the module docs on variadics).
-    let r = unsafe { real::fcntl(fd, cmd, arg) };
+    let next = |a: usize| unsafe { real::fcntl(fd, cmd, a) };
+    if let Some(r) = fcntl_flags(fd, cmd, arg, next) {
+        return r;
+    }
+    let r = next(arg);
     after_fcntl(fd, cmd, arg, r);
     r
 }
@@ -698,7 +750,11 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: usize) -> c_int {
     // SAFETY: as in `fcntl`.
-    let r = unsafe { real::fcntl64(fd, cmd, arg) };
+    let next = |a: usize| unsafe { real::fcntl64(fd, cmd, a) };
+    if let Some(r) = fcntl_flags(fd, cmd, arg, next) {
+        return r;
+    }
+    let r = next(arg);
     after_fcntl(fd, cmd, arg, r);
     r
 }
@@ -716,6 +772,22 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_i
             hook(|| unsafe { fdops::fionread(fd, arg) }, pass)
         }
         libc::FIONBIO => {
+            let accelerated = hook(
+                || {
+                    if arg.is_null() || crate::state::conn_of(fd).is_none() {
+                        return Verdict::Done(0);
+                    }
+                    // Accelerated: the application's flag only (see `fcntl_flags`).
+                    // SAFETY: `arg` points to an int for FIONBIO (C contract).
+                    let on = unsafe { arg.cast::<c_int>().read_unaligned() } != 0;
+                    fdops::on_fionbio(fd, on);
+                    Verdict::Done(1)
+                },
+                || 0,
+            );
+            if accelerated == 1 {
+                return 0;
+            }
             let r = pass();
             if r == 0 && !arg.is_null() {
                 // SAFETY: `arg` points to an int for FIONBIO (C contract).

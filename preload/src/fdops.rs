@@ -34,17 +34,16 @@ pub(crate) fn on_socket(fd: c_int, domain: c_int, ty: c_int, proto: c_int) {
 
 /// After a successful `accept`/`accept4` on `listener` returned `fd`.
 pub(crate) fn on_accept(listener: c_int, fd: c_int, flags: c_int) {
-    let tracked = FDS.get(listener).is_some_and(|e| e.sock().is_some());
-    if !tracked {
+    let Some(l) = FDS.get(listener).filter(|e| e.sock().is_some()) else {
         forget(fd);
         return;
-    }
+    };
     let entry = Arc::new(Entry::Sock(Sock::new(
         flags & libc::SOCK_NONBLOCK != 0,
         false,
     )));
     put(fd, entry.clone());
-    crate::accel::on_accept(listener, fd, &entry);
+    crate::accel::on_accept(&l, fd, &entry);
 }
 
 /// Puts `entry` under `fd`, closing whatever stale entry was there.
@@ -368,8 +367,10 @@ pub(crate) mod fork {
         crate::guard::quietly(|| {
             FDS.for_each_in(0, u32::MAX, |_, e| {
                 if let Some(c) = e.sock().and_then(|s| s.conn.load()) {
-                    // Relaxed: a one-way flag, this process has one thread now.
-                    c.broken.store(true, Ordering::Relaxed);
+                    if !c.imp.survives_fork() {
+                        // Relaxed: a one-way flag, this process has one thread now.
+                        c.broken.store(true, Ordering::Relaxed);
+                    }
                 }
             });
             crate::accel::after_fork_child();

@@ -134,9 +134,8 @@ fn caught_panic() {
     // Relaxed: statistics and a one-way flag (see `poisoned`).
     PANICS.fetch_add(1, Ordering::Relaxed);
     POISONED.store(true, Ordering::Relaxed);
-    tracing::error!(
-        target: "coresident_preload",
-        "internal panic caught at the hook barrier; new connections stay on TCP"
+    crate::log::raw_line(
+        b"coresident_preload: internal panic caught at the hook barrier; new connections stay on TCP\n",
     );
 }
 
@@ -144,8 +143,31 @@ fn caught_panic() {
 /// for one), never to the program's stderr.
 pub(crate) fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        let _inside = Inside::enter();
-        tracing::error!(target: "coresident_preload", panic = %info, "internal panic");
+        // Nothing here may panic (a panic in the hook aborts): no thread-locals, no
+        // `tracing` (its subscriber asks for the current thread), no allocation. The
+        // location goes to the log with raw writes.
+        crate::log::raw_line(b"coresident_preload: internal panic at ");
+        if let Some(loc) = info.location() {
+            crate::log::raw_line(loc.file().as_bytes());
+            let mut line = [0u8; 12];
+            let mut n = loc.line();
+            let mut i = line.len();
+            line[i - 1] = b'\n';
+            i -= 1;
+            loop {
+                i -= 1;
+                line[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 || i == 1 {
+                    break;
+                }
+            }
+            i -= 1;
+            line[i] = b':';
+            crate::log::raw_line(&line[i..]);
+        } else {
+            crate::log::raw_line(b"(unknown)\n");
+        }
     }));
 }
 

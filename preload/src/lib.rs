@@ -51,6 +51,7 @@ mod guard;
 mod io;
 mod log;
 pub mod mem;
+mod netconn;
 mod poll;
 mod real;
 mod slot;

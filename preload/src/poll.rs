@@ -113,7 +113,7 @@ fn poll_emulated(
         let ts = if acc_ready {
             Some(timespec(core::time::Duration::ZERO))
         } else {
-            deadline.remaining().map(timespec)
+            Some(timespec(crate::wait::nap(deadline)))
         };
         let ts_c = ts.map(|t| libc::timespec {
             tv_sec: t.tv_sec,

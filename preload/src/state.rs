@@ -94,8 +94,10 @@ pub(crate) struct Sock {
     pub(crate) outgoing: bool,
     /// How many descriptors of the table name this socket (the last `close` closes it).
     pub(crate) fds: AtomicUsize,
-    /// A proposal to accelerate, waiting for the peer's verdict (see [`crate::accel`]).
+    /// A proposal to accelerate, waiting for the connection (see [`crate::accel`]).
     pub(crate) proposal: ArcSlot<crate::accel::Proposal>,
+    /// A listening socket's registration and background acceptor.
+    pub(crate) listener: Mutex<Option<Arc<coresident_net::Listener>>>,
 }
 
 impl Sock {
@@ -111,6 +113,7 @@ impl Sock {
             outgoing,
             fds: AtomicUsize::new(0),
             proposal: ArcSlot::new(),
+            listener: Mutex::new(None),
         }
     }
 

@@ -56,6 +56,16 @@ impl Deadline {
     }
 }
 
+/// The longest a sleeper sleeps before it checks its connections again by itself:
+/// doorbells are hints and may be lost (docs/DESIGN.md), so a lost one costs at most
+/// this much latency, never a hang.
+pub(crate) const RECHECK: Duration = Duration::from_millis(50);
+
+/// The time to sleep now: what is left of the deadline, at most [`RECHECK`].
+pub(crate) fn nap(deadline: Deadline) -> Duration {
+    deadline.remaining().map_or(RECHECK, |d| d.min(RECHECK))
+}
+
 /// The readiness bits that end any wait (an error or a hang-up must be seen).
 pub(crate) const ALWAYS: Readiness = Readiness(Readiness::ERR.0 | Readiness::HUP.0);
 
@@ -113,11 +123,10 @@ pub(crate) fn wait_ready(
         if r.intersects(want) {
             return Ok(r);
         }
-        let left = deadline.remaining();
-        if left.is_some_and(|d| d.is_zero()) {
+        if deadline.passed() {
             return Err(Errno::AGAIN);
         }
-        sleep_on(&[conn.wake_fd()], left)?;
+        sleep_on(&[conn.wake_fd()], Some(nap(deadline)))?;
     }
 }
 
