@@ -1159,3 +1159,18 @@ pub unsafe extern "C" fn fexecve(
     // SAFETY: the caller's arguments, passed on.
     unsafe { real::fexecve(fd, argv, envp) }
 }
+
+#[no_mangle]
+pub unsafe extern "C" fn fork() -> libc::pid_t {
+    // The fork handlers (`pthread_atfork`) do the work before and after; here the
+    // parent learns the child's pid, to know later whether a socket it closes is still
+    // held by the child (see `fdops::fork`).
+    // SAFETY: no arguments.
+    let pid = unsafe { real::fork() };
+    if pid > 0 {
+        #[allow(clippy::cast_sign_loss)]
+        let child = pid as u32;
+        after(|| fdops::fork::forked(child));
+    }
+    pid
+}

@@ -84,7 +84,16 @@ pub(crate) fn on_close(fd: c_int, entry: &Arc<Entry>) {
                 // still running on it (another thread's blocked read) return, as the
                 // kernel's socket does.
                 if let Some(conn) = sock.conn.swap(None) {
-                    tracing::debug!(target: "coresident_preload", conn = conn.id, fd, "closed");
+                    if fork::shared_with_child(fd, &conn) {
+                        // A child we forked still holds the socket: the connection is
+                        // its now. Closing ours must not end the stream (no FIN), so
+                        // our copy is kept, idle, until the process exits.
+                        tracing::info!(target: "coresident_preload", conn = conn.id, fd,
+                            "closed here, a forked child still holds the socket: handed over");
+                        crate::state::lock(&fork::HANDED_OVER).push(conn);
+                    } else {
+                        tracing::debug!(target: "coresident_preload", conn = conn.id, fd, "closed");
+                    }
                 }
                 crate::accel::on_last_close(entry);
             }
@@ -353,10 +362,58 @@ pub(crate) fn withdraw_all(why: Reason, only: impl Fn(c_int) -> bool) -> usize {
 /// `EIO`): the child must never touch the rings the parent goes on using.
 pub(crate) mod fork {
     use super::*;
+    use core::sync::atomic::AtomicU64;
+    use std::sync::Mutex;
+
+    /// Forks so far (the prepare handler counts them); a connection made before the
+    /// last fork may be held by a child.
+    pub(crate) static FORKS: AtomicU64 = AtomicU64::new(0);
+    /// Children forked through `fork` (pids), for [`shared_with_child`].
+    pub(crate) static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+    /// Connections closed here while a child still held their socket.
+    pub(crate) static HANDED_OVER: Mutex<Vec<Arc<Conn>>> = Mutex::new(Vec::new());
+
+    /// The number of forks so far.
+    pub(crate) fn generation() -> u64 {
+        // Relaxed: compared with a connection's own snapshot, taken in the same thread
+        // order as the fork that bumps it.
+        FORKS.load(Ordering::Relaxed)
+    }
+
+    /// A child was forked (the `fork` hook, in the parent).
+    pub(crate) fn forked(pid: u32) {
+        let mut c = crate::state::lock(&CHILDREN);
+        c.retain(|&p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        c.push(pid);
+    }
+
+    /// Whether a live child we forked holds the socket `fd` (the same inode among its
+    /// descriptors), for a connection made before a fork.
+    pub(crate) fn shared_with_child(fd: c_int, conn: &Conn) -> bool {
+        if conn.fork_gen == generation() {
+            return false;
+        }
+        // SAFETY: `fd` is still open (the kernel's close comes after this hook).
+        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let Ok(st) = rustix::fs::fstat(b) else {
+            return false;
+        };
+        let want = format!("socket:[{}]", st.st_ino);
+        let children = crate::state::lock(&CHILDREN).clone();
+        children.iter().any(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|dir| {
+                dir.flatten().any(|e| {
+                    std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want.as_str())
+                })
+            })
+        })
+    }
 
     /// `pthread_atfork` prepare handler.
     pub(crate) extern "C" fn prepare() {
         crate::guard::quietly(|| {
+            // Relaxed: see `generation`.
+            FORKS.fetch_add(1, Ordering::Relaxed);
             let _ = withdraw_all(Reason::Fork, |_| true);
         });
     }
@@ -366,15 +423,28 @@ pub(crate) mod fork {
     pub(crate) extern "C" fn child() {
         crate::guard::quietly(|| {
             FDS.for_each_in(0, u32::MAX, |_, e| {
-                if let Some(c) = e.sock().and_then(|s| s.conn.load()) {
+                let Some(s) = e.sock() else { return };
+                if let Some(c) = s.conn.load() {
                     if !c.imp.survives_fork() {
                         // Relaxed: a one-way flag, this process has one thread now.
                         c.broken.store(true, Ordering::Relaxed);
                     }
                 }
+                // A listening socket's registration is the parent's (its background
+                // acceptor is there): the child never drops it, which would unregister
+                // the parent's address and join a thread that is not in this process.
+                if let Ok(mut l) = s.listener.try_lock() {
+                    if let Some(l) = l.take() {
+                        core::mem::forget(l);
+                    }
+                }
             });
             crate::accel::after_fork_child();
             crate::control::after_fork_child();
+            // The parent's children and hand-overs are not ours.
+            if let Ok(mut c) = CHILDREN.try_lock() {
+                c.clear();
+            }
         });
     }
 }

@@ -168,6 +168,8 @@ pub(crate) struct Conn {
     pub(crate) since: SystemTime,
     /// A unique number, for `coresident status` and the log.
     pub(crate) id: u64,
+    /// The fork count when the connection was made (see `fdops::fork`).
+    pub(crate) fork_gen: u64,
 }
 
 impl Conn {
@@ -191,6 +193,7 @@ impl Conn {
             since: SystemTime::now(),
             // Relaxed: a unique number only.
             id: NEXT.fetch_add(1, Ordering::Relaxed),
+            fork_gen: crate::fdops::fork::generation(),
         }
     }
 
