@@ -271,6 +271,10 @@ pub(crate) fn before_connect(entry: &Arc<Entry>, fd: i32, to: SocketAddr) {
     if !registered(to) {
         return;
     }
+    if crate::state::fault("offer") {
+        tracing::warn!(target: "coresident_preload", fd, %to, "fault injected: offer fails; plain TCP");
+        return;
+    }
     let Some(local) = bound_address(fd, to) else {
         return;
     };
@@ -366,9 +370,12 @@ pub(crate) fn settle(entry: &Arc<Entry>, fd: i32) {
             let prepared = lock(prepared).take();
             match (prepared, dup_of(fd)) {
                 (Some(prepared), Some(tcp)) => {
-                    match coresident_net::Stream::from_session(tcp, prepared)
-                        .and_then(crate::netconn::NetConn::new)
-                    {
+                    let made = if crate::state::fault("session") {
+                        Err(std::io::Error::other("fault injected: session"))
+                    } else {
+                        coresident_net::Stream::from_session(tcp, prepared)
+                    };
+                    match made.and_then(crate::netconn::NetConn::new) {
                         Ok(c) => Some(Box::new(c)),
                         Err(e) => {
                             // The peer expects a session: the connection cannot be plain.
@@ -432,7 +439,12 @@ pub(crate) fn on_accept(listener: &Arc<Entry>, fd: i32, _entry: &Arc<Entry>) {
             let _ = rustix::net::sockopt::set_tcp_nodelay(app, n);
         }
     };
-    match l.adopt(tcp) {
+    let adopted = if crate::state::fault("adopt") {
+        Err(std::io::Error::other("fault injected: adopt"))
+    } else {
+        l.adopt(tcp)
+    };
+    match adopted {
         Ok(stream) if stream.path() != coresident_net::Path::Plain => {
             match crate::netconn::NetConn::new(stream) {
                 Ok(c) => {
@@ -457,8 +469,17 @@ pub(crate) fn on_accept(listener: &Arc<Entry>, fd: i32, _entry: &Arc<Entry>) {
             restore();
         }
         Err(e) => {
-            restore();
-            tracing::warn!(target: "coresident_preload", fd, error = %e, "adopt failed: plain TCP");
+            // The client may have committed to a session: raw bytes could be read as
+            // segments (or the other way round), so the connection is reset rather
+            // than left plain.
+            tracing::warn!(target: "coresident_preload", fd, error = %e, "adopt failed: the connection is reset");
+            let conn = Arc::new(Conn::new(
+                Box::new(crate::conn::Dead(rustix::io::Errno::CONNRESET)),
+                local,
+                Some(peer),
+                None,
+            ));
+            crate::fdops::install(fd, conn);
         }
     }
 }

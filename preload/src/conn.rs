@@ -242,6 +242,12 @@ pub trait Accelerated: Send + Sync + fmt::Debug {
         0
     }
 
+    /// The application closed its last descriptor of the socket (or the process exits):
+    /// hand every byte written and the end of the stream to the peer's path within
+    /// `limit` (a closed TCP socket's bytes go out after `close` returns, from the
+    /// kernel's buffer; bytes queued in user space must be handed over before).
+    fn finish(&self, _limit: core::time::Duration) {}
+
     /// Whether a copy of the connection in a forked child may be used there (the child
     /// then speaks TCP only, the parent keeps the channel). If not, the child's copy
     /// fails every call with `EIO`.
@@ -332,5 +338,8 @@ impl<T: Accelerated + ?Sized> Accelerated for std::sync::Arc<T> {
     }
     fn survives_fork(&self) -> bool {
         (**self).survives_fork()
+    }
+    fn finish(&self, limit: core::time::Duration) {
+        (**self).finish(limit);
     }
 }

@@ -116,6 +116,10 @@ pub(crate) fn ensure_started() {
     {
         return;
     }
+    if crate::state::fault("control") {
+        tracing::warn!(target: "coresident_preload", "fault injected: no control socket");
+        return;
+    }
     let registry = registry_dir();
     for d in [registry.clone(), registry.join("ctl")] {
         if let Err(e) = private_dir(&d) {

@@ -702,7 +702,12 @@ fn fcntl_flags(fd: c_int, cmd: c_int, arg: usize, next: impl Fn(usize) -> c_int)
 }
 
 /// [`fcntl_flags`]'s body, behind the barrier.
-fn fcntl_flags_inside(fd: c_int, cmd: c_int, arg: usize, next: &impl Fn(usize) -> c_int) -> Option<c_int> {
+fn fcntl_flags_inside(
+    fd: c_int,
+    cmd: c_int,
+    arg: usize,
+    next: &impl Fn(usize) -> c_int,
+) -> Option<c_int> {
     let (entry, _) = crate::state::conn_of(fd)?;
     let sock = entry.sock()?;
     if cmd == libc::F_GETFL {
@@ -710,7 +715,11 @@ fn fcntl_flags_inside(fd: c_int, cmd: c_int, arg: usize, next: &impl Fn(usize) -
         if r < 0 {
             return Some(r);
         }
-        let nb = if sock.is_nonblocking() { libc::O_NONBLOCK } else { 0 };
+        let nb = if sock.is_nonblocking() {
+            libc::O_NONBLOCK
+        } else {
+            0
+        };
         return Some((r & !libc::O_NONBLOCK) | nb);
     }
     #[allow(clippy::cast_possible_truncation)]

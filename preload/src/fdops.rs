@@ -92,6 +92,7 @@ pub(crate) fn on_close(fd: c_int, entry: &Arc<Entry>) {
                             "closed here, a forked child still holds the socket: handed over");
                         crate::state::lock(&fork::HANDED_OVER).push(conn);
                     } else {
+                        conn.imp.finish(FINISH_LIMIT);
                         tracing::debug!(target: "coresident_preload", conn = conn.id, fd, "closed");
                     }
                 }
@@ -100,6 +101,24 @@ pub(crate) fn on_close(fd: c_int, entry: &Arc<Entry>) {
         }
         Entry::Epoll(_) => {}
     }
+}
+
+/// How long closing an accelerated connection may take to hand its last bytes and the
+/// end of the stream over (only bytes queued for TCP after a fallback can take time).
+pub(crate) const FINISH_LIMIT: core::time::Duration = core::time::Duration::from_secs(2);
+
+/// At `exit`: every accelerated connection hands its last bytes and the end of its
+/// stream over, as the kernel does for a process's TCP sockets (registered with
+/// `atexit` by the constructor).
+pub(crate) extern "C" fn at_exit() {
+    crate::guard::quietly(|| {
+        for (fd, _, conn) in accelerated() {
+            // A connection a child we forked still holds is the child's to finish.
+            if !fork::shared_with_child(fd, &conn) {
+                conn.imp.finish(FINISH_LIMIT);
+            }
+        }
+    });
 }
 
 /// `close(fd)` (called before the kernel's close: the number is not reusable yet).

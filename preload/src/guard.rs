@@ -146,7 +146,13 @@ pub(crate) fn install_panic_hook() {
         // Nothing here may panic (a panic in the hook aborts): no thread-locals, no
         // `tracing` (its subscriber asks for the current thread), no allocation. The
         // location goes to the log with raw writes.
-        crate::log::raw_line(b"coresident_preload: internal panic at ");
+        crate::log::raw_line(b"coresident_preload: internal panic: ");
+        if let Some(msg) = info.payload().downcast_ref::<&str>() {
+            crate::log::raw_line(msg.as_bytes());
+        } else if let Some(msg) = info.payload().downcast_ref::<String>() {
+            crate::log::raw_line(msg.as_bytes());
+        }
+        crate::log::raw_line(b" at ");
         if let Some(loc) = info.location() {
             crate::log::raw_line(loc.file().as_bytes());
             let mut line = [0u8; 12];

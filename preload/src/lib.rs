@@ -26,6 +26,7 @@
 //! | `CORESIDENT_LOG_LEVEL` | `error`, `warn`, `info` (default), `debug`, `trace` |
 //! | `CORESIDENT_REGISTRY=DIR` | the registry directory (see `coresident run --registry`) |
 //! | `CORESIDENT_INPROC=1` | accelerate connections within one process (a test aid) |
+//! | `CORESIDENT_FAULT=name,...` | make internal steps fail, for the tests (see `state::fault`) |
 //!
 //! The library never panics into the host program and never aborts it: every hook runs
 //! behind a panic barrier, and any internal failure means "this connection stays on
@@ -83,6 +84,10 @@ extern "C" fn init() {
         // the panic barrier).
         unsafe {
             libc::pthread_atfork(Some(fdops::fork::prepare), None, Some(fdops::fork::child));
+        }
+        // SAFETY: as above, a handler that never unwinds.
+        unsafe {
+            libc::atexit(fdops::at_exit);
         }
     });
 }

@@ -206,6 +206,10 @@ impl NetConn {
 
 impl Accelerated for NetConn {
     fn try_recv(&self, bufs: &mut [IoSliceMut<'_>], peek: bool) -> Result<usize, Errno> {
+        assert!(
+            !crate::state::fault("read-panic"),
+            "fault injected: read-panic"
+        );
         let mut rx = lock(&self.rx);
         if !rx.buf.is_empty() {
             return Ok(Self::serve(&mut rx, bufs, peek));
@@ -421,5 +425,43 @@ impl Accelerated for NetConn {
         // A copy in a forked child lets go of the channel (the parent owns it) and goes
         // on over TCP (coresident_net's fork behaviour).
         true
+    }
+
+    fn finish(&self, limit: core::time::Duration) {
+        // The stream's own drop finishes on a short-lived thread, which dies with the
+        // process if it exits right after `close` (the common case): segments still
+        // queued for TCP, or the FIN, would be lost. Flush here, without changing the
+        // stream's blocking mode (another thread may still be reading).
+        let deadline = crate::wait::Deadline::after(Some(limit));
+        let flush_all = || loop {
+            match (&self.stream).flush() {
+                Ok(()) => return true,
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::Interrupted =>
+                {
+                    if deadline.passed() {
+                        return false;
+                    }
+                    let _ = crate::wait::sleep_on(
+                        &[self.wake_fd()],
+                        Some(crate::wait::nap(deadline).min(core::time::Duration::from_millis(5))),
+                    );
+                }
+                Err(_) => return false,
+            }
+        };
+        if !flush_all() {
+            return;
+        }
+        // Relaxed: our own flag.
+        if !self.shut_wr.swap(true, Ordering::Relaxed) {
+            match self.stream.shutdown(std::net::Shutdown::Write) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+            let _ = flush_all();
+        }
     }
 }

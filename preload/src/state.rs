@@ -273,3 +273,29 @@ pub(crate) fn config() -> &'static Config {
 fn cpus() -> usize {
     rustix::thread::sched_getaffinity(None).map_or(1, |set| set.count() as usize)
 }
+
+/// Fault injection for the tests (`CORESIDENT_FAULT=name,name`): each name makes one
+/// internal step fail as it could in production, to prove the failure is handled
+/// (plain TCP or a proper errno, never a crash):
+///
+/// | name | the step that fails |
+/// |---|---|
+/// | `offer` | the channel offer at `connect` (the connection stays plain) |
+/// | `session` | making the connecting side's stream after a committed offer (reset) |
+/// | `adopt` | making the accepting side's stream (reset) |
+/// | `read-panic` | a panic inside an accelerated read (`EIO`) |
+/// | `control` | starting the control socket (the process is not listed) |
+pub(crate) fn fault(name: &str) -> bool {
+    static FAULTS: OnceLock<Vec<String>> = OnceLock::new();
+    FAULTS
+        .get_or_init(|| {
+            std::env::var("CORESIDENT_FAULT")
+                .unwrap_or_default()
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .iter()
+        .any(|f| f == name)
+}

@@ -302,6 +302,86 @@ static void hold(void) {
     close(c); close(s); close(l);
 }
 
+/* An echo server for one connection on 127.0.0.1:PORT (prints "listening" first). */
+static void echo_server(int port) {
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(l >= 0);
+    int one = 1;
+    CHECK(setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0);
+    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    CHECK(bind(l, (struct sockaddr *)&addr, sizeof addr) == 0);
+    CHECK(listen(l, 4) == 0);
+    printf("listening\n");
+    int c = accept(l, NULL, NULL);
+    CHECK(c >= 0);
+    static unsigned char buf[1 << 16];
+    for (;;) {
+        ssize_t r = read(c, buf, sizeof buf);
+        CHECK(r >= 0);
+        if (r == 0) break;
+        for (ssize_t off = 0; off < r;) { ssize_t w = write(c, buf + off, r - off); CHECK(w > 0); off += w; }
+    }
+    close(c); close(l);
+}
+
+/* One client, two servers at once: interleaved messages, each echo checked against
+ * what was sent on that connection only; prints "ready", waits for a line on stdin
+ * (a test looks at `coresident status`), then one more round. */
+static void mixed(int p1, int p2) {
+    int fds[2];
+    int ports[2] = { p1, p2 };
+    for (int i = 0; i < 2; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+        CHECK(fds[i] >= 0);
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(ports[i]), .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        CHECK(connect(fds[i], (struct sockaddr *)&a, sizeof a) == 0);
+    }
+    static unsigned char out[2][8192], in[8192];
+    for (int round = 0; round < 201; round++) {
+        if (round == 200) {
+            printf("ready\n");
+            char line[8];
+            CHECK(fgets(line, sizeof line, stdin) != NULL);
+        }
+        for (int i = 0; i < 2; i++) {
+            size_t n = 1 + (round * 37 + i * 911) % sizeof out[i];
+            for (size_t k = 0; k < n; k++) out[i][k] = (unsigned char)('A' + i * 16 + (k + round) % 13);
+            CHECK(write(fds[i], out[i], n) == (ssize_t)n);
+        }
+        for (int i = 0; i < 2; i++) {
+            size_t n = 1 + (round * 37 + i * 911) % sizeof out[i];
+            read_exact(fds[i], in, n);
+            if (memcmp(in, out[i], n) != 0) { printf("cross-talk on connection %d round %d\n", i, round); exit(1); }
+        }
+    }
+    printf("mixed: ok\n");
+    close(fds[0]); close(fds[1]);
+}
+
+/* A client of an echo server: 4 MiB of a pattern in 1000-byte writes, the echo read
+ * back and checked; "client: ok", or an error message and exit status 3 (the
+ * connection failed: reset, refused). */
+static void client(int port) {
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(c >= 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    if (connect(c, (struct sockaddr *)&a, sizeof a) != 0) { printf("client: connect: %s\n", strerror(errno)); exit(3); }
+    static unsigned char out[1000], in[1000];
+    for (int i = 0; i < 4 * 1048; i++) {
+        for (int k = 0; k < 1000; k++) out[k] = (unsigned char)(i * 7 + k);
+        if (write(c, out, sizeof out) != (ssize_t)sizeof out) { printf("client: write: %s\n", strerror(errno)); exit(3); }
+        size_t got = 0;
+        while (got < sizeof in) {
+            ssize_t r = read(c, in + got, sizeof in - got);
+            if (r <= 0) { printf("client: read: %s\n", r == 0 ? "end of stream" : strerror(errno)); exit(3); }
+            got += r;
+        }
+        if (memcmp(in, out, sizeof in) != 0) { printf("client: WRONG BYTES at message %d\n", i); exit(1); }
+    }
+    printf("client: ok\n");
+    close(c);
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     if (argc < 2) { fprintf(stderr, "usage: sockets tcp|udp|unix\n"); return 2; }
@@ -309,6 +389,9 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[1], "udp")) udp();
     else if (!strcmp(argv[1], "unix")) unix_stream();
     else if (!strcmp(argv[1], "hold")) hold();
+    else if (!strcmp(argv[1], "echo-server") && argc == 3) echo_server(atoi(argv[2]));
+    else if (!strcmp(argv[1], "mixed") && argc == 4) mixed(atoi(argv[2]), atoi(argv[3]));
+    else if (!strcmp(argv[1], "client") && argc == 3) client(atoi(argv[2]));
     else return 2;
     printf("done\n");
     return 0;
