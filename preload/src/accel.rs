@@ -92,11 +92,16 @@ fn enabled() -> bool {
     !crate::state::config().disabled && !crate::guard::poisoned()
 }
 
-/// The streams' settings: the host registry (in `CORESIDENT_REGISTRY` if set), no
-/// spinning inside the stream (the hooks spin, see `wait.rs`).
+/// The streams' settings: the host registry (in `CORESIDENT_REGISTRY` if set); the
+/// spin budget of the library (`CORESIDENT_SPIN_US`), which the stream uses in its own
+/// blocking receive (`NetConn::recv_blocking`).
 fn builder() -> &'static Builder {
     static B: OnceLock<Builder> = OnceLock::new();
-    B.get_or_init(|| Builder::new().discovery(registry()).spin(Duration::ZERO))
+    B.get_or_init(|| {
+        Builder::new()
+            .discovery(registry())
+            .spin(crate::state::config().spin)
+    })
 }
 
 /// The host registry in the library's registry directory.
@@ -174,7 +179,7 @@ pub(crate) fn on_listen(entry: &Arc<Entry>, fd: i32) {
             inner: registry(),
             addr,
         })
-        .spin(Duration::ZERO);
+        .spin(crate::state::config().spin);
     match b.bind(own) {
         Ok(l) => {
             tracing::info!(target: "coresident_preload", fd, %addr, "listening socket registered");

@@ -242,6 +242,18 @@ pub trait Accelerated: Send + Sync + fmt::Debug {
         0
     }
 
+    /// A blocking receive, if the implementation has a faster one than the generic loop
+    /// (try, arm, sleep on [`Self::wake_fd`]): waits until bytes, the end of the stream
+    /// or an error, or `timeout` (`None`: for ever; then `AGAIN`). `None`: not offered
+    /// now, use the generic loop.
+    fn recv_blocking(
+        &self,
+        _bufs: &mut [IoSliceMut<'_>],
+        _timeout: Option<core::time::Duration>,
+    ) -> Option<Result<usize, Errno>> {
+        None
+    }
+
     /// The application closed its last descriptor of the socket (or the process exits):
     /// hand every byte written and the end of the stream to the peer's path within
     /// `limit` (a closed TCP socket's bytes go out after `close` returns, from the
@@ -341,5 +353,12 @@ impl<T: Accelerated + ?Sized> Accelerated for std::sync::Arc<T> {
     }
     fn finish(&self, limit: core::time::Duration) {
         (**self).finish(limit);
+    }
+    fn recv_blocking(
+        &self,
+        bufs: &mut [IoSliceMut<'_>],
+        timeout: Option<core::time::Duration>,
+    ) -> Option<Result<usize, Errno>> {
+        (**self).recv_blocking(bufs, timeout)
     }
 }

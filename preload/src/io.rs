@@ -145,18 +145,46 @@ fn recv_loop(
                 }
                 IoSliceMut::advance_slices(&mut bufs, n);
             }
-            Err(Errno::AGAIN) => match wait_ready(&*conn.imp, Readiness::READ, deadline) {
-                Ok(_) => {}
-                Err(e) => {
-                    if total > 0 {
-                        return Ok(total);
+            Err(Errno::AGAIN) => {
+                // The connection's own blocking receive, if it has one (it spins on the
+                // ring without system calls, then sleeps).
+                if deadline != Deadline::Now && !peek {
+                    if let Some(r) = conn.imp.recv_blocking(bufs, deadline.remaining()) {
+                        match r {
+                            Ok(0) => return Ok(total),
+                            Ok(n) => {
+                                total += n;
+                                if !waitall || total >= want {
+                                    return Ok(total);
+                                }
+                                IoSliceMut::advance_slices(&mut bufs, n);
+                                continue;
+                            }
+                            Err(Errno::AGAIN) if deadline != Deadline::Never => {
+                                if total > 0 {
+                                    return Ok(total);
+                                }
+                                conn.kick();
+                                return Err(Errno::AGAIN);
+                            }
+                            Err(Errno::AGAIN) => continue,
+                            Err(e) => return if total > 0 { Ok(total) } else { Err(e) },
+                        }
                     }
-                    if e == Errno::AGAIN {
-                        conn.kick();
-                    }
-                    return Err(e);
                 }
-            },
+                match wait_ready(&*conn.imp, Readiness::READ, deadline) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        if total > 0 {
+                            return Ok(total);
+                        }
+                        if e == Errno::AGAIN {
+                            conn.kick();
+                        }
+                        return Err(e);
+                    }
+                }
+            }
             Err(e) => {
                 return if total > 0 { Ok(total) } else { Err(e) };
             }

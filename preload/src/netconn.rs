@@ -43,6 +43,16 @@ struct Rx {
     shut: bool,
 }
 
+/// The calling thread's id (`gettid`).
+fn tid() -> u64 {
+    u64::from(
+        rustix::thread::gettid()
+            .as_raw_nonzero()
+            .get()
+            .unsigned_abs(),
+    )
+}
+
 /// A `coresident_net::Stream` as an accelerated connection (see the module docs).
 #[derive(Debug)]
 pub(crate) struct NetConn {
@@ -52,6 +62,8 @@ pub(crate) struct NetConn {
     full: AtomicBool,
     /// When `full` was set, in µs of [`now_us`].
     full_since: AtomicU64,
+    /// The stream's consumed doorbells when `full` was set (see `seen_at_arm`).
+    full_seen: AtomicU64,
     /// `shutdown(SHUT_WR)` done.
     shut_wr: AtomicBool,
     /// The pending error (`SO_ERROR`), as an errno (0: none).
@@ -60,6 +72,22 @@ pub(crate) struct NetConn {
     dead: AtomicU64,
     /// Bytes received from the stream so far (edge-triggered epoll's `rx_seq`).
     received: AtomicU64,
+    /// A read came back empty (the stream armed its data wake-up), and no write has
+    /// run since (a write may consume the shared doorbell): until the descriptor fires,
+    /// nothing new is there, and readiness need not read to know it.
+    rx_armed: AtomicBool,
+    /// When `rx_armed` was set, in µs of [`now_us`] (a lost doorbell must not hide
+    /// bytes for longer than a recheck period).
+    rx_armed_since: AtomicU64,
+    /// The stream's count of doorbells it consumed, when `rx_armed` (or `full`) was
+    /// set: if it moved, the stream took a ring that may have been for us (both
+    /// directions share the doorbell), and the descriptor no longer says so.
+    seen_at_arm: AtomicU64,
+    /// The one thread that used the connection so far (0: none yet, `u64::MAX`: more
+    /// than one). A connection used by one thread only may switch the stream to
+    /// blocking mode for a blocking receive (the mode is the stream's, for all its
+    /// threads).
+    owner: AtomicU64,
 }
 
 /// A monotonic clock in µs since the first call (for `full_since`; `epoch` in its
@@ -100,10 +128,15 @@ impl NetConn {
             rx: Mutex::new(Rx::default()),
             full: AtomicBool::new(false),
             full_since: AtomicU64::new(0),
+            full_seen: AtomicU64::new(0),
             shut_wr: AtomicBool::new(false),
             error: AtomicU64::new(0),
             dead: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            rx_armed: AtomicBool::new(false),
+            rx_armed_since: AtomicU64::new(0),
+            seen_at_arm: AtomicU64::new(0),
+            owner: AtomicU64::new(0),
         })
     }
 
@@ -126,6 +159,51 @@ impl NetConn {
         }
     }
 
+    /// Notes the calling thread; returns whether it is the only one so far.
+    fn single_threaded(&self) -> bool {
+        let me = tid();
+        // Relaxed: a hint; every use re-checks, and a second thread makes it MAX for good.
+        match self
+            .owner
+            .compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => true,
+            Err(o) if o == me => true,
+            Err(u64::MAX) => false,
+            Err(_) => {
+                self.owner.store(u64::MAX, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// The stream's count of consumed doorbells.
+    fn doorbells_seen(&self) -> u64 {
+        self.stream.stats().doorbells_seen
+    }
+
+    /// Records what a stream read said about arming.
+    fn note_read(&self, empty: bool) {
+        // Relaxed: a hint, see `rx_armed`.
+        if empty {
+            self.rx_armed_since.store(now_us(), Ordering::Relaxed);
+            self.seen_at_arm
+                .store(self.doorbells_seen(), Ordering::Relaxed);
+        }
+        self.rx_armed.store(empty, Ordering::Relaxed);
+    }
+
+    /// Whether a stream read can be skipped: armed, no doorbell consumed since, the
+    /// descriptor has not fired, and not for longer than a recheck period.
+    fn nothing_new(&self) -> bool {
+        // Relaxed: a hint, see `rx_armed`.
+        self.rx_armed.load(Ordering::Relaxed)
+            && now_us().saturating_sub(self.rx_armed_since.load(Ordering::Relaxed))
+                < crate::wait::RECHECK.as_micros() as u64
+            && self.doorbells_seen() == self.seen_at_arm.load(Ordering::Relaxed)
+            && !self.fired()
+    }
+
     /// Reads ahead into `rx` if it is empty (not at the end). Returns whether bytes or
     /// the end are there now.
     fn fill(&self, rx: &mut Rx) -> bool {
@@ -135,15 +213,20 @@ impl NetConn {
         if self.dead().is_some() {
             return true;
         }
+        if self.nothing_new() {
+            return false;
+        }
         let mut chunk = [0u8; 16 * 1024];
         let mut got_any = false;
         while rx.buf.len() < READ_AHEAD {
             match (&self.stream).read(&mut chunk) {
                 Ok(0) => {
+                    self.note_read(false);
                     rx.eof = true;
                     return true;
                 }
                 Ok(n) => {
+                    self.note_read(false);
                     rx.buf.extend(&chunk[..n]);
                     // Relaxed: a counter.
                     self.received.fetch_add(n as u64, Ordering::Relaxed);
@@ -152,7 +235,10 @@ impl NetConn {
                         break;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.note_read(true);
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     self.failed(errno_of(&e));
@@ -182,11 +268,14 @@ impl NetConn {
         n
     }
 
-    /// Whether the connection has been "full" for longer than a recheck period.
+    /// Whether the connection may have room again although the descriptor did not say
+    /// so: "full" for longer than a recheck period, or a doorbell (maybe the one that
+    /// said "room") consumed by the stream since.
     fn full_too_long(&self) -> bool {
         // Relaxed: a hint.
         let since = self.full_since.load(Ordering::Relaxed);
         now_us().saturating_sub(since) >= crate::wait::RECHECK.as_micros() as u64
+            || self.doorbells_seen() != self.full_seen.load(Ordering::Relaxed)
     }
 
     /// Whether the descriptor fired (something changed since the last `WouldBlock`).
@@ -235,19 +324,28 @@ impl Accelerated for NetConn {
         let Some(first) = bufs.iter_mut().find(|b| !b.is_empty()) else {
             return Ok(0);
         };
+        let _ = self.single_threaded();
+        if self.nothing_new() {
+            return Err(Errno::AGAIN);
+        }
         loop {
             match (&self.stream).read(first) {
                 Ok(0) => {
+                    self.note_read(false);
                     rx.eof = true;
                     return Ok(0);
                 }
                 Ok(n) => {
+                    self.note_read(false);
                     // Relaxed: a counter.
                     self.received.fetch_add(n as u64, Ordering::Relaxed);
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(Errno::AGAIN),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.note_read(true);
+                    return Err(Errno::AGAIN);
+                }
                 Err(e) => return Err(self.failed(errno_of(&e))),
             }
         }
@@ -276,6 +374,7 @@ impl Accelerated for NetConn {
             }
             _ => bufs.iter().find(|b| !b.is_empty()).map_or(&[], |b| &b[..]),
         };
+        let _ = self.single_threaded();
         loop {
             match (&self.stream).write(data) {
                 Ok(n) => {
@@ -286,6 +385,8 @@ impl Accelerated for NetConn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.full_since.store(now_us(), Ordering::Relaxed);
+                    self.full_seen
+                        .store(self.doorbells_seen(), Ordering::Relaxed);
                     self.full.store(true, Ordering::Relaxed);
                     return Err(Errno::AGAIN);
                 }
@@ -425,6 +526,57 @@ impl Accelerated for NetConn {
         // A copy in a forked child lets go of the channel (the parent owns it) and goes
         // on over TCP (coresident_net's fork behaviour).
         true
+    }
+
+    fn recv_blocking(
+        &self,
+        bufs: &mut [IoSliceMut<'_>],
+        timeout: Option<core::time::Duration>,
+    ) -> Option<Result<usize, Errno>> {
+        if !self.single_threaded() || timeout.is_some_and(|t| t.is_zero()) {
+            return None;
+        }
+        let mut rx = lock(&self.rx);
+        if !rx.buf.is_empty() {
+            return Some(Ok(Self::serve(&mut rx, bufs, false)));
+        }
+        if rx.eof || rx.shut {
+            return Some(Ok(0));
+        }
+        if let Some(e) = self.dead() {
+            return Some(Err(e));
+        }
+        let first = bufs.iter_mut().find(|b| !b.is_empty())?;
+        // The stream's own blocking read: it spins on the ring (no system call) for the
+        // spin budget, then sleeps on its descriptor. One thread only uses this
+        // connection, so the stream's mode is ours to change for the call.
+        if self.stream.set_read_timeout(timeout).is_err()
+            || self.stream.set_nonblocking(false).is_err()
+        {
+            return None;
+        }
+        let r = match (&self.stream).read(first) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(Errno::INTR),
+            other => other.map_err(|e| errno_of(&e)),
+        };
+        let _ = self.stream.set_nonblocking(true);
+        let _ = self.stream.set_read_timeout(None);
+        Some(match r {
+            Ok(0) => {
+                self.note_read(false);
+                rx.eof = true;
+                Ok(0)
+            }
+            Ok(n) => {
+                self.note_read(false);
+                // Relaxed: a counter.
+                self.received.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(n)
+            }
+            Err(Errno::AGAIN | Errno::TIMEDOUT) => Err(Errno::AGAIN),
+            Err(Errno::INTR) => Err(Errno::INTR),
+            Err(e) => Err(self.failed(e)),
+        })
     }
 
     fn finish(&self, limit: core::time::Duration) {

@@ -54,14 +54,22 @@ pub fn c_program(name: &str) -> Option<PathBuf> {
         .join("../preload/tests/c")
         .join(format!("{name}.c"));
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    // One compile per test binary; the tests of a binary run in parallel threads.
+    static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _once = ONCE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !out.is_file() {
+        // Compiled under another name, then renamed: nobody runs a half-written file.
+        let tmp = out.with_extension("tmp");
         let st = Command::new("cc")
             .args(["-O1", "-Wall", "-pthread", "-o"])
-            .arg(&out)
+            .arg(&tmp)
             .arg(&src)
             .status()
             .expect("cc runs");
         assert!(st.success(), "cc failed on {}", src.display());
+        std::fs::rename(&tmp, &out).unwrap();
     }
     Some(out)
 }
