@@ -203,6 +203,18 @@ pub trait Accelerated: Send + Sync + fmt::Debug {
     /// have changed: arm, check, sleep loses no wake-up.
     fn arm(&self, interest: Readiness) -> Readiness;
 
+    /// [`Self::readiness`] when the caller already knows whether [`Self::wake_fd`] is
+    /// readable (an epoll of many connections asks the kernel once for all of them):
+    /// an implementation may then skip its own check.
+    fn readiness_known(&self, _fired: bool) -> Readiness {
+        self.readiness()
+    }
+
+    /// [`Self::arm`] when the caller knows whether [`Self::wake_fd`] is readable.
+    fn arm_known(&self, interest: Readiness, _fired: bool) -> Readiness {
+        self.arm(interest)
+    }
+
     /// The descriptor that becomes readable when an armed interest may be ready
     /// (spurious wake-ups allowed). Owned by the connection.
     fn wake_fd(&self) -> BorrowedFd<'_>;
@@ -326,6 +338,12 @@ impl<T: Accelerated + ?Sized> Accelerated for std::sync::Arc<T> {
     }
     fn wake_fd(&self) -> BorrowedFd<'_> {
         (**self).wake_fd()
+    }
+    fn readiness_known(&self, fired: bool) -> Readiness {
+        (**self).readiness_known(fired)
+    }
+    fn arm_known(&self, interest: Readiness, fired: bool) -> Readiness {
+        (**self).arm_known(interest, fired)
     }
     fn shutdown(&self, how: Shutdown) -> Result<(), Errno> {
         (**self).shutdown(how)

@@ -94,16 +94,22 @@ impl Reg {
         r
     }
 
+    /// The connection's readiness, `fired` saying whether its wake descriptor is
+    /// readable (asked of the private epoll once for all registrations).
+    fn readiness(&self, fired: bool) -> Readiness {
+        if self.conn.is_broken() {
+            Readiness::ERR | Readiness::HUP
+        } else {
+            self.conn.imp.readiness_known(fired)
+        }
+    }
+
     /// The events to report now, if any (pure: no state changes).
-    fn due(&self) -> Option<u32> {
+    fn due(&self, fired: bool) -> Option<u32> {
         if self.disabled {
             return None;
         }
-        let r = if self.conn.is_broken() {
-            Readiness::ERR | Readiness::HUP
-        } else {
-            self.conn.imp.readiness()
-        };
+        let r = self.readiness(fired);
         let ready = r.and(self.interest());
         if ready.is_empty() {
             return None;
@@ -140,9 +146,9 @@ impl Reg {
 
     /// Edge-triggered: forgets reported bits that are no longer ready, so that their
     /// return is an edge.
-    fn settle(&mut self) {
+    fn settle(&mut self, fired: bool) {
         if self.events & libc::EPOLLET as u32 != 0 && !self.reported.is_empty() {
-            let now = self.conn.imp.readiness();
+            let now = self.readiness(fired);
             self.reported = self.reported.and(now);
         }
     }
@@ -233,8 +239,27 @@ impl EpollSet {
         self.count.load(Ordering::Relaxed) != 0
     }
 
+    /// The connections whose wake descriptor is readable now: one `epoll_wait` with
+    /// timeout 0 on the private epoll, for every registration at once.
+    fn fired(&self) -> Vec<u64> {
+        let Some(inner) = self.inner.get() else {
+            return Vec::new();
+        };
+        // Room for every registration: a connection left out would wait for the next
+        // look.
+        // Relaxed: see `add`.
+        let mut evs = Vec::with_capacity(self.count.load(Ordering::Relaxed).max(16));
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let _ = epoll::wait(inner, rustix::buffer::spare_capacity(&mut evs), Some(&zero));
+        evs.iter().map(|e| e.data.u64()).collect()
+    }
+
     /// Fills `out` with due events (up to its length); returns how many.
     fn collect(&self, out: &mut [epoll_event]) -> usize {
+        let fired = self.fired();
         let mut regs = lock(&self.regs);
         let len = regs.len();
         if len == 0 || out.is_empty() {
@@ -246,8 +271,9 @@ impl EpollSet {
         for k in 0..len {
             let i = (start + k) % len;
             let reg = &mut regs[i];
-            reg.settle();
-            if let Some(ev) = reg.due() {
+            let f = fired.contains(&reg.conn.id);
+            reg.settle(f);
+            if let Some(ev) = reg.due(f) {
                 out[n] = epoll_event {
                     events: ev,
                     u64: reg.data,
@@ -266,17 +292,22 @@ impl EpollSet {
 
     /// Whether some registration has something due (no state change).
     fn any_due(&self) -> bool {
-        lock(&self.regs).iter().any(|r| r.due().is_some())
+        let fired = self.fired();
+        lock(&self.regs)
+            .iter()
+            .any(|r| r.due(fired.contains(&r.conn.id)).is_some())
     }
 
     /// Arms every connection's wake-ups for its registrations; returns whether something
     /// is due after arming (then do not sleep).
     fn arm_all(&self) -> bool {
+        let fired = self.fired();
         let regs = lock(&self.regs);
         let mut due = false;
         for r in regs.iter().filter(|r| !r.disabled) {
-            let _ = r.conn.imp.arm(r.interest());
-            due |= r.due().is_some();
+            let f = fired.contains(&r.conn.id);
+            let _ = r.conn.imp.arm_known(r.interest(), f);
+            due |= r.due(f).is_some();
         }
         due
     }

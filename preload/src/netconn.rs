@@ -194,26 +194,27 @@ impl NetConn {
     }
 
     /// Whether a stream read can be skipped: armed, no doorbell consumed since, the
-    /// descriptor has not fired, and not for longer than a recheck period.
-    fn nothing_new(&self) -> bool {
+    /// descriptor has not fired (`fired`: the caller knows; `None`: ask), and not for
+    /// longer than a recheck period.
+    fn nothing_new(&self, fired: Option<bool>) -> bool {
         // Relaxed: a hint, see `rx_armed`.
         self.rx_armed.load(Ordering::Relaxed)
             && now_us().saturating_sub(self.rx_armed_since.load(Ordering::Relaxed))
                 < crate::wait::RECHECK.as_micros() as u64
             && self.doorbells_seen() == self.seen_at_arm.load(Ordering::Relaxed)
-            && !self.fired()
+            && !fired.unwrap_or_else(|| self.fired())
     }
 
     /// Reads ahead into `rx` if it is empty (not at the end). Returns whether bytes or
     /// the end are there now.
-    fn fill(&self, rx: &mut Rx) -> bool {
+    fn fill(&self, rx: &mut Rx, fired: Option<bool>) -> bool {
         if !rx.buf.is_empty() || rx.eof || rx.shut {
             return true;
         }
         if self.dead().is_some() {
             return true;
         }
-        if self.nothing_new() {
+        if self.nothing_new(fired) {
             return false;
         }
         let mut chunk = [0u8; 16 * 1024];
@@ -278,6 +279,42 @@ impl NetConn {
             || self.doorbells_seen() != self.full_seen.load(Ordering::Relaxed)
     }
 
+    /// The readiness now; `fired`: whether the descriptor is readable, if the caller
+    /// knows.
+    fn readiness_with(&self, fired: Option<bool>) -> Readiness {
+        // Before the read-ahead below: a read lets the stream consume its doorbell,
+        // which may be the one that says the peer made room (both directions share
+        // it), and then the descriptor no longer says so.
+        // Relaxed: a hint (see the module docs).
+        if self.full.load(Ordering::Relaxed)
+            && (fired.unwrap_or_else(|| self.fired()) || self.full_too_long())
+        {
+            self.full.store(false, Ordering::Relaxed);
+        }
+        let mut r = Readiness::NONE;
+        {
+            let mut rx = lock(&self.rx);
+            if self.fill(&mut rx, fired) {
+                r = r | Readiness::READ;
+            }
+            if rx.eof {
+                r = r | Readiness::RDHUP;
+            }
+            // Relaxed: our own flag.
+            if rx.eof && self.shut_wr.load(Ordering::Relaxed) {
+                r = r | Readiness::HUP;
+            }
+        }
+        if self.dead().is_some() {
+            return r | Readiness::READ | Readiness::WRITE | Readiness::ERR | Readiness::HUP;
+        }
+        // Relaxed: a hint (see the module docs).
+        if !self.full.load(Ordering::Relaxed) || self.shut_wr.load(Ordering::Relaxed) {
+            r = r | Readiness::WRITE;
+        }
+        r
+    }
+
     /// Whether the descriptor fired (something changed since the last `WouldBlock`).
     fn fired(&self) -> bool {
         let fd = self.wake_fd();
@@ -310,7 +347,7 @@ impl Accelerated for NetConn {
             return Err(e);
         }
         if peek {
-            self.fill(&mut rx);
+            self.fill(&mut rx, None);
             if !rx.buf.is_empty() {
                 return Ok(Self::serve(&mut rx, bufs, true));
             }
@@ -325,7 +362,7 @@ impl Accelerated for NetConn {
             return Ok(0);
         };
         let _ = self.single_threaded();
-        if self.nothing_new() {
+        if self.nothing_new(None) {
             return Err(Errno::AGAIN);
         }
         loop {
@@ -403,51 +440,26 @@ impl Accelerated for NetConn {
     }
 
     fn readiness(&self) -> Readiness {
-        // Before the read-ahead below: a read lets the stream consume its doorbell,
-        // which may be the one that says the peer made room (both directions share
-        // it), and then the descriptor no longer says so.
-        // Relaxed: a hint (see the module docs).
-        if self.full.load(Ordering::Relaxed) && (self.fired() || self.full_too_long()) {
+        self.readiness_with(None)
+    }
+
+    fn readiness_known(&self, fired: bool) -> Readiness {
+        self.readiness_with(Some(fired))
+    }
+
+    fn arm_known(&self, interest: Readiness, fired: bool) -> Readiness {
+        if interest.contains(Readiness::WRITE)
+            && self.full.load(Ordering::Relaxed)
+            && (fired || self.full_too_long())
+        {
             self.full.store(false, Ordering::Relaxed);
         }
-        let mut r = Readiness::NONE;
-        {
-            let mut rx = lock(&self.rx);
-            if self.fill(&mut rx) {
-                r = r | Readiness::READ;
-            }
-            if rx.eof {
-                r = r | Readiness::RDHUP;
-            }
-            // Relaxed: our own flag.
-            if rx.eof && self.shut_wr.load(Ordering::Relaxed) {
-                r = r | Readiness::HUP;
-            }
-        }
-        if self.dead().is_some() {
-            return r | Readiness::READ | Readiness::WRITE | Readiness::ERR | Readiness::HUP;
-        }
-        // Relaxed: a hint (see the module docs).
-        if !self.full.load(Ordering::Relaxed) || self.shut_wr.load(Ordering::Relaxed) {
-            r = r | Readiness::WRITE;
-        }
-        r
+        self.readiness_with(Some(fired))
     }
 
     fn arm(&self, interest: Readiness) -> Readiness {
-        // First, before anything that lets the stream handle (and so consume) its
-        // events: has the descriptor fired since the write that would block? Then
-        // maybe there is room.
-        // Relaxed: a hint.
-        if interest.contains(Readiness::WRITE)
-            && self.full.load(Ordering::Relaxed)
-            && (self.fired() || self.full_too_long())
-        {
-            self.full.store(false, Ordering::Relaxed);
-        }
-        // A read that would block (inside `readiness`) arms the stream's descriptor for
-        // incoming bytes; a write that would block armed it for room.
-        self.readiness()
+        let fired = self.fired();
+        self.arm_known(interest, fired)
     }
 
     fn wake_fd(&self) -> BorrowedFd<'_> {
@@ -478,7 +490,7 @@ impl Accelerated for NetConn {
 
     fn rx_pending(&self) -> usize {
         let mut rx = lock(&self.rx);
-        self.fill(&mut rx);
+        self.fill(&mut rx, None);
         rx.buf.len()
     }
 
