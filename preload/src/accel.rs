@@ -92,15 +92,21 @@ fn enabled() -> bool {
     !crate::state::config().disabled && !crate::guard::poisoned()
 }
 
+/// The data area of each ring of a connection: 1 MiB each way (shared memory is
+/// touched as used), so that a bulk sender's usual 128 KiB writes do not wait for the
+/// reader after every other one.
+const RING_SIZE: u32 = 1 << 20;
+
 /// The streams' settings: the host registry (in `CORESIDENT_REGISTRY` if set); the
 /// spin budget of the library (`CORESIDENT_SPIN_US`), which the stream uses in its own
-/// blocking receive (`NetConn::recv_blocking`).
+/// blocking receive (`NetConn::recv_blocking`); [`RING_SIZE`].
 fn builder() -> &'static Builder {
     static B: OnceLock<Builder> = OnceLock::new();
     B.get_or_init(|| {
         Builder::new()
             .discovery(registry())
             .spin(crate::state::config().spin)
+            .ring_size(RING_SIZE)
     })
 }
 

@@ -17,7 +17,6 @@
 //!   an `EAGAIN`, which non-blocking writers handle.
 //! * **Errors.** A reset or protocol failure is kept as the pending `SO_ERROR`.
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,11 +31,64 @@ use crate::state::lock;
 /// The most bytes `readiness` reads ahead.
 pub(crate) const READ_AHEAD: usize = 256 * 1024;
 
+/// Bytes read ahead, `buf[start..end]`, in a buffer allocated on first use.
+#[derive(Debug, Default)]
+struct Ahead {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Ahead {
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    /// The free space after the bytes held (the buffer is allocated on first use, and
+    /// rewound when empty).
+    fn spare(&mut self) -> &mut [u8] {
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; READ_AHEAD].into_boxed_slice();
+        }
+        if self.is_empty() {
+            self.clear();
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Copies into `bufs` (consuming unless `peek`); returns how many bytes.
+    fn serve(&mut self, bufs: &mut [IoSliceMut<'_>], peek: bool) -> usize {
+        let mut at = self.start;
+        for b in bufs.iter_mut() {
+            let take = b.len().min(self.end - at);
+            b[..take].copy_from_slice(&self.buf[at..at + take]);
+            at += take;
+            if at == self.end {
+                break;
+            }
+        }
+        let n = at - self.start;
+        if !peek {
+            self.start = at;
+        }
+        n
+    }
+}
+
 /// Bytes read ahead and the reading side's state.
 #[derive(Debug, Default)]
 struct Rx {
     /// Read ahead, not yet given to the application.
-    buf: VecDeque<u8>,
+    buf: Ahead,
     /// The stream ended (after `buf`).
     eof: bool,
     /// `shutdown(SHUT_RD)`: reads give the end of the stream.
@@ -217,10 +269,9 @@ impl NetConn {
         if self.nothing_new(fired) {
             return false;
         }
-        let mut chunk = [0u8; 16 * 1024];
-        let mut got_any = false;
-        while rx.buf.len() < READ_AHEAD {
-            match (&self.stream).read(&mut chunk) {
+        loop {
+            let spare = rx.buf.spare();
+            match (&self.stream).read(spare) {
                 Ok(0) => {
                     self.note_read(false);
                     rx.eof = true;
@@ -228,17 +279,14 @@ impl NetConn {
                 }
                 Ok(n) => {
                     self.note_read(false);
-                    rx.buf.extend(&chunk[..n]);
+                    rx.buf.end += n;
                     // Relaxed: a counter.
                     self.received.fetch_add(n as u64, Ordering::Relaxed);
-                    got_any = true;
-                    if n < chunk.len() {
-                        break;
-                    }
+                    return true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.note_read(true);
-                    break;
+                    return false;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -247,26 +295,11 @@ impl NetConn {
                 }
             }
         }
-        got_any
     }
 
     /// Copies from the read-ahead buffer into `bufs` (consuming unless `peek`).
     fn serve(rx: &mut Rx, bufs: &mut [IoSliceMut<'_>], peek: bool) -> usize {
-        let mut n = 0;
-        for b in bufs.iter_mut() {
-            let take = b.len().min(rx.buf.len() - n);
-            for (i, slot) in b[..take].iter_mut().enumerate() {
-                *slot = rx.buf[n + i];
-            }
-            n += take;
-            if n == rx.buf.len() {
-                break;
-            }
-        }
-        if !peek {
-            rx.buf.drain(..n);
-        }
-        n
+        rx.buf.serve(bufs, peek)
     }
 
     /// Whether the connection may have room again although the descriptor did not say
