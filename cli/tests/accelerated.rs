@@ -891,3 +891,41 @@ impl FinishOrKill for Background {
         None
     }
 }
+
+/// One connection used by several threads at once (a reader and one or two writers):
+/// the SPSC case and two writers that must not interleave one write with another.
+#[test]
+fn a_reader_thread_and_writer_threads_on_one_connection() {
+    let Some(prog) = c_program("sockets") else {
+        return;
+    };
+    for writers in ["1", "2"] {
+        let dir = tempdir("threads");
+        let reg = dir.join("reg");
+        let port = free_port();
+        let mut s = under(&reg, &prog);
+        s.args(["echo-server", &port.to_string()])
+            .stdout(Stdio::null());
+        let s = Background::new(s.spawn().unwrap());
+        wait_listening(port);
+        let mut c = under(&reg, &prog);
+        c.args(["threads", &port.to_string(), writers]);
+        let out = common::run_bounded(c, LIMIT);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(&format!("threads: {writers} writers and a reader: ok")),
+            "{text}"
+        );
+        drop(s);
+        assert!(
+            log(&reg).matches(" accelerated ").count() >= 2,
+            "{}",
+            log(&reg)
+        );
+    }
+}

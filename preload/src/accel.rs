@@ -110,9 +110,16 @@ fn builder() -> &'static Builder {
     })
 }
 
-/// The host registry in the library's registry directory.
+/// The host registry in the library's registry directory, with the credential policy
+/// of `CORESIDENT_CREDENTIALS`: `same-uid` (the default: a peer of another uid gets
+/// plain TCP, never a ring) or `any-uid` (containers that map users differently and
+/// share a bind-mounted registry directory: its permissions are then the policy).
 fn registry() -> HostRegistry {
-    HostRegistry::at(crate::control::registry_dir())
+    let r = HostRegistry::at(crate::control::registry_dir());
+    match std::env::var("CORESIDENT_CREDENTIALS").as_deref() {
+        Ok("any-uid") => r.with_policy(coresident_net::CredentialPolicy::AnyUid),
+        _ => r,
+    }
 }
 
 /// Addresses this process listens on (in-process backend).

@@ -25,6 +25,7 @@
 //! | `CORESIDENT_LOG=PATH` (or `stderr`) | write the library's log there; nothing is written otherwise |
 //! | `CORESIDENT_LOG_LEVEL` | `error`, `warn`, `info` (default), `debug`, `trace` |
 //! | `CORESIDENT_REGISTRY=DIR` | the registry directory (see `coresident run --registry`) |
+//! | `CORESIDENT_CREDENTIALS` | `same-uid` (default) or `any-uid` (containers sharing a registry directory) |
 //! | `CORESIDENT_INPROC=1` | accelerate connections within one process (a test aid) |
 //! | `CORESIDENT_FAULT=name,...` | make internal steps fail, for the tests (see `state::fault`) |
 //!

@@ -2,8 +2,9 @@
 //! programs run under it (with acceleration off, or impossible: UDP, Unix sockets, a
 //! peer without the library) behave as they do plain, byte for byte.
 //!
-//! And where the library does accelerate (here the in-process backend, which needs no
-//! transport), a real C program's whole transcript is the same as its plain run.
+//! And where the library does accelerate (a C program whose client and server threads
+//! both run under it: `coresident_net` sessions within one process, or the in-process
+//! backend), its whole transcript is the same as its plain run.
 
 mod common;
 

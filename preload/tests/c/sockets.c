@@ -14,6 +14,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -382,6 +383,69 @@ static void client(int port) {
     close(c);
 }
 
+/* Writing to a peer that closed: the server accepts and closes at once; the client
+ * sends with MSG_NOSIGNAL until it fails (EPIPE or ECONNRESET, as TCP says), then once
+ * more with write(), which raises SIGPIPE. */
+static volatile sig_atomic_t sigpipes;
+static void on_sigpipe(int sig) { (void)sig; sigpipes++; }
+static void epipe(void) {
+    struct sockaddr_in addr;
+    int l = listener(&addr);
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(c >= 0);
+    CHECK(connect(c, (struct sockaddr *)&addr, sizeof addr) == 0);
+    int s = accept(l, NULL, NULL);
+    CHECK(s >= 0);
+    CHECK(close(s) == 0);
+    signal(SIGPIPE, on_sigpipe);
+    int err = 0;
+    for (int i = 0; i < 100000 && !err; i++) {
+        if (send(c, "x", 1, MSG_NOSIGNAL) < 0) err = errno;
+        else usleep(100);
+    }
+    printf("send after close: %s, no SIGPIPE: %d\n", err == EPIPE || err == ECONNRESET ? "failed" : "never failed", sigpipes == 0);
+    ssize_t w = write(c, "y", 1);
+    printf("write after close: %zd %s, SIGPIPE: %d\n", w, w < 0 && errno == EPIPE ? "EPIPE" : "other", sigpipes > 0);
+    close(c); close(l);
+}
+
+/* One connection to an echo server, used by several threads at once: `writers` threads
+ * each send 500 blocks of 3000 bytes filled with their own tag; the main thread reads
+ * the echo and checks every block is whole (one write's bytes are never interleaved
+ * with another's) and every byte arrived. */
+struct writer { int fd; unsigned char tag; };
+static void *write_blocks(void *arg) {
+    struct writer *w = arg;
+    unsigned char block[3000];
+    memset(block, w->tag, sizeof block);
+    for (int i = 0; i < 500; i++) CHECK(write(w->fd, block, sizeof block) == (ssize_t)sizeof block);
+    return NULL;
+}
+static void threads(int port, int writers) {
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(c >= 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    CHECK(connect(c, (struct sockaddr *)&a, sizeof a) == 0);
+    pthread_t t[4];
+    struct writer w[4];
+    for (int i = 0; i < writers; i++) {
+        w[i].fd = c; w[i].tag = (unsigned char)('A' + i);
+        CHECK(pthread_create(&t[i], NULL, write_blocks, &w[i]) == 0);
+    }
+    static unsigned char block[3000];
+    int count[4] = { 0 };
+    for (int b = 0; b < 500 * writers; b++) {
+        read_exact(c, block, sizeof block);
+        for (size_t k = 1; k < sizeof block; k++)
+            if (block[k] != block[0]) { printf("threads: block %d interleaved\n", b); exit(1); }
+        count[block[0] - 'A']++;
+    }
+    for (int i = 0; i < writers; i++) CHECK(pthread_join(t[i], NULL) == 0);
+    for (int i = 0; i < writers; i++) if (count[i] != 500) { printf("threads: writer %d: %d blocks\n", i, count[i]); exit(1); }
+    printf("threads: %d writers and a reader: ok\n", writers);
+    close(c);
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     if (argc < 2) { fprintf(stderr, "usage: sockets tcp|udp|unix\n"); return 2; }
@@ -389,6 +453,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[1], "udp")) udp();
     else if (!strcmp(argv[1], "unix")) unix_stream();
     else if (!strcmp(argv[1], "hold")) hold();
+    else if (!strcmp(argv[1], "epipe")) epipe();
+    else if (!strcmp(argv[1], "threads") && argc == 4) threads(atoi(argv[2]), atoi(argv[3]));
     else if (!strcmp(argv[1], "echo-server") && argc == 3) echo_server(atoi(argv[2]));
     else if (!strcmp(argv[1], "mixed") && argc == 4) mixed(atoi(argv[2]), atoi(argv[3]));
     else if (!strcmp(argv[1], "client") && argc == 3) client(atoi(argv[2]));
