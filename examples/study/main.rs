@@ -25,8 +25,8 @@
 //!    and round trip at 64 B, 1 KiB, 64 KiB, busy and sleeping; a switch's cost
 //!    (`--experiment 5`; not in the default set).
 //! 13. Unmodified programs (issue 13, run only when asked: `--experiment 13`):
-//!    sockperf, iperf3 and redis plain and under `coresident run`, ratios and CPU per
-//!    byte (see `programs.rs`).
+//!     sockperf, iperf3 and redis plain and under `coresident run`, ratios and CPU per
+//!     byte (see `programs.rs`).
 //!
 //! Markdown tables go to stdout, progress to stderr, `expN.csv` and `expN.svg` to
 //! `--out` (default `study-out/`).
