@@ -41,7 +41,7 @@ use rustix::event::epoll;
 use crate::conn::Readiness;
 use crate::guard::{errno, fail, Verdict};
 use crate::state::{lock, Conn, Entry, KernelReg, FDS};
-use crate::wait::{spin, Deadline};
+use crate::wait::Deadline;
 
 /// The bits of `events` that are readiness (the rest are `EPOLLET` and friends).
 const READY_BITS: u32 = (libc::EPOLLIN
@@ -165,6 +165,8 @@ pub(crate) struct EpollSet {
     cursor: AtomicUsize,
     /// A private epoll holding each emulated connection's wake descriptor.
     inner: OnceLock<OwnedFd>,
+    /// What spinning achieved in this set's waits (`wait::Spinner`).
+    spinner: Mutex<crate::wait::Spinner>,
 }
 
 impl EpollSet {
@@ -609,7 +611,10 @@ pub(crate) unsafe fn wait(
         }
         if !spun {
             spun = true;
-            if spin(deadline, || set.any_due()) {
+            let mut sp = *lock(&set.spinner);
+            let hit = sp.spin(deadline, || set.any_due());
+            *lock(&set.spinner) = sp;
+            if hit {
                 continue;
             }
         }

@@ -172,7 +172,7 @@ fn recv_loop(
                         }
                     }
                 }
-                match wait_ready(&*conn.imp, Readiness::READ, deadline) {
+                match wait_ready(&*conn.imp, &conn.spinner, Readiness::READ, deadline) {
                     Ok(_) => {}
                     Err(e) => {
                         if total > 0 {
@@ -258,18 +258,20 @@ pub(crate) fn send_loop(
                     return Ok(total);
                 }
             }
-            Err(Errno::AGAIN) => match wait_ready(&*conn.imp, Readiness::WRITE, deadline) {
-                Ok(_) => {}
-                Err(e) => {
-                    if total > 0 {
-                        return Ok(total);
+            Err(Errno::AGAIN) => {
+                match wait_ready(&*conn.imp, &conn.spinner, Readiness::WRITE, deadline) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        if total > 0 {
+                            return Ok(total);
+                        }
+                        if e == Errno::AGAIN {
+                            conn.kick();
+                        }
+                        return Err(e);
                     }
-                    if e == Errno::AGAIN {
-                        conn.kick();
-                    }
-                    return Err(e);
                 }
-            },
+            }
             Err(e) => return if total > 0 { Ok(total) } else { Err(e) },
         }
     }

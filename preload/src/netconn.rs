@@ -95,14 +95,24 @@ struct Rx {
     shut: bool,
 }
 
-/// The calling thread's id (`gettid`).
+std::thread_local! {
+    /// This thread's id, once asked (0: not yet). No destructor: readable at any time.
+    static TID: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+/// The calling thread's id (`gettid`, asked once per thread).
 fn tid() -> u64 {
-    u64::from(
-        rustix::thread::gettid()
-            .as_raw_nonzero()
-            .get()
-            .unsigned_abs(),
-    )
+    TID.with(|t| {
+        if t.get() == 0 {
+            t.set(u64::from(
+                rustix::thread::gettid()
+                    .as_raw_nonzero()
+                    .get()
+                    .unsigned_abs(),
+            ));
+        }
+        t.get()
+    })
 }
 
 /// A `coresident_net::Stream` as an accelerated connection (see the module docs).
@@ -140,6 +150,10 @@ pub(crate) struct NetConn {
     /// blocking mode for a blocking receive (the mode is the stream's, for all its
     /// threads).
     owner: AtomicU64,
+    /// Whether spinning pays in blocking receives (`wait::Spinner`): when it does not,
+    /// the stream's own blocking read (which always spins its fixed budget) is not
+    /// used.
+    spinner: Mutex<crate::wait::Spinner>,
 }
 
 /// A monotonic clock in µs since the first call (for `full_since`; `epoch` in its
@@ -189,6 +203,7 @@ impl NetConn {
             rx_armed_since: AtomicU64::new(0),
             seen_at_arm: AtomicU64::new(0),
             owner: AtomicU64::new(0),
+            spinner: Mutex::new(crate::wait::Spinner::new()),
         })
     }
 
@@ -592,6 +607,12 @@ impl Accelerated for NetConn {
             return Some(Err(e));
         }
         let first = bufs.iter_mut().find(|b| !b.is_empty())?;
+        let budget = lock(&self.spinner).limit();
+        if budget.is_zero() {
+            // Spinning does not pay now: the generic loop sleeps at once.
+            return None;
+        }
+        let started = std::time::Instant::now();
         // The stream's own blocking read: it spins on the ring (no system call) for the
         // spin budget, then sleeps on its descriptor. One thread only uses this
         // connection, so the stream's mode is ours to change for the call.
@@ -606,6 +627,9 @@ impl Accelerated for NetConn {
         };
         let _ = self.stream.set_nonblocking(true);
         let _ = self.stream.set_read_timeout(None);
+        let took = started.elapsed();
+        let in_time = r.is_ok() && took <= crate::state::config().spin;
+        lock(&self.spinner).record(in_time.then_some(took), true);
         Some(match r {
             Ok(0) => {
                 self.note_read(false);

@@ -23,7 +23,7 @@ use libc::{nfds_t, pollfd};
 use crate::conn::Readiness;
 use crate::guard::{fail, Verdict};
 use crate::state::{conn_of, Conn};
-use crate::wait::{spin, timespec, Deadline};
+use crate::wait::{timespec, Deadline};
 
 /// The accelerated entries of a poll set: index and connection.
 type Accel = Vec<(usize, Arc<Conn>)>;
@@ -98,9 +98,11 @@ fn poll_emulated(
         if !acc_ready && !deadline.passed() {
             if !spun {
                 spun = true;
-                acc_ready = spin(deadline, || {
+                let mut sp = crate::wait::POLL_SPINNER.with(core::cell::Cell::get);
+                acc_ready = sp.spin(deadline, || {
                     acc.iter().any(|(i, c)| revents(c, pfds[*i].events) != 0)
                 });
+                crate::wait::POLL_SPINNER.with(|c| c.set(sp));
             }
             if !acc_ready {
                 for (i, c) in acc {

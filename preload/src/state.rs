@@ -170,6 +170,8 @@ pub(crate) struct Conn {
     pub(crate) id: u64,
     /// The fork count when the connection was made (see `fdops::fork`).
     pub(crate) fork_gen: u64,
+    /// What spinning achieved in this connection's blocking calls (`wait::Spinner`).
+    pub(crate) spinner: Mutex<crate::wait::Spinner>,
 }
 
 impl Conn {
@@ -194,6 +196,7 @@ impl Conn {
             // Relaxed: a unique number only.
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             fork_gen: crate::fdops::fork::generation(),
+            spinner: Mutex::new(crate::wait::Spinner::new()),
         }
     }
 
