@@ -4,8 +4,9 @@
 //! **Throughput** (`channel-{cross-core,one-core}/{policy}/{len}`): a sender thread and a
 //! receiver thread over a mock channel ([`coresident_mock::pair`], 1 MiB ring each way;
 //! its doorbells are a mutex and a condition variable, a futex-backed eventfd in cost),
-//! pinned to cores 0 and 1 (`spin: 2000`) or both to core 0 (`spin: 0`: on one core
-//! spinning only delays the peer). The sender calls `Channel::send_blocking` for each
+//! pinned to cores 0 and 1 or both to core 0, with the default configuration in both
+//! (an adaptive spin budget, capped at 50 µs, which falls to nothing on one core). The
+//! sender calls `Channel::send_blocking` for each
 //! message and `flush` after the last of a sample; the receiver drains with `recv_batch`
 //! (up to 64, each payload copied out) and falls back to `recv_blocking` when the ring
 //! is empty. Every message carries its sequence number, checked on receipt. The pair of
@@ -34,6 +35,13 @@
 //! (criterion's `sample.json`) estimates the uncontended cost beside criterion's
 //! estimate.
 //!
+//! **Round trip** (`channel-rtt/{cross-core,one-core}/{spin}`): 8 bytes each way,
+//! `send_blocking` then `recv_blocking` on both sides, one round trip per iteration,
+//! with spinning off, fixed at 50 µs (the old fixed count's behaviour, in time) and
+//! adaptive under a 50 µs cap (the default). Issue 12's cliff: on one shared core a
+//! fixed spin costs a whole budget per wait; the adaptive one must come close to
+//! spinning off there, and close to the fixed one across cores.
+//!
 //! `cargo bench --bench channel` takes about three minutes; a filter narrows it, e.g.
 //! `cargo bench --bench channel -- router`.
 
@@ -41,7 +49,7 @@ use core_affinity::CoreId;
 use coresident::lookup::{Seed, Table};
 use coresident::{
     Batching, Channel, ChannelConfig, ChannelError, ChannelLayout, Decision, FlowHeader,
-    NetworkPath, Path, PeerState, Policy, Router, Stats, StdClock, ThresholdPolicy,
+    NetworkPath, Path, PeerState, Policy, Router, SpinPolicy, Stats, StdClock, ThresholdPolicy,
     FLOW_HEADER_LEN,
 };
 use coresident_mock::{MockDoorbell, MockRegion};
@@ -64,7 +72,6 @@ const SIZES: [usize; 6] = [64, 256, 1024, 4096, 16384, 65536];
 struct Place {
     name: &'static str,
     cores: [Option<CoreId>; 2],
-    spin: u32,
 }
 
 fn placements() -> Vec<Place> {
@@ -74,13 +81,11 @@ fn placements() -> Vec<Place> {
         v.push(Place {
             name: "cross-core",
             cores: [Some(ids[0]), Some(ids[1])],
-            spin: 2_000,
         });
     }
     v.push(Place {
         name: "one-core",
         cores: [ids.first().copied(), ids.first().copied()],
-        spin: 0,
     });
     v
 }
@@ -101,11 +106,12 @@ fn policies() -> [(&'static str, Batching); 4] {
     ]
 }
 
-fn channels(batching: Batching, spin: u32, data: u32) -> (MockChannel, MockChannel) {
+fn channels(batching: Batching, spin: (u32, SpinPolicy), data: u32) -> (MockChannel, MockChannel) {
     let (a, b, _faults) = coresident_mock::pair(ChannelLayout::symmetric(data));
     let config = ChannelConfig {
         batching,
-        spin,
+        spin: spin.0,
+        spin_policy: spin.1,
         liveness: None,
         // The default re-check bound: a lost doorbell would show up as a 100 ms stall
         // in the timings, not as a hung bench. The mock loses none.
@@ -127,6 +133,8 @@ fn delta(now: &Stats, before: &Stats) -> Stats {
         doorbells_suppressed: now.doorbells_suppressed - before.doorbells_suppressed,
         wakeups: now.wakeups - before.wakeups,
         spurious_wakeups: now.spurious_wakeups - before.spurious_wakeups,
+        spins_won: now.spins_won - before.spins_won,
+        spins_expired: now.spins_expired - before.spins_expired,
         ..Stats::default()
     }
 }
@@ -139,6 +147,8 @@ fn add(sum: &mut Stats, d: &Stats) {
     sum.doorbells_suppressed += d.doorbells_suppressed;
     sum.wakeups += d.wakeups;
     sum.spurious_wakeups += d.spurious_wakeups;
+    sum.spins_won += d.spins_won;
+    sum.spins_expired += d.spins_expired;
 }
 
 /// One line of the doorbell summary: both sides' counters over all samples.
@@ -243,7 +253,8 @@ fn throughput_one(
     policy: (&'static str, Batching),
     len: usize,
 ) {
-    let (tx_ch, rx_ch) = channels(policy.1, place.spin, DATA);
+    let d = ChannelConfig::default();
+    let (tx_ch, rx_ch) = channels(policy.1, (d.spin, d.spin_policy), DATA);
     let gate = Arc::new(Barrier::new(2));
     let (tx_cmd, tx_cmds) = mpsc::channel();
     let (rx_cmd, rx_cmds) = mpsc::channel();
@@ -298,6 +309,61 @@ fn throughput(c: &mut Criterion) {
                 g.throughput(Throughput::Bytes(len as u64));
                 throughput_one(&mut g, &place, policy, len);
             }
+        }
+        g.finish();
+    }
+}
+
+/// 8-byte round trips, one per iteration, with an echo thread on the other core (or
+/// the same one); the spin policies side by side.
+fn round_trip(c: &mut Criterion) {
+    for place in placements() {
+        let mut g = c.benchmark_group(format!("channel-rtt/{}", place.name));
+        g.sample_size(20)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(2))
+            .throughput(Throughput::Elements(1));
+        let spins = [
+            ("spin-off", (0, SpinPolicy::Fixed)),
+            ("spin-fixed-50us", (50, SpinPolicy::Fixed)),
+            ("spin-adaptive-50us", (50, SpinPolicy::Adaptive)),
+        ];
+        for (name, spin) in spins {
+            let (mut a, mut b) = channels(Batching::EventIndex, spin, 1 << 16);
+            let (c0, c1) = (place.cores[0], place.cores[1]);
+            let mut expired = 0u64;
+            thread::scope(|s| {
+                s.spawn(move || {
+                    pin(c1);
+                    let mut buf = [0u8; 8];
+                    // A 1-byte message ends the echo.
+                    while let Ok(8) = b.recv_blocking(&mut buf, None) {
+                        b.send_blocking(&buf, None).expect("echo");
+                    }
+                });
+                pin(c0);
+                let mut buf = [0u8; 8];
+                let mut i = 0u64;
+                let before = *a.stats();
+                g.bench_function(name, |bch| {
+                    bch.iter_custom(|n| {
+                        let t0 = Instant::now();
+                        for _ in 0..n {
+                            i += 1;
+                            a.send_blocking(&i.to_le_bytes(), None).expect("ping");
+                            let k = a.recv_blocking(&mut buf, None).expect("pong");
+                            assert_eq!((k, u64::from_le_bytes(buf)), (8, i));
+                        }
+                        t0.elapsed()
+                    });
+                });
+                expired = a.stats().spins_expired - before.spins_expired;
+                a.send_blocking(&[0], None).expect("stop");
+            });
+            eprintln!(
+                "channel-rtt/{}/{name}: the pinging side's spin budgets ran out {expired} times",
+                place.name
+            );
         }
         g.finish();
     }
@@ -411,6 +477,7 @@ fn hit_channels(liveness: Option<Duration>) -> (MockChannel, MockChannel) {
         spin: 0,
         liveness,
         recheck: None,
+        ..ChannelConfig::default()
     };
     (
         Channel::new(a, config, StdClock::default()).unwrap(),
@@ -585,7 +652,7 @@ fn ring_size_check() {
         .first()
         .copied();
     for data in [1u32 << 20, 4 << 20, 16 << 20, 64 << 20] {
-        let (tx_ch, rx_ch) = channels(Batching::STREAM, 0, data);
+        let (tx_ch, rx_ch) = channels(Batching::STREAM, (0, SpinPolicy::Fixed), data);
         let gate = Arc::new(Barrier::new(2));
         let (tx_cmd, tx_cmds) = mpsc::channel();
         let (rx_cmd, rx_cmds) = mpsc::channel();
@@ -719,6 +786,7 @@ fn main() {
     router_hit(&mut c);
     router_parts(&mut c);
     throughput(&mut c);
+    round_trip(&mut c);
     c.final_summary();
     print_summary();
     if std::env::args().any(|a| a == "--bench")

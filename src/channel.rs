@@ -1,6 +1,6 @@
 //! A channel: one ring per direction in one shared region, plus a doorbell.
 
-use crate::notify::{Batching, Clock, Doorbell, Wake};
+use crate::notify::{Batching, Clock, Doorbell, SpinPolicy, Wake};
 use crate::stats::Stats;
 #[cfg(not(loom))]
 use crate::transport::ring_memory;
@@ -10,21 +10,122 @@ use crate::transport::{ChannelLayout, Role, SharedRegion};
 use crate::{ChannelError, TransportError};
 use core::time::Duration;
 use coresident_ring::{
-    Consumer, Notify, Producer, Readiness, RecvError, Reservation, SendError, View,
+    Consumer, Corruption, Notify, Producer, Readiness, RecvError, Reservation, SendError, View,
 };
 
 /// The kind of every message the channel sends (kinds are the ring's; the channel uses
 /// one).
 const KIND_DATA: u8 = 0;
 
+/// Sends (and empty receives) between two [`Doorbell::peer_alive`] probes on the fast
+/// path, at most: a peer that dies while busy (so no doorbell is due) is reported by
+/// `send` within this many calls, or at once when the ring fills. The probe is a
+/// system call on some transports (a `poll` of the rendezvous socket); one every 1024
+/// sends costs well under a nanosecond per send. [`Doorbell::peer_gone_hint`] is
+/// asked on every send.
+pub const PEER_PROBE_SENDS: u32 = 1024;
+
+/// The slow paths (a full ring, a doorbell rung, [`Channel::poll`]) probe the peer when
+/// this long has passed since the last probe, measured with the channel's [`Clock`].
+/// So a sender that sends rarely, whose peer is asleep (every send rings), learns of a
+/// dead peer at its next send after this interval; so does an idle sender that polls.
+pub const PEER_PROBE_INTERVAL: Duration = Duration::from_millis(1);
+
+/// The default cap of the spin budget, in microseconds ([`ChannelConfig::spin`]): a few
+/// times a sleeping thread's wake-up latency on Linux, and longer than a batch's
+/// default latency bound ([`Batching::STREAM`]'s 50 µs) is not useful.
+pub const DEFAULT_SPIN_US: u32 = 50;
+
+/// Index of the blocking receives' and the blocking sends' spinner.
+const RECV: usize = 0;
+const SEND: usize = 1;
+
+/// Polls between two clock reads while spinning.
+const SPIN_POLLS_PER_CLOCK: u32 = 16;
+
+/// What one direction's blocking calls learnt about spinning ([`SpinPolicy::Adaptive`]).
+#[derive(Clone, Copy, Debug)]
+struct Spinner {
+    /// The budget in nanoseconds: `0..=cap`.
+    budget: u64,
+    /// Waits left before a probe spin, while `budget` is 0.
+    probe_in: u16,
+    /// Waits between probe spins: 8 to 1024, doubling after each failed probe.
+    probe_every: u16,
+    /// Whether the spin in progress is a probe.
+    probing: bool,
+}
+
+impl Spinner {
+    const MIN_NS: u64 = 1_000;
+    const PROBE_FIRST: u16 = 8;
+    const PROBE_MAX: u16 = 1024;
+
+    fn new(cap: u64) -> Self {
+        Self {
+            budget: cap,
+            probe_in: Self::PROBE_FIRST,
+            probe_every: Self::PROBE_FIRST,
+            probing: false,
+        }
+    }
+
+    /// The budget of the next wait, in nanoseconds.
+    fn limit(&mut self, cap: u64, policy: SpinPolicy) -> u64 {
+        if policy == SpinPolicy::Fixed || cap == 0 {
+            return cap;
+        }
+        self.budget = self.budget.min(cap);
+        if self.budget > 0 {
+            return self.budget;
+        }
+        self.probe_in = self.probe_in.saturating_sub(1);
+        if self.probe_in == 0 {
+            self.probe_in = self.probe_every;
+            self.probing = true;
+            return cap;
+        }
+        0
+    }
+
+    /// The spin found what it waited for after at least `t` nanoseconds.
+    fn won(&mut self, t: u64, cap: u64) {
+        self.budget = self.budget.max(2 * t + Self::MIN_NS).min(cap);
+        self.probe_every = Self::PROBE_FIRST;
+        self.probing = false;
+    }
+
+    /// The spin ran out.
+    fn expired(&mut self) {
+        self.budget /= 2;
+        if self.budget < Self::MIN_NS {
+            self.budget = 0;
+        }
+        if self.probing {
+            self.probe_every = self.probe_every.saturating_mul(2).min(Self::PROBE_MAX);
+            self.probe_in = self.probe_every;
+            self.probing = false;
+        }
+    }
+}
+
 /// Tuning that rarely changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelConfig {
     /// When to publish and ring.
     pub batching: Batching,
-    /// Polls before a blocking call sleeps on the doorbell (spin, then block). On one
-    /// shared core spinning only delays the peer: use 0 there.
+    /// The cap of a blocking call's spin budget, in **microseconds**: how long it may
+    /// poll the ring before it sleeps on the doorbell. 0 never spins. Under the default
+    /// [`SpinPolicy::Adaptive`] the budget itself is learnt below this cap, so the
+    /// default is safe when both ends share one core (the budget falls to 0 after a
+    /// few waits) and fast when they do not (it stays where spinning succeeds).
+    ///
+    /// A time, not a count of polls: 2000 polls were 2000 polls whatever the machine,
+    /// and a cliff on a shared core. The clock is read once every 16 polls, never on
+    /// a poll that finds its data. A spin never runs past the call's deadline.
     pub spin: u32,
+    /// How the spin budget moves under the cap.
+    pub spin_policy: SpinPolicy,
     /// The peer is declared gone when it has unconsumed messages and its read position
     /// has not moved for this long (the missed heartbeat). `None`: only transport
     /// signals count.
@@ -39,7 +140,8 @@ impl Default for ChannelConfig {
     fn default() -> Self {
         Self {
             batching: Batching::EventIndex,
-            spin: 2_000,
+            spin: DEFAULT_SPIN_US,
+            spin_policy: SpinPolicy::Adaptive,
             liveness: Some(Duration::from_secs(5)),
             recheck: Some(Duration::from_millis(100)),
         }
@@ -81,6 +183,13 @@ pub struct Channel<R: SharedRegion, D: Doorbell, C: Clock> {
     /// The consumer's last known position and when it was seen to move (liveness).
     progress: (u32, Duration),
     state: ChannelState,
+    /// The evidence, once `state` is `Corrupted`: every later call reports it.
+    corruption: Corruption,
+    /// Fast-path calls left before the next `peer_alive` probe (counting down from
+    /// [`PEER_PROBE_SENDS`]), and when the last probe was made.
+    probe: (u32, Duration),
+    /// The adaptive spin budgets of blocking receives and blocking sends.
+    spinners: [Spinner; 2],
     stats: Stats,
     layout: ChannelLayout,
     role: Role,
@@ -143,6 +252,9 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
             config,
             pending: (0, 0, now),
             state: ChannelState::Connected,
+            corruption: Corruption::OutOfBounds,
+            probe: (PEER_PROBE_SENDS, now),
+            spinners: [Spinner::new(u64::from(config.spin) * 1_000); 2],
             stats: Stats::default(),
             layout,
             role,
@@ -205,12 +317,31 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
     /// Sends one message without blocking; it becomes visible to the peer according to
     /// the batching policy (at once, except with [`Batching::Batch`]).
     ///
+    /// A dead peer is reported within [`PEER_PROBE_SENDS`] calls whatever it did
+    /// before dying, at the first send after [`PEER_PROBE_INTERVAL`] when the peer was
+    /// asleep or the ring is full, and at once when the transport's
+    /// [`peer_gone_hint`](Doorbell::peer_gone_hint) or doorbell says so.
+    ///
     /// # Errors
     ///
-    /// [`ChannelError::Full`] (nothing sent), `TooLarge`, `PeerGone`, `Corrupted`.
+    /// [`ChannelError::Full`] (nothing sent), `TooLarge`, `PeerGone`, `Corrupted`,
+    /// `Transport`. `Full` and `TooLarge` mean nothing was written; the others may come
+    /// after the message was written (the doorbell failed, the peer had closed): it is
+    /// then in the ring, and [`unconsumed`](Self::unconsumed) hands it back with the
+    /// rest for the network path.
     #[inline]
     pub fn send(&mut self, msg: &[u8]) -> Result<(), ChannelError> {
         self.usable()?;
+        self.tick()?;
+        match self.try_send(msg) {
+            Err(ChannelError::Full) => self.full(),
+            r => r,
+        }
+    }
+
+    /// `send` without the peer probes (a blocking call checks the peer itself).
+    #[inline(always)]
+    fn try_send(&mut self, msg: &[u8]) -> Result<(), ChannelError> {
         match self.tx.write(KIND_DATA, msg) {
             Ok(()) => {}
             Err(SendError::Full) => {
@@ -223,6 +354,13 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
             Err(e) => return Err(self.fail_send(e)),
         }
         self.wrote(msg.len())
+    }
+
+    /// The ring is full: a dead peer never frees it, so ask (rate-limited by time).
+    #[cold]
+    fn full(&mut self) -> Result<(), ChannelError> {
+        self.probe_if_due()?;
+        Err(ChannelError::Full)
     }
 
     /// Sends a message written in place: `fill` gets room for up to `max_len` bytes and
@@ -238,6 +376,7 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
         fill: impl FnOnce(&mut Reservation<'_>) -> usize,
     ) -> Result<(), ChannelError> {
         self.usable()?;
+        self.tick()?;
         let mut r = match self.tx.reserve(max_len) {
             Ok(r) => r,
             Err(SendError::Full) => {
@@ -245,6 +384,7 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
                 self.flush()?;
                 match self.tx.reserve(max_len) {
                     Ok(r) => r,
+                    Err(SendError::Full) => return self.full(),
                     Err(e) => return Err(self.fail_send(e)),
                 }
             }
@@ -264,6 +404,8 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
     ///
     /// Only when not even the first fits (`Full`) or the channel is unusable.
     pub fn send_batch<M: AsRef<[u8]>>(&mut self, msgs: &[M]) -> Result<usize, ChannelError> {
+        self.usable()?;
+        self.tick()?;
         let mut n = 0;
         for m in msgs {
             match self.tx.write(KIND_DATA, m.as_ref()) {
@@ -275,6 +417,21 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
                     n += 1;
                 }
                 Err(SendError::Full) if n > 0 => break,
+                Err(SendError::Full) => {
+                    // Maybe only our unpublished batch holds the space.
+                    self.flush()?;
+                    match self.tx.write(KIND_DATA, m.as_ref()) {
+                        Ok(()) => {
+                            self.pending.0 += 1;
+                            self.pending.1 = self.pending.1.saturating_add(m.as_ref().len() as u32);
+                            self.stats.sent_messages += 1;
+                            self.stats.sent_bytes += m.as_ref().len() as u64;
+                            n += 1;
+                        }
+                        Err(SendError::Full) => return self.full().map(|()| n),
+                        Err(e) => return Err(self.fail_send(e)),
+                    }
+                }
                 Err(e) => return Err(self.fail_send(e)),
             }
         }
@@ -294,13 +451,22 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
         msg: &[u8],
         timeout: Option<Duration>,
     ) -> Result<(), ChannelError> {
+        self.usable()?;
         let deadline = timeout.map(|t| self.clock.now() + t);
         loop {
-            for _ in 0..=self.config.spin {
-                match self.send(msg) {
-                    Err(ChannelError::Full) => coresident_ring::sync::spin_loop(),
-                    other => return other,
-                }
+            let spun = self.spin(SEND, deadline, |ch| match ch.try_send(msg) {
+                Err(ChannelError::Full) => None,
+                other => Some(other),
+            });
+            if let Some(r) = spun {
+                return r;
+            }
+            // Every round, whatever the peer does: the deadline, the liveness bound
+            // and the transport's word (issue 17: no peer can keep this call past its
+            // timeout).
+            let left = self.checkpoint(deadline)?;
+            if self.state != ChannelState::Connected {
+                return self.usable();
             }
             match self
                 .tx
@@ -309,7 +475,7 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
             {
                 Readiness::Ready => continue,
                 Readiness::Armed => {
-                    self.sleep(deadline, None)?;
+                    self.sleep(left, None)?;
                 }
             }
         }
@@ -338,14 +504,19 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
     }
 
     /// The periodic duty of an idle sender: publishes a batch whose latency bound has
-    /// passed, and checks the peer's liveness.
+    /// passed, checks the peer's liveness bound, and asks the transport whether the
+    /// peer is there (at most every [`PEER_PROBE_INTERVAL`]).
     ///
     /// # Errors
     ///
     /// `PeerGone` when the peer is found gone, `Corrupted`, `Transport`.
     pub fn poll(&mut self) -> Result<(), ChannelError> {
         self.usable()?;
-        let age = self.clock.now().saturating_sub(self.pending.2);
+        if self.doorbell.peer_gone_hint() {
+            return Err(self.gone());
+        }
+        let now = self.clock.now();
+        let age = now.saturating_sub(self.pending.2);
         if self
             .config
             .batching
@@ -353,7 +524,8 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
         {
             self.flush()?;
         }
-        self.check_liveness()
+        self.check_liveness(now)?;
+        self.probe_if_due()
     }
 
     // -------------------------------------------------------------- receiving
@@ -366,6 +538,15 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
     /// and everything it published was received, `Corrupted`.
     #[inline]
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<usize, ChannelError> {
+        match self.try_recv(buf) {
+            Err(ChannelError::Empty) => self.recv_empty(buf),
+            r => r,
+        }
+    }
+
+    /// `recv` without the peer probes.
+    #[inline(always)]
+    fn try_recv(&mut self, buf: &mut [u8]) -> Result<usize, ChannelError> {
         match self.rx.recv(buf) {
             Ok(got) => {
                 self.stats.received_messages += 1;
@@ -376,10 +557,32 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
                 let _ = self.doorbell_for(got.notify);
                 Ok(got.len)
             }
-            Err(RecvError::Empty) if self.state == ChannelState::PeerGone => {
-                Err(ChannelError::PeerGone)
-            }
+            Err(RecvError::Empty) => Err(ChannelError::Empty),
             Err(e) => Err(self.fail_recv(e)),
+        }
+    }
+
+    /// Nothing to receive: `Empty`, or `PeerGone` once the peer is known gone (asked
+    /// as `send` asks) and everything it published has been received. Out of line: a
+    /// receiver that polls an empty ring is not in a hurry, and the hot `recv` stays
+    /// small.
+    #[cold]
+    #[inline(never)]
+    fn recv_empty(&mut self, buf: &mut [u8]) -> Result<usize, ChannelError> {
+        match self.state {
+            ChannelState::Connected => {
+                if self.tick().is_ok() {
+                    return Err(ChannelError::Empty);
+                }
+                // Gone just now. It published nothing after dying, and what it
+                // published before is visible by now: one more look.
+                match self.try_recv(buf) {
+                    Err(ChannelError::Empty) => Err(ChannelError::PeerGone),
+                    r => r,
+                }
+            }
+            ChannelState::PeerGone => Err(ChannelError::PeerGone),
+            ChannelState::Corrupted => Err(ChannelError::Empty),
         }
     }
 
@@ -407,9 +610,14 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
                 let _ = self.doorbell_for(notify);
                 Ok(n)
             }
-            Err(RecvError::Empty) if self.state == ChannelState::PeerGone => {
-                Err(ChannelError::PeerGone)
-            }
+            Err(RecvError::Empty) => match self.state {
+                ChannelState::Connected => {
+                    self.tick()?;
+                    Err(ChannelError::Empty)
+                }
+                ChannelState::PeerGone => Err(ChannelError::PeerGone),
+                ChannelState::Corrupted => Err(ChannelError::Empty),
+            },
             Err(e) => Err(self.fail_recv(e)),
         }
     }
@@ -431,22 +639,46 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
         let mut woke = false;
         loop {
             if self.state == ChannelState::Connected {
-                self.flush()?;
-            }
-            for _ in 0..=self.config.spin {
-                match self.recv(buf) {
-                    Err(ChannelError::Empty) => coresident_ring::sync::spin_loop(),
-                    other => return other,
+                match self.flush() {
+                    // Marked gone: what the peer published is still received first.
+                    Ok(()) | Err(ChannelError::PeerGone) => {}
+                    Err(e) => return Err(e),
                 }
+            }
+            let spun = self.spin(RECV, deadline, |ch| match ch.try_recv(buf) {
+                Err(ChannelError::Empty) => None,
+                other => Some(other),
+            });
+            if let Some(r) = spun {
+                return r;
+            }
+            match self.state {
+                ChannelState::Connected => {}
+                // Everything the peer published has been received.
+                ChannelState::PeerGone => return Err(ChannelError::PeerGone),
+                ChannelState::Corrupted => return Err(ChannelError::Corrupted(self.corruption)),
             }
             if woke {
                 // Woken, yet nothing arrived: a duplicated or stale doorbell.
                 self.stats.spurious_wakeups += 1;
+                woke = false;
             }
+            // Every round, whatever the peer does: the deadline, the liveness bound and
+            // the transport's word (issue 17: no peer can keep this call past its
+            // timeout). A peer found gone here gets one more look at the top.
+            let left = match self.checkpoint(deadline) {
+                Ok(left) => left,
+                Err(ChannelError::PeerGone) => continue,
+                Err(e) => return Err(e),
+            };
             let (want, nap) = self.data_wanted();
             match self.rx.arm_data(want).map_err(|e| self.fail_recv(e))? {
-                Readiness::Ready => woke = false,
-                Readiness::Armed => woke = self.sleep(deadline, nap)?,
+                Readiness::Ready => {}
+                Readiness::Armed => match self.sleep(left, nap) {
+                    Ok(rung) => woke = rung,
+                    Err(ChannelError::PeerGone) => {}
+                    Err(e) => return Err(e),
+                },
             }
         }
     }
@@ -507,9 +739,7 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
         match self.state {
             ChannelState::Connected => Ok(()),
             ChannelState::PeerGone => Err(ChannelError::PeerGone),
-            ChannelState::Corrupted => Err(ChannelError::Corrupted(
-                coresident_ring::Corruption::OutOfBounds,
-            )),
+            ChannelState::Corrupted => Err(ChannelError::Corrupted(self.corruption)),
         }
     }
 
@@ -545,7 +775,10 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
     fn doorbell_for(&mut self, notify: Notify) -> Result<(), ChannelError> {
         if notify.is_required() {
             self.stats.doorbells_rung += 1;
-            self.doorbell.ring().map_err(|e| self.fail_transport(e))
+            self.doorbell.ring().map_err(|e| self.fail_transport(e))?;
+            // A sleeping peer that died answers no doorbell: already a system call
+            // here, so a clock read to rate-limit the probe is cheap.
+            self.probe_if_due()
         } else {
             self.stats.doorbells_suppressed += 1;
             Ok(())
@@ -576,26 +809,76 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
         }
     }
 
-    /// Sleeps on the doorbell until it rings, the deadline passes or the peer goes;
-    /// true when the doorbell rang.
-    fn sleep(
+    /// One look, then polls for up to the direction's spin budget (never past
+    /// `deadline`): `Some` with `attempt`'s answer as soon as it has one. Learns from
+    /// the outcome ([`SpinPolicy::Adaptive`]).
+    #[inline(always)]
+    fn spin<T>(
         &mut self,
+        dir: usize,
         deadline: Option<Duration>,
-        nap: Option<Duration>,
-    ) -> Result<bool, ChannelError> {
-        self.check_liveness()?;
-        if !self.doorbell.peer_alive() {
-            return Err(self.gone());
+        mut attempt: impl FnMut(&mut Self) -> Option<T>,
+    ) -> Option<T> {
+        if let Some(v) = attempt(self) {
+            return Some(v);
         }
+        let cap = u64::from(self.config.spin) * 1_000;
+        let limit = self.spinners[dir].limit(cap, self.config.spin_policy);
+        if limit == 0 {
+            return None;
+        }
+        // Time runs from the first clock read, 16 polls in: a spin that wins sooner
+        // reads no clock at all. `spent` is a lower bound of the time spun.
+        let mut start = None;
+        let mut spent = 0u64;
+        loop {
+            for _ in 0..SPIN_POLLS_PER_CLOCK {
+                coresident_ring::sync::spin_loop();
+                if let Some(v) = attempt(self) {
+                    self.spinners[dir].won(spent, cap);
+                    self.stats.spins_won += 1;
+                    return Some(v);
+                }
+            }
+            let now = self.clock.now();
+            let t0 = *start.get_or_insert(now);
+            spent = u64::try_from(now.saturating_sub(t0).as_nanos()).unwrap_or(u64::MAX);
+            if spent >= limit || deadline.is_some_and(|d| now >= d) {
+                self.spinners[dir].expired();
+                self.stats.spins_expired += 1;
+                return None;
+            }
+        }
+    }
+
+    /// The checks a blocking call makes on every round: `TimedOut` once the deadline
+    /// has passed, `PeerGone` when the liveness bound passed or the transport says the
+    /// peer is gone. Returns the time left (`None`: no deadline).
+    fn checkpoint(&mut self, deadline: Option<Duration>) -> Result<Option<Duration>, ChannelError> {
         let now = self.clock.now();
-        let timeout = match deadline {
+        let left = match deadline {
             Some(d) if d <= now => return Err(ChannelError::TimedOut),
             Some(d) => Some(d - now),
             None => None,
         };
+        self.check_liveness(now)?;
+        if self.doorbell.peer_gone_hint() || !self.doorbell.peer_alive() {
+            return Err(self.gone());
+        }
+        self.probe = (PEER_PROBE_SENDS, now);
+        Ok(left)
+    }
+
+    /// Sleeps on the doorbell until it rings, `left` passes or the peer goes; true
+    /// when the doorbell rang.
+    fn sleep(
+        &mut self,
+        left: Option<Duration>,
+        nap: Option<Duration>,
+    ) -> Result<bool, ChannelError> {
         // Wake up in time to check liveness, and to re-check the rings in case a
         // doorbell was lost.
-        let timeout = [timeout, nap, self.config.liveness, self.config.recheck]
+        let timeout = [left, nap, self.config.liveness, self.config.recheck]
             .into_iter()
             .flatten()
             .min();
@@ -606,24 +889,58 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
         {
             Wake::Rung => {
                 self.stats.wakeups += 1;
-                return Ok(true);
+                Ok(true)
             }
-            Wake::TimedOut => {}
-            Wake::PeerGone => {
-                self.gone();
-            }
+            Wake::TimedOut => Ok(false),
+            Wake::PeerGone => Err(self.gone()),
         }
-        Ok(false)
     }
 
-    fn check_liveness(&mut self) -> Result<(), ChannelError> {
+    /// Counts one fast-path call; every [`PEER_PROBE_SENDS`] calls, asks the transport.
+    /// The hint is asked every time (a load or two by its contract).
+    #[inline(always)]
+    fn tick(&mut self) -> Result<(), ChannelError> {
+        if self.doorbell.peer_gone_hint() {
+            return Err(self.gone());
+        }
+        self.probe.0 = self.probe.0.wrapping_sub(1);
+        if self.probe.0 == 0 {
+            return self.probe_peer();
+        }
+        Ok(())
+    }
+
+    /// Asks the transport whether the peer is there, if [`PEER_PROBE_INTERVAL`] passed
+    /// since the last time.
+    #[cold]
+    fn probe_if_due(&mut self) -> Result<(), ChannelError> {
+        if self.state != ChannelState::Connected {
+            return self.usable();
+        }
+        if self.clock.now().saturating_sub(self.probe.1) >= PEER_PROBE_INTERVAL {
+            return self.probe_peer();
+        }
+        Ok(())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn probe_peer(&mut self) -> Result<(), ChannelError> {
+        self.probe = (PEER_PROBE_SENDS, self.clock.now());
+        if self.doorbell.peer_alive() {
+            Ok(())
+        } else {
+            Err(self.gone())
+        }
+    }
+
+    fn check_liveness(&mut self, now: Duration) -> Result<(), ChannelError> {
         let Some(bound) = self.config.liveness else {
             return Ok(());
         };
         if self.state != ChannelState::Connected {
             return Ok(());
         }
-        let now = self.clock.now();
         let read = match self.tx.consumer_position() {
             Ok(r) => r,
             Err(e) => return Err(self.fail_send(e)),
@@ -648,7 +965,7 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
     #[cold]
     fn fail_send(&mut self, e: SendError) -> ChannelError {
         match e {
-            SendError::Corrupted(_) => self.corrupted(),
+            SendError::Corrupted(c) => self.corrupted(c),
             SendError::Closed => {
                 self.gone();
             }
@@ -660,7 +977,7 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
     #[cold]
     fn fail_recv(&mut self, e: RecvError) -> ChannelError {
         match e {
-            RecvError::Corrupted(_) => self.corrupted(),
+            RecvError::Corrupted(c) => self.corrupted(c),
             RecvError::Closed => {
                 self.gone();
             }
@@ -677,12 +994,13 @@ impl<R: SharedRegion, D: Doorbell, C: Clock> Channel<R, D, C> {
         ChannelError::from(e)
     }
 
-    fn corrupted(&mut self) {
+    fn corrupted(&mut self, c: Corruption) {
         if self.state != ChannelState::Corrupted {
             if self.state == ChannelState::Connected {
                 self.stats.fallbacks += 1;
             }
             self.state = ChannelState::Corrupted;
+            self.corruption = c;
             self.stats.corruptions += 1;
         }
     }

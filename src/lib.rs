@@ -67,14 +67,14 @@ mod transport;
 pub use coresident_lookup as lookup;
 pub use coresident_ring as ring;
 
-pub use channel::{Channel, ChannelConfig, ChannelState};
+pub use channel::{Channel, ChannelConfig, ChannelState, PEER_PROBE_INTERVAL, PEER_PROBE_SENDS};
 pub use error::{ChannelError, TransportError};
 #[cfg(feature = "alloc")]
 pub use flow::{Delivery, Reassembler, ReassemblyError};
 pub use flow::{FlowHeader, FLOW_HEADER_LEN};
 #[cfg(feature = "std")]
 pub use notify::StdClock;
-pub use notify::{Batching, Clock, Doorbell, Wake};
+pub use notify::{Batching, Clock, Doorbell, SpinPolicy, Wake};
 #[cfg(feature = "alloc")]
 pub use router::{
     Decision, NetworkPath, Path, PeerState, Policy, RouteError, Router, ThresholdPolicy,

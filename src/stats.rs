@@ -22,6 +22,13 @@ pub struct Stats {
     pub wakeups: u64,
     /// Wake-ups after which there was still nothing to do (doorbells are hints).
     pub spurious_wakeups: u64,
+    /// Blocking calls whose spin found the data (or space) within the budget: no
+    /// sleep, no doorbell.
+    pub spins_won: u64,
+    /// Blocking calls whose spin budget ran out before they slept. On one shared core
+    /// these are pure loss (the peer could not run meanwhile); the adaptive budget
+    /// keeps them rare there.
+    pub spins_expired: u64,
     /// Times the channel was given up for the network path.
     pub fallbacks: u64,
     /// Messages handed back for the network path after a fallback.

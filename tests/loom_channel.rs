@@ -68,6 +68,7 @@ fn pair(batching: Batching) -> (Ch, Ch) {
         spin: 0,
         liveness: None,
         recheck: None,
+        ..ChannelConfig::default()
     };
     let layout = ChannelLayout::symmetric(SIZE);
     let a = Channel::from_halves(

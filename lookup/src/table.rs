@@ -57,6 +57,15 @@
 //! found. A lookup that happens after `remove` returned (through any synchronisation:
 //! a message, a lock, a join) does not find the entry.
 //!
+//! # The generation
+//!
+//! [`Table::generation`] counts the changes of the table's contents: every insert of a
+//! new key, every update of a key's handle and every remove of a present key stores it
+//! once more, one higher, after its last bucket store (SYNC: generation). A caller that
+//! keeps the result of a lookup together with the generation it loaded before the
+//! lookup can reuse the result for as long as the generation reads the same: one load
+//! instead of a hash and a bucket (see [`Table::generation`] for the exact contract).
+//!
 //! # Progress
 //!
 //! Readers are lock-free, not wait-free: a reader retries only when the writer
@@ -67,7 +76,7 @@
 use core::fmt;
 use core::marker::PhantomData;
 
-use coresident_sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use coresident_sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::bucket::{Bucket, Geometry};
 use crate::hash::{self, Seed};
@@ -105,6 +114,9 @@ pub struct Table<K: Key, const BUCKETS: usize> {
     buckets: [Bucket; BUCKETS],
     /// Secret key of the hash, fixed for the table's life.
     seed: Seed,
+    /// Changes of the table's contents so far ([`Table::generation`]); only the writer
+    /// stores it, one higher after each change.
+    generation: AtomicU64,
     /// Entries stored, in `0 ..= SLOTS`.
     len: AtomicUsize,
     /// Whether a [`Writer`] is alive.
@@ -134,6 +146,7 @@ impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
         Self {
             buckets: core::array::from_fn(|_| Bucket::new()),
             seed,
+            generation: AtomicU64::new(0),
             len: AtomicUsize::new(0),
             writer_claimed: AtomicBool::new(false),
             _key: PhantomData,
@@ -164,6 +177,67 @@ impl<K: Key, const BUCKETS: usize> Table<K, BUCKETS> {
     pub fn len(&self) -> usize {
         // Relaxed: a statistic; no other data is read through it.
         self.len.load(Ordering::Relaxed)
+    }
+
+    /// The table's generation: how many changes of its contents the writer has
+    /// completed. Every [`Writer::insert`] that returns `Ok` (a new key, or a new
+    /// handle for a present key) and every [`Writer::remove`] that returns `Some`
+    /// raises it by exactly one, after the change is stored; nothing else changes it
+    /// (a failed insert, a remove of an absent key, the relocations inside an insert,
+    /// claiming or dropping a writer). It starts at 0 and, 64 bits wide, never wraps.
+    ///
+    /// # What a reader can rely on
+    ///
+    /// A caller that caches lookups does, for a key `k`:
+    ///
+    /// 1. `g1 = table.generation()`, then `r = table.get(&k)`; keeps `(g1, r)`;
+    /// 2. later, `g2 = table.generation()`: if `g2 == g1`, it uses `r`; otherwise it
+    ///    starts again at 1.
+    ///
+    /// If the generation read before and after is unchanged, a result of `get` taken
+    /// in between is still the table's answer: `r` is what a `get(&k)` made at the
+    /// load of `g2` could return, the answer after every change that load counts, with
+    /// the one change that may be in progress (stored, not yet counted: there is one
+    /// writer) in or out, as for any `get` concurrent with a change. This rests on two
+    /// facts:
+    ///
+    /// - *Acquire/Release* (SYNC: generation): this load is Acquire and the writer's
+    ///   store of the generation is Release, after the change's bucket stores. A load
+    ///   that reads `n` therefore happens after the first `n` changes, and a `get`
+    ///   that follows it in the same thread returns their result or a newer one: it
+    ///   can never miss a change the generation already counted. (Load the
+    ///   generation *before* `get`: loaded after it, a change completed in between
+    ///   would be counted in a generation paired with the older answer.)
+    /// - *Coherence*: the generation only grows, so `g2 == g1` means the second load
+    ///   saw no change completed after the first. Any change `r` may not reflect has
+    ///   not completed as far as this thread can tell; in particular, a load that
+    ///   happens after an insert or remove returned (through any synchronisation: a
+    ///   message, a lock, a join) reads a generation that counts it, so after
+    ///   `remove(&k)` returned a cached `Some` is never reused.
+    ///
+    /// Every change bumps the generation, whatever key it concerns, so a cache of
+    /// many keys is invalidated by the change of any one of them; a table changes
+    /// when peers come and go, not per message.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_lookup::{Handle, Seed, Table};
+    ///
+    /// let table: Table<u64, 8> = Table::new(Seed::new([1; 4]));
+    /// let mut w = table.writer().unwrap();
+    /// let (g1, r) = (table.generation(), table.get(&7));
+    /// assert_eq!((g1, r), (0, None));
+    /// w.insert(7, Handle::new(1, 0)).unwrap();
+    /// assert_ne!(table.generation(), g1, "the cached None is stale");
+    /// assert_eq!(w.remove(&8), None);
+    /// assert_eq!(table.generation(), 1, "no change, no new generation");
+    /// ```
+    #[inline(always)]
+    pub fn generation(&self) -> u64 {
+        // SYNC: generation. Acquire: pairs with the Release store in
+        // `Writer::changed`; a `get` after this load sees every change counted here.
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Whether [`len`](Table::len) is 0.
@@ -333,6 +407,20 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
         self.table
     }
 
+    /// Counts one completed change of the table's contents ([`Table::generation`]).
+    /// Called after the change's last bucket store.
+    fn changed(&self) {
+        // Relaxed load: only the writer stores the generation, and a new writer has
+        // synchronised with the previous one (SYNC: writer-handoff).
+        let g = self.table.generation.load(Ordering::Relaxed);
+        // SYNC: generation. Release: pairs with the Acquire load in
+        // `Table::generation`; the bucket stores of this change (and of every earlier
+        // one) happen before any load that reads this value.
+        self.table
+            .generation
+            .store(g.wrapping_add(1), Ordering::Release);
+    }
+
     /// The slot of `words` (of tag `tag`) in bucket `i`, if it is there.
     fn find(&self, i: usize, words: &[u64; 2], tag: u8) -> Option<usize> {
         let b = self.table.bucket(i);
@@ -370,6 +458,7 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
                 let b = self.table.bucket(i);
                 let old = b.handle(g, b.writer_meta(), slot);
                 b.set_handle(g, slot, handle.to_bits());
+                self.changed();
                 return Ok(Some(Handle::from_bits(old)));
             }
         }
@@ -388,6 +477,7 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
         }
         // Relaxed: a statistic, only this writer stores it.
         self.table.len.fetch_add(1, Ordering::Relaxed);
+        self.changed();
         Ok(None)
     }
 
@@ -526,6 +616,7 @@ impl<'t, K: Key, const BUCKETS: usize> Writer<'t, K, BUCKETS> {
                 debug_assert!(cleared && uncounted);
                 // Relaxed: a statistic, only this writer stores it.
                 self.table.len.fetch_sub(1, Ordering::Relaxed);
+                self.changed();
                 return Some(Handle::from_bits(handle));
             }
         }

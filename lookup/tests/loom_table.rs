@@ -12,7 +12,9 @@
 //! removed: publish-before-clear in relocation, the re-read of the first bucket's
 //! version on a miss, the Release fence before reusing a slot (with two keys of one
 //! tag), and changing a first bucket's overflow count in the same store that moves a
-//! key out of it or back into it (relocation in either direction).
+//! key out of it or back into it (relocation in either direction); the generation
+//! test fails with a Relaxed store of the generation, or with the store made before
+//! a change's bucket stores.
 #![cfg(loom)]
 
 use coresident_lookup::{Handle, Seed, Table};
@@ -213,5 +215,45 @@ fn get_races_slot_reuse() {
         w.insert(new, Handle::new(2, 2)).unwrap();
         drop(w);
         reader.join().unwrap();
+    });
+}
+
+/// The generation contract (SYNC: generation): a reader that loads generation `n`
+/// and then looks up sees at least the first `n` changes; a load of the generation
+/// after the writer's last change returned (seen through a flag) counts it, so a
+/// result cached under an older generation is never reused.
+#[test]
+fn generation_orders_changes() {
+    model(|| {
+        let t = table();
+        let done = Arc::new(AtomicBool::new(false));
+        let (h1, h2) = (Handle::new(1, 1), Handle::new(2, 2));
+        let reader = {
+            let (t, done) = (t.clone(), done.clone());
+            thread::spawn(move || {
+                let g1 = t.generation();
+                let r = t.get(&5);
+                // The contents after change n: 0 none, 1 h1, 2 h2, 3 none.
+                let after = [None, Some(h1), Some(h2), None];
+                let possible = after.get(g1 as usize..).unwrap_or(&[]);
+                assert!(possible.contains(&r), "generation {g1}, got {r:?}");
+                // Acquire: pairs with the Release below.
+                if done.load(Ordering::Acquire) {
+                    assert_eq!(t.generation(), 3, "a finished change is counted");
+                    if t.generation() == g1 {
+                        assert_eq!(r, None, "a stale cached result reused");
+                    }
+                }
+            })
+        };
+        let mut w = t.writer().unwrap();
+        w.insert(5, h1).unwrap();
+        w.insert(5, h2).unwrap();
+        assert_eq!(w.remove(&5), Some(h2));
+        drop(w);
+        // Release: pairs with the Acquire in the reader.
+        done.store(true, Ordering::Release);
+        reader.join().unwrap();
+        assert_eq!(t.generation(), 3);
     });
 }

@@ -50,12 +50,17 @@ where
     let table = Box::new(Table::<K, B>::new(Seed::new(seed)));
     let mut w = table.writer().unwrap();
     let mut model: HashMap<K, Handle> = HashMap::new();
+    // Changes so far: what `Table::generation` must read.
+    let mut changes = 0u64;
     for op in ops {
         match *op {
             Op::Insert(k, h) => {
                 let h = Handle::from_bits(h);
                 match w.insert(k, h) {
-                    Ok(old) => assert_eq!(old, model.insert(k, h), "insert {k:?}"),
+                    Ok(old) => {
+                        assert_eq!(old, model.insert(k, h), "insert {k:?}");
+                        changes += 1;
+                    }
                     Err(InsertError::Full) => {
                         assert!(!model.contains_key(&k), "Full for a present key");
                         if random_keys {
@@ -69,9 +74,14 @@ where
                     Err(e) => panic!("unexpected {e}"),
                 }
             }
-            Op::Remove(k) => assert_eq!(w.remove(&k), model.remove(&k), "remove {k:?}"),
+            Op::Remove(k) => {
+                let removed = w.remove(&k);
+                assert_eq!(removed, model.remove(&k), "remove {k:?}");
+                changes += u64::from(removed.is_some());
+            }
             Op::Get(k) => assert_eq!(table.get(&k), model.get(&k).copied(), "get {k:?}"),
         }
+        assert_eq!(table.generation(), changes, "one generation per change");
         assert_eq!(table.len(), model.len());
         for (k, h) in &model {
             assert_eq!(table.get(k), Some(*h), "lost {k:?}");

@@ -423,7 +423,12 @@ impl Core {
                 }
             }
             Source::Liveness | Source::PeerProcess => {
-                if s.chan.is_some() {
+                if let Some(c) = &s.chan {
+                    // Both stay readable for ever: once is enough.
+                    self.poller.delete(c.link.liveness_fd());
+                    if let Some(p) = &c.pidfd {
+                        self.poller.delete(p.as_fd());
+                    }
                     self.downgrade(Cause::PeerGone);
                 }
             }
@@ -485,6 +490,21 @@ impl Core {
     /// Work that follows events: adopt a waiting channel, finish a drain, answer an
     /// upgrade request.
     fn after_events(&mut self) -> io::Result<()> {
+        let Some(s) = &mut self.session else {
+            return Ok(());
+        };
+        // A drained channel of a gone peer ends here even if nobody reads.
+        if let Some(c) = &mut s.chan {
+            if c.draining && c.tx.is_none() {
+                let empty = c.rx.as_mut().is_none_or(|r| {
+                    matches!(r.cons.peek(), Err(RecvError::Empty | RecvError::Closed))
+                });
+                if empty {
+                    c.rx = None;
+                }
+            }
+        }
+        self.drop_chan_if_done();
         let Some(s) = &mut self.session else {
             return Ok(());
         };
@@ -592,11 +612,16 @@ impl Core {
             return;
         };
         if chan.tx.is_none() {
-            // Already given up (draining what a gone peer published): a second cause
-            // only stops the drain when it is not the peer's death.
-            if cause != Cause::PeerGone {
-                chan.rx = None;
-                chan.draining = false;
+            // Already given up, still receiving (lingering for a live peer, or draining
+            // a gone one). The peer's close turns lingering into draining (it writes
+            // no more); a broken ring ends the receiving at once.
+            match cause {
+                Cause::PeerGone => chan.draining = true,
+                Cause::Corrupted | Cause::Protocol => {
+                    chan.rx = None;
+                    chan.draining = false;
+                }
+                _ => {}
             }
             self.drop_chan_if_done();
             return;
@@ -629,8 +654,13 @@ impl Core {
             }
         }
         if cause == Cause::PeerGone && !lost {
+            // Gone: it cannot resend, so receive what it published.
             chan.draining = true;
         } else {
+            // Our choice or a broken ring: the channel closes now and the peer, seeing
+            // the hang-up, resends what we did not consume. (Bytes it writes into the
+            // ring before it notices go out again on TCP at its next operation: see
+            // docs/streams.md, "Limits".)
             chan.rx = None;
         }
         tracing::info!(

@@ -162,3 +162,49 @@ fn a_stream_from_a_connection_made_by_the_caller_and_a_prepared_session() {
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn withdraw_makes_new_connections_plain_and_readmit_brings_the_ring_back() {
+    let (b, dir) = builder("withdraw");
+    let listener = b.bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let c1 = b.connect(addr).unwrap();
+    let (s1, _) = listener.accept().unwrap();
+    assert_eq!(s1.path(), Path::Ring);
+    listener.withdraw();
+    // The accepted stream falls back at its next look; the new connection is plain.
+    s1.poll_events().unwrap();
+    assert_eq!(s1.path(), Path::Tcp);
+    let c2 = b.connect(addr).unwrap();
+    let (s2, _) = listener.accept().unwrap();
+    assert_eq!((c2.path(), s2.path()), (Path::Plain, Path::Plain));
+    listener.readmit();
+    s1.poll_events().unwrap(); // sends UPGRADE to the connecting side
+                               // The connecting side notices the withdrawal and the readmission at its next
+                               // looks (its own operations, or `poll_events`), and offers a new channel.
+    let t = std::time::Instant::now();
+    c1.set_nonblocking(true).unwrap();
+    while c1.stats().epoch < 1 || c1.path() != Path::Ring {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "watchdog: {:?}",
+            c1.stats()
+        );
+        c1.poll_events().unwrap();
+        let _ = (&c1).read(&mut [0u8; 1]);
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    c1.set_nonblocking(false).unwrap();
+    (&c1).write_all(b"back on the ring").unwrap();
+    let mut v = [0u8; 16];
+    s1.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    if let Err(e) = (&s1).read_exact(&mut v) {
+        panic!("{e}: s1 {:?}\nc1 {:?}", s1.stats(), c1.stats());
+    }
+    assert_eq!(&v, b"back on the ring");
+    assert_eq!(s1.path(), Path::Ring);
+    let c3 = b.connect(addr).unwrap();
+    assert_eq!(c3.path(), Path::Ring, "registered again");
+    let _ = std::fs::remove_dir_all(dir);
+}

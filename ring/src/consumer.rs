@@ -317,12 +317,14 @@ impl Consumer {
         // frames before a `write` seen here are then visible to `next`.
         let write = self.mem.load(off::WRITE, Acquire);
         let write = self.fail_oob(write)?;
-        // `write` is stored after the tags it publishes, so it may lag behind frames we
-        // already read by their stamps: up to a data area behind `read` is possible,
-        // anything farther either way is not.
-        let avail = if distance(self.read, write) <= self.geo.size {
+        // The honest range, both ways: the producer keeps 8 bytes of slack, so `write`
+        // is at most `size - 8` ahead of `read`; and `write` is stored after the tags
+        // it publishes, so it may lag behind frames we already read by their stamps,
+        // by at most one batch (again at most `size - 8`). Anything else is a lie.
+        let slack = self.geo.size - 8;
+        let avail = if distance(self.read, write) <= slack {
             distance(self.read, write)
-        } else if distance(write, self.read) <= self.geo.size {
+        } else if distance(write, self.read) <= slack {
             0
         } else {
             return Err(self.poison(Corruption::WriteIndex { write }));
@@ -330,13 +332,20 @@ impl Consumer {
         if write % 8 != 0 {
             return Err(self.poison(Corruption::WriteIndex { write }));
         }
-        if avail >= min {
-            return Ok(Readiness::Ready);
-        }
-        // A frame visible by its stamp: ready if any frame is all the caller waits for.
+        // Every frame `write` covers is visible by its stamp: the producer stored the
+        // tags before `write` (SYNC(publish)), and this Acquire load of `write` made
+        // them visible. So `write` alone never says "ready": the frame at `read` must
+        // say so too, or `write` covers a frame that was never published (issue 17,
+        // finding 1: a blocking receive spun between a `Ready` here and an `Empty`
+        // from `recv`). Bounded: `next` skips at most one padding frame.
         match self.next() {
-            Ok(_) if min <= 8 => Ok(Readiness::Ready),
-            Ok(_) | Err(RecvError::Empty) => Ok(Readiness::Armed),
+            Ok(_) if avail >= min || min <= 8 => Ok(Readiness::Ready),
+            Ok(_) => Ok(Readiness::Armed),
+            Err(RecvError::Empty | RecvError::Closed) if avail > 0 => {
+                Err(self.poison(Corruption::WriteIndex { write }))
+            }
+            Err(e @ RecvError::Closed) => Err(e),
+            Err(RecvError::Empty) => Ok(Readiness::Armed),
             Err(e) => Err(e),
         }
     }

@@ -302,7 +302,9 @@ impl Producer {
     /// # Errors
     ///
     /// [`SendError::Corrupted`] at the first frame that fails validation; the frames
-    /// before it were handed out.
+    /// before it were handed out, and the half is poisoned, as on every other path
+    /// that finds the shared state impossible (a later walk still works, from the last
+    /// validated position).
     pub fn for_each_unconsumed(
         &mut self,
         mut f: impl FnMut(&View<'_>),
@@ -331,11 +333,11 @@ impl Producer {
             let room = self.geo.size - offset - 8;
             let left = distance(pos, self.write);
             if tag & 0x00FF_FFFF != stamp(pos) {
-                return Err(SendError::Corrupted(Corruption::Tag { pos, tag }));
+                return Err(self.poison(Corruption::Tag { pos, tag }));
             }
             if (tag >> 24) as u8 == KIND_PAD {
                 if offset == 0 || len != room || left < room + 8 {
-                    return Err(SendError::Corrupted(Corruption::Padding { pos, len }));
+                    return Err(self.poison(Corruption::Padding { pos, len }));
                 }
                 pos = pos.wrapping_add(room + 8);
                 continue;
@@ -352,10 +354,10 @@ impl Producer {
                     pos = pos.wrapping_add(fs);
                     n += 1;
                 }
-                _ => return Err(SendError::Corrupted(Corruption::Length { pos, len })),
+                _ => return Err(self.poison(Corruption::Length { pos, len })),
             }
         }
-        Err(SendError::Corrupted(Corruption::Length { pos, len: 0 }))
+        Err(self.poison(Corruption::Length { pos, len: 0 }))
     }
 
     /// Publishes what is pending and closes this half: the consumer receives every

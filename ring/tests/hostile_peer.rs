@@ -362,3 +362,73 @@ fn the_unconsumed_walk_survives_a_peer_that_rewrote_its_frames() {
     let mut seen = 0;
     assert_eq!(p.for_each_unconsumed(|_| seen += 1), Ok(5));
 }
+
+/// Issue 17, finding 1: a `write` index that covers a frame whose tag says "nothing
+/// yet". An honest producer stores `write` after the tags it publishes, so a consumer
+/// that sees `write` sees the tags: this is corruption. The old `arm_data` answered
+/// `Ready` from `write` alone while `recv` answered `Empty`, and a blocking receive spun
+/// between the two forever.
+#[test]
+fn a_write_index_over_an_unpublished_frame_is_corruption() {
+    // One frame's worth, and a whole data area's worth (`Batching::STREAM` asks for
+    // many bytes, so only `write` could make it ready).
+    for (bad, min) in [(8u32, 1u32), (64, 1), (1024, 512), (1024, 1), (1016, 512)] {
+        let (mem, _p, mut c) = pair(1024);
+        mem.poke(WRITE, bad);
+        assert_eq!(c.recv(&mut [0; 8]), Err(RecvError::Empty), "{bad}");
+        assert_eq!(
+            c.arm_data(min),
+            Err(RecvError::Corrupted(Corruption::WriteIndex { write: bad })),
+            "write = {bad}, waiting for {min} bytes"
+        );
+        assert!(matches!(c.recv(&mut [0; 8]), Err(RecvError::Corrupted(_))));
+    }
+    // After real traffic: `write` one frame past everything published.
+    let (mem, mut p, mut c) = pair(1024);
+    for i in 0..3 {
+        let _ = p.send(1, &payload(i, 20)).unwrap();
+    }
+    for _ in 0..3 {
+        c.recv(&mut [0; 64]).unwrap();
+    }
+    mem.poke(WRITE, 3 * 32 + 32);
+    assert!(matches!(
+        c.arm_data(1),
+        Err(RecvError::Corrupted(Corruption::WriteIndex { .. }))
+    ));
+    // The honest cases still hold: published data is ready, an empty ring arms.
+    let (_mem, mut p, mut c) = pair(1024);
+    assert_eq!(c.arm_data(1), Ok(Readiness::Armed));
+    let _ = p.send(1, b"x").unwrap();
+    assert_eq!(c.arm_data(1), Ok(Readiness::Ready));
+    assert_eq!(
+        c.arm_data(24),
+        Ok(Readiness::Armed),
+        "one 16-byte frame < 24"
+    );
+}
+
+/// Issue 17, finding 8: the walk over unconsumed frames found a frame the peer
+/// rewrote, said `Corrupted`, and left the producer sending as if nothing happened.
+#[test]
+fn a_corrupt_unconsumed_walk_poisons_the_producer() {
+    let (mem, mut p, _c) = pair(1024);
+    for i in 0..3u8 {
+        let _ = p.send(1, &[i; 40]).unwrap();
+    }
+    mem.poke(DATA + 48, 5000); // the second frame's length
+    let err = p.for_each_unconsumed(|_| {}).unwrap_err();
+    assert!(
+        matches!(err, SendError::Corrupted(Corruption::Length { .. })),
+        "{err:?}"
+    );
+    assert_eq!(p.send(1, b"x"), Err(err), "the half is poisoned");
+    assert_eq!(p.publish(), Err(err));
+    // A tag rewritten instead of a length: the same.
+    let (mem, mut p, _c) = pair(1024);
+    let _ = p.send(1, &[0; 40]).unwrap();
+    mem.poke(DATA + 4, 0x00AB_CDEF);
+    let err = p.for_each_unconsumed(|_| {}).unwrap_err();
+    assert!(matches!(err, SendError::Corrupted(Corruption::Tag { .. })));
+    assert_eq!(p.send(1, b"x"), Err(err));
+}
