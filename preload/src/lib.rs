@@ -21,7 +21,7 @@
 //! | variable | meaning |
 //! |---|---|
 //! | `CORESIDENT_DISABLE=1` | pass everything through |
-//! | `CORESIDENT_SPIN_US` | how long a blocked call spins before it sleeps (default 20 µs, 0 on one CPU) |
+//! | `CORESIDENT_SPIN_US` | the cap of the adaptive spin of a blocked call (default 20 µs, 0 on one CPU) |
 //! | `CORESIDENT_LOG=PATH` (or `stderr`) | write the library's log there; nothing is written otherwise |
 //! | `CORESIDENT_LOG_LEVEL` | `error`, `warn`, `info` (default), `debug`, `trace` |
 //! | `CORESIDENT_REGISTRY=DIR` | the registry directory (see `coresident run --registry`) |
