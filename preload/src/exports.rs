@@ -1183,3 +1183,30 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
     }
     pid
 }
+
+#[no_mangle]
+pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
+    // The C library's `FILE` reads and writes its descriptor with internal calls the
+    // library does not see: over an accelerated socket it would read the TCP
+    // connection's session segments, not the stream. Refused with `EINVAL` (a proper
+    // errno), never wrong bytes; a plain socket passes.
+    if tracked(fd) {
+        let refused = hook(
+            || match crate::state::conn_of(fd) {
+                Some((_, c)) => {
+                    tracing::warn!(target: "coresident_preload", conn = c.id, fd,
+                        "fdopen of an accelerated socket refused (EINVAL): stdio bypasses the library");
+                    Verdict::Done(1)
+                }
+                None => Verdict::Done(0),
+            },
+            || 0,
+        );
+        if refused == 1 {
+            set_errno(libc::EINVAL);
+            return core::ptr::null_mut();
+        }
+    }
+    // SAFETY: the caller's arguments, passed on.
+    unsafe { real::fdopen(fd, mode) }
+}

@@ -192,6 +192,32 @@ pub(crate) fn resolve_all() {
     for s in sym::ALL {
         let _ = s.get();
     }
+    let _ = FDOPEN.get();
+    let _ = CLOSEFROM.get();
+}
+
+/// `fdopen` returns a pointer, so it is resolved here rather than by `next_fns!`.
+pub(crate) static FDOPEN: Next = Next::new(c"fdopen");
+
+/// Calls the next `fdopen` (null with `ENOSYS` if nobody defines it).
+///
+/// # Safety
+///
+/// As the C function (`mode` is a valid C string).
+pub(crate) unsafe fn fdopen(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
+    match FDOPEN.get() {
+        Some(a) => {
+            // SAFETY: `a` is `fdopen`'s address; its C type is this one.
+            let f: unsafe extern "C" fn(c_int, *const c_char) -> *mut libc::FILE =
+                unsafe { core::mem::transmute(a) };
+            // SAFETY: the caller upholds the contract.
+            unsafe { f(fd, mode) }
+        }
+        None => {
+            set_errno(libc::ENOSYS);
+            core::ptr::null_mut()
+        }
+    }
 }
 
 /// `closefrom` returns nothing, so it is resolved here rather than by `next_fns!`.

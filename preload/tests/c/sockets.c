@@ -188,6 +188,14 @@ static void tcp(void) {
     CHECK(recvmsg(c, &rm, MSG_WAITALL) == 4);
     printf("recvmsg: %.4s flags=%d\n", mb, rm.msg_flags);
 
+    /* stdio over the socket: plain TCP allows it; the library refuses it on an
+     * accelerated socket (EINVAL) rather than let stdio read what the stream does
+     * not see. Either way no byte is read through it here. */
+    int fdc = dup(c);
+    FILE *f = fdopen(fdc, "r+");
+    printf("fdopen: %s\n", f != NULL || errno == EINVAL ? "allowed or refused" : "other error");
+    if (f) fclose(f); else close(fdc);
+
     /* A dup reads the same connection; closing one of two keeps it open. */
     int d = dup(c);
     CHECK(d >= 0);
