@@ -929,3 +929,36 @@ fn a_reader_thread_and_writer_threads_on_one_connection() {
         );
     }
 }
+
+/// A session socket inherited across exec: the new image gets a closed socket in its
+/// place (the write fails with EPIPE/SIGPIPE), never the session's TCP segments.
+#[test]
+fn an_accelerated_socket_does_not_cross_an_exec() {
+    let Some(prog) = c_program("sockets") else {
+        return;
+    };
+    let dir = tempdir("exec");
+    let reg = dir.join("reg");
+    let port = free_port();
+    let mut s = under(&reg, &prog);
+    s.args(["echo-server", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let s = Background::new(s.spawn().unwrap());
+    wait_listening(port);
+    let mut c = under(&reg, &prog);
+    c.args(["exec-inherit", &port.to_string()]);
+    let out = common::run_bounded(c, LIMIT);
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Plain TCP would print "exec: echo: hello"; here the socket did not cross.
+    assert!(!text.contains("exec: echo:"), "{text}");
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        out.status.signal() == Some(libc::SIGPIPE) || text.contains("did not cross"),
+        "{:?} {text}",
+        out.status
+    );
+    drop(s);
+    let l = log(&reg);
+    assert!(l.contains("cannot cross into a new image"), "{l}");
+}

@@ -133,7 +133,8 @@ pub(crate) fn ensure_started() {
     // or of a dead process whose pid we got: ours to replace.
     let _ = std::fs::remove_file(&path);
     let listener = match UnixListener::bind(&path) {
-        Ok(l) => l,
+        // Out of the way of the program's own descriptor numbers (see `log::high`).
+        Ok(l) => UnixListener::from(crate::log::high(OwnedFd::from(l))),
         Err(e) => {
             tracing::warn!(target: "coresident_preload", path = %path.display(), error = %e,
                 "no control socket");

@@ -1122,29 +1122,57 @@ pub unsafe extern "C" fn epoll_pwait2(
 // ---------------------------------------------------------------------------------------
 // Process images.
 
+/// Before an exec (see `fdops::before_exec`); errno is kept.
+fn exec_prepare() -> fdops::Swapped {
+    if inside() {
+        return Vec::new();
+    }
+    let e = errno();
+    let mut swapped = Vec::new();
+    crate::guard::quietly(|| swapped = fdops::before_exec());
+    set_errno(e);
+    swapped
+}
+
+/// After an exec that returned (it failed): put the swapped sockets back; errno is kept.
+fn exec_undo(swapped: fdops::Swapped) {
+    if swapped.is_empty() {
+        return;
+    }
+    let e = errno();
+    crate::guard::quietly(|| fdops::exec_failed(swapped));
+    set_errno(e);
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn execve(
     path: *const c_char,
     argv: *const *const c_char,
     envp: *const *const c_char,
 ) -> c_int {
-    after(fdops::before_exec);
+    let swapped = exec_prepare();
     // SAFETY: the caller's arguments, passed on.
-    unsafe { real::execve(path, argv, envp) }
+    let r = unsafe { real::execve(path, argv, envp) };
+    exec_undo(swapped);
+    r
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
-    after(fdops::before_exec);
+    let swapped = exec_prepare();
     // SAFETY: the caller's arguments, passed on.
-    unsafe { real::execv(path, argv) }
+    let r = unsafe { real::execv(path, argv) };
+    exec_undo(swapped);
+    r
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
-    after(fdops::before_exec);
+    let swapped = exec_prepare();
     // SAFETY: the caller's arguments, passed on.
-    unsafe { real::execvp(file, argv) }
+    let r = unsafe { real::execvp(file, argv) };
+    exec_undo(swapped);
+    r
 }
 
 #[no_mangle]
@@ -1153,9 +1181,11 @@ pub unsafe extern "C" fn execvpe(
     argv: *const *const c_char,
     envp: *const *const c_char,
 ) -> c_int {
-    after(fdops::before_exec);
+    let swapped = exec_prepare();
     // SAFETY: the caller's arguments, passed on.
-    unsafe { real::execvpe(file, argv, envp) }
+    let r = unsafe { real::execvpe(file, argv, envp) };
+    exec_undo(swapped);
+    r
 }
 
 #[no_mangle]
@@ -1164,9 +1194,11 @@ pub unsafe extern "C" fn fexecve(
     argv: *const *const c_char,
     envp: *const *const c_char,
 ) -> c_int {
-    after(fdops::before_exec);
+    let swapped = exec_prepare();
     // SAFETY: the caller's arguments, passed on.
-    unsafe { real::fexecve(fd, argv, envp) }
+    let r = unsafe { real::fexecve(fd, argv, envp) };
+    exec_undo(swapped);
+    r
 }
 
 #[no_mangle]

@@ -468,16 +468,67 @@ pub(crate) mod fork {
     }
 }
 
-/// Before an exec: connections whose descriptor survives the exec (no `FD_CLOEXEC`) fall
-/// back to TCP and are handed back, so the new image reads a plain TCP socket.
-pub(crate) fn before_exec() {
-    let _ = withdraw_all(Reason::Exec, |fd| {
+/// Descriptors an exec would have inherited, swapped out by [`before_exec`]: the
+/// descriptor number and a saved duplicate of the socket, to put back if the exec fails.
+pub(crate) type Swapped = Vec<(c_int, std::os::fd::OwnedFd)>;
+
+/// Before an exec. Connections whose descriptor survives the exec (no `FD_CLOEXEC`)
+/// fall back to TCP and are handed back to the kernel if they can be, so the new image
+/// reads a plain TCP socket. One that cannot (a `coresident_net` session: its TCP carries
+/// offset-labelled segments) must not reach the new image, which would read those
+/// segments as data: its descriptor number is given a socket whose peer is closed
+/// instead (reads give the end of the stream, writes `EPIPE`), and the connection is
+/// reset when the last process holding it lets go. Returns what to put back if the
+/// exec fails.
+pub(crate) fn before_exec() -> Swapped {
+    let inherits = |fd: c_int| {
         rustix::io::fcntl_getfd(
             // SAFETY: `fd` is open (it is in the table); borrowed for this call only.
             unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
         )
         .is_ok_and(|f| !f.contains(rustix::io::FdFlags::CLOEXEC))
+    };
+    let _ = withdraw_all(Reason::Exec, inherits);
+    let mut swapped = Vec::new();
+    FDS.for_each_in(0, u32::MAX, |fd, e| {
+        let Some(c) = e.sock().and_then(|s| s.conn.load()) else {
+            return;
+        };
+        if !inherits(fd) {
+            return;
+        }
+        // SAFETY: `fd` is open (it is in the table); borrowed for these calls only.
+        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let Ok(saved) = rustix::io::fcntl_dupfd_cloexec(b, 3) else {
+            return;
+        };
+        let Ok((dead, gone)) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        ) else {
+            return;
+        };
+        drop(gone);
+        // dup2 onto the application's number (the kernel's, not the hook: we are inside).
+        // SAFETY: plain dup2 of descriptors this process owns.
+        if unsafe { crate::real::dup2(std::os::fd::AsRawFd::as_raw_fd(&dead), fd) } < 0 {
+            return;
+        }
+        tracing::warn!(target: "coresident_preload", conn = c.id, fd,
+            "exec: an accelerated socket cannot cross into a new image; it gets a closed socket there");
+        swapped.push((fd, saved));
     });
+    swapped
+}
+
+/// After an exec that failed: the swapped sockets are put back.
+pub(crate) fn exec_failed(swapped: Swapped) {
+    for (fd, saved) in swapped {
+        // SAFETY: plain dup2 of descriptors this process owns.
+        unsafe { crate::real::dup2(std::os::fd::AsRawFd::as_raw_fd(&saved), fd) };
+    }
 }
 
 /// The 4-tuple of a connected socket (our address, the peer's).

@@ -103,6 +103,19 @@ impl Subscriber for RawLog {
     fn exit(&self, _: &Id) {}
 }
 
+/// `fd` moved to a high descriptor number (below the soft limit), or left where it is.
+pub(crate) fn high(fd: OwnedFd) -> OwnedFd {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1024)
+        .min(1 << 20);
+    let want = i32::try_from(limit.saturating_sub(64).max(256)).unwrap_or(256);
+    match rustix::io::fcntl_dupfd_cloexec(&fd, want) {
+        Ok(moved) => moved,
+        Err(_) => fd,
+    }
+}
+
 /// Installs the log if the user asked for one.
 pub(crate) fn init() {
     let Some(target) = std::env::var_os("CORESIDENT_LOG").filter(|v| !v.is_empty()) else {
@@ -135,6 +148,10 @@ pub(crate) fn init() {
         "trace" => Level::TRACE,
         _ => Level::INFO,
     };
+    // Out of the way of the program's own descriptor numbers: programs `dup2` onto low
+    // numbers (a socket onto 3 before an exec, say), which would close our log there
+    // and send our lines into their socket.
+    let fd = high(fd);
     LOG_FD.store(fd.as_raw_fd(), Ordering::Relaxed);
     if tracing::subscriber::set_global_default(RawLog { fd, max }).is_ok() {
         tracing::info!(target: "coresident_preload", version = env!("CARGO_PKG_VERSION"), "loaded");

@@ -454,6 +454,26 @@ static void threads(int port, int writers) {
     close(c);
 }
 
+/* A connection inherited across exec: connected (accelerated under the library), then
+ * `sh` is exec'd with the socket as its fd 3; it writes a line there and reads the
+ * echo. Plain: "exec: echo: hello". Under the library the socket cannot cross into the
+ * new image: sh gets a closed socket (the write fails or the read ends), never bytes
+ * that are not the stream's. */
+static void exec_inherit(int port) {
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(c >= 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    CHECK(connect(c, (struct sockaddr *)&a, sizeof a) == 0);
+    CHECK(write(c, "ping", 4) == 4);
+    unsigned char b[4];
+    read_exact(c, b, 4);
+    CHECK(dup2(c, 3) == 3);
+    char *argv[] = { "sh", "-c", "echo hello >&3 && read -r x <&3 && echo \"exec: echo: $x\" || echo 'exec: the socket did not cross'", NULL };
+    execv("/bin/sh", argv);
+    printf("exec failed: %s\n", strerror(errno));
+    exit(1);
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     if (argc < 2) { fprintf(stderr, "usage: sockets tcp|udp|unix\n"); return 2; }
@@ -462,6 +482,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[1], "unix")) unix_stream();
     else if (!strcmp(argv[1], "hold")) hold();
     else if (!strcmp(argv[1], "epipe")) epipe();
+    else if (!strcmp(argv[1], "exec-inherit") && argc == 3) exec_inherit(atoi(argv[2]));
     else if (!strcmp(argv[1], "threads") && argc == 4) threads(atoi(argv[2]), atoi(argv[3]));
     else if (!strcmp(argv[1], "echo-server") && argc == 3) echo_server(atoi(argv[2]));
     else if (!strcmp(argv[1], "mixed") && argc == 4) mixed(atoi(argv[2]), atoi(argv[3]));
