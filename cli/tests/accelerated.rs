@@ -536,7 +536,16 @@ fn a_registry_socket_of_another_uid_gives_plain_tcp() {
     }
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
-    let dir = tempdir("uid");
+    // In the system's temporary directory: uid 65534 must be able to reach the staging
+    // directory (the target directory's parents may be closed to it), and the socket is
+    // then renamed within one file system.
+    let dir = std::env::temp_dir().join(format!(
+        "coresident-uid-{}-{}",
+        std::process::id(),
+        common::rand_u32()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
     let reg = dir.join("reg");
     let stage = dir.join("stage");
     std::fs::create_dir_all(&stage).unwrap();
