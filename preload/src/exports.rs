@@ -30,7 +30,9 @@ use crate::{epoll, fdops, io, poll, real};
 /// Whether `fd` may be the library's business (not inside library code, tracked).
 #[inline]
 fn tracked(fd: c_int) -> bool {
-    !inside() && FDS.contains(fd)
+    // The table first: for an untracked descriptor (the common case) no thread-local is
+    // touched (in a shared library that is a call to `__tls_get_addr`).
+    FDS.contains(fd) && !inside()
 }
 
 /// Runs library bookkeeping around a call that was already made: errno is kept.
@@ -872,14 +874,14 @@ unsafe fn ts_timeout(ts: *const timespec) -> Option<core::time::Duration> {
 ///
 /// `fds` is null or valid for `n` entries.
 unsafe fn any_tracked(fds: *const pollfd, n: nfds_t) -> bool {
-    if inside() || fds.is_null() {
+    if fds.is_null() {
         return false;
     }
     (0..n as usize).any(|i| {
         // SAFETY: `i < n` (caller).
         let fd = unsafe { (*fds.add(i)).fd };
         fd >= 0 && FDS.contains(fd)
-    })
+    }) && !inside()
 }
 
 #[no_mangle]
