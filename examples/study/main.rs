@@ -29,11 +29,15 @@
 //! 5. Streams (`coresident-net`) against TCP loopback and Unix sockets: throughput
 //!    and round trip at 64 B, 1 KiB, 64 KiB, busy and sleeping; a switch's cost
 //!    (`--experiment 5`; not in the default set).
+//! 13. Unmodified programs (issue 13, run only when asked: `--experiment 13`):
+//!     sockperf, iperf3 and redis plain and under `coresident run`, ratios and CPU per
+//!     byte (see `programs.rs`).
 //!
 //! Markdown tables go to stdout, progress to stderr, `expN.csv` and `expN.svg` to
 //! `--out` (default `study-out/`).
 
 mod peer;
+mod programs;
 mod report;
 mod streams;
 
@@ -78,7 +82,7 @@ fn parse_args(args: &[String]) -> Opts {
                     .collect()
             }
             "-h" | "--help" => {
-                println!("study [--quick] [--check] [--out DIR] [--experiment 1,2,3,4,5]");
+                println!("study [--quick] [--check] [--out DIR] [--experiment 1,2,3,4,5,13]");
                 std::process::exit(0);
             }
             o => panic!("unknown argument {o}"),
@@ -1261,6 +1265,7 @@ fn main() {
             3 => exp3(&plan, &o.out),
             4 => exp4(&plan, &o.out),
             5 => streams::exp5(&plan, &o.out),
+            13 => programs::exp13(o.quick, &o.out),
             n => panic!("no experiment {n}"),
         };
         let path = o.out.join(format!("exp{e}.csv"));
