@@ -498,6 +498,44 @@ fn acceptor_serves_honest_offerers_past_slow_and_silent_ones() {
     assert!(stats.timed_out >= 6, "{stats:?}"); // 3 slow + 3 silent
 }
 
+/// Finding 4: an offerer never blocks in `connect(2)` on a listener whose backlog the
+/// attacker keeps full; it gives up at its deadline.
+#[test]
+fn connect_never_blocks_on_a_full_backlog() {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let d = dir("backlog", 0o700);
+    let path = d.join("full");
+    let l = rustix::net::socket(AddressFamily::UNIX, SocketType::STREAM, None).unwrap();
+    let addr = SocketAddrUnix::new(&path).unwrap();
+    rustix::net::bind(&l, &addr).unwrap();
+    rustix::net::listen(&l, 0).unwrap();
+    // Fill the backlog (never accepted).
+    let mut held = Vec::new();
+    loop {
+        let s = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        if rustix::net::connect(&s, &addr).is_err() {
+            break;
+        }
+        held.push(s);
+        assert!(held.len() < 1000);
+    }
+    let cfg = OfferConfig {
+        handshake_timeout: Duration::from_millis(200),
+        ..OfferConfig::new(id("patient"))
+    };
+    let r = within_watchdog("connect", move || {
+        coresident_shm::connect(&path, &cfg).map(|_| ())
+    });
+    assert_eq!(r, Err(HandshakeError::Timeout));
+    drop((l, held));
+}
+
 /// Issue 14: `Registry::connect` gives an endpoint `Channel::new` accepts (before:
 /// "ring header magic 0x00000000").
 #[test]
