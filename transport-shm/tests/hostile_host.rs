@@ -1,7 +1,9 @@
 //! Attacks at the host boundaries: issue 17 findings 2, 3, 4 and 11, issue 14's
-//! discovery and naming findings. Each test is the attack the issue describes; each
-//! failed on the code before the fix (commit 8b46c8d has them against the old API).
-//! Another user is played by this test binary re-run as `nobody` (65534).
+//! discovery and naming findings. Each test is the attack the issue describes. The
+//! thirteen that commit 8b46c8d holds against the old API all failed on the code before
+//! the fix (each test's doc says what happened then); the others were added with the
+//! fix (their docs say whether the old code had the flaw). Another user is played by
+//! this test binary re-run as `nobody` (65534).
 #![cfg(target_os = "linux")]
 
 use std::io::{BufRead, BufReader, Read};
