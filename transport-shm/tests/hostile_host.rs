@@ -317,6 +317,29 @@ fn one_shot_offer_cannot_be_taken_by_another_user() {
     assert!(acc.join().unwrap().is_ok());
 }
 
+/// Finding 3's allow-list, the container case: a directory shared through a group
+/// (mode 0770, group `nogroup`), each side admitting the other's uid. The channel
+/// works, and each side holds the other's kernel-reported credentials.
+#[test]
+fn an_allowed_user_of_a_shared_directory_can_connect() {
+    let d = dir("shared", 0o770);
+    rustix::fs::chown(&d, None, Some(rustix::process::Gid::from_raw(NOBODY))).unwrap();
+    let policy = coresident_shm::CredPolicy::same_user()
+        .allow_uid(NOBODY)
+        .allow_gid(NOBODY);
+    let reg = Registry::open_with(&d, &policy).unwrap();
+    let (child, out) = as_nobody("serve-allowed", d.to_str().unwrap());
+    let mut cfg = OfferConfig::new(id("root-side"));
+    cfg.context = b"container handshake".to_vec();
+    let ep = reg.connect(&id("svc"), &cfg).unwrap();
+    assert_eq!(ep.peer().cred.uid, NOBODY);
+    let report = rest(child, out);
+    assert!(
+        report.contains("uid=0 context=container handshake"),
+        "{report}"
+    );
+}
+
 /// Finding 3: registry sockets are private whatever the umask.
 #[test]
 fn registry_sockets_are_private() {
@@ -662,6 +685,25 @@ fn child_entry() {
             cfg.policy = coresident_shm::CredPolicy::anyone();
             let r = coresident_shm::connect(Path::new(&arg), &cfg).map(|_| ());
             println!("{:?}", r.unwrap_err());
+        }
+        // An allowed user of a shared directory: registers, serves one offer.
+        "serve-allowed" => {
+            let policy = coresident_shm::CredPolicy::same_user()
+                .allow_uid(0)
+                .allow_gid(NOBODY);
+            let reg = Registry::open_with(&arg, &policy).unwrap();
+            let l = reg.register(&id("svc")).unwrap();
+            println!("ready");
+            let cfg = AcceptConfig {
+                policy,
+                ..AcceptConfig::default()
+            };
+            let ep = l.accept(&cfg).unwrap();
+            println!(
+                "uid={} context={}",
+                ep.peer().cred.uid,
+                String::from_utf8_lossy(&ep.peer().context)
+            );
         }
         // A thief of one-shot offers.
         "take" => {
