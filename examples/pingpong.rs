@@ -7,12 +7,13 @@
 //! cargo run --release --example pingpong -- --role client --rendezvous /tmp/pp.rdv
 //! ```
 //!
-//! The server offers a channel (`ShmTransport::offer`: memfd, eventfds, one-shot
-//! socket) and writes the rendezvous bytes to a file; the client reads them and
+//! The server offers a channel (`ShmTransport::offer`: memfd, one-shot socket in the
+//! default registry directory) and writes the rendezvous bytes to a file; the client reads them and
 //! accepts. The client then sends `--messages` messages of `--size` bytes, one at a
 //! time; the server echoes each one back. Both sides use the blocking `send` and
 //! `recv_blocking` of a `Channel`: spin up to `--spin` microseconds (the cap of the
-//! adaptive budget, `ChannelConfig::spin`), then sleep on the eventfd.
+//! adaptive budget, `ChannelConfig::spin`), then sleep on the doorbell (the rendezvous
+//! socket).
 //! The client checks every echo and prints round-trip percentiles.
 
 use std::path::{Path, PathBuf};

@@ -182,37 +182,34 @@ impl coresident::Doorbell for PeerLink {
     /// sees everything the peer published before it died; the next wait then reports
     /// [`Wake::PeerGone`] at once.
     fn wait(&self, timeout: Option<Duration>) -> Result<Wake, TransportError> {
+        if self.peer_known_gone() {
+            return Ok(Wake::PeerGone);
+        }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
-            // Pending bytes first: they may have arrived before a hang-up.
-            match self.drain()? {
-                Drained::Rung => return Ok(Wake::Rung),
-                Drained::Gone => return Ok(Wake::PeerGone),
-                Drained::Nothing => {}
-            }
+            // `None`: forever; zero once the deadline passed (one last look).
             let remaining = match (timeout, deadline) {
                 (None, _) | (Some(_), None) => None,
-                (Some(_), Some(d)) => {
-                    let r = d.saturating_duration_since(Instant::now());
-                    if r.is_zero() {
-                        return Ok(Wake::TimedOut);
-                    }
-                    Some(r)
-                }
+                (Some(_), Some(d)) => Some(d.saturating_duration_since(Instant::now())),
             };
+            // One `poll`, then one read if something is there: pending bytes are
+            // reported as readable even after a hang-up, so they come first.
             let revents = self.poll(remaining)?;
             if revents.contains(PollFlags::NVAL) {
                 return Err(TransportError::Os(Errno::BADF.raw_os_error()));
             }
-            if revents.intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR)
-                && !revents.contains(PollFlags::IN)
-            {
+            if revents.contains(PollFlags::IN) {
+                match self.drain()? {
+                    Drained::Rung => return Ok(Wake::Rung),
+                    Drained::Gone => return Ok(Wake::PeerGone),
+                    Drained::Nothing => {} // taken by another thread of ours
+                }
+            } else if revents.intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR) {
                 self.mark_gone();
                 return Ok(Wake::PeerGone);
             }
-            if revents.is_empty() && remaining.is_some() {
-                // Timed out; the loop's check reports it (or drains a late byte).
-                continue;
+            if remaining.is_some_and(|r| r.is_zero()) {
+                return Ok(Wake::TimedOut);
             }
         }
     }

@@ -1,7 +1,9 @@
 //! Attacks at the host boundaries: issue 17 findings 2, 3, 4 and 11, issue 14's
-//! discovery and naming findings. Each test is the attack the issue describes; each
-//! failed on the code before the fix (commit 8b46c8d has them against the old API).
-//! Another user is played by this test binary re-run as `nobody` (65534).
+//! discovery and naming findings. Each test is the attack the issue describes. The
+//! thirteen that commit 8b46c8d holds against the old API all failed on the code before
+//! the fix (each test's doc says what happened then); the others were added with the
+//! fix (their docs say whether the old code had the flaw). Another user is played by
+//! this test binary re-run as `nobody` (65534).
 #![cfg(target_os = "linux")]
 
 use std::io::{BufRead, BufReader, Read};
@@ -315,6 +317,29 @@ fn one_shot_offer_cannot_be_taken_by_another_user() {
     assert!(acc.join().unwrap().is_ok());
 }
 
+/// Finding 3's allow-list, the container case: a directory shared through a group
+/// (mode 0770, group `nogroup`), each side admitting the other's uid. The channel
+/// works, and each side holds the other's kernel-reported credentials.
+#[test]
+fn an_allowed_user_of_a_shared_directory_can_connect() {
+    let d = dir("shared", 0o770);
+    rustix::fs::chown(&d, None, Some(rustix::process::Gid::from_raw(NOBODY))).unwrap();
+    let policy = coresident_shm::CredPolicy::same_user()
+        .allow_uid(NOBODY)
+        .allow_gid(NOBODY);
+    let reg = Registry::open_with(&d, &policy).unwrap();
+    let (child, out) = as_nobody("serve-allowed", d.to_str().unwrap());
+    let mut cfg = OfferConfig::new(id("root-side"));
+    cfg.context = b"container handshake".to_vec();
+    let ep = reg.connect(&id("svc"), &cfg).unwrap();
+    assert_eq!(ep.peer().cred.uid, NOBODY);
+    let report = rest(child, out);
+    assert!(
+        report.contains("uid=0 context=container handshake"),
+        "{report}"
+    );
+}
+
 /// Finding 3: registry sockets are private whatever the umask.
 #[test]
 fn registry_sockets_are_private() {
@@ -391,7 +416,8 @@ fn hello_deadline_bounds_the_whole_hello() {
         thread::sleep(Duration::from_millis(60));
     }
     assert_eq!(acceptor.join().unwrap(), Err(HandshakeError::Timeout));
-    assert!(sent < 40, "the acceptor listened to {sent} slow bytes");
+    // About 4 bytes fit the deadline; the old code read all 168. Generous for load.
+    assert!(sent < 100, "the acceptor listened to {sent} slow bytes");
 }
 
 /// A slow client (a byte every 100 ms) and a silent one, connected to `path`.
@@ -442,7 +468,7 @@ fn slow_loris_does_not_delay_an_honest_offerer() {
     });
     assert_eq!(served, Some(id("honest")));
     assert_eq!(honest.join().unwrap(), Ok(()));
-    assert!(loris.join().unwrap() < 40, "the slow client was heard out");
+    assert!(loris.join().unwrap() < 100, "the slow client was heard out");
 }
 
 /// Finding 4 and the background acceptor for streams: many slow, silent and honest
@@ -489,13 +515,53 @@ fn acceptor_serves_honest_offerers_past_slow_and_silent_ones() {
         assert_eq!(h.join().unwrap(), Ok(()));
     }
     for (l, _s) in lorises {
-        assert!(l.join().unwrap() < 40);
+        assert!(l.join().unwrap() < 100);
     }
     got.sort_unstable();
     assert_eq!(got, vec![0, 1, 2, 3, 4, 5]);
     let stats = acceptor.stats();
     assert_eq!(stats.accepted, 6);
-    assert!(stats.timed_out >= 6, "{stats:?}"); // 3 slow + 3 silent
+    // The silent ones connected before any honest one (never refused Busy): each
+    // timed out. (A slow one may be refused Busy instead under load.)
+    assert!(stats.timed_out >= 3, "{stats:?}");
+}
+
+/// Finding 4: an offerer never blocks in `connect(2)` on a listener whose backlog the
+/// attacker keeps full; it gives up at its deadline.
+#[test]
+fn connect_never_blocks_on_a_full_backlog() {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let d = dir("backlog", 0o700);
+    let path = d.join("full");
+    let l = rustix::net::socket(AddressFamily::UNIX, SocketType::STREAM, None).unwrap();
+    let addr = SocketAddrUnix::new(&path).unwrap();
+    rustix::net::bind(&l, &addr).unwrap();
+    rustix::net::listen(&l, 0).unwrap();
+    // Fill the backlog (never accepted).
+    let mut held = Vec::new();
+    loop {
+        let s = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        if rustix::net::connect(&s, &addr).is_err() {
+            break;
+        }
+        held.push(s);
+        assert!(held.len() < 1000);
+    }
+    let cfg = OfferConfig {
+        handshake_timeout: Duration::from_millis(200),
+        ..OfferConfig::new(id("patient"))
+    };
+    let r = within_watchdog("connect", move || {
+        coresident_shm::connect(&path, &cfg).map(|_| ())
+    });
+    assert_eq!(r, Err(HandshakeError::Timeout));
+    drop((l, held));
 }
 
 /// Issue 14: `Registry::connect` gives an endpoint `Channel::new` accepts (before:
@@ -619,6 +685,25 @@ fn child_entry() {
             cfg.policy = coresident_shm::CredPolicy::anyone();
             let r = coresident_shm::connect(Path::new(&arg), &cfg).map(|_| ());
             println!("{:?}", r.unwrap_err());
+        }
+        // An allowed user of a shared directory: registers, serves one offer.
+        "serve-allowed" => {
+            let policy = coresident_shm::CredPolicy::same_user()
+                .allow_uid(0)
+                .allow_gid(NOBODY);
+            let reg = Registry::open_with(&arg, &policy).unwrap();
+            let l = reg.register(&id("svc")).unwrap();
+            println!("ready");
+            let cfg = AcceptConfig {
+                policy,
+                ..AcceptConfig::default()
+            };
+            let ep = l.accept(&cfg).unwrap();
+            println!(
+                "uid={} context={}",
+                ep.peer().cred.uid,
+                String::from_utf8_lossy(&ep.peer().context)
+            );
         }
         // A thief of one-shot offers.
         "take" => {

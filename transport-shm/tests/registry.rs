@@ -145,3 +145,48 @@ fn rendezvous_through_the_registry_survives_scans() {
     let woke = coresident::Doorbell::wait(server_end.link(), Some(WATCHDOG)).unwrap();
     assert_eq!(woke, coresident::Wake::Rung);
 }
+
+#[test]
+fn acceptor_hands_out_endpoints_and_is_pollable() {
+    use coresident_shm::{AcceptError, Acceptor};
+    use std::os::fd::AsFd;
+    let reg = Registry::open(fresh_dir("acceptor")).unwrap();
+    let acceptor = Acceptor::spawn(
+        reg.register(&id("server")).unwrap(),
+        AcceptConfig::default(),
+    )
+    .unwrap();
+    let readable = |a: &Acceptor, ms: i64| {
+        let fd = a.as_fd();
+        let mut fds = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let ts = rustix::event::Timespec {
+            tv_sec: ms / 1000,
+            tv_nsec: (ms % 1000) * 1_000_000,
+        };
+        rustix::event::poll(&mut fds, Some(&ts)).unwrap() == 1
+    };
+    assert!(!readable(&acceptor, 0));
+    assert_eq!(acceptor.try_accept().unwrap().map(|_| ()), None);
+    let mut cfg = OfferConfig::new(id("client"));
+    cfg.context = b"session-1".to_vec();
+    let client = reg.connect(&id("server"), &cfg).unwrap();
+    // Readable once the endpoint is queued (watchdog-bounded wait, not a runtime bound).
+    assert!(readable(&acceptor, WATCHDOG.as_millis() as i64));
+    let server = acceptor.try_accept().unwrap().unwrap();
+    assert_eq!(server.peer().context, b"session-1");
+    assert_eq!(server.peer().cred.uid, client.peer().cred.uid);
+    assert!(!readable(&acceptor, 0));
+    assert_eq!(
+        acceptor
+            .accept(Some(Duration::from_millis(10)))
+            .unwrap_err(),
+        AcceptError::TimedOut
+    );
+    assert_eq!(acceptor.stats().accepted, 1);
+    let path = acceptor.path().to_owned();
+    drop(acceptor);
+    assert!(!path.exists(), "the socket goes with the acceptor");
+}
