@@ -445,7 +445,7 @@ struct Intercept<'t> {
 type ExpRouter<'t, N> = coresident::Router<
     't,
     [u8; 6],
-    coresident_shm::SharedRegion,
+    coresident_shm::MemfdRegion,
     coresident_shm::PeerLink,
     coresident::StdClock,
     N,

@@ -14,7 +14,7 @@ use coresident::ring::{Consumer, Producer, RecvError, SendError};
 use coresident::ring_memory;
 use coresident_ring::Readiness;
 
-use crate::discovery::{Discovery, OfferParams, Refusal, RingLink};
+use crate::discovery::{Discovery, OfferParams, Refusal, RingLink, Signal};
 use crate::stats::{Path, StreamStats};
 use crate::sys::{self, interest, Poller, Ready, Source};
 use crate::wire::{
@@ -411,27 +411,36 @@ impl Core {
         self.after_events()
     }
 
+    /// The peer closed the channel or died: the doorbell socket and the pidfd stay
+    /// readable for ever, so they leave the poller once, and the stream falls back.
+    fn peer_gone(&mut self) {
+        let Some(c) = self.session.as_ref().and_then(|s| s.chan.as_ref()) else {
+            return;
+        };
+        self.poller.delete(c.link.doorbell_fd());
+        if let Some(p) = &c.pidfd {
+            self.poller.delete(p.as_fd());
+        }
+        self.downgrade(Cause::PeerGone);
+    }
+
     fn handle(&mut self, ev: Ready) {
         let Some(s) = &mut self.session else {
             return;
         };
         match ev.source {
             Source::Doorbell => {
-                if s.chan.as_ref().is_some_and(|c| c.link.consume_doorbell()) {
-                    self.stats.doorbells_seen += 1;
-                    self.forward();
-                }
-            }
-            Source::Liveness | Source::PeerProcess => {
-                if let Some(c) = &s.chan {
-                    // Both stay readable for ever: once is enough.
-                    self.poller.delete(c.link.liveness_fd());
-                    if let Some(p) = &c.pidfd {
-                        self.poller.delete(p.as_fd());
+                let signal = s.chan.as_ref().map(|c| c.link.consume_doorbell());
+                match signal {
+                    Some(Signal::Rung) => {
+                        self.stats.doorbells_seen += 1;
+                        self.forward();
                     }
-                    self.downgrade(Cause::PeerGone);
+                    Some(Signal::Gone) => self.peer_gone(),
+                    Some(Signal::Quiet) | None => {}
                 }
             }
+            Source::PeerProcess => self.peer_gone(),
             Source::Mailbox => {
                 let mail = s.mailbox.as_ref().map(|m| m.take()).unwrap_or_default();
                 for m in mail {
@@ -566,7 +575,7 @@ impl Core {
             .add(link.doorbell_fd(), Source::Doorbell, interest(true, false))
             .and_then(|()| {
                 self.poller
-                    .add(link.liveness_fd(), Source::Liveness, interest(true, false))
+                    .add(link.wake_fd(), Source::Doorbell, interest(true, false))
             });
         if ok.is_err() {
             self.poller.delete(link.doorbell_fd());
@@ -693,7 +702,7 @@ impl Core {
         if done {
             if let Some(c) = s.chan.take() {
                 self.poller.delete(c.link.doorbell_fd());
-                self.poller.delete(c.link.liveness_fd());
+                self.poller.delete(c.link.wake_fd());
                 if let Some(p) = &c.pidfd {
                     self.poller.delete(p.as_fd());
                 }
@@ -919,7 +928,7 @@ impl Core {
 
     fn arm_space(&mut self, want: usize) -> Option<Readiness> {
         let c = self.session.as_mut().and_then(|s| s.chan.as_mut())?;
-        if c.link.consume_doorbell() {
+        if c.link.consume_doorbell().is_rung() {
             self.stats.doorbells_seen += 1;
             self.forward();
         }
@@ -1145,7 +1154,7 @@ impl Core {
         let Some(c) = self.session.as_mut().and_then(|s| s.chan.as_mut()) else {
             return;
         };
-        if c.link.consume_doorbell() {
+        if c.link.consume_doorbell().is_rung() {
             self.stats.doorbells_seen += 1;
             self.forward();
         }

@@ -19,7 +19,7 @@
 use core::fmt;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -27,8 +27,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coresident::{ChannelLayout, Role};
-use coresident_shm::{AcceptConfig, Endpoint, OfferConfig, PeerId};
+use coresident::{ChannelLayout, Doorbell, Role};
+use coresident_shm::{AcceptConfig, CredPolicy, Endpoint, OfferConfig, PeerId, PreparedOffer};
 
 use crate::sys;
 use crate::wire::{Hello, COMMIT, HELLO_LEN};
@@ -95,16 +95,17 @@ pub unsafe trait RingLink: Send + fmt::Debug {
     ///
     /// # Errors
     ///
-    /// The doorbell's system call failed.
+    /// The doorbell's system call failed, or the peer is gone.
     fn notify_peer(&self) -> io::Result<()>;
-    /// Consumes pending rings of our doorbell (without blocking); true if it had rung.
-    fn consume_doorbell(&self) -> bool;
-    /// Rings our own doorbell (to pass a consumed ring on to another waiting thread).
+    /// Consumes pending rings of our doorbell and our own wake-ups, without blocking.
+    fn consume_doorbell(&self) -> Signal;
+    /// Wakes our own poller (to pass a consumed ring on to another waiting thread);
+    /// the next [`consume_doorbell`](Self::consume_doorbell) reports it as a ring.
     fn ring_self(&self);
-    /// Our doorbell, readable when the peer rang.
+    /// Readable when the peer rang, and for ever once it closed this channel or died.
     fn doorbell_fd(&self) -> BorrowedFd<'_>;
-    /// Readable or hung up once the peer closed this channel or died.
-    fn liveness_fd(&self) -> BorrowedFd<'_>;
+    /// Readable after [`ring_self`](Self::ring_self); never shared with the peer.
+    fn wake_fd(&self) -> BorrowedFd<'_>;
     /// The peer process, when known.
     fn peer_pid(&self) -> Option<i32>;
     /// Connecting side: says "committed to the session" (before the TCP connect).
@@ -115,6 +116,24 @@ pub unsafe trait RingLink: Send + fmt::Debug {
     fn commit(&self) -> io::Result<()>;
     /// Accepting side: whether the connecting side committed (consumes its word).
     fn committed(&self) -> bool;
+}
+
+/// What a look at a channel's doorbell found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// The peer rang (or we woke ourselves).
+    Rung,
+    /// Nothing pending.
+    Quiet,
+    /// The peer closed the channel or died; rings it made before are reported first.
+    Gone,
+}
+
+impl Signal {
+    /// Whether this is [`Signal::Rung`].
+    pub fn is_rung(self) -> bool {
+        self == Self::Rung
+    }
 }
 
 /// Where a listener's background acceptor hands its handshakes.
@@ -304,6 +323,14 @@ impl HostRegistry {
         v
     }
 
+    /// The credential policy in `coresident-shm`'s terms (its handshake checks it too).
+    fn shm_policy(&self) -> CredPolicy {
+        match self.policy {
+            CredentialPolicy::SameUid => CredPolicy::same_user(),
+            CredentialPolicy::AnyUid => CredPolicy::anyone(),
+        }
+    }
+
     fn check_peer(&self, sock: BorrowedFd<'_>) -> Result<i32, Refusal> {
         let (pid, uid) = sys::peer_cred(sock)?;
         if self.policy == CredentialPolicy::SameUid && uid != sys::euid() {
@@ -416,17 +443,20 @@ impl Discovery for HostRegistry {
             return Err(Refusal::Handshake("deadline passed"));
         }
         let cfg = OfferConfig {
-            tx_data_size: params.ring_size as usize,
-            rx_data_size: params.ring_size as usize,
+            layout: ChannelLayout::symmetric(params.ring_size),
             handshake_timeout: left,
+            policy: self.shm_policy(),
             ..OfferConfig::new(local_id())
         };
-        let pending =
-            coresident_shm::ready_offer(&cfg).map_err(|_| Refusal::Handshake("region"))?;
-        let ep = pending
-            .offer(stream)
-            .map_err(|_| Refusal::Handshake("host transport"))?;
-        Ok(Box::new(HostLink::new(ep, pid)))
+        let prepared = PreparedOffer::new(&cfg).map_err(|e| {
+            tracing::warn!(error = %e, "could not prepare a channel");
+            Refusal::Handshake("region")
+        })?;
+        let ep = prepared.offer(stream).map_err(|e| {
+            tracing::warn!(error = %e, "the host transport's handshake failed");
+            Refusal::Handshake("host transport")
+        })?;
+        Ok(Box::new(HostLink::new(ep, pid)?))
     }
 }
 
@@ -476,6 +506,12 @@ impl HostRegistry {
     fn handshake(&self, mut stream: UnixStream, addr: SocketAddr, sink: &dyn HandshakeSink) {
         let timeout = coresident_shm::rendezvous::DEFAULT_HANDSHAKE_TIMEOUT;
         let deadline = Instant::now() + timeout;
+        // `accept_stream` hands the stream out non-blocking; our hello is read with a
+        // timeout. The file is ours alone (the peer holds the other end), and every call
+        // of `coresident-shm` on it passes `MSG_DONTWAIT` whatever its flags.
+        if stream.set_nonblocking(false).is_err() {
+            return;
+        }
         let pid = match self.check_peer(stream.as_fd()) {
             Ok(pid) => pid,
             Err(r) => {
@@ -525,10 +561,17 @@ impl HostRegistry {
             handshake_timeout: left.max(Duration::from_millis(1)),
             // Two rings of at most 16 MiB each, and their headers.
             max_region_size: 64 << 20,
+            policy: self.shm_policy(),
             ..AcceptConfig::default()
         };
         let res = match coresident_shm::accept_offer(stream, &cfg) {
-            Ok(ep) => Ok(Box::new(HostLink::new(ep, pid)) as Box<dyn RingLink>),
+            Ok(ep) => match HostLink::new(ep, pid) {
+                Ok(l) => Ok(Box::new(l) as Box<dyn RingLink>),
+                Err(e) => {
+                    tracing::warn!(tuple = %hello.tuple, error = %e, "no wake-up eventfd");
+                    Err(Refusal::from(e))
+                }
+            },
             Err(e) => {
                 tracing::warn!(tuple = %hello.tuple, error = %e, "handshake failed");
                 Err(Refusal::Handshake("host transport"))
@@ -538,33 +581,44 @@ impl HostRegistry {
     }
 }
 
-/// A host channel: the memfd region and the eventfd doorbells of `coresident-shm`.
+/// A host channel: `coresident-shm`'s sealed memfd region, and its rendezvous socket,
+/// which carries the doorbell bytes both ways, the COMMIT byte first, and the peer's
+/// death (its hang-up).
+///
+/// `ring_self` writes a private eventfd: ours alone (no peer holds it, so no peer can
+/// change its flags), non-blocking, a counter that never fills in practice (2^64 - 2).
 #[derive(Debug)]
 pub struct HostLink {
-    region: coresident_shm::SharedRegion,
+    region: coresident_shm::MemfdRegion,
     link: coresident_shm::PeerLink,
+    wake: OwnedFd,
     layout: ChannelLayout,
     role: Role,
     pid: i32,
 }
 
 impl HostLink {
-    fn new(ep: Endpoint, pid: i32) -> Self {
+    fn new(ep: Endpoint, pid: i32) -> io::Result<Self> {
+        let wake = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?;
         let l = ep.into_link();
-        Self {
+        Ok(Self {
             region: l.region,
             link: l.doorbell,
+            wake,
             layout: l.layout,
             role: l.role,
             pid,
-        }
+        })
     }
 }
 
 // SAFETY:
 // - the region is `coresident-shm`'s mmap of the sealed memfd, page-aligned, valid for
 //   reads and writes until `self.region` drops, and the host transport laid both rings
-//   out as `ChannelLayout` places them (`ready_offer`, checked again at attach);
+//   out as `ChannelLayout` places them (`PreparedOffer::new`, checked again at attach);
 // - this crate accesses it only through the ring's atomics and volatile copies.
 unsafe impl RingLink for HostLink {
     fn region(&self) -> (*mut u8, usize) {
@@ -577,24 +631,33 @@ unsafe impl RingLink for HostLink {
 
     fn notify_peer(&self) -> io::Result<()> {
         self.link
-            .notify_peer()
+            .ring()
             .map_err(|e| io::Error::other(e.to_string()))
     }
 
-    fn consume_doorbell(&self) -> bool {
-        matches!(self.link.try_consume(), Ok(Some(_)))
+    fn consume_doorbell(&self) -> Signal {
+        let mut b = [0u8; 8];
+        // Our own wake-ups: a non-blocking read of our private counter.
+        let woke = matches!(rustix::io::read(&self.wake, &mut b), Ok(8));
+        match self.link.try_consume() {
+            Ok(true) => Signal::Rung,
+            _ if woke => Signal::Rung,
+            Ok(false) => Signal::Quiet,
+            // A read that fails otherwise: the socket is broken, as good as gone.
+            Err(_) => Signal::Gone,
+        }
     }
 
     fn ring_self(&self) {
-        let _ = self.link.local_doorbell().notify();
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
     }
 
     fn doorbell_fd(&self) -> BorrowedFd<'_> {
-        self.link.local_doorbell().as_fd()
+        self.link.as_fd()
     }
 
-    fn liveness_fd(&self) -> BorrowedFd<'_> {
-        self.link.socket()
+    fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
     }
 
     fn peer_pid(&self) -> Option<i32> {
@@ -602,10 +665,12 @@ unsafe impl RingLink for HostLink {
     }
 
     fn commit(&self) -> io::Result<()> {
+        // The first byte on the socket after the ack, before any doorbell byte: no ring
+        // is rung before the session is committed.
         let n = rustix::net::send(
-            self.link.socket(),
+            self.link.as_fd(),
             &[COMMIT],
-            rustix::net::SendFlags::NOSIGNAL,
+            rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::DONTWAIT,
         )?;
         if n == 1 {
             Ok(())
@@ -617,7 +682,7 @@ unsafe impl RingLink for HostLink {
     fn committed(&self) -> bool {
         let mut b = [0u8; 1];
         matches!(
-            rustix::net::recv(self.link.socket(), &mut b, rustix::net::RecvFlags::DONTWAIT),
+            rustix::net::recv(self.link.as_fd(), &mut b, rustix::net::RecvFlags::DONTWAIT),
             Ok((1, _)) if b[0] == COMMIT
         )
     }

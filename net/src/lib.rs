@@ -9,7 +9,7 @@
 //!     miss: plain TCP, raw bytes for ever              (background acceptor)
 //!     hit:  bind (route source, port 0) -> 4-tuple
 //!           hello {4-tuple, session, epoch 0} ---->  placeholder[4-tuple]
-//!           channel handshake (memfd, eventfds) <->  handshake, ack
+//!           channel handshake (sealed memfd)   <->  handshake, ack
 //!           COMMIT byte                       ---->  (queued on the rendezvous socket)
 //!   connect TCP from the 4-tuple  ============SYN==>  accept(): placeholder[4-tuple]
 //!                                                      committed? session : plain
@@ -82,7 +82,7 @@ pub mod wire;
 
 pub use discovery::{
     CredentialPolicy, Discovery, HandshakeSink, HostLink, HostRegistry, NoDiscovery, OfferParams,
-    Refusal, Registration, RingLink,
+    Refusal, Registration, RingLink, Signal,
 };
 pub use listener::Listener;
 pub use stats::{Path, StreamStats};

@@ -21,8 +21,9 @@ const PENDING_EXPIRY: Duration = Duration::from_secs(10);
 enum Entry {
     /// The hello arrived; the transport's handshake runs.
     Waiting(Instant),
-    /// Handshaken.
-    Ready(Instant, Hello, Box<dyn RingLink>),
+    /// Handshaken; the session's mailbox already takes re-upgrades (a connecting side
+    /// may offer epoch 1 before our `accept` ran).
+    Ready(Instant, Hello, Box<dyn RingLink>, Arc<Mailbox>),
     /// The handshake failed.
     Failed(Instant),
 }
@@ -75,11 +76,21 @@ impl HandshakeSink for Acceptor {
             }
             return;
         }
+        // The session is known from now on, before its TCP connection is accepted: the
+        // entry holds the mailbox, the map a weak reference (gone with the entry if the
+        // connection never comes or never commits).
+        let link = link.and_then(|l| Ok((l, Mailbox::new().map_err(Refusal::from)?)));
+        if let Ok((_, m)) = &link {
+            if let Ok(mut s) = self.sessions.lock() {
+                s.retain(|_, w| w.strong_count() > 0);
+                s.insert(hello.session, Arc::downgrade(m));
+            }
+        }
         if let Ok(mut p) = self.pending.lock() {
             let now = Instant::now();
             if let Some(e) = p.get_mut(&hello.tuple) {
                 *e = match link {
-                    Ok(l) => Entry::Ready(now, *hello, l),
+                    Ok((l, m)) => Entry::Ready(now, *hello, l, m),
                     Err(_) => Entry::Failed(now),
                 };
             }
@@ -90,7 +101,11 @@ impl HandshakeSink for Acceptor {
 
 impl Acceptor {
     /// The channel handshaken for `tuple`, if its connecting side committed to it.
-    fn take(&self, tuple: &FourTuple, wait: Duration) -> Option<(Hello, Box<dyn RingLink>)> {
+    fn take(
+        &self,
+        tuple: &FourTuple,
+        wait: Duration,
+    ) -> Option<(Hello, Box<dyn RingLink>, Arc<Mailbox>)> {
         let deadline = Instant::now() + wait;
         let mut p = self.pending.lock().ok()?;
         loop {
@@ -110,7 +125,7 @@ impl Acceptor {
             }
         }
         match p.remove(tuple)? {
-            Entry::Ready(_, hello, link) => Some((hello, link)),
+            Entry::Ready(_, hello, link, mailbox) => Some((hello, link, mailbox)),
             _ => None,
         }
     }
@@ -224,11 +239,7 @@ impl Listener {
         .canonical();
         let taken = self.acceptor.take(&tuple, self.builder.handshake_timeout);
         let (session, link) = match taken {
-            Some((hello, link)) if link.committed() => {
-                let mailbox = Mailbox::new()?;
-                if let Ok(mut s) = self.acceptor.sessions.lock() {
-                    s.insert(hello.session, Arc::downgrade(&mailbox));
-                }
+            Some((hello, link, mailbox)) if link.committed() => {
                 let s = Core::session(
                     hello.session,
                     Side::Acceptor,

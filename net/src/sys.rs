@@ -15,10 +15,9 @@ use rustix::event::epoll;
 pub(crate) enum Source {
     /// The TCP socket.
     Tcp = 1,
-    /// The channel's doorbell (the peer published or released).
+    /// The channel's doorbell socket (the peer published or released; or, readable for
+    /// ever, it closed the channel or died) and our own wake-up eventfd.
     Doorbell = 2,
-    /// The channel's rendezvous socket (the peer closed the channel, or died).
-    Liveness = 3,
     /// A pidfd of the peer process (it exited, whoever else holds its sockets).
     PeerProcess = 4,
     /// The listener's mailbox (a new channel for this session, withdraw, readmit).
@@ -30,7 +29,6 @@ impl Source {
         Some(match v {
             1 => Self::Tcp,
             2 => Self::Doorbell,
-            3 => Self::Liveness,
             4 => Self::PeerProcess,
             5 => Self::Mailbox,
             _ => return None,

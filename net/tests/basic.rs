@@ -208,3 +208,29 @@ fn withdraw_makes_new_connections_plain_and_readmit_brings_the_ring_back() {
     assert_eq!(c3.path(), Path::Ring, "registered again");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A connecting side may downgrade and offer the next epoch before the listener's
+/// `accept` ran: the listener knows the session from its first handshake on, so the
+/// re-upgrade is taken, not refused ("no such session", as it was).
+#[test]
+fn a_re_upgrade_before_the_listener_accepts_is_taken() {
+    let (b, dir) = builder("early");
+    let listener = b.bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let c = b.connect(addr).unwrap();
+    assert_eq!(c.path(), Path::Ring);
+    (&c).write_all(b"one ").unwrap();
+    c.downgrade();
+    (&c).write_all(b"two ").unwrap();
+    c.upgrade().unwrap();
+    (&c).write_all(b"three").unwrap();
+    let cst = c.stats();
+    assert_eq!((cst.upgrades, cst.refusals), (2, 0), "{cst:?}");
+    c.shutdown(Shutdown::Write).unwrap();
+    // Only now does the listener accept.
+    let (mut s, _) = listener.accept().unwrap();
+    let mut v = Vec::new();
+    s.read_to_end(&mut v).unwrap();
+    assert_eq!(v, b"one two three");
+    let _ = std::fs::remove_dir_all(dir);
+}

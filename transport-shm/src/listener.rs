@@ -104,6 +104,9 @@ impl Engine {
                 Err(e) => return Err(SysError::new("poll", e)),
             }
             let listener_ready = !fds[0].revents().is_empty();
+            // Shut down (see `accept_stream`): it would poll ready for ever.
+            let listener_hup =
+                accept_new && fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR);
             let wake_ready = wake.is_some() && !fds[1].revents().is_empty();
             let ready: Vec<bool> = fds[2..].iter().map(|f| !f.revents().is_empty()).collect();
             drop(fds);
@@ -115,6 +118,9 @@ impl Engine {
             }
             if listener_ready && accept_new {
                 self.accept_new(listener, cfg)?;
+            }
+            if listener_hup {
+                return Err(SysError::new("accept", Errno::INVAL));
             }
             if wake_ready {
                 return Ok(());
@@ -345,18 +351,28 @@ impl Listener {
     ///
     /// [`SysError`] from `poll` or `accept`.
     pub fn accept_stream(&self) -> Result<UnixStream, SysError> {
+        // A listening socket shut down (how a server stops its acceptor thread) polls
+        // as readable and hung up while `accept` keeps saying EAGAIN: without this
+        // flag the loop would spin for ever.
+        let mut hung_up = false;
         loop {
             match rustix::net::accept_with(
                 &self.inner,
                 SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
             ) {
                 Ok(fd) => return Ok(UnixStream::from(fd)),
+                Err(Errno::AGAIN) if hung_up => {
+                    return Err(SysError::new("accept", Errno::INVAL));
+                }
                 Err(Errno::AGAIN) => {
                     let mut fds = [PollFd::new(&self.inner, PollFlags::IN)];
                     match rustix::event::poll(&mut fds, None) {
                         Ok(_) | Err(Errno::INTR) => {}
                         Err(e) => return Err(SysError::new("poll", e)),
                     }
+                    hung_up = fds[0]
+                        .revents()
+                        .intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL);
                 }
                 Err(Errno::INTR | Errno::CONNABORTED) => {}
                 Err(e) => return Err(SysError::new("accept", e)),

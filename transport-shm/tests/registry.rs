@@ -190,3 +190,22 @@ fn acceptor_hands_out_endpoints_and_is_pollable() {
     drop(acceptor);
     assert!(!path.exists(), "the socket goes with the acceptor");
 }
+
+/// A server stops its acceptor thread by shutting the listening socket down: the
+/// thread's `accept_stream` must return an error, not spin on EAGAIN for ever (it did:
+/// the shut-down socket polls as hung up while `accept` keeps saying EAGAIN).
+#[test]
+fn accept_stream_returns_once_the_listener_is_shut_down() {
+    use std::os::fd::AsFd;
+    let reg = Registry::open(fresh_dir("shutdown")).unwrap();
+    let listener = reg.register(&id("stopping")).unwrap();
+    let fd = listener.as_fd().try_clone_to_owned().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = thread::spawn(move || tx.send(listener.accept_stream().is_err()).unwrap());
+    thread::sleep(Duration::from_millis(50));
+    rustix::net::shutdown(&fd, rustix::net::Shutdown::Both).unwrap();
+    assert!(rx
+        .recv_timeout(WATCHDOG)
+        .expect("accept_stream spun on a shut-down listener"));
+    t.join().unwrap();
+}

@@ -4,8 +4,20 @@
 use coresident_net::{Builder, HostRegistry};
 use std::path::PathBuf;
 
+/// The library's events on stderr when `CORESIDENT_TEST_LOG` is set (`cargo test --
+/// --nocapture` shows them per test).
+pub fn log() {
+    if std::env::var_os("CORESIDENT_TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_max_level(tracing::Level::DEBUG)
+            .try_init();
+    }
+}
+
 /// A builder whose host registry lives in a fresh directory of its own.
 pub fn builder(name: &str) -> (Builder, PathBuf) {
+    log();
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("net-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
