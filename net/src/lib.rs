@@ -67,6 +67,9 @@
 //! Every upgrade, downgrade, refusal and error is a `tracing` event with the 4-tuple,
 //! the reason and the byte offsets; [`Stream::stats`] has the counters.
 #![cfg(target_os = "linux")]
+// OS code: nothing for loom to model; under `--cfg loom` the crate is empty (the root
+// crate's loom tests build its dev-dependencies, this crate among them).
+#![cfg(not(loom))]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations)]
 
