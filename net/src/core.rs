@@ -233,6 +233,9 @@ pub(crate) struct Core {
     failed: Option<io::ErrorKind>,
     /// Threads of this stream asleep in a blocking call (set by `stream.rs`).
     pub(crate) sleepers: u32,
+    /// Our own wake-up, for sessions: a private eventfd (no peer holds it, so no peer
+    /// can change its flags), non-blocking, in the epoll set as [`Source::Wake`].
+    wake: Option<OwnedFd>,
     /// A reader is armed for ring data / a writer for this much ring space.
     rx_waiting: bool,
     tx_waiting: Option<usize>,
@@ -261,6 +264,17 @@ impl Core {
         let _ = tcp.set_nodelay(true);
         let poller = Poller::new()?;
         poller.add(tcp.as_fd(), Source::Tcp, interest(true, false))?;
+        let wake = match &session {
+            Some(_) => {
+                let fd = rustix::event::eventfd(
+                    0,
+                    rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+                )?;
+                poller.add(fd.as_fd(), Source::Wake, interest(true, false))?;
+                Some(fd)
+            }
+            None => None,
+        };
         let mut core = Self {
             tcp,
             poller,
@@ -274,6 +288,7 @@ impl Core {
             tuning,
             failed: None,
             sleepers: 0,
+            wake,
             rx_waiting: false,
             tx_waiting: None,
             tcp_hint: true,
@@ -440,6 +455,12 @@ impl Core {
                     Some(Signal::Quiet) | None => {}
                 }
             }
+            Source::Wake => {
+                if let Some(w) = &self.wake {
+                    let _ = rustix::io::read(w, &mut [0u8; 8]);
+                }
+                self.forward();
+            }
             Source::PeerProcess => self.peer_gone(),
             Source::Mailbox => {
                 let mail = s.mailbox.as_ref().map(|m| m.take()).unwrap_or_default();
@@ -572,13 +593,8 @@ impl Core {
         }
         let ok = self
             .poller
-            .add(link.doorbell_fd(), Source::Doorbell, interest(true, false))
-            .and_then(|()| {
-                self.poller
-                    .add(link.wake_fd(), Source::Doorbell, interest(true, false))
-            });
+            .add(link.doorbell_fd(), Source::Doorbell, interest(true, false));
         if ok.is_err() {
-            self.poller.delete(link.doorbell_fd());
             self.stats.refusals += 1;
             return;
         }
@@ -702,7 +718,6 @@ impl Core {
         if done {
             if let Some(c) = s.chan.take() {
                 self.poller.delete(c.link.doorbell_fd());
-                self.poller.delete(c.link.wake_fd());
                 if let Some(p) = &c.pidfd {
                     self.poller.delete(p.as_fd());
                 }
@@ -785,8 +800,8 @@ impl Core {
                 ready |= r.cons.peek().is_ok();
             }
         }
-        if ready {
-            c.link.ring_self();
+        if let (true, Some(w)) = (ready, &self.wake) {
+            let _ = rustix::io::write(w, &1u64.to_ne_bytes());
         }
     }
 

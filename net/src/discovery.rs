@@ -19,7 +19,7 @@
 use core::fmt;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -97,15 +97,10 @@ pub unsafe trait RingLink: Send + fmt::Debug {
     ///
     /// The doorbell's system call failed, or the peer is gone.
     fn notify_peer(&self) -> io::Result<()>;
-    /// Consumes pending rings of our doorbell and our own wake-ups, without blocking.
+    /// Consumes pending rings of our doorbell, without blocking.
     fn consume_doorbell(&self) -> Signal;
-    /// Wakes our own poller (to pass a consumed ring on to another waiting thread);
-    /// the next [`consume_doorbell`](Self::consume_doorbell) reports it as a ring.
-    fn ring_self(&self);
     /// Readable when the peer rang, and for ever once it closed this channel or died.
     fn doorbell_fd(&self) -> BorrowedFd<'_>;
-    /// Readable after [`ring_self`](Self::ring_self); never shared with the peer.
-    fn wake_fd(&self) -> BorrowedFd<'_>;
     /// The peer process, when known.
     fn peer_pid(&self) -> Option<i32>;
     /// Connecting side: says "committed to the session" (before the TCP connect).
@@ -121,7 +116,7 @@ pub unsafe trait RingLink: Send + fmt::Debug {
 /// What a look at a channel's doorbell found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
-    /// The peer rang (or we woke ourselves).
+    /// The peer rang.
     Rung,
     /// Nothing pending.
     Quiet,
@@ -456,7 +451,7 @@ impl Discovery for HostRegistry {
             tracing::warn!(error = %e, "the host transport's handshake failed");
             Refusal::Handshake("host transport")
         })?;
-        Ok(Box::new(HostLink::new(ep, pid)?))
+        Ok(Box::new(HostLink::new(ep, pid)))
     }
 }
 
@@ -565,13 +560,7 @@ impl HostRegistry {
             ..AcceptConfig::default()
         };
         let res = match coresident_shm::accept_offer(stream, &cfg) {
-            Ok(ep) => match HostLink::new(ep, pid) {
-                Ok(l) => Ok(Box::new(l) as Box<dyn RingLink>),
-                Err(e) => {
-                    tracing::warn!(tuple = %hello.tuple, error = %e, "no wake-up eventfd");
-                    Err(Refusal::from(e))
-                }
-            },
+            Ok(ep) => Ok(Box::new(HostLink::new(ep, pid)) as Box<dyn RingLink>),
             Err(e) => {
                 tracing::warn!(tuple = %hello.tuple, error = %e, "handshake failed");
                 Err(Refusal::Handshake("host transport"))
@@ -584,34 +573,25 @@ impl HostRegistry {
 /// A host channel: `coresident-shm`'s sealed memfd region, and its rendezvous socket,
 /// which carries the doorbell bytes both ways, the COMMIT byte first, and the peer's
 /// death (its hang-up).
-///
-/// `ring_self` writes a private eventfd: ours alone (no peer holds it, so no peer can
-/// change its flags), non-blocking, a counter that never fills in practice (2^64 - 2).
 #[derive(Debug)]
 pub struct HostLink {
     region: coresident_shm::MemfdRegion,
     link: coresident_shm::PeerLink,
-    wake: OwnedFd,
     layout: ChannelLayout,
     role: Role,
     pid: i32,
 }
 
 impl HostLink {
-    fn new(ep: Endpoint, pid: i32) -> io::Result<Self> {
-        let wake = rustix::event::eventfd(
-            0,
-            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-        )?;
+    fn new(ep: Endpoint, pid: i32) -> Self {
         let l = ep.into_link();
-        Ok(Self {
+        Self {
             region: l.region,
             link: l.doorbell,
-            wake,
             layout: l.layout,
             role: l.role,
             pid,
-        })
+        }
     }
 }
 
@@ -636,28 +616,16 @@ unsafe impl RingLink for HostLink {
     }
 
     fn consume_doorbell(&self) -> Signal {
-        let mut b = [0u8; 8];
-        // Our own wake-ups: a non-blocking read of our private counter.
-        let woke = matches!(rustix::io::read(&self.wake, &mut b), Ok(8));
         match self.link.try_consume() {
             Ok(true) => Signal::Rung,
-            _ if woke => Signal::Rung,
             Ok(false) => Signal::Quiet,
             // A read that fails otherwise: the socket is broken, as good as gone.
             Err(_) => Signal::Gone,
         }
     }
 
-    fn ring_self(&self) {
-        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
-    }
-
     fn doorbell_fd(&self) -> BorrowedFd<'_> {
         self.link.as_fd()
-    }
-
-    fn wake_fd(&self) -> BorrowedFd<'_> {
-        self.wake.as_fd()
     }
 
     fn peer_pid(&self) -> Option<i32> {

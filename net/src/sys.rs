@@ -16,8 +16,10 @@ pub(crate) enum Source {
     /// The TCP socket.
     Tcp = 1,
     /// The channel's doorbell socket (the peer published or released; or, readable for
-    /// ever, it closed the channel or died) and our own wake-up eventfd.
+    /// ever, it closed the channel or died).
     Doorbell = 2,
+    /// The stream's own wake-up eventfd (a ring passed on to another thread of ours).
+    Wake = 3,
     /// A pidfd of the peer process (it exited, whoever else holds its sockets).
     PeerProcess = 4,
     /// The listener's mailbox (a new channel for this session, withdraw, readmit).
@@ -29,6 +31,7 @@ impl Source {
         Some(match v {
             1 => Self::Tcp,
             2 => Self::Doorbell,
+            3 => Self::Wake,
             4 => Self::PeerProcess,
             5 => Self::Mailbox,
             _ => return None,
