@@ -202,7 +202,16 @@ pub(crate) fn respond(req: &str) -> String {
         "status" => {
             let conns = crate::fdops::accelerated();
             for (fd, _, c) in &conns {
-                let s = c.imp.stats();
+                // One broken connection must not hide the others: its line says so,
+                // the panic is counted (and poisons new connections, as at every
+                // barrier), and the walk goes on.
+                let stats =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.imp.stats()));
+                let Ok(s) = stats else {
+                    crate::guard::caught_panic();
+                    let _ = writeln!(out, "conn id={} fd={fd} stats=unavailable", c.id);
+                    continue;
+                };
                 let path = s.path.map_or("?".into(), |p| p.to_string());
                 let addr =
                     |a: Option<core::net::SocketAddr>| a.map_or("-".into(), |a| a.to_string());

@@ -130,7 +130,7 @@ pub(crate) fn quietly(f: impl FnOnce()) {
 
 /// Records a caught panic.
 #[cold]
-fn caught_panic() {
+pub(crate) fn caught_panic() {
     // Relaxed: statistics and a one-way flag (see `poisoned`).
     PANICS.fetch_add(1, Ordering::Relaxed);
     POISONED.store(true, Ordering::Relaxed);

@@ -618,12 +618,30 @@ fn dup_shares_and_the_last_close_closes() {
 
 #[test]
 fn close_range_forgets_every_descriptor_in_it() {
+    // The range must hold only this test's descriptors: tests run in parallel in one
+    // process, and a range spanning `p.a()..=p.b()` once forgot another test's
+    // connection whose number fell between them (that test then read end-of-stream,
+    // or saw its calls pass through untracked). Two fixed high numbers no other test
+    // is given, duplicated from the pair and tracked as `dup2` would track them.
     let p = Pair::new(1024);
-    let (lo, hi) = (p.a().min(p.b()), p.a().max(p.b()));
+    let (lo, hi) = (3000, 3001);
+    for (old, new) in [(p.a(), lo), (p.b(), hi)] {
+        // SAFETY: plain dup2 of our own descriptor onto a number nothing else uses.
+        assert_eq!(unsafe { real::dup2(old, new) }, new);
+        fdops::on_dup(old, new);
+    }
     fdops::close_range(lo as u32, hi as u32, libc::CLOSE_RANGE_CLOEXEC as c_int);
     assert!(FDS.contains(lo), "CLOEXEC only: nothing closed");
     fdops::close_range(lo as u32, hi as u32, 0);
     assert!(!FDS.contains(lo) && !FDS.contains(hi));
+    assert!(
+        FDS.contains(p.a()) && FDS.contains(p.b()),
+        "outside the range: kept"
+    );
+    for fd in [lo, hi] {
+        // SAFETY: our own duplicates, forgotten above.
+        unsafe { real::close(fd) };
+    }
 }
 
 #[test]
@@ -764,4 +782,35 @@ fn untracked_descriptors_pass_through() {
     );
     let mut fds = [pfd(fd, libc::POLLIN)];
     assert_eq!(ppoll(&mut fds, SHORT), -2);
+}
+
+#[test]
+fn a_panicking_connection_does_not_hide_the_others_from_status() {
+    // The control socket's `status` walks every accelerated connection. One whose
+    // `stats` panics used to unwind the whole answer (caught by the control thread's
+    // barrier, so the client got nothing): the operator lost sight of every healthy
+    // connection because of one broken one.
+    let p = Pair::new(64);
+    let (x, _y) = tcp_pair();
+    let ev = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+    let bad = accelerate(x.as_raw_fd(), Box::new(Panicky(ev)));
+    let good = FDS
+        .get(p.a())
+        .and_then(|e| e.sock().and_then(|s| s.conn.load()))
+        .unwrap();
+    let reply = crate::control::respond("status");
+    assert!(
+        reply.contains(&format!("conn id={} fd={} ", good.id, p.a())),
+        "{reply}"
+    );
+    assert!(
+        reply.contains(&format!(
+            "conn id={} fd={} stats=unavailable",
+            bad.id,
+            x.as_raw_fd()
+        )),
+        "{reply}"
+    );
+    assert!(reply.contains("end pid="), "{reply}");
+    fdops::close(x.as_raw_fd());
 }
