@@ -40,7 +40,7 @@ use rustix::event::epoll;
 
 use crate::conn::Readiness;
 use crate::guard::{errno, fail, Verdict};
-use crate::state::{lock, Conn, Entry, KernelReg, FDS};
+use crate::state::{lock, Conn, Entry, KernelReg, Sock, FDS};
 use crate::wait::Deadline;
 
 /// The bits of `events` that are readiness (the rest are `EPOLLET` and friends).
@@ -154,6 +154,28 @@ impl Reg {
     }
 }
 
+/// A connection the application took out of the set (`EPOLL_CTL_DEL`) whose wake
+/// descriptor is left in the private epoll for a while.
+///
+/// Event loops delete and re-add a descriptor around every write (redis-benchmark's
+/// `ae` loop: five `epoll_ctl` per request): taking the wake descriptor out of the
+/// private epoll at once made each of those a system call again, which is what the
+/// emulation exists to save. It goes for real when it fires unused (at most one
+/// spurious look of a `wait`), when its socket is closed or handed back to the kernel,
+/// or when more than [`MAX_IDLE`] are left.
+#[derive(Debug)]
+struct Idle {
+    /// The connection's id (the private epoll's event data).
+    id: u64,
+    /// Its socket's entry (close and hand-back find their idle watches by it).
+    sock: Weak<Entry>,
+    /// The connection (for its wake descriptor when the watch goes for real).
+    conn: Weak<Conn>,
+}
+
+/// Idle watches kept per epoll set (bounded memory whatever the application does).
+const MAX_IDLE: usize = 64;
+
 /// The emulated half of one epoll instance.
 #[derive(Debug, Default)]
 pub(crate) struct EpollSet {
@@ -165,6 +187,9 @@ pub(crate) struct EpollSet {
     cursor: AtomicUsize,
     /// A private epoll holding each emulated connection's wake descriptor.
     inner: OnceLock<OwnedFd>,
+    /// Connections whose wake descriptor stays in `inner` though no registration uses
+    /// it any more (see [`Idle`]). Lock order: `regs`, then `idle`.
+    idle: Mutex<Vec<Idle>>,
     /// What spinning achieved in this set's waits (`wait::Spinner`).
     spinner: Mutex<crate::wait::Spinner>,
 }
@@ -180,8 +205,19 @@ impl EpollSet {
         self.inner.get()
     }
 
-    /// Adds `conn`'s wake descriptor to the private epoll (once per connection).
-    fn watch(&self, conn: &Conn) {
+    /// Adds `conn`'s wake descriptor to the private epoll (once per connection; none
+    /// if it is still there, idle, or already used by another registration).
+    fn watch(&self, regs: &[Reg], conn: &Conn) {
+        if regs.iter().any(|r| r.conn.id == conn.id) {
+            return;
+        }
+        {
+            let mut idle = lock(&self.idle);
+            if let Some(i) = idle.iter().position(|w| w.id == conn.id) {
+                idle.swap_remove(i);
+                return;
+            }
+        }
         if let Some(inner) = self.inner() {
             let _ = epoll::add(
                 inner,
@@ -192,13 +228,58 @@ impl EpollSet {
         }
     }
 
-    /// Removes `conn`'s wake descriptor once no registration uses it.
-    fn unwatch_if_unused(&self, regs: &[Reg], conn: &Conn) {
-        if regs.iter().any(|r| r.conn.id == conn.id) {
+    /// `conn`'s wake descriptor, once no registration uses it: left in the private
+    /// epoll, idle (`lazy`: the application's `EPOLL_CTL_DEL`), or removed now.
+    fn unwatch_if_unused(&self, regs: &[Reg], reg: &Reg, lazy: bool) {
+        if regs.iter().any(|r| r.conn.id == reg.conn.id) {
             return;
         }
+        if !lazy {
+            self.delete(&reg.conn);
+            return;
+        }
+        let evicted = {
+            let mut idle = lock(&self.idle);
+            idle.push(Idle {
+                id: reg.conn.id,
+                sock: reg.sock.clone(),
+                conn: Arc::downgrade(&reg.conn),
+            });
+            if idle.len() > MAX_IDLE {
+                Some(idle.remove(0))
+            } else {
+                None
+            }
+        };
+        if let Some(conn) = evicted.and_then(|w| w.conn.upgrade()) {
+            self.delete(&conn);
+        }
+    }
+
+    /// Takes `conn`'s wake descriptor out of the private epoll.
+    fn delete(&self, conn: &Conn) {
         if let Some(inner) = self.inner.get() {
             let _ = epoll::delete(inner, conn.imp.wake_fd());
+        }
+    }
+
+    /// Removes the idle watches `gone` selects from the private epoll.
+    fn drop_idle(&self, mut gone: impl FnMut(&Idle) -> bool) {
+        let dropped: Vec<Idle> = {
+            let mut idle = lock(&self.idle);
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < idle.len() {
+                if gone(&idle[i]) {
+                    out.push(idle.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            out
+        };
+        for conn in dropped.iter().filter_map(|w| w.conn.upgrade()) {
+            self.delete(&conn);
         }
     }
 
@@ -208,15 +289,16 @@ impl EpollSet {
         if regs.iter().any(|r| r.fd == reg.fd) {
             return Err(libc::EEXIST);
         }
-        self.watch(&reg.conn);
+        self.watch(&regs, &reg.conn);
         regs.push(reg);
         // Relaxed: a hint for the fast path; the lock orders the real state.
         self.count.store(regs.len(), Ordering::Relaxed);
         Ok(())
     }
 
-    /// Removes the registrations of `fd` that `keep` rejects; returns them.
-    fn remove_where(&self, mut gone: impl FnMut(&Reg) -> bool) -> Vec<Reg> {
+    /// Removes the registrations that `gone` selects; returns them. `lazy`: the
+    /// application's `EPOLL_CTL_DEL`, whose wake descriptors may stay, idle.
+    fn remove_where(&self, lazy: bool, mut gone: impl FnMut(&Reg) -> bool) -> Vec<Reg> {
         let mut regs = lock(&self.regs);
         let mut out = Vec::new();
         let mut i = 0;
@@ -228,7 +310,7 @@ impl EpollSet {
             }
         }
         for r in &out {
-            self.unwatch_if_unused(&regs, &r.conn);
+            self.unwatch_if_unused(&regs, r, lazy);
         }
         // Relaxed: as in `add`.
         self.count.store(regs.len(), Ordering::Relaxed);
@@ -256,7 +338,13 @@ impl EpollSet {
             tv_nsec: 0,
         };
         let _ = epoll::wait(inner, rustix::buffer::spare_capacity(&mut evs), Some(&zero));
-        evs.iter().map(|e| e.data.u64()).collect()
+        let fired: Vec<u64> = evs.iter().map(|e| e.data.u64()).collect();
+        // An idle watch that fired would wake every sleep from now on: it goes now.
+        // Any id fired here that a registration re-took since is no longer idle.
+        if !fired.is_empty() && !lock(&self.idle).is_empty() {
+            self.drop_idle(|w| fired.contains(&w.id));
+        }
+        fired
     }
 
     /// Fills `out` with due events (up to its length); returns how many.
@@ -404,7 +492,7 @@ pub(crate) unsafe fn ctl(
             };
             match set.add(reg) {
                 Ok(()) => {
-                    lock(&sock.emulated_in).push(Arc::downgrade(&set_entry));
+                    note_emulated_in(sock, &set_entry);
                     Verdict::Done(0)
                 }
                 Err(e) => Verdict::Done(fail(e)),
@@ -427,13 +515,27 @@ pub(crate) unsafe fn ctl(
             }
         }
         libc::EPOLL_CTL_DEL => {
-            if set.remove_where(|r| r.fd == fd).is_empty() {
+            if set.remove_where(true, |r| r.fd == fd).is_empty() {
                 Verdict::Done(fail(libc::ENOENT))
             } else {
                 Verdict::Done(0)
             }
         }
         _ => Verdict::Done(fail(libc::EINVAL)),
+    }
+}
+
+/// Records that `sock` has (or had) a registration in `set_entry`'s set, once: an
+/// application that deletes and re-adds a socket around every write must not grow
+/// the list (it did, by one entry per `EPOLL_CTL_ADD`, for the socket's lifetime).
+fn note_emulated_in(sock: &Sock, set_entry: &Arc<Entry>) {
+    let mut sets = lock(&sock.emulated_in);
+    if !sets
+        .iter()
+        .any(|w| core::ptr::eq(w.as_ptr(), Arc::as_ptr(set_entry)))
+    {
+        sets.retain(|w| w.strong_count() > 0);
+        sets.push(Arc::downgrade(set_entry));
     }
 }
 
@@ -496,7 +598,7 @@ pub(crate) fn take_from_kernel(entry: &Arc<Entry>) {
             disabled: false,
         };
         if set.add(reg).is_ok() {
-            lock(&sock.emulated_in).push(Arc::downgrade(&set_entry));
+            note_emulated_in(sock, &set_entry);
         }
     }
 }
@@ -513,7 +615,8 @@ pub(crate) fn return_to_kernel(entry: &Arc<Entry>) {
         let Some(set) = set_entry.epoll() else {
             continue;
         };
-        let moved = set.remove_where(|r| r.sock.as_ptr() == Arc::as_ptr(entry));
+        let moved = set.remove_where(false, |r| r.sock.as_ptr() == Arc::as_ptr(entry));
+        set.drop_idle(|w| w.sock.as_ptr() == Arc::as_ptr(entry));
         for r in moved {
             let mut ev = epoll_event {
                 events: r.events,
@@ -547,7 +650,8 @@ pub(crate) fn forget_fd(entry: &Arc<Entry>, fd: c_int) {
     for w in sets {
         if let Some(set_entry) = w.upgrade() {
             if let Some(set) = set_entry.epoll() {
-                let _ = set.remove_where(|r| r.fd == fd);
+                let _ = set.remove_where(false, |r| r.fd == fd);
+                set.drop_idle(|w| w.sock.as_ptr() == Arc::as_ptr(entry));
             }
         }
     }
@@ -649,5 +753,27 @@ pub(crate) unsafe fn wait(
         if r < 0 {
             return Verdict::Done(-1);
         }
+    }
+}
+
+#[cfg(test)]
+impl EpollSet {
+    /// Whether `conn`'s wake descriptor is in the private epoll (a `MOD` to the same
+    /// event succeeds only for a descriptor that is there).
+    pub(crate) fn watches(&self, conn: &Conn) -> bool {
+        self.inner.get().is_some_and(|inner| {
+            epoll::modify(
+                inner,
+                conn.imp.wake_fd(),
+                epoll::EventData::new_u64(conn.id),
+                epoll::EventFlags::IN,
+            )
+            .is_ok()
+        })
+    }
+
+    /// How many idle watches are kept.
+    pub(crate) fn idle_len(&self) -> usize {
+        lock(&self.idle).len()
     }
 }

@@ -18,7 +18,7 @@ use crate::conn::{Accelerated, ConnStats, Readiness, Reason, Shutdown};
 use crate::guard::{errno, hook, Verdict};
 use crate::io::Call;
 use crate::mem::MemConn;
-use crate::state::{Conn, Entry, Sock, FDS};
+use crate::state::{lock, Conn, Entry, Sock, FDS};
 use crate::{epoll, fdops, io, poll, real};
 
 /// A real TCP connection whose two ends are tracked and accelerated by a `MemConn` pair.
@@ -813,4 +813,104 @@ fn a_panicking_connection_does_not_hide_the_others_from_status() {
     );
     assert!(reply.contains("end pid="), "{reply}");
     fdops::close(x.as_raw_fd());
+}
+
+/// The epoll set of `ep`, and the connection of `fd`.
+fn set_and_conn(ep: &OwnedFd, fd: c_int) -> (Arc<Entry>, Arc<Conn>) {
+    let set = FDS.get(ep.as_raw_fd()).unwrap();
+    assert!(set.epoll().is_some());
+    let conn = FDS
+        .get(fd)
+        .and_then(|e| e.sock().and_then(|s| s.conn.load()))
+        .unwrap();
+    (set, conn)
+}
+
+#[test]
+fn delete_and_re_add_around_every_write_costs_nothing_and_grows_nothing() {
+    // redis-benchmark's event loop deletes and re-adds its socket around every
+    // request. Each cycle used to take the connection's wake descriptor out of the
+    // private epoll and put it back (two system calls, which is what the emulation
+    // saves), and to append one more entry to the socket's list of sets, for ever.
+    let p = Pair::new(1024);
+    let ep = epoll_new();
+    let ev = libc::EPOLLIN as u32;
+    for _ in 0..1000 {
+        assert_eq!(ctl(&ep, libc::EPOLL_CTL_ADD, p.b(), ev, 1), 0);
+        assert_eq!(ctl(&ep, libc::EPOLL_CTL_DEL, p.b(), 0, 0), 0);
+    }
+    let entry = FDS.get(p.b()).unwrap();
+    assert_eq!(lock(&entry.sock().unwrap().emulated_in).len(), 1);
+    let (set, conn) = set_and_conn(&ep, p.b());
+    let set = set.epoll().unwrap();
+    assert!(
+        set.watches(&conn),
+        "deleted: the wake descriptor stays, idle"
+    );
+    assert_eq!(set.idle_len(), 1);
+    // Re-added: the same watch serves, and a late writer is reported.
+    assert_eq!(ctl(&ep, libc::EPOLL_CTL_ADD, p.b(), ev, 7), 0);
+    assert_eq!(set.idle_len(), 0);
+    assert!(set.watches(&conn));
+    let a = p.a();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(write(a, b"x", 0), 1);
+    });
+    assert_eq!(
+        ewait(&ep, Some(Duration::from_secs(10))),
+        vec![(libc::EPOLLIN as u32, 7)]
+    );
+    t.join().unwrap();
+}
+
+#[test]
+fn a_deleted_connection_is_never_reported_and_its_idle_watch_goes_when_it_fires() {
+    let p = Pair::new(1024);
+    let q = Pair::new(1024);
+    let ep = epoll_new();
+    let ev = libc::EPOLLIN as u32;
+    assert_eq!(ctl(&ep, libc::EPOLL_CTL_ADD, p.b(), ev, 1), 0);
+    assert_eq!(ctl(&ep, libc::EPOLL_CTL_ADD, q.b(), ev, 2), 0);
+    assert_eq!(ctl(&ep, libc::EPOLL_CTL_DEL, p.b(), 0, 0), 0);
+    // Bytes for the deleted one: its idle wake descriptor fires; it is not reported,
+    // and the watch goes for real (else every later sleep would wake at once).
+    assert_eq!(write(p.a(), b"ab", 0), 2);
+    assert!(ewait(&ep, SHORT).is_empty());
+    let (set, conn) = set_and_conn(&ep, p.b());
+    let set = set.epoll().unwrap();
+    assert_eq!(set.idle_len(), 0);
+    assert!(!set.watches(&conn));
+    // The other registration still works, and the deleted one comes back when added.
+    assert_eq!(write(q.a(), b"c", 0), 1);
+    assert_eq!(ewait(&ep, SHORT), vec![(libc::EPOLLIN as u32, 2)]);
+    assert_eq!(ctl(&ep, libc::EPOLL_CTL_ADD, p.b(), ev, 3), 0);
+    assert!(set.watches(&conn));
+    let mut got = ewait(&ep, SHORT);
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        vec![(libc::EPOLLIN as u32, 2), (libc::EPOLLIN as u32, 3)]
+    );
+}
+
+#[test]
+fn idle_watches_are_bounded_and_go_when_their_socket_closes() {
+    let ep = epoll_new();
+    let ev = libc::EPOLLIN as u32;
+    let pairs: Vec<Pair> = (0..80).map(|_| Pair::new(64)).collect();
+    for (i, p) in pairs.iter().enumerate() {
+        assert_eq!(ctl(&ep, libc::EPOLL_CTL_ADD, p.b(), ev, i as u64), 0);
+        assert_eq!(ctl(&ep, libc::EPOLL_CTL_DEL, p.b(), 0, 0), 0);
+    }
+    let set = FDS.get(ep.as_raw_fd()).unwrap();
+    let set = set.epoll().unwrap();
+    assert_eq!(set.idle_len(), 64);
+    let conns: Vec<Arc<Conn>> = pairs.iter().map(|p| set_and_conn(&ep, p.b()).1).collect();
+    assert!(!set.watches(&conns[0]), "the oldest were evicted for real");
+    assert!(set.watches(&conns[79]));
+    // Closing a socket takes its idle watch out at once.
+    fdops::close(pairs[79].b());
+    assert_eq!(set.idle_len(), 63);
+    assert!(!set.watches(&conns[79]));
 }
