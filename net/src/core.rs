@@ -223,8 +223,12 @@ pub(crate) struct Core {
     pub(crate) session: Option<Session>,
     pub(crate) stats: StreamStats,
     events: Vec<Ready>,
-    /// TCP interest as registered: (in, out).
+    /// TCP interest as wanted: (in, out) (`out` is set by `want_out` before the
+    /// poller is told).
     tcp_interest: (bool, bool),
+    /// TCP interest as the poller has it (level-triggered: telling it the same again
+    /// is a system call that changes nothing, once per wake-up on the ring's path).
+    tcp_in_poller: (bool, bool),
     tcp_registered: bool,
     fork_gen: u64,
     ops: u32,
@@ -282,6 +286,7 @@ impl Core {
             stats: StreamStats::default(),
             events: Vec::new(),
             tcp_interest: (true, false),
+            tcp_in_poller: (true, false),
             tcp_registered: true,
             fork_gen: sys::fork_generation(),
             ops: 0,
@@ -377,6 +382,7 @@ impl Core {
         poller.add(self.tcp.as_fd(), Source::Tcp, interest(true, false))?;
         self.poller = poller;
         self.tcp_interest = (true, false);
+        self.tcp_in_poller = (true, false);
         self.tcp_registered = true;
         if let Some(s) = &mut self.session {
             s.mailbox = None;
@@ -1080,6 +1086,10 @@ impl Core {
         if !self.tcp_registered {
             return;
         }
+        if want == self.tcp_in_poller {
+            self.tcp_interest = want;
+            return;
+        }
         let flags = interest(want.0, want.1);
         if self
             .poller
@@ -1087,6 +1097,7 @@ impl Core {
             .is_ok()
         {
             self.tcp_interest = want;
+            self.tcp_in_poller = want;
         }
     }
 
