@@ -230,6 +230,12 @@ pub(crate) struct Core {
     /// is a system call that changes nothing, once per wake-up on the ring's path).
     tcp_in_poller: (bool, bool),
     tcp_registered: bool,
+    /// The doorbell was consumed by the last [`look`](Self::look) and not since: an
+    /// arm right after it need not read the socket again (one `recv` per wake-up
+    /// instead of two). A ring that lands after that read stays pending and makes the
+    /// next sleep return at once, to a look that consumes it: a spurious wake-up at
+    /// worst, never a lost one (the arm's own re-check of the ring is unchanged).
+    doorbell_drained: bool,
     fork_gen: u64,
     ops: u32,
     tuning: Tuning,
@@ -288,6 +294,7 @@ impl Core {
             tcp_interest: (true, false),
             tcp_in_poller: (true, false),
             tcp_registered: true,
+            doorbell_drained: false,
             fork_gen: sys::fork_generation(),
             ops: 0,
             tuning,
@@ -423,6 +430,7 @@ impl Core {
         // the new bytes take: the peer may wait for them.
         self.flush_out()?;
         let mut events = core::mem::take(&mut self.events);
+        self.doorbell_drained = false;
         let res = self.poller.wait(Duration::ZERO, &mut events);
         for ev in &events {
             self.handle(*ev);
@@ -452,6 +460,7 @@ impl Core {
         match ev.source {
             Source::Doorbell => {
                 let signal = s.chan.as_ref().map(|c| c.link.consume_doorbell());
+                self.doorbell_drained = signal.is_some();
                 match signal {
                     Some(Signal::Rung) => {
                         self.stats.doorbells_seen += 1;
@@ -949,7 +958,7 @@ impl Core {
 
     fn arm_space(&mut self, want: usize) -> Option<Readiness> {
         let c = self.session.as_mut().and_then(|s| s.chan.as_mut())?;
-        if c.link.consume_doorbell().is_rung() {
+        if !core::mem::take(&mut self.doorbell_drained) && c.link.consume_doorbell().is_rung() {
             self.stats.doorbells_seen += 1;
             self.forward();
         }
@@ -1180,7 +1189,7 @@ impl Core {
         let Some(c) = self.session.as_mut().and_then(|s| s.chan.as_mut()) else {
             return;
         };
-        if c.link.consume_doorbell().is_rung() {
+        if !core::mem::take(&mut self.doorbell_drained) && c.link.consume_doorbell().is_rung() {
             self.stats.doorbells_seen += 1;
             self.forward();
         }
