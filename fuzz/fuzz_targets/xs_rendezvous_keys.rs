@@ -2,7 +2,7 @@
 //! offer directory's `version`, `port`, `to-acceptor`, `to-offerer`,
 //! `nrefs`, `refsN` and `state`, and the answer's `version`, `offer-port`,
 //! `port`, `error` and `state`, each present, absent or unreadable, with
-//! any bytes, and both readers (`coresident_xen::rendezvous_keys::{
+//! any bytes, and both readers (`coresident_xen::protocol::keys::{
 //! read_offer, read_answer}`, `core` only, shared by the daemon and the
 //! PV kernel) run over them.
 //!
@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use coresident_xen::rendezvous_keys::{
+use coresident_xen::protocol::keys::{
     read_answer, read_offer, write_offer, Store, FIRST_GRANT_REF, GRANT_REF_LIMIT, PORT_LIMIT,
 };
 use libfuzzer_sys::fuzz_target;
@@ -110,7 +110,7 @@ fuzz_target!(|data: &[u8]| {
             .all(|r| (FIRST_GRANT_REF..GRANT_REF_LIMIT).contains(r)));
         // Written again, the same offer reads back.
         let mut again = Fake::default();
-        let mut put = |key: &str, v: &[u8]| -> Result<(), coresident_xen::rendezvous_keys::TooLong> {
+        let mut put = |key: &str, v: &[u8]| -> Result<(), coresident_xen::protocol::keys::TooLong> {
             again.0.insert(format!("{OFFER}/{key}"), Some(v.to_vec()));
             Ok(())
         };
@@ -132,7 +132,7 @@ fuzz_target!(|data: &[u8]| {
                 .0
                 .get(&format!("{ANSWER}/offer-port"))
                 .and_then(|v| v.as_ref())
-                .and_then(|v| coresident_xen::xs_wire::parse_u32(v).ok());
+                .and_then(|v| coresident_xen::protocol::xs_wire::parse_u32(v).ok());
             assert_eq!(named, Some(p), "an answer judged for another offer");
         }
     }

@@ -1,5 +1,5 @@
 //! The fuzzer plays xenstored on the other side of a guest kernel's
-//! XenStore ring page (`coresident_xen::xs_ring`): at every wait of the
+//! XenStore ring page (`coresident_xen::xenstore::ring`): at every wait of the
 //! client it writes arbitrary bytes into the reply ring and arbitrary
 //! values into the indices and trailing words it owns, then signals. The
 //! client runs a fixed script: reads, a write, a watch, a wait for a watch
@@ -10,7 +10,7 @@
 #![no_main]
 
 use coresident_xen::ring_rendezvous;
-use coresident_xen::xs_ring::{Events, XsRing, XsRingError};
+use coresident_xen::xenstore::ring::{Events, XsRing, XsRingError};
 use libfuzzer_sys::fuzz_target;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -114,7 +114,7 @@ fuzz_target!(|data: &[u8]| {
         broken |= r == Err(XsRingError::Broken);
     };
     let r = xs.read("domid").map(|v| {
-        let _ = coresident_xen::xs_wire::parse_u16(v);
+        let _ = coresident_xen::protocol::xs_wire::parse_u16(v);
     });
     step(r);
     step(xs.write("data/x", b"value"));

@@ -146,83 +146,42 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations)]
 
-pub mod console_ring;
-pub mod crxg;
-pub mod rendezvous_keys;
-pub mod ring_rendezvous;
-pub mod xs_ring;
-pub mod xs_wire;
+pub mod guest;
+pub mod protocol;
+pub mod types;
+pub mod xenstore;
 
 #[cfg(all(feature = "xen-sys", target_arch = "x86_64"))]
 pub mod kernel;
 
 #[cfg(all(feature = "std", target_os = "linux"))]
-pub mod error;
-#[cfg(all(feature = "std", target_os = "linux"))]
-pub mod evtchn;
-#[cfg(all(feature = "std", target_os = "linux"))]
-pub mod gntalloc;
-#[cfg(all(feature = "std", target_os = "linux"))]
-pub mod gntdev;
-#[cfg(all(feature = "std", target_os = "linux"))]
-pub mod mapping;
-#[cfg(all(feature = "std", target_os = "linux"))]
-pub mod privcmd;
+pub mod linux;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub mod rendezvous;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub mod residency;
 #[cfg(all(feature = "std", target_os = "linux"))]
-pub mod sys;
-#[cfg(all(feature = "std", target_os = "linux"))]
 pub mod transport;
-#[cfg(all(feature = "std", target_os = "linux"))]
-pub mod xenstore;
 
-#[cfg(all(test, feature = "std", target_os = "linux"))]
-mod fake;
-#[cfg(all(test, feature = "std", target_os = "linux"))]
-mod xenstore_fake;
+pub mod ring_rendezvous;
+
+pub use types::{DomId, EvtchnPort, GrantRef, UnmapNotify, MAX_PAGES, XEN_PAGE_SIZE};
 
 #[cfg(all(feature = "std", target_os = "linux"))]
-pub use error::{EvtchnError, EvtchnOp, GrantError, GrantOp};
+pub use linux::error::{EvtchnError, EvtchnOp, GrantError, GrantOp};
 #[cfg(all(feature = "std", target_os = "linux"))]
-pub use evtchn::Evtchn;
+pub use linux::evtchn::Evtchn;
 #[cfg(all(feature = "std", target_os = "linux"))]
-pub use gntalloc::{Gntalloc, SharedPages};
+pub use linux::gntalloc::{Gntalloc, SharedPages};
 #[cfg(all(feature = "std", target_os = "linux"))]
-pub use gntdev::{ForeignPages, Gntdev};
+pub use linux::gntdev::{ForeignPages, Gntdev};
 #[cfg(all(feature = "std", target_os = "linux"))]
-pub use mapping::Mapping;
+pub use linux::mapping::Mapping;
+#[cfg(all(feature = "std", target_os = "linux"))]
+pub use linux::sys::PAGE_SIZE;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub use rendezvous::{Rendezvous, XsPending, XsRendezvousError};
-#[cfg(all(feature = "std", target_os = "linux"))]
-pub use sys::PAGE_SIZE;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub use transport::{XenDoorbell, XenRegion, XenTransport, XenTransportError};
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub use xenstore::{XenStore, XsError};
-
-/// A Xen domain id (`domid_t`, `xen/xen.h`); dom0 is 0.
-pub type DomId = u16;
-/// A grant reference (`grant_ref_t`, `xen/grant_table.h`).
-pub type GrantRef = u32;
-/// An event-channel port (`evtchn_port_t`, `xen/event_channel.h`).
-pub type EvtchnPort = u32;
-
-/// The most pages one grant share or mapping may have here (16 MiB). The
-/// drivers have lower limits of their own (gntalloc's `limit` module
-/// parameter: 1024 pages by default).
-pub const MAX_PAGES: usize = 4096;
-
-/// What the grant drivers do when pages are finally released: the peer's
-/// signal that we are gone (`UNMAP_NOTIFY_CLEAR_BYTE`,
-/// `UNMAP_NOTIFY_SEND_EVENT` in `xen/gntalloc.h` and `xen/gntdev.h`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UnmapNotify {
-    /// Byte offset in the mapping to set to 0.
-    pub clear_byte: Option<usize>,
-    /// Local event-channel port to signal (bound through `/dev/xen/evtchn`,
-    /// and still bound when the release happens).
-    pub event: Option<EvtchnPort>,
-}

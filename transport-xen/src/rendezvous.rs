@@ -116,19 +116,18 @@ use coresident::{ChannelLayout, Link, Transport};
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::IntoBytes;
 
-use crate::rendezvous_keys::{self as keys, perms, ReadError, Store, TooLong};
-use crate::sys::{Linux, Sys};
+use crate::linux::sys::{Linux, Sys};
+use crate::protocol::keys::{self as keys, perms, ReadError, Store, TooLong};
+use crate::protocol::xs_wire::{self, Perm, ValueError, XsErrno};
 use crate::transport::{
     RendezvousError, RendezvousHeader, XenPending, RENDEZVOUS_MAGIC, RENDEZVOUS_VERSION,
 };
+use crate::transport::{XenDoorbell, XenRegion, XenTransport, XenTransportError};
+use crate::types::{DomId, EvtchnPort, GrantRef, MAX_PAGES};
 use crate::xenstore::XenStore;
-use crate::xs_wire::{self, Perm, ValueError, XsErrno};
-use crate::{
-    DomId, EvtchnPort, GrantRef, XenDoorbell, XenRegion, XenTransport, XenTransportError, XsError,
-    MAX_PAGES,
-};
+use crate::xenstore::XsError;
 
-pub use crate::rendezvous_keys::{
+pub use crate::protocol::keys::{
     Key, CHANNELS, FIRST_GRANT_REF, GRANT_REF_LIMIT, MAX_NAME_LEN, PORT_LIMIT, REFS_PER_KEY,
 };
 
@@ -976,7 +975,7 @@ impl<S: Sys> XsPending<S> {
             let (store, port) = if xs.has_queued_event() {
                 (true, false)
             } else {
-                crate::sys::poll_two(xs.fd(), self.pending.event_fd(), left)
+                crate::linux::sys::poll_two(xs.fd(), self.pending.event_fd(), left)
                     .map_err(|e| XsRendezvousError::Xs(XsError::Io(e)))?
             };
             if port && self.pending.take_events()? && !self.pending.peer_alive() {
@@ -1013,7 +1012,7 @@ mod tests_teardown;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xenstore_fake::client;
+    use crate::xenstore::socket_tests::client;
     use std::os::unix::net::UnixStream;
 
     const O: DomId = 0;

@@ -2,7 +2,7 @@
 //! (the `std` one is `crate::rendezvous`, feature `std`): the same keys,
 //! read and written over the start_info XenStore ring ([`XsRing`]), the
 //! same checks on every value the offering domain wrote (both sides speak
-//! [`rendezvous_keys`](crate::rendezvous_keys)), then the transport's own
+//! [`rendezvous_keys`](crate::protocol::keys)), then the transport's own
 //! check of the rebuilt "CRXG" bytes ([`crxg::parse`], inside the kernel
 //! transport's `accept`). `core` only, no allocation.
 //!
@@ -27,13 +27,13 @@ use core::fmt;
 
 use coresident::ChannelLayout;
 
-use crate::crxg;
-use crate::rendezvous_keys::{self as keys, ReadError, Store, TooLong};
-use crate::xs_ring::{Events, XsRing, XsRingError};
-use crate::xs_wire::{Perm, ValueError, XsErrno};
-use crate::{DomId, EvtchnPort, GrantRef};
+use crate::protocol::crxg;
+use crate::protocol::keys::{self as keys, ReadError, Store, TooLong};
+use crate::protocol::xs_wire::{Perm, ValueError, XsErrno};
+use crate::types::{DomId, EvtchnPort, GrantRef};
+use crate::xenstore::ring::{Events, XsRing, XsRingError};
 
-pub use crate::rendezvous_keys::{Path, CHANNELS, REFS_PER_KEY};
+pub use crate::protocol::keys::{Path, CHANNELS, REFS_PER_KEY};
 
 /// The most grant references this kernel accepts in one offer.
 pub const MAX_REFS: usize = 32;
@@ -509,7 +509,7 @@ mod tests {
     //! key by key.
     extern crate std;
     use super::*;
-    use crate::xs_ring::fake::{client, Daemon};
+    use crate::xenstore::ring::fake::{client, Daemon};
     use std::string::{String, ToString};
     use std::vec::Vec;
 

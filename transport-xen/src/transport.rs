@@ -39,18 +39,22 @@ use coresident::{
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::IntoBytes;
 
-use crate::privcmd::{PortStatus, Privcmd};
-use crate::sys::{Linux, Sys};
-use crate::{
-    DomId, Evtchn, EvtchnError, EvtchnPort, ForeignPages, Gntalloc, Gntdev, GrantError, GrantRef,
-    SharedPages, UnmapNotify, PAGE_SIZE,
-};
+use crate::linux::error::{EvtchnError, GrantError};
+use crate::linux::evtchn::Evtchn;
+use crate::linux::gntalloc::{Gntalloc, SharedPages};
+use crate::linux::gntdev::{ForeignPages, Gntdev};
+use crate::linux::privcmd::{PortStatus, Privcmd};
+use crate::linux::sys::PAGE_SIZE;
+use crate::linux::sys::{Linux, Sys};
+use crate::types::{DomId, EvtchnPort, GrantRef, UnmapNotify};
 
 // The rendezvous bytes and the live-page layout are core-only (`crxg`), so
 // the kernel transport (feature `xen-sys`) speaks the same protocol.
-use crate::crxg::{pages_for, valid_size, ACCEPTOR_LIVE};
-pub use crate::crxg::{RendezvousError, RendezvousHeader, RENDEZVOUS_MAGIC, RENDEZVOUS_VERSION};
-const _: () = assert!(PAGE_SIZE == crate::crxg::XEN_PAGE_SIZE);
+use crate::protocol::crxg::{pages_for, valid_size, ACCEPTOR_LIVE};
+pub use crate::protocol::crxg::{
+    RendezvousError, RendezvousHeader, RENDEZVOUS_MAGIC, RENDEZVOUS_VERSION,
+};
+const _: () = assert!(PAGE_SIZE == crate::protocol::crxg::XEN_PAGE_SIZE);
 
 /// A failure of the Xen transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -428,7 +432,7 @@ impl XenTransport<Linux> {
         peer: DomId,
         bytes: &[u8],
     ) -> Result<(RendezvousHeader, ChannelLayout, Vec<GrantRef>), RendezvousError> {
-        let offer = crate::crxg::parse(peer, bytes)?;
+        let offer = crate::protocol::crxg::parse(peer, bytes)?;
         Ok((offer.header, offer.layout, offer.refs().collect()))
     }
 }
@@ -783,9 +787,9 @@ mod tests {
 #[cfg(test)]
 mod doorbell_tests {
     use super::*;
-    use crate::fake::FakeXen;
-    use crate::privcmd::IOCTL_PRIVCMD_HYPERCALL;
-    use crate::sys::Errno;
+    use crate::linux::fake::FakeXen;
+    use crate::linux::privcmd::IOCTL_PRIVCMD_HYPERCALL;
+    use crate::linux::sys::Errno;
     use coresident::{Channel, ChannelConfig, ChannelError, StdClock};
 
     type FakeLink = Link<XenRegion<FakeXen>, XenDoorbell<FakeXen>>;

@@ -10,8 +10,8 @@
 
 use std::time::{Duration, Instant};
 
+use coresident_xen::protocol::xs_wire::{Access, Perm, XsErrno};
 use coresident_xen::xenstore::WatchEvent;
-use coresident_xen::xs_wire::{Access, Perm, XsErrno};
 use coresident_xen::{Evtchn, Gntalloc, Gntdev, UnmapNotify, XenStore, XsError, PAGE_SIZE};
 
 const SECOND: Duration = Duration::from_secs(1);

@@ -28,10 +28,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use coresident::lookup::{DomainId, DomainTable, Handle, Seed, Table};
+use coresident_xen::protocol::xs_wire::XsErrno;
 use coresident_xen::residency::{
     self, list_dir, Addr, Addresses, PeerChange, ResidencyTables, ResidencyView, TableUpdate,
 };
-use coresident_xen::xs_wire::XsErrno;
 use coresident_xen::{XenStore, XsError};
 
 /// Relative to the guest's home: where it reports its progress.

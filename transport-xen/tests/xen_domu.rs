@@ -43,10 +43,10 @@ use coresident::{
     Channel, ChannelConfig, ChannelError, ChannelLayout, ChannelState, Doorbell, Link, Role,
     SharedRegion, StdClock, Transport,
 };
-use coresident_xen::privcmd::PortStatus;
+use coresident_xen::linux::privcmd::PortStatus;
+use coresident_xen::protocol::xs_wire::XsErrno;
 use coresident_xen::rendezvous::{self, Rendezvous, XsRendezvousError};
 use coresident_xen::transport::RendezvousError;
-use coresident_xen::xs_wire::XsErrno;
 use coresident_xen::{XenDoorbell, XenRegion, XenStore, XenTransport, XenTransportError, XsError};
 
 type XenChannel = Channel<XenRegion, XenDoorbell, StdClock>;
@@ -805,7 +805,7 @@ fn domu_destroy_guest() {
     // the kit loads it without `unrestricted=1`). The doorbell uses Xen's
     // word exactly when Xen answers, and goes without otherwise.
     let port = ch.doorbell().port();
-    let direct = coresident_xen::privcmd::Privcmd::open()
+    let direct = coresident_xen::linux::privcmd::Privcmd::open()
         .unwrap()
         .evtchn_status(port);
     println!("domU: EVTCHNOP_status of port {port} through privcmd: {direct:?}");
@@ -817,7 +817,7 @@ fn domu_destroy_guest() {
             println!("domU: privcmd unrestricted: the doorbell asks Xen");
         }
         Err(e) => {
-            assert_eq!(e, coresident_xen::sys::Errno::PERM);
+            assert_eq!(e, coresident_xen::linux::sys::Errno::PERM);
             assert!(!ch.doorbell().can_ask_xen());
             assert_eq!(ch.doorbell().port_connected(), None);
             println!("domU: privcmd restricted (EPERM): the doorbell goes without Xen's word");
@@ -862,7 +862,7 @@ fn domu_destroy_host() {
     let mut ch = channel(pending.complete(&mut xs, Some(PATIENCE)).unwrap());
     // Dom0 asks Xen about its port (privcmd is unrestricted in dom0).
     let port = ch.doorbell().port();
-    let status = coresident_xen::privcmd::Privcmd::open()
+    let status = coresident_xen::linux::privcmd::Privcmd::open()
         .unwrap()
         .evtchn_status(port)
         .unwrap();

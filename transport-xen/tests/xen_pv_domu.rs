@@ -20,8 +20,8 @@ use std::time::Duration;
 use coresident::{
     Channel, ChannelConfig, ChannelError, ChannelLayout, Doorbell, Link, SharedRegion, StdClock,
 };
+use coresident_xen::protocol::xs_wire::{Access, Perm};
 use coresident_xen::rendezvous::{answer_path, offer_path, Rendezvous};
-use coresident_xen::xs_wire::{Access, Perm};
 use coresident_xen::XenStore;
 use msgs::{Got, Rng, Totals};
 

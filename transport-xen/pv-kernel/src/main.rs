@@ -28,12 +28,12 @@ use coresident::{Channel, ChannelConfig, ChannelError, ChannelLayout, PendingOff
 use coresident::{Doorbell, Wake};
 use coresident_pv_kernel::coro::{Pair, Stack};
 use coresident_pv_kernel::{pv_entry, say, Boot, PvKernel, SHUTDOWN_REBOOT};
-use coresident_xen::crxg;
 use coresident_xen::kernel::hypercall::xen_version;
 use coresident_xen::kernel::{
     event_channel, Hypercall, KernelDoorbell, KernelError, KernelRegion, KernelTransport,
     KernelTransportError, Xen, XenClock,
 };
+use coresident_xen::protocol::crxg;
 
 pv_entry!(main);
 

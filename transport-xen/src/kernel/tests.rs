@@ -13,7 +13,7 @@ use super::fake::FakeXen;
 use super::grant_table::*;
 use super::transport::KernelTransportError;
 use super::{KernelError, KernelTransport, Xen};
-use crate::crxg::{self, RendezvousError};
+use crate::protocol::crxg::{self, RendezvousError};
 
 /// A kernel whose services may be called from any CPU gets links that can
 /// move between CPUs.
@@ -206,7 +206,7 @@ fn a_kernel_offer_is_what_the_userspace_transport_reads() {
     let mut off = KernelTransport::new(&x, 0);
     let mut buf = [0u8; 256];
     let (pending, n) = off.offer(layout(), &mut buf).unwrap();
-    let (h, l, refs) = crate::XenTransport::parse_rendezvous(0, &buf[..n]).unwrap();
+    let (h, l, refs) = crate::transport::XenTransport::parse_rendezvous(0, &buf[..n]).unwrap();
     let o = crxg::parse(0, &buf[..n]).unwrap();
     assert_eq!((h.port.get(), l), (o.port(), layout()));
     assert!(refs.iter().copied().eq(o.refs()));

@@ -1,6 +1,6 @@
 //! [`KernelTransport`]: the core's [`Transport`] over grant table v1 and
 //! event channels, for a PV guest kernel. It speaks the rendezvous bytes of
-//! [`crate::crxg`], so a kernel can offer to, or accept from, a daemon that
+//! [`crate::protocol::crxg`], so a kernel can offer to, or accept from, a daemon that
 //! uses the userspace [`XenTransport`].
 //!
 //! Offer: the region's pages and the live page are this kernel's own pages,
@@ -38,8 +38,8 @@ use coresident::{
 
 use super::grant_table::{map_grants, unmap_grants};
 use super::{event_channel, Kernel, KernelError, Xen};
-use crate::crxg::{self, RendezvousError, ACCEPTOR_LIVE, OFFERER_LIVE, XEN_PAGE_SIZE};
-use crate::{DomId, EvtchnPort, GrantRef};
+use crate::protocol::crxg::{self, RendezvousError, ACCEPTOR_LIVE, OFFERER_LIVE, XEN_PAGE_SIZE};
+use crate::types::{DomId, EvtchnPort, GrantRef};
 
 /// A failure of the kernel transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

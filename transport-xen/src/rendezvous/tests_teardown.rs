@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::thread;
 
 use super::*;
-use crate::fake::FakeXen;
+use crate::linux::fake::FakeXen;
 use crate::residency;
 use crate::residency::fake::FakeXenstored;
 use coresident::Doorbell;

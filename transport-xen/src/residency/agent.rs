@@ -11,9 +11,9 @@ use std::time::Instant;
 use super::addr::{Addr, Addresses, AdvertError};
 use super::policy::{Grants, IpNet, Policy};
 use super::{advert_path, home_path, list_dir, list_perms, perms_ok, TX_RETRIES};
+use crate::protocol::xs_wire::{self, XsErrno};
+use crate::types::DomId;
 use crate::xenstore::{Conn, XenStore, XsError};
-use crate::xs_wire::{self, XsErrno};
-use crate::DomId;
 use coresident::lookup::DomainId;
 
 /// The watch token of `@introduceDomain` and `@releaseDomain`.

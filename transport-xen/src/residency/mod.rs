@@ -104,9 +104,10 @@
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 
+use crate::protocol::xs_wire::{Access, Perm};
+use crate::types::DomId;
 use crate::xenstore::XenStore;
-use crate::xs_wire::{Access, Perm};
-use crate::{DomId, XsError};
+use crate::xenstore::XsError;
 
 mod addr;
 mod agent;
@@ -226,5 +227,5 @@ pub fn unadvertise<C: Read + Write + AsFd>(
 ///
 /// XenStore errors, [`XsError::Value`] for a malformed id.
 pub fn own_domid<C: Read + Write + AsFd>(xs: &mut XenStore<C>) -> Result<DomId, XsError> {
-    Ok(crate::xs_wire::parse_u16(&xs.read("domid")?)?)
+    Ok(crate::protocol::xs_wire::parse_u16(&xs.read("domid")?)?)
 }

@@ -10,7 +10,7 @@ use coresident::lookup::{DomainId, DomainTable, Handle, Seed, Table};
 
 use super::fake::FakeXenstored;
 use super::*;
-use crate::xs_wire::{Access, Perm, ValueError, XsErrno};
+use crate::protocol::xs_wire::{Access, Perm, ValueError, XsErrno};
 
 /// Long enough never to expire when an event is due (the fake queues every
 /// watch event before it replies to the write that caused it).

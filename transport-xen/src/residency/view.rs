@@ -13,9 +13,9 @@ use coresident::lookup::{ClaimError, DomainId, DomainTable, Handle, InsertError,
 use super::addr::{Addr, Addresses, AdvertError};
 use super::agent::parse_domid;
 use super::{list_dir, TX_RETRIES};
+use crate::protocol::xs_wire::{self, ValueError, XsErrno};
+use crate::types::DomId;
 use crate::xenstore::{Conn, XenStore, XsError};
-use crate::xs_wire::{self, ValueError, XsErrno};
-use crate::DomId;
 
 /// Most peers one list may hold. A plain `XS_DIRECTORY` reply holds about
 /// 680 names of guest ids in its 4096 bytes; a list longer than this is

@@ -39,11 +39,12 @@ use coresident::{
     SharedRegion, Transport,
 };
 use coresident_pv_kernel::{halt, hypercalls, pv_entry, Boot, PvKernel, SHUTDOWN_POWEROFF};
-use coresident_xen::console_ring::ConsoleRing;
+use coresident_xen::guest::console::ConsoleRing;
 use coresident_xen::kernel::hypercall::{poll, update_va_mapping};
 use coresident_xen::kernel::{event_channel, KernelTransport, SharedInfo, Xen};
-use coresident_xen::xs_ring::{Events, XsRing};
-use coresident_xen::{xs_wire, DomId, EvtchnPort};
+use coresident_xen::protocol::xs_wire;
+use coresident_xen::xenstore::ring::{Events, XsRing};
+use coresident_xen::{DomId, EvtchnPort};
 
 pv_entry!(main);
 
@@ -301,7 +302,7 @@ fn accept_from_dom0<E: Events>(
         offer.refs().len(),
         offer.port
     );
-    let mut bytes = [0u8; coresident_xen::crxg::HEADER_LEN + 4 * rendezvous::MAX_REFS];
+    let mut bytes = [0u8; coresident_xen::protocol::crxg::HEADER_LEN + 4 * rendezvous::MAX_REFS];
     let accepted = offer
         .encode(&mut bytes)
         .map_err(Failure::Rendezvous)
@@ -335,7 +336,7 @@ fn offer_to_dom0<E: Events>(
     own: DomId,
 ) -> Result<msgs::Totals, Failure> {
     let layout = ChannelLayout::symmetric(16 * 1024);
-    let mut bytes = [0u8; coresident_xen::crxg::HEADER_LEN + 4 * rendezvous::MAX_REFS];
+    let mut bytes = [0u8; coresident_xen::protocol::crxg::HEADER_LEN + 4 * rendezvous::MAX_REFS];
     let (pending, n) = KernelTransport::new(xen, 0)
         .offer(layout, &mut bytes)
         .map_err(Failure::Transport)?;
@@ -344,7 +345,7 @@ fn offer_to_dom0<E: Events>(
         .map_err(Failure::Rendezvous)?;
     log!(
         "pv-domu: offered dom0 {} grants of my own pages, port {port}",
-        (n - coresident_xen::crxg::HEADER_LEN) / 4
+        (n - coresident_xen::protocol::crxg::HEADER_LEN) / 4
     );
     rendezvous::wait_answer(xs, own, 0, msgs::CHANNEL_BACK, port).map_err(Failure::Rendezvous)?;
     let link = pending.complete(CHANNEL_WAIT).map_err(Failure::Transport)?;

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use zerocopy::IntoBytes;
 
-use crate::xenstore::{WatchEvent, XenStore, XsError};
-use crate::xs_wire::{
+use crate::protocol::xs_wire::{
     split_strings, Access, MsgType, Perm, ValueError, WireError, XsErrno, XsdSockmsg,
 };
+use crate::xenstore::{WatchEvent, XenStore, XsError};
 
 fn send(s: &mut UnixStream, ty: u32, req_id: u32, body: &[u8]) {
     let h = XsdSockmsg {

@@ -36,7 +36,7 @@ use coresident::ChannelLayout;
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::{DomId, EvtchnPort, GrantRef, MAX_PAGES};
+use crate::types::{DomId, EvtchnPort, GrantRef, MAX_PAGES};
 
 /// `b"CRXG"`: coresident Xen grant rendezvous.
 pub const RENDEZVOUS_MAGIC: [u8; 4] = *b"CRXG";

@@ -13,7 +13,7 @@
 //!  └────────────┴────────────┴────────┴────────┴────────┴────────┴─────────┘
 //! ```
 //!
-//! Both rings are byte streams of [`crate::xs_wire`] messages (a 16-byte
+//! Both rings are byte streams of [`crate::protocol::xs_wire`] messages (a 16-byte
 //! header, then up to 4096 bytes of payload), so one message may take
 //! several turns of a 1024-byte ring. Indices are free-running `u32`s; a
 //! byte's slot is `idx % 1024` (`MASK_XENSTORE_IDX`).
@@ -60,7 +60,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::xs_wire::{
+use crate::protocol::xs_wire::{
     self, Header, MsgType, Payload, Perm, WireError, XsErrno, HEADER_LEN, PAYLOAD_MAX,
 };
 
@@ -685,7 +685,7 @@ pub(crate) mod fake {
     use std::vec::Vec;
     use zerocopy::IntoBytes;
 
-    use crate::xs_wire::XsdSockmsg;
+    use crate::protocol::xs_wire::XsdSockmsg;
 
     /// The page, as the peer sees it: raw pointer accesses only.
     #[derive(Clone, Copy)]
@@ -1030,7 +1030,7 @@ mod tests {
     use super::*;
     use std::vec::Vec;
 
-    use crate::xs_wire::Access;
+    use crate::protocol::xs_wire::Access;
 
     #[test]
     fn layout_matches_xs_wire_h() {

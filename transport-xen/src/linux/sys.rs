@@ -1,8 +1,8 @@
 //! The system-call layer under the device wrappers, swappable in tests.
 //!
-//! Every device wrapper ([`Gntalloc`](crate::gntalloc::Gntalloc),
-//! [`Gntdev`](crate::gntdev::Gntdev), [`Evtchn`](crate::evtchn::Evtchn),
-//! [`Privcmd`](crate::privcmd::Privcmd)), and the
+//! Every device wrapper ([`Gntalloc`](crate::linux::gntalloc::Gntalloc),
+//! [`Gntdev`](crate::linux::gntdev::Gntdev), [`Evtchn`](crate::linux::evtchn::Evtchn),
+//! [`Privcmd`](crate::linux::privcmd::Privcmd)), and the
 //! [`XenTransport`](crate::transport::XenTransport) over them, is
 //! generic over a [`Sys`]: [`Linux`] issues the real calls through `rustix`,
 //! a unit test substitutes a fake that simulates the drivers in process.

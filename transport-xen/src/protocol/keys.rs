@@ -25,9 +25,9 @@ use core::fmt::{self, Write as _};
 
 use coresident::ChannelLayout;
 
-use crate::crxg::RENDEZVOUS_VERSION;
-use crate::xs_wire::{self, Access, Perm, ValueError};
-use crate::{DomId, EvtchnPort, GrantRef};
+use crate::protocol::crxg::RENDEZVOUS_VERSION;
+use crate::protocol::xs_wire::{self, Access, Perm, ValueError};
+use crate::types::{DomId, EvtchnPort, GrantRef};
 
 /// Where channels live in a domain's home.
 pub const CHANNELS: &str = "data/coresident/channels";

@@ -1,4 +1,4 @@
-//! A XenStore client speaking the wire protocol ([`crate::xs_wire`])
+//! A XenStore client speaking the wire protocol ([`crate::protocol::xs_wire`])
 //! directly: over xenstored's Unix socket in dom0, or `/dev/xen/xenbus` in
 //! any domain (the kernel relays the same messages). No C library.
 //!
@@ -29,11 +29,11 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-use crate::sys::Errno;
-use crate::xs_wire::{
+use crate::linux::sys::Errno;
+use crate::protocol::xs_wire::{
     self, Header, MsgType, Payload, Perm, ValueError, WireError, XsErrno, HEADER_LEN,
 };
-use crate::DomId;
+use crate::types::DomId;
 
 /// xenstored's socket (Xen 4.17; newer releases may drop it).
 pub const SOCKET_PATH: &str = "/var/run/xenstored/socket";
@@ -278,7 +278,7 @@ impl<C: Read + Write + AsFd> XenStore<C> {
     /// Receives one message; `None` if nothing arrived before `deadline`.
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<(Header, Vec<u8>)>, XsError> {
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        if !crate::sys::poll_readable(self.conn.as_fd(), left).map_err(XsError::Io)? {
+        if !crate::linux::sys::poll_readable(self.conn.as_fd(), left).map_err(XsError::Io)? {
             return Ok(None);
         }
         let mut raw = [0u8; HEADER_LEN];
