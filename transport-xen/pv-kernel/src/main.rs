@@ -225,10 +225,11 @@ fn xen_semantics(xen: &Xen<PvKernel>) -> Result<(), &'static str> {
     let a = pending
         .complete(Some(Duration::from_secs(1)))
         .map_err(|_| "complete")?;
-    let first = crxg::parse(0, &buf[..n])
+    let mut refs = [0; 8];
+    let first = *crxg::parse(0, &buf[..n], &mut refs)
         .map_err(|_| "own rendezvous")?
-        .refs()
-        .next()
+        .refs
+        .first()
         .ok_or("no refs")?;
     if xen.grants().end_access(first) != Err(KernelError::GrantInUse(first)) {
         return Err("end_access of a page the peer maps was not refused");

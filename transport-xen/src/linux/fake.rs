@@ -224,7 +224,7 @@ impl Sys for FakeXen {
                 unsafe { put(arg, 8, index.as_bytes()) };
                 for i in 0..n {
                     // Like Xen: references below 8 are reserved.
-                    st.next_gref = st.next_gref.max(crate::protocol::keys::FIRST_GRANT_REF - 1) + 1;
+                    st.next_gref = st.next_gref.max(crate::protocol::crxg::FIRST_GRANT_REF - 1) + 1;
                     let g = st.next_gref;
                     st.grants.insert(g, addr + i * PAGE_SIZE);
                     // SAFETY: slot `i` of `count` refs after the header.

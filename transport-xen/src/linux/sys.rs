@@ -262,6 +262,23 @@ pub(crate) fn poll_two(
     }
 }
 
+/// [`poll_two`] on raw descriptors.
+///
+/// # Errors
+///
+/// `poll`'s.
+pub(crate) fn poll_two_raw(
+    a: i32,
+    b: i32,
+    timeout: Option<Duration>,
+) -> Result<(bool, bool), Errno> {
+    // SAFETY: the callers pass descriptors their owners keep open for the
+    // duration of this call (an XsClient's connection and an EventPort's
+    // device, both borrowed by the caller); `poll` only reads their state.
+    let (a, b) = unsafe { (BorrowedFd::borrow_raw(a), BorrowedFd::borrow_raw(b)) };
+    poll_two(a, b, timeout)
+}
+
 /// An open Xen device: the descriptor and the `Sys` that drives it.
 #[derive(Debug)]
 pub(crate) struct Device<S: Sys> {

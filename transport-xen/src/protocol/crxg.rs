@@ -1,8 +1,8 @@
 //! The "CRXG" rendezvous bytes and the live-page layout: what an offer of a
-//! Xen channel carries, `core` only, so the Linux userspace transport
-//! ([`XenTransport`], feature `std`) and the kernel
-//! transport (module `kernel`, feature `xen-sys`) speak one
-//! protocol.
+//! Xen channel carries, `core` only. One [`Offer`] type, one [`encode`]
+//! and one [`parse`]: the transport's `Transport::offer` encodes, its
+//! `Transport::accept` parses, and the XenStore rendezvous passes the
+//! [`Offer`] along without either (its keys are the same fields).
 //!
 //! ```text
 //!  bytes 0..32: RendezvousHeader (little-endian)
@@ -18,36 +18,37 @@
 //!  └───────────────────────────────────────┴─────────────────────────────┘
 //! ```
 //!
-//! Everything here is pure: [`parse`] checks every field of bytes a peer
-//! wrote before anything is mapped, and never panics.
-//!
-#![cfg_attr(
-    all(feature = "std", target_os = "linux"),
-    doc = "[`XenTransport`]: crate::XenTransport"
-)]
-// Without `std` there is no XenTransport: the link goes to the crate's features.
-#![cfg_attr(
-    not(all(feature = "std", target_os = "linux")),
-    doc = "[`XenTransport`]: crate#features"
-)]
+//! Everything here is pure: [`parse`] and [`Offer::check`] look at every
+//! field a peer wrote before anything is mapped, and never panic.
+
+use core::fmt;
 
 use coresident::ring::{MAX_DATA_SIZE, MIN_DATA_SIZE};
 use coresident::ChannelLayout;
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::types::{DomId, EvtchnPort, GrantRef, MAX_PAGES};
+use crate::types::{DomId, EvtchnPort, GrantRef, MAX_PAGES, XEN_PAGE_SIZE};
 
 /// `b"CRXG"`: coresident Xen grant rendezvous.
 pub const RENDEZVOUS_MAGIC: [u8; 4] = *b"CRXG";
-/// Version of the rendezvous encoding and of the live-page layout.
+/// Version of the rendezvous encoding, of the XenStore keys and of the
+/// live-page layout.
 pub const RENDEZVOUS_VERSION: u16 = 1;
-/// A Xen page (4 KiB on x86 and Arm): the unit of a grant.
-pub const XEN_PAGE_SIZE: usize = 4096;
 /// Offset of the offerer's live byte in the live page.
 pub const OFFERER_LIVE: usize = 0;
 /// Offset of the acceptor's live byte in the live page: another cache line.
 pub const ACCEPTOR_LIVE: usize = 64;
+/// The first grant reference a domain can grant: Xen reserves 0..8
+/// (`GNTTAB_NR_RESERVED_ENTRIES`, `public/grant_table.h`).
+pub const FIRST_GRANT_REF: GrantRef = 8;
+/// References at or above this are refused: 2^20 v1 entries are 2048
+/// grant frames, 32 times Xen 4.17's default `max_grant_frames` (64).
+pub const GRANT_REF_LIMIT: GrantRef = 1 << 20;
+/// Ports at or above this are refused: the FIFO ABI's
+/// `EVTCHN_FIFO_NR_CHANNELS` (`public/event_channel.h`); the 2-level ABI
+/// has fewer. Port 0 is never allocated.
+pub const PORT_LIMIT: EvtchnPort = 1 << 17;
 
 /// The fixed part of the rendezvous bytes; `nrefs` grant references
 /// (little-endian `u32`) follow.
@@ -76,10 +77,10 @@ const _: () = assert!(size_of::<RendezvousHeader>() == 32);
 /// The size of [`RendezvousHeader`].
 pub const HEADER_LEN: usize = size_of::<RendezvousHeader>();
 
-/// Why a rendezvous was refused.
+/// Why an offer was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum RendezvousError {
+pub enum CrxgError {
     /// Shorter than the header, or not exactly header + `nrefs` refs.
     BadLength,
     /// Not [`RENDEZVOUS_MAGIC`].
@@ -90,14 +91,20 @@ pub enum RendezvousError {
     BadReserved,
     /// Ring sizes that are not powers of two in the ring's range.
     BadLayout,
-    /// `nrefs` does not match the layout.
+    /// `nrefs` does not match the layout, or more than [`MAX_PAGES`].
     BadPageCount,
+    /// A grant reference outside `FIRST_GRANT_REF..GRANT_REF_LIMIT`.
+    BadRef(GrantRef),
+    /// A port outside `1..PORT_LIMIT`.
+    BadPort(EvtchnPort),
     /// The offer comes from another domain than the expected peer.
     WrongPeer(DomId),
+    /// The output is shorter than the encoding (its length).
+    BufferTooSmall(usize),
 }
 
-impl core::fmt::Display for RendezvousError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+impl fmt::Display for CrxgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::BadLength => f.write_str("wrong length"),
             Self::BadMagic => f.write_str("not a CRXG rendezvous"),
@@ -105,12 +112,15 @@ impl core::fmt::Display for RendezvousError {
             Self::BadReserved => f.write_str("reserved bytes set"),
             Self::BadLayout => f.write_str("ring sizes out of range"),
             Self::BadPageCount => f.write_str("page count does not match the ring sizes"),
+            Self::BadRef(r) => write!(f, "grant reference {r} out of range"),
+            Self::BadPort(p) => write!(f, "event-channel port {p} out of range"),
             Self::WrongPeer(d) => write!(f, "offered by domain {d}, not the expected peer"),
+            Self::BufferTooSmall(n) => write!(f, "rendezvous buffer too small ({n} bytes needed)"),
         }
     }
 }
 
-impl core::error::Error for RendezvousError {}
+impl core::error::Error for CrxgError {}
 
 /// Pages of an offer for `layout`: the region's pages plus the live page.
 pub const fn pages_for(layout: ChannelLayout) -> usize {
@@ -135,114 +145,101 @@ pub const fn encoded_len(layout: ChannelLayout) -> usize {
     HEADER_LEN + 4 * pages_for(layout)
 }
 
-/// A validated offer, borrowing the bytes it was parsed from.
-#[derive(Clone, Copy, Debug)]
-pub struct Offer<'a> {
-    /// The header.
-    pub header: RendezvousHeader,
+/// An offer of a channel: who offers, its port, the ring sizes, and the
+/// grant references (the region's pages, then the live page) in `refs`,
+/// any storage of them (a slice, a `Vec`, an array).
+///
+/// # Examples
+///
+/// ```
+/// use coresident::ChannelLayout;
+/// use coresident_xen::protocol::crxg::{self, Offer};
+///
+/// let layout = ChannelLayout::symmetric(4096);
+/// let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
+/// let offer = Offer { offerer: 3, port: 17, layout, refs };
+/// offer.check()?;
+/// let mut bytes = [0u8; 256];
+/// let n = crxg::encode(&offer, &mut bytes)?;
+/// let mut back = [0u32; 8];
+/// let parsed = crxg::parse(3, &bytes[..n], &mut back)?;
+/// assert_eq!(parsed.refs, offer.refs.as_slice());
+/// # Ok::<(), crxg::CrxgError>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offer<R> {
+    /// The offering domain (the grants' owner).
+    pub offerer: DomId,
+    /// The offerer's unbound event-channel port for the acceptor.
+    pub port: EvtchnPort,
     /// The ring sizes.
     pub layout: ChannelLayout,
-    refs: &'a [u8],
-}
-
-impl<'a> Offer<'a> {
-    /// The offering domain.
-    pub fn offerer(&self) -> DomId {
-        self.header.offerer.get()
-    }
-
-    /// The offerer's event-channel port.
-    pub fn port(&self) -> EvtchnPort {
-        self.header.port.get()
-    }
-
-    /// Number of grant references ([`pages_for`] the layout).
-    pub fn nrefs(&self) -> usize {
-        self.refs.len() / 4
-    }
-
     /// The grant references, in page order (the live page last).
-    pub fn refs(&self) -> impl ExactSizeIterator<Item = GrantRef> + 'a {
-        self.refs
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    pub refs: R,
+}
+
+impl<R: AsRef<[GrantRef]>> Offer<R> {
+    /// Checks every field: ring sizes, the count of references for them,
+    /// each reference and the port in range.
+    ///
+    /// # Errors
+    ///
+    /// [`CrxgError::BadLayout`], [`CrxgError::BadPageCount`],
+    /// [`CrxgError::BadRef`], [`CrxgError::BadPort`].
+    pub fn check(&self) -> Result<(), CrxgError> {
+        let (a, b) = (self.layout.to_acceptor, self.layout.to_offerer);
+        if !valid_size(a) || !valid_size(b) {
+            return Err(CrxgError::BadLayout);
+        }
+        let refs = self.refs.as_ref();
+        if refs.len() != pages_for(self.layout) || refs.len() > MAX_PAGES {
+            return Err(CrxgError::BadPageCount);
+        }
+        if let Some(&r) = refs
+            .iter()
+            .find(|r| !(FIRST_GRANT_REF..GRANT_REF_LIMIT).contains(r))
+        {
+            return Err(CrxgError::BadRef(r));
+        }
+        if !(1..PORT_LIMIT).contains(&self.port) {
+            return Err(CrxgError::BadPort(self.port));
+        }
+        Ok(())
+    }
+
+    /// The same offer, its references borrowed.
+    pub fn as_ref(&self) -> Offer<&[GrantRef]> {
+        Offer {
+            offerer: self.offerer,
+            port: self.port,
+            layout: self.layout,
+            refs: self.refs.as_ref(),
+        }
     }
 }
 
-/// Reads and validates rendezvous bytes from `peer`: every field, before
-/// anything is mapped.
+/// Writes the rendezvous bytes of `offer` into `out` (after
+/// [`Offer::check`]); returns their length, [`encoded_len`] of its layout.
 ///
 /// # Errors
 ///
-/// [`RendezvousError`] for anything but a well-formed offer from `peer`.
-pub fn parse(peer: DomId, bytes: &[u8]) -> Result<Offer<'_>, RendezvousError> {
-    let (h, rest) =
-        RendezvousHeader::read_from_prefix(bytes).map_err(|_| RendezvousError::BadLength)?;
-    if h.magic != RENDEZVOUS_MAGIC {
-        return Err(RendezvousError::BadMagic);
-    }
-    if h.version.get() != RENDEZVOUS_VERSION {
-        return Err(RendezvousError::BadVersion(h.version.get()));
-    }
-    if h.reserved != [0; 8] {
-        return Err(RendezvousError::BadReserved);
-    }
-    if h.offerer.get() != peer {
-        return Err(RendezvousError::WrongPeer(h.offerer.get()));
-    }
-    let (a, b) = (h.to_acceptor.get(), h.to_offerer.get());
-    if !valid_size(a) || !valid_size(b) {
-        return Err(RendezvousError::BadLayout);
-    }
-    let layout = ChannelLayout {
-        to_acceptor: a,
-        to_offerer: b,
-    };
-    let n = usize::try_from(h.nrefs.get()).map_err(|_| RendezvousError::BadPageCount)?;
-    if n != pages_for(layout) || n > MAX_PAGES {
-        return Err(RendezvousError::BadPageCount);
-    }
-    if rest.len() != n * 4 {
-        return Err(RendezvousError::BadLength);
-    }
-    Ok(Offer {
-        header: h,
-        layout,
-        refs: rest,
-    })
-}
-
-/// Writes the rendezvous bytes of an offer into `out`; returns their length.
-///
-/// # Errors
-///
-/// `Err(needed)` when `out` is shorter than `needed` bytes, or when `refs`
-/// does not yield exactly [`pages_for`]`(layout)` references (then `needed`
-/// is 0), or the layout is invalid (also 0).
-pub fn encode(
-    offerer: DomId,
-    port: EvtchnPort,
-    layout: ChannelLayout,
-    refs: impl ExactSizeIterator<Item = GrantRef>,
-    out: &mut [u8],
-) -> Result<usize, usize> {
-    let n = pages_for(layout);
-    if !valid_layout(layout) || refs.len() != n {
-        return Err(0);
-    }
-    let needed = encoded_len(layout);
-    if out.len() < needed {
-        return Err(needed);
-    }
+/// [`Offer::check`]'s, and [`CrxgError::BufferTooSmall`].
+pub fn encode<R: AsRef<[GrantRef]>>(offer: &Offer<R>, out: &mut [u8]) -> Result<usize, CrxgError> {
+    offer.check()?;
+    let needed = encoded_len(offer.layout);
+    let out = out
+        .get_mut(..needed)
+        .ok_or(CrxgError::BufferTooSmall(needed))?;
+    let refs = offer.refs.as_ref();
     let h = RendezvousHeader {
         magic: RENDEZVOUS_MAGIC,
         version: U16::new(RENDEZVOUS_VERSION),
-        offerer: U16::new(offerer),
-        port: U32::new(port),
-        to_acceptor: U32::new(layout.to_acceptor),
-        to_offerer: U32::new(layout.to_offerer),
-        // n <= MAX_PAGES (valid_layout), far below u32::MAX.
-        nrefs: U32::new(n as u32),
+        offerer: U16::new(offer.offerer),
+        port: U32::new(offer.port),
+        to_acceptor: U32::new(offer.layout.to_acceptor),
+        to_offerer: U32::new(offer.layout.to_offerer),
+        // `refs.len() <= MAX_PAGES` (checked), far below u32::MAX.
+        nrefs: U32::new(u32::try_from(refs.len()).map_err(|_| CrxgError::BadPageCount)?),
         reserved: [0; 8],
     };
     let (head, tail) = out.split_at_mut(HEADER_LEN);
@@ -253,52 +250,179 @@ pub fn encode(
     Ok(needed)
 }
 
+/// Reads and validates rendezvous bytes from `peer` (every field, before
+/// anything is mapped), its references into `refs`.
+///
+/// # Errors
+///
+/// [`CrxgError`] for anything but a well-formed offer from `peer` whose
+/// references fit `refs` ([`CrxgError::BadPageCount`] otherwise).
+pub fn parse<'r>(
+    peer: DomId,
+    bytes: &[u8],
+    refs: &'r mut [GrantRef],
+) -> Result<Offer<&'r [GrantRef]>, CrxgError> {
+    let (h, rest) = RendezvousHeader::read_from_prefix(bytes).map_err(|_| CrxgError::BadLength)?;
+    if h.magic != RENDEZVOUS_MAGIC {
+        return Err(CrxgError::BadMagic);
+    }
+    if h.version.get() != RENDEZVOUS_VERSION {
+        return Err(CrxgError::BadVersion(h.version.get()));
+    }
+    if h.reserved != [0; 8] {
+        return Err(CrxgError::BadReserved);
+    }
+    if h.offerer.get() != peer {
+        return Err(CrxgError::WrongPeer(h.offerer.get()));
+    }
+    let layout = ChannelLayout {
+        to_acceptor: h.to_acceptor.get(),
+        to_offerer: h.to_offerer.get(),
+    };
+    if !valid_size(layout.to_acceptor) || !valid_size(layout.to_offerer) {
+        return Err(CrxgError::BadLayout);
+    }
+    let n = usize::try_from(h.nrefs.get()).map_err(|_| CrxgError::BadPageCount)?;
+    if n != pages_for(layout) || n > MAX_PAGES {
+        return Err(CrxgError::BadPageCount);
+    }
+    if rest.len() != n * 4 {
+        return Err(CrxgError::BadLength);
+    }
+    let out = refs.get_mut(..n).ok_or(CrxgError::BadPageCount)?;
+    for (slot, c) in out.iter_mut().zip(rest.chunks_exact(4)) {
+        *slot = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
+    let offer = Offer {
+        offerer: peer,
+        port: h.port.get(),
+        layout,
+        refs: &*out,
+    };
+    offer.check()?;
+    Ok(offer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn offer(layout: ChannelLayout) -> Offer<[GrantRef; 16]> {
+        let mut refs = [0; 16];
+        for (i, r) in refs.iter_mut().enumerate() {
+            *r = 100 + i as u32;
+        }
+        Offer {
+            offerer: 3,
+            port: 9,
+            layout,
+            refs,
+        }
+    }
+
+    fn good(layout: ChannelLayout) -> Vec<u8> {
+        let o = offer(layout);
+        let n = pages_for(layout);
+        let o = Offer {
+            refs: &o.refs[..n],
+            ..o.as_ref()
+        };
+        let mut b = vec![0u8; encoded_len(layout)];
+        assert_eq!(encode(&o, &mut b), Ok(b.len()));
+        b
+    }
+
     #[test]
-    fn encode_parse_round_trip() {
+    fn round_trip_and_every_hostile_field() {
         let layout = ChannelLayout {
-            to_acceptor: 8192,
+            to_acceptor: 4096,
             to_offerer: 1024,
         };
-        let n = pages_for(layout);
-        let mut buf = [0u8; 256];
-        let len = encode(7, 33, layout, (0..n as u32).map(|i| 100 + i), &mut buf).unwrap();
-        assert_eq!(len, encoded_len(layout));
-        let o = parse(7, &buf[..len]).unwrap();
+        let v = good(layout);
+        let mut refs = [0u32; 16];
+        let o = parse(3, &v, &mut refs).unwrap();
         assert_eq!(
-            (o.offerer(), o.port(), o.layout, o.nrefs()),
-            (7, 33, layout, n)
+            (o.port, o.layout, o.refs.len()),
+            (9, layout, pages_for(layout))
         );
-        assert!(o.refs().eq((0..n as u32).map(|i| 100 + i)));
+        assert_eq!(o.refs[0], 100);
+        let parse = |b: &[u8]| parse(3, b, &mut [0u32; 16]).map(|_| ());
         assert_eq!(
-            parse(8, &buf[..len]).unwrap_err(),
-            RendezvousError::WrongPeer(7)
+            super::parse(4, &v, &mut refs).map(|_| ()),
+            Err(CrxgError::WrongPeer(3))
         );
+        assert_eq!(parse(&v[..v.len() - 1]), Err(CrxgError::BadLength));
         assert_eq!(
-            parse(7, &buf[..len - 1]).unwrap_err(),
-            RendezvousError::BadLength
+            parse(&[v.as_slice(), &[0; 4]].concat()),
+            Err(CrxgError::BadLength)
         );
+        assert_eq!(parse(&v[..31]), Err(CrxgError::BadLength));
+        assert_eq!(parse(&[]), Err(CrxgError::BadLength));
+        let with = |at: usize, bytes: &[u8]| {
+            let mut b = v.clone();
+            b[at..at + bytes.len()].copy_from_slice(bytes);
+            b
+        };
+        assert_eq!(parse(&with(0, b"X")), Err(CrxgError::BadMagic));
+        assert_eq!(parse(&with(4, &[2])), Err(CrxgError::BadVersion(2)));
+        assert_eq!(parse(&with(31, &[1])), Err(CrxgError::BadReserved));
+        for bad in [0u32, 3, 32, 4097, 1 << 31, u32::MAX] {
+            assert_eq!(
+                parse(&with(12, &bad.to_le_bytes())),
+                Err(CrxgError::BadLayout),
+                "{bad}"
+            );
+        }
+        for bad in [0u32, 1, pages_for(layout) as u32 + 1, u32::MAX] {
+            assert_eq!(
+                parse(&with(20, &bad.to_le_bytes())),
+                Err(CrxgError::BadPageCount),
+                "{bad}"
+            );
+        }
+        for bad in [0u32, 1 << 17] {
+            assert_eq!(
+                parse(&with(8, &bad.to_le_bytes())),
+                Err(CrxgError::BadPort(bad))
+            );
+        }
+        for bad in [0u32, 7, 1 << 20] {
+            assert_eq!(
+                parse(&with(32, &bad.to_le_bytes())),
+                Err(CrxgError::BadRef(bad))
+            );
+        }
+        // More references than the caller has room for.
+        assert_eq!(
+            super::parse(3, &v, &mut [0u32; 2]).map(|_| ()),
+            Err(CrxgError::BadPageCount)
+        );
+        // The largest legal rings need more pages than MAX_PAGES allows.
+        assert!(!valid_layout(ChannelLayout::symmetric(MAX_DATA_SIZE)));
     }
 
     #[test]
     fn encode_refuses_what_it_cannot_write() {
         let layout = ChannelLayout::symmetric(1024);
+        let o = offer(layout);
         let n = pages_for(layout);
-        let mut small = [0u8; 8];
+        let exact = Offer {
+            refs: &o.refs[..n],
+            ..o.as_ref()
+        };
         assert_eq!(
-            encode(0, 1, layout, 0..n as u32, &mut small),
-            Err(encoded_len(layout))
+            encode(&exact, &mut [0u8; 8]),
+            Err(CrxgError::BufferTooSmall(encoded_len(layout)))
         );
-        let mut buf = [0u8; 256];
-        assert_eq!(encode(0, 1, layout, 0..n as u32 + 1, &mut buf), Err(0));
-        assert_eq!(
-            encode(0, 1, ChannelLayout::symmetric(1000), 0..2, &mut buf),
-            Err(0)
-        );
-        let huge = ChannelLayout::symmetric(MAX_DATA_SIZE);
-        assert!(!valid_layout(huge));
+        let more = Offer {
+            refs: &o.refs[..n + 1],
+            ..o.as_ref()
+        };
+        assert_eq!(encode(&more, &mut [0u8; 256]), Err(CrxgError::BadPageCount));
+        let bad = Offer {
+            layout: ChannelLayout::symmetric(1000),
+            ..exact
+        };
+        assert_eq!(encode(&bad, &mut [0u8; 256]), Err(CrxgError::BadLayout));
     }
 }
