@@ -257,7 +257,7 @@ impl<'x, K: Kernel> Pages<'x, K> {
         left
     }
 
-    fn refs(&self) -> impl ExactSizeIterator<Item = GrantRef> + '_ {
+    fn refs(&self) -> impl ExactSizeIterator<Item = GrantRef> + Clone + '_ {
         (0..self.done).map(|i| self.slot(i))
     }
 
@@ -495,13 +495,6 @@ pub struct KernelPending<'x, K: Kernel> {
     layout: ChannelLayout,
 }
 
-/// The most grant references the kernel's [`Transport::offer`] and
-/// [`Transport::accept`] take (room for them on the stack: 2 KiB, for
-/// rings up to about 1 MiB in all); [`KernelTransport::offer_pages`] and
-/// [`KernelTransport::accept_offer`] take any offer, with the caller's room
-/// for its references.
-pub const STACK_REFS: usize = 512;
-
 impl<'x, K: Kernel> KernelPending<'x, K> {
     /// The offer's fields, its references copied into `refs` (room for
     /// [`crxg::pages_for`] the layout).
@@ -580,15 +573,26 @@ impl<'x, K: Kernel> KernelTransport<'x, K> {
         &mut self,
         offer: &Offer<&[GrantRef]>,
     ) -> Result<Link<KernelRegion<'x, K>, KernelDoorbell<'x, K>>, KernelTransportError> {
+        offer.check()?;
+        let refs = offer.refs.iter().copied();
+        self.accept_checked(offer.as_parts(), refs)
+    }
+
+    /// [`KernelTransport::accept_offer`] of an offer already checked
+    /// ([`Offer::check`]), its references one by one.
+    fn accept_checked(
+        &mut self,
+        offer: Offer<()>,
+        refs: impl ExactSizeIterator<Item = GrantRef> + Clone,
+    ) -> Result<Link<KernelRegion<'x, K>, KernelDoorbell<'x, K>>, KernelTransportError> {
         if offer.offerer != self.peer {
             return Err(CrxgError::WrongPeer(offer.offerer).into());
         }
-        offer.check()?;
         let dom = offer.offerer;
-        // `check`: at least the live page's reference.
-        let (region_refs, live_ref) = offer.refs.split_at(offer.refs.len() - 1);
-        let region = Pages::map(self.xen, dom, region_refs.iter().copied())?;
-        let live = Pages::map(self.xen, dom, live_ref.iter().copied())?;
+        // Checked: at least the live page's reference.
+        let n = refs.len();
+        let region = Pages::map(self.xen, dom, refs.clone().take(n - 1))?;
+        let live = Pages::map(self.xen, dom, refs.skip(n - 1))?;
         let region = KernelRegion {
             pages: region,
             len: offer.layout.region_len(),
@@ -635,13 +639,17 @@ impl<'x, K: Kernel> Transport for KernelTransport<'x, K> {
         if rendezvous.len() < needed {
             return Err(KernelTransportError::BufferTooSmall { needed });
         }
-        if crxg::pages_for(layout) > STACK_REFS {
-            return Err(CrxgError::BadPageCount.into());
-        }
         let pending = self.offer_pages(layout)?;
-        let mut refs = [0; STACK_REFS];
-        let offer = pending.offer(self.xen.kernel().domid(), &mut refs)?;
-        let len = crxg::encode(&offer, rendezvous)?;
+        // The references go from the pages into the bytes, no copy between.
+        let (region, live) = (pending.region.pages.refs(), pending.doorbell.live.refs());
+        let fields = Offer {
+            offerer: self.xen.kernel().domid(),
+            port: pending.doorbell.port,
+            layout,
+            refs: (),
+        };
+        let nrefs = region.len() + live.len();
+        let len = crxg::encode_parts(fields, nrefs, region.chain(live), rendezvous)?;
         Ok((pending, len))
     }
 
@@ -649,9 +657,9 @@ impl<'x, K: Kernel> Transport for KernelTransport<'x, K> {
         &mut self,
         rendezvous: &[u8],
     ) -> Result<Link<KernelRegion<'x, K>, KernelDoorbell<'x, K>>, KernelTransportError> {
-        let mut refs = [0; STACK_REFS];
-        let offer = crxg::parse(self.peer, rendezvous, &mut refs)?;
-        self.accept_offer(&offer)
+        // Every field checked, the references left in the bytes.
+        let offer = crxg::parse_borrowed(self.peer, rendezvous)?;
+        self.accept_checked(offer.as_parts(), offer.refs.iter())
     }
 }
 

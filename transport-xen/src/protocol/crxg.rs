@@ -178,6 +178,18 @@ pub struct Offer<R> {
     pub refs: R,
 }
 
+impl<R> Offer<R> {
+    /// The offer's fields without its references.
+    pub fn as_parts(&self) -> Offer<()> {
+        Offer {
+            offerer: self.offerer,
+            port: self.port,
+            layout: self.layout,
+            refs: (),
+        }
+    }
+}
+
 impl<R: AsRef<[GrantRef]>> Offer<R> {
     /// Checks every field: ring sizes, the count of references for them,
     /// each reference and the port in range.
@@ -187,24 +199,8 @@ impl<R: AsRef<[GrantRef]>> Offer<R> {
     /// [`CrxgError::BadLayout`], [`CrxgError::BadPageCount`],
     /// [`CrxgError::BadRef`], [`CrxgError::BadPort`].
     pub fn check(&self) -> Result<(), CrxgError> {
-        let (a, b) = (self.layout.to_acceptor, self.layout.to_offerer);
-        if !valid_size(a) || !valid_size(b) {
-            return Err(CrxgError::BadLayout);
-        }
         let refs = self.refs.as_ref();
-        if refs.len() != pages_for(self.layout) || refs.len() > MAX_PAGES {
-            return Err(CrxgError::BadPageCount);
-        }
-        if let Some(&r) = refs
-            .iter()
-            .find(|r| !(FIRST_GRANT_REF..GRANT_REF_LIMIT).contains(r))
-        {
-            return Err(CrxgError::BadRef(r));
-        }
-        if !(1..PORT_LIMIT).contains(&self.port) {
-            return Err(CrxgError::BadPort(self.port));
-        }
-        Ok(())
+        check_parts(self.layout, self.port, refs.len(), refs.iter().copied())
     }
 
     /// The same offer, its references borrowed.
@@ -218,6 +214,36 @@ impl<R: AsRef<[GrantRef]>> Offer<R> {
     }
 }
 
+/// [`Offer::check`] on the parts of an offer: its references one by one,
+/// `nrefs` of them.
+fn check_parts(
+    layout: ChannelLayout,
+    port: EvtchnPort,
+    nrefs: usize,
+    refs: impl Iterator<Item = GrantRef>,
+) -> Result<(), CrxgError> {
+    if !valid_size(layout.to_acceptor) || !valid_size(layout.to_offerer) {
+        return Err(CrxgError::BadLayout);
+    }
+    if nrefs != pages_for(layout) || nrefs > MAX_PAGES {
+        return Err(CrxgError::BadPageCount);
+    }
+    let mut seen = 0;
+    for r in refs {
+        if !(FIRST_GRANT_REF..GRANT_REF_LIMIT).contains(&r) {
+            return Err(CrxgError::BadRef(r));
+        }
+        seen += 1;
+    }
+    if seen != nrefs {
+        return Err(CrxgError::BadPageCount);
+    }
+    if !(1..PORT_LIMIT).contains(&port) {
+        return Err(CrxgError::BadPort(port));
+    }
+    Ok(())
+}
+
 /// Writes the rendezvous bytes of `offer` into `out` (after
 /// [`Offer::check`]); returns their length, [`encoded_len`] of its layout.
 ///
@@ -225,12 +251,27 @@ impl<R: AsRef<[GrantRef]>> Offer<R> {
 ///
 /// [`Offer::check`]'s, and [`CrxgError::BufferTooSmall`].
 pub fn encode<R: AsRef<[GrantRef]>>(offer: &Offer<R>, out: &mut [u8]) -> Result<usize, CrxgError> {
-    offer.check()?;
+    let refs = offer.refs.as_ref();
+    encode_parts(offer.as_parts(), refs.len(), refs.iter().copied(), out)
+}
+
+/// [`encode`] for an offer whose `nrefs` references come one by one (a
+/// kernel's pages hold them in two runs, with no room for a copy).
+///
+/// # Errors
+///
+/// As [`encode`].
+pub fn encode_parts(
+    offer: Offer<()>,
+    nrefs: usize,
+    refs: impl Iterator<Item = GrantRef> + Clone,
+    out: &mut [u8],
+) -> Result<usize, CrxgError> {
+    check_parts(offer.layout, offer.port, nrefs, refs.clone())?;
     let needed = encoded_len(offer.layout);
     let out = out
         .get_mut(..needed)
         .ok_or(CrxgError::BufferTooSmall(needed))?;
-    let refs = offer.refs.as_ref();
     let h = RendezvousHeader {
         magic: RENDEZVOUS_MAGIC,
         version: U16::new(RENDEZVOUS_VERSION),
@@ -238,8 +279,8 @@ pub fn encode<R: AsRef<[GrantRef]>>(offer: &Offer<R>, out: &mut [u8]) -> Result<
         port: U32::new(offer.port),
         to_acceptor: U32::new(offer.layout.to_acceptor),
         to_offerer: U32::new(offer.layout.to_offerer),
-        // `refs.len() <= MAX_PAGES` (checked), far below u32::MAX.
-        nrefs: U32::new(u32::try_from(refs.len()).map_err(|_| CrxgError::BadPageCount)?),
+        // `nrefs <= MAX_PAGES` (checked), far below u32::MAX.
+        nrefs: U32::new(u32::try_from(nrefs).map_err(|_| CrxgError::BadPageCount)?),
         reserved: [0; 8],
     };
     let (head, tail) = out.split_at_mut(HEADER_LEN);
@@ -248,6 +289,31 @@ pub fn encode<R: AsRef<[GrantRef]>>(offer: &Offer<R>, out: &mut [u8]) -> Result<
         slot.copy_from_slice(&r.to_le_bytes());
     }
     Ok(needed)
+}
+
+/// The grant references as they stand in rendezvous bytes (little-endian
+/// `u32`s), read one by one: what [`parse_borrowed`] hands out, for a side
+/// with no room to copy them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WireRefs<'b>(&'b [u8]);
+
+impl<'b> WireRefs<'b> {
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.len() / 4
+    }
+
+    /// Whether there are none (never, for a parsed offer).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Each reference, in page order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = GrantRef> + Clone + 'b {
+        self.0
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    }
 }
 
 /// Reads and validates rendezvous bytes from `peer` (every field, before
@@ -262,6 +328,27 @@ pub fn parse<'r>(
     bytes: &[u8],
     refs: &'r mut [GrantRef],
 ) -> Result<Offer<&'r [GrantRef]>, CrxgError> {
+    let offer = parse_borrowed(peer, bytes)?;
+    let out = refs
+        .get_mut(..offer.refs.len())
+        .ok_or(CrxgError::BadPageCount)?;
+    for (slot, r) in out.iter_mut().zip(offer.refs.iter()) {
+        *slot = r;
+    }
+    Ok(Offer {
+        offerer: offer.offerer,
+        port: offer.port,
+        layout: offer.layout,
+        refs: &*out,
+    })
+}
+
+/// [`parse`], the references left in the bytes.
+///
+/// # Errors
+///
+/// As [`parse`] (without a limit of room).
+pub fn parse_borrowed(peer: DomId, bytes: &[u8]) -> Result<Offer<WireRefs<'_>>, CrxgError> {
     let (h, rest) = RendezvousHeader::read_from_prefix(bytes).map_err(|_| CrxgError::BadLength)?;
     if h.magic != RENDEZVOUS_MAGIC {
         return Err(CrxgError::BadMagic);
@@ -289,18 +376,15 @@ pub fn parse<'r>(
     if rest.len() != n * 4 {
         return Err(CrxgError::BadLength);
     }
-    let out = refs.get_mut(..n).ok_or(CrxgError::BadPageCount)?;
-    for (slot, c) in out.iter_mut().zip(rest.chunks_exact(4)) {
-        *slot = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-    }
-    let offer = Offer {
+    let refs = WireRefs(rest);
+    let port = h.port.get();
+    check_parts(layout, port, refs.len(), refs.iter())?;
+    Ok(Offer {
         offerer: peer,
-        port: h.port.get(),
+        port,
         layout,
-        refs: &*out,
-    };
-    offer.check()?;
-    Ok(offer)
+        refs,
+    })
 }
 
 #[cfg(test)]

@@ -24,10 +24,10 @@
 //!                                                 its emptied parents
 //! ```
 //!
-//! The keys and their checks are [`crate::protocol::keys`]'; the bytes are
-//! [`crxg`](crate::protocol::crxg)'s; this module is the procedure: the order of the writes, the
-//! permissions, the watches, the waits, and the teardown (issue 17,
-//! findings 9 and 10):
+//! The keys and their checks are [`crate::protocol::keys`]'; the bytes
+//! are [`crxg`](crate::protocol::crxg)'s; this module is the procedure:
+//! the order of the writes, the permissions, the watches, the waits, and
+//! the teardown (issue 17, findings 9 and 10):
 //! - nothing of a rendezvous stays in XenStore, whatever its outcome: the
 //!   acceptor waits (at most [`ANSWER_LINGER`]) until the offerer has taken
 //!   its answer (it removes its offer), then removes the answer; each side
