@@ -71,7 +71,7 @@ const REP_MIN: usize = 512;
 /// size (within the L2 cache; on this VM's EPYC, best of 30 runs under load: 1 KiB
 /// 13 ns against 25 for `rep movsb` and 12-14 for glibc's `memcpy`; 4 KiB 50 against
 /// 90; 64 KiB 1.5-1.6 us, all three alike); `rep movsb` above.
-#[cfg(all(target_arch = "x86_64", not(miri)))]
+#[cfg(all(target_arch = "x86_64", not(miri), not(target_os = "none")))]
 const REP_MIN_AVX2: usize = 256 * 1024;
 
 /// Below this the SSE2 word copy inlines and wins (no call, no alignment steps).
