@@ -2,7 +2,7 @@
 //! offer directory's `version`, `port`, `to-acceptor`, `to-offerer`,
 //! `nrefs`, `refsN` and `state`, and the answer's `version`, `offer-port`,
 //! `port`, `error` and `state`, each present, absent or unreadable, with
-//! any bytes, and both readers (`coresident_xen::rendezvous_keys::{
+//! any bytes, and both readers (`coresident_xen::protocol::keys::{
 //! read_offer, read_answer}`, `core` only, shared by the daemon and the
 //! PV kernel) run over them.
 //!
@@ -16,36 +16,35 @@
 
 use std::collections::BTreeMap;
 
-use coresident_xen::rendezvous_keys::{
-    read_answer, read_offer, write_offer, Store, FIRST_GRANT_REF, GRANT_REF_LIMIT, PORT_LIMIT,
-};
+use coresident_xen::protocol::crxg::{FIRST_GRANT_REF, GRANT_REF_LIMIT, PORT_LIMIT};
+use coresident_xen::protocol::keys::{read_answer, read_offer, write_offer, KeyError};
+use coresident_xen::protocol::xs_wire::{MsgType, Payload, XsErrno};
+use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
 use libfuzzer_sys::fuzz_target;
 
 /// A store of the fuzzer's values: `None` stands for a node we may not
-/// read (EACCES).
+/// read (EACCES). Only reads are asked of it.
 #[derive(Default)]
 struct Fake(BTreeMap<String, Option<Vec<u8>>>);
 
-#[derive(Debug, PartialEq)]
-enum E {
-    Absent,
-    Denied,
-}
-
-impl Store for Fake {
-    type Error = E;
-    fn read(&mut self, path: &str) -> Result<&[u8], E> {
+impl XsClient for Fake {
+    fn request(&mut self, _tx: TxId, ty: MsgType, payload: &Payload) -> Result<&[u8], XsError> {
+        assert_eq!(ty, MsgType::Read, "the readers only read");
+        let path = payload.as_bytes().strip_suffix(&[0]).unwrap_or(payload.as_bytes());
+        let path = std::str::from_utf8(path).expect("the readers' paths are text");
         match self.0.get(path) {
-            None => Err(E::Absent),
-            Some(None) => Err(E::Denied),
+            None => Err(XsError::NotFound),
+            Some(None) => Err(XsError::Daemon(XsErrno::EACCES)),
             Some(Some(v)) => Ok(v),
         }
     }
-    fn is_absent(e: &E) -> bool {
-        *e == E::Absent
+
+    fn wait_watch(&mut self, _: Option<std::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> {
+        Ok(None)
     }
-    fn is_unreadable(e: &E) -> bool {
-        *e == E::Denied
+
+    fn lost_events(&self) -> u64 {
+        0
     }
 }
 
@@ -110,7 +109,7 @@ fuzz_target!(|data: &[u8]| {
             .all(|r| (FIRST_GRANT_REF..GRANT_REF_LIMIT).contains(r)));
         // Written again, the same offer reads back.
         let mut again = Fake::default();
-        let mut put = |key: &str, v: &[u8]| -> Result<(), coresident_xen::rendezvous_keys::TooLong> {
+        let mut put = |key: &str, v: &[u8]| -> Result<(), KeyError> {
             again.0.insert(format!("{OFFER}/{key}"), Some(v.to_vec()));
             Ok(())
         };
@@ -132,7 +131,7 @@ fuzz_target!(|data: &[u8]| {
                 .0
                 .get(&format!("{ANSWER}/offer-port"))
                 .and_then(|v| v.as_ref())
-                .and_then(|v| coresident_xen::xs_wire::parse_u32(v).ok());
+                .and_then(|v| coresident_xen::protocol::xs_wire::parse_u32(v).ok());
             assert_eq!(named, Some(p), "an answer judged for another offer");
         }
     }

@@ -1,16 +1,17 @@
 //! The fuzzer plays xenstored on the other side of a guest kernel's
-//! XenStore ring page (`coresident_xen::xs_ring`): at every wait of the
+//! XenStore ring page (`coresident_xen::xenstore::ring`): at every wait of the
 //! client it writes arbitrary bytes into the reply ring and arbitrary
 //! values into the indices and trailing words it owns, then signals. The
 //! client runs a fixed script: reads, a write, a watch, a wait for a watch
-//! event, and the kernel-side rendezvous (`ring_rendezvous::read_offer`,
+//! event, and the kernel-side rendezvous (`ChannelKeys::read_offer`,
 //! `wait_answer`). Properties: no panic, no out-of-bounds access (ASan),
 //! no hang (the daemon gives up when the input runs out), and a broken
 //! client stays broken.
 #![no_main]
 
-use coresident_xen::ring_rendezvous;
-use coresident_xen::xs_ring::{Events, XsRing, XsRingError};
+use coresident_xen::rendezvous::ChannelKeys;
+use coresident_xen::xenstore::ring::{Events, XsRing};
+use coresident_xen::xenstore::{XsClient, XsError};
 use libfuzzer_sys::fuzz_target;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -107,28 +108,29 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut broken = false;
-    let mut step = |r: Result<(), XsRingError>| {
+    let mut step = |r: Result<(), XsError>| {
         if broken {
-            assert_eq!(r, Err(XsRingError::Broken), "a broken client stays broken");
+            assert_eq!(r, Err(XsError::Broken), "a broken client stays broken");
         }
-        broken |= r == Err(XsRingError::Broken);
+        broken |= r == Err(XsError::Broken);
     };
     let r = xs.read("domid").map(|v| {
-        let _ = coresident_xen::xs_wire::parse_u16(v);
+        let _ = coresident_xen::protocol::xs_wire::parse_u16(v);
     });
     step(r);
     step(xs.write("data/x", b"value"));
     step(xs.watch("data/x", "tok"));
-    let r = xs.wait_watch().map(|e| {
-        let _ = (e.path.len(), e.token.len());
+    let r = xs.wait_watch(None).map(|e| {
+        let _ = e.map(|e| (e.path.len(), e.token.len()));
     });
     step(r);
-    let _ = ring_rendezvous::read_offer(
-        &mut xs,
-        0,
-        "/local/domain/0/data/coresident/channels/1/c/offer",
-    );
-    let _ = ring_rendezvous::wait_answer(&mut xs, 1, 0, "c", 17);
+    // Domain 1's view of channel "c" with dom0: dom0's offer, then the
+    // answer to an offer of port 17.
+    if let Ok(keys) = ChannelKeys::new(1, 0, "c") {
+        let mut refs = [0u32; 32];
+        let _ = keys.read_offer(&mut xs, &mut refs);
+        let _ = keys.wait_answer(&mut xs, 17);
+    }
     drop(xs);
     drop(page);
 });

@@ -13,30 +13,36 @@
 //!   shared pages and signals the port, so the survivor sees peer death.
 //! ```
 //!
-//! Layers, bottom up:
-//! - [`sys`]: the system calls (`rustix`), behind the [`sys::Sys`] trait so
-//!   unit tests swap in a fake driver.
-//! - [`gntalloc`], [`gntdev`], [`evtchn`], [`privcmd`]: the Linux devices
-//!   under `/dev/xen`, with `#[repr(C)]` mirrors of their uapi headers.
-//! - [`xs_wire`]: the XenStore wire protocol (`xen/io/xs_wire.h`), `core`
-//!   only; [`xenstore`]: a client over xenstored's socket (dom0) or
-//!   `/dev/xen/xenbus` (any domain).
-//! - [`crxg`]: the rendezvous bytes and the page layout of an offer, `core`
-//!   only, spoken by both transports below.
-//! - [`rendezvous_keys`]: the XenStore rendezvous's keys, limits, write
-//!   order and value checks, `core` only, spoken by both rendezvous below.
+//! One concept per folder, bottom up:
+//! - [`types`]: the shared ids ([`DomId`], [`GrantRef`], [`EvtchnPort`])
+//!   and limits; `lib.rs` only declares modules and re-exports.
+//! - [`protocol`] (`core` only): [`protocol::xs_wire`], the XenStore wire
+//!   protocol (`xen/io/xs_wire.h`); [`protocol::crxg`], the offer
+//!   ([`protocol::crxg::Offer`]: one `encode`, one `parse`) and the page
+//!   layout; [`protocol::keys`], the rendezvous's XenStore keys, limits,
+//!   write order and value checks, with one
+//!   [`KeyError`](protocol::keys::KeyError).
+//! - [`xenstore`]: one client trait, [`xenstore::XsClient`] (every verb,
+//!   watches, transactions), implemented by `xenstore::socket` (xenstored's
+//!   socket in dom0, `/dev/xen/xenbus` in any domain; feature `std`) and
+//!   [`xenstore::ring`] (a PV guest kernel's `start_info` ring, `core`
+//!   only).
+//! - [`backend`]: [`backend::XenBackend`], what the transport needs of a
+//!   way to reach Xen (grant and map pages, ports, the release signal,
+//!   Xen's word on a port); `linux` implements it over the `/dev/xen`
+//!   devices (gntalloc, gntdev, evtchn, privcmd, behind a `Sys` trait so
+//!   unit tests swap in a fake driver; feature `std`).
+//! - [`transport`]: one [`transport::XenTransport`], the core's `Transport`
+//!   over any backend (region, event-channel doorbell, live bytes for peer
+//!   death).
+//! - [`rendezvous`]: one [`rendezvous::Rendezvous`], the transport's offer
+//!   and answer as XenStore keys with permissions and watches, over any
+//!   client; [`rendezvous::ChannelKeys`] is its XenStore side alone (the
+//!   `pv-domu` kernel drives it over the ring).
+//! - [`guest`] (`core` only): PV-guest pieces, the console ring.
 //! - `kernel` (feature `xen-sys`, x86_64, `no_std`): grant table v1, event
 //!   channels and `KernelTransport` over hypercalls, for a PV guest kernel
 //!   that supplies them through the `Kernel` trait (docs/kernel.md).
-//! - [`xs_ring`], [`console_ring`] (`core` only): a PV guest kernel's
-//!   XenStore client and console over the pages and event channels of its
-//!   `start_info`; [`ring_rendezvous`]: the XenStore rendezvous below,
-//!   both sides, over that ring (the `pv-domu` job: a kernel and a daemon).
-//! - [`transport`]: [`XenTransport`], the core's `Transport` over the
-//!   layers above (rendezvous bytes, region, event-channel doorbell,
-//!   unmap-notify for peer death).
-//! - [`rendezvous`]: [`Rendezvous`], the transport's offer and answer as
-//!   XenStore keys with permissions and watches.
 //! - [`residency`]: residency detection: the dom0 [`residency::Agent`]
 //!   lists each advertising domain's co-resident peers, and a guest's
 //!   [`residency::ResidencyView`] keeps its residency tables in step (keys,
@@ -75,7 +81,8 @@
 //! process exits or unmaps. A destroyed domain runs no unmap-notify: the
 //! survivor's doorbell learns of `xl destroy` from Xen, which has closed the
 //! dead domain's end of the event channel ([`XenDoorbell`] asks through
-//! [`privcmd`]), and XenStore says so too ([`Rendezvous::watch_peer`]).
+//! `/dev/xen/privcmd`), and XenStore says so too
+//! ([`Rendezvous::watch_peer`]).
 //!
 //! # A daemon in a guest
 //!
@@ -108,32 +115,25 @@
 //!
 //! # The peer is not trusted
 //!
-//! Pages a peer can write are never behind `&`/`&mut`: [`mapping::Mapping`]
-//! hands out a raw pointer and a length for atomics and volatile copies.
+//! Pages a peer can write are never behind `&`/`&mut`: a backend's pages
+//! ([`backend::GrantedPages`]) are a raw pointer and a length, touched by
+//! atomics and volatile copies only.
 //! Everything read from XenStore (a guest writes its own subtree freely) is
 //! parsed with checked conversions into typed errors, never a panic.
 //!
 //! # Features
 //!
-//! - `std` (default): the Linux userspace modules (the devices, XenStore
-//!   client, [`XenTransport`], [`Rendezvous`], [`residency`]); without it
-//!   the crate is `no_std` and keeps the `core`-only modules.
+//! - `std` (default): the Linux userspace modules (the devices and their
+//!   backend, the XenStore socket client, [`residency`]; the aliases
+//!   [`XenTransport`] and [`Rendezvous`] over them); without it the crate
+//!   is `no_std` and keeps the `core`-only modules.
 //! - `xen-sys` (x86_64): the `kernel` module, with or without `std`.
 //!
 // Without `std` the Linux modules do not exist: the links above point here.
 #![cfg_attr(
     not(all(feature = "std", target_os = "linux")),
-    doc = "[`sys`]: crate#features
-[`sys::Sys`]: crate#features
-[`gntalloc`]: crate#features
-[`gntdev`]: crate#features
-[`evtchn`]: crate#features
-[`privcmd`]: crate#features
-[`xenstore`]: crate#features
-[`transport`]: crate#features
-[`XenTransport`]: crate#features
+    doc = "[`XenTransport`]: crate#features
 [`XenDoorbell`]: crate#features
-[`rendezvous`]: crate#features
 [`Rendezvous`]: crate#features
 [`Rendezvous::withdraw`]: crate#features
 [`Rendezvous::watch_peer`]: crate#features
@@ -146,83 +146,40 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations)]
 
-pub mod console_ring;
-pub mod crxg;
-pub mod rendezvous_keys;
-pub mod ring_rendezvous;
-pub mod xs_ring;
-pub mod xs_wire;
+pub mod backend;
+pub mod guest;
+pub mod protocol;
+pub mod rendezvous;
+mod shared;
+pub mod transport;
+pub mod types;
+pub mod xenstore;
 
 #[cfg(all(feature = "xen-sys", target_arch = "x86_64"))]
 pub mod kernel;
 
 #[cfg(all(feature = "std", target_os = "linux"))]
-pub mod error;
-#[cfg(all(feature = "std", target_os = "linux"))]
-pub mod evtchn;
-#[cfg(all(feature = "std", target_os = "linux"))]
-pub mod gntalloc;
-#[cfg(all(feature = "std", target_os = "linux"))]
-pub mod gntdev;
-#[cfg(all(feature = "std", target_os = "linux"))]
-pub mod mapping;
-#[cfg(all(feature = "std", target_os = "linux"))]
-pub mod privcmd;
-#[cfg(all(feature = "std", target_os = "linux"))]
-pub mod rendezvous;
+pub mod linux;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub mod residency;
-#[cfg(all(feature = "std", target_os = "linux"))]
-pub mod sys;
-#[cfg(all(feature = "std", target_os = "linux"))]
-pub mod transport;
-#[cfg(all(feature = "std", target_os = "linux"))]
-pub mod xenstore;
 
-#[cfg(all(test, feature = "std", target_os = "linux"))]
-mod fake;
-#[cfg(all(test, feature = "std", target_os = "linux"))]
-mod xenstore_fake;
+pub use types::{DomId, EvtchnPort, GrantRef, UnmapNotify, MAX_PAGES, XEN_PAGE_SIZE};
 
 #[cfg(all(feature = "std", target_os = "linux"))]
-pub use error::{EvtchnError, EvtchnOp, GrantError, GrantOp};
+pub use linux::error::{EvtchnError, EvtchnOp, GrantError, GrantOp};
 #[cfg(all(feature = "std", target_os = "linux"))]
-pub use evtchn::Evtchn;
+pub use linux::evtchn::Evtchn;
 #[cfg(all(feature = "std", target_os = "linux"))]
-pub use gntalloc::{Gntalloc, SharedPages};
+pub use linux::gntalloc::{Gntalloc, SharedPages};
 #[cfg(all(feature = "std", target_os = "linux"))]
-pub use gntdev::{ForeignPages, Gntdev};
+pub use linux::gntdev::{ForeignPages, Gntdev};
 #[cfg(all(feature = "std", target_os = "linux"))]
-pub use mapping::Mapping;
+pub use linux::mapping::Mapping;
 #[cfg(all(feature = "std", target_os = "linux"))]
-pub use rendezvous::{Rendezvous, XsPending, XsRendezvousError};
+pub use linux::sys::PAGE_SIZE;
 #[cfg(all(feature = "std", target_os = "linux"))]
-pub use sys::PAGE_SIZE;
+pub use linux::{Rendezvous, RendezvousError, XsPending};
 #[cfg(all(feature = "std", target_os = "linux"))]
-pub use transport::{XenDoorbell, XenRegion, XenTransport, XenTransportError};
+pub use linux::{XenDoorbell, XenPending, XenRegion, XenTransport, XenTransportError};
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub use xenstore::{XenStore, XsError};
-
-/// A Xen domain id (`domid_t`, `xen/xen.h`); dom0 is 0.
-pub type DomId = u16;
-/// A grant reference (`grant_ref_t`, `xen/grant_table.h`).
-pub type GrantRef = u32;
-/// An event-channel port (`evtchn_port_t`, `xen/event_channel.h`).
-pub type EvtchnPort = u32;
-
-/// The most pages one grant share or mapping may have here (16 MiB). The
-/// drivers have lower limits of their own (gntalloc's `limit` module
-/// parameter: 1024 pages by default).
-pub const MAX_PAGES: usize = 4096;
-
-/// What the grant drivers do when pages are finally released: the peer's
-/// signal that we are gone (`UNMAP_NOTIFY_CLEAR_BYTE`,
-/// `UNMAP_NOTIFY_SEND_EVENT` in `xen/gntalloc.h` and `xen/gntdev.h`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UnmapNotify {
-    /// Byte offset in the mapping to set to 0.
-    pub clear_byte: Option<usize>,
-    /// Local event-channel port to signal (bound through `/dev/xen/evtchn`,
-    /// and still bound when the release happens).
-    pub event: Option<EvtchnPort>,
-}

@@ -1,72 +1,64 @@
-//! The Xen [`Transport`]: grant pages hold the channel's region, an event
-//! channel is the doorbell, and a unmap-notify "live" byte per side tells
-//! the survivor that its peer is gone.
+//! The Xen [`Transport`], once, over any [`XenBackend`]: grant pages hold
+//! the channel's region, an event channel is the doorbell, and a "live"
+//! byte per side tells the survivor that its peer is gone.
 //!
 //! ```text
-//!  pages granted by the offerer (gntalloc), mapped by the acceptor (gntdev)
+//!  pages granted by the offerer, mapped by the acceptor
 //!  ┌───────────────────────────────────────┬─────────────────────────────┐
 //!  │ region: ring offerer→acceptor,        │ live page: byte 0 offerer,  │
 //!  │         ring acceptor→offerer         │ byte 64 acceptor (1 = live) │
 //!  └───────────────────────────────────────┴─────────────────────────────┘
-//!   0                              region_len rounded up to a page
+//!   granted (or mapped) as two runs: the region's pages, then the live page
 //! ```
 //!
-//! Rendezvous bytes (little-endian, [`RendezvousHeader`] then the grant
-//! references): the acceptor validates every field before it maps
-//! anything, and refuses a rendezvous from another domain than the peer it
-//! was opened for. Handshake: the acceptor maps, binds the event channel,
-//! sets its live byte and rings; [`PendingOffer::complete`] waits for that
-//! byte. Each side arms unmap-notify (clear its live byte, signal the port),
-//! so process death or teardown wakes the other side, whose doorbell then
-//! reports [`Wake::PeerGone`]. A destroyed domain runs no unmap-notify; the
-//! doorbell then learns the death from Xen, which has closed the dead
-//! domain's end of the event channel (see [`XenDoorbell`]).
+//! Offer ([`XenTransport::offer_pages`]): the region's pages and the live
+//! page granted to the peer, an unbound port for it, the rings laid out,
+//! our live byte set, the release signal armed; the result is a
+//! [`crxg::Offer`] (the XenStore rendezvous publishes its fields, the
+//! core's [`Transport::offer`] encodes it once). Accept
+//! ([`XenTransport::accept_offer`]): the offer checked field by field
+//! before anything is mapped, the grants mapped, the offerer's live byte
+//! checked, the port bound, the release signal armed, our live byte set and
+//! the port signalled. [`PendingOffer::complete`] waits for the acceptor's
+//! live byte.
 //!
-//! Each link has its own `/dev/xen/evtchn` descriptor, so a wait consumes
-//! only that link's events.
+//! Peer death shows in three ways: the peer's release signal (its process
+//! exited or unmapped: its live byte cleared, our port fired), its rings
+//! saying so (the core's business), or, when its whole domain was
+//! destroyed (no release signal, no event), Xen's word that our port is no
+//! longer connected ([`EventPort::connected_to`]), which the doorbell asks
+//! when it has heard nothing: after a quiet wait and, at most once per
+//! recheck period, in [`Doorbell::peer_alive`].
 
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use core::time::Duration;
-use std::sync::Arc;
-use std::time::Instant;
 
 use coresident::ring::AttachError;
 use coresident::{
     init_region, ChannelLayout, Doorbell, Link, PendingOffer, Role, SharedRegion, Transport,
     TransportError, Wake,
 };
-use zerocopy::little_endian::{U16, U32};
-use zerocopy::IntoBytes;
 
-use crate::privcmd::{PortStatus, Privcmd};
-use crate::sys::{Linux, Sys};
-use crate::{
-    DomId, Evtchn, EvtchnError, EvtchnPort, ForeignPages, Gntalloc, Gntdev, GrantError, GrantRef,
-    SharedPages, UnmapNotify, PAGE_SIZE,
-};
+use crate::backend::{EventPort, GrantedPages, XenBackend};
+use crate::protocol::crxg::{self, CrxgError, Offer, ACCEPTOR_LIVE, OFFERER_LIVE};
+use crate::shared::SharedMem;
+use crate::types::{DomId, GrantRef, XEN_PAGE_SIZE};
 
-// The rendezvous bytes and the live-page layout are core-only (`crxg`), so
-// the kernel transport (feature `xen-sys`) speaks the same protocol.
-use crate::crxg::{pages_for, valid_size, ACCEPTOR_LIVE};
-pub use crate::crxg::{RendezvousError, RendezvousHeader, RENDEZVOUS_MAGIC, RENDEZVOUS_VERSION};
-const _: () = assert!(PAGE_SIZE == crate::crxg::XEN_PAGE_SIZE);
+/// How often, by default, [`Doorbell::peer_alive`] may ask Xen about the
+/// port ([`XenDoorbell::set_recheck`]). The channel asks `peer_alive`
+/// every 1024 sends and on its slow paths; a sender into a destroyed
+/// domain learns of it within this period of its next probe.
+pub const DEFAULT_XEN_RECHECK: Duration = Duration::from_millis(10);
 
-/// A failure of the Xen transport.
+/// A failure of the Xen transport over a backend whose failure is `E`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum XenTransportError {
-    /// A grant operation failed.
-    Grant(GrantError),
-    /// An event-channel operation failed.
-    Evtchn(EvtchnError),
-    /// The rendezvous bytes were refused.
-    Rendezvous(RendezvousError),
-    /// The buffer for the rendezvous bytes is too small.
-    BufferTooSmall {
-        /// Bytes needed.
-        needed: usize,
-    },
+pub enum XenTransportError<E> {
+    /// The backend failed (grants, event channels).
+    Backend(E),
+    /// The offer was refused (or the layout cannot be offered).
+    Offer(CrxgError),
     /// The rings could not be laid out.
     Layout(AttachError),
     /// The peer did not accept in time.
@@ -75,15 +67,11 @@ pub enum XenTransportError {
     PeerGone,
 }
 
-impl fmt::Display for XenTransportError {
+impl<E: fmt::Display> fmt::Display for XenTransportError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Grant(e) => write!(f, "{e}"),
-            Self::Evtchn(e) => write!(f, "{e}"),
-            Self::Rendezvous(e) => write!(f, "rendezvous refused: {e:?}"),
-            Self::BufferTooSmall { needed } => {
-                write!(f, "rendezvous buffer too small ({needed} bytes needed)")
-            }
+            Self::Backend(e) => write!(f, "{e}"),
+            Self::Offer(e) => write!(f, "rendezvous refused: {e}"),
             Self::Layout(e) => write!(f, "cannot lay the rings out: {e:?}"),
             Self::Timeout => f.write_str("the peer did not accept in time"),
             Self::PeerGone => f.write_str("the peer is gone"),
@@ -91,101 +79,34 @@ impl fmt::Display for XenTransportError {
     }
 }
 
-impl std::error::Error for XenTransportError {}
+impl<E: fmt::Debug + fmt::Display> core::error::Error for XenTransportError<E> {}
 
-impl From<GrantError> for XenTransportError {
-    fn from(e: GrantError) -> Self {
-        Self::Grant(e)
+impl<E> From<CrxgError> for XenTransportError<E> {
+    fn from(e: CrxgError) -> Self {
+        Self::Offer(e)
     }
 }
 
-impl From<EvtchnError> for XenTransportError {
-    fn from(e: EvtchnError) -> Self {
-        Self::Evtchn(e)
-    }
-}
+/// A link of the backend `B`: its region and its doorbell.
+pub type XenLink<B> = Link<XenRegion<B>, XenDoorbell<B>>;
 
-impl From<RendezvousError> for XenTransportError {
-    fn from(e: RendezvousError) -> Self {
-        Self::Rendezvous(e)
-    }
-}
-
-/// The granted or mapped pages behind a link.
+/// The channel region: the region's pages (granted or mapped).
 #[derive(Debug)]
-enum Pages<S: Sys> {
-    Shared(SharedPages<S>),
-    Foreign(ForeignPages<S>),
-}
-
-impl<S: Sys> Pages<S> {
-    fn as_ptr(&self) -> *mut u8 {
-        match self {
-            Self::Shared(p) => p.as_ptr(),
-            Self::Foreign(p) => p.as_ptr(),
-        }
-    }
-}
-
-/// Pages shared by a region and its doorbell (the doorbell reads the peer's
-/// live byte), with the offset of the live page.
-#[derive(Debug)]
-struct LinkPages<S: Sys> {
-    pages: Pages<S>,
-    /// Start of the live page: `pages.len() - PAGE_SIZE`.
-    live: usize,
-}
-
-impl<S: Sys> LinkPages<S> {
-    fn live_byte(&self, role: Role) -> *mut u8 {
-        let off = match role {
-            Role::Offerer => self.live,
-            Role::Acceptor => self.live + ACCEPTOR_LIVE,
-        };
-        // `live + ACCEPTOR_LIVE < pages.len()`: the live page is the last
-        // page of the mapping (built so in `offer`/`accept`).
-        self.pages.as_ptr().wrapping_add(off)
-    }
-
-    fn read_live(&self, role: Role) -> u8 {
-        // SAFETY:
-        // - The byte lies in the live page, inside the mapping, which lives
-        //   as long as `self`.
-        // - A volatile read of one byte: the peer may write it concurrently,
-        //   which is a race on bytes, never a reference to them.
-        unsafe { self.live_byte(role).read_volatile() }
-    }
-
-    fn set_live(&self, role: Role) {
-        // SAFETY: as in `read_live`, for a volatile write.
-        unsafe { self.live_byte(role).write_volatile(1) }
-    }
-}
-
-/// The channel region: the grant pages before the live page.
-#[derive(Debug)]
-pub struct XenRegion<S: Sys = Linux> {
-    pages: Arc<LinkPages<S>>,
+pub struct XenRegion<B: XenBackend> {
+    pages: B::Pages,
+    /// `layout.region_len() <= pages.len()`.
     len: usize,
 }
 
-impl<S: Sys> Clone for XenRegion<S> {
-    fn clone(&self) -> Self {
-        Self {
-            pages: Arc::clone(&self.pages),
-            len: self.len,
-        }
-    }
-}
-
 // SAFETY:
-// - `as_ptr()..as_ptr() + len` lies in one mapping (`len <= live`), valid
-//   for reads and writes while the `Arc` keeps the mapping alive; mappings
-//   are page-aligned, so 128-aligned.
-// - This crate never makes references into the pages: raw pointers only.
-unsafe impl<S: Sys> SharedRegion for XenRegion<S> {
+// - `as_ptr()..as_ptr() + len` lies in `pages` (`len <= pages.len()`, built
+//   so in `offer_pages`/`accept_offer`), valid for reads and writes while
+//   the region lives, page-aligned so 128-aligned (`GrantedPages`'s
+//   contract);
+// - this crate never makes references into the pages: raw pointers only.
+unsafe impl<B: XenBackend> SharedRegion for XenRegion<B> {
     fn as_ptr(&self) -> *mut u8 {
-        self.pages.pages.as_ptr()
+        self.pages.as_ptr()
     }
 
     fn len(&self) -> usize {
@@ -193,88 +114,69 @@ unsafe impl<S: Sys> SharedRegion for XenRegion<S> {
     }
 }
 
-/// One link's doorbell: an event channel on its own descriptor, the peer's
-/// live byte, and Xen's word on whether the channel is still connected.
-///
-/// Peer death shows in three ways: unmap-notify clears the peer's live byte
-/// and rings (the peer's process exited or unmapped); the peer's rings say
-/// so (the core's business); or, when the peer's whole domain was
-/// destroyed, which runs no unmap-notify and rings nothing, Xen has closed
-/// the peer's end and ours reads `EVTCHNSTAT_unbound`. The doorbell asks
-/// Xen (`EVTCHNOP_status` through `/dev/xen/privcmd`) when it has heard
-/// nothing since it last asked: in [`Doorbell::peer_alive`] and when a
-/// [`Doorbell::wait`] times out, so a channel whose peer domain was
-/// destroyed reports it within its `recheck` period, with no XenStore
-/// watch; a stream of events costs no hypercall. Without privcmd, the
-/// doorbell knows only the live byte, as before: when the device cannot be
-/// opened, or refuses the hypercall (asked once, when the doorbell is
-/// made). Dom0 may ask; a domU's Linux refuses (`EPERM`) unless the
-/// `xen-privcmd` module was loaded with `unrestricted=1` (since the 2023
-/// fix that restricts privcmd in unprivileged domains to a device model's
-/// target, backported to Debian 12's 6.1; ignored under lockdown), so in a
-/// domU a destroyed dom0 is learnt from XenStore.
+/// One link's doorbell: its event-channel port, the live page, and what it
+/// has learnt of the peer. See the [module docs](self) for how a dead peer
+/// shows; a stream of events costs no question to Xen.
 #[derive(Debug)]
-pub struct XenDoorbell<S: Sys = Linux> {
-    ev: Evtchn<S>,
-    port: EvtchnPort,
-    pages: Arc<LinkPages<S>>,
-    /// The peer's role (whose live byte to read).
-    peer: Role,
+pub struct XenDoorbell<B: XenBackend> {
+    port: B::Port,
+    /// The live page (its bytes through `live_mem`).
+    live: B::Pages,
+    live_mem: SharedMem,
+    /// Our role (whose live byte is ours).
+    role: Role,
     /// The peer domain: our port must be connected to it.
     peer_dom: DomId,
-    /// How to ask Xen about `port`; `None` when privcmd cannot be opened.
-    privcmd: Option<Privcmd<S>>,
     /// An event arrived since Xen was last asked: the peer was alive then.
     heard: AtomicBool,
-    /// Xen said `port` is no longer connected to the peer (never cleared).
+    /// Xen said the port is no longer connected to the peer (never cleared).
     severed: AtomicBool,
-    /// Where `asked_at` counts from.
-    epoch: Instant,
-    /// When [`Doorbell::peer_alive`] last asked Xen, in nanoseconds since
-    /// `epoch`; `u64::MAX`: never.
+    /// When `peer_alive` last asked Xen (`EventPort::now_ns`); `u64::MAX`:
+    /// never.
     asked_at: AtomicU64,
-    /// [`Doorbell::peer_alive`] asks Xen at most once per this many
-    /// nanoseconds ([`XenDoorbell::set_recheck`]).
+    /// `peer_alive` asks Xen at most once per this many nanoseconds.
     recheck_ns: AtomicU64,
 }
-
-/// How often, by default, [`Doorbell::peer_alive`] may ask Xen about the
-/// port ([`XenDoorbell::set_recheck`]). The channel asks `peer_alive`
-/// every 1024 sends and on its slow paths; a sender into a destroyed
-/// domain learns of it within this period of its next probe.
-pub const DEFAULT_XEN_RECHECK: Duration = Duration::from_millis(10);
 
 /// A duration in nanoseconds, saturating.
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn os(e: EvtchnError) -> TransportError {
-    match e {
-        EvtchnError::Ioctl { errno, .. }
-        | EvtchnError::Read(errno)
-        | EvtchnError::Unmask(errno)
-        | EvtchnError::Poll(errno)
-        | EvtchnError::Open(errno) => TransportError::Os(errno.raw_os_error()),
-        _ => TransportError::Protocol("malformed reply from the evtchn driver"),
+fn live_offset(role: Role) -> usize {
+    match role {
+        Role::Offerer => OFFERER_LIVE,
+        Role::Acceptor => ACCEPTOR_LIVE,
     }
 }
 
-impl<S: Sys> XenDoorbell<S> {
-    fn new(ev: Evtchn<S>, port: EvtchnPort, pages: Arc<LinkPages<S>>, peer: Role) -> Self {
+impl<B: XenBackend> XenDoorbell<B> {
+    fn new(port: B::Port, live: B::Pages, role: Role, peer_dom: DomId) -> Self {
+        // SAFETY: the live page is `live.len()` bytes valid for reads and
+        // writes while `live` lives, which the doorbell owns
+        // (`GrantedPages`'s contract); no reference into it is made.
+        let live_mem = unsafe { SharedMem::new(live.as_ptr(), live.len()) };
         Self {
-            ev,
             port,
-            pages,
-            peer,
-            peer_dom: 0,
-            privcmd: None,
+            live,
+            live_mem,
+            role,
+            peer_dom,
             heard: AtomicBool::new(false),
             severed: AtomicBool::new(false),
-            epoch: Instant::now(),
             asked_at: AtomicU64::new(u64::MAX),
             recheck_ns: AtomicU64::new(nanos(DEFAULT_XEN_RECHECK)),
         }
+    }
+
+    /// The local event-channel port.
+    pub fn port(&self) -> u32 {
+        self.port.port()
+    }
+
+    /// The backend's port (to wait on it beside something else).
+    pub fn event_port(&self) -> &B::Port {
+        &self.port
     }
 
     /// Lets [`Doorbell::peer_alive`] ask Xen at most once per `period`
@@ -285,62 +187,67 @@ impl<S: Sys> XenDoorbell<S> {
         self.recheck_ns.store(nanos(period), Ordering::Relaxed);
     }
 
-    /// Whether the recheck period has passed since Xen was last asked
-    /// (and, if so, notes that it is asked now).
-    fn may_ask(&self) -> bool {
-        let now = nanos(self.epoch.elapsed());
-        let last = self.asked_at.load(Ordering::Relaxed);
-        if last != u64::MAX && now.saturating_sub(last) < self.recheck_ns.load(Ordering::Relaxed) {
-            return false;
-        }
-        self.asked_at.store(now, Ordering::Relaxed);
-        true
-    }
-
-    /// The local event-channel port.
-    pub fn port(&self) -> EvtchnPort {
-        self.port
-    }
-
     /// Asks Xen now whether the port is connected to the peer domain:
-    /// `Some(true)` if so, `Some(false)` if not (unbound, closed, or bound
-    /// to another domain: the peer's end was closed, or its domain
-    /// destroyed), `None` if Xen cannot be asked (no `/dev/xen/privcmd`, or
-    /// the call failed; nothing is concluded then).
+    /// `Some(true)` if so, `Some(false)` if not (the peer's end was closed,
+    /// or its domain destroyed), `None` if Xen cannot be asked.
     pub fn port_connected(&self) -> Option<bool> {
         if self.severed.load(Ordering::Relaxed) {
             return Some(false);
         }
-        let status = self.privcmd.as_ref()?.evtchn_status(self.port).ok()?;
+        let connected = self.port.connected_to(self.peer_dom)?;
         self.heard.store(false, Ordering::Relaxed);
-        let connected = matches!(
-            status,
-            PortStatus::Interdomain { remote, .. } if remote == self.peer_dom
-        );
         if !connected {
             self.severed.store(true, Ordering::Relaxed);
         }
         Some(connected)
     }
 
-    /// Whether Xen can be asked about the port (privcmd is open).
-    pub fn can_ask_xen(&self) -> bool {
-        self.privcmd.is_some()
+    fn byte(&self, role: Role) -> u8 {
+        // The live page is one page: both offsets are in it.
+        self.live_mem.load_u8(live_offset(role)).unwrap_or(0)
     }
 
-    /// The cheap checks: the peer's live byte, and an earlier answer of Xen.
+    fn peer_role(&self) -> Role {
+        match self.role {
+            Role::Offerer => Role::Acceptor,
+            Role::Acceptor => Role::Offerer,
+        }
+    }
+
+    /// Whether the peer's live byte is set (and Xen has not said otherwise).
     fn live(&self) -> bool {
-        !self.severed.load(Ordering::Relaxed) && self.pages.read_live(self.peer) != 0
+        !self.severed.load(Ordering::Relaxed) && self.byte(self.peer_role()) != 0
+    }
+
+    fn set_live(&self, v: u8) {
+        let _ = self.live_mem.store_u8(live_offset(self.role), v);
+    }
+
+    /// Whether the recheck period has passed since Xen was last asked (and
+    /// if so, notes that it is asked now).
+    fn may_ask(&self) -> bool {
+        let now = self.port.now_ns();
+        let last = self.asked_at.load(Ordering::Relaxed);
+        let period = self.recheck_ns.load(Ordering::Relaxed);
+        if last != u64::MAX && now.saturating_sub(last) < period {
+            return false;
+        }
+        self.asked_at.store(now, Ordering::Relaxed);
+        true
     }
 }
 
-impl<S: Sys> Doorbell for XenDoorbell<S> {
+impl<B: XenBackend> Doorbell for XenDoorbell<B>
+where
+    B::Error: fmt::Display,
+{
     /// Notifies the peer. It does not refuse when the peer's live byte is
-    /// clear: a ring is often the last step of a `recv` that has already
-    /// consumed a message, and the driver ignores a notify to a closed
-    /// channel anyway. [`Doorbell::wait`] reports the death.
+    /// clear: a ring is often the last step of a `recv` that consumed a
+    /// message; [`Doorbell::wait`] reports the death.
     fn ring(&self) -> Result<(), TransportError> {
-        self.ev.notify(self.port).map_err(os)
+        self.port
+            .notify()
+            .map_err(|_| TransportError::Protocol("the event channel refused a notify"))
     }
 
     fn wait(&self, timeout: Option<Duration>) -> Result<Wake, TransportError> {
@@ -352,7 +259,11 @@ impl<S: Sys> Doorbell for XenDoorbell<S> {
         if !alive {
             return Ok(Wake::PeerGone);
         }
-        if !self.ev.wait(timeout).map_err(os)? {
+        let fired = self
+            .port
+            .wait(timeout)
+            .map_err(|_| TransportError::Protocol("waiting on the event channel failed"))?;
+        if !fired {
             // Silence: a destroyed peer rings nothing, so ask Xen.
             return Ok(if self.port_connected() == Some(false) {
                 Wake::PeerGone
@@ -360,15 +271,7 @@ impl<S: Sys> Doorbell for XenDoorbell<S> {
                 Wake::TimedOut
             });
         }
-        // Only this link's port is bound on this descriptor.
-        let mut buf = [0u32; 8];
-        let n = self.ev.pending(&mut buf).map_err(os)?;
-        for &p in buf.get(..n).unwrap_or(&[]) {
-            self.ev.unmask(p).map_err(os)?;
-        }
-        if n > 0 {
-            self.heard.store(true, Ordering::Relaxed);
-        }
+        self.heard.store(true, Ordering::Relaxed);
         Ok(if self.live() {
             Wake::Rung
         } else {
@@ -377,9 +280,8 @@ impl<S: Sys> Doorbell for XenDoorbell<S> {
     }
 
     /// The live byte; then, unless an event arrived since Xen was last
-    /// asked or Xen was asked less than the recheck period ago
-    /// ([`XenDoorbell::set_recheck`]), Xen's word on the port (see the
-    /// type's docs).
+    /// asked or Xen was asked less than the recheck period ago, Xen's word
+    /// on the port.
     fn peer_alive(&self) -> bool {
         if !self.live() {
             return false;
@@ -390,126 +292,72 @@ impl<S: Sys> Doorbell for XenDoorbell<S> {
         self.port_connected() != Some(false)
     }
 
-    /// The live byte (unmap-notify clears it when the peer's process exits
-    /// or unmaps) and an earlier verdict of Xen: a load and a volatile
-    /// byte read, no system call.
+    /// The live byte (cleared by the peer's release signal) and an earlier
+    /// verdict of Xen: a load and a byte read, no system call.
     #[inline]
     fn peer_gone_hint(&self) -> bool {
         !self.live()
     }
 }
 
-/// The Xen transport between this domain and one peer domain.
-#[derive(Debug)]
-pub struct XenTransport<S: Sys = Linux> {
-    sys: S,
-    own: DomId,
-    peer: DomId,
-    gntalloc: Option<Gntalloc<S>>,
-    gntdev: Option<Gntdev<S>>,
-}
-
-impl XenTransport<Linux> {
-    /// A transport between this domain, `own` (written into offers: the
-    /// acceptor maps the grants from it), and domain `peer` (offers go to
-    /// it; only offers from it are accepted). A domU learns `own` from
-    /// XenStore (its relative key `domid`). The grant devices are opened on
-    /// first use (an acceptor never needs gntalloc).
-    pub fn new(own: DomId, peer: DomId) -> Self {
-        Self::with_sys(Linux, own, peer)
-    }
-
-    /// Reads and validates rendezvous bytes (pure; no device touched).
-    ///
-    /// # Errors
-    ///
-    /// [`RendezvousError`] for anything but a well-formed offer from `peer`.
-    pub fn parse_rendezvous(
-        peer: DomId,
-        bytes: &[u8],
-    ) -> Result<(RendezvousHeader, ChannelLayout, Vec<GrantRef>), RendezvousError> {
-        let offer = crate::crxg::parse(peer, bytes)?;
-        Ok((offer.header, offer.layout, offer.refs().collect()))
-    }
-}
-
-impl<S: Sys> XenTransport<S> {
-    /// As [`XenTransport::new`], with the system calls of `sys`.
-    pub fn with_sys(sys: S, own: DomId, peer: DomId) -> Self {
-        Self {
-            sys,
-            own,
-            peer,
-            gntalloc: None,
-            gntdev: None,
-        }
-    }
-
-    /// The peer domain.
-    pub fn peer(&self) -> DomId {
-        self.peer
-    }
-
-    fn gntalloc(&mut self) -> Result<Gntalloc<S>, GrantError> {
-        if let Some(g) = &self.gntalloc {
-            return Ok(g.clone());
-        }
-        let g = Gntalloc::open_with(self.sys.clone())?;
-        self.gntalloc = Some(g.clone());
-        Ok(g)
-    }
-
-    fn gntdev(&mut self) -> Result<Gntdev<S>, GrantError> {
-        if let Some(g) = &self.gntdev {
-            return Ok(g.clone());
-        }
-        let g = Gntdev::open_with(self.sys.clone())?;
-        self.gntdev = Some(g.clone());
-        Ok(g)
-    }
-
-    /// A doorbell on `ev`'s `port`, connected to `peer_dom` in `peer`'s
-    /// role; Xen is asked about the port if privcmd opens and answers once
-    /// now (a descriptor per doorbell, like the event channel's).
-    fn doorbell(
-        &self,
-        ev: Evtchn<S>,
-        port: EvtchnPort,
-        pages: Arc<LinkPages<S>>,
-        peer: Role,
-        peer_dom: DomId,
-    ) -> XenDoorbell<S> {
-        XenDoorbell {
-            peer_dom,
-            privcmd: Privcmd::open_with(self.sys.clone())
-                .ok()
-                .filter(|p| p.evtchn_status(port).is_ok()),
-            ..XenDoorbell::new(ev, port, pages, peer)
-        }
+impl<B: XenBackend> Drop for XenDoorbell<B> {
+    /// Clears our live byte and signals: the peer's doorbell reports
+    /// [`Wake::PeerGone`] at once (the release signal does the same for a
+    /// side that dies without dropping).
+    fn drop(&mut self) {
+        self.set_live(0);
+        let _ = self.port.notify();
     }
 }
 
 /// An offer waiting for the acceptor's live byte.
 #[derive(Debug)]
-pub struct XenPending<S: Sys = Linux> {
-    region: XenRegion<S>,
-    doorbell: XenDoorbell<S>,
+pub struct XenPending<B: XenBackend> {
+    region: XenRegion<B>,
+    doorbell: XenDoorbell<B>,
     layout: ChannelLayout,
+    offerer: DomId,
 }
 
-impl<S: Sys> XenPending<S> {
+impl<B: XenBackend> XenPending<B> {
+    /// The offer's fields, its references copied into `refs` (room for
+    /// [`crxg::pages_for`] the layout).
+    ///
+    /// # Errors
+    ///
+    /// [`CrxgError::BadPageCount`] if `refs` is too short.
+    pub fn offer<'r>(&self, refs: &'r mut [GrantRef]) -> Result<Offer<&'r [GrantRef]>, CrxgError> {
+        let (region, live) = (self.region.pages.refs(), self.doorbell.live.refs());
+        let n = region.len() + live.len();
+        let out = refs.get_mut(..n).ok_or(CrxgError::BadPageCount)?;
+        for (slot, r) in out.iter_mut().zip(region.iter().chain(live)) {
+            *slot = *r;
+        }
+        Ok(Offer {
+            offerer: self.offerer,
+            port: self.doorbell.port(),
+            layout: self.layout,
+            refs: &*out,
+        })
+    }
+
     /// Whether the acceptor has set its live byte (it has mapped and bound;
     /// [`PendingOffer::complete`] would return at once).
     pub fn peer_alive(&self) -> bool {
         self.doorbell.live()
     }
 
+    /// The offer's event port (to wait on it beside XenStore).
+    pub fn event_port(&self) -> &B::Port {
+        &self.doorbell.port
+    }
+
     /// The link, without waiting for the acceptor's live byte: for an
     /// offerer that saw the acceptance (`state=accepted`, written after the
     /// acceptor set its byte). If the byte is clear by now, the acceptor
-    /// has already left: the channel reports it (its doorbell's hint) and
-    /// what the acceptor sent before leaving can still be received.
-    pub(crate) fn into_link(self) -> Link<XenRegion<S>, XenDoorbell<S>> {
+    /// has already left: the channel says so at once, and what it sent can
+    /// still be received.
+    pub fn into_link(self) -> Link<XenRegion<B>, XenDoorbell<B>> {
         Link {
             region: self.region,
             doorbell: self.doorbell,
@@ -517,541 +365,213 @@ impl<S: Sys> XenPending<S> {
             layout: self.layout,
         }
     }
+}
 
-    /// The event channel's descriptor, readable when our port fired.
-    pub(crate) fn event_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.doorbell.ev.fd()
-    }
+impl<B: XenBackend> PendingOffer for XenPending<B>
+where
+    B::Error: fmt::Display,
+{
+    type Region = XenRegion<B>;
+    type Doorbell = XenDoorbell<B>;
+    type Error = XenTransportError<B::Error>;
 
-    /// Takes the pending events (without waiting) and unmasks them;
-    /// whether our port was among them. Our port fires only from the
-    /// acceptor's side: its ring after it set its live byte, or its
-    /// unmap-notify after its live byte was cleared (its process died or
-    /// let go), so a firing with the byte clear is an acceptor gone.
-    pub(crate) fn take_events(&self) -> Result<bool, XenTransportError> {
-        let mut buf = [0u32; 8];
-        let n = self.doorbell.ev.pending(&mut buf)?;
-        let mut ours = false;
-        for &p in buf.get(..n).unwrap_or(&[]) {
-            self.doorbell.ev.unmask(p)?;
-            ours |= p == self.doorbell.port;
+    fn complete(self, timeout: Option<Duration>) -> Result<XenLink<B>, Self::Error> {
+        let start = self.doorbell.port.now_ns();
+        let limit = timeout.map(nanos);
+        while !self.doorbell.live() {
+            let spent = self.doorbell.port.now_ns().saturating_sub(start);
+            let left = limit.map(|l| Duration::from_nanos(l.saturating_sub(spent)));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Err(XenTransportError::Timeout);
+            }
+            self.doorbell
+                .port
+                .wait(left)
+                .map_err(XenTransportError::Backend)?;
         }
-        Ok(ours)
+        Ok(self.into_link())
     }
 }
 
-impl<S: Sys> Transport for XenTransport<S> {
-    type Region = XenRegion<S>;
-    type Doorbell = XenDoorbell<S>;
-    type Pending = XenPending<S>;
-    type Error = XenTransportError;
+/// The Xen transport between this domain and one peer domain, over the
+/// backend `B`.
+///
+/// # Examples
+///
+/// ```no_run
+/// use coresident::{Channel, ChannelConfig, ChannelLayout, PendingOffer, StdClock, Transport};
+/// use coresident_xen::XenTransport;
+///
+/// // dom0 offers to itself: the bytes go to the acceptor by any path.
+/// let mut t = XenTransport::new(0, 0);
+/// let mut bytes = [0u8; 512];
+/// let (pending, n) = t.offer(ChannelLayout::symmetric(4096), &mut bytes)?;
+/// let acceptor = XenTransport::new(0, 0).accept(&bytes[..n])?;
+/// let link = pending.complete(None)?;
+/// let mut ch = Channel::new(link, ChannelConfig::default(), StdClock::default())?;
+/// ch.send(b"hello")?;
+/// # drop(acceptor);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct XenTransport<B: XenBackend> {
+    backend: B,
+    peer: DomId,
+}
+
+impl<B: XenBackend> XenTransport<B> {
+    /// A transport to domain `peer` (offers go to it; only offers from it
+    /// are accepted) over `backend`.
+    pub fn with_backend(backend: B, peer: DomId) -> Self {
+        Self { backend, peer }
+    }
+
+    /// The peer domain.
+    pub fn peer(&self) -> DomId {
+        self.peer
+    }
+
+    /// This domain.
+    pub fn domid(&self) -> DomId {
+        self.backend.domid()
+    }
+
+    /// Room for the references of the largest offer the backend takes.
+    pub fn ref_buf(&self) -> B::RefBuf {
+        self.backend.ref_buf()
+    }
+
+    /// The backend's monotonic clock, in nanoseconds.
+    pub fn now_ns(&self) -> u64 {
+        self.backend.now_ns()
+    }
+
+    /// Grants the pages of a channel of `layout` to the peer, allocates its
+    /// port, lays the rings out and sets our live byte. The offer's fields
+    /// are [`XenPending::offer`]'s.
+    ///
+    /// # Errors
+    ///
+    /// [`XenTransportError::Offer`] for a layout the ring or
+    /// [`crate::types::MAX_PAGES`] refuse; the backend's.
+    pub fn offer_pages(
+        &mut self,
+        layout: ChannelLayout,
+    ) -> Result<XenPending<B>, XenTransportError<B::Error>> {
+        if !crxg::valid_layout(layout) {
+            return Err(CrxgError::BadLayout.into());
+        }
+        let n = crxg::pages_for(layout);
+        let be = XenTransportError::Backend;
+        let region = self.backend.grant(self.peer, n - 1).map_err(be)?;
+        let live = self.backend.grant(self.peer, 1).map_err(be)?;
+        let port = self.backend.unbound_port(self.peer).map_err(be)?;
+        self.backend
+            .on_release(&live, OFFERER_LIVE, &port)
+            .map_err(be)?;
+        let region = XenRegion {
+            pages: region,
+            len: layout.region_len(),
+        };
+        init_region(&region, layout).map_err(XenTransportError::Layout)?;
+        let doorbell = XenDoorbell::new(port, live, Role::Offerer, self.peer);
+        doorbell.set_live(1);
+        Ok(XenPending {
+            region,
+            doorbell,
+            layout,
+            offerer: self.backend.domid(),
+        })
+    }
+
+    /// Checks `offer` (from the peer, every field in range) before anything
+    /// is mapped, maps its grants, binds its port and sets our live byte.
+    ///
+    /// # Errors
+    ///
+    /// [`XenTransportError::Offer`] ([`CrxgError::WrongPeer`] for an offer
+    /// from another domain), [`XenTransportError::PeerGone`] when the
+    /// offerer's live byte is clear; the backend's.
+    pub fn accept_offer(
+        &mut self,
+        offer: &Offer<&[GrantRef]>,
+    ) -> Result<XenLink<B>, XenTransportError<B::Error>> {
+        if offer.offerer != self.peer {
+            return Err(CrxgError::WrongPeer(offer.offerer).into());
+        }
+        offer.check()?;
+        let refs = offer.refs;
+        let (region_refs, live_ref) = refs.split_at(refs.len() - 1);
+        let be = XenTransportError::Backend;
+        let region = self.backend.map(offer.offerer, region_refs).map_err(be)?;
+        let live = self.backend.map(offer.offerer, live_ref).map_err(be)?;
+        if live.len() < XEN_PAGE_SIZE || region.len() < offer.layout.region_len() {
+            return Err(CrxgError::BadPageCount.into());
+        }
+        // SAFETY: `live` is one page valid while it lives (the contract of
+        // `GrantedPages`); read once, before a port is bound.
+        let offerer_live = unsafe { SharedMem::new(live.as_ptr(), live.len()) }
+            .load_u8(OFFERER_LIVE)
+            .unwrap_or(0);
+        if offerer_live == 0 {
+            return Err(XenTransportError::PeerGone);
+        }
+        let port = self
+            .backend
+            .bind_port(offer.offerer, offer.port)
+            .map_err(be)?;
+        self.backend
+            .on_release(&live, ACCEPTOR_LIVE, &port)
+            .map_err(be)?;
+        let doorbell = XenDoorbell::new(port, live, Role::Acceptor, offer.offerer);
+        doorbell.set_live(1);
+        EventPort::notify(&doorbell.port).map_err(be)?;
+        Ok(Link {
+            region: XenRegion {
+                pages: region,
+                len: offer.layout.region_len(),
+            },
+            doorbell,
+            role: Role::Acceptor,
+            layout: offer.layout,
+        })
+    }
+}
+
+impl<B: XenBackend> Transport for XenTransport<B>
+where
+    B::Error: fmt::Display,
+{
+    type Region = XenRegion<B>;
+    type Doorbell = XenDoorbell<B>;
+    type Pending = XenPending<B>;
+    type Error = XenTransportError<B::Error>;
 
     fn offer(
         &mut self,
         layout: ChannelLayout,
         rendezvous: &mut [u8],
-    ) -> Result<(XenPending<S>, usize), XenTransportError> {
-        if !valid_size(layout.to_acceptor) || !valid_size(layout.to_offerer) {
-            return Err(XenTransportError::Rendezvous(RendezvousError::BadLayout));
+    ) -> Result<(XenPending<B>, usize), Self::Error> {
+        // Checked before any grant: nothing to undo.
+        let needed = crxg::encoded_len(layout);
+        if !crxg::valid_layout(layout) {
+            return Err(CrxgError::BadLayout.into());
         }
-        let n = pages_for(layout);
-        let needed = size_of::<RendezvousHeader>() + 4 * n;
         if rendezvous.len() < needed {
-            return Err(XenTransportError::BufferTooSmall { needed });
+            return Err(CrxgError::BufferTooSmall(needed).into());
         }
-        let share = self.gntalloc()?.share(self.peer, n)?;
-        let ev = Evtchn::open_with(self.sys.clone())?;
-        let port = ev.bind_unbound(self.peer)?;
-        let live = share.len() - PAGE_SIZE;
-        share.set_unmap_notify(UnmapNotify {
-            clear_byte: Some(live),
-            event: Some(port),
-        })?;
-        let refs = share.refs().to_vec();
-        let pages = Arc::new(LinkPages {
-            pages: Pages::Shared(share),
-            live,
-        });
-        let region = XenRegion {
-            pages: Arc::clone(&pages),
-            len: layout.region_len(),
-        };
-        init_region(&region, layout).map_err(XenTransportError::Layout)?;
-        pages.set_live(Role::Offerer);
-
-        let h = RendezvousHeader {
-            magic: RENDEZVOUS_MAGIC,
-            version: U16::new(RENDEZVOUS_VERSION),
-            offerer: U16::new(self.own),
-            port: U32::new(port),
-            to_acceptor: U32::new(layout.to_acceptor),
-            to_offerer: U32::new(layout.to_offerer),
-            nrefs: U32::new(u32::try_from(n).map_err(|_| GrantError::InvalidCount(n))?),
-            reserved: [0; 8],
-        };
-        let (head, tail) = rendezvous.split_at_mut(size_of::<RendezvousHeader>());
-        head.copy_from_slice(h.as_bytes());
-        for (slot, r) in tail.chunks_exact_mut(4).zip(&refs) {
-            slot.copy_from_slice(U32::new(*r).as_bytes());
-        }
-        let doorbell = self.doorbell(ev, port, pages, Role::Acceptor, self.peer);
-        Ok((
-            XenPending {
-                region,
-                doorbell,
-                layout,
-            },
-            needed,
-        ))
+        let pending = self.offer_pages(layout)?;
+        let mut refs = self.backend.ref_buf();
+        let n = crxg::encode(&pending.offer(refs.as_mut())?, rendezvous)?;
+        Ok((pending, n))
     }
 
-    fn accept(
-        &mut self,
-        rendezvous: &[u8],
-    ) -> Result<Link<XenRegion<S>, XenDoorbell<S>>, XenTransportError> {
-        let (h, layout, refs) = XenTransport::parse_rendezvous(self.peer, rendezvous)?;
-        let map = self.gntdev()?.map(h.offerer.get(), &refs)?;
-        let live = map.len() - PAGE_SIZE;
-        let pages = Arc::new(LinkPages {
-            pages: Pages::Foreign(map),
-            live,
-        });
-        if pages.read_live(Role::Offerer) == 0 {
-            return Err(XenTransportError::PeerGone);
-        }
-        let ev = Evtchn::open_with(self.sys.clone())?;
-        let port = ev.bind_interdomain(h.offerer.get(), h.port.get())?;
-        if let Pages::Foreign(map) = &pages.pages {
-            let notify = UnmapNotify {
-                clear_byte: Some(live + ACCEPTOR_LIVE),
-                event: Some(port),
-            };
-            map.set_unmap_notify(notify)?;
-        }
-        pages.set_live(Role::Acceptor);
-        ev.notify(port)?;
-        let region = XenRegion {
-            pages: Arc::clone(&pages),
-            len: layout.region_len(),
-        };
-        let doorbell = self.doorbell(ev, port, pages, Role::Offerer, h.offerer.get());
-        Ok(Link {
-            region,
-            doorbell,
-            role: Role::Acceptor,
-            layout,
-        })
+    fn accept(&mut self, rendezvous: &[u8]) -> Result<XenLink<B>, Self::Error> {
+        let mut refs = self.backend.ref_buf();
+        let offer = crxg::parse(self.peer, rendezvous, refs.as_mut())?;
+        self.accept_offer(&offer)
     }
 }
 
-impl<S: Sys> PendingOffer for XenPending<S> {
-    type Region = XenRegion<S>;
-    type Doorbell = XenDoorbell<S>;
-    type Error = XenTransportError;
-
-    fn complete(
-        self,
-        timeout: Option<Duration>,
-    ) -> Result<Link<XenRegion<S>, XenDoorbell<S>>, XenTransportError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        while !self.doorbell.live() {
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if left.is_some_and(|l| l.is_zero()) {
-                return Err(XenTransportError::Timeout);
-            }
-            if self.doorbell.ev.wait(left)? {
-                let mut buf = [0u32; 8];
-                let n = self.doorbell.ev.pending(&mut buf)?;
-                for &p in buf.get(..n).unwrap_or(&[]) {
-                    self.doorbell.ev.unmask(p)?;
-                }
-            }
-        }
-        Ok(Link {
-            region: self.region,
-            doorbell: self.doorbell,
-            role: Role::Offerer,
-            layout: self.layout,
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use coresident::ring::MAX_DATA_SIZE;
-
-    fn good(layout: ChannelLayout, offerer: DomId) -> Vec<u8> {
-        let n = pages_for(layout);
-        let h = RendezvousHeader {
-            magic: RENDEZVOUS_MAGIC,
-            version: U16::new(RENDEZVOUS_VERSION),
-            offerer: U16::new(offerer),
-            port: U32::new(9),
-            to_acceptor: U32::new(layout.to_acceptor),
-            to_offerer: U32::new(layout.to_offerer),
-            nrefs: U32::new(n as u32),
-            reserved: [0; 8],
-        };
-        let mut v = h.as_bytes().to_vec();
-        for r in 0..n as u32 {
-            v.extend_from_slice(&(100 + r).to_le_bytes());
-        }
-        v
-    }
-
-    #[test]
-    fn rendezvous_round_trip_and_hostile_variants() {
-        let layout = ChannelLayout {
-            to_acceptor: 4096,
-            to_offerer: 1024,
-        };
-        let v = good(layout, 3);
-        let (h, l, refs) = XenTransport::parse_rendezvous(3, &v).unwrap();
-        assert_eq!((h.port.get(), l), (9, layout));
-        assert_eq!(refs.len(), pages_for(layout));
-        assert_eq!(refs[0], 100);
-
-        let parse = |b: &[u8]| XenTransport::parse_rendezvous(3, b).map(|_| ());
-        assert_eq!(
-            XenTransport::parse_rendezvous(4, &v).map(|_| ()),
-            Err(RendezvousError::WrongPeer(3))
-        );
-        assert_eq!(parse(&v[..v.len() - 1]), Err(RendezvousError::BadLength));
-        assert_eq!(
-            parse(&[v.as_slice(), &[0; 4]].concat()),
-            Err(RendezvousError::BadLength)
-        );
-        assert_eq!(parse(&v[..31]), Err(RendezvousError::BadLength));
-        assert_eq!(parse(&[]), Err(RendezvousError::BadLength));
-        let mut b = v.clone();
-        b[0] = b'X';
-        assert_eq!(parse(&b), Err(RendezvousError::BadMagic));
-        let mut b = v.clone();
-        b[4] = 2;
-        assert_eq!(parse(&b), Err(RendezvousError::BadVersion(2)));
-        let mut b = v.clone();
-        b[31] = 1;
-        assert_eq!(parse(&b), Err(RendezvousError::BadReserved));
-        for bad in [0u32, 3, 32, 4097, 1 << 31, u32::MAX] {
-            let mut b = v.clone();
-            b[12..16].copy_from_slice(&bad.to_le_bytes());
-            assert_eq!(parse(&b), Err(RendezvousError::BadLayout), "{bad}");
-        }
-        for bad in [0u32, 1, pages_for(layout) as u32 + 1, u32::MAX] {
-            let mut b = v.clone();
-            b[20..24].copy_from_slice(&bad.to_le_bytes());
-            assert_eq!(parse(&b), Err(RendezvousError::BadPageCount), "{bad}");
-        }
-        // The largest legal rings need more pages than MAX_PAGES allows.
-        let huge = ChannelLayout::symmetric(MAX_DATA_SIZE);
-        assert_eq!(
-            XenTransport::parse_rendezvous(3, &good(huge, 3)).map(|_| ()),
-            Err(RendezvousError::BadPageCount)
-        );
-    }
-
-    #[test]
-    fn offer_checks_before_touching_devices() {
-        let mut t = XenTransport::new(0, 1);
-        let mut small = [0u8; 8];
-        assert_eq!(
-            t.offer(ChannelLayout::symmetric(1024), &mut small)
-                .map(|_| ())
-                .unwrap_err(),
-            XenTransportError::BufferTooSmall {
-                needed: 32 + 4 * pages_for(ChannelLayout::symmetric(1024))
-            }
-        );
-        let mut buf = [0u8; 1024];
-        assert_eq!(
-            t.offer(ChannelLayout::symmetric(1000), &mut buf)
-                .map(|_| ())
-                .unwrap_err(),
-            XenTransportError::Rendezvous(RendezvousError::BadLayout)
-        );
-        // Garbage never reaches a device (nothing is open on this host).
-        assert!(matches!(
-            t.accept(&[0xA5; 100]),
-            Err(XenTransportError::Rendezvous(_))
-        ));
-    }
-}
-
-/// The doorbell against the fake drivers: what it concludes from Xen's
-/// word on the port.
-#[cfg(test)]
-mod doorbell_tests {
-    use super::*;
-    use crate::fake::FakeXen;
-    use crate::privcmd::IOCTL_PRIVCMD_HYPERCALL;
-    use crate::sys::Errno;
-    use coresident::{Channel, ChannelConfig, ChannelError, StdClock};
-
-    type FakeLink = Link<XenRegion<FakeXen>, XenDoorbell<FakeXen>>;
-
-    /// An offerer (domain 0) and an acceptor (domain `acceptor`), both
-    /// through `xen`.
-    fn pair(xen: &FakeXen, acceptor: DomId) -> (FakeLink, FakeLink) {
-        let layout = ChannelLayout::symmetric(1024);
-        let mut buf = [0u8; 256];
-        let (pending, n) = XenTransport::with_sys(xen.clone(), 0, acceptor)
-            .offer(layout, &mut buf)
-            .unwrap();
-        let acc = XenTransport::with_sys(xen.clone(), acceptor, 0)
-            .accept(&buf[..n])
-            .unwrap();
-        let off = pending.complete(Some(Duration::from_secs(1))).unwrap();
-        // Consume the handshake's events (the acceptor's ring, and the
-        // fresh interdomain port's pending bit; the fake has one queue).
-        while off.doorbell.wait(Some(Duration::ZERO)).unwrap() == Wake::Rung {}
-        (off, acc)
-    }
-
-    fn with_privcmd() -> FakeXen {
-        let xen = FakeXen::default();
-        xen.state().privcmd = true;
-        xen
-    }
-
-    fn hypercalls(xen: &FakeXen) -> usize {
-        xen.state().hypercalls
-    }
-
-    #[test]
-    fn connected_port_means_alive_and_events_spare_hypercalls() {
-        let xen = with_privcmd();
-        let (off, acc) = pair(&xen, 0);
-        // Every quiet check asks (no rate limit here).
-        off.doorbell.set_recheck(Duration::ZERO);
-        assert!(off.doorbell.can_ask_xen());
-        assert_eq!(off.doorbell.port_connected(), Some(true));
-        assert_eq!(acc.doorbell.port_connected(), Some(true));
-        let n = hypercalls(&xen);
-        assert!(off.doorbell.peer_alive());
-        assert_eq!(hypercalls(&xen), n + 1, "quiet: Xen is asked");
-        acc.doorbell.ring().unwrap();
-        let t = Some(Duration::from_millis(10));
-        assert_eq!(off.doorbell.wait(t).unwrap(), Wake::Rung);
-        assert_eq!(hypercalls(&xen), n + 1, "a wake-up asks nothing");
-        assert!(off.doorbell.peer_alive());
-        assert_eq!(hypercalls(&xen), n + 1, "an event was heard: no need");
-        assert!(off.doorbell.peer_alive());
-        assert_eq!(hypercalls(&xen), n + 2, "heard nothing since: ask");
-        // A quiet wait asks too, and the peer is still there.
-        assert_eq!(off.doorbell.wait(t).unwrap(), Wake::TimedOut);
-        assert_eq!(hypercalls(&xen), n + 3);
-        drop(acc);
-    }
-
-    #[test]
-    fn destroyed_peer_domain_is_seen_without_unmap_notify() {
-        let xen = with_privcmd();
-        let (off, acc) = pair(&xen, 0);
-        // The acceptor's domain is destroyed: its live byte stays set,
-        // nothing rings, Xen leaves our end unbound.
-        xen.state().destroy_peer_of(off.doorbell.port());
-        assert_eq!(off.doorbell.pages.read_live(Role::Acceptor), 1);
-        assert_eq!(off.doorbell.port_connected(), Some(false));
-        assert!(!off.doorbell.peer_alive());
-        assert_eq!(
-            off.doorbell.wait(Some(Duration::from_millis(10))).unwrap(),
-            Wake::PeerGone
-        );
-        // And a blocked channel reports it by itself.
-        let xen = with_privcmd();
-        let (off, acc2) = pair(&xen, 0);
-        let config = ChannelConfig {
-            liveness: None,
-            spin: 0,
-            ..ChannelConfig::default()
-        };
-        let mut ch = Channel::new(off, config, StdClock::default()).unwrap();
-        let mut buf = vec![0u8; ch.max_incoming()];
-        assert_eq!(
-            ch.recv_blocking(&mut buf, Some(Duration::from_millis(50))),
-            Err(ChannelError::TimedOut)
-        );
-        xen.state().destroy_peer_of(ch.doorbell().port());
-        assert_eq!(
-            ch.recv_blocking(&mut buf, Some(Duration::from_secs(5))),
-            Err(ChannelError::PeerGone)
-        );
-        drop((acc, acc2));
-    }
-
-    /// Issue 17, finding 11: the channel asks `peer_alive` often (every
-    /// 1024 sends, and on its slow paths); Xen is asked at most once per
-    /// recheck period, and the live byte answers the rest.
-    #[test]
-    fn peer_alive_asks_xen_at_most_once_per_period() {
-        let xen = with_privcmd();
-        let (off, acc) = pair(&xen, 0);
-        off.doorbell.set_recheck(Duration::from_secs(3600));
-        let n = hypercalls(&xen);
-        for _ in 0..1000 {
-            assert!(off.doorbell.peer_alive());
-        }
-        let asked = hypercalls(&xen) - n;
-        assert!(asked <= 1, "Xen asked {asked} times for 1000 checks");
-        // Unmap-notify (the peer's process let go) is seen at once.
-        drop(acc);
-        assert!(!off.doorbell.peer_alive());
-    }
-
-    /// Issue 17, finding 11: the hint the channel takes on every send is
-    /// the live byte (and an earlier verdict), at the cost of a load.
-    #[test]
-    fn the_gone_hint_is_the_live_byte() {
-        let xen = with_privcmd();
-        let (off, acc) = pair(&xen, 0);
-        let n = hypercalls(&xen);
-        assert!(!off.doorbell.peer_gone_hint());
-        drop(acc);
-        assert!(off.doorbell.peer_gone_hint());
-        assert_eq!(hypercalls(&xen), n, "the hint asks nobody");
-        // A destroyed domain clears no byte: the probe finds it, then the
-        // hint remembers.
-        let (off, acc) = pair(&xen, 0);
-        xen.state().destroy_peer_of(off.doorbell.port());
-        assert!(!off.doorbell.peer_gone_hint());
-        off.doorbell.set_recheck(Duration::ZERO);
-        assert!(!off.doorbell.peer_alive());
-        assert!(off.doorbell.peer_gone_hint());
-        drop(acc);
-    }
-
-    /// Issue 17, finding 11: a sender that never blocks learnt of a dead
-    /// peer only when the ring was full (152 messages into a destroyed
-    /// domU's ring). A departed process is seen at the next send; a
-    /// destroyed domain within the channel's probe period.
-    #[test]
-    fn a_sender_that_never_blocks_sees_a_dead_peer() {
-        let config = ChannelConfig {
-            liveness: None,
-            ..ChannelConfig::default()
-        };
-        let layout = ChannelLayout::symmetric(64 * 1024);
-        let open = |xen: &FakeXen| {
-            let mut buf = [0u8; 256];
-            let (pending, n) = XenTransport::with_sys(xen.clone(), 0, 0)
-                .offer(layout, &mut buf)
-                .unwrap();
-            let acc = XenTransport::with_sys(xen.clone(), 0, 0)
-                .accept(&buf[..n])
-                .unwrap();
-            let off = pending.complete(Some(Duration::from_secs(1))).unwrap();
-            (Channel::new(off, config, StdClock::default()).unwrap(), acc)
-        };
-        let sends_until_gone = |ch: &mut Channel<_, _, _>| {
-            for sent in 0u32.. {
-                match ch.send(&[7u8; 8]) {
-                    Ok(()) => {}
-                    Err(ChannelError::PeerGone) => return sent,
-                    Err(e) => panic!("after {sent} sends into a dead peer: {e:?}"),
-                }
-            }
-            unreachable!()
-        };
-        let xen = with_privcmd();
-        let (mut ch, acc) = open(&xen);
-        ch.send(b"before").unwrap();
-        drop(acc);
-        assert_eq!(sends_until_gone(&mut ch), 0, "unmap-notify: the next send");
-        let (mut ch, acc) = open(&xen);
-        ch.send(b"before").unwrap();
-        ch.doorbell().set_recheck(Duration::ZERO);
-        xen.state().destroy_peer_of(ch.doorbell().port());
-        let n = sends_until_gone(&mut ch);
-        assert!(
-            n <= coresident::PEER_PROBE_SENDS,
-            "{n} sends into a destroyed peer"
-        );
-        drop(acc);
-    }
-
-    #[test]
-    fn quiet_timeout_asks_xen() {
-        let xen = with_privcmd();
-        let (off, acc) = pair(&xen, 0);
-        // Nothing asked since the event of binding: the wait starts on the
-        // cheap checks, times out, asks Xen, and reports the death.
-        acc.doorbell.ring().unwrap();
-        let t = Some(Duration::from_millis(10));
-        assert_eq!(off.doorbell.wait(t).unwrap(), Wake::Rung);
-        xen.state().destroy_peer_of(off.doorbell.port());
-        assert_eq!(off.doorbell.wait(t).unwrap(), Wake::PeerGone);
-        drop(acc);
-    }
-
-    #[test]
-    fn closed_port_or_another_domain_means_gone() {
-        let xen = with_privcmd();
-        let (off, acc) = pair(&xen, 0);
-        // Our own end freed under us: EVTCHNSTAT_closed.
-        let port = acc.doorbell.port();
-        acc.doorbell.ev.unbind(port).unwrap();
-        assert_eq!(acc.doorbell.port_connected(), Some(false));
-        assert!(!acc.doorbell.peer_alive());
-        drop((off, acc));
-        // The offerer offered to domain 5, but its port is connected to a
-        // port of domain 0 (all the fake knows): not the peer.
-        let xen = with_privcmd();
-        let (off, acc) = pair(&xen, 5);
-        assert_eq!(off.doorbell.port_connected(), Some(false));
-        assert_eq!(acc.doorbell.port_connected(), Some(true));
-        drop((off, acc));
-    }
-
-    #[test]
-    fn hypercall_error_concludes_nothing() {
-        let xen = with_privcmd();
-        let (off, acc) = pair(&xen, 0);
-        xen.state().destroy_peer_of(off.doorbell.port());
-        xen.state().fail = Some((IOCTL_PRIVCMD_HYPERCALL, Errno::NOSYS));
-        assert_eq!(off.doorbell.port_connected(), None);
-        // Today's behaviour: the live byte is set, so alive.
-        xen.state().fail = Some((IOCTL_PRIVCMD_HYPERCALL, Errno::FAULT));
-        assert!(off.doorbell.peer_alive());
-        xen.state().fail = Some((IOCTL_PRIVCMD_HYPERCALL, Errno::NOSYS));
-        assert_eq!(
-            off.doorbell.wait(Some(Duration::from_millis(10))).unwrap(),
-            Wake::TimedOut
-        );
-        // Once Xen answers, the death shows.
-        assert!(!off.doorbell.peer_alive());
-        drop(acc);
-    }
-
-    #[test]
-    fn privcmd_refusing_the_first_call_is_not_asked_again() {
-        // A domU's restricted privcmd: open works, hypercalls fail (EPERM).
-        let xen = with_privcmd();
-        xen.state().fail = Some((IOCTL_PRIVCMD_HYPERCALL, Errno::PERM));
-        let (off, acc) = pair(&xen, 0);
-        assert!(!off.doorbell.can_ask_xen());
-        assert!(acc.doorbell.can_ask_xen());
-        let n = hypercalls(&xen);
-        assert_eq!(off.doorbell.port_connected(), None);
-        assert!(off.doorbell.peer_alive());
-        assert_eq!(hypercalls(&xen), n);
-        drop(acc);
-    }
-
-    #[test]
-    fn without_privcmd_the_live_byte_decides() {
-        let xen = FakeXen::default();
-        let (off, acc) = pair(&xen, 0);
-        assert!(!off.doorbell.can_ask_xen());
-        assert_eq!(off.doorbell.port_connected(), None);
-        xen.state().destroy_peer_of(off.doorbell.port());
-        assert!(off.doorbell.peer_alive());
-        let t = Some(Duration::from_millis(10));
-        assert_eq!(off.doorbell.wait(t).unwrap(), Wake::TimedOut);
-        assert_eq!(hypercalls(&xen), 0);
-        // Unmap-notify still works: the acceptor's pages go, its byte clears.
-        drop(acc);
-        assert!(!off.doorbell.peer_alive());
-        assert_eq!(off.doorbell.wait(t).unwrap(), Wake::PeerGone);
-    }
-}
+#[cfg(all(test, feature = "std", target_os = "linux"))]
+mod tests;

@@ -8,10 +8,11 @@
 //!   domU (the library's rendezvous) is in `tests/xen_domu.rs`.
 #![cfg(target_os = "linux")]
 
+use coresident_xen::xenstore::XsClient;
 use std::time::{Duration, Instant};
 
+use coresident_xen::protocol::xs_wire::{Access, Perm, XsErrno};
 use coresident_xen::xenstore::WatchEvent;
-use coresident_xen::xs_wire::{Access, Perm, XsErrno};
 use coresident_xen::{Evtchn, Gntalloc, Gntdev, UnmapNotify, XenStore, XsError, PAGE_SIZE};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -147,10 +148,14 @@ fn dom0_unmap_notify() {
     drop(map);
 }
 
-fn next_event(xs: &mut XenStore, timeout: Duration) -> WatchEvent {
-    xs.wait_watch(Some(timeout))
+/// The next watch event's path and token, as text.
+fn next_event(xs: &mut XenStore, timeout: Duration) -> (String, String) {
+    let ev: WatchEvent = xs
+        .wait_watch(Some(timeout))
         .unwrap()
-        .expect("no watch event in time")
+        .expect("no watch event in time");
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).expect("UTF-8");
+    (text(ev.path), text(ev.token))
 }
 
 #[test]
@@ -168,7 +173,7 @@ fn dom0_xenstore_socket() {
         xs.read_u32(&format!("{base}/b")),
         Err(XsError::Value(_))
     ));
-    let mut dir = xs.directory(base).unwrap();
+    let mut dir = xs.children(base).unwrap();
     dir.sort();
     assert_eq!(dir, ["a", "b", "c"]);
 
@@ -183,18 +188,18 @@ fn dom0_xenstore_socket() {
         },
     ];
     xs.set_perms(&format!("{base}/a"), &perms).unwrap();
-    assert_eq!(xs.get_perms(&format!("{base}/a")).unwrap(), perms);
+    assert_eq!(xs.perms(&format!("{base}/a")).unwrap(), perms);
 
     xs.watch(base, "t1").unwrap();
     let ev = next_event(&mut xs, 30 * SECOND);
     assert_eq!(
-        (ev.path.as_str(), ev.token.as_str()),
+        (ev.0.as_str(), ev.1.as_str()),
         (base, "t1"),
         "initial watch event"
     );
     xs.write(&format!("{base}/c/d"), b"x").unwrap();
     let ev = next_event(&mut xs, 30 * SECOND);
-    assert_eq!(ev.path, format!("{base}/c/d"));
+    assert_eq!(ev.0, format!("{base}/c/d"));
     xs.unwatch(base, "t1").unwrap();
 
     let mut tx = xs.transaction().unwrap();
@@ -203,7 +208,7 @@ fn dom0_xenstore_socket() {
     tx.commit().unwrap();
     assert_eq!(xs.read(&format!("{base}/tx")).unwrap(), b"in-tx");
 
-    assert_eq!(xs.get_domain_path(0).unwrap(), "/local/domain/0");
+    assert_eq!(xs.get_domain_path(0).unwrap(), b"/local/domain/0");
     assert_eq!(
         xs.write(&format!("{base}/big"), &[b'x'; 5000])
             .map_err(|_| ()),
@@ -224,7 +229,7 @@ fn domu_xenstore_host() {
         .parse()
         .expect("DOMU_ID");
     let mut xs = XenStore::open_socket().unwrap();
-    let home = xs.get_domain_path(domu).unwrap();
+    let home = String::from_utf8(xs.get_domain_path(domu).unwrap().to_vec()).unwrap();
     let base = format!("{home}/{REL}");
     let offer = format!("{base}/offer");
     let answer = format!("{base}/answer");
@@ -276,7 +281,7 @@ fn domu_xenstore_host() {
     assert_eq!(value, b"pong:hello:123:45");
     println!(
         "dom0: the domU answered via its watch: {}",
-        String::from_utf8_lossy(&value)
+        String::from_utf8_lossy(value)
     );
     xs.write(&format!("{offer}/ack"), b"done").unwrap();
     xs.set_perms(&format!("{offer}/ack"), &read_only).unwrap();
@@ -294,7 +299,7 @@ fn domu_xenstore_guest() {
     // The guest may boot before dom0 wrote anything: wait for `ready`.
     let wait_for = |xs: &mut XenStore, key: &str| loop {
         match xs.read(key) {
-            Ok(v) => return v,
+            Ok(v) => return v.to_vec(),
             Err(XsError::NotFound | XsError::Daemon(XsErrno::EACCES)) => {}
             Err(e) => panic!("reading {key}: {e}"),
         }

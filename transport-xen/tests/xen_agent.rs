@@ -23,15 +23,16 @@
 #![cfg(target_os = "linux")]
 
 use core::net::{Ipv4Addr, Ipv6Addr};
+use coresident_xen::xenstore::XsClient;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use coresident::lookup::{DomainId, DomainTable, Handle, Seed, Table};
+use coresident_xen::protocol::xs_wire::XsErrno;
 use coresident_xen::residency::{
     self, list_dir, Addr, Addresses, PeerChange, ResidencyTables, ResidencyView, TableUpdate,
 };
-use coresident_xen::xs_wire::XsErrno;
 use coresident_xen::{XenStore, XsError};
 
 /// Relative to the guest's home: where it reports its progress.
@@ -305,7 +306,7 @@ fn domu_agent_guest() {
     xs.watch(GO, "go").unwrap();
     let wait_go = |xs: &mut XenStore, want: &[u8]| {
         let deadline = Instant::now() + STEP;
-        while xs.read(GO).ok().as_deref() != Some(want) {
+        while xs.read(GO).ok() != Some(want) {
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(!left.is_zero(), "domU: dom0 never said go {want:?}");
             let _ = xs.wait_watch(Some(left)).unwrap();

@@ -37,17 +37,36 @@
 //! `XEN-OUTCOME ...` lines for each hostile case.
 #![cfg(target_os = "linux")]
 
+use coresident_xen::xenstore::XsClient;
 use std::time::{Duration, Instant};
 
 use coresident::{
     Channel, ChannelConfig, ChannelError, ChannelLayout, ChannelState, Doorbell, Link, Role,
-    SharedRegion, StdClock, Transport,
+    SharedRegion, StdClock,
 };
-use coresident_xen::privcmd::PortStatus;
-use coresident_xen::rendezvous::{self, Rendezvous, XsRendezvousError};
-use coresident_xen::transport::RendezvousError;
-use coresident_xen::xs_wire::XsErrno;
-use coresident_xen::{XenDoorbell, XenRegion, XenStore, XenTransport, XenTransportError, XsError};
+use coresident_xen::linux::privcmd::PortStatus;
+use coresident_xen::protocol::crxg::CrxgError;
+use coresident_xen::protocol::keys::{Key, KeyError};
+use coresident_xen::protocol::xs_wire::XsErrno;
+use coresident_xen::rendezvous::{self, ChannelKeys, Rendezvous};
+use coresident_xen::{
+    RendezvousError, XenDoorbell, XenRegion, XenStore, XenTransport, XenTransportError, XsError,
+};
+
+/// The rendezvous's failure over the Linux devices.
+type XsRendezvousError = RendezvousError;
+
+/// `offerer`'s offer directory of channel `name` to `acceptor`.
+fn offer_path(offerer: u16, acceptor: u16, name: &str) -> String {
+    let k = ChannelKeys::new(offerer, acceptor, name).unwrap();
+    k.offer_dir().unwrap().as_str().to_owned()
+}
+
+/// `acceptor`'s answer directory of channel `name` from `offerer`.
+fn answer_path(acceptor: u16, offerer: u16, name: &str) -> String {
+    let k = ChannelKeys::new(acceptor, offerer, name).unwrap();
+    k.answer_dir().unwrap().as_str().to_owned()
+}
 
 type XenChannel = Channel<XenRegion, XenDoorbell, StdClock>;
 
@@ -231,10 +250,10 @@ fn domu_channel_guest() {
     println!("domU (dom{own}): offered under {}", pending.offer_path());
     let link = pending.complete(&mut xs, Some(PATIENCE)).unwrap();
     // complete() withdrew the offer.
-    let offer = rendezvous::offer_path(own, 0, CHANNEL);
+    let offer = offer_path(own, 0, CHANNEL);
     assert_eq!(xs.read(&format!("{offer}/state")), Err(XsError::NotFound));
     // dom0's answer is readable but not writable by us.
-    let answer = rendezvous::answer_path(0, own, CHANNEL);
+    let answer = answer_path(0, own, CHANNEL);
     assert_eq!(
         xs.write(&format!("{answer}/state"), b"refused"),
         Err(XsError::Daemon(XsErrno::EACCES)),
@@ -277,7 +296,7 @@ fn domu_channel_host() {
     );
     // accept() returned once the guest took the answer (its complete()
     // removed its offer): our answer is gone too (issue 17, finding 9).
-    let answer = rendezvous::answer_path(0, domu, CHANNEL);
+    let answer = answer_path(0, domu, CHANNEL);
     assert_eq!(xs.read(&format!("{answer}/state")), Err(XsError::NotFound));
     let mut ch = channel(link);
     let n = messages();
@@ -287,7 +306,7 @@ fn domu_channel_host() {
     // Teardown: our answer goes; the guest's offer went at its complete().
     rdv.withdraw(&mut xs).unwrap();
     assert_eq!(xs.read(&format!("{answer}/state")), Err(XsError::NotFound));
-    let offer = rendezvous::offer_path(domu, 0, CHANNEL);
+    let offer = offer_path(domu, 0, CHANNEL);
     assert_eq!(xs.read(&format!("{offer}/state")), Err(XsError::NotFound));
     println!("dom0: {n} messages each way verified; rendezvous keys removed; closing");
     drop(ch.close());
@@ -307,7 +326,7 @@ fn count_nodes(xs: &mut XenStore, path: &str, skip: &str) -> usize {
     if path == skip {
         return 0;
     }
-    let kids = match xs.directory(path) {
+    let kids = match xs.children(path) {
         Ok(k) => k,
         Err(XsError::NotFound) => return 0,
         Err(e) => panic!("directory {path}: {e}"),
@@ -393,18 +412,19 @@ fn domu_rendezvous_guest() {
     // Finding 10: we map dom0's offer, bind, set our live byte and ring,
     // then die before answering (our pages go: unmap-notify).
     let rdv = Rendezvous::new(own, 0, "rdv-dies").unwrap();
-    xs.watch(&rendezvous::offer_path(0, own, "rdv-dies"), "dies")
-        .unwrap();
+    xs.watch(&offer_path(0, own, "rdv-dies"), "dies").unwrap();
     let deadline = Instant::now() + PATIENCE;
-    let offer = loop {
-        if let Some(o) = rdv.read_offer(&mut xs).unwrap() {
-            break o;
+    let mut refs = vec![0; coresident_xen::MAX_PAGES];
+    loop {
+        if rdv.read_offer(&mut xs, &mut refs).unwrap().is_some() {
+            break;
         }
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(!left.is_zero(), "no offer rdv-dies from dom0");
         let _ = xs.wait_watch(Some(left)).unwrap();
-    };
-    let link = XenTransport::new(own, 0).accept(&offer.to_bytes()).unwrap();
+    }
+    let offer = rdv.read_offer(&mut xs, &mut refs).unwrap().unwrap();
+    let link = XenTransport::new(own, 0).accept_offer(&offer).unwrap();
     println!(
         "domU: mapped dom0's rdv-dies offer, bound port {}; dying",
         link.doorbell.port()
@@ -437,7 +457,10 @@ fn domu_rendezvous_host() {
         .accept(&mut xs, Some(PATIENCE))
         .map(drop)
         .unwrap_err();
-    assert_eq!(e, XsRendezvousError::Offer(RendezvousError::BadLayout));
+    assert_eq!(
+        e,
+        XsRendezvousError::Key(KeyError::BadOffer(CrxgError::BadLayout))
+    );
     let guest = wait_key(&mut xs, &format!("{skip}/rdv-count"));
     let after = count_nodes(&mut xs, &home0, &skip);
     println!(
@@ -505,7 +528,7 @@ const BAD_OFFERS: &[(&str, &str, &str)] = &[
 ];
 
 fn publish_bad(xs: &mut XenStore, own: u16, name: &str, key: &str, value: &str) {
-    let dir = rendezvous::offer_path(own, 0, name);
+    let dir = offer_path(own, 0, name);
     let _ = xs.rm(&dir);
     let mut keys = vec![
         ("version", "1".to_owned()),
@@ -574,7 +597,7 @@ fn domu_hostile_guest() {
         publish_bad(&mut xs, own, name, key, value);
     }
     for (name, _, _) in BAD_OFFERS {
-        let answer = rendezvous::answer_path(0, own, name);
+        let answer = answer_path(0, own, name);
         xs.watch(&answer, name).unwrap();
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -593,7 +616,7 @@ fn domu_hostile_guest() {
         let why = xs.read_string(&format!("{answer}/error")).unwrap();
         println!("domU: {name} refused by dom0: {why}");
         xs.unwatch(&answer, name).unwrap();
-        let _ = xs.rm(&rendezvous::offer_path(own, 0, name));
+        let _ = xs.rm(&offer_path(own, 0, name));
     }
     // 2. Ring scribbles on channels dom0 offers.
     for name in RING_CASES {
@@ -683,15 +706,15 @@ fn domu_hostile_host() {
         let mut rdv = Rendezvous::new(0, domu, name).unwrap();
         let e = rdv.accept(&mut xs, Some(PATIENCE)).map(drop).unwrap_err();
         let ok = match *name {
-            "bad-missing-port" => e == XsRendezvousError::Missing(rendezvous::Key::Port),
-            "bad-port-text" => matches!(e, XsRendezvousError::Value(rendezvous::Key::Port, _)),
-            "bad-port-range" => e == XsRendezvousError::BadPort(999_999),
-            "bad-version" => e == XsRendezvousError::BadVersion(2),
-            "bad-size" => e == XsRendezvousError::Offer(RendezvousError::BadLayout),
-            "bad-count" => e == XsRendezvousError::BadRefCount,
-            "bad-reserved-ref" => e == XsRendezvousError::BadRef(7),
-            "bad-huge" => matches!(e, XsRendezvousError::Value(rendezvous::Key::Refs(0), _)),
-            "bad-state" => matches!(e, XsRendezvousError::BadState(_)),
+            "bad-missing-port" => e == XsRendezvousError::Key(KeyError::Missing(Key::Port)),
+            "bad-port-text" => matches!(e, XsRendezvousError::Key(KeyError::Value(Key::Port, _))),
+            "bad-port-range" => e == XsRendezvousError::Key(KeyError::BadPort(999_999)),
+            "bad-version" => e == XsRendezvousError::Key(KeyError::BadVersion(2)),
+            "bad-size" => e == XsRendezvousError::Key(KeyError::BadOffer(CrxgError::BadLayout)),
+            "bad-count" => e == XsRendezvousError::Key(KeyError::BadRefCount),
+            "bad-reserved-ref" => e == XsRendezvousError::Key(KeyError::BadRef(7)),
+            "bad-huge" => matches!(e, XsRendezvousError::Key(KeyError::Value(Key::Refs(0), _))),
+            "bad-state" => matches!(e, XsRendezvousError::Key(KeyError::BadState(_))),
             _ => matches!(e, XsRendezvousError::Transport(_)),
         };
         println!("XEN-OUTCOME xenstore {name} ({key}): {e:?}: {e}");
@@ -805,7 +828,7 @@ fn domu_destroy_guest() {
     // the kit loads it without `unrestricted=1`). The doorbell uses Xen's
     // word exactly when Xen answers, and goes without otherwise.
     let port = ch.doorbell().port();
-    let direct = coresident_xen::privcmd::Privcmd::open()
+    let direct = coresident_xen::linux::privcmd::Privcmd::open()
         .unwrap()
         .evtchn_status(port);
     println!("domU: EVTCHNOP_status of port {port} through privcmd: {direct:?}");
@@ -817,7 +840,7 @@ fn domu_destroy_guest() {
             println!("domU: privcmd unrestricted: the doorbell asks Xen");
         }
         Err(e) => {
-            assert_eq!(e, coresident_xen::sys::Errno::PERM);
+            assert_eq!(e, coresident_xen::linux::sys::Errno::PERM);
             assert!(!ch.doorbell().can_ask_xen());
             assert_eq!(ch.doorbell().port_connected(), None);
             println!("domU: privcmd restricted (EPERM): the doorbell goes without Xen's word");
@@ -862,7 +885,7 @@ fn domu_destroy_host() {
     let mut ch = channel(pending.complete(&mut xs, Some(PATIENCE)).unwrap());
     // Dom0 asks Xen about its port (privcmd is unrestricted in dom0).
     let port = ch.doorbell().port();
-    let status = coresident_xen::privcmd::Privcmd::open()
+    let status = coresident_xen::linux::privcmd::Privcmd::open()
         .unwrap()
         .evtchn_status(port)
         .unwrap();
@@ -876,7 +899,8 @@ fn domu_destroy_host() {
     }
     ch.flush().unwrap();
     // Wait (watching) for the guest's report.
-    let progress = format!("{}/{PROGRESS}", xs.get_domain_path(domu).unwrap());
+    let home = String::from_utf8(xs.get_domain_path(domu).unwrap().to_vec()).unwrap();
+    let progress = format!("{home}/{PROGRESS}");
     xs.watch(&progress, "progress").unwrap();
     let deadline = Instant::now() + PATIENCE;
     let report = loop {

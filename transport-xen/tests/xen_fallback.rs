@@ -51,6 +51,7 @@
 //! unprepared save (its channel reports the saved domain gone at once).
 #![cfg(target_os = "linux")]
 
+use coresident_xen::xenstore::XsClient;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::sync::mpsc;

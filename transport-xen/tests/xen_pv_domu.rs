@@ -3,7 +3,7 @@
 //! binary `pv-domu`) and this test, in dom0, meets it through the XenStore
 //! rendezvous (`coresident_xen::rendezvous`) twice. First dom0 offers: the
 //! kernel reads the offer over its start_info XenStore ring
-//! (`coresident_xen::ring_rendezvous`), maps dom0's grants with hypercalls
+//! (`coresident_xen::rendezvous::ChannelKeys`), maps dom0's grants with hypercalls
 //! and answers. Then the kernel offers its own pages and dom0 accepts
 //! (gntdev maps the kernel's grants). On each channel the two exchange
 //! messages both ways through the same `Channel` (see
@@ -15,13 +15,14 @@
 #[allow(dead_code)]
 mod msgs;
 
+use coresident_xen::xenstore::XsClient;
 use std::time::Duration;
 
 use coresident::{
     Channel, ChannelConfig, ChannelError, ChannelLayout, Doorbell, Link, SharedRegion, StdClock,
 };
-use coresident_xen::rendezvous::{answer_path, offer_path, Rendezvous};
-use coresident_xen::xs_wire::{Access, Perm};
+use coresident_xen::protocol::xs_wire::{Access, Perm};
+use coresident_xen::rendezvous::{ChannelKeys, Rendezvous};
 use coresident_xen::XenStore;
 use msgs::{Got, Rng, Totals};
 
@@ -75,8 +76,9 @@ fn pv_domu_dom0() {
 /// the XenStore page) and waits until the kernel answers `refused`; the
 /// real offer then replaces it.
 fn hostile_offer_first(xs: &mut XenStore, domu: u16) {
-    let dir = offer_path(0, domu, msgs::CHANNEL);
-    let answer = answer_path(domu, 0, msgs::CHANNEL);
+    let keys = ChannelKeys::new(0, domu, msgs::CHANNEL).unwrap();
+    let dir = keys.offer_dir().unwrap().as_str().to_owned();
+    let answer = keys.peer_answer_dir().unwrap().as_str().to_owned();
     let _ = xs.rm(&dir);
     xs.mkdir(&dir).unwrap();
     let perms = [
@@ -107,7 +109,7 @@ fn hostile_offer_first(xs: &mut XenStore, domu: u16) {
     let error = loop {
         if let Ok(state) = xs.read(&format!("{answer}/state")) {
             if state == b"refused" {
-                break String::from_utf8_lossy(&xs.read(&format!("{answer}/error")).unwrap())
+                break String::from_utf8_lossy(xs.read(&format!("{answer}/error")).unwrap())
                     .into_owned();
             }
         }

@@ -28,12 +28,12 @@ use coresident::{Channel, ChannelConfig, ChannelError, ChannelLayout, PendingOff
 use coresident::{Doorbell, Wake};
 use coresident_pv_kernel::coro::{Pair, Stack};
 use coresident_pv_kernel::{pv_entry, say, Boot, PvKernel, SHUTDOWN_REBOOT};
-use coresident_xen::crxg;
 use coresident_xen::kernel::hypercall::xen_version;
 use coresident_xen::kernel::{
     event_channel, Hypercall, KernelDoorbell, KernelError, KernelRegion, KernelTransport,
     KernelTransportError, Xen, XenClock,
 };
+use coresident_xen::protocol::crxg;
 
 pv_entry!(main);
 
@@ -225,10 +225,11 @@ fn xen_semantics(xen: &Xen<PvKernel>) -> Result<(), &'static str> {
     let a = pending
         .complete(Some(Duration::from_secs(1)))
         .map_err(|_| "complete")?;
-    let first = crxg::parse(0, &buf[..n])
+    let mut refs = [0; 8];
+    let first = *crxg::parse(0, &buf[..n], &mut refs)
         .map_err(|_| "own rendezvous")?
-        .refs()
-        .next()
+        .refs
+        .first()
         .ok_or("no refs")?;
     if xen.grants().end_access(first) != Err(KernelError::GrantInUse(first)) {
         return Err("end_access of a page the peer maps was not refused");

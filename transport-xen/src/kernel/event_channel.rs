@@ -16,7 +16,7 @@ use xen_sys::{
 
 use super::hypercall::{Hypercall, DOMID_SELF};
 use super::KernelError;
-use crate::{DomId, EvtchnPort};
+use crate::types::{DomId, EvtchnPort};
 
 // The structs xen-sys generated from event_channel.h, checked against the
 // header's layout (IN domid_t dom, remote_dom; OUT port: 8 bytes, etc.).

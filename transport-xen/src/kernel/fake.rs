@@ -21,7 +21,7 @@ use super::event_channel::PENDING_OFFSET;
 use super::grant_table::*;
 use super::hypercall::Hypercall;
 use super::{Kernel, KernelError, GRANT_FRAMES};
-use crate::{DomId, EvtchnPort};
+use crate::types::{DomId, EvtchnPort};
 
 const FRAMES: u64 = 8192;
 const PAGE: usize = 4096;

@@ -13,7 +13,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::hypercall::{Hypercall, DOMID_SELF};
 use super::{Kernel, KernelError};
-use crate::{DomId, GrantRef};
+use crate::types::{DomId, GrantRef};
 
 /// `GNTTABOP_map_grant_ref`.
 pub const GNTTABOP_MAP_GRANT_REF: u32 = 0;

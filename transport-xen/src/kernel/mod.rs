@@ -2,7 +2,7 @@
 //! x86_64, `no_std`, no allocation): grant table v1, event channels, and
 //! [`KernelTransport`], the core's [`Transport`](coresident::Transport)
 //! over them, so a kernel gets the same [`Channel`](coresident::Channel) as
-//! a daemon, and speaks the same rendezvous bytes ([`crate::crxg`]) as the
+//! a daemon, and speaks the same rendezvous bytes ([`crate::protocol::crxg`]) as the
 //! userspace [`XenTransport`] (feature `std`).
 //!
 //! ```text
@@ -68,7 +68,7 @@ pub use transport::{
     KernelDoorbell, KernelPending, KernelRegion, KernelTransport, KernelTransportError,
 };
 
-use crate::{DomId, EvtchnPort, GrantRef};
+use crate::types::{DomId, EvtchnPort, GrantRef};
 
 /// A failure of a hypercall or of the kernel's services.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use super::fake::FakeXen;
 use super::grant_table::*;
 use super::transport::KernelTransportError;
 use super::{KernelError, KernelTransport, Xen};
-use crate::crxg::{self, RendezvousError};
+use crate::protocol::crxg::{self, CrxgError};
 
 /// A kernel whose services may be called from any CPU gets links that can
 /// move between CPUs.
@@ -123,8 +123,12 @@ fn offer_accept_and_a_two_way_exchange_through_the_same_frames() {
     let (pending, n) = off.offer(layout(), &mut buf).unwrap();
     assert_eq!(n, crxg::encoded_len(layout()));
     // The very bytes the userspace transport parses.
-    let o = crxg::parse(0, &buf[..n]).unwrap();
-    assert_eq!((o.layout, o.nrefs()), (layout(), crxg::pages_for(layout())));
+    let mut refs = [0; 64];
+    let o = crxg::parse(0, &buf[..n], &mut refs).unwrap();
+    assert_eq!(
+        (o.layout, o.refs.len()),
+        (layout(), crxg::pages_for(layout()))
+    );
     let b = acc.accept(&buf[..n]).unwrap();
     assert_eq!(x.kernel().maps(), crxg::pages_for(layout()));
     let a = pending.complete(Some(core::time::Duration::ZERO)).unwrap();
@@ -200,16 +204,18 @@ fn offer_accept_and_a_two_way_exchange_through_the_same_frames() {
 
 #[test]
 fn a_kernel_offer_is_what_the_userspace_transport_reads() {
-    // One protocol: the userspace XenTransport parses the kernel's offer to
-    // the same header, layout and grant references.
+    // One protocol: the bytes the userspace transport parses (the one
+    // `crxg::parse`) are the kernel's offer, field by field.
     let x = xen();
     let mut off = KernelTransport::new(&x, 0);
     let mut buf = [0u8; 256];
     let (pending, n) = off.offer(layout(), &mut buf).unwrap();
-    let (h, l, refs) = crate::XenTransport::parse_rendezvous(0, &buf[..n]).unwrap();
-    let o = crxg::parse(0, &buf[..n]).unwrap();
-    assert_eq!((h.port.get(), l), (o.port(), layout()));
-    assert!(refs.iter().copied().eq(o.refs()));
+    let mut parsed = [0; 64];
+    let o = crxg::parse(0, &buf[..n], &mut parsed).unwrap();
+    let mut mine = [0; 64];
+    assert_eq!(o, pending.offer(0, &mut mine).unwrap());
+    assert_eq!(o.layout, layout());
+    let refs = o.refs.to_vec();
     // Each reference grants the matching page to the peer, read-write.
     for r in refs {
         let e = x.grants().read_entry(r).unwrap();
@@ -319,7 +325,7 @@ fn garbage_and_hostile_rendezvous_map_nothing() {
     let mut other = KernelTransport::new(&x, 9);
     assert_eq!(
         other.accept(&buf[..n]).unwrap_err(),
-        KernelTransportError::Rendezvous(RendezvousError::WrongPeer(0))
+        KernelTransportError::Rendezvous(CrxgError::WrongPeer(0))
     );
     // A reference the offerer never granted: the map fails part way and
     // undoes what it mapped.
@@ -377,7 +383,7 @@ fn offer_refuses_before_it_grants() {
         off.offer(ChannelLayout::symmetric(1000), &mut buf)
             .map(|_| ())
             .unwrap_err(),
-        KernelTransportError::Rendezvous(RendezvousError::BadLayout)
+        KernelTransportError::Rendezvous(CrxgError::BadLayout)
     );
     assert_eq!(x.kernel().st.borrow().live_pages, 0);
     // The pending offer times out when nobody accepts (time passes while
@@ -422,4 +428,29 @@ fn map_grants_never_invents_a_reference() {
     let r = unsafe { map_grants(k, 0, Liar(refs.into_iter(), 20), win, false, &mut handles) };
     assert_eq!(r, Err(KernelError::NoMemory));
     assert_eq!(k.maps(), 0, "the first batch of 16 is unmapped again");
+}
+
+/// The `pv-kernel` job's 1 MiB rings each way (514 references, more than
+/// any buffer on a kernel's stack): offered and accepted through the
+/// rendezvous bytes, the references going from the pages into the bytes
+/// and from the bytes into the mapping with no copy between.
+#[test]
+fn a_one_mib_offer_goes_through_the_bytes() {
+    let x = xen();
+    let mut off = KernelTransport::new(&x, 0);
+    let mut acc = KernelTransport::new(&x, 0);
+    let layout = ChannelLayout::symmetric(1 << 20);
+    assert_eq!(crxg::pages_for(layout), 514);
+    let mut buf = vec![0u8; crxg::encoded_len(layout)];
+    let (pending, n) = off.offer(layout, &mut buf).unwrap();
+    assert_eq!(n, buf.len());
+    let parsed = crxg::parse_borrowed(0, &buf).unwrap();
+    let mut mine = vec![0; 514];
+    let offer = pending.offer(0, &mut mine).unwrap();
+    assert!(parsed.refs.iter().eq(offer.refs.iter().copied()));
+    let b = acc.accept(&buf).unwrap();
+    assert_eq!(x.kernel().maps(), 514);
+    let a = pending.complete(Some(core::time::Duration::ZERO)).unwrap();
+    drop((b, a));
+    assert_eq!(x.leaked_pages(), 0);
 }

@@ -1,6 +1,6 @@
 //! [`KernelTransport`]: the core's [`Transport`] over grant table v1 and
 //! event channels, for a PV guest kernel. It speaks the rendezvous bytes of
-//! [`crate::crxg`], so a kernel can offer to, or accept from, a daemon that
+//! [`crate::protocol::crxg`], so a kernel can offer to, or accept from, a daemon that
 //! uses the userspace [`XenTransport`].
 //!
 //! Offer: the region's pages and the live page are this kernel's own pages,
@@ -38,8 +38,8 @@ use coresident::{
 
 use super::grant_table::{map_grants, unmap_grants};
 use super::{event_channel, Kernel, KernelError, Xen};
-use crate::crxg::{self, RendezvousError, ACCEPTOR_LIVE, OFFERER_LIVE, XEN_PAGE_SIZE};
-use crate::{DomId, EvtchnPort, GrantRef};
+use crate::protocol::crxg::{self, CrxgError, Offer, ACCEPTOR_LIVE, OFFERER_LIVE};
+use crate::types::{DomId, EvtchnPort, GrantRef, XEN_PAGE_SIZE};
 
 /// A failure of the kernel transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,8 +47,8 @@ use crate::{DomId, EvtchnPort, GrantRef};
 pub enum KernelTransportError {
     /// A hypercall or a kernel service failed.
     Kernel(KernelError),
-    /// The rendezvous bytes were refused (or the layout cannot be offered).
-    Rendezvous(RendezvousError),
+    /// The offer was refused (or the layout cannot be offered).
+    Rendezvous(CrxgError),
     /// The buffer for the rendezvous bytes is too small.
     BufferTooSmall {
         /// Bytes needed.
@@ -85,8 +85,8 @@ impl From<KernelError> for KernelTransportError {
     }
 }
 
-impl From<RendezvousError> for KernelTransportError {
-    fn from(e: RendezvousError) -> Self {
+impl From<CrxgError> for KernelTransportError {
+    fn from(e: CrxgError) -> Self {
         Self::Rendezvous(e)
     }
 }
@@ -257,7 +257,7 @@ impl<'x, K: Kernel> Pages<'x, K> {
         left
     }
 
-    fn refs(&self) -> impl ExactSizeIterator<Item = GrantRef> + '_ {
+    fn refs(&self) -> impl ExactSizeIterator<Item = GrantRef> + Clone + '_ {
         (0..self.done).map(|i| self.slot(i))
     }
 
@@ -495,23 +495,48 @@ pub struct KernelPending<'x, K: Kernel> {
     layout: ChannelLayout,
 }
 
-impl<'x, K: Kernel> Transport for KernelTransport<'x, K> {
-    type Region = KernelRegion<'x, K>;
-    type Doorbell = KernelDoorbell<'x, K>;
-    type Pending = KernelPending<'x, K>;
-    type Error = KernelTransportError;
+impl<'x, K: Kernel> KernelPending<'x, K> {
+    /// The offer's fields, its references copied into `refs` (room for
+    /// [`crxg::pages_for`] the layout).
+    ///
+    /// # Errors
+    ///
+    /// [`CrxgError::BadPageCount`] if `refs` is too short.
+    pub fn offer<'r>(
+        &self,
+        own: DomId,
+        refs: &'r mut [GrantRef],
+    ) -> Result<Offer<&'r [GrantRef]>, CrxgError> {
+        let all = self.region.pages.refs().chain(self.doorbell.live.refs());
+        let n = self.region.pages.refs().len() + self.doorbell.live.refs().len();
+        let out = refs.get_mut(..n).ok_or(CrxgError::BadPageCount)?;
+        for (slot, r) in out.iter_mut().zip(all) {
+            *slot = r;
+        }
+        Ok(Offer {
+            offerer: own,
+            port: self.doorbell.port,
+            layout: self.layout,
+            refs: &*out,
+        })
+    }
+}
 
-    fn offer(
+impl<'x, K: Kernel> KernelTransport<'x, K> {
+    /// Grants the pages of a channel of `layout` to the peer, allocates its
+    /// port, lays the rings out and sets our live byte; the offer's fields
+    /// are [`KernelPending::offer`]'s.
+    ///
+    /// # Errors
+    ///
+    /// [`KernelTransportError::Rendezvous`] for a layout the ring or
+    /// [`crate::types::MAX_PAGES`] refuse; the kernel's.
+    pub fn offer_pages(
         &mut self,
         layout: ChannelLayout,
-        rendezvous: &mut [u8],
-    ) -> Result<(KernelPending<'x, K>, usize), KernelTransportError> {
+    ) -> Result<KernelPending<'x, K>, KernelTransportError> {
         if !crxg::valid_layout(layout) {
-            return Err(RendezvousError::BadLayout.into());
-        }
-        let needed = crxg::encoded_len(layout);
-        if rendezvous.len() < needed {
-            return Err(KernelTransportError::BufferTooSmall { needed });
+            return Err(CrxgError::BadLayout.into());
         }
         let n = crxg::pages_for(layout);
         let region = Pages::grant(self.xen, self.peer, n - 1)?;
@@ -529,29 +554,45 @@ impl<'x, K: Kernel> Transport for KernelTransport<'x, K> {
         };
         init_region(&region, layout).map_err(KernelTransportError::Layout)?;
         doorbell.write_live(1);
-        let refs = region.pages.refs().chain(doorbell.live.refs());
-        let refs = ExactChain(refs, n);
-        let len = crxg::encode(self.xen.kernel().domid(), port, layout, refs, rendezvous)
-            .map_err(|needed| KernelTransportError::BufferTooSmall { needed })?;
-        Ok((
-            KernelPending {
-                region,
-                doorbell,
-                layout,
-            },
-            len,
-        ))
+        Ok(KernelPending {
+            region,
+            doorbell,
+            layout,
+        })
     }
 
-    fn accept(
+    /// Checks `offer` (from the peer, every field in range) before anything
+    /// is mapped, maps its grants, binds its port and sets our live byte.
+    ///
+    /// # Errors
+    ///
+    /// [`KernelTransportError::Rendezvous`] ([`CrxgError::WrongPeer`] for
+    /// an offer from another domain), [`KernelTransportError::PeerGone`]
+    /// when the offerer's live byte is clear; the kernel's.
+    pub fn accept_offer(
         &mut self,
-        rendezvous: &[u8],
+        offer: &Offer<&[GrantRef]>,
     ) -> Result<Link<KernelRegion<'x, K>, KernelDoorbell<'x, K>>, KernelTransportError> {
-        let offer = crxg::parse(self.peer, rendezvous)?;
-        let n = offer.nrefs();
-        let dom = offer.offerer();
-        let region = Pages::map(self.xen, dom, ExactChain(offer.refs().take(n - 1), n - 1))?;
-        let live = Pages::map(self.xen, dom, ExactChain(offer.refs().skip(n - 1), 1))?;
+        offer.check()?;
+        let refs = offer.refs.iter().copied();
+        self.accept_checked(offer.as_parts(), refs)
+    }
+
+    /// [`KernelTransport::accept_offer`] of an offer already checked
+    /// ([`Offer::check`]), its references one by one.
+    fn accept_checked(
+        &mut self,
+        offer: Offer<()>,
+        refs: impl ExactSizeIterator<Item = GrantRef> + Clone,
+    ) -> Result<Link<KernelRegion<'x, K>, KernelDoorbell<'x, K>>, KernelTransportError> {
+        if offer.offerer != self.peer {
+            return Err(CrxgError::WrongPeer(offer.offerer).into());
+        }
+        let dom = offer.offerer;
+        // Checked: at least the live page's reference.
+        let n = refs.len();
+        let region = Pages::map(self.xen, dom, refs.clone().take(n - 1))?;
+        let live = Pages::map(self.xen, dom, refs.skip(n - 1))?;
         let region = KernelRegion {
             pages: region,
             len: offer.layout.region_len(),
@@ -561,7 +602,7 @@ impl<'x, K: Kernel> Transport for KernelTransport<'x, K> {
         if unsafe { live.byte(OFFERER_LIVE).read_volatile() } == 0 {
             return Err(KernelTransportError::PeerGone);
         }
-        let port = event_channel::bind_interdomain(self.xen.kernel(), dom, offer.port())?;
+        let port = event_channel::bind_interdomain(self.xen.kernel(), dom, offer.port)?;
         let doorbell = KernelDoorbell {
             live,
             port,
@@ -576,6 +617,49 @@ impl<'x, K: Kernel> Transport for KernelTransport<'x, K> {
             role: Role::Acceptor,
             layout: offer.layout,
         })
+    }
+}
+
+impl<'x, K: Kernel> Transport for KernelTransport<'x, K> {
+    type Region = KernelRegion<'x, K>;
+    type Doorbell = KernelDoorbell<'x, K>;
+    type Pending = KernelPending<'x, K>;
+    type Error = KernelTransportError;
+
+    fn offer(
+        &mut self,
+        layout: ChannelLayout,
+        rendezvous: &mut [u8],
+    ) -> Result<(KernelPending<'x, K>, usize), KernelTransportError> {
+        // Checked before any grant: nothing to undo.
+        if !crxg::valid_layout(layout) {
+            return Err(CrxgError::BadLayout.into());
+        }
+        let needed = crxg::encoded_len(layout);
+        if rendezvous.len() < needed {
+            return Err(KernelTransportError::BufferTooSmall { needed });
+        }
+        let pending = self.offer_pages(layout)?;
+        // The references go from the pages into the bytes, no copy between.
+        let (region, live) = (pending.region.pages.refs(), pending.doorbell.live.refs());
+        let fields = Offer {
+            offerer: self.xen.kernel().domid(),
+            port: pending.doorbell.port,
+            layout,
+            refs: (),
+        };
+        let nrefs = region.len() + live.len();
+        let len = crxg::encode_parts(fields, nrefs, region.chain(live), rendezvous)?;
+        Ok((pending, len))
+    }
+
+    fn accept(
+        &mut self,
+        rendezvous: &[u8],
+    ) -> Result<Link<KernelRegion<'x, K>, KernelDoorbell<'x, K>>, KernelTransportError> {
+        // Every field checked, the references left in the bytes.
+        let offer = crxg::parse_borrowed(self.peer, rendezvous)?;
+        self.accept_checked(offer.as_parts(), offer.refs.iter())
     }
 }
 
@@ -609,21 +693,3 @@ impl<'x, K: Kernel> PendingOffer for KernelPending<'x, K> {
         })
     }
 }
-
-/// An iterator with a known length (`chain`, `take` and `skip` of the refs
-/// lose `ExactSizeIterator` or keep it; this states it once).
-struct ExactChain<I>(I, usize);
-
-impl<I: Iterator<Item = GrantRef>> Iterator for ExactChain<I> {
-    type Item = GrantRef;
-    fn next(&mut self) -> Option<GrantRef> {
-        let x = self.0.next()?;
-        self.1 = self.1.saturating_sub(1);
-        Some(x)
-    }
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.1, Some(self.1))
-    }
-}
-
-impl<I: Iterator<Item = GrantRef>> ExactSizeIterator for ExactChain<I> {}

@@ -5,12 +5,20 @@
 
 use std::os::unix::net::UnixStream;
 use std::thread;
+use std::time::Instant;
 
 use super::*;
-use crate::fake::FakeXen;
+use crate::linux::fake::FakeXen;
+use crate::linux::{LinuxBackend, LinuxError};
+use crate::protocol::crxg::CrxgError;
 use crate::residency;
 use crate::residency::fake::FakeXenstored;
-use coresident::Doorbell;
+use crate::types::MAX_PAGES;
+use crate::xenstore::XenStore;
+use coresident::{ChannelLayout, Doorbell};
+
+type Fake = LinuxBackend<FakeXen>;
+type XsRendezvousError = RendezvousError<LinuxError>;
 
 const O: DomId = 0;
 const A: DomId = 3;
@@ -27,11 +35,11 @@ fn world() -> (FakeXenstored, FakeXen) {
     (fake, FakeXen::default())
 }
 
-fn offerer(xen: &FakeXen, name: &str) -> Rendezvous<FakeXen> {
+fn offerer(xen: &FakeXen, name: &str) -> Rendezvous<Fake> {
     Rendezvous::with_sys(xen.clone(), O, A, name).unwrap()
 }
 
-fn acceptor(xen: &FakeXen, name: &str) -> Rendezvous<FakeXen> {
+fn acceptor(xen: &FakeXen, name: &str) -> Rendezvous<Fake> {
     Rendezvous::with_sys(xen.clone(), A, O, name).unwrap()
 }
 
@@ -78,7 +86,9 @@ fn no_node_outlives_a_rendezvous() {
     );
     assert_eq!(
         acc.join().unwrap(),
-        Err(XsRendezvousError::Offer(RendezvousError::BadLayout))
+        Err(XsRendezvousError::Key(KeyError::BadOffer(
+            CrxgError::BadLayout
+        )))
     );
     assert_eq!(fake.nodes_under("/local/domain"), base, "after a refusal");
 
@@ -134,10 +144,14 @@ fn complete_sees_an_acceptor_that_died_before_answering() {
     let mut xo = fake.connect(O);
     let mut xa = fake.connect(A);
     let pending = offerer(&xen, "dies").offer(&mut xo, layout()).unwrap();
-    let offer = acceptor(&xen, "dies").read_offer(&mut xa).unwrap().unwrap();
+    let mut refs = vec![0; MAX_PAGES];
+    let offer = acceptor(&xen, "dies")
+        .read_offer(&mut xa, &mut refs)
+        .unwrap()
+        .unwrap();
     // The acceptor's steps up to the answer, then its death.
     let link = XenTransport::with_sys(xen.clone(), A, O)
-        .accept(&offer.to_bytes())
+        .accept_offer(&offer)
         .unwrap();
     drop(link);
     let t = Instant::now();
@@ -158,12 +172,13 @@ fn a_waiting_complete_wakes_when_the_acceptor_dies() {
         .unwrap();
     let (xen2, mut xa) = (xen.clone(), fake.connect(A));
     let acc = thread::spawn(move || {
+        let mut refs = vec![0; MAX_PAGES];
         let offer = acceptor(&xen2, "dies-later")
-            .read_offer(&mut xa)
+            .read_offer(&mut xa, &mut refs)
             .unwrap()
             .unwrap();
         thread::sleep(Duration::from_millis(100));
-        let link = XenTransport::with_sys(xen2, A, O).accept(&offer.to_bytes());
+        let link = XenTransport::with_sys(xen2, A, O).accept_offer(&offer);
         // Killed at once: the live byte may have been seen set, which is an
         // acceptance whose channel then reports the death; either is fine.
         drop(link);

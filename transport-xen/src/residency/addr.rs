@@ -367,8 +367,8 @@ impl Addresses {
             let v = first
                 .strip_prefix("coresident ")
                 .ok_or(AdvertError::MissingVersion)?;
-            let v =
-                crate::xs_wire::parse_u32(v.as_bytes()).map_err(|_| AdvertError::MissingVersion)?;
+            let v = crate::protocol::xs_wire::parse_u32(v.as_bytes())
+                .map_err(|_| AdvertError::MissingVersion)?;
             if v != VERSION {
                 return Err(AdvertError::Version(v));
             }

@@ -4,16 +4,14 @@
 use core::fmt;
 use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::os::fd::AsFd;
 use std::time::Instant;
 
 use super::addr::{Addr, Addresses, AdvertError};
 use super::policy::{Grants, IpNet, Policy};
 use super::{advert_path, home_path, list_dir, list_perms, perms_ok, TX_RETRIES};
-use crate::xenstore::{Conn, XenStore, XsError};
-use crate::xs_wire::{self, XsErrno};
-use crate::DomId;
+use crate::protocol::xs_wire::{self, XsErrno};
+use crate::types::DomId;
+use crate::xenstore::{XenStore, XsClient, XsError};
 use coresident::lookup::DomainId;
 
 /// The watch token of `@introduceDomain` and `@releaseDomain`.
@@ -150,6 +148,12 @@ impl From<XsError> for AgentError {
 }
 
 /// Whether an error is about one node (the connection is still fine).
+/// A watch event's bytes as text (a path or token that is not UTF-8 names
+/// nothing we watch: the caller reads everything again).
+fn owned(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
 fn local(e: XsError) -> bool {
     matches!(
         e,
@@ -182,8 +186,8 @@ fn local(e: XsError) -> bool {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
-pub struct Agent<C: Read + Write + AsFd = Conn> {
-    xs: XenStore<C>,
+pub struct Agent<X: XsClient = XenStore> {
+    xs: X,
     /// Live domains (under `/local/domain`) and what they advertise.
     domains: BTreeMap<DomId, Status>,
     /// Domains taken out of every list by [`Agent::withdraw`].
@@ -212,7 +216,7 @@ pub struct Agent<C: Read + Write + AsFd = Conn> {
     lost_seen: u64,
 }
 
-impl<C: Read + Write + AsFd> Agent<C> {
+impl<X: XsClient> Agent<X> {
     /// Starts watching, with the default [`Policy`]: no address beyond the
     /// vifs', a one-second debounce. Nothing is read or written before the
     /// first [`step`](Self::step).
@@ -220,7 +224,7 @@ impl<C: Read + Write + AsFd> Agent<C> {
     /// # Errors
     ///
     /// The watches' XenStore errors.
-    pub fn new(xs: XenStore<C>) -> Result<Self, AgentError> {
+    pub fn new(xs: X) -> Result<Self, AgentError> {
         Self::with_policy(xs, Policy::default())
     }
 
@@ -229,7 +233,7 @@ impl<C: Read + Write + AsFd> Agent<C> {
     /// # Errors
     ///
     /// The watches' XenStore errors.
-    pub fn with_policy(mut xs: XenStore<C>, policy: Policy) -> Result<Self, AgentError> {
+    pub fn with_policy(mut xs: X, policy: Policy) -> Result<Self, AgentError> {
         xs.watch("@introduceDomain", TOKEN_DOMAINS)?;
         xs.watch("@releaseDomain", TOKEN_DOMAINS)?;
         Ok(Self {
@@ -266,7 +270,7 @@ impl<C: Read + Write + AsFd> Agent<C> {
     }
 
     /// The XenStore client (for the daemon's own reads).
-    pub fn xenstore(&mut self) -> &mut XenStore<C> {
+    pub fn xenstore(&mut self) -> &mut X {
         &mut self.xs
     }
 
@@ -300,7 +304,8 @@ impl<C: Read + Write + AsFd> Agent<C> {
             };
             match self.xs.wait_watch(wait)? {
                 Some(ev) => {
-                    self.note(&ev.path, &ev.token);
+                    let (path, token) = (owned(ev.path), owned(ev.token));
+                    self.note(&path, &token);
                     break;
                 }
                 None if deadline.is_some_and(|d| Instant::now() >= d)
@@ -312,7 +317,8 @@ impl<C: Read + Write + AsFd> Agent<C> {
             }
         }
         while let Some(ev) = self.xs.wait_watch(Some(Duration::ZERO))? {
-            self.note(&ev.path, &ev.token);
+            let (path, token) = (owned(ev.path), owned(ev.token));
+            self.note(&path, &token);
         }
         // Events dropped by a full queue: what they named is unknown, so
         // read everything again.
@@ -447,7 +453,7 @@ impl<C: Read + Write + AsFd> Agent<C> {
 
     /// Lists `/local/domain`: new domains are watched, departed ones dropped.
     fn relist_domains(&mut self, out: &mut Vec<Change>) -> Result<(), AgentError> {
-        let names = match self.xs.directory("/local/domain") {
+        let names = match self.xs.children("/local/domain") {
             Ok(n) => n,
             Err(XsError::NotFound) => Vec::new(),
             Err(e) => return Err(e.into()),
@@ -528,14 +534,14 @@ impl<C: Read + Write + AsFd> Agent<C> {
     fn read_advert(&mut self, d: DomId) -> Result<Status, AgentError> {
         let path = advert_path(d);
         let value = match self.xs.read(&path) {
-            Ok(v) => v,
+            Ok(v) => v.to_vec(),
             Err(XsError::NotFound) => return Ok(Status::Silent),
             Err(e) if local(e) => return Ok(Status::Rejected(AdvertError::Unreadable)),
             Err(e) => return Err(e.into()),
         };
         // Trust the domain id XenStore gives, never one a guest writes:
         // the node must be owned by the domain whose path holds it.
-        match self.xs.get_perms(&path) {
+        match self.xs.perms(&path) {
             Ok(p) => match p.first() {
                 Some(owner) if owner.domid == d => {}
                 Some(owner) => return Ok(Status::Rejected(AdvertError::Owner(owner.domid))),
@@ -573,7 +579,7 @@ impl<C: Read + Write + AsFd> Agent<C> {
         if self.policy.has_names() {
             match self.xs.read(&format!("{}/name", home_path(d))) {
                 Ok(name) => {
-                    if let Some(a) = core::str::from_utf8(&name)
+                    if let Some(a) = core::str::from_utf8(name)
                         .ok()
                         .and_then(|n| self.policy.allowed(n))
                     {
@@ -585,7 +591,7 @@ impl<C: Read + Write + AsFd> Agent<C> {
             }
         }
         let dir = vif_path(d);
-        let devs = match self.xs.directory(&dir) {
+        let devs = match self.xs.children(&dir) {
             Ok(devs) => devs,
             Err(e) if local(e) => return Ok(g),
             Err(e) => return Err(e.into()),
@@ -594,7 +600,7 @@ impl<C: Read + Write + AsFd> Agent<C> {
             match self.xs.read(&format!("{dir}/{dev}/mac")) {
                 Ok(v) => {
                     let mut line = b"mac ".to_vec();
-                    line.extend_from_slice(&v);
+                    line.extend_from_slice(v);
                     if let Ok(a) = Addresses::parse(&line) {
                         g.macs.extend_from_slice(a.macs());
                     }
@@ -604,7 +610,7 @@ impl<C: Read + Write + AsFd> Agent<C> {
             }
             match self.xs.read(&format!("{dir}/{dev}/ip")) {
                 Ok(v) => {
-                    let text = String::from_utf8_lossy(&v);
+                    let text = String::from_utf8_lossy(v);
                     g.nets.extend(
                         text.split_ascii_whitespace()
                             .take(64)
@@ -737,7 +743,7 @@ impl<C: Read + Write + AsFd> Agent<C> {
     /// `d`, should they have inherited anything else.
     fn check_perms(&mut self, d: DomId, peers: &BTreeMap<DomId, Addresses>) -> Result<(), XsError> {
         let dir = list_dir(d);
-        if perms_ok(&self.xs.get_perms(&dir)?, d) {
+        if perms_ok(&self.xs.perms(&dir)?, d) {
             return Ok(());
         }
         let want = list_perms(d);

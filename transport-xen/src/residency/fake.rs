@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use zerocopy::IntoBytes;
 
+use crate::protocol::xs_wire::{split_strings, Access, MsgType, Perm, XsdSockmsg};
+use crate::types::DomId;
 use crate::xenstore::XenStore;
-use crate::xs_wire::{split_strings, Access, MsgType, Perm, XsdSockmsg};
-use crate::DomId;
 
 type Nodes = BTreeMap<String, (Vec<u8>, Vec<Perm>)>;
 

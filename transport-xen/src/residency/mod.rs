@@ -101,12 +101,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::io::{Read, Write};
-use std::os::fd::AsFd;
-
-use crate::xenstore::XenStore;
-use crate::xs_wire::{Access, Perm};
-use crate::{DomId, XsError};
+use crate::protocol::xs_wire::{Access, Perm};
+use crate::types::DomId;
+use crate::xenstore::{XsClient, XsError};
 
 mod addr;
 mod agent;
@@ -195,11 +192,7 @@ fn perms_ok(perms: &[Perm], domid: DomId) -> bool {
 /// # Errors
 ///
 /// XenStore errors (`EACCES` when writing another domain's path).
-pub fn advertise<C: Read + Write + AsFd>(
-    xs: &mut XenStore<C>,
-    domid: DomId,
-    addrs: &Addresses,
-) -> Result<(), XsError> {
+pub fn advertise<X: XsClient>(xs: &mut X, domid: DomId, addrs: &Addresses) -> Result<(), XsError> {
     xs.write(&advert_path(domid), addrs.encode_advert().as_bytes())
 }
 
@@ -208,23 +201,12 @@ pub fn advertise<C: Read + Write + AsFd>(
 /// # Errors
 ///
 /// XenStore errors; a missing advertisement is not one.
-pub fn unadvertise<C: Read + Write + AsFd>(
-    xs: &mut XenStore<C>,
-    domid: DomId,
-) -> Result<(), XsError> {
+pub fn unadvertise<X: XsClient>(xs: &mut X, domid: DomId) -> Result<(), XsError> {
     match xs.rm(&advert_path(domid)) {
         Ok(()) | Err(XsError::NotFound) => Ok(()),
         Err(e) => Err(e),
     }
 }
 
-/// This domain's id, from the `domid` key the toolstack writes in its home
-/// (read through a relative path, which XenStore resolves against the
-/// caller's own home).
-///
-/// # Errors
-///
-/// XenStore errors, [`XsError::Value`] for a malformed id.
-pub fn own_domid<C: Read + Write + AsFd>(xs: &mut XenStore<C>) -> Result<DomId, XsError> {
-    Ok(crate::xs_wire::parse_u16(&xs.read("domid")?)?)
-}
+/// This domain's id (the rendezvous's [`crate::rendezvous::own_domid`]).
+pub use crate::rendezvous::own_domid;

@@ -10,7 +10,8 @@ use coresident::lookup::{DomainId, DomainTable, Handle, Seed, Table};
 
 use super::fake::FakeXenstored;
 use super::*;
-use crate::xs_wire::{Access, Perm, ValueError, XsErrno};
+use crate::protocol::xs_wire::{Access, Perm, ValueError, XsErrno};
+use crate::xenstore::{XenStore, XsClient};
 
 /// Long enough never to expire when an event is due (the fake queues every
 /// watch event before it replies to the write that caused it).
@@ -28,14 +29,14 @@ fn addrs(last: u8) -> Addresses {
 /// Waits for the agent's next watch event (one is due: the fake's writer
 /// threads deliver events asynchronously), then runs it until nothing is
 /// queued; returns everything it did.
-fn settle_due(agent: &mut Agent<UnixStream>) -> Vec<Change> {
+fn settle_due(agent: &mut Agent<XenStore<UnixStream>>) -> Vec<Change> {
     let mut all = agent.step(DUE).unwrap();
     all.extend(settle(agent));
     all
 }
 
 /// Runs the agent until nothing is queued; returns everything it did.
-fn settle(agent: &mut Agent<UnixStream>) -> Vec<Change> {
+fn settle(agent: &mut Agent<XenStore<UnixStream>>) -> Vec<Change> {
     let mut all = Vec::new();
     loop {
         let c = agent.run_once().unwrap();
@@ -46,7 +47,7 @@ fn settle(agent: &mut Agent<UnixStream>) -> Vec<Change> {
     }
 }
 
-fn listed(agent: &Agent<UnixStream>, d: DomId) -> Vec<DomId> {
+fn listed(agent: &Agent<XenStore<UnixStream>>, d: DomId) -> Vec<DomId> {
     agent
         .list_of(d)
         .map(|l| l.keys().copied().collect())
@@ -68,14 +69,24 @@ fn lenient(n: DomId) -> Policy {
 
 /// dom0 and guests 1..=n, each with a client; the agent on its own
 /// connection, with the [`lenient`] policy.
-fn world(n: DomId) -> (FakeXenstored, Agent<UnixStream>, Vec<XenStore<UnixStream>>) {
+fn world(
+    n: DomId,
+) -> (
+    FakeXenstored,
+    Agent<XenStore<UnixStream>>,
+    Vec<XenStore<UnixStream>>,
+) {
     world_with(n, lenient(n))
 }
 
 fn world_with(
     n: DomId,
     policy: Policy,
-) -> (FakeXenstored, Agent<UnixStream>, Vec<XenStore<UnixStream>>) {
+) -> (
+    FakeXenstored,
+    Agent<XenStore<UnixStream>>,
+    Vec<XenStore<UnixStream>>,
+) {
     let fake = FakeXenstored::new();
     for d in 0..=n {
         fake.introduce(d);
@@ -164,7 +175,7 @@ fn a_guest_can_read_its_list_but_not_write_it() {
         let dir = list_dir(d);
         let peer = 3 - d;
         assert_eq!(
-            Addresses::parse(&g.read(&format!("{dir}/peers/{peer}")).unwrap()).unwrap(),
+            Addresses::parse(g.read(&format!("{dir}/peers/{peer}")).unwrap()).unwrap(),
             addrs(peer as u8)
         );
         assert_eq!(

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::fake::FakeXenstored;
 use super::view::PeerChange;
 use super::*;
+use crate::xenstore::{XenStore, XsClient};
 
 const DUE: Option<Duration> = Some(Duration::from_secs(20));
 
@@ -31,7 +32,7 @@ fn vif(fake: &FakeXenstored, d: DomId, dev: u32, mac: &str, ip: Option<&str>) {
 }
 
 /// Runs the agent until nothing is queued or held back by the debounce.
-fn settle(agent: &mut Agent<UnixStream>) -> Vec<Change> {
+fn settle(agent: &mut Agent<XenStore<UnixStream>>) -> Vec<Change> {
     let mut all = agent.step(DUE).unwrap();
     loop {
         let c = agent.run_once().unwrap();
@@ -48,7 +49,11 @@ fn settle(agent: &mut Agent<UnixStream>) -> Vec<Change> {
 fn world(
     n: DomId,
     policy: Policy,
-) -> (FakeXenstored, Agent<UnixStream>, Vec<XenStore<UnixStream>>) {
+) -> (
+    FakeXenstored,
+    Agent<XenStore<UnixStream>>,
+    Vec<XenStore<UnixStream>>,
+) {
     let fake = FakeXenstored::new();
     for d in 0..=n {
         fake.introduce(d);
@@ -59,7 +64,7 @@ fn world(
     (fake, agent, clients)
 }
 
-fn listed(agent: &Agent<UnixStream>, d: DomId) -> Vec<DomId> {
+fn listed(agent: &Agent<XenStore<UnixStream>>, d: DomId) -> Vec<DomId> {
     agent
         .list_of(d)
         .map(|l| l.keys().copied().collect())

@@ -5,17 +5,15 @@ use core::fmt;
 use core::net::{Ipv4Addr, Ipv6Addr};
 use core::time::Duration;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::os::fd::AsFd;
 
 use coresident::lookup::{ClaimError, DomainId, DomainTable, Handle, InsertError, Table, Writer};
 
 use super::addr::{Addr, Addresses, AdvertError};
 use super::agent::parse_domid;
 use super::{list_dir, TX_RETRIES};
-use crate::xenstore::{Conn, XenStore, XsError};
-use crate::xs_wire::{self, ValueError, XsErrno};
-use crate::DomId;
+use crate::protocol::xs_wire::{self, ValueError, XsErrno};
+use crate::types::DomId;
+use crate::xenstore::{XenStore, XsClient, XsError};
 
 /// Most peers one list may hold. A plain `XS_DIRECTORY` reply holds about
 /// 680 names of guest ids in its 4096 bytes; a list longer than this is
@@ -171,8 +169,8 @@ type RawList = (Option<Vec<u8>>, Vec<(String, Vec<u8>)>);
 /// left out, a bad list as a whole empties the view (every peer leaves, and
 /// the network carries their traffic: slower, never wrong).
 #[derive(Debug)]
-pub struct ResidencyView<C: Read + Write + AsFd = Conn> {
-    xs: XenStore<C>,
+pub struct ResidencyView<X: XsClient = XenStore> {
+    xs: X,
     domid: DomId,
     own: Addresses,
     dir: String,
@@ -184,7 +182,7 @@ pub struct ResidencyView<C: Read + Write + AsFd = Conn> {
     lost_seen: u64,
 }
 
-impl<C: Read + Write + AsFd> ResidencyView<C> {
+impl<X: XsClient> ResidencyView<X> {
     /// A view of `domid`'s list (the caller's own domain id, see
     /// [`own_domid`](super::own_domid)); addresses in `own` are refused
     /// when a peer claims them. Sets the watch; the first
@@ -193,7 +191,7 @@ impl<C: Read + Write + AsFd> ResidencyView<C> {
     /// # Errors
     ///
     /// The watch's XenStore errors.
-    pub fn new(mut xs: XenStore<C>, domid: DomId, own: Addresses) -> Result<Self, ViewError> {
+    pub fn new(mut xs: X, domid: DomId, own: Addresses) -> Result<Self, ViewError> {
         let dir = list_dir(domid);
         xs.watch(&dir, TOKEN_LIST)?;
         xs.watch("domid", TOKEN_DOMID)?;
@@ -226,7 +224,7 @@ impl<C: Read + Write + AsFd> ResidencyView<C> {
     }
 
     /// The XenStore client (to advertise through the same connection).
-    pub fn xenstore(&mut self) -> &mut XenStore<C> {
+    pub fn xenstore(&mut self) -> &mut X {
         &mut self.xs
     }
 
@@ -296,7 +294,7 @@ impl<C: Read + Write + AsFd> ResidencyView<C> {
     /// every peer leaves, the view turns to the new domain's list.
     fn check_domid(&mut self, out: &mut Vec<PeerChange>) -> Result<(), XsError> {
         let now = match self.xs.read("domid") {
-            Ok(v) => match xs_wire::parse_u16(&v) {
+            Ok(v) => match xs_wire::parse_u16(v) {
                 Ok(d) => d,
                 // Not ours to judge: the toolstack writes it.
                 Err(_) => return Ok(()),
@@ -328,14 +326,14 @@ impl<C: Read + Write + AsFd> ResidencyView<C> {
         for _ in 0..TX_RETRIES {
             let mut tx = self.xs.transaction()?;
             let generation = match tx.read(&format!("{}/generation", self.dir)) {
-                Ok(g) => Some(g),
+                Ok(g) => Some(g.to_vec()),
                 Err(XsError::NotFound) => None,
                 Err(e) => return Err(e),
             };
             let mut entries = Vec::new();
             if generation.is_some() {
                 let names = match tx.directory(&format!("{}/peers", self.dir)) {
-                    Ok(n) => n,
+                    Ok(n) => n.to_strings()?,
                     Err(XsError::NotFound) => Vec::new(),
                     Err(e) => return Err(e),
                 };
@@ -349,7 +347,7 @@ impl<C: Read + Write + AsFd> ResidencyView<C> {
                             Err(XsError::NotFound) => continue,
                             Err(e) => return Err(e),
                         };
-                        entries.push((n, v));
+                        entries.push((n, v.to_vec()));
                     }
                 }
             }

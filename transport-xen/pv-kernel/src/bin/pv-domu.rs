@@ -24,7 +24,6 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations)]
 
-use coresident_xen::ring_rendezvous as rendezvous;
 #[path = "../../../tests/common/pv_domu_msgs.rs"]
 #[allow(dead_code)]
 mod msgs;
@@ -35,20 +34,26 @@ use core::ptr::NonNull;
 use core::time::Duration;
 
 use coresident::{
-    Channel, ChannelConfig, ChannelError, ChannelLayout, Doorbell, Link, PendingOffer,
-    SharedRegion, Transport,
+    Channel, ChannelConfig, ChannelError, ChannelLayout, Doorbell, Link, PendingOffer, SharedRegion,
 };
 use coresident_pv_kernel::{halt, hypercalls, pv_entry, Boot, PvKernel, SHUTDOWN_POWEROFF};
-use coresident_xen::console_ring::ConsoleRing;
+use coresident_xen::guest::console::ConsoleRing;
 use coresident_xen::kernel::hypercall::{poll, update_va_mapping};
 use coresident_xen::kernel::{event_channel, KernelTransport, SharedInfo, Xen};
-use coresident_xen::xs_ring::{Events, XsRing};
-use coresident_xen::{xs_wire, DomId, EvtchnPort};
+use coresident_xen::protocol::keys::KeyError;
+use coresident_xen::protocol::xs_wire;
+use coresident_xen::rendezvous::ChannelKeys;
+use coresident_xen::xenstore::ring::{Events, XsRing};
+use coresident_xen::xenstore::XsClient;
+use coresident_xen::{DomId, EvtchnPort, GrantRef};
 
 pv_entry!(main);
 
 /// How long one wait for XenStore or the console may block (Xen time).
 const RING_WAIT: Duration = Duration::from_secs(120);
+/// The most grant references an offer holds here (rings of up to 60 KiB
+/// each way), without allocation; a larger offer is refused.
+const MAX_REFS: usize = 32;
 /// How long the channel waits for dom0.
 const CHANNEL_WAIT: Option<Duration> = Some(Duration::from_secs(120));
 
@@ -233,7 +238,9 @@ fn main(boot: Boot) -> ! {
         Err(e) => fail(format_args!("grant table / shared_info: {e}")),
     };
     let r = accept_from_dom0(&xen, &mut xs, own).and_then(|t1| {
-        let _ = rendezvous::withdraw(&mut xs, own, 0, msgs::CHANNEL);
+        if let Ok(keys) = ChannelKeys::new(own, 0, msgs::CHANNEL) {
+            let _ = keys.withdraw(&mut xs);
+        }
         offer_to_dom0(&xen, &mut xs, own).map(|t2| (t1, t2))
     });
     match r {
@@ -266,7 +273,8 @@ fn main(boot: Boot) -> ! {
 
 /// Why the exchange failed.
 enum Failure {
-    Rendezvous(rendezvous::RdvError),
+    Rendezvous(KeyError),
+    Refused,
     Transport(coresident_xen::kernel::transport::KernelTransportError),
     Channel(coresident::ChannelError),
     Message(u32, msgs::Bad),
@@ -276,6 +284,7 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Rendezvous(e) => write!(f, "rendezvous: {e}"),
+            Self::Refused => f.write_str("rendezvous: dom0 refused the offer"),
             Self::Transport(e) => write!(f, "transport: {e}"),
             Self::Channel(e) => write!(f, "channel: {e:?}"),
             Self::Message(i, e) => write!(f, "message {i} from dom0: {e:?}"),
@@ -291,33 +300,27 @@ fn accept_from_dom0<E: Events>(
     own: DomId,
 ) -> Result<msgs::Totals, Failure> {
     // dom0 offers garbage first: refused with the reason, then waited past.
-    let mut refused = |e: &rendezvous::RdvError| log!("pv-domu: refused dom0's offer: {e}");
-    let offer = rendezvous::wait_valid_offer(xs, own, 0, msgs::CHANNEL, &mut refused)
+    let keys = ChannelKeys::new(own, 0, msgs::CHANNEL).map_err(Failure::Rendezvous)?;
+    let mut refused = |e: &KeyError| log!("pv-domu: refused dom0's offer: {e}");
+    let mut refs: [GrantRef; MAX_REFS] = [0; MAX_REFS];
+    let offer = keys
+        .wait_valid_offer(xs, &mut refs, &mut refused)
         .map_err(Failure::Rendezvous)?;
     log!(
         "pv-domu: dom0 offers {} + {} bytes of rings in {} grants, port {}",
         offer.layout.to_acceptor,
         offer.layout.to_offerer,
-        offer.refs().len(),
+        offer.refs.len(),
         offer.port
     );
-    let mut bytes = [0u8; coresident_xen::crxg::HEADER_LEN + 4 * rendezvous::MAX_REFS];
-    let accepted = offer
-        .encode(&mut bytes)
-        .map_err(Failure::Rendezvous)
-        .and_then(|n| {
-            KernelTransport::new(xen, 0)
-                .accept(bytes.get(..n).unwrap_or(&[]))
-                .map_err(Failure::Transport)
-        });
-    let link = match accepted {
+    let link = match KernelTransport::new(xen, 0).accept_offer(&offer) {
         Ok(link) => link,
         Err(e) => {
-            let _ = rendezvous::answer(xs, own, &offer, msgs::CHANNEL, Err(&e));
-            return Err(e);
+            let _ = keys.answer(xs, offer.port, Err(&e));
+            return Err(Failure::Transport(e));
         }
     };
-    rendezvous::answer(xs, own, &offer, msgs::CHANNEL, Ok(link.doorbell.port()))
+    keys.answer(xs, offer.port, Ok(link.doorbell.port()))
         .map_err(Failure::Rendezvous)?;
     log!(
         "pv-domu: accepted: dom0's grants mapped, port {} bound, answer written",
@@ -335,18 +338,27 @@ fn offer_to_dom0<E: Events>(
     own: DomId,
 ) -> Result<msgs::Totals, Failure> {
     let layout = ChannelLayout::symmetric(16 * 1024);
-    let mut bytes = [0u8; coresident_xen::crxg::HEADER_LEN + 4 * rendezvous::MAX_REFS];
-    let (pending, n) = KernelTransport::new(xen, 0)
-        .offer(layout, &mut bytes)
+    let keys = ChannelKeys::new(own, 0, msgs::CHANNEL_BACK).map_err(Failure::Rendezvous)?;
+    let pending = KernelTransport::new(xen, 0)
+        .offer_pages(layout)
         .map_err(Failure::Transport)?;
-    let bytes = bytes.get(..n).unwrap_or(&[]);
-    let port = rendezvous::publish_offer(xs, own, 0, msgs::CHANNEL_BACK, bytes)
+    let mut refs: [GrantRef; MAX_REFS] = [0; MAX_REFS];
+    let offer = pending
+        .offer(own, &mut refs)
+        .map_err(|e| Failure::Transport(e.into()))?;
+    keys.publish_offer(xs, &offer)
         .map_err(Failure::Rendezvous)?;
     log!(
-        "pv-domu: offered dom0 {} grants of my own pages, port {port}",
-        (n - coresident_xen::crxg::HEADER_LEN) / 4
+        "pv-domu: offered dom0 {} grants of my own pages, port {}",
+        offer.refs.len(),
+        offer.port
     );
-    rendezvous::wait_answer(xs, own, 0, msgs::CHANNEL_BACK, port).map_err(Failure::Rendezvous)?;
+    if !keys
+        .wait_answer(xs, offer.port)
+        .map_err(Failure::Rendezvous)?
+    {
+        return Err(Failure::Refused);
+    }
     let link = pending.complete(CHANNEL_WAIT).map_err(Failure::Transport)?;
     log!("pv-domu: dom0 accepted: it maps my grants, its live byte is set");
     answer_stream(xen, link, 0x5eed_0d0d_0000_0003)

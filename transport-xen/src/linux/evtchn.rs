@@ -16,9 +16,9 @@ use std::sync::Arc;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::error::{EvtchnError, EvtchnOp};
-use crate::sys::{ioc_none, Device, Errno, Linux, Opcode, Sys};
-use crate::{DomId, EvtchnPort};
+use crate::linux::error::{EvtchnError, EvtchnOp};
+use crate::linux::sys::{ioc_none, Device, Errno, Linux, Opcode, Sys};
+use crate::types::{DomId, EvtchnPort};
 
 /// `include/uapi/xen/evtchn.h`: `struct ioctl_evtchn_bind_interdomain`.
 #[repr(C)]

@@ -293,6 +293,30 @@ pub fn split_strings(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
     body.split(|&b| b == 0).filter(move |_| !empty)
 }
 
+/// `v` in decimal, written at the end of `buf`: the digits.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::xs_wire::decimal;
+///
+/// assert_eq!(decimal(4096, &mut [0; 20]), b"4096");
+/// assert_eq!(decimal(0, &mut [0; 20]), b"0");
+/// ```
+pub fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        // `v % 10 < 10`: the cast keeps every bit.
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
 /// A watch event: `path\0token\0`.
 ///
 /// # Errors

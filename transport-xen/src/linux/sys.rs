@@ -1,8 +1,8 @@
 //! The system-call layer under the device wrappers, swappable in tests.
 //!
-//! Every device wrapper ([`Gntalloc`](crate::gntalloc::Gntalloc),
-//! [`Gntdev`](crate::gntdev::Gntdev), [`Evtchn`](crate::evtchn::Evtchn),
-//! [`Privcmd`](crate::privcmd::Privcmd)), and the
+//! Every device wrapper ([`Gntalloc`](crate::linux::gntalloc::Gntalloc),
+//! [`Gntdev`](crate::linux::gntdev::Gntdev), [`Evtchn`](crate::linux::evtchn::Evtchn),
+//! [`Privcmd`](crate::linux::privcmd::Privcmd)), and the
 //! [`XenTransport`](crate::transport::XenTransport) over them, is
 //! generic over a [`Sys`]: [`Linux`] issues the real calls through `rustix`,
 //! a unit test substitutes a fake that simulates the drivers in process.
@@ -260,6 +260,23 @@ pub(crate) fn poll_two(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// [`poll_two`] on raw descriptors.
+///
+/// # Errors
+///
+/// `poll`'s.
+pub(crate) fn poll_two_raw(
+    a: i32,
+    b: i32,
+    timeout: Option<Duration>,
+) -> Result<(bool, bool), Errno> {
+    // SAFETY: the callers pass descriptors their owners keep open for the
+    // duration of this call (an XsClient's connection and an EventPort's
+    // device, both borrowed by the caller); `poll` only reads their state.
+    let (a, b) = unsafe { (BorrowedFd::borrow_raw(a), BorrowedFd::borrow_raw(b)) };
+    poll_two(a, b, timeout)
 }
 
 /// An open Xen device: the descriptor and the `Sys` that drives it.

@@ -8,7 +8,7 @@
 use core::fmt;
 use core::ptr::NonNull;
 
-use crate::sys::{Linux, Sys};
+use crate::linux::sys::{Linux, Sys};
 
 /// A `mmap`ed range of grant pages, unmapped on drop.
 ///

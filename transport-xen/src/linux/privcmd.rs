@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::sys::{ioc_none, Device, Errno, Linux, Opcode, Sys};
-use crate::{DomId, EvtchnPort};
+use crate::linux::sys::{ioc_none, Device, Errno, Linux, Opcode, Sys};
+use crate::types::{DomId, EvtchnPort};
 
 /// `include/uapi/xen/privcmd.h`: `struct privcmd_hypercall`.
 #[repr(C)]

@@ -14,7 +14,7 @@
 //! ```
 //!
 //! Indices are free-running `u32`s (`MASK_XENCONS_IDX`). As in
-//! [`crate::xs_ring`], the guest keeps its own copies of the indices it
+//! [`crate::xenstore::ring`], the guest keeps its own copies of the indices it
 //! owns (`out_prod`, `in_cons`) and checks that the ones dom0 writes stay
 //! within one ring of them ([`ConsoleError::BadIndex`]); the bytes are
 //! copied with volatile accesses, the indices are atomics. Event-channel
@@ -26,7 +26,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-pub use crate::xs_ring::Events;
+pub use crate::xenstore::ring::Events;
 
 /// Bytes of the guest→dom0 ring (`sizeof(out)`).
 pub const OUT_SIZE: usize = 2048;
@@ -373,7 +373,7 @@ mod tests {
     }
 
     fn console(start: u32, per_wait: usize) -> ConsoleRing<Consoled> {
-        let page = Page(crate::xs_ring::fake::new_page().0);
+        let page = Page(crate::xenstore::ring::fake::new_page().0);
         for off in [IN_CONS, IN_PROD, OUT_CONS, OUT_PROD] {
             page.word(off).store(start, Ordering::Relaxed);
         }
@@ -458,7 +458,7 @@ mod tests {
             })
         );
         // A page with inconsistent indices is refused up front.
-        let page = Page(crate::xs_ring::fake::new_page().0);
+        let page = Page(crate::xenstore::ring::fake::new_page().0);
         page.word(OUT_CONS).store(5000, Ordering::Relaxed);
         let d = Consoled {
             page,

@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::error::{GrantError, GrantOp};
-use crate::gntalloc::{notify_arg, IoctlUnmapNotify};
-use crate::mapping::Mapping;
-use crate::sys::{ioc_none, Device, Linux, Opcode, Sys, PAGE_SIZE};
-use crate::{DomId, GrantRef, UnmapNotify, MAX_PAGES};
+use crate::linux::error::{GrantError, GrantOp};
+use crate::linux::gntalloc::{notify_arg, IoctlUnmapNotify};
+use crate::linux::mapping::Mapping;
+use crate::linux::sys::{ioc_none, Device, Linux, Opcode, Sys, PAGE_SIZE};
+use crate::types::{DomId, GrantRef, UnmapNotify, MAX_PAGES};
 
 /// `include/uapi/xen/gntdev.h`: `struct ioctl_gntdev_grant_ref`.
 #[repr(C)]

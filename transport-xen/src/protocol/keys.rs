@@ -1,51 +1,43 @@
-//! The XenStore rendezvous's vocabulary, `core` only and without
-//! allocation, so both of its sides speak it from one place: the `std`
-//! client's `crate::rendezvous` (a daemon in any domain) and a PV
-//! guest kernel's [`ring_rendezvous`](crate::ring_rendezvous) (over the
-//! start_info XenStore ring).
+//! The XenStore keys of the rendezvous, `core` only and without
+//! allocation: every side (a daemon over xenstored's socket or
+//! `/dev/xen/xenbus`, a PV kernel over its `start_info` ring) speaks them
+//! from here, through any [`XsClient`].
 //!
 //! ```text
-//!  offer:  /local/domain/O/data/coresident/channels/A/NAME/offer/
+//!  offer:  /local/domain/O/data/coresident/CONTEXT/A/NAME/offer/
 //!          version port to-acceptor to-offerer nrefs refs0.. state=offered
-//!  answer: /local/domain/A/data/coresident/channels/O/NAME/answer/
+//!  answer: /local/domain/A/data/coresident/CONTEXT/O/NAME/answer/
 //!          version offer-port port state=accepted   (or error, state=refused)
 //! ```
 //!
-//! What lives here: the key names ([`Key`]) and directories
-//! ([`write_offer_dir`], [`write_answer_dir`]), the limits, the order in
-//! which the keys are written (`state` last: [`write_offer`],
-//! [`write_answer`]), and the reading and checking of every value the peer
-//! wrote ([`read_offer`], [`read_answer`]) through a [`Store`], the one
-//! thing each side supplies. What stays with each side: the store's
-//! connection, the node permissions it sets while writing, the watches,
-//! and the checks that need its transport (the ring sizes against the
-//! reference count, repeated references).
+//! `CONTEXT` is [`CHANNELS`] unless the caller chooses another (a router's
+//! discovery, say); `NAME` tells apart several channels between the same
+//! two domains. Both are [`Name`]s, `[A-Za-z0-9_-]{1,64}`. What lives here:
+//! the names and directories, the limits, the order in which the keys are
+//! written (`state` last: [`write_offer`], [`write_answer`]), and the
+//! reading and checking of every value the peer wrote ([`read_offer`],
+//! [`read_answer`]), each failure one [`KeyError`].
 
 use core::fmt::{self, Write as _};
 
 use coresident::ChannelLayout;
 
-use crate::crxg::RENDEZVOUS_VERSION;
-use crate::xs_wire::{self, Access, Perm, ValueError};
-use crate::{DomId, EvtchnPort, GrantRef};
+use crate::protocol::crxg::{
+    CrxgError, FIRST_GRANT_REF, GRANT_REF_LIMIT, PORT_LIMIT, RENDEZVOUS_VERSION,
+};
+use crate::protocol::xs_wire::{self, Access, Perm, ValueError};
+use crate::types::{DomId, EvtchnPort, GrantRef};
+use crate::xenstore::{XsClient, XsError};
 
-/// Where channels live in a domain's home.
-pub const CHANNELS: &str = "data/coresident/channels";
+/// Where every rendezvous context lives in a domain's home.
+pub const TOP: &str = "data/coresident";
+/// The context of channels (`data/coresident/channels`).
+pub const CHANNELS: &str = "channels";
 /// References per `refsN` key: 128 × 11 bytes fit xenstored's default
 /// 2048-byte quota on a guest's values.
 pub const REFS_PER_KEY: usize = 128;
-/// The longest channel name.
+/// The longest channel name or context.
 pub const MAX_NAME_LEN: usize = 64;
-/// The first grant reference a domain can grant: Xen reserves 0..8
-/// (`GNTTAB_NR_RESERVED_ENTRIES`, `public/grant_table.h`).
-pub const FIRST_GRANT_REF: GrantRef = 8;
-/// References at or above this are refused: 2^20 v1 entries are 2048
-/// grant frames, 32 times Xen 4.17's default `max_grant_frames` (64).
-pub const GRANT_REF_LIMIT: GrantRef = 1 << 20;
-/// Ports at or above this are refused: the FIFO ABI's
-/// `EVTCHN_FIFO_NR_CHANNELS` (`public/event_channel.h`); the 2-level ABI
-/// has fewer. Port 0 is never allocated.
-pub const PORT_LIMIT: EvtchnPort = 1 << 17;
 /// The longest `error` text an acceptor writes (longer text is cut).
 pub const ERROR_TEXT_MAX: usize = 256;
 /// The offer's `state`.
@@ -106,12 +98,73 @@ impl fmt::Display for Key {
     }
 }
 
-/// Whether `name` is a channel name: `[A-Za-z0-9_-]{1,64}`.
+/// Whether `name` is a channel name or context: `[A-Za-z0-9_-]{1,64}`.
 pub fn valid_name(name: &str) -> bool {
     (1..=MAX_NAME_LEN).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A checked channel name or context (`[A-Za-z0-9_-]{1,64}`), kept without
+/// allocation. A caller that names channels after something else (a
+/// connection's addresses and ports, say) spells it in this alphabet:
+/// `tcp-0a000001-1f90-0a000002-c350`.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::{KeyError, Name};
+///
+/// let n = Name::new("logs")?;
+/// assert_eq!(n.as_str(), "logs");
+/// assert_eq!(Name::new("a/b"), Err(KeyError::BadName));
+/// # Ok::<(), KeyError>(())
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Name {
+    buf: [u8; MAX_NAME_LEN],
+    /// `1 ..= MAX_NAME_LEN`.
+    len: usize,
+}
+
+impl Name {
+    /// Checks `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::BadName`] outside `[A-Za-z0-9_-]{1,64}`.
+    pub fn new(name: &str) -> Result<Self, KeyError> {
+        if !valid_name(name) {
+            return Err(KeyError::BadName);
+        }
+        let mut buf = [0; MAX_NAME_LEN];
+        buf.get_mut(..name.len())
+            .ok_or(KeyError::BadName)?
+            .copy_from_slice(name.as_bytes());
+        Ok(Self {
+            buf,
+            len: name.len(),
+        })
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        // Checked ASCII at construction.
+        core::str::from_utf8(self.buf.get(..self.len).unwrap_or(&[])).unwrap_or("")
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The permissions of every node of an offer or answer: owned by its
@@ -129,60 +182,80 @@ pub fn perms(owner: DomId, reader: DomId) -> [Perm; 2] {
     ]
 }
 
-/// Writes the offer's directory,
-/// `/local/domain/OFFERER/data/coresident/channels/ACCEPTOR/NAME/offer`.
+/// The offer's directory,
+/// `/local/domain/OFFERER/data/coresident/CONTEXT/ACCEPTOR/NAME/offer`.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::{offer_dir, Name, CHANNELS};
+///
+/// let p = offer_dir(0, 5, &Name::new(CHANNELS)?, &Name::new("pv")?)?;
+/// assert_eq!(p.as_str(), "/local/domain/0/data/coresident/channels/5/pv/offer");
+/// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+/// ```
 ///
 /// # Errors
 ///
-/// `w`'s.
-pub fn write_offer_dir(
-    w: &mut dyn fmt::Write,
+/// [`KeyError::PathTooLong`] (never, for names within their limit).
+pub fn offer_dir(
     offerer: DomId,
     acceptor: DomId,
-    name: &str,
-) -> fmt::Result {
-    write!(
-        w,
-        "/local/domain/{offerer}/{CHANNELS}/{acceptor}/{name}/offer"
-    )
+    context: &Name,
+    name: &Name,
+) -> Result<Path, KeyError> {
+    Path::new(format_args!(
+        "/local/domain/{offerer}/{TOP}/{context}/{acceptor}/{name}/offer"
+    ))
 }
 
-/// Writes the answer's directory,
-/// `/local/domain/ACCEPTOR/data/coresident/channels/OFFERER/NAME/answer`.
+/// The answer's directory,
+/// `/local/domain/ACCEPTOR/data/coresident/CONTEXT/OFFERER/NAME/answer`.
 ///
 /// # Errors
 ///
-/// `w`'s.
-pub fn write_answer_dir(
-    w: &mut dyn fmt::Write,
+/// [`KeyError::PathTooLong`] (never, for names within their limit).
+pub fn answer_dir(
     acceptor: DomId,
     offerer: DomId,
-    name: &str,
-) -> fmt::Result {
-    write!(
-        w,
-        "/local/domain/{acceptor}/{CHANNELS}/{offerer}/{name}/answer"
-    )
+    context: &Name,
+    name: &Name,
+) -> Result<Path, KeyError> {
+    Path::new(format_args!(
+        "/local/domain/{acceptor}/{TOP}/{context}/{offerer}/{name}/answer"
+    ))
 }
 
-/// A path or value did not fit its fixed buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TooLong;
-
-impl fmt::Display for TooLong {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("XenStore path too long")
-    }
+/// Where `peer`'s offers to `own` in `context` live: the directory whose
+/// children are the offered names
+/// (`/local/domain/PEER/data/coresident/CONTEXT/OWN`).
+///
+/// # Errors
+///
+/// [`KeyError::PathTooLong`] (never, for a context within its limit).
+pub fn offers_from(peer: DomId, own: DomId, context: &Name) -> Result<Path, KeyError> {
+    Path::new(format_args!("/local/domain/{peer}/{TOP}/{context}/{own}"))
 }
-
-impl core::error::Error for TooLong {}
 
 /// A XenStore path (or short text) built on the stack.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::Path;
+///
+/// let p = Path::new(format_args!("/local/domain/{}/data", 3))?;
+/// assert_eq!(p.as_str(), "/local/domain/3/data");
+/// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+/// ```
 #[derive(Clone)]
 pub struct Path {
-    buf: [u8; 192],
+    buf: [u8; PATH_MAX],
     len: usize,
 }
+
+/// The longest [`Path`]: the longest answer key of the longest names fits.
+pub const PATH_MAX: usize = 256;
 
 impl fmt::Debug for Path {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -206,7 +279,7 @@ impl Path {
     /// An empty path.
     pub const fn empty() -> Self {
         Self {
-            buf: [0; 192],
+            buf: [0; PATH_MAX],
             len: 0,
         }
     }
@@ -215,10 +288,10 @@ impl Path {
     ///
     /// # Errors
     ///
-    /// [`TooLong`].
-    pub fn new(args: fmt::Arguments<'_>) -> Result<Self, TooLong> {
+    /// [`KeyError::PathTooLong`] past [`PATH_MAX`] bytes.
+    pub fn new(args: fmt::Arguments<'_>) -> Result<Self, KeyError> {
         let mut p = Self::empty();
-        p.write_fmt(args).map_err(|_| TooLong)?;
+        p.write_fmt(args).map_err(|_| KeyError::PathTooLong)?;
         Ok(p)
     }
 
@@ -251,21 +324,6 @@ impl fmt::Write for Text {
     }
 }
 
-/// `v` in decimal, in `buf`.
-fn dec(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        // `v % 10 < 10`: the cast keeps every bit.
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    &buf[i..]
-}
-
 /// Writes `key` = `value` under the directory being written.
 pub type Put<'a, E> = dyn FnMut(&str, &[u8]) -> Result<(), E> + 'a;
 
@@ -275,8 +333,9 @@ pub type Put<'a, E> = dyn FnMut(&str, &[u8]) -> Result<(), E> + 'a;
 ///
 /// # Errors
 ///
-/// `put`'s, or [`TooLong`] if `refs` holds more than `nrefs` references.
-pub fn write_offer<E: From<TooLong>>(
+/// `put`'s, or [`KeyError::BadRefCount`] if `refs` does not hold exactly
+/// `nrefs` references.
+pub fn write_offer<E: From<KeyError>>(
     put: &mut Put<'_, E>,
     port: EvtchnPort,
     layout: ChannelLayout,
@@ -284,13 +343,22 @@ pub fn write_offer<E: From<TooLong>>(
     refs: &mut dyn Iterator<Item = GrantRef>,
 ) -> Result<(), E> {
     let mut num = [0u8; 20];
-    put("version", dec(RENDEZVOUS_VERSION.into(), &mut num))?;
-    put("port", dec(port.into(), &mut num))?;
-    put("to-acceptor", dec(layout.to_acceptor.into(), &mut num))?;
-    put("to-offerer", dec(layout.to_offerer.into(), &mut num))?;
+    put(
+        "version",
+        xs_wire::decimal(RENDEZVOUS_VERSION.into(), &mut num),
+    )?;
+    put("port", xs_wire::decimal(port.into(), &mut num))?;
+    put(
+        "to-acceptor",
+        xs_wire::decimal(layout.to_acceptor.into(), &mut num),
+    )?;
+    put(
+        "to-offerer",
+        xs_wire::decimal(layout.to_offerer.into(), &mut num),
+    )?;
     put(
         "nrefs",
-        dec(u64::try_from(nrefs).unwrap_or(u64::MAX), &mut num),
+        xs_wire::decimal(u64::try_from(nrefs).unwrap_or(u64::MAX), &mut num),
     )?;
     // REFS_PER_KEY references of at most 10 digits and a space each.
     let mut value = [0u8; REFS_PER_KEY * 11];
@@ -299,10 +367,10 @@ pub fn write_offer<E: From<TooLong>>(
     while left > 0 {
         let mut len = 0;
         for r in (&mut *refs).take(REFS_PER_KEY.min(left)) {
-            let digits = dec(r.into(), &mut num);
+            let digits = xs_wire::decimal(r.into(), &mut num);
             let sep = usize::from(len > 0);
             let end = len + sep + digits.len();
-            let slot = value.get_mut(len..end).ok_or(TooLong)?;
+            let slot = value.get_mut(len..end).ok_or(KeyError::BadRefCount)?;
             slot[..sep].copy_from_slice(&b" "[..sep]);
             slot[sep..].copy_from_slice(digits);
             len = end;
@@ -310,14 +378,14 @@ pub fn write_offer<E: From<TooLong>>(
         }
         if len == 0 {
             // Fewer references than `nrefs`: the count would lie.
-            return Err(TooLong.into());
+            return Err(KeyError::BadRefCount.into());
         }
         let key = Path::new(format_args!("{}", Key::Refs(k)))?;
         put(key.as_str(), value.get(..len).unwrap_or(&[]))?;
         k += 1;
     }
     if refs.next().is_some() {
-        return Err(TooLong.into());
+        return Err(KeyError::BadRefCount.into());
     }
     put("state", OFFERED)
 }
@@ -336,11 +404,14 @@ pub fn write_answer<E>(
     outcome: Result<EvtchnPort, &dyn fmt::Display>,
 ) -> Result<(), E> {
     let mut num = [0u8; 20];
-    put("version", dec(RENDEZVOUS_VERSION.into(), &mut num))?;
-    put("offer-port", dec(offer_port.into(), &mut num))?;
+    put(
+        "version",
+        xs_wire::decimal(RENDEZVOUS_VERSION.into(), &mut num),
+    )?;
+    put("offer-port", xs_wire::decimal(offer_port.into(), &mut num))?;
     match outcome {
         Ok(port) => {
-            put("port", dec(port.into(), &mut num))?;
+            put("port", xs_wire::decimal(port.into(), &mut num))?;
             put("state", ACCEPTED)
         }
         Err(why) => {
@@ -356,29 +427,16 @@ pub fn write_answer<E>(
     }
 }
 
-/// Read access to XenStore, as each side has it.
-pub trait Store {
-    /// The store's failure.
-    type Error;
-    /// The value of the node at `path`.
-    ///
-    /// # Errors
-    ///
-    /// The store's, among them "absent" and "unreadable" (below).
-    fn read(&mut self, path: &str) -> Result<&[u8], Self::Error>;
-    /// Whether `e` says the node does not exist (`ENOENT`).
-    fn is_absent(e: &Self::Error) -> bool;
-    /// Whether `e` says we may not read it (`EACCES`): for `state`, a
-    /// node whose permissions are not set yet.
-    fn is_unreadable(e: &Self::Error) -> bool;
-}
-
-/// Why the peer's keys were refused, or could not be read.
+/// Why the peer's keys were refused, or could not be read: one error for
+/// every key of the rendezvous, whichever side reads them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadError<E> {
-    /// The store failed.
-    Store(E),
-    /// A path did not fit its buffer (a channel name too long).
+#[non_exhaustive]
+pub enum KeyError {
+    /// XenStore failed (connection, permissions, quota).
+    Store(XsError),
+    /// A channel name or context outside `[A-Za-z0-9_-]{1,64}`.
+    BadName,
+    /// A path did not fit its buffer.
     PathTooLong,
     /// A required key is missing.
     Missing(Key),
@@ -396,25 +454,57 @@ pub enum ReadError<E> {
     /// `nrefs` is 0 or above the side's limit, or the `refsN` keys hold
     /// another number of references.
     BadRefCount,
+    /// Each key parses, but together they are not an offer the transport
+    /// takes ([`crxg::Offer::check`](crate::protocol::crxg::Offer::check):
+    /// ring sizes, or a count of references that does not match them).
+    BadOffer(CrxgError),
 }
 
-impl<E> From<TooLong> for ReadError<E> {
-    fn from(_: TooLong) -> Self {
-        Self::PathTooLong
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Store(e) => write!(f, "{e}"),
+            Self::BadName => f.write_str("channel name outside [A-Za-z0-9_-]{1,64}"),
+            Self::PathTooLong => f.write_str("XenStore path too long"),
+            Self::Missing(k) => write!(f, "rendezvous key {k} is missing"),
+            Self::Value(k, e) => write!(f, "rendezvous key {k}: {e}"),
+            Self::BadVersion(v) => write!(
+                f,
+                "rendezvous version {v}, this side speaks {RENDEZVOUS_VERSION}"
+            ),
+            Self::BadState(k) => write!(f, "rendezvous key {k} holds an unknown state"),
+            Self::BadPort(p) => write!(f, "event-channel port {p} out of range"),
+            Self::BadRef(r) => write!(f, "grant reference {r} out of range or repeated"),
+            Self::BadRefCount => f.write_str("wrong number of grant references"),
+            Self::BadOffer(e) => write!(f, "rendezvous offer refused: {e}"),
+        }
     }
 }
 
-/// Reads `dir/key`, absent as [`ReadError::Missing`].
-fn read_value<'s, S: Store>(
-    s: &'s mut S,
-    dir: &str,
-    key: Key,
-) -> Result<&'s [u8], ReadError<S::Error>> {
+impl core::error::Error for KeyError {}
+
+impl From<XsError> for KeyError {
+    fn from(e: XsError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl KeyError {
+    /// Whether this is about what the peer wrote (a malformed offer or
+    /// answer), rather than XenStore or this side failing: what an
+    /// acceptor answers `refused`.
+    pub fn is_malformed(&self) -> bool {
+        !matches!(self, Self::Store(_) | Self::BadName | Self::PathTooLong)
+    }
+}
+
+/// Reads `dir/key`, absent as [`KeyError::Missing`].
+fn read_value<'s, X: XsClient>(s: &'s mut X, dir: &str, key: Key) -> Result<&'s [u8], KeyError> {
     let p = Path::new(format_args!("{dir}/{key}"))?;
     match s.read(p.as_str()) {
         Ok(v) => Ok(v),
-        Err(e) if S::is_absent(&e) => Err(ReadError::Missing(key)),
-        Err(e) => Err(ReadError::Store(e)),
+        Err(XsError::NotFound) => Err(KeyError::Missing(key)),
+        Err(e) => Err(KeyError::Store(e)),
     }
 }
 
@@ -422,37 +512,37 @@ fn read_value<'s, S: Store>(
 ///
 /// # Errors
 ///
-/// [`ReadError::Missing`], [`ReadError::Value`], the store's.
-pub fn read_u32<S: Store>(s: &mut S, dir: &str, key: Key) -> Result<u32, ReadError<S::Error>> {
-    xs_wire::parse_u32(read_value(s, dir, key)?).map_err(|e| ReadError::Value(key, e))
+/// [`KeyError::Missing`], [`KeyError::Value`], the store's.
+pub fn read_u32<X: XsClient>(s: &mut X, dir: &str, key: Key) -> Result<u32, KeyError> {
+    xs_wire::parse_u32(read_value(s, dir, key)?).map_err(|e| KeyError::Value(key, e))
 }
 
 /// Reads `dir/state` as one of `states`' values (its index); `Ok(None)`
 /// while it is absent or not yet readable by us.
-fn read_state<S: Store>(
-    s: &mut S,
+fn read_state<X: XsClient>(
+    s: &mut X,
     dir: &str,
     states: &[&[u8]],
-) -> Result<Option<usize>, ReadError<S::Error>> {
+) -> Result<Option<usize>, KeyError> {
     let p = Path::new(format_args!("{dir}/{}", Key::State))?;
     match s.read(p.as_str()) {
         Ok(v) => {
             let v = v.strip_suffix(&[0]).unwrap_or(v);
             match states.iter().position(|s| *s == v) {
                 Some(i) => Ok(Some(i)),
-                None => Err(ReadError::BadState(Key::State)),
+                None => Err(KeyError::BadState(Key::State)),
             }
         }
-        Err(e) if S::is_absent(&e) || S::is_unreadable(&e) => Ok(None),
-        Err(e) => Err(ReadError::Store(e)),
+        Err(e) if matches!(e, XsError::NotFound) || e.is_denied() => Ok(None),
+        Err(e) => Err(KeyError::Store(e)),
     }
 }
 
-fn check_version<E>(version: u32) -> Result<(), ReadError<E>> {
+fn check_version(version: u32) -> Result<(), KeyError> {
     if version == u32::from(RENDEZVOUS_VERSION) {
         Ok(())
     } else {
-        Err(ReadError::BadVersion(version))
+        Err(KeyError::BadVersion(version))
     }
 }
 
@@ -480,77 +570,75 @@ pub struct OfferKeys {
 ///
 /// # Errors
 ///
-/// Every malformed value is a [`ReadError`]; `push`'s.
-pub fn read_offer<S: Store>(
-    s: &mut S,
+/// Every malformed value is a [`KeyError`]; `push`'s.
+pub fn read_offer<X: XsClient>(
+    s: &mut X,
     dir: &str,
     max_refs: usize,
-    push: &mut dyn FnMut(GrantRef) -> Result<(), ReadError<S::Error>>,
-) -> Result<Option<OfferKeys>, ReadError<S::Error>> {
-    not_yet_if_unreadable::<S, _>(read_offer_keys(s, dir, max_refs, push))
+    push: &mut dyn FnMut(GrantRef) -> Result<(), KeyError>,
+) -> Result<Option<OfferKeys>, KeyError> {
+    not_yet_if_unreadable(read_offer_keys(s, dir, max_refs, push))
 }
 
 /// `Ok(None)` for a key we may not read once `state` was readable: the
 /// directory is being replaced.
-fn not_yet_if_unreadable<S: Store, T>(
-    r: Result<Option<T>, ReadError<S::Error>>,
-) -> Result<Option<T>, ReadError<S::Error>> {
+fn not_yet_if_unreadable<T>(r: Result<Option<T>, KeyError>) -> Result<Option<T>, KeyError> {
     match r {
-        Err(ReadError::Store(e)) if S::is_unreadable(&e) => Ok(None),
+        Err(KeyError::Store(e)) if e.is_denied() => Ok(None),
         r => r,
     }
 }
 
-fn read_offer_keys<S: Store>(
-    s: &mut S,
+fn read_offer_keys<X: XsClient>(
+    s: &mut X,
     dir: &str,
     max_refs: usize,
-    push: &mut dyn FnMut(GrantRef) -> Result<(), ReadError<S::Error>>,
-) -> Result<Option<OfferKeys>, ReadError<S::Error>> {
+    push: &mut dyn FnMut(GrantRef) -> Result<(), KeyError>,
+) -> Result<Option<OfferKeys>, KeyError> {
     if read_state(s, dir, &[OFFERED])?.is_none() {
         return Ok(None);
     }
     check_version(read_u32(s, dir, Key::Version)?)?;
     let port = read_u32(s, dir, Key::Port)?;
     if !(1..PORT_LIMIT).contains(&port) {
-        return Err(ReadError::BadPort(port));
+        return Err(KeyError::BadPort(port));
     }
     let layout = ChannelLayout {
         to_acceptor: read_u32(s, dir, Key::ToAcceptor)?,
         to_offerer: read_u32(s, dir, Key::ToOfferer)?,
     };
     let nrefs = read_u32(s, dir, Key::Nrefs)?;
-    let nrefs = usize::try_from(nrefs).map_err(|_| ReadError::BadRefCount)?;
+    let nrefs = usize::try_from(nrefs).map_err(|_| KeyError::BadRefCount)?;
     if nrefs == 0 || nrefs > max_refs {
-        return Err(ReadError::BadRefCount);
+        return Err(KeyError::BadRefCount);
     }
     let keys = nrefs.div_ceil(REFS_PER_KEY);
     for (i, start) in (0..nrefs).step_by(REFS_PER_KEY).enumerate() {
         // A u16 holds every key index of a count below 2^23.
-        let key = Key::Refs(u16::try_from(i).map_err(|_| ReadError::BadRefCount)?);
+        let key = Key::Refs(u16::try_from(i).map_err(|_| KeyError::BadRefCount)?);
         let v = read_value(s, dir, key)?;
         let want = (nrefs - start).min(REFS_PER_KEY);
         let v = v.strip_suffix(&[0]).unwrap_or(v);
         let mut n = 0;
         for field in v.split(|&b| b == b' ') {
-            let r = xs_wire::parse_u32(field).map_err(|e| ReadError::Value(key, e))?;
+            let r = xs_wire::parse_u32(field).map_err(|e| KeyError::Value(key, e))?;
             n += 1;
             if n > want {
-                return Err(ReadError::BadRefCount);
+                return Err(KeyError::BadRefCount);
             }
             if !(FIRST_GRANT_REF..GRANT_REF_LIMIT).contains(&r) {
-                return Err(ReadError::BadRef(r));
+                return Err(KeyError::BadRef(r));
             }
             push(r)?;
         }
         if n != want {
-            return Err(ReadError::BadRefCount);
+            return Err(KeyError::BadRefCount);
         }
     }
-    let extra = Key::Refs(u16::try_from(keys).map_err(|_| ReadError::BadRefCount)?);
+    let extra = Key::Refs(u16::try_from(keys).map_err(|_| KeyError::BadRefCount)?);
     match read_value(s, dir, extra) {
-        Err(ReadError::Missing(_)) => {}
-        Ok(_) => return Err(ReadError::BadRefCount),
+        Err(KeyError::Missing(_)) => {}
+        Ok(_) => return Err(KeyError::BadRefCount),
         Err(e) => return Err(e),
     }
     Ok(Some(OfferKeys {
@@ -567,31 +655,31 @@ fn read_offer_keys<S: Store>(
 ///
 /// # Errors
 ///
-/// [`ReadError::BadState`], [`ReadError::BadVersion`], a malformed
+/// [`KeyError::BadState`], [`KeyError::BadVersion`], a malformed
 /// `offer-port` or `version`, the store's.
-pub fn read_answer<S: Store>(
-    s: &mut S,
+pub fn read_answer<X: XsClient>(
+    s: &mut X,
     dir: &str,
     port: EvtchnPort,
-) -> Result<Option<bool>, ReadError<S::Error>> {
-    not_yet_if_unreadable::<S, _>(read_answer_keys(s, dir, port))
+) -> Result<Option<bool>, KeyError> {
+    not_yet_if_unreadable(read_answer_keys(s, dir, port))
 }
 
-fn read_answer_keys<S: Store>(
-    s: &mut S,
+fn read_answer_keys<X: XsClient>(
+    s: &mut X,
     dir: &str,
     port: EvtchnPort,
-) -> Result<Option<bool>, ReadError<S::Error>> {
+) -> Result<Option<bool>, KeyError> {
     // The state is judged once the answer is known to be about our offer.
     let state = match read_state(s, dir, &[ACCEPTED, REFUSED]) {
         Ok(None) => return Ok(None),
         Ok(Some(i)) => Ok(i == 0),
-        Err(ReadError::BadState(k)) => Err(ReadError::BadState(k)),
+        Err(KeyError::BadState(k)) => Err(KeyError::BadState(k)),
         Err(e) => return Err(e),
     };
     match read_u32(s, dir, Key::OfferPort) {
         Ok(p) if p == port => {}
-        Ok(_) | Err(ReadError::Missing(_)) => return Ok(None),
+        Ok(_) | Err(KeyError::Missing(_)) => return Ok(None),
         Err(e) => return Err(e),
     }
     check_version(read_u32(s, dir, Key::Version)?)?;
@@ -608,7 +696,7 @@ mod tests {
     use std::string::String;
     use std::vec::Vec;
 
-    fn written(f: impl FnOnce(&mut dyn FnMut(&str, &[u8]) -> Result<(), TooLong>)) -> Vec<String> {
+    fn written(f: impl FnOnce(&mut dyn FnMut(&str, &[u8]) -> Result<(), KeyError>)) -> Vec<String> {
         let mut out = Vec::new();
         f(&mut |k, v| {
             out.push(std::format!("{k}={}", std::str::from_utf8(v).unwrap()));
@@ -642,14 +730,14 @@ mod tests {
         assert_eq!(keys[7], "state=offered");
         // A count that lies about the references is not written.
         let mut n = 0;
-        let mut count = |_: &str, _: &[u8]| -> Result<(), TooLong> {
+        let mut count = |_: &str, _: &[u8]| -> Result<(), KeyError> {
             n += 1;
             Ok(())
         };
         let r = write_offer(&mut count, 17, layout, 3, &mut [8, 9].into_iter());
-        assert_eq!(r, Err(TooLong));
+        assert_eq!(r, Err(KeyError::BadRefCount));
         let r = write_offer(&mut count, 17, layout, 1, &mut [8, 9].into_iter());
-        assert_eq!(r, Err(TooLong));
+        assert_eq!(r, Err(KeyError::BadRefCount));
         assert_eq!(n, 12, "no state=offered after a lie");
     }
 
@@ -674,23 +762,33 @@ mod tests {
         assert!(!valid_name("") && !valid_name("a/b") && !valid_name(&"x".repeat(65)));
         assert_eq!(std::format!("{}", Key::Refs(3)), "refs3");
         assert_eq!(Key::Refs(3).name(), "refsN");
-        let mut p = Path::empty();
-        write_offer_dir(&mut p, 0, 5, "pv").unwrap();
+        let (ctx, pv) = (Name::new(CHANNELS).unwrap(), Name::new("pv").unwrap());
         assert_eq!(
-            p.as_str(),
+            offer_dir(0, 5, &ctx, &pv).unwrap().as_str(),
             "/local/domain/0/data/coresident/channels/5/pv/offer"
         );
-        let mut p = Path::empty();
-        write_answer_dir(&mut p, 5, 0, "pv").unwrap();
         assert_eq!(
-            p.as_str(),
+            answer_dir(5, 0, &ctx, &pv).unwrap().as_str(),
             "/local/domain/5/data/coresident/channels/0/pv/answer"
         );
         assert_eq!(
-            Path::new(format_args!("{}", "x".repeat(193))).unwrap_err(),
-            TooLong
+            offers_from(0, 5, &ctx).unwrap().as_str(),
+            "/local/domain/0/data/coresident/channels/5"
         );
-        assert_eq!(dec(u64::MAX, &mut [0; 20]), b"18446744073709551615");
-        assert_eq!(dec(0, &mut [0; 20]), b"0");
+        assert_eq!(Name::new("a/b").unwrap_err(), KeyError::BadName);
+        assert_eq!(
+            Path::new(format_args!("{}", "x".repeat(PATH_MAX + 1))).unwrap_err(),
+            KeyError::PathTooLong
+        );
+        let long = Name::new(&"x".repeat(MAX_NAME_LEN)).unwrap();
+        assert!(
+            offer_dir(65535, 65535, &long, &long).is_ok(),
+            "the longest names fit"
+        );
+        assert_eq!(
+            xs_wire::decimal(u64::MAX, &mut [0; 20]),
+            b"18446744073709551615"
+        );
+        assert_eq!(xs_wire::decimal(0, &mut [0; 20]), b"0");
     }
 }

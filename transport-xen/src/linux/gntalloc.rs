@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::error::{GrantError, GrantOp};
-use crate::mapping::Mapping;
-use crate::sys::{ioc_none, Device, Linux, Opcode, Sys, PAGE_SIZE};
-use crate::{DomId, EvtchnPort, GrantRef, UnmapNotify, MAX_PAGES};
+use crate::linux::error::{GrantError, GrantOp};
+use crate::linux::mapping::Mapping;
+use crate::linux::sys::{ioc_none, Device, Linux, Opcode, Sys, PAGE_SIZE};
+use crate::types::{DomId, EvtchnPort, GrantRef, UnmapNotify, MAX_PAGES};
 
 /// `include/uapi/xen/gntalloc.h`: `struct ioctl_gntalloc_alloc_gref`.
 ///

@@ -19,11 +19,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::evtchn::*;
-use crate::gntalloc::*;
-use crate::gntdev::*;
-use crate::privcmd::*;
-use crate::sys::{Errno, Opcode, Sys, PAGE_SIZE};
+use crate::linux::evtchn::*;
+use crate::linux::gntalloc::*;
+use crate::linux::gntdev::*;
+use crate::linux::privcmd::*;
+use crate::linux::sys::{Errno, Opcode, Sys, PAGE_SIZE};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Kind {
@@ -224,10 +224,7 @@ impl Sys for FakeXen {
                 unsafe { put(arg, 8, index.as_bytes()) };
                 for i in 0..n {
                     // Like Xen: references below 8 are reserved.
-                    st.next_gref = st
-                        .next_gref
-                        .max(crate::rendezvous_keys::FIRST_GRANT_REF - 1)
-                        + 1;
+                    st.next_gref = st.next_gref.max(crate::protocol::crxg::FIRST_GRANT_REF - 1) + 1;
                     let g = st.next_gref;
                     st.grants.insert(g, addr + i * PAGE_SIZE);
                     // SAFETY: slot `i` of `count` refs after the header.
@@ -417,15 +414,19 @@ impl Sys for FakeXen {
 
     fn poll_readable(&self, fd: BorrowedFd<'_>, t: Option<Duration>) -> Result<bool, Errno> {
         // A real wait on the eventfd (without the state's lock).
-        crate::sys::poll_readable(fd, t)
+        crate::linux::sys::poll_readable(fd, t)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::EvtchnError;
-    use crate::{Evtchn, EvtchnOp, Gntalloc, Gntdev, GrantError, GrantOp, UnmapNotify, MAX_PAGES};
+    use crate::linux::error::EvtchnError;
+    use crate::linux::error::{EvtchnOp, GrantError, GrantOp};
+    use crate::linux::evtchn::Evtchn;
+    use crate::linux::gntalloc::Gntalloc;
+    use crate::linux::gntdev::Gntdev;
+    use crate::types::{UnmapNotify, MAX_PAGES};
 
     #[test]
     fn opcodes_match_the_c_headers() {

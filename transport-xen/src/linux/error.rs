@@ -21,8 +21,8 @@ pub enum GrantOp {
     Unmap,
 }
 
-/// A failure of [`Gntalloc`](crate::gntalloc::Gntalloc) or
-/// [`Gntdev`](crate::gntdev::Gntdev).
+/// A failure of [`Gntalloc`](crate::linux::gntalloc::Gntalloc) or
+/// [`Gntdev`](crate::linux::gntdev::Gntdev).
 #[cfg(target_os = "linux")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -39,7 +39,7 @@ pub enum GrantError {
     },
     /// `mmap` of the granted or mapped pages failed.
     Mmap(Errno),
-    /// A page count of 0 or above [`MAX_PAGES`](crate::MAX_PAGES).
+    /// A page count of 0 or above [`MAX_PAGES`](crate::types::MAX_PAGES).
     InvalidCount(usize),
     /// A byte offset outside the mapping.
     OffsetOutOfRange {
@@ -58,7 +58,11 @@ impl fmt::Display for GrantError {
             Self::Ioctl { op, errno } => write!(f, "grant operation {op:?} failed: {errno}"),
             Self::Mmap(e) => write!(f, "cannot map the grant pages: {e}"),
             Self::InvalidCount(n) => {
-                write!(f, "invalid page count {n} (1 ..= {})", crate::MAX_PAGES)
+                write!(
+                    f,
+                    "invalid page count {n} (1 ..= {})",
+                    crate::types::MAX_PAGES
+                )
             }
             Self::OffsetOutOfRange { offset, len } => {
                 write!(f, "offset {offset} is outside the {len}-byte mapping")
@@ -84,7 +88,7 @@ pub enum EvtchnOp {
     Unbind,
 }
 
-/// A failure of [`Evtchn`](crate::evtchn::Evtchn).
+/// A failure of [`Evtchn`](crate::linux::evtchn::Evtchn).
 #[cfg(target_os = "linux")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -13,7 +13,7 @@
 //!  └────────────┴────────────┴────────┴────────┴────────┴────────┴─────────┘
 //! ```
 //!
-//! Both rings are byte streams of [`crate::xs_wire`] messages (a 16-byte
+//! Both rings are byte streams of [`crate::protocol::xs_wire`] messages (a 16-byte
 //! header, then up to 4096 bytes of payload), so one message may take
 //! several turns of a 1024-byte ring. Indices are free-running `u32`s; a
 //! byte's slot is `idx % 1024` (`MASK_XENSTORE_IDX`).
@@ -24,10 +24,10 @@
 //! `rsp_prod`, the `rsp` bytes and the trailing words at any time. The
 //! client keeps its own copies of the indices it owns (`req_prod`,
 //! `rsp_cons`) and never reads them back; the peer's indices must stay
-//! within one ring of ours ([`XsRingError::BadIndex`]); every header is
+//! within one ring of ours ([`XsError::BadIndex`]); every header is
 //! decoded with [`Header::decode`] (length, type) and every reply must
 //! answer the request in flight. A framing error leaves the byte stream out
-//! of step, so it breaks the client for good ([`XsRingError::Broken`]).
+//! of step, so it breaks the client for good ([`XsError::Broken`]).
 //! No access to the page is a Rust reference: the indices are atomics, the
 //! bytes are copied with volatile reads and writes.
 //!
@@ -57,11 +57,13 @@
 use core::fmt;
 use core::mem::offset_of;
 use core::sync::atomic::{AtomicU32, Ordering};
+use core::time::Duration;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::xs_wire::{
-    self, Header, MsgType, Payload, Perm, WireError, XsErrno, HEADER_LEN, PAYLOAD_MAX,
+use super::{RingIndex, TxId, WatchEvent, XsClient, XsError};
+use crate::protocol::xs_wire::{
+    self, Header, MsgType, Payload, WireError, HEADER_LEN, PAYLOAD_MAX,
 };
 
 /// `XENSTORE_RING_SIZE`: bytes in each direction.
@@ -116,92 +118,6 @@ pub trait Events {
     /// a hint, the caller re-checks the ring). `false` means "give up": the
     /// operation in progress fails with a timeout error.
     fn wait(&mut self) -> bool;
-}
-
-/// Which index of a shared ring the peer moved too far.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RingIndex {
-    /// `req_cons` ahead of our `req_prod`, or more than a ring behind it.
-    ReqCons,
-    /// `rsp_prod` more than a ring ahead of our `rsp_cons`, or behind it.
-    RspProd,
-}
-
-/// A failure of [`XsRing`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum XsRingError {
-    /// The page pointer is null or not 4-aligned.
-    BadPage,
-    /// The peer's index is not within one ring of ours.
-    BadIndex {
-        /// The index.
-        which: RingIndex,
-        /// Its value.
-        peer: u32,
-        /// Our index it was checked against.
-        ours: u32,
-    },
-    /// A request that cannot be encoded, or a header that cannot be decoded.
-    Wire(WireError),
-    /// A reply to another request id, of another type than the request, or
-    /// a reply while none was awaited.
-    UnexpectedReply {
-        /// The reply's type.
-        ty: MsgType,
-        /// The reply's request id.
-        req_id: u32,
-    },
-    /// An `XS_ERROR` reply.
-    Daemon(XsErrno),
-    /// The server set the page's `error` word (`XENSTORE_ERROR_*`).
-    Server(u32),
-    /// [`Events::wait`] gave up. During a request (its reply may still
-    /// come) or in the middle of a message, this breaks the client; while
-    /// [`XsRing::wait_watch`] waits for a new message, it does not.
-    TimedOut,
-    /// An earlier framing or index error left the stream out of step.
-    Broken,
-}
-
-impl fmt::Display for XsRingError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::BadPage => f.write_str("XenStore ring page is null or misaligned"),
-            Self::BadIndex { which, peer, ours } => {
-                write!(
-                    f,
-                    "XenStore ring index {which:?}={peer} is not within one ring of {ours}"
-                )
-            }
-            Self::Wire(e) => write!(f, "{e}"),
-            Self::UnexpectedReply { ty, req_id } => {
-                write!(f, "unexpected XenStore reply {ty:?} to request {req_id}")
-            }
-            Self::Daemon(e) => write!(f, "xenstored: {}", e.name()),
-            Self::Server(e) => write!(f, "xenstored reports ring error {e}"),
-            Self::TimedOut => f.write_str("no answer from xenstored"),
-            Self::Broken => f.write_str("XenStore ring out of step after an earlier error"),
-        }
-    }
-}
-
-impl core::error::Error for XsRingError {}
-
-impl From<WireError> for XsRingError {
-    fn from(e: WireError) -> Self {
-        Self::Wire(e)
-    }
-}
-
-/// A watch event: `path` changed, or the watch was just set (xenstored
-/// fires each new watch once). Borrowed from the client's buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WatchEvent<'a> {
-    /// The node that changed (bytes the peer chose: not trusted).
-    pub path: &'a [u8],
-    /// The token given to [`XsRing::watch`].
-    pub token: &'a [u8],
 }
 
 /// A message buffer: payload bytes and their count.
@@ -269,8 +185,8 @@ impl<E: Events> XsRing<E> {
     ///
     /// # Errors
     ///
-    /// [`XsRingError::BadPage`] for a null or misaligned pointer;
-    /// [`XsRingError::BadIndex`] for inconsistent indices.
+    /// [`XsError::BadPage`] for a null or misaligned pointer;
+    /// [`XsError::BadIndex`] for inconsistent indices.
     ///
     /// # Safety
     ///
@@ -280,9 +196,9 @@ impl<E: Events> XsRing<E> {
     /// - nothing in this domain accesses those bytes while the client lives,
     ///   except through atomics or volatile accesses (the peer, outside the
     ///   domain, may write them at any time).
-    pub unsafe fn new(page: *mut u8, events: E) -> Result<Self, XsRingError> {
+    pub unsafe fn new(page: *mut u8, events: E) -> Result<Self, XsError> {
         if page.is_null() || (page as usize) % 4 != 0 {
-            return Err(XsRingError::BadPage);
+            return Err(XsError::BadPage);
         }
         let mut ring = Self {
             page,
@@ -342,13 +258,13 @@ impl<E: Events> XsRing<E> {
     }
 
     /// Free bytes in the request ring, checking the peer's `req_cons`.
-    fn req_space(&self) -> Result<usize, XsRingError> {
+    fn req_space(&self) -> Result<usize, XsError> {
         // SYNC POINT: the daemon has copied the request bytes before
         // `req_cons` (its Release); we may overwrite them after this Acquire.
         let cons = self.load(REQ_CONS, Ordering::Acquire);
         let used = self.req_prod.wrapping_sub(cons) as usize;
         if used > RING_SIZE {
-            return Err(XsRingError::BadIndex {
+            return Err(XsError::BadIndex {
                 which: RingIndex::ReqCons,
                 peer: cons,
                 ours: self.req_prod,
@@ -358,13 +274,13 @@ impl<E: Events> XsRing<E> {
     }
 
     /// Reply bytes available, checking the peer's `rsp_prod`.
-    fn rsp_avail(&self) -> Result<usize, XsRingError> {
+    fn rsp_avail(&self) -> Result<usize, XsError> {
         // SYNC POINT: the daemon wrote the reply bytes before `rsp_prod`
         // (its Release); we read them after this Acquire.
         let prod = self.load(RSP_PROD, Ordering::Acquire);
         let avail = prod.wrapping_sub(self.rsp_cons) as usize;
         if avail > RING_SIZE {
-            return Err(XsRingError::BadIndex {
+            return Err(XsError::BadIndex {
                 which: RingIndex::RspProd,
                 peer: prod,
                 ours: self.rsp_cons,
@@ -374,22 +290,22 @@ impl<E: Events> XsRing<E> {
     }
 
     /// Waits for an event, after checking the server's error word.
-    fn wait(&mut self) -> Result<(), XsRingError> {
+    fn wait(&mut self) -> Result<(), XsError> {
         if self.load(FEATURES, Ordering::Relaxed) & SERVER_FEATURE_ERROR != 0 {
             let e = self.load(ERROR, Ordering::Relaxed);
             if e != 0 {
-                return Err(XsRingError::Server(e));
+                return Err(XsError::Server(e));
             }
         }
         if self.events.wait() {
             Ok(())
         } else {
-            Err(XsRingError::TimedOut)
+            Err(XsError::Timeout)
         }
     }
 
     /// Appends `bytes` to the request ring, waiting for space as needed.
-    fn put(&mut self, mut bytes: &[u8]) -> Result<(), XsRingError> {
+    fn put(&mut self, mut bytes: &[u8]) -> Result<(), XsError> {
         while !bytes.is_empty() {
             let free = self.req_space()?;
             if free == 0 {
@@ -423,7 +339,7 @@ impl<E: Events> XsRing<E> {
     /// Fills `out` from the reply ring, waiting for bytes as needed. A
     /// timeout after part of `out` was read leaves the stream mid-message:
     /// the client is then broken.
-    fn get(&mut self, out: &mut [u8]) -> Result<(), XsRingError> {
+    fn get(&mut self, out: &mut [u8]) -> Result<(), XsError> {
         let mut filled = 0;
         while filled < out.len() {
             let avail = self.rsp_avail()?;
@@ -460,7 +376,7 @@ impl<E: Events> XsRing<E> {
 
     /// Reads one message: the header, then its payload into `reply` or, for
     /// a watch event, into `event`.
-    fn next_message(&mut self) -> Result<Header, XsRingError> {
+    fn next_message(&mut self) -> Result<Header, XsError> {
         let mut head = [0u8; HEADER_LEN];
         self.get(&mut head)?;
         let h = Header::decode(&head)?;
@@ -488,12 +404,12 @@ impl<E: Events> XsRing<E> {
         Ok(h)
     }
 
-    fn guard<T>(&mut self, r: Result<T, XsRingError>) -> Result<T, XsRingError> {
+    fn guard<T>(&mut self, r: Result<T, XsError>) -> Result<T, XsError> {
         if let Err(
-            XsRingError::BadIndex { .. }
-            | XsRingError::Wire(_)
-            | XsRingError::UnexpectedReply { .. }
-            | XsRingError::Server(_),
+            XsError::BadIndex { .. }
+            | XsError::Wire(_)
+            | XsError::UnexpectedReply(_)
+            | XsError::Server(_),
         ) = r
         {
             self.broken = true;
@@ -502,12 +418,12 @@ impl<E: Events> XsRing<E> {
     }
 
     /// Sends one request and waits for its reply (into `reply`).
-    fn request(&mut self, ty: MsgType, payload: &Payload) -> Result<&[u8], XsRingError> {
+    fn send_request(&mut self, tx: TxId, ty: MsgType, payload: &Payload) -> Result<&[u8], XsError> {
         if self.broken {
-            return Err(XsRingError::Broken);
+            return Err(XsError::Broken);
         }
-        let r = self.request_inner(ty, payload);
-        if r == Err(XsRingError::TimedOut) {
+        let r = self.request_inner(tx, ty, payload);
+        if r == Err(XsError::Timeout) {
             // The reply may still come, and would answer the next request.
             self.broken = true;
         }
@@ -515,14 +431,14 @@ impl<E: Events> XsRing<E> {
         Ok(self.reply.as_bytes())
     }
 
-    fn request_inner(&mut self, ty: MsgType, payload: &Payload) -> Result<(), XsRingError> {
+    fn request_inner(&mut self, tx: TxId, ty: MsgType, payload: &Payload) -> Result<(), XsError> {
         let req_id = self.next_req_id;
         self.next_req_id = self.next_req_id.wrapping_add(1);
         let body = payload.as_bytes();
         let head = Header {
             ty,
             req_id,
-            tx_id: 0,
+            tx_id: tx,
             len: body.len(),
         }
         .encode()?;
@@ -534,141 +450,51 @@ impl<E: Events> XsRing<E> {
             match h.ty {
                 MsgType::WatchEvent => continue,
                 t if h.req_id != req_id || (t != ty && t != MsgType::Error) => {
-                    return Err(XsRingError::UnexpectedReply {
-                        ty: t,
-                        req_id: h.req_id,
-                    })
+                    return Err(XsError::UnexpectedReply(Some(t)))
                 }
-                MsgType::Error => {
-                    return Err(XsRingError::Daemon(XsErrno::parse(self.reply.as_bytes())))
-                }
+                MsgType::Error => return Err(XsError::from_reply(self.reply.as_bytes())),
                 _ => return Ok(()),
             }
         }
     }
+}
 
-    /// Reads a node's value (relative paths are under the domain's home,
-    /// `/local/domain/<id>`).
-    ///
-    /// # Errors
-    ///
-    /// [`XsRingError::Daemon`] (`ENOENT`, `EACCES`...), or a ring error.
-    pub fn read(&mut self, path: &str) -> Result<&[u8], XsRingError> {
-        let mut p = Payload::new();
-        p.path(path)?;
-        self.request(MsgType::Read, &p)
+impl<E: Events> XsClient for XsRing<E> {
+    fn request(&mut self, tx: TxId, ty: MsgType, payload: &Payload) -> Result<&[u8], XsError> {
+        self.send_request(tx, ty, payload)
     }
 
-    /// Lists a node's children: their names, each ended by a NUL (empty
-    /// for a node without children).
+    /// The next watch event (one that arrived during a request first).
+    /// The ring waits as its [`Events`] decide: `timeout` is honoured only
+    /// as `Some(Duration::ZERO)` (look, do not wait).
     ///
     /// # Errors
     ///
-    /// As [`XsRing::read`].
-    pub fn directory(&mut self, path: &str) -> Result<&[u8], XsRingError> {
-        let mut p = Payload::new();
-        p.path(path)?;
-        self.request(MsgType::Directory, &p)
-    }
-
-    /// Writes a node, creating it and its missing parents.
-    ///
-    /// # Errors
-    ///
-    /// As [`XsRing::read`]; [`WireError::TooLong`] for a path and value
-    /// over 4096 bytes.
-    pub fn write(&mut self, path: &str, value: &[u8]) -> Result<(), XsRingError> {
-        let mut p = Payload::new();
-        p.path(path)?.raw(value)?;
-        self.request(MsgType::Write, &p).map(|_| ())
-    }
-
-    /// Creates a node (no error if it exists).
-    ///
-    /// # Errors
-    ///
-    /// As [`XsRing::read`].
-    pub fn mkdir(&mut self, path: &str) -> Result<(), XsRingError> {
-        let mut p = Payload::new();
-        p.path(path)?;
-        self.request(MsgType::Mkdir, &p).map(|_| ())
-    }
-
-    /// Removes a node and its children.
-    ///
-    /// # Errors
-    ///
-    /// As [`XsRing::read`].
-    pub fn rm(&mut self, path: &str) -> Result<(), XsRingError> {
-        let mut p = Payload::new();
-        p.path(path)?;
-        self.request(MsgType::Rm, &p).map(|_| ())
-    }
-
-    /// Sets a node's permissions: the first entry is the owner and the
-    /// access of every domain not listed.
-    ///
-    /// # Errors
-    ///
-    /// As [`XsRing::read`].
-    pub fn set_perms(&mut self, path: &str, perms: &[Perm]) -> Result<(), XsRingError> {
-        let mut p = Payload::new();
-        p.path(path)?;
-        for perm in perms {
-            let mut b = [0u8; 6];
-            p.string(perm.encode(&mut b))?;
-        }
-        self.request(MsgType::SetPerms, &p).map(|_| ())
-    }
-
-    /// Watches `path` (and its children) with `token`. xenstored fires the
-    /// new watch once right away.
-    ///
-    /// # Errors
-    ///
-    /// As [`XsRing::read`].
-    pub fn watch(&mut self, path: &str, token: &str) -> Result<(), XsRingError> {
-        let mut p = Payload::new();
-        p.path(path)?.string(token.as_bytes())?;
-        self.request(MsgType::Watch, &p).map(|_| ())
-    }
-
-    /// Removes a watch.
-    ///
-    /// # Errors
-    ///
-    /// As [`XsRing::read`].
-    pub fn unwatch(&mut self, path: &str, token: &str) -> Result<(), XsRingError> {
-        let mut p = Payload::new();
-        p.path(path)?.string(token.as_bytes())?;
-        self.request(MsgType::Unwatch, &p).map(|_| ())
-    }
-
-    /// Waits for the next watch event (one that arrived during a request
-    /// first).
-    ///
-    /// # Errors
-    ///
-    /// [`XsRingError::TimedOut`] when [`Events::wait`] gives up; a reply
-    /// nobody asked for is [`XsRingError::UnexpectedReply`]; a malformed
-    /// event is [`WireError::Malformed`]; ring errors.
-    pub fn wait_watch(&mut self) -> Result<WatchEvent<'_>, XsRingError> {
+    /// [`XsError::Timeout`] when [`Events::wait`] gives up (the client
+    /// stays usable: no message was cut); a reply nobody asked for is
+    /// [`XsError::UnexpectedReply`]; a malformed event is
+    /// [`WireError::Malformed`]; ring errors.
+    fn wait_watch(&mut self, timeout: Option<Duration>) -> Result<Option<WatchEvent<'_>>, XsError> {
         if self.broken {
-            return Err(XsRingError::Broken);
+            return Err(XsError::Broken);
         }
         if !self.event_held {
+            if timeout == Some(Duration::ZERO) && self.rsp_avail()? == 0 {
+                return Ok(None);
+            }
             let r = self.next_message().and_then(|h| match h.ty {
                 MsgType::WatchEvent => Ok(()),
-                ty => Err(XsRingError::UnexpectedReply {
-                    ty,
-                    req_id: h.req_id,
-                }),
+                ty => Err(XsError::UnexpectedReply(Some(ty))),
             });
             self.guard(r)?;
         }
         self.event_held = false;
         let (path, token) = xs_wire::parse_watch_event(self.event.as_bytes())?;
-        Ok(WatchEvent { path, token })
+        Ok(Some(WatchEvent { path, token }))
+    }
+
+    fn lost_events(&self) -> u64 {
+        self.lost
     }
 }
 
@@ -685,7 +511,7 @@ pub(crate) mod fake {
     use std::vec::Vec;
     use zerocopy::IntoBytes;
 
-    use crate::xs_wire::XsdSockmsg;
+    use crate::protocol::xs_wire::XsdSockmsg;
 
     /// The page, as the peer sees it: raw pointer accesses only.
     #[derive(Clone, Copy)]
@@ -937,6 +763,10 @@ pub(crate) mod fake {
                     }
                     self.reply(1, req_id, &names);
                 }
+                // Transactions: one at a time, no isolation (the tests'
+                // writers never race).
+                6 => self.reply(6, req_id, b"1\0"),
+                7 => self.reply(7, req_id, b"OK\0"),
                 _ => self.reply(16, req_id, b"ENOSYS\0"),
             }
         }
@@ -1030,7 +860,7 @@ mod tests {
     use super::*;
     use std::vec::Vec;
 
-    use crate::xs_wire::Access;
+    use crate::protocol::xs_wire::{Access, Perm, XsErrno};
 
     #[test]
     fn layout_matches_xs_wire_h() {
@@ -1044,10 +874,7 @@ mod tests {
         xs.write("data/a", b"42").unwrap();
         assert_eq!(xs.read("data/a").unwrap(), b"42");
         assert_eq!(xs_wire::parse_u32(xs.read("data/a").unwrap()).unwrap(), 42);
-        assert_eq!(
-            xs.read("data/missing").unwrap_err(),
-            XsRingError::Daemon(XsErrno::ENOENT)
-        );
+        assert_eq!(xs.read("data/missing").unwrap_err(), XsError::NotFound);
         xs.mkdir("data/dir").unwrap();
         assert_eq!(xs.read("data/dir").unwrap(), b"");
         let perms = [
@@ -1063,18 +890,12 @@ mod tests {
         xs.set_perms("data/a", &perms).unwrap();
         assert_eq!(xs.read("perms:data/a").unwrap(), b"n7\0r0\0");
         xs.rm("data/a").unwrap();
-        assert_eq!(
-            xs.read("data/a").unwrap_err(),
-            XsRingError::Daemon(XsErrno::ENOENT)
-        );
-        assert_eq!(
-            xs.rm("data/a").unwrap_err(),
-            XsRingError::Daemon(XsErrno::ENOENT)
-        );
+        assert_eq!(xs.read("data/a").unwrap_err(), XsError::NotFound);
+        assert_eq!(xs.rm("data/a").unwrap_err(), XsError::NotFound);
         xs.events_mut().denied.push(b"data/dir".to_vec());
         assert_eq!(
             xs.read("data/dir").unwrap_err(),
-            XsRingError::Daemon(XsErrno::EACCES)
+            XsError::Daemon(XsErrno::EACCES)
         );
         xs.unwatch("data/dir", "t").unwrap();
         assert_eq!(xs.events_mut().requests, 13);
@@ -1092,7 +913,7 @@ mod tests {
             }
             assert_eq!(
                 xs.write("big", &[0; PAYLOAD_MAX - 3]).unwrap_err(),
-                XsRingError::Wire(WireError::TooLong(PAYLOAD_MAX as u32 + 1))
+                XsError::Wire(WireError::TooLong(PAYLOAD_MAX as u32 + 1))
             );
         }
     }
@@ -1101,11 +922,11 @@ mod tests {
     fn watch_events_initial_and_on_write() {
         let mut xs = client();
         xs.watch("data/key", "tok").unwrap();
-        let ev = xs.wait_watch().unwrap();
+        let ev = xs.wait_watch(None).unwrap().unwrap();
         assert_eq!((ev.path, ev.token), (&b"data/key"[..], &b"tok"[..]));
         // An event that arrives during a request is kept for wait_watch.
         xs.write("data/key", b"v").unwrap();
-        let ev = xs.wait_watch().unwrap();
+        let ev = xs.wait_watch(None).unwrap().unwrap();
         assert_eq!(ev.path, b"data/key");
         assert_eq!(xs.lost_events(), 0);
         // xenstored answers a write before it fires the watch, so the next
@@ -1115,10 +936,10 @@ mod tests {
         assert_eq!(xs.lost_events(), 0);
         xs.write("data/other", b"y").unwrap();
         assert_eq!(xs.lost_events(), 1);
-        assert_eq!(xs.wait_watch().unwrap().path, b"data/key");
+        assert_eq!(xs.wait_watch(None).unwrap().unwrap().path, b"data/key");
         // Nothing more: the daemon stays quiet until wait gives up.
         xs.events_mut().waits_left = 3;
-        assert_eq!(xs.wait_watch().unwrap_err(), XsRingError::TimedOut);
+        assert_eq!(xs.wait_watch(None).unwrap_err(), XsError::Timeout);
     }
 
     #[test]
@@ -1127,7 +948,7 @@ mod tests {
         xs.write("k", b"1").unwrap();
         xs.events_mut().mischief = Mischief::EventFirst;
         assert_eq!(xs.read("k").unwrap(), b"1");
-        let ev = xs.wait_watch().unwrap();
+        let ev = xs.wait_watch(None).unwrap().unwrap();
         assert_eq!((ev.path, ev.token), (&b"/early"[..], &b"tok"[..]));
     }
 
@@ -1136,24 +957,24 @@ mod tests {
         let mut xs = client();
         xs.events_mut().mischief = Mischief::Silent;
         xs.events_mut().waits_left = 5;
-        assert_eq!(xs.read("k").unwrap_err(), XsRingError::TimedOut);
+        assert_eq!(xs.read("k").unwrap_err(), XsError::Timeout);
         // A late reply would answer the next request: no next request.
-        assert_eq!(xs.read("k").unwrap_err(), XsRingError::Broken);
+        assert_eq!(xs.read("k").unwrap_err(), XsError::Broken);
         // A quiet wait for a watch event is not a broken stream.
         let mut xs = client();
         xs.events_mut().waits_left = 2;
-        assert_eq!(xs.wait_watch().unwrap_err(), XsRingError::TimedOut);
+        assert_eq!(xs.wait_watch(None).unwrap_err(), XsError::Timeout);
         xs.write("k", b"still fine").unwrap();
     }
 
-    fn hostile(m: Mischief) -> XsRingError {
+    fn hostile(m: Mischief) -> XsError {
         let mut xs = client();
         xs.write("k", b"1").unwrap();
         xs.events_mut().mischief = m;
         let e = xs.read("k").unwrap_err();
         // Whatever the daemon does next, the stream is not trusted again.
-        assert_eq!(xs.read("k").unwrap_err(), XsRingError::Broken, "{m:?}");
-        assert_eq!(xs.wait_watch().unwrap_err(), XsRingError::Broken, "{m:?}");
+        assert_eq!(xs.read("k").unwrap_err(), XsError::Broken, "{m:?}");
+        assert_eq!(xs.wait_watch(None).unwrap_err(), XsError::Broken, "{m:?}");
         e
     }
 
@@ -1161,39 +982,36 @@ mod tests {
     fn hostile_daemon_gets_typed_errors() {
         assert!(matches!(
             hostile(Mischief::RspProdJump(RING_SIZE as u32 + 1)),
-            XsRingError::BadIndex {
+            XsError::BadIndex {
                 which: RingIndex::RspProd,
                 ..
             }
         ));
         assert!(matches!(
             hostile(Mischief::RspProdJump(u32::MAX)),
-            XsRingError::BadIndex { .. }
+            XsError::BadIndex { .. }
         ));
         assert_eq!(
             hostile(Mischief::HugeLen(PAYLOAD_MAX as u32 + 1)),
-            XsRingError::Wire(WireError::TooLong(PAYLOAD_MAX as u32 + 1))
+            XsError::Wire(WireError::TooLong(PAYLOAD_MAX as u32 + 1))
         );
         assert_eq!(
             hostile(Mischief::HugeLen(u32::MAX)),
-            XsRingError::Wire(WireError::TooLong(u32::MAX))
+            XsError::Wire(WireError::TooLong(u32::MAX))
         );
         assert_eq!(
             hostile(Mischief::BadType),
-            XsRingError::Wire(WireError::UnknownType(99))
+            XsError::Wire(WireError::UnknownType(99))
         );
         assert!(matches!(
             hostile(Mischief::WrongId),
-            XsRingError::UnexpectedReply { .. }
+            XsError::UnexpectedReply(_)
         ));
         assert_eq!(
             hostile(Mischief::WrongType),
-            XsRingError::UnexpectedReply {
-                ty: MsgType::Directory,
-                req_id: 2
-            }
+            XsError::UnexpectedReply(Some(MsgType::Directory))
         );
-        assert_eq!(hostile(Mischief::ErrorWord), XsRingError::Server(3));
+        assert_eq!(hostile(Mischief::ErrorWord), XsError::Server(3));
     }
 
     #[test]
@@ -1205,12 +1023,12 @@ mod tests {
         xs.write("k", b"1").unwrap();
         assert!(matches!(
             xs.write("k", b"1").unwrap_err(),
-            XsRingError::BadIndex {
+            XsError::BadIndex {
                 which: RingIndex::ReqCons,
                 ..
             }
         ));
-        assert_eq!(xs.read("k").unwrap_err(), XsRingError::Broken);
+        assert_eq!(xs.read("k").unwrap_err(), XsError::Broken);
         // Inconsistent indices found at start are refused too.
         let page = new_page();
         page.set(REQ_CONS, 5);
@@ -1218,7 +1036,7 @@ mod tests {
         let e = unsafe { XsRing::new(page.0, Daemon::new(page)) }.unwrap_err();
         assert!(matches!(
             e,
-            XsRingError::BadIndex {
+            XsError::BadIndex {
                 which: RingIndex::ReqCons,
                 ..
             }
@@ -1230,11 +1048,8 @@ mod tests {
         let mut xs = client();
         xs.events_mut().reply(2, 77, b"stray");
         assert_eq!(
-            xs.wait_watch().unwrap_err(),
-            XsRingError::UnexpectedReply {
-                ty: MsgType::Read,
-                req_id: 77
-            }
+            xs.wait_watch(None).unwrap_err(),
+            XsError::UnexpectedReply(Some(MsgType::Read))
         );
     }
 
@@ -1243,8 +1058,8 @@ mod tests {
         let mut xs = client();
         xs.events_mut().reply(15, 0, b"only-a-path");
         assert_eq!(
-            xs.wait_watch().unwrap_err(),
-            XsRingError::Wire(WireError::Malformed)
+            xs.wait_watch(None).unwrap_err(),
+            XsError::Wire(WireError::Malformed)
         );
     }
 
@@ -1253,9 +1068,9 @@ mod tests {
         let page = new_page();
         // SAFETY: never dereferenced (refused first).
         let e = unsafe { XsRing::new(core::ptr::null_mut(), Daemon::new(page)) }.unwrap_err();
-        assert_eq!(e, XsRingError::BadPage);
+        assert_eq!(e, XsError::BadPage);
         // SAFETY: never dereferenced (refused first).
         let e = unsafe { XsRing::new(page.0.add(1), Daemon::new(page)) }.unwrap_err();
-        assert_eq!(e, XsRingError::BadPage);
+        assert_eq!(e, XsError::BadPage);
     }
 }

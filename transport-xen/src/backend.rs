@@ -1,0 +1,171 @@
+//! What the transport needs of a way to reach Xen: grant and map pages,
+//! allocate and bind event-channel ports, notify and wait, the release
+//! signal, and Xen's word on a port. One trait, [`XenBackend`]; the one
+//! [`XenTransport`](crate::transport::XenTransport) is generic over it, as
+//! iceoryx2's zero-copy connection is over its storage. Linux userspace
+//! implements it through the `/dev/xen` devices
+//! (`crate::linux::LinuxBackend`, feature `std`). A PV kernel's hypercalls
+//! (feature `xen-sys`) do not yet: `crate::kernel` still has its own
+//! `KernelTransport` over the same [`crxg`](crate::protocol::crxg) offer
+//! (the next step of issue 16).
+//!
+//! ```text
+//!  XenTransport<B> ── offer, accept, doorbell, region ── the same for every B
+//!        │
+//!        └── B: XenBackend ─┬─ LinuxBackend:  gntalloc, gntdev, evtchn, privcmd (ioctls)
+//!                           └─ (next) the kernel: grant table v1, EVTCHNOP_*, SCHEDOP_poll
+//! ```
+
+use core::fmt;
+use core::time::Duration;
+
+use crate::types::{DomId, EvtchnPort, GrantRef};
+
+/// Pages this domain granted to a peer, or a peer's grants mapped here:
+/// contiguous, page-aligned, valid for reads and writes while the value
+/// lives; released (access ended, or unmapped) on drop.
+///
+/// # Safety
+///
+/// `as_ptr()..as_ptr() + len()` must be one contiguous mapping, aligned to
+/// 4096 bytes, valid for reads and writes (by raw pointers, atomics and
+/// volatile accesses: the peer writes it at any time) for as long as the
+/// value lives, and not aliased by any Rust reference.
+pub unsafe trait GrantedPages: Send + fmt::Debug {
+    /// The first byte.
+    fn as_ptr(&self) -> *mut u8;
+    /// Bytes: pages × 4096.
+    fn len(&self) -> usize;
+    /// Whether there are none (never, for pages a backend made).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The grant references, one per page, in order (empty for pages
+    /// mapped from a peer).
+    fn refs(&self) -> &[GrantRef];
+}
+
+/// A bound event-channel port of this domain, closed on drop.
+pub trait EventPort: Send + fmt::Debug {
+    /// The backend's failure.
+    type Error;
+
+    /// The local port number.
+    fn port(&self) -> EvtchnPort;
+
+    /// Signals the other end.
+    ///
+    /// # Errors
+    ///
+    /// The backend's (a port that is not bound).
+    fn notify(&self) -> Result<(), Self::Error>;
+
+    /// Waits until this port fired or `timeout` passed (`None`: forever;
+    /// `Some(Duration::ZERO)`: look only); takes the event (the port may
+    /// fire again). `true` if it fired. Events are hints: the caller
+    /// re-checks what it waits for.
+    ///
+    /// # Errors
+    ///
+    /// The backend's.
+    fn wait(&self, timeout: Option<Duration>) -> Result<bool, Self::Error>;
+
+    /// Xen's word on the port: `Some(true)` if it is still connected to
+    /// domain `peer`, `Some(false)` if not (its peer closed it, or the
+    /// peer's domain was destroyed: Xen closes a dead domain's ends without
+    /// a signal), `None` if Xen cannot be asked (then nothing is
+    /// concluded).
+    fn connected_to(&self, peer: DomId) -> Option<bool>;
+
+    /// A monotonic clock, in nanoseconds (for the doorbell's rate limit).
+    fn now_ns(&self) -> u64;
+
+    /// The descriptor a `poll(2)` can wait on beside others (readable when
+    /// the port may have fired), for backends that have one.
+    fn poll_fd(&self) -> Option<i32> {
+        None
+    }
+}
+
+/// A way to reach Xen: what one domain can do with grants and event
+/// channels. See the [module docs](self).
+///
+/// # Examples
+///
+/// Code generic over the backend, as the transport is:
+///
+/// ```
+/// use coresident_xen::backend::{EventPort, GrantedPages, XenBackend};
+///
+/// /// Grants `n` pages to `peer` and returns their references.
+/// fn share<B: XenBackend>(b: &mut B, peer: u16, n: usize) -> Result<Vec<u32>, B::Error> {
+///     Ok(b.grant(peer, n)?.refs().to_vec())
+/// }
+/// # let _ = share::<coresident_xen::linux::LinuxBackend>;
+/// ```
+pub trait XenBackend: fmt::Debug {
+    /// A failure: small, `Copy`, worded.
+    type Error: Copy + fmt::Debug + fmt::Display + Send + Sync + 'static;
+    /// Pages granted or mapped.
+    type Pages: GrantedPages;
+    /// A bound port.
+    type Port: EventPort<Error = Self::Error>;
+    /// Room for the grant references of the largest offer this backend
+    /// takes ([`XenBackend::ref_buf`]).
+    type RefBuf: AsRef<[GrantRef]> + AsMut<[GrantRef]>;
+
+    /// A zeroed [`XenBackend::RefBuf`]: its length is the most references
+    /// an offer may have here.
+    fn ref_buf(&self) -> Self::RefBuf;
+
+    /// This domain's id (an offer names it: the acceptor maps its grants).
+    fn domid(&self) -> DomId;
+
+    /// A monotonic clock, in nanoseconds (the rendezvous's deadlines).
+    fn now_ns(&self) -> u64;
+
+    /// `n` fresh, zeroed pages of this domain, each granted read-write to
+    /// `peer`.
+    ///
+    /// # Errors
+    ///
+    /// The backend's (no memory, no grant references left).
+    fn grant(&mut self, peer: DomId, n: usize) -> Result<Self::Pages, Self::Error>;
+
+    /// `owner`'s grants `refs`, mapped contiguously here.
+    ///
+    /// # Errors
+    ///
+    /// The backend's (a reference `owner` did not grant us).
+    fn map(&mut self, owner: DomId, refs: &[GrantRef]) -> Result<Self::Pages, Self::Error>;
+
+    /// A port of this domain that `peer` may bind.
+    ///
+    /// # Errors
+    ///
+    /// The backend's.
+    fn unbound_port(&mut self, peer: DomId) -> Result<Self::Port, Self::Error>;
+
+    /// A port of this domain bound to `peer`'s port `remote`.
+    ///
+    /// # Errors
+    ///
+    /// The backend's (no such port, or not offered to us).
+    fn bind_port(&mut self, peer: DomId, remote: EvtchnPort) -> Result<Self::Port, Self::Error>;
+
+    /// Arms the release signal: when `pages` go without this side's own
+    /// teardown (its process exits, the mapping is released), byte `byte`
+    /// of them is cleared and `port` fired, so the peer learns it at once
+    /// (gntalloc's and gntdev's unmap-notify). A backend whose pages go
+    /// only through its own drop (a kernel) has nothing to arm.
+    ///
+    /// # Errors
+    ///
+    /// The backend's.
+    fn on_release(
+        &mut self,
+        pages: &Self::Pages,
+        byte: usize,
+        port: &Self::Port,
+    ) -> Result<(), Self::Error>;
+}

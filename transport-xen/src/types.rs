@@ -1,0 +1,39 @@
+//! The ids and limits every layer shares: the floor of the crate. Nothing
+//! here depends on another module.
+
+/// A Xen domain id (`domid_t`, `xen/xen.h`); dom0 is 0.
+pub type DomId = u16;
+/// A grant reference (`grant_ref_t`, `xen/grant_table.h`).
+pub type GrantRef = u32;
+/// An event-channel port (`evtchn_port_t`, `xen/event_channel.h`).
+pub type EvtchnPort = u32;
+
+/// A Xen page (4 KiB on x86 and Arm): the unit of a grant.
+pub const XEN_PAGE_SIZE: usize = 4096;
+
+/// The most pages one grant share or mapping may have here (16 MiB). The
+/// drivers have lower limits of their own (gntalloc's `limit` module
+/// parameter: 1024 pages by default).
+pub const MAX_PAGES: usize = 4096;
+
+/// What the grant drivers do when pages are finally released: the peer's
+/// signal that we are gone (`UNMAP_NOTIFY_CLEAR_BYTE`,
+/// `UNMAP_NOTIFY_SEND_EVENT` in `xen/gntalloc.h` and `xen/gntdev.h`).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::UnmapNotify;
+///
+/// // Clear byte 64 of the mapping and signal port 7 when it goes.
+/// let n = UnmapNotify { clear_byte: Some(64), event: Some(7) };
+/// assert_ne!(n, UnmapNotify::default());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnmapNotify {
+    /// Byte offset in the mapping to set to 0.
+    pub clear_byte: Option<usize>,
+    /// Local event-channel port to signal (bound through `/dev/xen/evtchn`,
+    /// and still bound when the release happens).
+    pub event: Option<EvtchnPort>,
+}
