@@ -1,16 +1,16 @@
 # pv-domu job (issue 8), sourced by .ci/xen: the project's no_std PV kernel
 # (transport-xen/pv-kernel, binary pv-domu) runs as a domU next to the Linux
 # dom0. It reaches XenStore through its start_info ring page and event
-# channel (coresident_xen::xs_ring) and meets the userspace transport in
+# channel (coresident_xen::xenstore::ring) and meets the userspace transport in
 # dom0 (transport-xen/tests/xen_pv_domu.rs, built by .ci/xen as
 # WORK/bin/xen-pv-domu-tests) through the XenStore rendezvous twice, after
 # refusing a hostile first offer (grant reference 1, Xen's XenStore page)
-# (coresident_xen::ring_rendezvous in the kernel, ::rendezvous in dom0):
+# (coresident_xen::rendezvous::ChannelKeys in the kernel, ::rendezvous::Rendezvous in dom0):
 # channel pv-domu is dom0's pages mapped by the kernel, pv-domu-back the
 # kernel's pages mapped by dom0. On each, messages go both ways, each side
 # checking every message and the other's closing summary, and the kernel
 # waits until dom0 has left (its live byte cleared). Its console lines reach dom0's xenconsoled log
-# through the PV console ring (coresident_xen::console_ring) and are copied
+# through the PV console ring (coresident_xen::guest::console) and are copied
 # to the serial log as "pv-domu| ...", and so does its panic message (the
 # library's console hook is the ring writer): it ends with a deliberate
 # panic after its result (cmdline panic-at-exit in pv-domu.cfg).

@@ -503,7 +503,7 @@ pub(crate) mod fake {
     //! A simulated xenstored on the other side of a heap page: it runs
     //! inside `Events::wait`, consumes whole requests, answers from a map
     //! and can be told to misbehave. Shared with the tests of
-    //! [`crate::ring_rendezvous`].
+    //! the rendezvous over the ring (`rendezvous/tests_ring.rs`).
     extern crate std;
     use super::*;
     use std::boxed::Box;
