@@ -389,7 +389,10 @@ pub fn parse_borrowed(peer: DomId, bytes: &[u8]) -> Result<Offer<WireRefs<'_>>, 
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
+    use std::vec;
+    use std::vec::Vec;
 
     fn offer(layout: ChannelLayout) -> Offer<[GrantRef; 16]> {
         let mut refs = [0; 16];
