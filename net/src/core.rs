@@ -223,11 +223,11 @@ pub(crate) struct Core {
     pub(crate) session: Option<Session>,
     pub(crate) stats: StreamStats,
     events: Vec<Ready>,
-    /// TCP interest as wanted: (in, out) (`out` is set by `want_out` before the
-    /// poller is told).
-    tcp_interest: (bool, bool),
-    /// TCP interest as the poller has it (level-triggered: telling it the same again
-    /// is a system call that changes nothing, once per wake-up on the ring's path).
+    /// Whether a TCP send is blocked, so TCP writability is of interest.
+    tcp_want_out: bool,
+    /// TCP interest as the poller has it, (in, out) (level-triggered: telling it the
+    /// same again is a system call that changes nothing, once per wake-up on the
+    /// ring's path).
     tcp_in_poller: (bool, bool),
     tcp_registered: bool,
     /// The doorbell was consumed by the last [`look`](Self::look) and not since: an
@@ -291,7 +291,7 @@ impl Core {
             session,
             stats: StreamStats::default(),
             events: Vec::new(),
-            tcp_interest: (true, false),
+            tcp_want_out: false,
             tcp_in_poller: (true, false),
             tcp_registered: true,
             doorbell_drained: false,
@@ -388,7 +388,7 @@ impl Core {
         let poller = Poller::new()?;
         poller.add(self.tcp.as_fd(), Source::Tcp, interest(true, false))?;
         self.poller = poller;
-        self.tcp_interest = (true, false);
+        self.tcp_want_out = false;
         self.tcp_in_poller = (true, false);
         self.tcp_registered = true;
         if let Some(s) = &mut self.session {
@@ -1071,8 +1071,8 @@ impl Core {
     }
 
     fn want_out(&mut self, out: bool) {
-        if self.tcp_interest.1 != out {
-            self.tcp_interest.1 = out;
+        if self.tcp_want_out != out {
+            self.tcp_want_out = out;
             self.sync_interest();
         }
     }
@@ -1090,13 +1090,9 @@ impl Core {
     fn sync_interest(&mut self) {
         let want = (
             self.want_in() && !self.session.as_ref().is_some_and(|s| s.rx.tcp_eof),
-            self.tcp_interest.1,
+            self.tcp_want_out,
         );
-        if !self.tcp_registered {
-            return;
-        }
-        if want == self.tcp_in_poller {
-            self.tcp_interest = want;
+        if !self.tcp_registered || want == self.tcp_in_poller {
             return;
         }
         let flags = interest(want.0, want.1);
@@ -1105,7 +1101,6 @@ impl Core {
             .modify(self.tcp.as_fd(), Source::Tcp, flags)
             .is_ok()
         {
-            self.tcp_interest = want;
             self.tcp_in_poller = want;
         }
     }

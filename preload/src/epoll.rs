@@ -173,6 +173,20 @@ struct Idle {
     conn: Weak<Conn>,
 }
 
+/// Removes the items `gone` selects from `v` (order not kept) and returns them.
+fn take_where<T>(v: &mut Vec<T>, mut gone: impl FnMut(&T) -> bool) -> Vec<T> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        if gone(&v[i]) {
+            out.push(v.swap_remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
 /// Idle watches kept per epoll set (bounded memory whatever the application does).
 const MAX_IDLE: usize = 64;
 
@@ -265,19 +279,7 @@ impl EpollSet {
 
     /// Removes the idle watches `gone` selects from the private epoll.
     fn drop_idle(&self, mut gone: impl FnMut(&Idle) -> bool) {
-        let dropped: Vec<Idle> = {
-            let mut idle = lock(&self.idle);
-            let mut out = Vec::new();
-            let mut i = 0;
-            while i < idle.len() {
-                if gone(&idle[i]) {
-                    out.push(idle.swap_remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-            out
-        };
+        let dropped = take_where(&mut lock(&self.idle), |w| gone(w));
         for conn in dropped.iter().filter_map(|w| w.conn.upgrade()) {
             self.delete(&conn);
         }
@@ -300,15 +302,7 @@ impl EpollSet {
     /// application's `EPOLL_CTL_DEL`, whose wake descriptors may stay, idle.
     fn remove_where(&self, lazy: bool, mut gone: impl FnMut(&Reg) -> bool) -> Vec<Reg> {
         let mut regs = lock(&self.regs);
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < regs.len() {
-            if gone(&regs[i]) {
-                out.push(regs.swap_remove(i));
-            } else {
-                i += 1;
-            }
-        }
+        let out = take_where(&mut regs, |r| gone(r));
         for r in &out {
             self.unwatch_if_unused(&regs, r, lazy);
         }

@@ -794,10 +794,7 @@ fn a_panicking_connection_does_not_hide_the_others_from_status() {
     let (x, _y) = tcp_pair();
     let ev = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
     let bad = accelerate(x.as_raw_fd(), Box::new(Panicky(ev)));
-    let good = FDS
-        .get(p.a())
-        .and_then(|e| e.sock().and_then(|s| s.conn.load()))
-        .unwrap();
+    let good = conn_of(p.a());
     let reply = crate::control::respond("status");
     assert!(
         reply.contains(&format!("conn id={} fd={} ", good.id, p.a())),
@@ -815,15 +812,18 @@ fn a_panicking_connection_does_not_hide_the_others_from_status() {
     fdops::close(x.as_raw_fd());
 }
 
+/// The connection installed on `fd`.
+fn conn_of(fd: c_int) -> Arc<Conn> {
+    FDS.get(fd)
+        .and_then(|e| e.sock().and_then(|s| s.conn.load()))
+        .unwrap()
+}
+
 /// The epoll set of `ep`, and the connection of `fd`.
 fn set_and_conn(ep: &OwnedFd, fd: c_int) -> (Arc<Entry>, Arc<Conn>) {
     let set = FDS.get(ep.as_raw_fd()).unwrap();
     assert!(set.epoll().is_some());
-    let conn = FDS
-        .get(fd)
-        .and_then(|e| e.sock().and_then(|s| s.conn.load()))
-        .unwrap();
-    (set, conn)
+    (set, conn_of(fd))
 }
 
 #[test]
