@@ -1579,6 +1579,18 @@ impl Core {
     }
 
     /// Whether the stream can make progress for a waiter that spins (a ring exists).
+    /// Whether the receiving ring holds a frame, or says something a read must report
+    /// (closed, corrupted): one look at shared memory, no system call. A hint for
+    /// spinning waiters: a read may still find nothing new (a frame the stream already
+    /// had over TCP is dropped), and bytes or events on TCP are not seen here.
+    pub(crate) fn ring_pending(&mut self) -> bool {
+        self.session
+            .as_mut()
+            .and_then(|s| s.chan.as_mut())
+            .and_then(|c| c.rx.as_mut())
+            .is_some_and(|r| !matches!(r.cons.peek(), Err(RecvError::Empty)))
+    }
+
     pub(crate) fn can_spin(&self) -> bool {
         self.session
             .as_ref()

@@ -600,6 +600,22 @@ impl Stream {
         self.lock().stats.path
     }
 
+    /// Whether a read may find bytes on the ring now, with no system call: one look at
+    /// the shared ring (and the stream's lock). For event loops that spin before they
+    /// sleep: a `true` is worth a read; a `false` says nothing of the TCP path, whose
+    /// readiness only the descriptor ([`AsFd`](std::os::fd::AsFd)) tells.
+    ///
+    /// ```
+    /// # use coresident_net::Stream;
+    /// # let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let s = Stream::connect(l.local_addr()?)?;
+    /// assert!(!s.ring_pending(), "plain TCP: nothing on a ring");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn ring_pending(&self) -> bool {
+        self.lock().ring_pending()
+    }
+
     /// Handles pending events (peer death, withdrawal, new channels) without reading
     /// or writing: for an idle stream whose owner wants switches to happen now.
     ///

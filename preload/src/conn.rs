@@ -173,6 +173,25 @@ pub struct ConnStats {
     pub switches: u64,
 }
 
+/// What [`Accelerated::glance`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Glance {
+    /// The readiness seen.
+    pub ready: Readiness,
+    /// Bytes are waiting that the connection has not taken in yet: a read takes them,
+    /// which is an edge for edge-triggered waiters even if `READ` was reported before.
+    pub fresh: bool,
+}
+
+impl Glance {
+    /// Whether this look is worth the full one for a waiter on `interest` (level
+    /// readiness, plus fresh bytes for readers).
+    pub fn shows(&self, interest: Readiness) -> bool {
+        self.ready.intersects(interest.union(crate::wait::ALWAYS))
+            || (self.fresh && interest.contains(Readiness::READ))
+    }
+}
+
 /// An accelerated connection: what carries the bytes of a socket the application holds
 /// (see the module docs). Every method is non-blocking and may be called from any
 /// thread; one reader and one writer at a time at least must work concurrently (the
@@ -213,6 +232,15 @@ pub trait Accelerated: Send + Sync + fmt::Debug {
     /// [`Self::arm`] when the caller knows whether [`Self::wake_fd`] is readable.
     fn arm_known(&self, interest: Readiness, _fired: bool) -> Readiness {
         self.arm(interest)
+    }
+
+    /// The readiness by a look that makes no system call, for spinners: they ask it on
+    /// every turn, and [`Self::readiness`] (which may ask the kernel) only when it shows
+    /// something, or now and then. It may miss what only the kernel sees (a TCP path,
+    /// a hang-up). `None` (the default): no such look, spinners take the full one on
+    /// every turn.
+    fn glance(&self) -> Option<Glance> {
+        None
     }
 
     /// The descriptor that becomes readable when an armed interest may be ready
@@ -344,6 +372,9 @@ impl<T: Accelerated + ?Sized> Accelerated for std::sync::Arc<T> {
     }
     fn arm_known(&self, interest: Readiness, fired: bool) -> Readiness {
         (**self).arm_known(interest, fired)
+    }
+    fn glance(&self) -> Option<Glance> {
+        (**self).glance()
     }
     fn shutdown(&self, how: Shutdown) -> Result<(), Errno> {
         (**self).shutdown(how)

@@ -30,7 +30,7 @@
 //! registrations there.
 
 use core::ffi::c_int;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -109,7 +109,14 @@ impl Reg {
         if self.disabled {
             return None;
         }
-        let r = self.readiness(fired);
+        self.due_given(self.readiness(fired))
+    }
+
+    /// The events to report if the connection's readiness is `r` (pure).
+    fn due_given(&self, r: Readiness) -> Option<u32> {
+        if self.disabled {
+            return None;
+        }
         let ready = r.and(self.interest());
         if ready.is_empty() {
             return None;
@@ -206,7 +213,28 @@ pub(crate) struct EpollSet {
     idle: Mutex<Vec<Idle>>,
     /// What spinning achieved in this set's waits (`wait::Spinner`).
     spinner: Mutex<crate::wait::Spinner>,
+    /// When [`Self::fired`] last asked the kernel (`wait::now_us`).
+    kernel_looked: AtomicU64,
+    /// Whether [`Self::kernel_members`] is the whole truth: the set was created under
+    /// the library (`epoll_create`), and nothing since showed a registration it missed.
+    kernel_known: AtomicBool,
+    /// Registrations in the kernel's half, as counted by [`kernel_ctl`] (added minus
+    /// deleted; a descriptor closed while registered leaves it high, the safe side).
+    kernel_members: AtomicUsize,
+    /// When `wait` last asked the kernel's half (`wait::now_us`).
+    kernel_waited: AtomicU64,
 }
+
+/// How long `wait` trusts "the kernel's half is empty" before asking anyway: a
+/// registration made behind the library's back (a raw system call, another process
+/// sharing the epoll) is seen at least this often, and at once when a sleep wakes on
+/// it.
+const KERNEL_TRUST_US: u64 = 1000;
+
+/// The longest the emulated registrations go without asking the private epoll while
+/// their glances keep showing something due: what only the kernel sees (bytes on a
+/// TCP path, a hang-up) waits at most this long behind a busy ring.
+const KERNEL_LOOK_PERIOD_US: u64 = 50;
 
 impl EpollSet {
     /// The private epoll, created on first use.
@@ -312,6 +340,42 @@ impl EpollSet {
     }
 
     /// Whether any registration is emulated.
+    /// A set for an epoll descriptor just created: its kernel half is empty and every
+    /// change to it is seen by [`kernel_ctl`].
+    fn created() -> Self {
+        Self {
+            kernel_known: AtomicBool::new(true),
+            ..Self::default()
+        }
+    }
+
+    /// Whether `wait` must ask the kernel's half (`epoll_wait` with timeout 0): it may
+    /// hold registrations, or it was not asked for [`KERNEL_TRUST_US`].
+    fn kernel_may_hold(&self) -> bool {
+        // Relaxed: counters and hints; a registration racing with a wait is reported
+        // by a later look, as with the kernel's own epoll.
+        !self.kernel_known.load(Ordering::Relaxed)
+            || self.kernel_members.load(Ordering::Relaxed) != 0
+            || crate::wait::now_us().saturating_sub(self.kernel_waited.load(Ordering::Relaxed))
+                >= KERNEL_TRUST_US
+    }
+
+    /// The kernel's half reported readiness: if the count says it is empty, a
+    /// registration was made behind the library's back (a raw system call); ask the
+    /// kernel every time from now on.
+    fn kernel_reported(&self) {
+        // Relaxed: see `kernel_may_hold`.
+        if self.kernel_known.load(Ordering::Relaxed)
+            && self.kernel_members.load(Ordering::Relaxed) == 0
+        {
+            tracing::debug!(
+                target: "coresident_preload",
+                "epoll: a kernel registration the library did not see; counting stops"
+            );
+            self.kernel_known.store(false, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn is_active(&self) -> bool {
         // Relaxed: see `add`.
         self.count.load(Ordering::Relaxed) != 0
@@ -323,6 +387,9 @@ impl EpollSet {
         let Some(inner) = self.inner.get() else {
             return Vec::new();
         };
+        // Relaxed: a time stamp for a heuristic.
+        self.kernel_looked
+            .store(crate::wait::now_us(), Ordering::Relaxed);
         // Room for every registration: a connection left out would wait for the next
         // look.
         // Relaxed: see `add`.
@@ -341,9 +408,22 @@ impl EpollSet {
         fired
     }
 
+    /// [`Self::fired`], unless the glances already show something due and the kernel
+    /// was asked less than [`KERNEL_LOOK_PERIOD_US`] ago (then nothing fired, as far as
+    /// this look knows: a ring's bytes need no system call to be seen).
+    fn fired_unless_glanced(&self) -> Vec<u64> {
+        // Relaxed: see `fired`.
+        let since =
+            crate::wait::now_us().saturating_sub(self.kernel_looked.load(Ordering::Relaxed));
+        if since < KERNEL_LOOK_PERIOD_US && self.any_hint() {
+            return Vec::new();
+        }
+        self.fired()
+    }
+
     /// Fills `out` with due events (up to its length); returns how many.
     fn collect(&self, out: &mut [epoll_event]) -> usize {
-        let fired = self.fired();
+        let fired = self.fired_unless_glanced();
         let mut regs = lock(&self.regs);
         let len = regs.len();
         if len == 0 || out.is_empty() {
@@ -376,10 +456,25 @@ impl EpollSet {
 
     /// Whether some registration has something due (no state change).
     fn any_due(&self) -> bool {
-        let fired = self.fired();
+        let fired = self.fired_unless_glanced();
+        if fired.is_empty() && self.any_hint() {
+            return true;
+        }
         lock(&self.regs)
             .iter()
             .any(|r| r.due(fired.contains(&r.conn.id)).is_some())
+    }
+
+    /// Whether some registration may have something due, by the connections' looks
+    /// that make no system call ([`crate::conn::Accelerated::glance`]).
+    fn any_hint(&self) -> bool {
+        lock(&self.regs).iter().any(|r| {
+            !r.disabled
+                && r.conn.imp.glance().is_none_or(|g| {
+                    (g.fresh && r.interest().contains(Readiness::READ))
+                        || r.due_given(g.ready).is_some()
+                })
+        })
     }
 
     /// Arms every connection's wake-ups for its registrations; returns whether something
@@ -418,7 +513,36 @@ fn is_epoll(fd: c_int) -> bool {
 
 /// After a successful `epoll_create`/`epoll_create1`.
 pub(crate) fn on_create(epfd: c_int) {
-    crate::fdops::put(epfd, Arc::new(Entry::Epoll(EpollSet::default())));
+    crate::fdops::put(epfd, Arc::new(Entry::Epoll(EpollSet::created())));
+}
+
+/// The kernel's `epoll_ctl`, counted in `epfd`'s set (its kernel half's size, which
+/// lets `wait` skip asking an empty kernel half). Every `epoll_ctl` the library passes
+/// through or makes on an application's epoll goes through here.
+///
+/// # Safety
+///
+/// As `epoll_ctl`: `ev` is null or valid for reads and writes.
+pub(crate) unsafe fn kernel_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut epoll_event) -> c_int {
+    // SAFETY: the caller's arguments (the contract above).
+    let r = unsafe { crate::real::epoll_ctl(epfd, op, fd, ev) };
+    if r == 0 && (op == libc::EPOLL_CTL_ADD || op == libc::EPOLL_CTL_DEL) {
+        let saved = errno();
+        if let Some(set) = FDS.get(epfd).as_deref().and_then(Entry::epoll) {
+            // Relaxed: a counter (see `kernel_may_hold`).
+            if op == libc::EPOLL_CTL_ADD {
+                set.kernel_members.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let _ =
+                    set.kernel_members
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                            Some(n.saturating_sub(1))
+                        });
+            }
+        }
+        crate::guard::set_errno(saved);
+    }
+    r
 }
 
 /// `epoll_ctl(epfd, op, fd, ev)`.
@@ -449,7 +573,7 @@ pub(crate) unsafe fn ctl(
     let Some(conn) = sock.conn.load() else {
         // A plain socket: the kernel's business, remembered for a later move.
         // SAFETY: the caller's arguments, passed on unchanged.
-        let r = unsafe { crate::real::epoll_ctl(epfd, op, fd, ev) };
+        let r = unsafe { kernel_ctl(epfd, op, fd, ev) };
         if r == 0 {
             let saved = errno();
             remember_kernel(epfd, op, fd, read_ev(), &target);
@@ -573,9 +697,7 @@ pub(crate) fn take_from_kernel(entry: &Arc<Entry>) {
         };
         // SAFETY: plain `epoll_ctl` on the application's descriptors, a null event is
         // allowed for `EPOLL_CTL_DEL`.
-        let r = unsafe {
-            crate::real::epoll_ctl(kr.epfd, libc::EPOLL_CTL_DEL, kr.fd, core::ptr::null_mut())
-        };
+        let r = unsafe { kernel_ctl(kr.epfd, libc::EPOLL_CTL_DEL, kr.fd, core::ptr::null_mut()) };
         if r != 0 {
             continue;
         }
@@ -622,8 +744,7 @@ pub(crate) fn return_to_kernel(entry: &Arc<Entry>) {
                 ev.events &= !READY_BITS;
             }
             // SAFETY: plain `epoll_ctl` with a valid event.
-            let ok =
-                unsafe { crate::real::epoll_ctl(r.epfd, libc::EPOLL_CTL_ADD, r.fd, &mut ev) } == 0;
+            let ok = unsafe { kernel_ctl(r.epfd, libc::EPOLL_CTL_ADD, r.fd, &mut ev) } == 0;
             if ok {
                 lock(&sock.kernel_regs).push(KernelReg {
                     epfd: r.epfd,
@@ -691,12 +812,16 @@ pub(crate) unsafe fn wait(
     let mut spun = false;
     loop {
         let mut n = set.collect(out);
-        if n < max_n {
+        if n < max_n && set.kernel_may_hold() {
+            // Relaxed: see `kernel_may_hold`.
+            set.kernel_waited
+                .store(crate::wait::now_us(), Ordering::Relaxed);
             let room = c_int::try_from(max_n - n).unwrap_or(c_int::MAX);
             // SAFETY: `out[n..]` is valid for `room` events.
             let k = unsafe { crate::real::epoll_wait(epfd, out[n..].as_mut_ptr(), room, 0) };
             if k > 0 {
                 n += usize::try_from(k).unwrap_or(0);
+                set.kernel_reported();
             } else if k < 0 && n == 0 {
                 return Verdict::Done(-1);
             }
@@ -710,7 +835,13 @@ pub(crate) unsafe fn wait(
         if !spun {
             spun = true;
             let mut sp = *lock(&set.spinner);
-            let hit = sp.spin(deadline, || set.any_due());
+            let hit = sp.spin(
+                deadline,
+                crate::wait::Look {
+                    cheap: || set.any_hint(),
+                    full: || set.any_due(),
+                },
+            );
             *lock(&set.spinner) = sp;
             if hit {
                 continue;
@@ -746,6 +877,9 @@ pub(crate) unsafe fn wait(
         let r = unsafe { crate::real::ppoll(pfds.as_mut_ptr(), 2, tp, mask) };
         if r < 0 {
             return Verdict::Done(-1);
+        }
+        if pfds[0].revents != 0 {
+            set.kernel_reported();
         }
     }
 }

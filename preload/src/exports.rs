@@ -1053,8 +1053,8 @@ pub unsafe extern "C" fn epoll_ctl(
     fd: c_int,
     ev: *mut epoll_event,
 ) -> c_int {
-    // SAFETY: the caller's arguments, passed on.
-    let pass = || unsafe { real::epoll_ctl(epfd, op, fd, ev) };
+    // SAFETY: the caller's arguments, passed on (and counted: `epoll::kernel_ctl`).
+    let pass = || unsafe { epoll::kernel_ctl(epfd, op, fd, ev) };
     if !tracked(fd) {
         return pass();
     }

@@ -25,7 +25,7 @@ use std::sync::Mutex;
 use coresident_net::Stream;
 use rustix::io::Errno;
 
-use crate::conn::{Accelerated, ConnStats, Path, Readiness, Reason, Shutdown};
+use crate::conn::{Accelerated, ConnStats, Glance, Path, Readiness, Reason, Shutdown};
 use crate::state::lock;
 
 /// The most bytes `readiness` reads ahead.
@@ -156,13 +156,7 @@ pub(crate) struct NetConn {
     spinner: Mutex<crate::wait::Spinner>,
 }
 
-/// A monotonic clock in µs since the first call (for `full_since`; `epoch` in its
-/// docs).
-fn now_us() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(std::time::Instant::now);
-    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
-}
+use crate::wait::now_us;
 
 /// The errno for a stream error.
 fn errno_of(e: &io::Error) -> Errno {
@@ -269,6 +263,7 @@ impl NetConn {
             && now_us().saturating_sub(self.rx_armed_since.load(Ordering::Relaxed))
                 < crate::wait::RECHECK.as_micros() as u64
             && self.doorbells_seen() == self.seen_at_arm.load(Ordering::Relaxed)
+            && !self.stream.ring_pending()
             && !fired.unwrap_or_else(|| self.fired())
     }
 
@@ -493,6 +488,38 @@ impl Accelerated for NetConn {
 
     fn readiness_known(&self, fired: bool) -> Readiness {
         self.readiness_with(Some(fired))
+    }
+
+    fn glance(&self) -> Option<Glance> {
+        if self.dead().is_some() {
+            return Some(Glance {
+                ready: Readiness::ERR | Readiness::HUP,
+                fresh: false,
+            });
+        }
+        let mut ready = Readiness::NONE;
+        let mut fresh = false;
+        {
+            let rx = lock(&self.rx);
+            if !rx.buf.is_empty() || rx.eof || rx.shut {
+                ready = ready | Readiness::READ;
+            } else if self.stream.ring_pending() {
+                ready = ready | Readiness::READ;
+                fresh = true;
+            }
+            if rx.eof {
+                ready = ready | Readiness::RDHUP;
+            }
+            // Relaxed: our own flag.
+            if rx.eof && self.shut_wr.load(Ordering::Relaxed) {
+                ready = ready | Readiness::HUP;
+            }
+        }
+        // Relaxed: hints (see the module docs).
+        if !self.full.load(Ordering::Relaxed) || self.shut_wr.load(Ordering::Relaxed) {
+            ready = ready | Readiness::WRITE;
+        }
+        Some(Glance { ready, fresh })
     }
 
     fn arm_known(&self, interest: Readiness, fired: bool) -> Readiness {

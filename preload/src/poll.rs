@@ -99,9 +99,19 @@ fn poll_emulated(
             if !spun {
                 spun = true;
                 let mut sp = crate::wait::POLL_SPINNER.with(core::cell::Cell::get);
-                acc_ready = sp.spin(deadline, || {
-                    acc.iter().any(|(i, c)| revents(c, pfds[*i].events) != 0)
-                });
+                acc_ready = sp.spin(
+                    deadline,
+                    crate::wait::Look {
+                        cheap: || {
+                            acc.iter().any(|(i, c)| {
+                                c.imp
+                                    .glance()
+                                    .is_none_or(|g| g.shows(interest(pfds[*i].events)))
+                            })
+                        },
+                        full: || acc.iter().any(|(i, c)| revents(c, pfds[*i].events) != 0),
+                    },
+                );
                 crate::wait::POLL_SPINNER.with(|c| c.set(sp));
             }
             if !acc_ready {
