@@ -316,7 +316,7 @@ mod tests {
     impl Page {
         fn word(self, off: usize) -> &'static AtomicU32 {
             // SAFETY: a 4-aligned 4096-byte page alive until the test
-            // thread ends (`xs_ring::fake::new_page`); `off` a word in it.
+            // thread ends (`xenstore::fake::ring::new_page`); `off` a word in it.
             unsafe { AtomicU32::from_ptr(self.0.add(off).cast()) }
         }
         fn byte(self, off: usize) -> u8 {
@@ -373,7 +373,7 @@ mod tests {
     }
 
     fn console(start: u32, per_wait: usize) -> ConsoleRing<Consoled> {
-        let page = Page(crate::xenstore::ring::fake::new_page().0);
+        let page = Page(crate::xenstore::fake::ring::new_page().0);
         for off in [IN_CONS, IN_PROD, OUT_CONS, OUT_PROD] {
             page.word(off).store(start, Ordering::Relaxed);
         }
@@ -458,7 +458,7 @@ mod tests {
             })
         );
         // A page with inconsistent indices is refused up front.
-        let page = Page(crate::xenstore::ring::fake::new_page().0);
+        let page = Page(crate::xenstore::fake::ring::new_page().0);
         page.word(OUT_CONS).store(5000, Ordering::Relaxed);
         let d = Consoled {
             page,

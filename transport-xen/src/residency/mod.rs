@@ -111,8 +111,6 @@ mod policy;
 mod view;
 
 #[cfg(test)]
-pub(crate) mod fake;
-#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_claims;

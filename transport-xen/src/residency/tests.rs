@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use coresident::lookup::{DomainId, DomainTable, Handle, Seed, Table};
 
-use super::fake::FakeXenstored;
 use super::*;
 use crate::protocol::xs_wire::{Access, Perm, ValueError, XsErrno};
+use crate::xenstore::fake::FakeXenstored;
 use crate::xenstore::{XenStore, XsClient};
 
 /// Long enough never to expire when an event is due (the fake queues every
