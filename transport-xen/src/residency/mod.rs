@@ -114,6 +114,8 @@ mod view;
 mod tests;
 #[cfg(test)]
 mod tests_claims;
+#[cfg(test)]
+mod tests_view;
 
 pub use addr::{
     Addr, AddrKind, Addresses, AdvertError, MAX_IPV4, MAX_IPV6, MAX_LINE_LEN, MAX_MACS,
