@@ -44,9 +44,9 @@ pub enum Change {
     },
     /// The domain is gone (destroyed, or migrated away).
     Gone(DomId),
-    /// [`Agent::withdraw`] took the domain out of every list.
+    /// [`Agent::withdraw`](super::Agent::withdraw) took the domain out of every list.
     Withdrawn(DomId),
-    /// [`Agent::readmit`] put it back.
+    /// [`Agent::readmit`](super::Agent::readmit) put it back.
     Readmitted(DomId),
     /// Several domains claim one address: it is left out of every list
     /// (traffic to it takes the network, which is always correct).
