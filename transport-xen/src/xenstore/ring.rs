@@ -56,7 +56,7 @@
 
 use core::fmt;
 use core::mem::offset_of;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::Ordering;
 use core::time::Duration;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -65,6 +65,7 @@ use super::{RingIndex, TxId, WatchEvent, XsClient, XsError};
 use crate::protocol::xs_wire::{
     self, Header, MsgType, Payload, WireError, HEADER_LEN, PAYLOAD_MAX,
 };
+use crate::shared::SharedMem;
 
 /// `XENSTORE_RING_SIZE`: bytes in each direction.
 pub const RING_SIZE: usize = 1024;
@@ -145,9 +146,10 @@ impl Buf {
 /// more are counted in [`XsRing::lost_events`]: re-read the keys after any
 /// event, as the events are hints).
 pub struct XsRing<E: Events> {
-    /// The page: 4-aligned, at least `size_of::<XenstoreDomainInterface>()`
-    /// bytes, valid while `self` lives (`new`).
-    page: *mut u8,
+    /// The page's interface: 4-aligned,
+    /// `size_of::<XenstoreDomainInterface>()` bytes, valid while `self`
+    /// lives (`new`); every access checked, atomic or volatile.
+    page: SharedMem,
     events: E,
     /// Our copy of `req_prod`, the only one we trust.
     req_prod: u32,
@@ -200,6 +202,10 @@ impl<E: Events> XsRing<E> {
         if page.is_null() || (page as usize) % 4 != 0 {
             return Err(XsError::BadPage);
         }
+        // SAFETY: `page` is valid for the interface's bytes while the
+        // client lives, and touched only through atomics and volatile
+        // accesses here (this function's contract).
+        let page = unsafe { SharedMem::new(page, size_of::<XenstoreDomainInterface>()) };
         let mut ring = Self {
             page,
             events,
@@ -213,8 +219,8 @@ impl<E: Events> XsRing<E> {
             broken: false,
         };
         // Our own indices, read once: afterwards only our copies count.
-        ring.req_prod = ring.load(REQ_PROD, Ordering::Relaxed);
-        ring.rsp_cons = ring.load(RSP_CONS, Ordering::Relaxed);
+        ring.req_prod = ring.load(REQ_PROD, Ordering::Relaxed)?;
+        ring.rsp_cons = ring.load(RSP_CONS, Ordering::Relaxed)?;
         ring.req_space()?;
         ring.rsp_avail()?;
         Ok(ring)
@@ -231,37 +237,24 @@ impl<E: Events> XsRing<E> {
     }
 
     /// Atomically loads the word at `off` (one of the index or trailing
-    /// word offsets above, all 4-aligned and inside the interface).
-    fn load(&self, off: usize, order: Ordering) -> u32 {
-        // SAFETY:
-        // - `off` is one of the constant word offsets of
-        //   `XenstoreDomainInterface` (4-aligned, below its size), `page` is
-        //   4-aligned and valid for the whole interface (`new`), so the
-        //   pointer is non-null, aligned and in bounds;
-        // - nothing in this domain accesses these bytes non-atomically
-        //   (`new`); the peer is, to the abstract machine, another atomic
-        //   writer.
-        let a = unsafe { AtomicU32::from_ptr(self.page.wrapping_add(off).cast::<u32>()) };
-        // Constant orderings only: no ordering-panic path in the kernel.
-        if order == Ordering::Acquire {
-            a.load(Ordering::Acquire)
-        } else {
-            a.load(Ordering::Relaxed)
-        }
+    /// word offsets above, all 4-aligned and inside the interface: never
+    /// [`XsError::BadPage`] for them).
+    fn load(&self, off: usize, order: Ordering) -> Result<u32, XsError> {
+        self.page.load_u32(off, order).map_err(|_| XsError::BadPage)
     }
 
     /// Atomically stores our index `v` at `off` with `Release`.
-    fn store_release(&self, off: usize, v: u32) {
-        // SAFETY: as in `load`.
-        let a = unsafe { AtomicU32::from_ptr(self.page.wrapping_add(off).cast::<u32>()) };
-        a.store(v, Ordering::Release);
+    fn store_release(&self, off: usize, v: u32) -> Result<(), XsError> {
+        self.page
+            .store_u32(off, v, Ordering::Release)
+            .map_err(|_| XsError::BadPage)
     }
 
     /// Free bytes in the request ring, checking the peer's `req_cons`.
     fn req_space(&self) -> Result<usize, XsError> {
         // SYNC POINT: the daemon has copied the request bytes before
         // `req_cons` (its Release); we may overwrite them after this Acquire.
-        let cons = self.load(REQ_CONS, Ordering::Acquire);
+        let cons = self.load(REQ_CONS, Ordering::Acquire)?;
         let used = self.req_prod.wrapping_sub(cons) as usize;
         if used > RING_SIZE {
             return Err(XsError::BadIndex {
@@ -277,7 +270,7 @@ impl<E: Events> XsRing<E> {
     fn rsp_avail(&self) -> Result<usize, XsError> {
         // SYNC POINT: the daemon wrote the reply bytes before `rsp_prod`
         // (its Release); we read them after this Acquire.
-        let prod = self.load(RSP_PROD, Ordering::Acquire);
+        let prod = self.load(RSP_PROD, Ordering::Acquire)?;
         let avail = prod.wrapping_sub(self.rsp_cons) as usize;
         if avail > RING_SIZE {
             return Err(XsError::BadIndex {
@@ -291,8 +284,8 @@ impl<E: Events> XsRing<E> {
 
     /// Waits for an event, after checking the server's error word.
     fn wait(&mut self) -> Result<(), XsError> {
-        if self.load(FEATURES, Ordering::Relaxed) & SERVER_FEATURE_ERROR != 0 {
-            let e = self.load(ERROR, Ordering::Relaxed);
+        if self.load(FEATURES, Ordering::Relaxed)? & SERVER_FEATURE_ERROR != 0 {
+            let e = self.load(ERROR, Ordering::Relaxed)?;
             if e != 0 {
                 return Err(XsError::Server(e));
             }
@@ -317,20 +310,15 @@ impl<E: Events> XsRing<E> {
             let slot = self.req_prod as usize % RING_SIZE;
             let n = free.min(bytes.len()).min(RING_SIZE - slot);
             let (now, rest) = bytes.split_at(n);
-            let dst = self.page.wrapping_add(REQ + slot);
-            for (i, &b) in now.iter().enumerate() {
-                // SAFETY:
-                // - `slot + i < slot + n <= RING_SIZE`: inside `req`, inside
-                //   the page (valid for writes, `new`);
-                // - a volatile byte write: the daemon reads these bytes only
-                //   after our Release of `req_prod` below, and never through a
-                //   Rust reference of ours.
-                unsafe { dst.wrapping_add(i).write_volatile(b) };
-            }
+            // `slot + n <= RING_SIZE`: inside `req`. The daemon reads these
+            // bytes only after our Release of `req_prod` below.
+            self.page
+                .write_bytes(REQ + slot, now)
+                .map_err(|_| XsError::BadPage)?;
             self.req_prod = self.req_prod.wrapping_add(n as u32);
             // SYNC POINT: the request bytes above are visible to the daemon
             // once it Acquires this `req_prod`.
-            self.store_release(REQ_PROD, self.req_prod);
+            self.store_release(REQ_PROD, self.req_prod)?;
             bytes = rest;
         }
         Ok(())
@@ -353,21 +341,18 @@ impl<E: Events> XsRing<E> {
             let slot = self.rsp_cons as usize % RING_SIZE;
             let rest = out.get_mut(filled..).unwrap_or(&mut []);
             let n = avail.min(rest.len()).min(RING_SIZE - slot);
-            let src = self.page.wrapping_add(RSP + slot);
-            for (i, b) in rest.iter_mut().take(n).enumerate() {
-                // SAFETY:
-                // - `slot + i < slot + n <= RING_SIZE`: inside `rsp`, inside
-                //   the page (valid for reads, `new`);
-                // - a volatile byte read: the daemon may write the ring at any
-                //   time; a byte it changes is a wrong byte, caught by the
-                //   checks on what we decode, never undefined behaviour.
-                *b = unsafe { src.wrapping_add(i).read_volatile() };
-            }
+            // `slot + n <= RING_SIZE`: inside `rsp`. The daemon may write the
+            // ring at any time: a byte it changes is a wrong byte, caught by
+            // the checks on what we decode.
+            let dst = rest.get_mut(..n).unwrap_or(&mut []);
+            self.page
+                .read_bytes(RSP + slot, dst)
+                .map_err(|_| XsError::BadPage)?;
             filled += n;
             self.rsp_cons = self.rsp_cons.wrapping_add(n as u32);
             // SYNC POINT: our reads above are done before the daemon, after
             // Acquiring this `rsp_cons`, reuses the bytes.
-            self.store_release(RSP_CONS, self.rsp_cons);
+            self.store_release(RSP_CONS, self.rsp_cons)?;
             // The daemon may be waiting for space (a long reply).
             self.events.notify();
         }
