@@ -1,6 +1,6 @@
 //! Memory a peer writes at any time (the live page of a link, the
-//! `start_info` XenStore ring; later the console ring and the grant
-//! table), through one checked
+//! `start_info` XenStore ring, the PV console ring; not yet the kernel's
+//! grant table), through one checked
 //! accessor: every access is bounds- and alignment-checked, then an atomic
 //! of `coresident_sync`; no Rust reference to the bytes ever exists
 //! (vm-memory's `get_atomic_ref` style, without handing the reference out).
