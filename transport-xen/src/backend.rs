@@ -4,16 +4,14 @@
 //! [`XenTransport`](crate::transport::XenTransport) is generic over it, as
 //! iceoryx2's zero-copy connection is over its storage. Linux userspace
 //! implements it through the `/dev/xen` devices
-//! (`crate::linux::LinuxBackend`, feature `std`). A PV kernel's hypercalls
-//! (feature `xen-sys`) do not yet: `crate::kernel` still has its own
-//! `KernelTransport` over the same [`crxg`](crate::protocol::crxg) offer
-//! (the next step of issue 16).
+//! (`crate::linux::LinuxBackend`, feature `std`), a PV kernel through
+//! hypercalls (`crate::kernel::KernelBackend`, feature `xen-sys`).
 //!
 //! ```text
 //!  XenTransport<B> ── offer, accept, doorbell, region ── the same for every B
 //!        │
 //!        └── B: XenBackend ─┬─ LinuxBackend:  gntalloc, gntdev, evtchn, privcmd (ioctls)
-//!                           └─ (next) the kernel: grant table v1, EVTCHNOP_*, SCHEDOP_poll
+//!                           └─ KernelBackend: grant table v1, EVTCHNOP_*, SCHEDOP_poll
 //! ```
 
 use core::fmt;
@@ -31,7 +29,10 @@ use crate::types::{DomId, EvtchnPort, GrantRef};
 /// 4096 bytes, valid for reads and writes (by raw pointers, atomics and
 /// volatile accesses: the peer writes it at any time) for as long as the
 /// value lives, and not aliased by any Rust reference.
-pub unsafe trait GrantedPages: Send + fmt::Debug {
+///
+/// Not `Send` of itself: a kernel's pages are `Send` only when its services
+/// may be called from any CPU. Concrete pages say so for themselves.
+pub unsafe trait GrantedPages: fmt::Debug {
     /// The first byte.
     fn as_ptr(&self) -> *mut u8;
     /// Bytes: pages × 4096.
@@ -46,7 +47,7 @@ pub unsafe trait GrantedPages: Send + fmt::Debug {
 }
 
 /// A bound event-channel port of this domain, closed on drop.
-pub trait EventPort: Send + fmt::Debug {
+pub trait EventPort: fmt::Debug {
     /// The backend's failure.
     type Error;
 

@@ -1,5 +1,6 @@
-//! Memory a peer writes at any time (today the live page of a link; later
-//! the `start_info` rings and the grant table), through one checked
+//! Memory a peer writes at any time (the live page of a link, the
+//! `start_info` XenStore ring, the PV console ring; not yet the kernel's
+//! grant table), through one checked
 //! accessor: every access is bounds- and alignment-checked, then an atomic
 //! of `coresident_sync`; no Rust reference to the bytes ever exists
 //! (vm-memory's `get_atomic_ref` style, without handing the reference out).
@@ -12,9 +13,9 @@
 use core::ptr::NonNull;
 
 #[cfg(loom)]
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 #[cfg(not(loom))]
-use coresident_sync::atomic::{AtomicU8, Ordering};
+use coresident_sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 /// An access outside the memory, or misaligned for its size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +94,79 @@ impl SharedMem {
         // SAFETY: as in `load_u8`.
         let a = unsafe { AtomicU8::from_ptr(p) };
         a.store(v, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Loads the `u32` at `off` (4-aligned): `Acquire` if `order` is
+    /// `Acquire` or stronger, else `Relaxed`. Only constant orderings reach
+    /// the atomic: no ordering can panic here.
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfBounds`] (outside the memory, or misaligned).
+    pub fn load_u32(&self, off: usize, order: Ordering) -> Result<u32, OutOfBounds> {
+        let p = self.at(off, 4, 4)?;
+        // SAFETY:
+        // - `p` is in bounds and 4-aligned (checked above), valid for the
+        //   memory's life (`new`'s contract);
+        // - only atomics and volatile accesses touch these bytes (`new`).
+        let a = unsafe { AtomicU32::from_ptr(p.cast::<u32>()) };
+        Ok(match order {
+            Ordering::Relaxed | Ordering::Release => a.load(Ordering::Relaxed),
+            Ordering::SeqCst => a.load(Ordering::SeqCst),
+            _ => a.load(Ordering::Acquire),
+        })
+    }
+
+    /// Stores the `u32` `v` at `off` (4-aligned): `Release` if `order` is
+    /// `Release` or stronger, else `Relaxed` (constant orderings only, as
+    /// [`SharedMem::load_u32`]).
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfBounds`].
+    pub fn store_u32(&self, off: usize, v: u32, order: Ordering) -> Result<(), OutOfBounds> {
+        let p = self.at(off, 4, 4)?;
+        // SAFETY: as in `load_u32`.
+        let a = unsafe { AtomicU32::from_ptr(p.cast::<u32>()) };
+        match order {
+            Ordering::Relaxed | Ordering::Acquire => a.store(v, Ordering::Relaxed),
+            Ordering::SeqCst => a.store(v, Ordering::SeqCst),
+            _ => a.store(v, Ordering::Release),
+        }
+        Ok(())
+    }
+
+    /// Copies `out.len()` bytes at `off` into `out`, byte by byte with
+    /// volatile reads: the peer may change them meanwhile (a changed byte is
+    /// a wrong byte for the caller's checks, never undefined behaviour).
+    /// Ordered after an `Acquire` of the index that published them.
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfBounds`] (nothing is copied).
+    pub fn read_bytes(&self, off: usize, out: &mut [u8]) -> Result<(), OutOfBounds> {
+        let p = self.at(off, out.len(), 1)?;
+        for (i, b) in out.iter_mut().enumerate() {
+            // SAFETY: `p + i` is below `p + out.len()`, in bounds (checked
+            // above) and valid (`new`); a volatile read, no reference made.
+            *b = unsafe { p.wrapping_add(i).read_volatile() };
+        }
+        Ok(())
+    }
+
+    /// Copies `src` to the bytes at `off` with volatile writes; the peer
+    /// sees them after a `Release` of the index that publishes them.
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfBounds`] (nothing is written).
+    pub fn write_bytes(&self, off: usize, src: &[u8]) -> Result<(), OutOfBounds> {
+        let p = self.at(off, src.len(), 1)?;
+        for (i, &b) in src.iter().enumerate() {
+            // SAFETY: as in `read_bytes`, a volatile write.
+            unsafe { p.wrapping_add(i).write_volatile(b) };
+        }
         Ok(())
     }
 }

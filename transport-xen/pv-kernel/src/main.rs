@@ -215,7 +215,7 @@ fn xen_semantics(xen: &Xen<PvKernel>) -> Result<(), &'static str> {
     let mut forged = buf;
     forged[36..40].copy_from_slice(&2000u32.to_le_bytes());
     let status = match acc.accept(&forged[..n]) {
-        Err(KernelTransportError::Kernel(KernelError::Grant { status, .. })) => status,
+        Err(KernelTransportError::Backend(KernelError::Grant { status, .. })) => status,
         _ => return Err("Xen did not refuse a forged grant reference"),
     };
     if k.windows_in_use() != windows0 {

@@ -22,9 +22,11 @@
 
 use core::fmt;
 use core::mem::offset_of;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::Ordering;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::shared::SharedMem;
 
 pub use crate::xenstore::ring::Events;
 
@@ -101,9 +103,10 @@ impl core::error::Error for ConsoleError {}
 
 /// The guest's end of the PV console.
 pub struct ConsoleRing<E: Events> {
-    /// 4-aligned, at least `size_of::<XenconsInterface>()` bytes, valid
-    /// while `self` lives (`new`).
-    page: *mut u8,
+    /// The interface: 4-aligned, `size_of::<XenconsInterface>()` bytes,
+    /// valid while `self` lives (`new`); every access checked, atomic or
+    /// volatile, never through a reference.
+    page: SharedMem,
     events: E,
     /// Our copy of `out_prod`.
     out_prod: u32,
@@ -144,6 +147,10 @@ impl<E: Events> ConsoleRing<E> {
         if page.is_null() || (page as usize) % 4 != 0 {
             return Err(ConsoleError::BadPage);
         }
+        // SAFETY: `page` is valid for the interface's bytes while the
+        // console lives, touched only through atomics and volatile accesses
+        // here (this function's contract).
+        let page = unsafe { SharedMem::new(page, size_of::<XenconsInterface>()) };
         let mut c = Self {
             page,
             events,
@@ -151,8 +158,8 @@ impl<E: Events> ConsoleRing<E> {
             in_cons: 0,
             broken: false,
         };
-        c.out_prod = c.load(OUT_PROD, Ordering::Relaxed);
-        c.in_cons = c.load(IN_CONS, Ordering::Relaxed);
+        c.out_prod = c.load(OUT_PROD, Ordering::Relaxed)?;
+        c.in_cons = c.load(IN_CONS, Ordering::Relaxed)?;
         c.out_space()?;
         c.in_avail()?;
         Ok(c)
@@ -163,23 +170,19 @@ impl<E: Events> ConsoleRing<E> {
         &mut self.events
     }
 
-    fn word(&self, off: usize) -> &AtomicU32 {
-        // SAFETY:
-        // - `off` is one of the constant index offsets of `XenconsInterface`
-        //   (4-aligned, below its size) and `page` is 4-aligned and valid for
-        //   the whole interface (`new`): non-null, aligned, in bounds;
-        // - nothing in this domain accesses these bytes non-atomically
-        //   (`new`); dom0 is, to the abstract machine, another atomic writer.
-        unsafe { AtomicU32::from_ptr(self.page.wrapping_add(off).cast::<u32>()) }
+    /// Atomically loads the index at `off` (a constant offset of
+    /// `XenconsInterface`: never [`ConsoleError::BadPage`] for them).
+    fn load(&self, off: usize, order: Ordering) -> Result<u32, ConsoleError> {
+        self.page
+            .load_u32(off, order)
+            .map_err(|_| ConsoleError::BadPage)
     }
 
-    fn load(&self, off: usize, order: Ordering) -> u32 {
-        // Constant orderings only: no ordering-panic path in the kernel.
-        if order == Ordering::Acquire {
-            self.word(off).load(Ordering::Acquire)
-        } else {
-            self.word(off).load(Ordering::Relaxed)
-        }
+    /// Atomically stores our index `v` at `off` with `Release`.
+    fn store_release(&self, off: usize, v: u32) -> Result<(), ConsoleError> {
+        self.page
+            .store_u32(off, v, Ordering::Release)
+            .map_err(|_| ConsoleError::BadPage)
     }
 
     fn fail<T>(&mut self, peer: u32, ours: u32) -> Result<T, ConsoleError> {
@@ -191,7 +194,7 @@ impl<E: Events> ConsoleRing<E> {
     fn out_space(&mut self) -> Result<usize, ConsoleError> {
         // SYNC POINT: xenconsoled copied the bytes before its Release of
         // `out_cons`; after this Acquire we may overwrite them.
-        let cons = self.load(OUT_CONS, Ordering::Acquire);
+        let cons = self.load(OUT_CONS, Ordering::Acquire)?;
         let used = self.out_prod.wrapping_sub(cons) as usize;
         if used > OUT_SIZE {
             return self.fail(cons, self.out_prod);
@@ -202,7 +205,7 @@ impl<E: Events> ConsoleRing<E> {
     /// Input bytes available, checking dom0's `in_prod`.
     fn in_avail(&mut self) -> Result<usize, ConsoleError> {
         // SYNC POINT: dom0 wrote the input before its Release of `in_prod`.
-        let prod = self.load(IN_PROD, Ordering::Acquire);
+        let prod = self.load(IN_PROD, Ordering::Acquire)?;
         let avail = prod.wrapping_sub(self.in_cons) as usize;
         if avail > IN_SIZE {
             return self.fail(prod, self.in_cons);
@@ -234,19 +237,15 @@ impl<E: Events> ConsoleRing<E> {
             let slot = self.out_prod as usize % OUT_SIZE;
             let n = free.min(bytes.len()).min(OUT_SIZE - slot);
             let (now, rest) = bytes.split_at(n);
-            let dst = self.page.wrapping_add(OUT + slot);
-            for (i, &b) in now.iter().enumerate() {
-                // SAFETY:
-                // - `slot + i < OUT_SIZE`: inside `out`, inside the page
-                //   (valid for writes, `new`);
-                // - a volatile byte write; dom0 reads these bytes only after
-                //   our Release of `out_prod`.
-                unsafe { dst.wrapping_add(i).write_volatile(b) };
-            }
+            // `slot + n <= OUT_SIZE`: inside `out`. dom0 reads these bytes
+            // only after our Release of `out_prod` below.
+            self.page
+                .write_bytes(OUT + slot, now)
+                .map_err(|_| ConsoleError::BadPage)?;
             self.out_prod = self.out_prod.wrapping_add(n as u32);
             // SYNC POINT: the bytes above are visible to xenconsoled once it
             // Acquires this `out_prod`.
-            self.word(OUT_PROD).store(self.out_prod, Ordering::Release);
+            self.store_release(OUT_PROD, self.out_prod)?;
             bytes = rest;
         }
         self.events.notify();
@@ -272,19 +271,16 @@ impl<E: Events> ConsoleRing<E> {
             if n == 0 {
                 break;
             }
-            let src = self.page.wrapping_add(IN + slot);
-            for (i, b) in rest.iter_mut().take(n).enumerate() {
-                // SAFETY:
-                // - `slot + i < IN_SIZE`: inside `in`, inside the page (valid
-                //   for reads, `new`);
-                // - a volatile byte read of bytes dom0 may change: a wrong
-                //   byte at worst.
-                *b = unsafe { src.wrapping_add(i).read_volatile() };
-            }
+            // `slot + n <= IN_SIZE`: inside `in`; bytes dom0 may change are
+            // wrong bytes at worst.
+            let dst = rest.get_mut(..n).unwrap_or(&mut []);
+            self.page
+                .read_bytes(IN + slot, dst)
+                .map_err(|_| ConsoleError::BadPage)?;
             filled += n;
             self.in_cons = self.in_cons.wrapping_add(n as u32);
             // SYNC POINT: our reads are done before dom0 Acquires `in_cons`.
-            self.word(IN_CONS).store(self.in_cons, Ordering::Release);
+            self.store_release(IN_CONS, self.in_cons)?;
         }
         if filled > 0 {
             self.events.notify();
@@ -308,6 +304,7 @@ mod tests {
     extern crate std;
     use super::*;
     use core::fmt::Write as _;
+    use core::sync::atomic::AtomicU32;
     use std::vec::Vec;
 
     #[derive(Clone, Copy)]
@@ -316,7 +313,7 @@ mod tests {
     impl Page {
         fn word(self, off: usize) -> &'static AtomicU32 {
             // SAFETY: a 4-aligned 4096-byte page alive until the test
-            // thread ends (`xs_ring::fake::new_page`); `off` a word in it.
+            // thread ends (`xenstore::fake::ring::new_page`); `off` a word in it.
             unsafe { AtomicU32::from_ptr(self.0.add(off).cast()) }
         }
         fn byte(self, off: usize) -> u8 {
@@ -373,7 +370,7 @@ mod tests {
     }
 
     fn console(start: u32, per_wait: usize) -> ConsoleRing<Consoled> {
-        let page = Page(crate::xenstore::ring::fake::new_page().0);
+        let page = Page(crate::xenstore::fake::ring::new_page().0);
         for off in [IN_CONS, IN_PROD, OUT_CONS, OUT_PROD] {
             page.word(off).store(start, Ordering::Relaxed);
         }
@@ -458,7 +455,7 @@ mod tests {
             })
         );
         // A page with inconsistent indices is refused up front.
-        let page = Page(crate::xenstore::ring::fake::new_page().0);
+        let page = Page(crate::xenstore::fake::ring::new_page().0);
         page.word(OUT_CONS).store(5000, Ordering::Relaxed);
         let d = Consoled {
             page,

@@ -1,9 +1,11 @@
 //! A hypercall-level backend for a Xen PV guest kernel (feature `xen-sys`,
 //! x86_64, `no_std`, no allocation): grant table v1, event channels, and
-//! [`KernelTransport`], the core's [`Transport`](coresident::Transport)
-//! over them, so a kernel gets the same [`Channel`](coresident::Channel) as
-//! a daemon, and speaks the same rendezvous bytes ([`crate::protocol::crxg`]) as the
-//! userspace [`XenTransport`] (feature `std`).
+//! [`KernelBackend`], their [`XenBackend`](crate::backend::XenBackend), so
+//! a kernel runs the one [`XenTransport`](crate::transport::XenTransport)
+//! ([`KernelTransport`] names it), gets the same
+//! [`Channel`](coresident::Channel) as a daemon, and speaks the same
+//! rendezvous bytes ([`crate::protocol::crxg`]) as the Linux daemon's
+//! [`XenTransport`] (feature `std`).
 //!
 //! ```text
 //!   your kernel                          this module
@@ -46,10 +48,10 @@
     doc = "[`XenTransport`]: crate#features"
 )]
 
+pub mod backend;
 pub mod event_channel;
 pub mod grant_table;
 pub mod hypercall;
-pub mod transport;
 
 #[cfg(all(test, feature = "std", target_os = "linux"))]
 mod fake;
@@ -61,12 +63,24 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
 
+pub use backend::{KernelBackend, KernelPages, KernelPort, KernelRefs};
 pub use event_channel::{SharedInfo, XenClock};
 pub use grant_table::{GrantTable, GRANT_FRAMES};
 pub use hypercall::{update_va_mapping, Hypercall, HypercallPage};
-pub use transport::{
-    KernelDoorbell, KernelPending, KernelRegion, KernelTransport, KernelTransportError,
-};
+
+/// The one [`XenTransport`](crate::transport::XenTransport), over this
+/// kernel's hypercalls: `KernelTransport::new(&xen, peer)`.
+pub type KernelTransport<'x, K> = crate::transport::XenTransport<KernelBackend<'x, K>>;
+/// Its region: granted (offerer) or mapped (acceptor) pages.
+pub type KernelRegion<'x, K> = crate::transport::XenRegion<KernelBackend<'x, K>>;
+/// Its doorbell: the port and the live page.
+pub type KernelDoorbell<'x, K> = crate::transport::XenDoorbell<KernelBackend<'x, K>>;
+/// Its pending offer.
+pub type KernelPending<'x, K> = crate::transport::XenPending<KernelBackend<'x, K>>;
+/// Its link.
+pub type KernelLink<'x, K> = crate::transport::XenLink<KernelBackend<'x, K>>;
+/// Its failure.
+pub type KernelTransportError = crate::transport::XenTransportError<KernelError>;
 
 use crate::types::{DomId, EvtchnPort, GrantRef};
 

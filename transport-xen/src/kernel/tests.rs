@@ -11,7 +11,7 @@ use zerocopy::IntoBytes;
 
 use super::fake::FakeXen;
 use super::grant_table::*;
-use super::transport::KernelTransportError;
+use super::KernelTransportError;
 use super::{KernelError, KernelTransport, Xen};
 use crate::protocol::crxg::{self, CrxgError};
 
@@ -213,7 +213,7 @@ fn a_kernel_offer_is_what_the_userspace_transport_reads() {
     let mut parsed = [0; 64];
     let o = crxg::parse(0, &buf[..n], &mut parsed).unwrap();
     let mut mine = [0; 64];
-    assert_eq!(o, pending.offer(0, &mut mine).unwrap());
+    assert_eq!(o, pending.offer(&mut mine).unwrap());
     assert_eq!(o.layout, layout());
     let refs = o.refs.to_vec();
     // Each reference grants the matching page to the peer, read-write.
@@ -325,7 +325,7 @@ fn garbage_and_hostile_rendezvous_map_nothing() {
     let mut other = KernelTransport::new(&x, 9);
     assert_eq!(
         other.accept(&buf[..n]).unwrap_err(),
-        KernelTransportError::Rendezvous(CrxgError::WrongPeer(0))
+        KernelTransportError::Offer(CrxgError::WrongPeer(0))
     );
     // A reference the offerer never granted: the map fails part way and
     // undoes what it mapped.
@@ -333,7 +333,7 @@ fn garbage_and_hostile_rendezvous_map_nothing() {
     bad[32 + 4 * 3..32 + 4 * 4].copy_from_slice(&2000u32.to_le_bytes());
     assert!(matches!(
         acc.accept(&bad[..n]).unwrap_err(),
-        KernelTransportError::Kernel(KernelError::Grant { .. })
+        KernelTransportError::Backend(KernelError::Grant { .. })
     ));
     assert_eq!(x.kernel().maps(), 0);
     // Past the first batch of 16: the earlier batches are undone as well.
@@ -344,7 +344,7 @@ fn garbage_and_hostile_rendezvous_map_nothing() {
     bigbuf[32 + 4 * 20..32 + 4 * 21].copy_from_slice(&2001u32.to_le_bytes());
     assert!(matches!(
         acc.accept(&bigbuf[..bn]).unwrap_err(),
-        KernelTransportError::Kernel(KernelError::Grant { .. })
+        KernelTransportError::Backend(KernelError::Grant { .. })
     ));
     assert_eq!(x.kernel().maps(), 0);
     drop(big_pending);
@@ -356,7 +356,7 @@ fn garbage_and_hostile_rendezvous_map_nothing() {
     ));
     assert!(matches!(
         acc.accept(&buf[..n]).unwrap_err(),
-        KernelTransportError::Kernel(KernelError::Hypercall { rc: -22, .. })
+        KernelTransportError::Backend(KernelError::Hypercall { rc: -22, .. })
     ));
     assert_eq!(x.kernel().maps(), 0);
     assert_eq!(x.kernel().st.borrow().live_windows, XEN_WINDOWS);
@@ -374,16 +374,14 @@ fn offer_refuses_before_it_grants() {
     let mut small = [0u8; 40];
     assert_eq!(
         off.offer(layout(), &mut small).map(|_| ()).unwrap_err(),
-        KernelTransportError::BufferTooSmall {
-            needed: crxg::encoded_len(layout())
-        }
+        KernelTransportError::Offer(CrxgError::BufferTooSmall(crxg::encoded_len(layout())))
     );
     let mut buf = [0u8; 256];
     assert_eq!(
         off.offer(ChannelLayout::symmetric(1000), &mut buf)
             .map(|_| ())
             .unwrap_err(),
-        KernelTransportError::Rendezvous(CrxgError::BadLayout)
+        KernelTransportError::Offer(CrxgError::BadLayout)
     );
     assert_eq!(x.kernel().st.borrow().live_pages, 0);
     // The pending offer times out when nobody accepts (time passes while
@@ -446,7 +444,7 @@ fn a_one_mib_offer_goes_through_the_bytes() {
     assert_eq!(n, buf.len());
     let parsed = crxg::parse_borrowed(0, &buf).unwrap();
     let mut mine = vec![0; 514];
-    let offer = pending.offer(0, &mut mine).unwrap();
+    let offer = pending.offer(&mut mine).unwrap();
     assert!(parsed.refs.iter().eq(offer.refs.iter().copied()));
     let b = acc.accept(&buf).unwrap();
     assert_eq!(x.kernel().maps(), 514);

@@ -326,7 +326,7 @@ impl crate::rendezvous::Rendezvous<LinuxBackend<Linux>> {
         peer: DomId,
         name: &str,
     ) -> Result<Self, crate::protocol::keys::KeyError> {
-        Self::with_transport(crate::transport::XenTransport::new(own, peer), name)
+        Self::with_transport(crate::linux::XenTransport::new(own, peer), name)
     }
 }
 

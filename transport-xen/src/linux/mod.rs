@@ -14,6 +14,8 @@ pub mod sys;
 
 #[cfg(test)]
 pub(crate) mod fake;
+#[cfg(test)]
+mod tests_devices;
 
 pub use backend::{LinuxBackend, LinuxError, LinuxPages, LinuxPort};
 

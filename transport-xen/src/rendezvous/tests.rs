@@ -11,7 +11,7 @@ use crate::protocol::crxg::{self, CrxgError};
 use crate::protocol::keys::{Key, REFS_PER_KEY};
 use crate::protocol::xs_wire::ValueError;
 use crate::types::MAX_PAGES;
-use crate::xenstore::socket_tests::client;
+use crate::xenstore::tests_socket::client;
 use crate::xenstore::XenStore;
 use crate::Rendezvous;
 

@@ -7,7 +7,7 @@ use super::*;
 use crate::protocol::crxg::{self, CrxgError};
 use crate::protocol::keys::Key;
 use crate::protocol::xs_wire::ValueError;
-use crate::xenstore::ring::fake::{client, Daemon};
+use crate::xenstore::fake::ring::{client, Daemon};
 use crate::xenstore::ring::XsRing;
 use coresident::ChannelLayout;
 

@@ -12,8 +12,8 @@ use crate::linux::fake::FakeXen;
 use crate::linux::{LinuxBackend, LinuxError};
 use crate::protocol::crxg::CrxgError;
 use crate::residency;
-use crate::residency::fake::FakeXenstored;
 use crate::types::MAX_PAGES;
+use crate::xenstore::fake::FakeXenstored;
 use crate::xenstore::XenStore;
 use coresident::{ChannelLayout, Doorbell};
 

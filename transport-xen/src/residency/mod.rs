@@ -107,21 +107,23 @@ use crate::xenstore::{XsClient, XsError};
 
 mod addr;
 mod agent;
+mod change;
 mod policy;
 mod view;
 
 #[cfg(test)]
-pub(crate) mod fake;
-#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_claims;
+#[cfg(test)]
+mod tests_view;
 
 pub use addr::{
     Addr, AddrKind, Addresses, AdvertError, MAX_IPV4, MAX_IPV6, MAX_LINE_LEN, MAX_MACS,
     MAX_VALUE_LEN, VERSION,
 };
-pub use agent::{Agent, AgentError, Change, Status};
+pub use agent::Agent;
+pub use change::{AgentError, Change, Status};
 pub use policy::{Policy, DEFAULT_DEBOUNCE};
 pub use view::{
     ListError, PeerChange, ResidencyTables, ResidencyView, TableUpdate, ViewError, MAX_PEERS,

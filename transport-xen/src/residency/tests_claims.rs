@@ -6,9 +6,9 @@ use core::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use super::fake::FakeXenstored;
 use super::view::PeerChange;
 use super::*;
+use crate::xenstore::fake::FakeXenstored;
 use crate::xenstore::{XenStore, XsClient};
 
 const DUE: Option<Duration> = Some(Duration::from_secs(20));

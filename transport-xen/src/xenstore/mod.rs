@@ -22,8 +22,12 @@ pub mod ring;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub mod socket;
 
+#[cfg(test)]
+pub(crate) mod fake;
+#[cfg(test)]
+mod tests_ring;
 #[cfg(all(test, feature = "std", target_os = "linux"))]
-pub(crate) mod socket_tests;
+pub(crate) mod tests_socket;
 
 use core::time::Duration;
 

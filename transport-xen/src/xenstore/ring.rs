@@ -56,7 +56,7 @@
 
 use core::fmt;
 use core::mem::offset_of;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::Ordering;
 use core::time::Duration;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -65,6 +65,7 @@ use super::{RingIndex, TxId, WatchEvent, XsClient, XsError};
 use crate::protocol::xs_wire::{
     self, Header, MsgType, Payload, WireError, HEADER_LEN, PAYLOAD_MAX,
 };
+use crate::shared::SharedMem;
 
 /// `XENSTORE_RING_SIZE`: bytes in each direction.
 pub const RING_SIZE: usize = 1024;
@@ -98,14 +99,14 @@ pub struct XenstoreDomainInterface {
 }
 const _: () = assert!(size_of::<XenstoreDomainInterface>() == 2076);
 
-const REQ: usize = offset_of!(XenstoreDomainInterface, req);
-const RSP: usize = offset_of!(XenstoreDomainInterface, rsp);
-const REQ_CONS: usize = offset_of!(XenstoreDomainInterface, req_cons);
-const REQ_PROD: usize = offset_of!(XenstoreDomainInterface, req_prod);
-const RSP_CONS: usize = offset_of!(XenstoreDomainInterface, rsp_cons);
-const RSP_PROD: usize = offset_of!(XenstoreDomainInterface, rsp_prod);
-const FEATURES: usize = offset_of!(XenstoreDomainInterface, server_features);
-const ERROR: usize = offset_of!(XenstoreDomainInterface, error);
+pub(crate) const REQ: usize = offset_of!(XenstoreDomainInterface, req);
+pub(crate) const RSP: usize = offset_of!(XenstoreDomainInterface, rsp);
+pub(crate) const REQ_CONS: usize = offset_of!(XenstoreDomainInterface, req_cons);
+pub(crate) const REQ_PROD: usize = offset_of!(XenstoreDomainInterface, req_prod);
+pub(crate) const RSP_CONS: usize = offset_of!(XenstoreDomainInterface, rsp_cons);
+pub(crate) const RSP_PROD: usize = offset_of!(XenstoreDomainInterface, rsp_prod);
+pub(crate) const FEATURES: usize = offset_of!(XenstoreDomainInterface, server_features);
+pub(crate) const ERROR: usize = offset_of!(XenstoreDomainInterface, error);
 const _: () = assert!(REQ == 0 && RSP == 1024 && REQ_CONS == 2048 && RSP_PROD == 2060);
 const _: () = assert!(ERROR == 2072 && REQ_CONS % 4 == 0 && FEATURES % 4 == 0);
 
@@ -145,9 +146,10 @@ impl Buf {
 /// more are counted in [`XsRing::lost_events`]: re-read the keys after any
 /// event, as the events are hints).
 pub struct XsRing<E: Events> {
-    /// The page: 4-aligned, at least `size_of::<XenstoreDomainInterface>()`
-    /// bytes, valid while `self` lives (`new`).
-    page: *mut u8,
+    /// The page's interface: 4-aligned,
+    /// `size_of::<XenstoreDomainInterface>()` bytes, valid while `self`
+    /// lives (`new`); every access checked, atomic or volatile.
+    page: SharedMem,
     events: E,
     /// Our copy of `req_prod`, the only one we trust.
     req_prod: u32,
@@ -200,6 +202,10 @@ impl<E: Events> XsRing<E> {
         if page.is_null() || (page as usize) % 4 != 0 {
             return Err(XsError::BadPage);
         }
+        // SAFETY: `page` is valid for the interface's bytes while the
+        // client lives, and touched only through atomics and volatile
+        // accesses here (this function's contract).
+        let page = unsafe { SharedMem::new(page, size_of::<XenstoreDomainInterface>()) };
         let mut ring = Self {
             page,
             events,
@@ -213,8 +219,8 @@ impl<E: Events> XsRing<E> {
             broken: false,
         };
         // Our own indices, read once: afterwards only our copies count.
-        ring.req_prod = ring.load(REQ_PROD, Ordering::Relaxed);
-        ring.rsp_cons = ring.load(RSP_CONS, Ordering::Relaxed);
+        ring.req_prod = ring.load(REQ_PROD, Ordering::Relaxed)?;
+        ring.rsp_cons = ring.load(RSP_CONS, Ordering::Relaxed)?;
         ring.req_space()?;
         ring.rsp_avail()?;
         Ok(ring)
@@ -231,37 +237,24 @@ impl<E: Events> XsRing<E> {
     }
 
     /// Atomically loads the word at `off` (one of the index or trailing
-    /// word offsets above, all 4-aligned and inside the interface).
-    fn load(&self, off: usize, order: Ordering) -> u32 {
-        // SAFETY:
-        // - `off` is one of the constant word offsets of
-        //   `XenstoreDomainInterface` (4-aligned, below its size), `page` is
-        //   4-aligned and valid for the whole interface (`new`), so the
-        //   pointer is non-null, aligned and in bounds;
-        // - nothing in this domain accesses these bytes non-atomically
-        //   (`new`); the peer is, to the abstract machine, another atomic
-        //   writer.
-        let a = unsafe { AtomicU32::from_ptr(self.page.wrapping_add(off).cast::<u32>()) };
-        // Constant orderings only: no ordering-panic path in the kernel.
-        if order == Ordering::Acquire {
-            a.load(Ordering::Acquire)
-        } else {
-            a.load(Ordering::Relaxed)
-        }
+    /// word offsets above, all 4-aligned and inside the interface: never
+    /// [`XsError::BadPage`] for them).
+    fn load(&self, off: usize, order: Ordering) -> Result<u32, XsError> {
+        self.page.load_u32(off, order).map_err(|_| XsError::BadPage)
     }
 
     /// Atomically stores our index `v` at `off` with `Release`.
-    fn store_release(&self, off: usize, v: u32) {
-        // SAFETY: as in `load`.
-        let a = unsafe { AtomicU32::from_ptr(self.page.wrapping_add(off).cast::<u32>()) };
-        a.store(v, Ordering::Release);
+    fn store_release(&self, off: usize, v: u32) -> Result<(), XsError> {
+        self.page
+            .store_u32(off, v, Ordering::Release)
+            .map_err(|_| XsError::BadPage)
     }
 
     /// Free bytes in the request ring, checking the peer's `req_cons`.
     fn req_space(&self) -> Result<usize, XsError> {
         // SYNC POINT: the daemon has copied the request bytes before
         // `req_cons` (its Release); we may overwrite them after this Acquire.
-        let cons = self.load(REQ_CONS, Ordering::Acquire);
+        let cons = self.load(REQ_CONS, Ordering::Acquire)?;
         let used = self.req_prod.wrapping_sub(cons) as usize;
         if used > RING_SIZE {
             return Err(XsError::BadIndex {
@@ -277,7 +270,7 @@ impl<E: Events> XsRing<E> {
     fn rsp_avail(&self) -> Result<usize, XsError> {
         // SYNC POINT: the daemon wrote the reply bytes before `rsp_prod`
         // (its Release); we read them after this Acquire.
-        let prod = self.load(RSP_PROD, Ordering::Acquire);
+        let prod = self.load(RSP_PROD, Ordering::Acquire)?;
         let avail = prod.wrapping_sub(self.rsp_cons) as usize;
         if avail > RING_SIZE {
             return Err(XsError::BadIndex {
@@ -291,8 +284,8 @@ impl<E: Events> XsRing<E> {
 
     /// Waits for an event, after checking the server's error word.
     fn wait(&mut self) -> Result<(), XsError> {
-        if self.load(FEATURES, Ordering::Relaxed) & SERVER_FEATURE_ERROR != 0 {
-            let e = self.load(ERROR, Ordering::Relaxed);
+        if self.load(FEATURES, Ordering::Relaxed)? & SERVER_FEATURE_ERROR != 0 {
+            let e = self.load(ERROR, Ordering::Relaxed)?;
             if e != 0 {
                 return Err(XsError::Server(e));
             }
@@ -317,20 +310,15 @@ impl<E: Events> XsRing<E> {
             let slot = self.req_prod as usize % RING_SIZE;
             let n = free.min(bytes.len()).min(RING_SIZE - slot);
             let (now, rest) = bytes.split_at(n);
-            let dst = self.page.wrapping_add(REQ + slot);
-            for (i, &b) in now.iter().enumerate() {
-                // SAFETY:
-                // - `slot + i < slot + n <= RING_SIZE`: inside `req`, inside
-                //   the page (valid for writes, `new`);
-                // - a volatile byte write: the daemon reads these bytes only
-                //   after our Release of `req_prod` below, and never through a
-                //   Rust reference of ours.
-                unsafe { dst.wrapping_add(i).write_volatile(b) };
-            }
+            // `slot + n <= RING_SIZE`: inside `req`. The daemon reads these
+            // bytes only after our Release of `req_prod` below.
+            self.page
+                .write_bytes(REQ + slot, now)
+                .map_err(|_| XsError::BadPage)?;
             self.req_prod = self.req_prod.wrapping_add(n as u32);
             // SYNC POINT: the request bytes above are visible to the daemon
             // once it Acquires this `req_prod`.
-            self.store_release(REQ_PROD, self.req_prod);
+            self.store_release(REQ_PROD, self.req_prod)?;
             bytes = rest;
         }
         Ok(())
@@ -353,21 +341,18 @@ impl<E: Events> XsRing<E> {
             let slot = self.rsp_cons as usize % RING_SIZE;
             let rest = out.get_mut(filled..).unwrap_or(&mut []);
             let n = avail.min(rest.len()).min(RING_SIZE - slot);
-            let src = self.page.wrapping_add(RSP + slot);
-            for (i, b) in rest.iter_mut().take(n).enumerate() {
-                // SAFETY:
-                // - `slot + i < slot + n <= RING_SIZE`: inside `rsp`, inside
-                //   the page (valid for reads, `new`);
-                // - a volatile byte read: the daemon may write the ring at any
-                //   time; a byte it changes is a wrong byte, caught by the
-                //   checks on what we decode, never undefined behaviour.
-                *b = unsafe { src.wrapping_add(i).read_volatile() };
-            }
+            // `slot + n <= RING_SIZE`: inside `rsp`. The daemon may write the
+            // ring at any time: a byte it changes is a wrong byte, caught by
+            // the checks on what we decode.
+            let dst = rest.get_mut(..n).unwrap_or(&mut []);
+            self.page
+                .read_bytes(RSP + slot, dst)
+                .map_err(|_| XsError::BadPage)?;
             filled += n;
             self.rsp_cons = self.rsp_cons.wrapping_add(n as u32);
             // SYNC POINT: our reads above are done before the daemon, after
             // Acquiring this `rsp_cons`, reuses the bytes.
-            self.store_release(RSP_CONS, self.rsp_cons);
+            self.store_release(RSP_CONS, self.rsp_cons)?;
             // The daemon may be waiting for space (a long reply).
             self.events.notify();
         }
@@ -495,582 +480,5 @@ impl<E: Events> XsClient for XsRing<E> {
 
     fn lost_events(&self) -> u64 {
         self.lost
-    }
-}
-
-#[cfg(test)]
-pub(crate) mod fake {
-    //! A simulated xenstored on the other side of a heap page: it runs
-    //! inside `Events::wait`, consumes whole requests, answers from a map
-    //! and can be told to misbehave. Shared with the tests of
-    //! the rendezvous over the ring (`rendezvous/tests_ring.rs`).
-    extern crate std;
-    use super::*;
-    use std::boxed::Box;
-    use std::collections::{BTreeMap, VecDeque};
-    use std::vec::Vec;
-    use zerocopy::IntoBytes;
-
-    use crate::protocol::xs_wire::XsdSockmsg;
-
-    /// The page, as the peer sees it: raw pointer accesses only.
-    #[derive(Clone, Copy)]
-    pub(crate) struct Page(pub(crate) *mut u8);
-
-    impl Page {
-        pub(crate) fn word(self, off: usize) -> &'static AtomicU32 {
-            // SAFETY: the tests' page is a 4-aligned 4096-byte allocation
-            // alive until the test thread ends (`new_page`), and `off` a
-            // 4-aligned word offset inside it.
-            unsafe { AtomicU32::from_ptr(self.0.add(off).cast()) }
-        }
-        pub(crate) fn get(self, off: usize) -> u32 {
-            self.word(off).load(Ordering::Acquire)
-        }
-        pub(crate) fn set(self, off: usize, v: u32) {
-            self.word(off).store(v, Ordering::Release)
-        }
-        pub(crate) fn byte(self, off: usize) -> u8 {
-            // SAFETY: as in `word`, any offset below 4096.
-            unsafe { self.0.add(off).read_volatile() }
-        }
-        pub(crate) fn put_byte(self, off: usize, v: u8) {
-            // SAFETY: as in `byte`.
-            unsafe { self.0.add(off).write_volatile(v) }
-        }
-    }
-
-    /// The test thread's pages, freed when it ends (after its clients).
-    struct Pages(core::cell::RefCell<Vec<*mut [u32; 1024]>>);
-
-    impl Drop for Pages {
-        fn drop(&mut self) {
-            for p in self.0.get_mut().drain(..) {
-                // SAFETY: from `Box::into_raw` in `new_page`, freed once,
-                // after the test that used it has returned.
-                drop(unsafe { Box::from_raw(p) });
-            }
-        }
-    }
-
-    std::thread_local! {
-        static PAGES: Pages = const { Pages(core::cell::RefCell::new(Vec::new())) };
-    }
-
-    /// A zeroed, 4-aligned page that lives until the test thread ends.
-    pub(crate) fn new_page() -> Page {
-        let p = Box::into_raw(Box::new([0u32; 1024]));
-        PAGES.with(|pages| pages.0.borrow_mut().push(p));
-        Page(p.cast())
-    }
-
-    /// What the simulated daemon does with the next request.
-    #[derive(Clone, Copy, Debug, PartialEq)]
-    pub(crate) enum Mischief {
-        None,
-        /// Sets `rsp_prod` this far past `rsp_cons`.
-        RspProdJump(u32),
-        /// Answers, then sets `req_cons` this far past `req_prod`.
-        ReqConsAhead(u32),
-        /// Answers with this header length.
-        HugeLen(u32),
-        /// Answers with an unknown type.
-        BadType,
-        /// Answers with another request id.
-        WrongId,
-        /// Answers with another type (a `DIRECTORY` reply).
-        WrongType,
-        /// Never answers.
-        Silent,
-        /// Sends a watch event before the reply.
-        EventFirst,
-        /// Sets the error word.
-        ErrorWord,
-    }
-
-    pub(crate) struct Daemon {
-        pub(crate) page: Page,
-        pub(crate) req_cons: u32,
-        pub(crate) rsp_prod: u32,
-        pub(crate) inbox: Vec<u8>,
-        pub(crate) outbox: VecDeque<u8>,
-        pub(crate) store: BTreeMap<Vec<u8>, Vec<u8>>,
-        pub(crate) watches: Vec<(Vec<u8>, Vec<u8>)>,
-        pub(crate) mischief: Mischief,
-        /// An index was set by mischief: the daemon stops moving them.
-        pub(crate) frozen: bool,
-        /// Moves `req_cons` this far past `req_prod` after the next step.
-        pub(crate) req_jump: Option<u32>,
-        /// `req_cons` was moved: no more requests are consumed.
-        pub(crate) req_frozen: bool,
-        pub(crate) waits_left: u32,
-        pub(crate) notifies: u32,
-        pub(crate) requests: u32,
-        /// Paths whose reads get `EACCES`.
-        pub(crate) denied: Vec<Vec<u8>>,
-    }
-
-    impl Daemon {
-        pub(crate) fn new(page: Page) -> Self {
-            Self {
-                page,
-                req_cons: page.get(REQ_CONS),
-                rsp_prod: page.get(RSP_PROD),
-                inbox: Vec::new(),
-                outbox: VecDeque::new(),
-                store: BTreeMap::new(),
-                watches: Vec::new(),
-                mischief: Mischief::None,
-                frozen: false,
-                req_jump: None,
-                req_frozen: false,
-                waits_left: 1000,
-                notifies: 0,
-                requests: 0,
-                denied: Vec::new(),
-            }
-        }
-
-        pub(crate) fn reply(&mut self, ty: u32, req_id: u32, body: &[u8]) {
-            let h = XsdSockmsg {
-                r#type: ty,
-                req_id,
-                tx_id: 0,
-                len: body.len() as u32,
-            };
-            self.outbox.extend(h.as_bytes());
-            self.outbox.extend(body);
-        }
-
-        /// Creates the missing ancestors of `path`, as xenstored does.
-        fn parents(&mut self, path: &[u8]) {
-            let mut end = path.len();
-            while let Some(i) = path[..end].iter().rposition(|&b| b == b'/') {
-                if i == 0 {
-                    break;
-                }
-                self.store.entry(path[..i].to_vec()).or_default();
-                end = i;
-            }
-        }
-
-        pub(crate) fn fire(&mut self, path: &[u8]) {
-            let hits: Vec<Vec<u8>> = self
-                .watches
-                .iter()
-                .filter(|(w, _)| path.starts_with(w))
-                .map(|(_, t)| t.clone())
-                .collect();
-            for t in hits {
-                let body = [path, b"\0", &t, b"\0"].concat();
-                self.reply(15, 0, &body);
-            }
-        }
-
-        pub(crate) fn handle(&mut self, ty: u32, req_id: u32, body: &[u8]) {
-            self.requests += 1;
-            let m = std::mem::replace(&mut self.mischief, Mischief::None);
-            let mut parts = body.split(|&b| b == 0);
-            let path = parts.next().unwrap_or(b"").to_vec();
-            match m {
-                Mischief::Silent => return,
-                Mischief::HugeLen(len) => {
-                    let h = XsdSockmsg {
-                        r#type: ty,
-                        req_id,
-                        tx_id: 0,
-                        len,
-                    };
-                    self.outbox.extend(h.as_bytes());
-                    return;
-                }
-                Mischief::BadType => return self.reply(99, req_id, b"OK\0"),
-                Mischief::WrongId => return self.reply(ty, req_id + 1, b"OK\0"),
-                Mischief::WrongType => return self.reply(1, req_id, b"OK\0"),
-                Mischief::EventFirst => self.reply(15, 0, b"/early\0tok\0"),
-                Mischief::ErrorWord => {
-                    self.page.set(FEATURES, SERVER_FEATURE_ERROR);
-                    self.page.set(ERROR, 3);
-                    return;
-                }
-                Mischief::RspProdJump(d) => {
-                    self.frozen = true;
-                    self.page
-                        .set(RSP_PROD, self.page.get(RSP_CONS).wrapping_add(d));
-                    return;
-                }
-                // Answers, then moves req_cons past req_prod (`step`).
-                Mischief::ReqConsAhead(d) => self.req_jump = Some(d),
-                Mischief::None => {}
-            }
-            match ty {
-                2 if self.denied.contains(&path) => self.reply(16, req_id, b"EACCES\0"),
-                2 => match self.store.get(&path).cloned() {
-                    Some(v) => self.reply(2, req_id, &v),
-                    None => self.reply(16, req_id, b"ENOENT\0"),
-                },
-                11 => {
-                    let value = &body[path.len() + 1..];
-                    self.parents(&path);
-                    self.store.insert(path.clone(), value.to_vec());
-                    self.reply(11, req_id, b"OK\0");
-                    self.fire(&path);
-                }
-                12 => {
-                    self.parents(&path);
-                    self.store.entry(path).or_default();
-                    self.reply(12, req_id, b"OK\0");
-                }
-                14 => {
-                    // Keep the perms as the node's value, to check the encoding.
-                    let perms = body[path.len() + 1..].to_vec();
-                    self.store.insert([b"perms:", &path[..]].concat(), perms);
-                    self.reply(14, req_id, b"OK\0");
-                }
-                4 => {
-                    let token = parts.next().unwrap_or(b"").to_vec();
-                    self.watches.push((path.clone(), token));
-                    self.reply(4, req_id, b"OK\0");
-                    self.fire(&path);
-                }
-                5 => {
-                    let token = parts.next().unwrap_or(b"").to_vec();
-                    self.watches.retain(|w| *w != (path.clone(), token.clone()));
-                    self.reply(5, req_id, b"OK\0");
-                }
-                13 => {
-                    let under = [&path[..], b"/"].concat();
-                    let before = self.store.len();
-                    self.store
-                        .retain(|k, _| *k != path && !k.starts_with(&under));
-                    if self.store.len() == before {
-                        self.reply(16, req_id, b"ENOENT\0");
-                    } else {
-                        self.reply(13, req_id, b"OK\0");
-                    }
-                }
-                1 if !self.store.contains_key(&path) => self.reply(16, req_id, b"ENOENT\0"),
-                1 => {
-                    let under = [&path[..], b"/"].concat();
-                    let mut names = Vec::new();
-                    for k in self.store.keys() {
-                        if let Some(rest) = k.strip_prefix(&under[..]) {
-                            if !rest.is_empty() && !rest.contains(&b'/') {
-                                names.extend_from_slice(rest);
-                                names.push(0);
-                            }
-                        }
-                    }
-                    self.reply(1, req_id, &names);
-                }
-                // Transactions: one at a time, no isolation (the tests'
-                // writers never race).
-                6 => self.reply(6, req_id, b"1\0"),
-                7 => self.reply(7, req_id, b"OK\0"),
-                _ => self.reply(16, req_id, b"ENOSYS\0"),
-            }
-        }
-
-        /// Moves bytes both ways and answers complete requests.
-        pub(crate) fn step(&mut self) {
-            if self.frozen {
-                return;
-            }
-            let prod = if self.req_frozen {
-                self.req_cons
-            } else {
-                self.page.get(REQ_PROD)
-            };
-            while self.req_cons != prod {
-                let b = self.page.byte(REQ + self.req_cons as usize % RING_SIZE);
-                self.inbox.push(b);
-                self.req_cons = self.req_cons.wrapping_add(1);
-            }
-            self.page.set(REQ_CONS, self.req_cons);
-            while self.inbox.len() >= HEADER_LEN {
-                let h = XsdSockmsg::read_from_bytes(&self.inbox[..HEADER_LEN]).unwrap();
-                let end = HEADER_LEN + h.len as usize;
-                if self.inbox.len() < end {
-                    break;
-                }
-                let body = self.inbox[HEADER_LEN..end].to_vec();
-                self.inbox.drain(..end);
-                self.handle(h.r#type, h.req_id, &body);
-            }
-            if let Some(d) = self.req_jump.take() {
-                self.req_frozen = true;
-                self.page
-                    .set(REQ_CONS, self.page.get(REQ_PROD).wrapping_add(d));
-            }
-            let cons = self.page.get(RSP_CONS);
-            while self.rsp_prod.wrapping_sub(cons) < RING_SIZE as u32 {
-                let Some(b) = self.outbox.pop_front() else {
-                    break;
-                };
-                self.page
-                    .put_byte(RSP + self.rsp_prod as usize % RING_SIZE, b);
-                self.rsp_prod = self.rsp_prod.wrapping_add(1);
-            }
-            if !self.frozen {
-                self.page.set(RSP_PROD, self.rsp_prod);
-            }
-        }
-    }
-
-    impl Events for Daemon {
-        fn notify(&mut self) {
-            self.notifies += 1;
-        }
-        fn wait(&mut self) -> bool {
-            if self.waits_left == 0 {
-                // One timeout; later requests get a fresh budget, as each
-                // real wait has its own deadline.
-                self.waits_left = 1000;
-                return false;
-            }
-            self.waits_left -= 1;
-            self.step();
-            true
-        }
-    }
-
-    pub(crate) fn client() -> XsRing<Daemon> {
-        let page = new_page();
-        // SAFETY: a 4096-byte page alive until the test thread ends,
-        // accessed only through atomics and volatile accesses by the client
-        // and the simulated daemon.
-        unsafe { XsRing::new(page.0, Daemon::new(page)) }.unwrap()
-    }
-
-    /// A client whose indices start near `u32::MAX`, so they wrap.
-    pub(crate) fn client_at(start: u32) -> XsRing<Daemon> {
-        let page = new_page();
-        for off in [REQ_CONS, REQ_PROD, RSP_CONS, RSP_PROD] {
-            page.set(off, start);
-        }
-        // SAFETY: as in `client`.
-        unsafe { XsRing::new(page.0, Daemon::new(page)) }.unwrap()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    extern crate std;
-    use super::fake::*;
-    use super::*;
-    use std::vec::Vec;
-
-    use crate::protocol::xs_wire::{Access, Perm, XsErrno};
-
-    #[test]
-    fn layout_matches_xs_wire_h() {
-        assert_eq!(size_of::<XenstoreDomainInterface>(), 2 * RING_SIZE + 7 * 4);
-        assert_eq!((REQ_PROD, RSP_CONS), (2052, 2056));
-    }
-
-    #[test]
-    fn read_write_mkdir_perms() {
-        let mut xs = client();
-        xs.write("data/a", b"42").unwrap();
-        assert_eq!(xs.read("data/a").unwrap(), b"42");
-        assert_eq!(xs_wire::parse_u32(xs.read("data/a").unwrap()).unwrap(), 42);
-        assert_eq!(xs.read("data/missing").unwrap_err(), XsError::NotFound);
-        xs.mkdir("data/dir").unwrap();
-        assert_eq!(xs.read("data/dir").unwrap(), b"");
-        let perms = [
-            Perm {
-                domid: 7,
-                access: Access::None,
-            },
-            Perm {
-                domid: 0,
-                access: Access::Read,
-            },
-        ];
-        xs.set_perms("data/a", &perms).unwrap();
-        assert_eq!(xs.read("perms:data/a").unwrap(), b"n7\0r0\0");
-        xs.rm("data/a").unwrap();
-        assert_eq!(xs.read("data/a").unwrap_err(), XsError::NotFound);
-        assert_eq!(xs.rm("data/a").unwrap_err(), XsError::NotFound);
-        xs.events_mut().denied.push(b"data/dir".to_vec());
-        assert_eq!(
-            xs.read("data/dir").unwrap_err(),
-            XsError::Daemon(XsErrno::EACCES)
-        );
-        xs.unwatch("data/dir", "t").unwrap();
-        assert_eq!(xs.events_mut().requests, 13);
-        assert!(xs.events_mut().notifies >= 8);
-    }
-
-    #[test]
-    fn values_longer_than_the_ring_wrap_both_ways() {
-        for start in [0, u32::MAX - 700] {
-            let mut xs = client_at(start);
-            for len in [0usize, 1, 1000, 1023, 1024, 1025, 3000, PAYLOAD_MAX - 7] {
-                let v: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
-                xs.write("big", &v).unwrap();
-                assert_eq!(xs.read("big").unwrap(), v.as_slice(), "len {len}");
-            }
-            assert_eq!(
-                xs.write("big", &[0; PAYLOAD_MAX - 3]).unwrap_err(),
-                XsError::Wire(WireError::TooLong(PAYLOAD_MAX as u32 + 1))
-            );
-        }
-    }
-
-    #[test]
-    fn watch_events_initial_and_on_write() {
-        let mut xs = client();
-        xs.watch("data/key", "tok").unwrap();
-        let ev = xs.wait_watch(None).unwrap().unwrap();
-        assert_eq!((ev.path, ev.token), (&b"data/key"[..], &b"tok"[..]));
-        // An event that arrives during a request is kept for wait_watch.
-        xs.write("data/key", b"v").unwrap();
-        let ev = xs.wait_watch(None).unwrap().unwrap();
-        assert_eq!(ev.path, b"data/key");
-        assert_eq!(xs.lost_events(), 0);
-        // xenstored answers a write before it fires the watch, so the next
-        // request reads the event first: one is held, a second is lost.
-        xs.write("data/key", b"w").unwrap();
-        xs.write("data/key/sub", b"x").unwrap();
-        assert_eq!(xs.lost_events(), 0);
-        xs.write("data/other", b"y").unwrap();
-        assert_eq!(xs.lost_events(), 1);
-        assert_eq!(xs.wait_watch(None).unwrap().unwrap().path, b"data/key");
-        // Nothing more: the daemon stays quiet until wait gives up.
-        xs.events_mut().waits_left = 3;
-        assert_eq!(xs.wait_watch(None).unwrap_err(), XsError::Timeout);
-    }
-
-    #[test]
-    fn event_before_reply_is_held() {
-        let mut xs = client();
-        xs.write("k", b"1").unwrap();
-        xs.events_mut().mischief = Mischief::EventFirst;
-        assert_eq!(xs.read("k").unwrap(), b"1");
-        let ev = xs.wait_watch(None).unwrap().unwrap();
-        assert_eq!((ev.path, ev.token), (&b"/early"[..], &b"tok"[..]));
-    }
-
-    #[test]
-    fn silent_daemon_times_out() {
-        let mut xs = client();
-        xs.events_mut().mischief = Mischief::Silent;
-        xs.events_mut().waits_left = 5;
-        assert_eq!(xs.read("k").unwrap_err(), XsError::Timeout);
-        // A late reply would answer the next request: no next request.
-        assert_eq!(xs.read("k").unwrap_err(), XsError::Broken);
-        // A quiet wait for a watch event is not a broken stream.
-        let mut xs = client();
-        xs.events_mut().waits_left = 2;
-        assert_eq!(xs.wait_watch(None).unwrap_err(), XsError::Timeout);
-        xs.write("k", b"still fine").unwrap();
-    }
-
-    fn hostile(m: Mischief) -> XsError {
-        let mut xs = client();
-        xs.write("k", b"1").unwrap();
-        xs.events_mut().mischief = m;
-        let e = xs.read("k").unwrap_err();
-        // Whatever the daemon does next, the stream is not trusted again.
-        assert_eq!(xs.read("k").unwrap_err(), XsError::Broken, "{m:?}");
-        assert_eq!(xs.wait_watch(None).unwrap_err(), XsError::Broken, "{m:?}");
-        e
-    }
-
-    #[test]
-    fn hostile_daemon_gets_typed_errors() {
-        assert!(matches!(
-            hostile(Mischief::RspProdJump(RING_SIZE as u32 + 1)),
-            XsError::BadIndex {
-                which: RingIndex::RspProd,
-                ..
-            }
-        ));
-        assert!(matches!(
-            hostile(Mischief::RspProdJump(u32::MAX)),
-            XsError::BadIndex { .. }
-        ));
-        assert_eq!(
-            hostile(Mischief::HugeLen(PAYLOAD_MAX as u32 + 1)),
-            XsError::Wire(WireError::TooLong(PAYLOAD_MAX as u32 + 1))
-        );
-        assert_eq!(
-            hostile(Mischief::HugeLen(u32::MAX)),
-            XsError::Wire(WireError::TooLong(u32::MAX))
-        );
-        assert_eq!(
-            hostile(Mischief::BadType),
-            XsError::Wire(WireError::UnknownType(99))
-        );
-        assert!(matches!(
-            hostile(Mischief::WrongId),
-            XsError::UnexpectedReply(_)
-        ));
-        assert_eq!(
-            hostile(Mischief::WrongType),
-            XsError::UnexpectedReply(Some(MsgType::Directory))
-        );
-        assert_eq!(hostile(Mischief::ErrorWord), XsError::Server(3));
-    }
-
-    #[test]
-    fn req_cons_ahead_of_our_prod_is_refused() {
-        let mut xs = client();
-        // The daemon answers a request, then moves req_cons past our
-        // req_prod; the next request sees the bad index.
-        xs.events_mut().mischief = Mischief::ReqConsAhead(1);
-        xs.write("k", b"1").unwrap();
-        assert!(matches!(
-            xs.write("k", b"1").unwrap_err(),
-            XsError::BadIndex {
-                which: RingIndex::ReqCons,
-                ..
-            }
-        ));
-        assert_eq!(xs.read("k").unwrap_err(), XsError::Broken);
-        // Inconsistent indices found at start are refused too.
-        let page = new_page();
-        page.set(REQ_CONS, 5);
-        // SAFETY: as in `client`.
-        let e = unsafe { XsRing::new(page.0, Daemon::new(page)) }.unwrap_err();
-        assert!(matches!(
-            e,
-            XsError::BadIndex {
-                which: RingIndex::ReqCons,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn a_reply_nobody_asked_for_is_refused() {
-        let mut xs = client();
-        xs.events_mut().reply(2, 77, b"stray");
-        assert_eq!(
-            xs.wait_watch(None).unwrap_err(),
-            XsError::UnexpectedReply(Some(MsgType::Read))
-        );
-    }
-
-    #[test]
-    fn malformed_watch_event_is_an_error_not_a_panic() {
-        let mut xs = client();
-        xs.events_mut().reply(15, 0, b"only-a-path");
-        assert_eq!(
-            xs.wait_watch(None).unwrap_err(),
-            XsError::Wire(WireError::Malformed)
-        );
-    }
-
-    #[test]
-    fn bad_pages_are_refused() {
-        let page = new_page();
-        // SAFETY: never dereferenced (refused first).
-        let e = unsafe { XsRing::new(core::ptr::null_mut(), Daemon::new(page)) }.unwrap_err();
-        assert_eq!(e, XsError::BadPage);
-        // SAFETY: never dereferenced (refused first).
-        let e = unsafe { XsRing::new(page.0.add(1), Daemon::new(page)) }.unwrap_err();
-        assert_eq!(e, XsError::BadPage);
     }
 }

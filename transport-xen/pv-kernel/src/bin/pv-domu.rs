@@ -275,7 +275,7 @@ fn main(boot: Boot) -> ! {
 enum Failure {
     Rendezvous(KeyError),
     Refused,
-    Transport(coresident_xen::kernel::transport::KernelTransportError),
+    Transport(coresident_xen::kernel::KernelTransportError),
     Channel(coresident::ChannelError),
     Message(u32, msgs::Bad),
 }
@@ -344,7 +344,7 @@ fn offer_to_dom0<E: Events>(
         .map_err(Failure::Transport)?;
     let mut refs: [GrantRef; MAX_REFS] = [0; MAX_REFS];
     let offer = pending
-        .offer(own, &mut refs)
+        .offer(&mut refs)
         .map_err(|e| Failure::Transport(e.into()))?;
     keys.publish_offer(xs, &offer)
         .map_err(Failure::Rendezvous)?;

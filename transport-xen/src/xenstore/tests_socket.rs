@@ -1,10 +1,10 @@
-//! A fake xenstored over `UnixStream::pair()` and the client's tests
-//! against it, including a hostile daemon that sends malformed frames.
+//! The socket client's tests against the shared fake xenstored
+//! (`xenstore/fake.rs`), and against hostile daemons that send malformed
+//! frames.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::Duration;
 
 use zerocopy::IntoBytes;
@@ -12,6 +12,7 @@ use zerocopy::IntoBytes;
 use crate::protocol::xs_wire::{
     split_strings, Access, MsgType, Perm, ValueError, WireError, XsErrno, XsdSockmsg,
 };
+use crate::xenstore::fake::FakeXenstored;
 use crate::xenstore::{WatchEvent, XenStore, XsClient, XsError};
 
 fn send(s: &mut UnixStream, ty: u32, req_id: u32, body: &[u8]) {
@@ -35,136 +36,11 @@ fn recv(s: &mut UnixStream) -> Option<(XsdSockmsg, Vec<u8>)> {
     Some((h, body))
 }
 
-/// A tiny xenstored: a flat map of nodes, watches on prefixes. Watch events
-/// for a write are sent *before* the write's reply, to exercise the
-/// client's demultiplexing.
-fn fake_xenstored(mut s: UnixStream) {
-    let mut nodes: BTreeMap<String, (Vec<u8>, Vec<Vec<u8>>)> = BTreeMap::new();
-    let mut watches: Vec<(String, String)> = Vec::new();
-    let fire = |s: &mut UnixStream, watches: &[(String, String)], path: &str| {
-        for (w, tok) in watches {
-            if path == w || path.starts_with(&format!("{w}/")) {
-                send(
-                    s,
-                    MsgType::WatchEvent as u32,
-                    0,
-                    format!("{path}\0{tok}\0").as_bytes(),
-                );
-            }
-        }
-    };
-    while let Some((h, body)) = recv(&mut s) {
-        let parts: Vec<String> = split_strings(&body)
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .collect();
-        let path = parts.first().cloned().unwrap_or_default();
-        let err = |s: &mut UnixStream, e: &str| {
-            send(
-                s,
-                MsgType::Error as u32,
-                h.req_id,
-                format!("{e}\0").as_bytes(),
-            )
-        };
-        let ok = |s: &mut UnixStream| send(s, h.r#type, h.req_id, b"OK\0");
-        match MsgType::from_u32(h.r#type).unwrap() {
-            MsgType::Read => match nodes.get(&path) {
-                Some((v, _)) => send(&mut s, h.r#type, h.req_id, v),
-                None => err(&mut s, "ENOENT"),
-            },
-            MsgType::Write => {
-                let nul = body.iter().position(|&b| b == 0).unwrap();
-                let value = body[nul + 1..].to_vec();
-                nodes.insert(path.clone(), (value, vec![b"n0".to_vec()]));
-                fire(&mut s, &watches, &path);
-                ok(&mut s);
-            }
-            MsgType::Mkdir => {
-                nodes
-                    .entry(path.clone())
-                    .or_insert((vec![], vec![b"n0".to_vec()]));
-                ok(&mut s);
-            }
-            MsgType::Rm => {
-                if nodes.remove(&path).is_none() {
-                    err(&mut s, "ENOENT");
-                    continue;
-                }
-                nodes.retain(|k, _| !k.starts_with(&format!("{path}/")));
-                fire(&mut s, &watches, &path);
-                ok(&mut s);
-            }
-            MsgType::Directory => {
-                let mut out = Vec::new();
-                for k in nodes.keys() {
-                    if let Some(rest) = k.strip_prefix(&format!("{path}/")) {
-                        if !rest.contains('/') {
-                            out.extend_from_slice(rest.as_bytes());
-                            out.push(0);
-                        }
-                    }
-                }
-                send(&mut s, h.r#type, h.req_id, &out);
-            }
-            MsgType::GetPerms => match nodes.get(&path) {
-                Some((_, p)) => send(
-                    &mut s,
-                    h.r#type,
-                    h.req_id,
-                    &p.iter()
-                        .flat_map(|p| p.iter().copied().chain([0]))
-                        .collect::<Vec<u8>>(),
-                ),
-                None => err(&mut s, "ENOENT"),
-            },
-            MsgType::SetPerms => match nodes.get_mut(&path) {
-                Some((_, p)) => {
-                    *p = parts[1..].iter().map(|s| s.as_bytes().to_vec()).collect();
-                    ok(&mut s);
-                }
-                None => err(&mut s, "ENOENT"),
-            },
-            MsgType::Watch => {
-                watches.push((path.clone(), parts[1].clone()));
-                ok(&mut s);
-                send(
-                    &mut s,
-                    MsgType::WatchEvent as u32,
-                    0,
-                    format!("{path}\0{}\0", parts[1]).as_bytes(),
-                );
-            }
-            MsgType::Unwatch => {
-                watches.retain(|(p, t)| !(p == &path && t == &parts[1]));
-                ok(&mut s);
-            }
-            MsgType::TransactionStart => send(&mut s, h.r#type, h.req_id, b"7\0"),
-            MsgType::TransactionEnd => {
-                if h.tx_id != 7 {
-                    err(&mut s, "EINVAL");
-                } else if parts[0] == "T" && nodes.contains_key("/conflict") {
-                    err(&mut s, "EAGAIN");
-                } else {
-                    ok(&mut s);
-                }
-            }
-            MsgType::GetDomainPath => send(
-                &mut s,
-                h.r#type,
-                h.req_id,
-                format!("/local/domain/{path}\0").as_bytes(),
-            ),
-            _ => err(&mut s, "ENOSYS"),
-        }
-    }
-}
-
-pub(crate) fn client() -> (XenStore<UnixStream>, JoinHandle<()>) {
-    let (a, b) = UnixStream::pair().unwrap();
-    let t = thread::spawn(move || fake_xenstored(b));
-    let mut xs = XenStore::new(a);
-    xs.set_reply_timeout(Duration::from_secs(10));
-    (xs, t)
+/// A client of the shared fake daemon ([`FakeXenstored`]) connected as
+/// dom0, and the daemon (to connect others, or look inside).
+pub(crate) fn client() -> (XenStore<UnixStream>, FakeXenstored) {
+    let fake = FakeXenstored::new();
+    (fake.connect(0), fake)
 }
 
 #[test]
@@ -293,7 +169,7 @@ fn watch_events_are_demultiplexed_from_replies() {
 
 #[test]
 fn transactions() {
-    let (mut xs, _t) = client();
+    let (mut xs, fake) = client();
     let mut tx = xs.transaction().unwrap();
     tx.write("/t/a", b"1").unwrap();
     assert_eq!(tx.read("/t/a").unwrap(), b"1");
@@ -304,8 +180,11 @@ fn transactions() {
     );
     tx.rm("/t/b").unwrap();
     tx.commit().unwrap();
-    xs.write("/conflict", b"").unwrap();
+    // Another connection changes the store while a transaction is open:
+    // its commit is refused, as xenstored's optimistic transactions are.
+    let mut other = fake.connect(0);
     let tx = xs.transaction().unwrap();
+    other.write("/conflict", b"").unwrap();
     assert_eq!(tx.commit(), Err(XsError::Daemon(XsErrno::EAGAIN)));
     drop(xs.transaction().unwrap()); // aborts on drop
     xs.transaction().unwrap().abort().unwrap();
@@ -452,10 +331,8 @@ impl std::os::fd::AsFd for FakeXenbus {
 }
 
 fn xenbus_client(quota: usize) -> XenStore<FakeXenbus> {
-    let (a, b) = UnixStream::pair().unwrap();
-    thread::spawn(move || fake_xenstored(b));
     XenStore::xenbus(FakeXenbus {
-        sock: a,
+        sock: FakeXenstored::new().connect_socket(0),
         watches: 0,
         quota,
     })

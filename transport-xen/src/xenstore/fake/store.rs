@@ -1,5 +1,6 @@
-//! A multi-domain fake xenstored for the residency tests: one connection per
-//! domain over `UnixStream::pair()`, permissions enforced as xenstored does
+//! The one fake xenstored of the crate's tests (the XenStore client's, the
+//! rendezvous's, the residency agent's): one connection per domain over
+//! `UnixStream::pair()`, permissions enforced as xenstored does
 //! (owner, per-domain entries, inheritance on create, unprivileged creators
 //! own what they create), watches with the special `@introduceDomain` and
 //! `@releaseDomain` paths, and optimistic transactions (a snapshot; commit
@@ -113,6 +114,14 @@ impl FakeXenstored {
 
     /// A client connected as domain `domid`.
     pub(crate) fn connect(&self, domid: DomId) -> XenStore<UnixStream> {
+        let mut xs = XenStore::new(self.connect_socket(domid));
+        xs.set_reply_timeout(Duration::from_secs(20));
+        xs
+    }
+
+    /// The client's end of a connection as domain `domid` (to wrap in
+    /// another transport, as `/dev/xen/xenbus` is).
+    pub(crate) fn connect_socket(&self, domid: DomId) -> UnixStream {
         let (a, b) = UnixStream::pair().unwrap();
         let mut sock = b.try_clone().unwrap();
         let (out, rx) = channel::<Vec<u8>>();
@@ -142,9 +151,7 @@ impl FakeXenstored {
             }
             me.0.lock().unwrap().conns[idx].watches.clear();
         });
-        let mut xs = XenStore::new(a);
-        xs.set_reply_timeout(Duration::from_secs(20));
-        xs
+        a
     }
 
     /// What the toolstack does to create a domain: `/local/domain/N`

@@ -1,0 +1,15 @@
+//! The tests' xenstoreds, in one place:
+//! - [`FakeXenstored`] (`store.rs`, feature `std`): the one daemon over
+//!   sockets, multi-domain, enforcing permissions, watches and optimistic
+//!   transactions as xenstored does. The socket client's tests, the
+//!   rendezvous's and the residency agent's all use it.
+//! - [`ring`]: a simulated daemon behind a `start_info` ring page, for
+//!   the ring client (core-only: Miri runs it), with misbehaviours to
+//!   order.
+
+pub(crate) mod ring;
+#[cfg(all(feature = "std", target_os = "linux"))]
+mod store;
+
+#[cfg(all(feature = "std", target_os = "linux"))]
+pub(crate) use store::FakeXenstored;
