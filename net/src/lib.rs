@@ -85,7 +85,7 @@ pub mod wire;
 
 pub use discovery::{
     CredentialPolicy, Discovery, HandshakeSink, HostLink, HostRegistry, NoDiscovery, OfferParams,
-    Refusal, Registration, RingLink, Signal,
+    Refusal, Registration, RingLink, Signal, Subscriber,
 };
 pub use listener::Listener;
 pub use stats::{Path, StreamStats};
