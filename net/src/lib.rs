@@ -82,6 +82,8 @@ mod sys;
 #[cfg(feature = "tokio")]
 mod tokio_io;
 pub mod wire;
+#[cfg(feature = "xen")]
+pub mod xen;
 
 pub use discovery::{
     CredentialPolicy, Discovery, HandshakeSink, HostLink, HostRegistry, NoDiscovery, OfferParams,
