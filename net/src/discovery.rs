@@ -10,8 +10,10 @@
 //!   on a Unix socket path (no network round trip).
 //!
 //! Backends: [`HostRegistry`] (processes and containers on one host, `coresident-shm`),
-//! [`NoDiscovery`] (plain TCP). The Xen backend comes with the per-stream XenStore
-//! rendezvous.
+//! [`NoDiscovery`] (plain TCP), and with the feature `xen`, `xen::XenDiscovery` (guests
+//! and dom0 of one Xen host: `coresident-xen`'s residency view and XenStore
+//! rendezvous). A backend that learns of residency per peer withdraws and readmits
+//! that peer's streams through [`Discovery::subscribe`].
 //!
 //! The core's `Discovery` trait of the router (peer ids to channels) serves a different
 //! need: channels here belong to one TCP connection each, named by its 4-tuple.
