@@ -283,7 +283,8 @@ impl Inner {
         self.peers.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
-    /// Posts `f` to every live subscriber whose peer address `addrs` lists.
+    /// Posts `Withdraw` (or `Readmit`) to every live subscriber whose peer address
+    /// `addrs` lists, dropping the hooks of closed streams; returns how many it told.
     fn tell(&self, addrs: &Addresses, withdraw: bool) -> usize {
         let Ok(mut subs) = self.subs.lock() else {
             return 0;
