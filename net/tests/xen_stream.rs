@@ -10,6 +10,12 @@
 //! withdraws both streams, and the rest goes over TCP on the vif. Each side prints its
 //! bytes per path from `stats()`.
 //!
+//! Then residency returns: once dom0 has sent its `XEN_STREAM_BYTES`, the agent
+//! readmits the domU, both views list the peer again, the backend readmits both
+//! streams, and the domU offers a new channel (epoch 1); dom0 waits until its stream is
+//! back on the ring and sends a tail of `TAIL` bytes more, which the domU must receive
+//! over the ring. (The domU's own tail is not gated: it may take either path.)
+//!
 //! `stream_host` runs in dom0 (`DOMU_ID` names the guest), `stream_guest` in the domU.
 #![cfg(all(target_os = "linux", feature = "xen"))]
 
@@ -32,6 +38,12 @@ const PORT: u16 = 7227;
 const SEED_DOWN: u64 = 0xd0d0_0001;
 /// domU → dom0.
 const SEED_UP: u64 = 0xd0d0_0002;
+/// What each side sends after the first `total()` bytes (dom0's over the re-upgraded
+/// ring).
+const TAIL: u64 = 4 << 20;
+/// The largest write and read (dom0's write that crosses `total()` may still go over
+/// TCP: the rest of the tail waits for the new channel).
+const MAX_IO: u64 = 256 << 10;
 /// A bound on every wait (TCG is slow and shared).
 const WATCHDOG: Duration = Duration::from_secs(240);
 
@@ -122,14 +134,15 @@ fn the_pattern_catches_a_lost_a_duplicated_and_a_flipped_byte() {
 }
 
 /// Writes `n` bytes of `seed`'s pattern in writes of 1 B to 256 KiB; calls `at(sent)`
-/// after each write; then shuts the writing half down.
+/// after each write (and before the first); then shuts the writing half down.
 fn send(s: &Stream, seed: u64, n: u64, mut at: impl FnMut(u64)) {
     let mut p = Pattern::new(seed);
     let mut sizes = Gen(seed ^ 0x5151);
-    let mut buf = vec![0u8; 256 << 10];
+    let mut buf = vec![0u8; MAX_IO as usize];
     let mut sent = 0u64;
+    at(0);
     while sent < n {
-        let len = (1 + sizes.next() % (256 << 10)).min(n - sent) as usize;
+        let len = (1 + sizes.next() % MAX_IO).min(n - sent) as usize;
         p.fill(&mut buf[..len]);
         (&*s).write_all(&buf[..len]).expect("write");
         sent += len as u64;
@@ -139,22 +152,31 @@ fn send(s: &Stream, seed: u64, n: u64, mut at: impl FnMut(u64)) {
     s.shutdown(Shutdown::Write).expect("shutdown");
 }
 
-/// Reads to EOF, checking every byte against `seed`'s pattern; returns the count.
-fn receive(side: &str, s: &Stream, seed: u64) -> u64 {
+/// Reads to EOF, checking every byte against `seed`'s pattern; returns the count and
+/// the stream's stats when `mark` bytes had arrived.
+fn receive(side: &str, s: &Stream, seed: u64, mark: u64) -> (u64, Option<StreamStats>) {
     let mut p = Pattern::new(seed);
     let mut sizes = Gen(seed ^ 0xa5a5);
-    let mut buf = vec![0u8; 256 << 10];
+    let mut buf = vec![0u8; MAX_IO as usize];
     let mut got = 0u64;
+    let mut at_mark = None;
     loop {
-        let len = 1 + (sizes.next() % (256 << 10)) as usize;
+        // Never past the mark in one read, so the stats there are exact.
+        let mut len = 1 + (sizes.next() % MAX_IO) as usize;
+        if got < mark {
+            len = len.min((mark - got) as usize);
+        }
         let n = (&*s).read(&mut buf[..len]).expect("read");
         if n == 0 {
-            return got;
+            return (got, at_mark);
         }
         if let Err(at) = p.check(&buf[..n]) {
             panic!("{side}: byte {at} of the stream is wrong (lost, duplicated or reordered)");
         }
         got += n as u64;
+        if got == mark {
+            at_mark = Some(s.stats());
+        }
     }
 }
 
@@ -174,17 +196,17 @@ fn report(side: &str, st: &StreamStats, secs: f64) {
     );
 }
 
-/// Both directions at once on `s`: sends `n` of `out_seed`, receives `in_seed`'s;
-/// `at(sent)` after each write.
+/// Both directions at once on `s`: sends `n` of `out_seed`, receives `in_seed`'s
+/// (with the stats when `mark` bytes had arrived); `at(sent)` after each write.
 fn exchange(
     side: &'static str,
     s: &Stream,
     (out_seed, in_seed): (u64, u64),
-    n: u64,
+    (n, mark): (u64, u64),
     at: impl FnMut(u64) + Send,
-) -> u64 {
+) -> (u64, Option<StreamStats>) {
     std::thread::scope(|sc| {
-        let r = sc.spawn(|| receive(side, s, in_seed));
+        let r = sc.spawn(|| receive(side, s, in_seed, mark));
         send(s, out_seed, n, at);
         r.join().expect("the receiver panicked")
     })
@@ -194,18 +216,13 @@ fn check_paths(side: &str, st: &StreamStats, n: u64, got: u64) {
     assert_eq!(got, n, "{side}: received {got} bytes of {n}");
     assert_eq!(st.ring_rx_bytes + st.tcp_rx_bytes, n, "{side}: {st:?}");
     assert!(st.ring_tx_bytes + st.tcp_tx_bytes >= n, "{side}: {st:?}");
-    assert!(st.upgrades >= 1, "{side}: never upgraded: {st:?}");
+    assert!(st.upgrades >= 2, "{side}: never upgraded again: {st:?}");
     assert!(st.downgrades >= 1, "{side}: never fell back: {st:?}");
     assert!(
         st.ring_rx_bytes > 0,
         "{side}: nothing came over the ring: {st:?}"
     );
     assert!(st.tcp_rx_bytes > 0, "{side}: nothing came over TCP: {st:?}");
-    assert_ne!(
-        st.path,
-        Path::Ring,
-        "{side}: still on the ring after the withdrawal"
-    );
 }
 
 fn wait_until(side: &str, what: &str, mut pred: impl FnMut() -> bool) {
@@ -230,22 +247,33 @@ fn stream_host() {
     let mut xs = XenStore::open_socket().unwrap();
     residency::advertise(&mut xs, 0, &me).unwrap();
     let withdraw = Arc::new(AtomicBool::new(false));
+    let readmit = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let agent = {
-        let (withdraw, stop) = (Arc::clone(&withdraw), Arc::clone(&stop));
+        let (withdraw, readmit, stop) = (
+            Arc::clone(&withdraw),
+            Arc::clone(&readmit),
+            Arc::clone(&stop),
+        );
         std::thread::spawn(move || {
             let mut agent = Agent::new(XenStore::open_socket().unwrap()).unwrap();
-            let mut done = false;
+            let (mut withdrawn, mut readmitted) = (false, false);
             while !stop.load(Ordering::SeqCst) {
                 for c in agent.step(Some(Duration::from_millis(50))).unwrap() {
                     println!("dom0: agent: {c}");
                 }
-                if !done && withdraw.load(Ordering::SeqCst) {
-                    done = true;
+                if !withdrawn && withdraw.load(Ordering::SeqCst) {
+                    withdrawn = true;
                     for c in agent.withdraw(domu).unwrap() {
                         println!("dom0: agent: {c}");
                     }
                     println!("XEN-CHECK stream: the agent withdrew dom{domu} mid-stream");
+                }
+                if withdrawn && !readmitted && readmit.load(Ordering::SeqCst) {
+                    readmitted = true;
+                    for c in agent.readmit(domu).unwrap() {
+                        println!("dom0: agent: {c}");
+                    }
                 }
             }
         })
@@ -264,18 +292,35 @@ fn stream_host() {
     println!("dom0: accepted {from}, path {:?}", s.path());
     assert_eq!(s.path(), Path::Ring, "dom0: the stream did not upgrade");
     let t = Instant::now();
-    let got = exchange("dom0", &s, (SEED_DOWN, SEED_UP), n, |sent| {
+    let (got, _) = exchange("dom0", &s, (SEED_DOWN, SEED_UP), (n + TAIL, n), |sent| {
         if sent >= n / 3 && !withdraw.swap(true, Ordering::SeqCst) {
             println!("dom0: {sent} of {n} bytes sent: withdrawing dom{domu}");
+        }
+        if sent >= n && !readmit.swap(true, Ordering::SeqCst) {
+            let st = s.stats();
+            report("dom0 (first bytes sent)", &st, t.elapsed().as_secs_f64());
+            assert_eq!(st.path, Path::Tcp, "dom0: not on TCP after the withdrawal");
+            println!("dom0: {sent} bytes sent, the rest of them over TCP: readmitting dom{domu}");
+            // The tail waits for the new channel (the domU offers it once both views
+            // list the peer again).
+            wait_until("dom0", "the stream back on the ring", || {
+                s.poll_events().unwrap();
+                s.path() == Path::Ring
+            });
+            println!(
+                "XEN-CHECK stream: readmitted, upgraded again (epoch {})",
+                s.stats().epoch
+            );
         }
     });
     let secs = t.elapsed().as_secs_f64();
     let st = s.stats();
     report("dom0", &st, secs);
-    check_paths("dom0", &st, n, got);
+    check_paths("dom0", &st, n + TAIL, got);
     println!(
-        "dom0: {n} bytes each way checked, {:.1} MB/s each way (TCG: not a claim)",
-        n as f64 / secs / 1e6
+        "dom0: {} bytes each way checked, {:.1} MB/s each way (TCG: not a claim)",
+        n + TAIL,
+        (n + TAIL) as f64 / secs / 1e6
     );
     stop.store(true, Ordering::SeqCst);
     agent.join().unwrap();
@@ -319,15 +364,25 @@ fn stream_guest() {
     assert_eq!(s.path(), Path::Ring, "domU: the stream did not upgrade");
     println!("XEN-CHECK stream: upgraded over the Xen channel");
     let t = Instant::now();
-    let got = exchange("domU", &s, (SEED_UP, SEED_DOWN), n, |_| {});
+    let (got, mark) = exchange("domU", &s, (SEED_UP, SEED_DOWN), (n + TAIL, n), |_| {});
     let secs = t.elapsed().as_secs_f64();
     let st = s.stats();
+    let mark = mark.expect("domU: the stats at the mark");
+    report("domU (first bytes received)", &mark, secs);
     report("domU", &st, secs);
-    check_paths("domU", &st, n, got);
+    check_paths("domU", &st, n + TAIL, got);
+    assert!(
+        mark.tcp_rx_bytes > 0,
+        "domU: nothing over TCP before the readmission: {mark:?}"
+    );
+    assert!(
+        st.ring_rx_bytes - mark.ring_rx_bytes >= TAIL - MAX_IO,
+        "domU: dom0's tail did not come over the new channel: {mark:?} then {st:?}"
+    );
     assert_eq!(
         xen.domain_of(IpAddr::V4(DOM0_IP)),
-        None,
-        "dom0 still listed"
+        Some(0),
+        "dom0 not listed again"
     );
     residency::unadvertise(&mut xs, own).unwrap();
     println!("XEN-CHECK stream_guest ok");
