@@ -58,7 +58,8 @@ impl Cause {
     }
 }
 
-/// What a listener tells an accepted stream.
+/// What a listener (or a discovery backend, through a
+/// [`Subscriber`](crate::discovery::Subscriber)) tells a session stream.
 #[derive(Debug)]
 pub(crate) enum Mail {
     /// A new channel for this session.
@@ -69,7 +70,8 @@ pub(crate) enum Mail {
     Readmit,
 }
 
-/// An accepted stream's mailbox, filled by its listener.
+/// A session stream's mailbox, filled by its listener (accepted streams) and by its
+/// discovery backend's residency changes (both sides).
 #[derive(Debug)]
 pub(crate) struct Mailbox {
     pub(crate) queue: Mutex<VecDeque<Mail>>,
@@ -526,7 +528,11 @@ impl Core {
             Mail::Readmit => {
                 s.withdrawn = false;
                 if s.chan.is_none() {
-                    self.request_upgrade();
+                    match s.side {
+                        // Offers from `after_events`, at its bounded rate.
+                        Side::Connector => s.upgrade_wanted = true,
+                        Side::Acceptor => self.request_upgrade(),
+                    }
                 }
             }
         }
@@ -568,7 +574,12 @@ impl Core {
         let recent = s
             .last_offer
             .is_some_and(|t| t.elapsed() < Duration::from_millis(20));
-        if s.upgrade_wanted && s.side == Side::Connector && s.chan.is_none() && !recent {
+        if s.upgrade_wanted
+            && s.side == Side::Connector
+            && s.chan.is_none()
+            && !s.withdrawn
+            && !recent
+        {
             s.upgrade_wanted = false;
             self.upgrade_now();
         }

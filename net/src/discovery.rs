@@ -10,26 +10,29 @@
 //!   on a Unix socket path (no network round trip).
 //!
 //! Backends: [`HostRegistry`] (processes and containers on one host, `coresident-shm`),
-//! [`NoDiscovery`] (plain TCP). The Xen backend comes with the per-stream XenStore
-//! rendezvous.
+//! [`NoDiscovery`] (plain TCP), and with the feature `xen`, `xen::XenDiscovery` (guests
+//! and dom0 of one Xen host: `coresident-xen`'s residency view and XenStore
+//! rendezvous). A backend that learns of residency per peer withdraws and readmits
+//! that peer's streams through [`Discovery::subscribe`].
 //!
 //! The core's `Discovery` trait of the router (peer ids to channels) serves a different
 //! need: channels here belong to one TCP connection each, named by its 4-tuple.
 
 use core::fmt;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use coresident::{ChannelLayout, Doorbell, Role};
 use coresident_shm::{AcceptConfig, CredPolicy, Endpoint, OfferConfig, PeerId, PreparedOffer};
 
+use crate::core::{Mail, Mailbox};
 use crate::sys;
 use crate::wire::{Hello, COMMIT, HELLO_LEN};
 
@@ -181,6 +184,60 @@ pub trait Discovery: Send + Sync + fmt::Debug {
     ///
     /// [`Refusal::NotResident`] for an unknown destination; any other refusal.
     fn offer(&self, hello: &Hello, params: &OfferParams) -> Result<Box<dyn RingLink>, Refusal>;
+
+    /// Called once for every session stream, on both sides, with the address of its
+    /// peer (the connecting side's destination, the accepting side's source). A backend
+    /// that learns of residency per peer (the Xen backend's residency view) keeps `sub`
+    /// and calls [`Subscriber::withdraw`] when that peer stops being co-resident and
+    /// [`Subscriber::readmit`] when it returns; the stream then falls back to TCP, and
+    /// upgrades again. The default ignores it (the host registry has no such news).
+    fn subscribe(&self, peer: IpAddr, sub: Subscriber) {
+        let _ = (peer, sub);
+    }
+}
+
+/// One session stream's residency hook, handed to its backend by
+/// [`Discovery::subscribe`]: a weak reference, so a backend holding it never keeps a
+/// closed stream alive.
+#[derive(Clone, Debug)]
+pub struct Subscriber {
+    mailbox: Weak<Mailbox>,
+}
+
+impl Subscriber {
+    pub(crate) fn new(mailbox: &Arc<Mailbox>) -> Self {
+        Self {
+            mailbox: Arc::downgrade(mailbox),
+        }
+    }
+
+    /// The peer is no longer co-resident: the stream gives its channel up for TCP at
+    /// an agreed offset and refuses new ones until [`readmit`](Self::readmit).
+    /// `false`: the stream is gone (drop this subscriber).
+    pub fn withdraw(&self) -> bool {
+        self.post(|| Mail::Withdraw)
+    }
+
+    /// The peer is co-resident again: the stream upgrades (the connecting side offers
+    /// a channel, the accepting side asks it to). `false`: the stream is gone.
+    pub fn readmit(&self) -> bool {
+        self.post(|| Mail::Readmit)
+    }
+
+    /// Whether the stream still exists.
+    pub fn is_alive(&self) -> bool {
+        self.mailbox.strong_count() > 0
+    }
+
+    fn post(&self, m: impl FnOnce() -> Mail) -> bool {
+        match self.mailbox.upgrade() {
+            Some(mb) => {
+                mb.post(m());
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// "none": every stream is plain TCP.

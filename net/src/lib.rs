@@ -55,6 +55,16 @@
 //! Choose the backend, ring size and spin budget with [`Builder`]:
 //! `Builder::new().discovery(NoDiscovery).connect(addr)` is plain TCP.
 //!
+//! # Backends
+//!
+//! - [`HostRegistry`] (default): processes and containers on one host, through
+//!   `coresident-shm`'s sealed memfd channels;
+//! - [`NoDiscovery`]: plain TCP;
+//! - `xen::XenDiscovery` (feature `xen`): dom0 and guests of one Xen host; residency
+//!   from `coresident-xen`'s agent lists (a peer the agent withdraws falls back to TCP
+//!   on both sides, and upgrades again when listed again), channels from its XenStore
+//!   rendezvous (keys and faults: `docs/streams.md`, section 9).
+//!
 //! # When to use which
 //!
 //! A [`Stream`] is a connection between two programs: `std::net`'s shape, one ring pair
@@ -82,10 +92,12 @@ mod sys;
 #[cfg(feature = "tokio")]
 mod tokio_io;
 pub mod wire;
+#[cfg(feature = "xen")]
+pub mod xen;
 
 pub use discovery::{
     CredentialPolicy, Discovery, HandshakeSink, HostLink, HostRegistry, NoDiscovery, OfferParams,
-    Refusal, Registration, RingLink, Signal,
+    Refusal, Registration, RingLink, Signal, Subscriber,
 };
 pub use listener::Listener;
 pub use stats::{Path, StreamStats};

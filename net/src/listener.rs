@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::core::{Core, Mail, Mailbox, Side};
-use crate::discovery::{HandshakeSink, Refusal, Registration, RingLink};
+use crate::discovery::{HandshakeSink, Refusal, Registration, RingLink, Subscriber};
 use crate::stream::{Builder, Stream};
 use crate::wire::{FourTuple, Hello};
 
@@ -240,6 +240,9 @@ impl Listener {
         let taken = self.acceptor.take(&tuple, self.builder.handshake_timeout);
         let (session, link) = match taken {
             Some((hello, link, mailbox)) if link.committed() => {
+                self.builder
+                    .discovery
+                    .subscribe(tuple.src.ip(), Subscriber::new(&mailbox));
                 let s = Core::session(
                     hello.session,
                     Side::Acceptor,

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::core::{Cause, Core, Side, Tuning};
-use crate::discovery::{Discovery, HostRegistry, OfferParams, Refusal};
+use crate::core::{Cause, Core, Mailbox, Side, Tuning};
+use crate::discovery::{Discovery, HostRegistry, OfferParams, Refusal, Subscriber};
 use crate::listener::Listener;
 use crate::stats::{Path, StreamStats};
 use crate::sys;
@@ -64,6 +64,14 @@ impl Builder {
     #[must_use]
     pub fn discovery(mut self, d: impl Discovery + 'static) -> Self {
         self.discovery = Arc::new(d);
+        self
+    }
+
+    /// The discovery backend, shared (one backend's background threads and views
+    /// serving several builders, or kept by the caller to look at it).
+    #[must_use]
+    pub fn discovery_arc(mut self, d: Arc<dyn Discovery>) -> Self {
+        self.discovery = d;
         self
     }
 
@@ -371,13 +379,17 @@ impl Stream {
             ));
         }
         let b = &prepared.builder;
+        // The backend's residency news for this peer reaches the stream here.
+        let mailbox = Mailbox::new()?;
+        b.discovery
+            .subscribe(tuple.dst.ip(), Subscriber::new(&mailbox));
         let session = Core::session(
             prepared.hello.session,
             Side::Connector,
             tuple,
             Arc::clone(&b.discovery),
             b.params(),
-            None,
+            Some(mailbox),
         );
         let core = Core::new(tcp, Some(session), Some(prepared.link), b.tuning())?;
         Self::from_core(core, b.spin)

@@ -234,3 +234,109 @@ fn a_re_upgrade_before_the_listener_accepts_is_taken() {
     assert_eq!(v, b"one two three");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A host registry that keeps every stream's residency hook, as a backend with a
+/// residency view does (the Xen backend): the test plays the view.
+#[derive(Debug, Default)]
+struct Hooked {
+    inner: coresident_net::HostRegistry,
+    subs: std::sync::Mutex<Vec<(std::net::IpAddr, coresident_net::Subscriber)>>,
+}
+
+impl coresident_net::Discovery for Hooked {
+    fn name(&self) -> &'static str {
+        "hooked"
+    }
+    fn register(
+        &self,
+        addr: std::net::SocketAddr,
+        sink: std::sync::Arc<dyn coresident_net::HandshakeSink>,
+    ) -> std::io::Result<Option<Box<dyn coresident_net::Registration>>> {
+        self.inner.register(addr, sink)
+    }
+    fn offer(
+        &self,
+        hello: &coresident_net::wire::Hello,
+        params: &coresident_net::OfferParams,
+    ) -> Result<Box<dyn coresident_net::RingLink>, coresident_net::Refusal> {
+        self.inner.offer(hello, params)
+    }
+    fn subscribe(&self, peer: std::net::IpAddr, sub: coresident_net::Subscriber) {
+        self.subs.lock().unwrap().push((peer, sub));
+    }
+}
+
+/// Residency per peer: a backend's `withdraw` on both sides' hooks moves the stream to
+/// TCP with nothing lost, `readmit` brings the ring back (the connecting side offers
+/// again by itself), and a closed stream's hook says so.
+#[test]
+fn a_backend_withdraws_and_readmits_one_peer_through_its_hooks() {
+    let (_, dir) = builder("hooked");
+    let hooked = std::sync::Arc::new(Hooked {
+        inner: coresident_net::HostRegistry::at(dir.join("reg")),
+        subs: Default::default(),
+    });
+    let b = coresident_net::Builder::new().discovery_arc(hooked.clone());
+    let listener = b.bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let c = b.connect(addr).unwrap();
+    let (s, _) = listener.accept().unwrap();
+    assert_eq!((c.path(), s.path()), (Path::Ring, Path::Ring));
+    {
+        let subs = hooked.subs.lock().unwrap();
+        assert_eq!(subs.len(), 2, "one hook per side");
+        assert!(subs.iter().all(|(ip, _)| ip.is_loopback()));
+        for (_, sub) in subs.iter() {
+            assert!(sub.withdraw());
+        }
+    }
+    // Each side falls back at its next look at its descriptors.
+    c.poll_events().unwrap();
+    s.poll_events().unwrap();
+    assert_eq!((c.path(), s.path()), (Path::Tcp, Path::Tcp));
+    let mut p = Pattern::new(7);
+    let mut buf = vec![0u8; 4096];
+    p.fill(&mut buf);
+    (&c).write_all(&buf).unwrap();
+    let mut got = vec![0u8; 4096];
+    (&s).read_exact(&mut got).unwrap();
+    let mut q = Pattern::new(7);
+    q.check(&got).unwrap();
+    assert_eq!(
+        (c.path(), s.path()),
+        (Path::Tcp, Path::Tcp),
+        "withdrawn: no upgrade"
+    );
+    for (_, sub) in hooked.subs.lock().unwrap().iter() {
+        assert!(sub.readmit());
+    }
+    let t = std::time::Instant::now();
+    c.set_nonblocking(true).unwrap();
+    s.set_nonblocking(true).unwrap();
+    while c.path() != Path::Ring || s.path() != Path::Ring {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "watchdog: {:?} {:?}",
+            c.stats(),
+            s.stats()
+        );
+        c.poll_events().unwrap();
+        s.poll_events().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    c.set_nonblocking(false).unwrap();
+    s.set_nonblocking(false).unwrap();
+    p.fill(&mut buf);
+    (&c).write_all(&buf).unwrap();
+    (&s).read_exact(&mut got).unwrap();
+    q.check(&got).unwrap();
+    assert_eq!(c.stats().epoch, 1);
+    drop((c, s));
+    assert!(hooked
+        .subs
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(_, sub)| !sub.is_alive() && !sub.withdraw()));
+    let _ = std::fs::remove_dir_all(dir);
+}
