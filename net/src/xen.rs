@@ -45,7 +45,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use coresident::{ChannelLayout, Doorbell, Role, SharedRegion, Wake};
-use coresident_xen::protocol::keys::valid_name;
+use coresident_xen::protocol::keys::{self, valid_name};
 use coresident_xen::protocol::xs_wire::{Access, Perm};
 use coresident_xen::rendezvous::{self, Listener as XsListener, XenLink};
 use coresident_xen::residency::{Addr, Addresses, PeerChange, ResidencyView};
@@ -236,19 +236,6 @@ fn write_with_perms(
 ) -> Result<(), XsError> {
     xs.write(path, value)?;
     xs.set_perms(path, perms)
-}
-
-fn private_to(owner: DomId, reader: DomId) -> [Perm; 2] {
-    [
-        Perm {
-            domid: owner,
-            access: Access::None,
-        },
-        Perm {
-            domid: reader,
-            access: Access::Read,
-        },
-    ]
 }
 
 fn xs_refusal(e: XsError) -> Refusal {
@@ -540,7 +527,7 @@ impl Discovery for XenDiscovery {
             &mut xs,
             &hello_key,
             encode_hello(hello).as_bytes(),
-            &private_to(own, peer),
+            &keys::perms(own, peer),
         )
         .map_err(xs_refusal)?;
         let res = (|| {
@@ -847,7 +834,7 @@ unsafe impl RingLink for XenRingLink {
             xs,
             &self.commit_key,
             MARK,
-            &private_to(self.commit_owner, self.commit_reader),
+            &keys::perms(self.commit_owner, self.commit_reader),
         )
         .map_err(io::Error::other)
     }

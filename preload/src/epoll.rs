@@ -409,21 +409,21 @@ impl EpollSet {
     }
 
     /// [`Self::fired`], unless the glances already show something due and the kernel
-    /// was asked less than [`KERNEL_LOOK_PERIOD_US`] ago (then nothing fired, as far as
-    /// this look knows: a ring's bytes need no system call to be seen).
-    fn fired_unless_glanced(&self) -> Vec<u64> {
+    /// was asked less than [`KERNEL_LOOK_PERIOD_US`] ago: then `None` (a ring's bytes
+    /// need no system call to be seen).
+    fn fired_unless_glanced(&self) -> Option<Vec<u64>> {
         // Relaxed: see `fired`.
         let since =
             crate::wait::now_us().saturating_sub(self.kernel_looked.load(Ordering::Relaxed));
         if since < KERNEL_LOOK_PERIOD_US && self.any_hint() {
-            return Vec::new();
+            return None;
         }
-        self.fired()
+        Some(self.fired())
     }
 
     /// Fills `out` with due events (up to its length); returns how many.
     fn collect(&self, out: &mut [epoll_event]) -> usize {
-        let fired = self.fired_unless_glanced();
+        let fired = self.fired_unless_glanced().unwrap_or_default();
         let mut regs = lock(&self.regs);
         let len = regs.len();
         if len == 0 || out.is_empty() {
@@ -456,10 +456,9 @@ impl EpollSet {
 
     /// Whether some registration has something due (no state change).
     fn any_due(&self) -> bool {
-        let fired = self.fired_unless_glanced();
-        if fired.is_empty() && self.any_hint() {
+        let Some(fired) = self.fired_unless_glanced() else {
             return true;
-        }
+        };
         lock(&self.regs)
             .iter()
             .any(|r| r.due(fired.contains(&r.conn.id)).is_some())
