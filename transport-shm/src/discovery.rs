@@ -9,7 +9,8 @@
 //!     thread "watch":  Registry::watch; for each peer P that joins:
 //!                        me < P (by id): offer: Registry::connect(P)
 //!                        me > P:         wait: P offers to us (the tie-break)
-//!                      P leaves (socket gone, stale, or replaced) -> Departed
+//!                      P leaves (socket gone, stale, or taken by another process)
+//!                        -> Departed; a Joined never departs (a restart reads Left first)
 //!     thread "accept": takes the Acceptor's endpoints; the offerer's claimed id must
 //!                      be a registered peer below us, and the process listening on
 //!                      that peer's socket must be the one offering (SO_PEERCRED
@@ -198,11 +199,31 @@ struct Shared<K> {
     failed: AtomicBool,
     /// We leave the registry (this peer is moving away): no more channels.
     withdrawn: AtomicBool,
-    /// The peers reported arrived and not yet departed.
-    live: Mutex<Vec<PeerId>>,
+    /// The peers reported arrived and not yet departed, each with the credentials of
+    /// the process at the other end of its channel.
+    live: Mutex<Vec<(PeerId, PeerCred)>>,
 }
 
 impl<K> Shared<K> {
+    fn new(
+        registry: Registry,
+        config: HostConfig<K>,
+    ) -> Result<(Arc<Self>, mpsc::Receiver<Change<K>>), DiscoveryError> {
+        let (tx, rx) = mpsc::channel();
+        let wake = Wake::new().map_err(|e| DiscoveryError::Spawn(e.raw_os_error().unwrap_or(0)))?;
+        let shared = Arc::new(Self {
+            registry,
+            config,
+            tx,
+            wake,
+            stop: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            withdrawn: AtomicBool::new(false),
+            live: Mutex::new(Vec::new()),
+        });
+        Ok((shared, rx))
+    }
+
     fn report(&self, c: Change<K>) {
         if self.tx.send(c).is_ok() {
             self.wake.notify();
@@ -219,8 +240,10 @@ impl<K> Shared<K> {
         if self.withdrawn.load(Ordering::Relaxed) {
             return;
         }
-        if !live.contains(id) {
-            live.push(id.clone());
+        let cred = ep.peer().cred;
+        match live.iter_mut().find(|(p, _)| p == id) {
+            Some(entry) => entry.1 = cred,
+            None => live.push((id.clone(), cred)),
         }
         self.report(Residency::Arrived {
             keys: vec![key],
@@ -234,12 +257,35 @@ impl<K> Shared<K> {
             .live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(i) = live.iter().position(|p| p == id) {
+        if let Some(i) = live.iter().position(|(p, _)| p == id) {
             live.swap_remove(i);
             if let Some(key) = (self.config.key_of)(id) {
                 self.report(Residency::Departed { key });
             }
         }
+    }
+
+    /// The watcher saw `id`'s registration leave. The channel goes too, unless it was
+    /// set up with the process that holds `id`'s socket now: then the registration
+    /// that left is an older one (the peer restarted and offered to us before our
+    /// rescan), and the channel is the new one's.
+    fn left(&self, id: &PeerId) {
+        let channel = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|(p, _)| p == id)
+            .map(|(_, c)| *c);
+        if let (Some(c), Some(o)) = (channel, owner_of(&self.registry, id)) {
+            // pid 0: another pid namespace, where two processes cannot be told apart.
+            if c.pid != 0 && (o.pid, o.uid) == (c.pid, c.uid) {
+                tracing::debug!(peer = %id, pid = c.pid, "host discovery: an older registration left; the channel is to the current one");
+                return;
+            }
+        }
+        tracing::info!(peer = %id, "host discovery: peer left");
+        self.departed(id);
     }
 
     fn stopped(&self) -> bool {
@@ -289,18 +335,7 @@ impl<K: Send + 'static> HostDiscovery<K> {
         check_ring_size(config.ring).map_err(DiscoveryError::RingSize)?;
         let listener = registry.register(&config.me)?;
         let watcher = registry.watch()?;
-        let (tx, rx) = mpsc::channel();
-        let wake = Wake::new().map_err(|e| DiscoveryError::Spawn(e.raw_os_error().unwrap_or(0)))?;
-        let shared = Arc::new(Shared {
-            registry,
-            config,
-            tx,
-            wake,
-            stop: AtomicBool::new(false),
-            failed: AtomicBool::new(false),
-            withdrawn: AtomicBool::new(false),
-            live: Mutex::new(Vec::new()),
-        });
+        let (shared, rx) = Shared::new(registry, config)?;
         let mut threads = Vec::new();
         let s = shared.clone();
         threads.push(
@@ -350,7 +385,7 @@ impl<K> Withdraw<K> {
             s.withdrawn.store(true, Ordering::Relaxed);
             core::mem::take(&mut *live)
         };
-        for id in peers {
+        for (id, _) in peers {
             if let Some(key) = (s.config.key_of)(&id) {
                 s.report(Residency::Departed { key });
             }
@@ -492,19 +527,19 @@ fn watch_loop<K>(s: &Shared<K>, mut watcher: crate::registry::Watcher) {
             }
         };
         for e in events {
-            match e {
-                RegistryEvent::Joined(id) if id != me => {
-                    // A restart under the same name: the old channel is stale.
-                    s.departed(&id);
-                    joined(s, &id);
-                }
-                RegistryEvent::Left(id) if id != me => {
-                    tracing::info!(peer = %id, "host discovery: peer left");
-                    s.departed(&id);
-                }
-                _ => {}
-            }
+            on_event(s, &me, e);
         }
+    }
+}
+
+/// One change the watcher saw. A restart under the same name reads `Left` then
+/// `Joined`, so `Joined` never tears a channel down: the peer may have offered to us
+/// (accepted on the other thread) before the watcher's scan saw it join.
+fn on_event<K>(s: &Shared<K>, me: &PeerId, e: RegistryEvent) {
+    match e {
+        RegistryEvent::Joined(id) if id != *me => joined(s, &id),
+        RegistryEvent::Left(id) if id != *me => s.left(&id),
+        _ => {}
     }
 }
 
@@ -531,5 +566,95 @@ fn joined<K>(s: &Shared<K>, id: &PeerId) {
         Err(e) => {
             tracing::warn!(peer = %id, error = %e, "host discovery: offering a channel failed")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn registry(name: &str) -> Registry {
+        let dir = std::env::temp_dir().join(format!(
+            "coresident-discovery-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        Registry::open(&dir).unwrap()
+    }
+
+    /// B's side of a channel that A (below B) offered: what B's accept thread admits.
+    fn offered_by(registry: &Registry, a: &PeerId, b: &PeerId) -> Endpoint {
+        let listener = registry.register(b).unwrap();
+        let acceptor = std::thread::spawn(move || {
+            let ep = listener.accept(&AcceptConfig::default()).unwrap();
+            (ep, listener)
+        });
+        let _a_end = registry.connect(b, &OfferConfig::new(a.clone())).unwrap();
+        acceptor.join().unwrap().0
+    }
+
+    fn departures(rx: &mpsc::Receiver<Change<Ipv4Addr>>) -> Vec<Ipv4Addr> {
+        rx.try_iter()
+            .filter_map(|c| match c {
+                Residency::Departed { key } => Some(key),
+                Residency::Arrived { .. } => None,
+            })
+            .collect()
+    }
+
+    /// The race a loaded machine ran into: A registers and offers to B at once; B's
+    /// accept thread admits the channel before B's watcher scans and sees A join. That
+    /// late `Joined` is no restart and must not tear the fresh channel down.
+    #[test]
+    fn a_late_joined_for_a_peer_that_already_offered_keeps_its_channel() {
+        let registry = registry("late-joined");
+        let (a, b): (PeerId, PeerId) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let a_socket = registry.register(&a).unwrap();
+        let (s, rx) = Shared::new(registry.clone(), HostConfig::ipv4(b.clone())).unwrap();
+        s.arrived(
+            &a,
+            Ipv4Addr::new(10, 0, 0, 1),
+            offered_by(&registry, &a, &b),
+        );
+        assert!(matches!(rx.try_recv(), Ok(Residency::Arrived { .. })));
+
+        on_event(&s, &b, RegistryEvent::Joined(a.clone()));
+        assert!(
+            departures(&rx).is_empty(),
+            "a late Joined tore the channel down"
+        );
+
+        // A `Left` while the channel's process still holds A's socket: an older
+        // registration left (A restarted and offered before our scan). Keep it.
+        on_event(&s, &b, RegistryEvent::Left(a.clone()));
+        assert!(departures(&rx).is_empty());
+
+        // A's socket goes: A has left.
+        drop(a_socket);
+        on_event(&s, &b, RegistryEvent::Left(a.clone()));
+        assert_eq!(departures(&rx), [Ipv4Addr::new(10, 0, 0, 1)]);
+        let _ = std::fs::remove_dir_all(registry.dir());
+    }
+
+    /// A `Left` for a peer whose socket another process holds now (a restart under the
+    /// same name) fails the old channel over.
+    #[test]
+    fn a_left_for_a_peer_whose_socket_changed_hands_fails_the_channel_over() {
+        let registry = registry("changed-hands");
+        let (a, b): (PeerId, PeerId) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let _a_socket = registry.register(&a).unwrap();
+        let (s, rx) = Shared::new(registry.clone(), HostConfig::ipv4(b.clone())).unwrap();
+        s.arrived(
+            &a,
+            Ipv4Addr::new(10, 0, 0, 1),
+            offered_by(&registry, &a, &b),
+        );
+        let _ = rx.try_recv();
+        // As if another process (the one before a restart) had offered the channel.
+        s.live.lock().unwrap()[0].1.pid = 1;
+        on_event(&s, &b, RegistryEvent::Left(a.clone()));
+        assert_eq!(departures(&rx), [Ipv4Addr::new(10, 0, 0, 1)]);
+        let _ = std::fs::remove_dir_all(registry.dir());
     }
 }
