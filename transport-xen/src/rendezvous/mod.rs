@@ -50,19 +50,21 @@ use core::time::Duration;
 
 use coresident::ChannelLayout;
 
-use crate::backend::{EventPort, XenBackend};
+use crate::backend::XenBackend;
 use crate::protocol::crxg::Offer;
 use crate::protocol::keys::{self, KeyError, Path};
-use crate::transport::{XenPending, XenTransport, XenTransportError};
+use crate::transport::{XenTransport, XenTransportError};
 use crate::types::{DomId, EvtchnPort, GrantRef};
 use crate::xenstore::{XsClient, XsError};
 
 mod channel_keys;
 mod listener;
+mod pending;
 
 pub use channel_keys::ChannelKeys;
-use channel_keys::{home_exists, prune, read_offer_at, remove_dir};
+use channel_keys::{home_exists, read_offer_at, remove_dir};
 pub use listener::Listener;
+pub use pending::XsPending;
 
 /// This domain's id, from its relative XenStore key `domid` (dom0 has one
 /// too, written by `xen-init-dom0`).
@@ -472,152 +474,6 @@ impl<B: XenBackend> Rendezvous<B> {
             }
         }
     }
-}
-
-/// An offer published in XenStore, waiting for the answer.
-#[derive(Debug)]
-#[must_use = "an offer is withdrawn only by complete or withdraw"]
-pub struct XsPending<B: XenBackend> {
-    pending: XenPending<B>,
-    own: DomId,
-    peer: DomId,
-    port: EvtchnPort,
-    offer: Path,
-    answer: Path,
-    token: Path,
-}
-
-impl<B: XenBackend> XsPending<B> {
-    /// The offer's directory in XenStore.
-    pub fn offer_path(&self) -> &str {
-        self.offer.as_str()
-    }
-
-    /// Waits for the acceptor: `accepted` for this offer (or its live
-    /// byte), then removes the offer and every node it left empty, whatever
-    /// the outcome. Besides the answer's watch it waits on the offer's
-    /// event channel and on `@releaseDomain`: an acceptor that mapped and
-    /// bound and then died before it answered (its release signal clears
-    /// its live byte and fires our port), or whose domain was destroyed
-    /// (its home goes), is [`XenTransportError::PeerGone`] at once, not at
-    /// the timeout. (Over a client without a descriptor to wait on beside
-    /// the port, a PV kernel's ring, the port is looked at after each
-    /// XenStore event.)
-    ///
-    /// # Errors
-    ///
-    /// [`RendezvousError::Timeout`], [`RendezvousError::Refused`], a
-    /// malformed answer, [`RendezvousError::Transport`] (`PeerGone`).
-    pub fn complete<X: XsClient>(
-        self,
-        xs: &mut X,
-        timeout: Option<Duration>,
-    ) -> Result<XenLink<B>, RendezvousError<B::Error>> {
-        let deadline = Deadline::after(self.pending.event_port().now_ns(), timeout);
-        let release = Path::new(format_args!("{}/release", self.token.as_str()))?;
-        let r = xs
-            .watch(self.answer.as_str(), self.token.as_str())
-            .map_err(RendezvousError::from)
-            .and_then(|()| {
-                // Best effort: a guest may not be allowed the special watch
-                // (then the answer's watch, which fires when the acceptor's
-                // home is removed, and the event channel remain).
-                let released = xs.watch(RELEASE_DOMAIN, release.as_str()).is_ok();
-                let r = self.wait_accepted(xs, deadline);
-                let _ = xs.unwatch(self.answer.as_str(), self.token.as_str());
-                if released {
-                    let _ = xs.unwatch(RELEASE_DOMAIN, release.as_str());
-                }
-                r
-            });
-        remove_dir(xs, self.own, self.offer.as_str());
-        r?;
-        // Accepted: the acceptor set its live byte before it answered. If
-        // the byte is clear now, it has come and gone already (or lied):
-        // the channel says so at once, and what it sent can be received.
-        Ok(self.pending.into_link())
-    }
-
-    /// The watched wait of [`complete`](Self::complete).
-    fn wait_accepted<X: XsClient>(
-        &self,
-        xs: &mut X,
-        deadline: Deadline,
-    ) -> Result<(), RendezvousError<B::Error>> {
-        let gone = RendezvousError::Transport(XenTransportError::PeerGone);
-        let port = self.pending.event_port();
-        loop {
-            // The acceptor sets its live byte before it answers, and may
-            // withdraw its answer as soon as it wrote it: a set live byte is
-            // an acceptance whether or not we saw the answer.
-            if self.pending.peer_alive() {
-                return Ok(());
-            }
-            match keys::read_answer(xs, self.answer.as_str(), self.port)? {
-                Some(true) => return Ok(()),
-                Some(false) => return Err(RendezvousError::Refused),
-                None => {}
-            }
-            if !home_exists(xs, self.peer)? {
-                return Err(gone);
-            }
-            let left = deadline.left(port.now_ns());
-            if left.is_some_and(|l| l.is_zero()) {
-                return Err(RendezvousError::Timeout);
-            }
-            let store = wait_store_or_port(xs, port, left)?;
-            // Whether *our* port fired (a descriptor may be readable for
-            // another; over a client without one, looked at after each
-            // XenStore event): it fires only from the acceptor's side, its
-            // ring after it set its live byte or its release signal after
-            // the byte was cleared.
-            let fired = port
-                .wait(Some(Duration::ZERO))
-                .map_err(|e| RendezvousError::Transport(XenTransportError::Backend(e)))?;
-            if fired && !self.pending.peer_alive() {
-                return Err(gone);
-            }
-            if store {
-                // Take every queued event; the loop re-reads what they name.
-                while xs.wait_watch(Some(Duration::ZERO))?.is_some() {}
-            }
-        }
-    }
-
-    /// Withdraws the offer without waiting (its grants are released when
-    /// `self` drops), and the nodes above it left empty.
-    ///
-    /// # Errors
-    ///
-    /// [`KeyError::Store`].
-    pub fn withdraw<X: XsClient>(self, xs: &mut X) -> Result<(), KeyError> {
-        match xs.rm(self.offer.as_str()) {
-            Ok(()) | Err(XsError::NotFound) => {}
-            Err(e) => return Err(e.into()),
-        }
-        prune(xs, self.own, self.offer.as_str())
-    }
-}
-
-/// Waits until XenStore has an event or the port may have fired, or
-/// `left` passed: whether XenStore has one.
-fn wait_store_or_port<X: XsClient, P: EventPort>(
-    xs: &mut X,
-    port: &P,
-    left: Option<Duration>,
-) -> Result<bool, XsError> {
-    if xs.has_queued_event() {
-        return Ok(true);
-    }
-    #[cfg(all(feature = "std", target_os = "linux"))]
-    if let (Some(a), Some(b)) = (xs.poll_fd(), port.poll_fd()) {
-        let (store, _) = crate::linux::sys::poll_two_raw(a, b, left)
-            .map_err(|e| XsError::Io(e.raw_os_error()))?;
-        return Ok(store);
-    }
-    let _ = port;
-    // A client without a descriptor: wait on XenStore alone.
-    Ok(xs.wait_watch(left)?.is_some())
 }
 
 #[cfg(all(test, feature = "std", target_os = "linux"))]

@@ -5,9 +5,10 @@ use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use super::addr::{Addr, Addresses, AdvertError};
+use super::addr::{Addr, Addresses};
 use super::change::{AgentError, Change, Status};
-use super::policy::{Grants, IpNet, Policy};
+use super::policy::Policy;
+use super::vetting::{local, read_advert, vif_path, VIF_BACKENDS};
 use super::{advert_path, home_path, list_dir, list_perms, perms_ok, TX_RETRIES};
 use crate::protocol::xs_wire::{self, XsErrno};
 use crate::types::DomId;
@@ -20,21 +21,10 @@ const TOKEN_DOMAINS: &str = "coresident-agent:domains";
 const TOKEN_ADVERT: &str = "coresident-agent:advert";
 /// The watch token of every domain's vif backends in dom0.
 const TOKEN_VIF: &str = "coresident-agent:vif";
-/// Most vifs of one domain whose MACs and IPs are read.
-const MAX_VIFS: usize = 64;
-
-/// Whether an error is about one node (the connection is still fine).
 /// A watch event's bytes as text (a path or token that is not UTF-8 names
 /// nothing we watch: the caller reads everything again).
 fn owned(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn local(e: XsError) -> bool {
-    matches!(
-        e,
-        XsError::NotFound | XsError::Daemon(_) | XsError::Value(_)
-    )
 }
 
 /// The residency agent (dom0).
@@ -304,7 +294,7 @@ impl<X: XsClient> Agent<X> {
                     continue;
                 }
             }
-            let status = self.read_advert(d)?;
+            let status = read_advert(&mut self.xs, &self.policy, d)?;
             // A vanished advertisement may mean a vanished domain: the
             // toolstack removes the home, and @releaseDomain may come
             // before or after.
@@ -404,100 +394,6 @@ impl<X: XsClient> Agent<X> {
         }
         out.push(Change::Gone(d));
         Ok(())
-    }
-
-    /// Reads and checks `d`'s advertisement.
-    fn read_advert(&mut self, d: DomId) -> Result<Status, AgentError> {
-        let path = advert_path(d);
-        let value = match self.xs.read(&path) {
-            Ok(v) => v.to_vec(),
-            Err(XsError::NotFound) => return Ok(Status::Silent),
-            Err(e) if local(e) => return Ok(Status::Rejected(AdvertError::Unreadable)),
-            Err(e) => return Err(e.into()),
-        };
-        // Trust the domain id XenStore gives, never one a guest writes:
-        // the node must be owned by the domain whose path holds it.
-        match self.xs.perms(&path) {
-            Ok(p) => match p.first() {
-                Some(owner) if owner.domid == d => {}
-                Some(owner) => return Ok(Status::Rejected(AdvertError::Owner(owner.domid))),
-                None => return Ok(Status::Rejected(AdvertError::Unreadable)),
-            },
-            Err(XsError::NotFound) => return Ok(Status::Silent),
-            Err(e) if local(e) => return Ok(Status::Rejected(AdvertError::Unreadable)),
-            Err(e) => return Err(e.into()),
-        }
-        let addrs = match Addresses::parse_advert(&value) {
-            Ok(a) => a,
-            Err(e) => return Ok(Status::Rejected(e)),
-        };
-        // Finding 6: every address must be one the toolstack gave the
-        // domain (its vifs' MACs and `ip`) or dom0's policy allows it;
-        // dom0 is trusted.
-        if d != 0 && !addrs.is_empty() {
-            if let Some(a) = self.grants(d)?.first_unowned(&addrs) {
-                return Ok(Status::Rejected(match a {
-                    Addr::Mac(m) => AdvertError::MacNotOwned(m),
-                    ip => AdvertError::IpNotOwned(ip),
-                }));
-            }
-        }
-        Ok(Status::Advertising(addrs))
-    }
-
-    /// What vouches for `d`'s addresses: the MACs and `ip` entries of its
-    /// vifs whose backend is in dom0 (`/local/domain/0/backend/vif/N/DEVID/
-    /// {mac,ip}`, written by the toolstack and not writable by the guest;
-    /// malformed entries are skipped), and what the policy allows its name
-    /// (`/local/domain/N/name`, the toolstack's too).
-    fn grants(&mut self, d: DomId) -> Result<Grants, AgentError> {
-        let mut g = Grants::default();
-        if self.policy.has_names() {
-            match self.xs.read(&format!("{}/name", home_path(d))) {
-                Ok(name) => {
-                    if let Some(a) = core::str::from_utf8(name)
-                        .ok()
-                        .and_then(|n| self.policy.allowed(n))
-                    {
-                        g.allowed = a.clone();
-                    }
-                }
-                Err(e) if local(e) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let dir = vif_path(d);
-        let devs = match self.xs.children(&dir) {
-            Ok(devs) => devs,
-            Err(e) if local(e) => return Ok(g),
-            Err(e) => return Err(e.into()),
-        };
-        for dev in devs.iter().take(MAX_VIFS) {
-            match self.xs.read(&format!("{dir}/{dev}/mac")) {
-                Ok(v) => {
-                    let mut line = b"mac ".to_vec();
-                    line.extend_from_slice(v);
-                    if let Ok(a) = Addresses::parse(&line) {
-                        g.macs.extend_from_slice(a.macs());
-                    }
-                }
-                Err(e) if local(e) => {}
-                Err(e) => return Err(e.into()),
-            }
-            match self.xs.read(&format!("{dir}/{dev}/ip")) {
-                Ok(v) => {
-                    let text = String::from_utf8_lossy(v);
-                    g.nets.extend(
-                        text.split_ascii_whitespace()
-                            .take(64)
-                            .filter_map(IpNet::parse),
-                    );
-                }
-                Err(e) if local(e) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(g)
     }
 
     /// Computes every list and writes those that changed.
@@ -638,13 +534,6 @@ impl<X: XsClient> Agent<X> {
 pub(super) fn parse_domid(n: &str) -> Option<DomId> {
     let d = xs_wire::parse_u16(n.as_bytes()).ok()?;
     (d < DomainId::FIRST_RESERVED && d.to_string() == n).then_some(d)
-}
-
-/// Where dom0's vif backends of domain `d` live.
-const VIF_BACKENDS: &str = "/local/domain/0/backend/vif/";
-
-fn vif_path(d: DomId) -> String {
-    format!("{VIF_BACKENDS}{d}")
 }
 
 /// The domain id of a `/local/domain/N/...` path.

@@ -109,6 +109,8 @@ mod addr;
 mod agent;
 mod change;
 mod policy;
+mod tables;
+mod vetting;
 mod view;
 
 #[cfg(test)]
@@ -125,9 +127,8 @@ pub use addr::{
 pub use agent::Agent;
 pub use change::{AgentError, Change, Status};
 pub use policy::{Policy, DEFAULT_DEBOUNCE};
-pub use view::{
-    ListError, PeerChange, ResidencyTables, ResidencyView, TableUpdate, ViewError, MAX_PEERS,
-};
+pub use tables::{ResidencyTables, TableUpdate};
+pub use view::{ListError, PeerChange, ResidencyView, ViewError, MAX_PEERS};
 
 /// How often a transaction that met a conflicting change (`EAGAIN`) is
 /// redone before giving up.
