@@ -1,6 +1,6 @@
 //! Memory a peer writes at any time (the live page of a link, the
-//! `start_info` XenStore ring, the PV console ring; not yet the kernel's
-//! grant table), through one checked
+//! `start_info` XenStore ring, the PV console ring, the PV kernel's grant
+//! table, which Xen writes), through one checked
 //! accessor: every access is bounds- and alignment-checked, then an atomic
 //! of `coresident_sync`; no Rust reference to the bytes ever exists
 //! (vm-memory's `get_atomic_ref` style, without handing the reference out).
@@ -13,9 +13,9 @@
 use core::ptr::NonNull;
 
 #[cfg(loom)]
-use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU8, Ordering};
 #[cfg(not(loom))]
-use coresident_sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use coresident_sync::atomic::{AtomicU16, AtomicU32, AtomicU8, Ordering};
 
 /// An access outside the memory, or misaligned for its size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +95,63 @@ impl SharedMem {
         let a = unsafe { AtomicU8::from_ptr(p) };
         a.store(v, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Loads the `u16` at `off` (2-aligned), with the ordering rule of
+    /// [`SharedMem::load_u32`].
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfBounds`] (outside the memory, or misaligned).
+    pub fn load_u16(&self, off: usize, order: Ordering) -> Result<u16, OutOfBounds> {
+        let p = self.at(off, 2, 2)?;
+        // SAFETY:
+        // - `p` is in bounds and 2-aligned (checked above), valid for the
+        //   memory's life (`new`'s contract);
+        // - only atomics and volatile accesses touch these bytes (`new`).
+        let a = unsafe { AtomicU16::from_ptr(p.cast::<u16>()) };
+        Ok(match order {
+            Ordering::Relaxed | Ordering::Release => a.load(Ordering::Relaxed),
+            Ordering::SeqCst => a.load(Ordering::SeqCst),
+            _ => a.load(Ordering::Acquire),
+        })
+    }
+
+    /// Stores the `u16` `v` at `off` (2-aligned), with the ordering rule of
+    /// [`SharedMem::store_u32`].
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfBounds`].
+    pub fn store_u16(&self, off: usize, v: u16, order: Ordering) -> Result<(), OutOfBounds> {
+        let p = self.at(off, 2, 2)?;
+        // SAFETY: as in `load_u16`.
+        let a = unsafe { AtomicU16::from_ptr(p.cast::<u16>()) };
+        match order {
+            Ordering::Relaxed | Ordering::Acquire => a.store(v, Ordering::Relaxed),
+            Ordering::SeqCst => a.store(v, Ordering::SeqCst),
+            _ => a.store(v, Ordering::Release),
+        }
+        Ok(())
+    }
+
+    /// Swaps the `u16` at `off` (2-aligned) from `current` to `new` if it
+    /// holds `current` (`AcqRel`; `Acquire` when it does not): `Ok(Ok(current))`
+    /// if it swapped, `Ok(Err(found))` if it found another value.
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfBounds`] (nothing is swapped).
+    pub fn compare_exchange_u16(
+        &self,
+        off: usize,
+        current: u16,
+        new: u16,
+    ) -> Result<Result<u16, u16>, OutOfBounds> {
+        let p = self.at(off, 2, 2)?;
+        // SAFETY: as in `load_u16`.
+        let a = unsafe { AtomicU16::from_ptr(p.cast::<u16>()) };
+        Ok(a.compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire))
     }
 
     /// Loads the `u32` at `off` (4-aligned): `Acquire` if `order` is

@@ -7,7 +7,9 @@
 //! entries are only ever accessed with atomics.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::shared::SharedMem;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -131,15 +133,11 @@ const _: () = assert!(core::mem::offset_of!(GnttabUnmapGrantRef, status) == 20);
 /// the kernel, and a bitmap of the references in use.
 #[derive(Debug)]
 pub struct GrantTable {
-    entries: NonNull<u8>,
+    /// The [`ENTRIES`] 8-byte entries (`grant_entry_v1`), which Xen writes
+    /// too: flags at +0, domid at +2, frame at +4.
+    entries: SharedMem,
     used: [AtomicU64; ENTRIES / 64],
 }
-
-// SAFETY: the entries are accessed through atomics only, the bitmap is
-// atomic; the mapping lives as long as the table (never unmapped).
-unsafe impl Send for GrantTable {}
-// SAFETY: as for `Send`: every `&self` method uses atomics.
-unsafe impl Sync for GrantTable {}
 
 impl GrantTable {
     /// `GNTTABOP_setup_table` for [`GRANT_FRAMES`] frames, each mapped at a
@@ -206,6 +204,10 @@ impl GrantTable {
     pub unsafe fn from_mapped(entries: NonNull<u8>) -> Self {
         let used: [AtomicU64; ENTRIES / 64] = core::array::from_fn(|_| AtomicU64::new(0));
         used[0].store((1 << NR_RESERVED_ENTRIES) - 1, Ordering::Relaxed);
+        // SAFETY: `entries` maps the table's `ENTRIES * 8` bytes for the
+        // table's life, and only Xen and these atomics touch them (this
+        // function's contract).
+        let entries = unsafe { SharedMem::new(entries.as_ptr(), ENTRIES * 8) };
         Self { entries, used }
     }
 
@@ -214,19 +216,10 @@ impl GrantTable {
         ENTRIES - NR_RESERVED_ENTRIES as usize
     }
 
-    /// The three fields of entry `r` (which must be `< ENTRIES`).
-    fn entry(&self, r: GrantRef) -> (&AtomicU16, &AtomicU16, &AtomicU32) {
-        let e = self.entries.as_ptr().wrapping_add(r as usize * 8);
-        // SAFETY: `r < ENTRIES` (callers check), so the 8 bytes lie inside
-        // the mapped table (`from_mapped`), 8-aligned; the table is only
-        // accessed atomically (by us and Xen) and outlives `&self`.
-        unsafe {
-            (
-                AtomicU16::from_ptr(e.cast()),
-                AtomicU16::from_ptr(e.wrapping_add(2).cast()),
-                AtomicU32::from_ptr(e.wrapping_add(4).cast()),
-            )
-        }
+    /// The offset of entry `r`'s flags (`domid` follows at +2, `frame` at +4);
+    /// every access through [`SharedMem`] checks it against the table's end.
+    fn entry(r: GrantRef) -> usize {
+        r as usize * 8
     }
 
     fn alloc_ref(&self) -> Option<GrantRef> {
@@ -270,22 +263,31 @@ impl GrantTable {
     pub fn grant(&self, peer: DomId, frame: u64, readonly: bool) -> Result<GrantRef, KernelError> {
         let frame32 = u32::try_from(frame).map_err(|_| KernelError::FrameTooLarge(frame))?;
         let r = self.alloc_ref().ok_or(KernelError::NoGrantRefs)?;
-        let (flags, domid, fr) = self.entry(r);
-        domid.store(peer, Ordering::Relaxed);
-        fr.store(frame32, Ordering::Relaxed);
+        let e = Self::entry(r);
         let f = GTF_PERMIT_ACCESS | if readonly { GTF_READONLY } else { 0 };
-        // SYNC: grant entry published. Xen reads the flags (its cmpxchg in
-        // `_set_status_v1`) before domid and frame; this Release orders the
-        // two stores above before it, as Linux's `wmb()` in
-        // `gnttab_update_entry_v1`.
-        flags.store(f, Ordering::Release);
+        let published = self
+            .entries
+            .store_u16(e + 2, peer, Ordering::Relaxed)
+            .and_then(|()| self.entries.store_u32(e + 4, frame32, Ordering::Relaxed))
+            // SYNC: grant entry published. Xen reads the flags (its cmpxchg
+            // in `_set_status_v1`) before domid and frame; this Release
+            // orders the two stores above before it, as Linux's `wmb()` in
+            // `gnttab_update_entry_v1`.
+            .and_then(|()| self.entries.store_u16(e, f, Ordering::Release));
+        if published.is_err() {
+            // Unreachable (`alloc_ref` hands out references below ENTRIES);
+            // the reference goes back rather than half-published.
+            self.free_ref(r);
+            return Err(KernelError::BadGrantRef(r));
+        }
         Ok(r)
     }
 
     /// Whether the peer maps (or copies from) grant `r` now.
     pub fn in_use(&self, r: GrantRef) -> bool {
-        (r as usize) < ENTRIES
-            && self.entry(r).0.load(Ordering::Acquire) & (GTF_READING | GTF_WRITING) != 0
+        self.entries
+            .load_u16(Self::entry(r), Ordering::Acquire)
+            .is_ok_and(|f| f & (GTF_READING | GTF_WRITING) != 0)
     }
 
     /// Ends the peer's access to grant `r` and frees the reference, unless
@@ -301,17 +303,25 @@ impl GrantTable {
         if !self.in_use_by_us(r) {
             return Err(KernelError::BadGrantRef(r));
         }
-        let flags = self.entry(r).0;
+        let flags = Self::entry(r);
+        let bad = |_| KernelError::BadGrantRef(r);
         // SYNC: grant in use. Xen sets GTF_reading/GTF_writing with a
         // cmpxchg before it maps the frame and clears them after it unmaps;
         // the Acquire here and of the exchange pairs with those, so a
         // cleared flag means the peer's mapping is gone.
-        let mut cur = flags.load(Ordering::Acquire);
+        let mut cur = self
+            .entries
+            .load_u16(flags, Ordering::Acquire)
+            .map_err(bad)?;
         loop {
             if cur & (GTF_READING | GTF_WRITING) != 0 {
                 return Err(KernelError::GrantInUse(r));
             }
-            match flags.compare_exchange(cur, 0, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .entries
+                .compare_exchange_u16(flags, cur, 0)
+                .map_err(bad)?
+            {
                 Ok(_) => break,
                 Err(now) => cur = now,
             }
@@ -322,14 +332,11 @@ impl GrantTable {
 
     /// The raw entry `r`, as Xen sees it (`None` outside the table).
     pub fn read_entry(&self, r: GrantRef) -> Option<GrantEntryV1> {
-        if r as usize >= ENTRIES {
-            return None;
-        }
-        let (flags, domid, frame) = self.entry(r);
+        let e = Self::entry(r);
         Some(GrantEntryV1 {
-            flags: flags.load(Ordering::Acquire),
-            domid: domid.load(Ordering::Relaxed),
-            frame: frame.load(Ordering::Relaxed),
+            flags: self.entries.load_u16(e, Ordering::Acquire).ok()?,
+            domid: self.entries.load_u16(e + 2, Ordering::Relaxed).ok()?,
+            frame: self.entries.load_u32(e + 4, Ordering::Relaxed).ok()?,
         })
     }
 }
