@@ -356,7 +356,7 @@ impl Consumer {
     fn store_read(&mut self) {
         // SAFETY: a control word at a constant offset below `DATA_OFFSET`, inside every
         // region a ring was attached to.
-        // SYNC(release-space): Release; pairs with the Acquire load of `read` in
+        // SYNC: release-space. Release; pairs with the Acquire load of `read` in
         // `Producer::refresh_read`: our copies out of the released bytes happen before
         // the producer overwrites them.
         unsafe { self.mem.store_ctl(off::READ, self.read, Release) };
@@ -368,9 +368,9 @@ impl Consumer {
     #[inline(always)]
     fn check_space(&mut self, fenced: bool) -> Notify {
         let from = if fenced {
-            // SYNC(event-space): store `read`, full fence, load `space event`; the
+            // SYNC: event-space. Store `read`, full fence, load `space event`; the
             // mirror of `Producer::arm_space`. Either the producer's re-check sees this
-            // `read`, or we see its request (the argument is at SYNC(event-data) in
+            // `read`, or we see its request (the argument is at `SYNC: event-data` in
             // `Producer::publish`). Every `read` stored since the last fenced check is
             // covered: the range starts there.
             fence(SeqCst);
@@ -402,9 +402,9 @@ impl Consumer {
     pub fn arm_data(&mut self, min_bytes: u32) -> Result<Readiness, RecvError> {
         // max+min, not `clamp`: clamp asserts `1 <= size`, a panic path in a kernel.
         let min = min_bytes.max(1).min(self.geo.size);
-        // SYNC(event-data): store `data event`, full fence, load `write`; the mirror of
+        // SYNC: event-data. Store `data event`, full fence, load `write`; the mirror of
         // `Producer::publish`. Either the producer sees this request, or this load sees
-        // its `write` (the argument is at SYNC(event-data) in `Producer::publish`).
+        // its `write` (the argument is at `SYNC: event-data` in `Producer::publish`).
         // SAFETY: a control word at a constant offset below `DATA_OFFSET`, inside every
         // region a ring was attached to.
         unsafe {
@@ -432,7 +432,7 @@ impl Consumer {
             return Err(self.poison(Corruption::WriteIndex { write }));
         }
         // Every frame `write` covers is visible by its stamp: the producer stored the
-        // tags before `write` (SYNC(publish)), and this Acquire load of `write` made
+        // tags before `write` (`SYNC: publish`), and this Acquire load of `write` made
         // them visible. So `write` alone never says "ready": the frame at `read` must
         // say so too, or `write` covers a frame that was never published (issue 17,
         // finding 1: a blocking receive spun between a `Ready` here and an `Empty`
@@ -501,7 +501,7 @@ impl Consumer {
             let pos = self.read;
             // SAFETY: `hdr` is inside the region (`Geometry::hdr`; the region was
             // checked to hold this ring at attach).
-            // SYNC(publish): Acquire; pairs with the Release store of the first frame's
+            // SYNC: publish. Acquire; pairs with the Release store of the first frame's
             // header in `Producer::publish`: the frame's payload, and every frame after
             // it in that batch, are visible once this header is.
             let h = unsafe { self.mem.load64(self.geo.hdr(pos), Acquire) };
@@ -536,7 +536,7 @@ impl Consumer {
     /// after publishing everything.
     #[cold]
     fn empty_or_closed(&mut self, pos: u32) -> RecvError {
-        // SYNC(close): Acquire; pairs with the Release store of `prod closed` in
+        // SYNC: close. Acquire; pairs with the Release store of `prod closed` in
         // `Producer::close`: if the flag is seen, so is every frame published before it.
         // SAFETY: a control word at a constant offset below `DATA_OFFSET`.
         if unsafe { self.mem.load_ctl(off::PROD_CLOSED, Acquire) } == 0 {

@@ -245,7 +245,7 @@ impl Producer {
         self.put_mark();
         // SAFETY: `hdr` is inside the region (`Geometry::hdr`; the region was checked
         // to hold this ring at attach).
-        // SYNC(publish): Release; pairs with the Acquire load of the frame header in
+        // SYNC: publish. Release; pairs with the Acquire load of the frame header in
         // `Consumer::next`. Every payload and header of this batch, and the mark above,
         // were written before it in program order, so they are visible to a consumer
         // that sees this header.
@@ -253,7 +253,7 @@ impl Producer {
             self.mem
                 .store64(self.geo.hdr(self.published), self.first, Release)
         };
-        // SYNC(event-data): store `write`, full fence, load `data event`; the mirror of
+        // SYNC: event-data. Store `write`, full fence, load `data event`; the mirror of
         // `Consumer::arm_data` (store `data event`, full fence, load `write`). The two
         // SeqCst fences are ordered one way or the other in the single total order S;
         // whichever comes second, its side's load sees the other side's store. So
@@ -303,9 +303,9 @@ impl Producer {
             .write
             .wrapping_add(need + 8)
             .wrapping_sub(self.geo.size);
-        // SYNC(event-space): store `space event`, full fence, load `read`; the mirror
+        // SYNC: event-space. Store `space event`, full fence, load `read`; the mirror
         // of `Consumer::release` (store `read`, full fence, load `space event`). See
-        // SYNC(event-data) in `publish` for why one side always sees the other.
+        // `SYNC: event-data` in `publish` for why one side always sees the other.
         // SAFETY: a control word at a constant offset below `DATA_OFFSET`.
         unsafe { self.mem.store_ctl(off::SPACE_EVENT, target, Relaxed) };
         fence(SeqCst);
@@ -402,7 +402,7 @@ impl Producer {
     /// As [`publish`](Self::publish).
     pub fn close(mut self) -> Result<Notify, SendError> {
         let n = self.publish()?;
-        // SYNC(close): Release; pairs with the Acquire load of `prod closed` in
+        // SYNC: close. Release; pairs with the Acquire load of `prod closed` in
         // `Consumer::next`: every frame published above is visible to a consumer that
         // sees the flag.
         // SAFETY: a control word at a constant offset below `DATA_OFFSET`.
@@ -494,7 +494,7 @@ impl Producer {
     }
 
     fn refresh_read(&mut self) -> Result<(), SendError> {
-        // SYNC(release-space): Acquire; pairs with the Release store of `read` in
+        // SYNC: release-space. Acquire; pairs with the Release store of `read` in
         // `Consumer::release`: the consumer finished copying out the bytes it released
         // before we overwrite them.
         // SAFETY: a control word at a constant offset below `DATA_OFFSET`.

@@ -192,7 +192,7 @@ impl<E: Events> ConsoleRing<E> {
 
     /// Free bytes in `out`, checking dom0's `out_cons`.
     fn out_space(&mut self) -> Result<usize, ConsoleError> {
-        // SYNC POINT: xenconsoled copied the bytes before its Release of
+        // SYNC: out-cons. xenconsoled copied the bytes before its Release of
         // `out_cons`; after this Acquire we may overwrite them.
         let cons = self.load(OUT_CONS, Ordering::Acquire)?;
         let used = self.out_prod.wrapping_sub(cons) as usize;
@@ -204,7 +204,7 @@ impl<E: Events> ConsoleRing<E> {
 
     /// Input bytes available, checking dom0's `in_prod`.
     fn in_avail(&mut self) -> Result<usize, ConsoleError> {
-        // SYNC POINT: dom0 wrote the input before its Release of `in_prod`.
+        // SYNC: in-prod. dom0 wrote the input before its Release of `in_prod`.
         let prod = self.load(IN_PROD, Ordering::Acquire)?;
         let avail = prod.wrapping_sub(self.in_cons) as usize;
         if avail > IN_SIZE {
@@ -243,7 +243,7 @@ impl<E: Events> ConsoleRing<E> {
                 .write_bytes(OUT + slot, now)
                 .map_err(|_| ConsoleError::BadPage)?;
             self.out_prod = self.out_prod.wrapping_add(n as u32);
-            // SYNC POINT: the bytes above are visible to xenconsoled once it
+            // SYNC: out-prod. The bytes above are visible to xenconsoled once it
             // Acquires this `out_prod`.
             self.store_release(OUT_PROD, self.out_prod)?;
             bytes = rest;
@@ -279,7 +279,7 @@ impl<E: Events> ConsoleRing<E> {
                 .map_err(|_| ConsoleError::BadPage)?;
             filled += n;
             self.in_cons = self.in_cons.wrapping_add(n as u32);
-            // SYNC POINT: our reads are done before dom0 Acquires `in_cons`.
+            // SYNC: in-cons. Our reads are done before dom0 Acquires `in_cons`.
             self.store_release(IN_CONS, self.in_cons)?;
         }
         if filled > 0 {

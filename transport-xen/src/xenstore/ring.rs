@@ -252,7 +252,7 @@ impl<E: Events> XsRing<E> {
 
     /// Free bytes in the request ring, checking the peer's `req_cons`.
     fn req_space(&self) -> Result<usize, XsError> {
-        // SYNC POINT: the daemon has copied the request bytes before
+        // SYNC: req-cons. The daemon has copied the request bytes before
         // `req_cons` (its Release); we may overwrite them after this Acquire.
         let cons = self.load(REQ_CONS, Ordering::Acquire)?;
         let used = self.req_prod.wrapping_sub(cons) as usize;
@@ -268,7 +268,7 @@ impl<E: Events> XsRing<E> {
 
     /// Reply bytes available, checking the peer's `rsp_prod`.
     fn rsp_avail(&self) -> Result<usize, XsError> {
-        // SYNC POINT: the daemon wrote the reply bytes before `rsp_prod`
+        // SYNC: rsp-prod. The daemon wrote the reply bytes before `rsp_prod`
         // (its Release); we read them after this Acquire.
         let prod = self.load(RSP_PROD, Ordering::Acquire)?;
         let avail = prod.wrapping_sub(self.rsp_cons) as usize;
@@ -316,7 +316,7 @@ impl<E: Events> XsRing<E> {
                 .write_bytes(REQ + slot, now)
                 .map_err(|_| XsError::BadPage)?;
             self.req_prod = self.req_prod.wrapping_add(n as u32);
-            // SYNC POINT: the request bytes above are visible to the daemon
+            // SYNC: req-prod. The request bytes above are visible to the daemon
             // once it Acquires this `req_prod`.
             self.store_release(REQ_PROD, self.req_prod)?;
             bytes = rest;
@@ -350,7 +350,7 @@ impl<E: Events> XsRing<E> {
                 .map_err(|_| XsError::BadPage)?;
             filled += n;
             self.rsp_cons = self.rsp_cons.wrapping_add(n as u32);
-            // SYNC POINT: our reads above are done before the daemon, after
+            // SYNC: rsp-cons. Our reads above are done before the daemon, after
             // Acquiring this `rsp_cons`, reuses the bytes.
             self.store_release(RSP_CONS, self.rsp_cons)?;
             // The daemon may be waiting for space (a long reply).
