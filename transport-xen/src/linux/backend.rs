@@ -293,6 +293,16 @@ impl crate::transport::XenTransport<LinuxBackend<Linux>> {
     /// A transport between this domain, `own` (written into offers: the
     /// acceptor maps the grants from it), and domain `peer` (offers go to
     /// it; only offers from it are accepted), through the real devices.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::XenTransport;
+    ///
+    /// // Domain 5's transport to dom0; no device is opened yet.
+    /// let t = XenTransport::new(5, 0);
+    /// assert_eq!((t.domid(), t.peer()), (5, 0));
+    /// ```
     pub fn new(own: DomId, peer: DomId) -> Self {
         Self::with_backend(LinuxBackend::new(own), peer)
     }
@@ -301,6 +311,17 @@ impl crate::transport::XenTransport<LinuxBackend<Linux>> {
 impl<S: Sys> crate::transport::XenTransport<LinuxBackend<S>> {
     /// As [`XenTransport::new`](crate::XenTransport::new), with the system
     /// calls of `sys`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::linux::sys::Linux;
+    /// use coresident_xen::XenTransport;
+    ///
+    /// // `Linux`, the real system calls, is what `XenTransport::new` uses.
+    /// let t = XenTransport::with_sys(Linux, 5, 0);
+    /// assert_eq!(t.peer(), 0);
+    /// ```
     pub fn with_sys(sys: S, own: DomId, peer: DomId) -> Self {
         Self::with_backend(LinuxBackend::with_sys(sys, own), peer)
     }
@@ -309,6 +330,21 @@ impl<S: Sys> crate::transport::XenTransport<LinuxBackend<S>> {
 impl<S: Sys> crate::transport::XenDoorbell<LinuxBackend<S>> {
     /// Whether Xen can be asked about the port (privcmd is open and
     /// answered a first `EVTCHNOP_status`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use coresident_xen::{Rendezvous, XenStore};
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let link = Rendezvous::new(0, 5, "logs")?.accept(&mut xs, Some(Duration::from_secs(30)))?;
+    /// if !link.doorbell.can_ask_xen() {
+    ///     // No privcmd: learn of `xl destroy` from XenStore instead.
+    ///     Rendezvous::new(0, 5, "logs")?.watch_peer(&mut xs)?;
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn can_ask_xen(&self) -> bool {
         self.event_port().can_ask_xen()
     }
@@ -321,6 +357,18 @@ impl crate::rendezvous::Rendezvous<LinuxBackend<Linux>> {
     /// # Errors
     ///
     /// [`KeyError::BadName`](crate::protocol::keys::KeyError::BadName).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::Rendezvous;
+    ///
+    /// // Domain 5's channel "logs" to dom0; nothing is opened or written yet.
+    /// let rdv = Rendezvous::new(5, 0, "logs")?;
+    /// assert_eq!((rdv.own(), rdv.peer(), rdv.context()), (5, 0, "channels"));
+    /// assert!(Rendezvous::new(5, 0, "").is_err()); // names: [A-Za-z0-9_-]{1,64}
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn new(
         own: DomId,
         peer: DomId,
@@ -337,6 +385,17 @@ impl<S: Sys> crate::rendezvous::Rendezvous<LinuxBackend<S>> {
     /// # Errors
     ///
     /// [`KeyError::BadName`](crate::protocol::keys::KeyError::BadName).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::linux::sys::Linux;
+    /// use coresident_xen::Rendezvous;
+    ///
+    /// let rdv = Rendezvous::with_sys(Linux, 5, 0, "logs")?;
+    /// assert_eq!(rdv.name(), "logs");
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn with_sys(
         sys: S,
         own: DomId,
