@@ -181,11 +181,11 @@ impl<S: Sys> EventPort for LinuxPort<S> {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use coresident_xen::linux::LinuxBackend;
 /// use coresident_xen::transport::XenTransport;
 ///
-/// // dom0's transport to domain 5.
+/// // dom0's transport to domain 5 (no device is opened before use).
 /// let t = XenTransport::with_backend(LinuxBackend::new(0), 5);
 /// assert_eq!(t.peer(), 5);
 /// ```

@@ -25,17 +25,68 @@ use std::collections::BTreeSet;
 
 /// The residency protocol version written in the first line of an
 /// advertisement (`coresident 1`).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::{Addresses, VERSION};
+///
+/// assert_eq!(Addresses::new().encode_advert(), format!("coresident {VERSION}\n"));
+/// ```
 pub const VERSION: u32 = 1;
 /// Most MAC addresses one domain may advertise.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::{Addr, AddrKind, AdvertError, Addresses, MAX_MACS};
+///
+/// let macs = (0..=MAX_MACS as u8).map(|i| Addr::Mac([0x00, 0x16, 0x3e, 0, 0, i + 1]));
+/// assert_eq!(Addresses::from_addrs(macs), Err(AdvertError::TooMany(AddrKind::Mac)));
+/// ```
 pub const MAX_MACS: usize = 8;
 /// Most IPv4 addresses one domain may advertise.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::{AddrKind, MAX_IPV4};
+///
+/// assert_eq!(AddrKind::Ipv4.limit(), MAX_IPV4);
+/// ```
 pub const MAX_IPV4: usize = 16;
 /// Most IPv6 addresses one domain may advertise.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::{AddrKind, MAX_IPV6};
+///
+/// assert_eq!(AddrKind::Ipv6.limit(), MAX_IPV6);
+/// ```
 pub const MAX_IPV6: usize = 16;
 /// Longest advertisement or peer entry accepted, in bytes (the encoding of
 /// the maximum counts fits with room to spare).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::{AdvertError, Addresses, MAX_VALUE_LEN};
+///
+/// let huge = vec![b'a'; MAX_VALUE_LEN + 1];
+/// assert_eq!(Addresses::parse(&huge), Err(AdvertError::TooLong(MAX_VALUE_LEN + 1)));
+/// ```
 pub const MAX_VALUE_LEN: usize = 2048;
 /// Longest line accepted, in bytes (`ipv6 ` and the longest IPv6 text, 45).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::{AdvertError, Addresses, MAX_LINE_LEN};
+///
+/// let line = format!("ipv4 {}", "1".repeat(MAX_LINE_LEN));
+/// assert_eq!(Addresses::parse(line.as_bytes()), Err(AdvertError::BadLine(1)));
+/// ```
 pub const MAX_LINE_LEN: usize = 64;
 
 /// Which kind of address a count or an error is about.

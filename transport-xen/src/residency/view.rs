@@ -16,6 +16,16 @@ use crate::xenstore::{XenStore, XsClient, XsError};
 /// Most peers one list may hold. A plain `XS_DIRECTORY` reply holds about
 /// 680 names of guest ids in its 4096 bytes; a list longer than this is
 /// refused whole.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::{ListError, MAX_PEERS};
+///
+/// // A longer list is refused whole: every peer leaves.
+/// let e = ListError::TooManyPeers(MAX_PEERS + 1);
+/// assert_eq!(e.to_string(), "513 peers, more than 512");
+/// ```
 pub const MAX_PEERS: usize = 512;
 
 /// The watch token of the view.
