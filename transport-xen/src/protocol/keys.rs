@@ -385,6 +385,17 @@ pub fn write_answer<E>(
 
 /// Why the peer's keys were refused, or could not be read: one error for
 /// every key of the rendezvous, whichever side reads them.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::{Key, KeyError};
+/// use coresident_xen::protocol::xs_wire::ValueError;
+///
+/// let e = KeyError::Value(Key::Port, ValueError::NotANumber);
+/// assert!(e.is_malformed());
+/// assert!(e.to_string().starts_with("rendezvous key port: "));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeyError {
