@@ -49,9 +49,31 @@ use crate::types::{DomId, GrantRef, XEN_PAGE_SIZE};
 /// port ([`XenDoorbell::set_recheck`]). The channel asks `peer_alive`
 /// every 1024 sends and on its slow paths; a sender into a destroyed
 /// domain learns of it within this period of its next probe.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use coresident_xen::transport::DEFAULT_XEN_RECHECK;
+///
+/// assert_eq!(DEFAULT_XEN_RECHECK, Duration::from_millis(10));
+/// ```
 pub const DEFAULT_XEN_RECHECK: Duration = Duration::from_millis(10);
 
 /// A failure of the Xen transport over a backend whose failure is `E`.
+///
+/// # Examples
+///
+/// ```
+/// use coresident::ChannelLayout;
+/// use coresident_xen::protocol::crxg::CrxgError;
+/// use coresident_xen::{XenTransport, XenTransportError};
+///
+/// // A ring size that is not a power of two is refused before any grant.
+/// let err = XenTransport::new(5, 0).offer_pages(ChannelLayout::symmetric(1000)).unwrap_err();
+/// assert_eq!(err, XenTransportError::Offer(CrxgError::BadLayout));
+/// assert_eq!(XenTransportError::PeerGone.to_string(), "the peer is gone");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum XenTransportError<E> {
@@ -88,9 +110,36 @@ impl<E> From<CrxgError> for XenTransportError<E> {
 }
 
 /// A link of the backend `B`: its region and its doorbell.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use coresident_xen::{Rendezvous, XenStore};
+///
+/// let mut xs = XenStore::open()?;
+/// let link = Rendezvous::new(0, 5, "logs")?.accept(&mut xs, Some(Duration::from_secs(30)))?;
+/// // The region (mapped pages, two rings) and the doorbell (event channel).
+/// println!("port {} for {} ring bytes", link.doorbell.port(), link.layout.region_len());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub type XenLink<B> = Link<XenRegion<B>, XenDoorbell<B>>;
 
 /// The channel region: the region's pages (granted or mapped).
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use coresident::SharedRegion;
+/// use coresident_xen::{Rendezvous, XenStore};
+///
+/// let mut xs = XenStore::open()?;
+/// let link = Rendezvous::new(0, 5, "logs")?.accept(&mut xs, Some(Duration::from_secs(30)))?;
+/// // Domain 5's granted pages, mapped here: both rings, never a `&[u8]`.
+/// println!("{} bytes mapped", link.region.len());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct XenRegion<B: XenBackend> {
     pages: B::Pages,
@@ -117,6 +166,19 @@ unsafe impl<B: XenBackend> SharedRegion for XenRegion<B> {
 /// One link's doorbell: its event-channel port, the live page, and what it
 /// has learnt of the peer. See the [module docs](self) for how a dead peer
 /// shows; a stream of events costs no question to Xen.
+///
+/// # Examples
+///
+/// ```no_run
+/// use coresident::Doorbell;
+/// use std::time::Duration;
+/// use coresident_xen::{Rendezvous, XenStore};
+///
+/// let mut xs = XenStore::open()?;
+/// let link = Rendezvous::new(0, 5, "logs")?.accept(&mut xs, Some(Duration::from_secs(30)))?;
+/// link.doorbell.ring()?; // EVTCHNOP_send: the peer's port fires
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct XenDoorbell<B: XenBackend> {
     port: B::Port,
@@ -170,11 +232,38 @@ impl<B: XenBackend> XenDoorbell<B> {
     }
 
     /// The local event-channel port.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use coresident_xen::{Rendezvous, XenStore};
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let link = Rendezvous::new(0, 5, "logs")?.accept(&mut xs, Some(Duration::from_secs(30)))?;
+    /// println!("bound to local port {}", link.doorbell.port());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn port(&self) -> u32 {
         self.port.port()
     }
 
     /// The backend's port (to wait on it beside something else).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::backend::EventPort;
+    /// use std::time::Duration;
+    /// use coresident_xen::{Rendezvous, XenStore};
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let link = Rendezvous::new(0, 5, "logs")?.accept(&mut xs, Some(Duration::from_secs(30)))?;
+    /// // The evtchn descriptor, for an event loop waiting on several channels.
+    /// let fd = link.doorbell.event_port().poll_fd();
+    /// # drop(fd);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn event_port(&self) -> &B::Port {
         &self.port
     }
@@ -183,6 +272,19 @@ impl<B: XenBackend> XenDoorbell<B> {
     /// (default [`DEFAULT_XEN_RECHECK`]); in between, and whenever an
     /// event arrived since the last question, the live byte answers.
     /// `Duration::ZERO` asks at every call that heard nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use coresident_xen::{Rendezvous, XenStore};
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let link = Rendezvous::new(0, 5, "logs")?.accept(&mut xs, Some(Duration::from_secs(30)))?;
+    /// // A sender into a destroyed domain learns of it within 1 ms of a probe.
+    /// link.doorbell.set_recheck(Duration::from_millis(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_recheck(&self, period: Duration) {
         self.recheck_ns.store(nanos(period), Ordering::Relaxed);
     }
@@ -190,6 +292,22 @@ impl<B: XenBackend> XenDoorbell<B> {
     /// Asks Xen now whether the port is connected to the peer domain:
     /// `Some(true)` if so, `Some(false)` if not (the peer's end was closed,
     /// or its domain destroyed), `None` if Xen cannot be asked.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use coresident_xen::{Rendezvous, XenStore};
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let link = Rendezvous::new(0, 5, "logs")?.accept(&mut xs, Some(Duration::from_secs(30)))?;
+    /// match link.doorbell.port_connected() {
+    ///     Some(false) => println!("domain 5 is gone (its end closed, or destroyed)"),
+    ///     Some(true) => println!("domain 5's end is bound"),
+    ///     None => println!("Xen cannot be asked (no privcmd)"),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn port_connected(&self) -> Option<bool> {
         if self.severed.load(Ordering::Relaxed) {
             return Some(false);
@@ -311,6 +429,21 @@ impl<B: XenBackend> Drop for XenDoorbell<B> {
 }
 
 /// An offer waiting for the acceptor's live byte.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use coresident::{ChannelLayout, PendingOffer};
+/// use coresident_xen::XenTransport;
+///
+/// let mut t = XenTransport::new(5, 0);
+/// let pending = t.offer_pages(ChannelLayout::symmetric(4096))?;
+/// // Waits for the acceptor's live byte.
+/// let link = pending.complete(Some(Duration::from_secs(30)))?;
+/// # drop(link);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct XenPending<B: XenBackend> {
     region: XenRegion<B>,
@@ -326,6 +459,23 @@ impl<B: XenBackend> XenPending<B> {
     /// # Errors
     ///
     /// [`CrxgError::BadPageCount`] if `refs` is too short.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident::ChannelLayout;
+    /// use coresident_xen::protocol::crxg;
+    /// use coresident_xen::XenTransport;
+    ///
+    /// let mut t = XenTransport::new(5, 0);
+    /// let pending = t.offer_pages(ChannelLayout::symmetric(4096))?;
+    /// let mut refs = t.ref_buf();
+    /// let offer = pending.offer(&mut refs)?;
+    /// let mut bytes = [0u8; 512];
+    /// let n = crxg::encode(&offer, &mut bytes)?; // for a path other than XenStore
+    /// # drop(n);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn offer<'r>(&self, refs: &'r mut [GrantRef]) -> Result<Offer<&'r [GrantRef]>, CrxgError> {
         let (region, live) = (self.region.pages.refs(), self.doorbell.live.refs());
         let n = region.len() + live.len();
@@ -343,11 +493,41 @@ impl<B: XenBackend> XenPending<B> {
 
     /// Whether the acceptor has set its live byte (it has mapped and bound;
     /// [`PendingOffer::complete`] would return at once).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident::ChannelLayout;
+    /// use coresident_xen::XenTransport;
+    ///
+    /// let mut t = XenTransport::new(5, 0);
+    /// let pending = t.offer_pages(ChannelLayout::symmetric(4096))?;
+    /// // ... the offer's bytes went to domain 0 by some path ...
+    /// if pending.peer_alive() {
+    ///     println!("domain 0 has mapped and bound");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn peer_alive(&self) -> bool {
         self.doorbell.live()
     }
 
     /// The offer's event port (to wait on it beside XenStore).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident::ChannelLayout;
+    /// use coresident_xen::backend::EventPort;
+    /// use coresident_xen::XenTransport;
+    ///
+    /// let mut t = XenTransport::new(5, 0);
+    /// let pending = t.offer_pages(ChannelLayout::symmetric(4096))?;
+    /// // Poll it beside XenStore's descriptor: the acceptor rings when it binds.
+    /// let fd = pending.event_port().poll_fd();
+    /// # drop(fd);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn event_port(&self) -> &B::Port {
         &self.doorbell.port
     }
@@ -357,6 +537,21 @@ impl<B: XenBackend> XenPending<B> {
     /// acceptor set its byte). If the byte is clear by now, the acceptor
     /// has already left: the channel says so at once, and what it sent can
     /// still be received.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident::{Channel, ChannelConfig, ChannelLayout, StdClock};
+    /// use coresident_xen::XenTransport;
+    ///
+    /// let mut t = XenTransport::new(5, 0);
+    /// let pending = t.offer_pages(ChannelLayout::symmetric(4096))?;
+    /// // ... the acceptor's answer said `accepted`: no need to wait for its byte.
+    /// let link = pending.into_link();
+    /// let ch = Channel::new(link, ChannelConfig::default(), StdClock::default())?;
+    /// # drop(ch);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn into_link(self) -> Link<XenRegion<B>, XenDoorbell<B>> {
         Link {
             region: self.region,
@@ -422,26 +617,72 @@ pub struct XenTransport<B: XenBackend> {
 impl<B: XenBackend> XenTransport<B> {
     /// A transport to domain `peer` (offers go to it; only offers from it
     /// are accepted) over `backend`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::linux::LinuxBackend;
+    /// use coresident_xen::transport::XenTransport;
+    ///
+    /// // What `coresident_xen::XenTransport::new(5, 0)` is.
+    /// let t = XenTransport::with_backend(LinuxBackend::new(5), 0);
+    /// assert_eq!((t.domid(), t.peer()), (5, 0));
+    /// ```
     pub fn with_backend(backend: B, peer: DomId) -> Self {
         Self { backend, peer }
     }
 
     /// The peer domain.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::XenTransport;
+    ///
+    /// assert_eq!(XenTransport::new(5, 0).peer(), 0);
+    /// ```
     pub fn peer(&self) -> DomId {
         self.peer
     }
 
     /// This domain.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::XenTransport;
+    ///
+    /// assert_eq!(XenTransport::new(5, 0).domid(), 5);
+    /// ```
     pub fn domid(&self) -> DomId {
         self.backend.domid()
     }
 
     /// Room for the references of the largest offer the backend takes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::{XenTransport, MAX_PAGES};
+    ///
+    /// // Room for the largest offer's references.
+    /// assert_eq!(XenTransport::new(5, 0).ref_buf().len(), MAX_PAGES);
+    /// ```
     pub fn ref_buf(&self) -> B::RefBuf {
         self.backend.ref_buf()
     }
 
     /// The backend's monotonic clock, in nanoseconds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::XenTransport;
+    ///
+    /// let t = XenTransport::new(5, 0);
+    /// let (a, b) = (t.now_ns(), t.now_ns());
+    /// assert!(b >= a); // monotonic
+    /// ```
     pub fn now_ns(&self) -> u64 {
         self.backend.now_ns()
     }
@@ -454,6 +695,21 @@ impl<B: XenBackend> XenTransport<B> {
     ///
     /// [`XenTransportError::Offer`] for a layout the ring or
     /// [`crate::types::MAX_PAGES`] refuse; the backend's.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident::ChannelLayout;
+    /// use coresident_xen::XenTransport;
+    ///
+    /// let mut t = XenTransport::new(5, 0);
+    /// let pending = t.offer_pages(ChannelLayout::symmetric(64 * 1024))?;
+    /// // Publish `pending.offer(..)` to dom0 (the rendezvous writes XenStore keys).
+    /// let mut refs = t.ref_buf();
+    /// let offer = pending.offer(&mut refs)?;
+    /// println!("{} pages granted, port {}", offer.refs.len(), offer.port);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn offer_pages(
         &mut self,
         layout: ChannelLayout,
@@ -492,6 +748,21 @@ impl<B: XenBackend> XenTransport<B> {
     /// [`XenTransportError::Offer`] ([`CrxgError::WrongPeer`] for an offer
     /// from another domain), [`XenTransportError::PeerGone`] when the
     /// offerer's live byte is clear; the backend's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident::ChannelLayout;
+    /// use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
+    /// use coresident_xen::{XenTransport, XenTransportError};
+    ///
+    /// // Dom0's transport to domain 5 takes offers from domain 5 alone.
+    /// let layout = ChannelLayout::symmetric(4096);
+    /// let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
+    /// let from_7 = Offer { offerer: 7, port: 17, layout, refs: &refs[..] };
+    /// let err = XenTransport::new(0, 5).accept_offer(&from_7).unwrap_err();
+    /// assert_eq!(err, XenTransportError::Offer(CrxgError::WrongPeer(7)));
+    /// ```
     pub fn accept_offer(
         &mut self,
         offer: &Offer<&[GrantRef]>,

@@ -2,18 +2,72 @@
 //! here depends on another module.
 
 /// A Xen domain id (`domid_t`, `xen/xen.h`); dom0 is 0.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::{DomId, XenTransport};
+///
+/// let dom0: DomId = 0;
+/// assert_eq!(XenTransport::new(5, dom0).peer(), 0);
+/// ```
 pub type DomId = u16;
 /// A grant reference (`grant_ref_t`, `xen/grant_table.h`).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::crxg::FIRST_GRANT_REF;
+/// use coresident_xen::GrantRef;
+///
+/// // Xen reserves references 0 to 7.
+/// let first: GrantRef = FIRST_GRANT_REF;
+/// assert_eq!(first, 8);
+/// ```
 pub type GrantRef = u32;
 /// An event-channel port (`evtchn_port_t`, `xen/event_channel.h`).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::crxg::PORT_LIMIT;
+/// use coresident_xen::EvtchnPort;
+///
+/// // Port 0 is never allocated.
+/// let valid = |p: EvtchnPort| (1..PORT_LIMIT).contains(&p);
+/// assert!(valid(17) && !valid(0));
+/// ```
 pub type EvtchnPort = u32;
 
 /// A Xen page (4 KiB on x86 and Arm): the unit of a grant.
+///
+/// # Examples
+///
+/// ```
+/// use coresident::ChannelLayout;
+/// use coresident_xen::protocol::crxg::pages_for;
+/// use coresident_xen::XEN_PAGE_SIZE;
+///
+/// let layout = ChannelLayout::symmetric(64 * 1024);
+/// assert!(pages_for(layout) * XEN_PAGE_SIZE >= layout.region_len() + XEN_PAGE_SIZE);
+/// ```
 pub const XEN_PAGE_SIZE: usize = 4096;
 
 /// The most pages one grant share or mapping may have here (16 MiB). The
 /// drivers have lower limits of their own (gntalloc's `limit` module
 /// parameter: 1024 pages by default).
+///
+/// # Examples
+///
+/// ```
+/// use coresident::ChannelLayout;
+/// use coresident_xen::protocol::crxg::{pages_for, valid_layout};
+/// use coresident_xen::MAX_PAGES;
+///
+/// let big = ChannelLayout::symmetric(8 * 1024 * 1024); // 16 MiB of rings
+/// assert!(pages_for(big) > MAX_PAGES);
+/// assert!(!valid_layout(big));
+/// ```
 pub const MAX_PAGES: usize = 4096;
 
 /// What the grant drivers do when pages are finally released: the peer's

@@ -31,12 +31,37 @@ use crate::shared::SharedMem;
 pub use crate::xenstore::ring::Events;
 
 /// Bytes of the guest→dom0 ring (`sizeof(out)`).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::guest::console::OUT_SIZE;
+///
+/// assert_eq!(OUT_SIZE, 2048);
+/// ```
 pub const OUT_SIZE: usize = 2048;
 /// Bytes of the dom0→guest ring (`sizeof(in)`).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::guest::console::{XenconsInterface, IN_SIZE, OUT_SIZE};
+///
+/// assert_eq!(size_of::<XenconsInterface>(), IN_SIZE + OUT_SIZE + 4 * 4);
+/// ```
 pub const IN_SIZE: usize = 1024;
 
 /// `xen/include/public/io/console.h`: `struct xencons_interface`. Only its
 /// layout is used; the live page is never behind a reference of this type.
+///
+/// # Examples
+///
+/// ```
+/// use core::mem::offset_of;
+/// use coresident_xen::guest::console::XenconsInterface as Xi;
+///
+/// assert_eq!((offset_of!(Xi, out), offset_of!(Xi, in_cons), offset_of!(Xi, out_prod)), (1024, 3072, 3084));
+/// ```
 #[repr(C)]
 #[derive(Clone, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct XenconsInterface {
@@ -64,6 +89,14 @@ const OUT_PROD: usize = offset_of!(XenconsInterface, out_prod);
 const _: () = assert!(IN == 0 && OUT == 1024 && IN_CONS == 3072 && OUT_PROD == 3084);
 
 /// A failure of [`ConsoleRing`].
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::guest::console::ConsoleError;
+///
+/// assert_eq!(ConsoleError::TimedOut.to_string(), "console ring full: nobody reads it");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConsoleError {
@@ -102,6 +135,21 @@ impl fmt::Display for ConsoleError {
 impl core::error::Error for ConsoleError {}
 
 /// The guest's end of the PV console.
+///
+/// # Examples
+///
+/// ```
+/// # use coresident_xen::guest::console::{ConsoleError, ConsoleRing, Events};
+/// # struct Port(u32);
+/// # impl Events for Port { fn notify(&mut self) { self.0 += 1 } fn wait(&mut self) -> bool { false } }
+/// let mut page = Box::new([0u32; 1024]); // zeroed: an empty console page
+/// // SAFETY: the page outlives the console and is touched by nothing else.
+/// let mut con = unsafe { ConsoleRing::new(page.as_mut_ptr().cast(), Port(0)) }?;
+/// con.write(b"hello\n")?;
+/// let mut input = [0u8; 16];
+/// assert_eq!(con.read(&mut input)?, 0); // dom0 typed nothing
+/// # Ok::<(), ConsoleError>(())
+/// ```
 pub struct ConsoleRing<E: Events> {
     /// The interface: 4-aligned, `size_of::<XenconsInterface>()` bytes,
     /// valid while `self` lives (`new`); every access checked, atomic or
@@ -143,6 +191,18 @@ impl<E: Events> ConsoleRing<E> {
     /// - nothing in this domain accesses those bytes meanwhile except
     ///   through atomics or volatile accesses (dom0 may write them at any
     ///   time).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::guest::console::{ConsoleError, ConsoleRing, Events};
+    /// # struct Port;
+    /// # impl Events for Port { fn notify(&mut self) {} fn wait(&mut self) -> bool { false } }
+    ///
+    /// // SAFETY: a null page is refused before it is touched.
+    /// let r = unsafe { ConsoleRing::new(core::ptr::null_mut(), Port) };
+    /// assert_eq!(r.err(), Some(ConsoleError::BadPage));
+    /// ```
     pub unsafe fn new(page: *mut u8, events: E) -> Result<Self, ConsoleError> {
         if page.is_null() || (page as usize) % 4 != 0 {
             return Err(ConsoleError::BadPage);
@@ -166,6 +226,20 @@ impl<E: Events> ConsoleRing<E> {
     }
 
     /// The kernel's event-channel half.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident_xen::guest::console::{ConsoleError, ConsoleRing, Events};
+    /// # struct Port(u32);
+    /// # impl Events for Port { fn notify(&mut self) { self.0 += 1 } fn wait(&mut self) -> bool { false } }
+    /// let mut page = Box::new([0u32; 1024]); // zeroed: an empty console page
+    /// // SAFETY: the page outlives the console and is touched by nothing else.
+    /// let mut con = unsafe { ConsoleRing::new(page.as_mut_ptr().cast(), Port(0)) }?;
+    /// con.write(b"boot\n")?;
+    /// assert_eq!(con.events_mut().0, 1); // dom0 was signalled once
+    /// # Ok::<(), ConsoleError>(())
+    /// ```
     pub fn events_mut(&mut self) -> &mut E {
         &mut self.events
     }
@@ -221,6 +295,22 @@ impl<E: Events> ConsoleRing<E> {
     /// [`ConsoleError::TimedOut`] if the ring stays full (the bytes that
     /// fit were written); [`ConsoleError::BadIndex`],
     /// [`ConsoleError::Broken`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::guest::console::OUT_SIZE;
+    /// # use coresident_xen::guest::console::{ConsoleError, ConsoleRing, Events};
+    /// # struct Port(u32);
+    /// # impl Events for Port { fn notify(&mut self) { self.0 += 1 } fn wait(&mut self) -> bool { false } }
+    /// let mut page = Box::new([0u32; 1024]); // zeroed: an empty console page
+    /// // SAFETY: the page outlives the console and is touched by nothing else.
+    /// let mut con = unsafe { ConsoleRing::new(page.as_mut_ptr().cast(), Port(0)) }?;
+    /// con.write(b"hello from a PV guest\n")?;
+    /// // The ring is full after OUT_SIZE unread bytes: nobody reads it here.
+    /// assert_eq!(con.write(&[b'x'; OUT_SIZE]), Err(ConsoleError::TimedOut));
+    /// # Ok::<(), ConsoleError>(())
+    /// ```
     pub fn write(&mut self, mut bytes: &[u8]) -> Result<(), ConsoleError> {
         if self.broken {
             return Err(ConsoleError::Broken);
@@ -258,6 +348,20 @@ impl<E: Events> ConsoleRing<E> {
     /// # Errors
     ///
     /// [`ConsoleError::BadIndex`], [`ConsoleError::Broken`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident_xen::guest::console::{ConsoleError, ConsoleRing, Events};
+    /// # struct Port(u32);
+    /// # impl Events for Port { fn notify(&mut self) { self.0 += 1 } fn wait(&mut self) -> bool { false } }
+    /// let mut page = Box::new([0u32; 1024]); // zeroed: an empty console page
+    /// // SAFETY: the page outlives the console and is touched by nothing else.
+    /// let mut con = unsafe { ConsoleRing::new(page.as_mut_ptr().cast(), Port(0)) }?;
+    /// let mut buf = [0u8; 64];
+    /// assert_eq!(con.read(&mut buf)?, 0); // nothing typed on dom0's side; no wait
+    /// # Ok::<(), ConsoleError>(())
+    /// ```
     pub fn read(&mut self, out: &mut [u8]) -> Result<usize, ConsoleError> {
         if self.broken {
             return Err(ConsoleError::Broken);

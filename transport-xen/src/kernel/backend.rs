@@ -439,6 +439,18 @@ impl<K: Kernel> fmt::Debug for KernelBackend<'_, K> {
 
 impl<'x, K: Kernel> KernelBackend<'x, K> {
     /// The backend of the domain `xen` is.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::{Kernel, KernelBackend, KernelTransport, Xen};
+    /// use coresident_xen::transport::XenTransport;
+    ///
+    /// /// What `KernelTransport::new(xen, 0)` is.
+    /// fn to_dom0<K: Kernel>(xen: &Xen<K>) -> KernelTransport<'_, K> {
+    ///     XenTransport::with_backend(KernelBackend::new(xen), 0)
+    /// }
+    /// ```
     pub fn new(xen: &'x Xen<K>) -> Self {
         Self { xen }
     }
@@ -508,6 +520,16 @@ impl<'x, K: Kernel> XenTransport<KernelBackend<'x, K>> {
     /// A transport between this domain and `peer` (offers go to it; only
     /// offers from it are accepted) over the hypercalls of `xen`. `peer`
     /// may be this domain itself.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::{Kernel, KernelTransport, Xen};
+    ///
+    /// fn to_dom0<K: Kernel>(xen: &Xen<K>) -> KernelTransport<'_, K> {
+    ///     KernelTransport::new(xen, 0)
+    /// }
+    /// ```
     pub fn new(xen: &'x Xen<K>, peer: DomId) -> Self {
         Self::with_backend(KernelBackend::new(xen), peer)
     }

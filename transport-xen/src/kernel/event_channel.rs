@@ -67,6 +67,17 @@ fn op<T>(
 /// # Errors
 ///
 /// Xen's refusal.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::kernel::{event_channel, Hypercall, KernelError};
+///
+/// /// A port dom0 may bind: its number goes into our offer.
+/// fn for_dom0(h: &impl Hypercall) -> Result<u32, KernelError> {
+///     event_channel::alloc_unbound(h, 0)
+/// }
+/// ```
 pub fn alloc_unbound(
     h: &(impl Hypercall + ?Sized),
     remote: DomId,
@@ -91,6 +102,17 @@ pub fn alloc_unbound(
 /// # Errors
 ///
 /// Xen's refusal (no such port, not offered to us).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::kernel::{event_channel, Hypercall, KernelError};
+///
+/// /// Binds dom0's unbound port `remote_port` (from its offer).
+/// fn bind(h: &impl Hypercall, remote_port: u32) -> Result<u32, KernelError> {
+///     event_channel::bind_interdomain(h, 0, remote_port)
+/// }
+/// ```
 pub fn bind_interdomain(
     h: &(impl Hypercall + ?Sized),
     remote: DomId,
@@ -115,6 +137,16 @@ pub fn bind_interdomain(
 /// # Errors
 ///
 /// Xen's refusal (a closed port).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::kernel::{event_channel, Hypercall, KernelError};
+///
+/// fn ring(h: &impl Hypercall, port: u32) -> Result<(), KernelError> {
+///     event_channel::send(h, port) // EVTCHNOP_send
+/// }
+/// ```
 pub fn send(h: &(impl Hypercall + ?Sized), port: EvtchnPort) -> Result<(), KernelError> {
     let mut s = evtchn_send { port };
     op(h, xen_sys::EVTCHNOP_send, &mut s, "evtchn(send)")
@@ -126,6 +158,16 @@ pub fn send(h: &(impl Hypercall + ?Sized), port: EvtchnPort) -> Result<(), Kerne
 /// # Errors
 ///
 /// Xen's refusal.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::kernel::{event_channel, Hypercall, KernelError};
+///
+/// fn give_back(h: &impl Hypercall, port: u32) -> Result<(), KernelError> {
+///     event_channel::close(h, port) // EVTCHNOP_close
+/// }
+/// ```
 pub fn close(h: &(impl Hypercall + ?Sized), port: EvtchnPort) -> Result<(), KernelError> {
     let mut c = evtchn_close { port };
     op(h, xen_sys::EVTCHNOP_close, &mut c, "evtchn(close)")
@@ -138,6 +180,17 @@ pub fn close(h: &(impl Hypercall + ?Sized), port: EvtchnPort) -> Result<(), Kern
 /// # Errors
 ///
 /// Xen's refusal (a port that is not ours).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::kernel::{event_channel, Hypercall, KernelError};
+///
+/// /// Whether the peer's end of `port` is still open (EVTCHNOP_status).
+/// fn peer_alive(h: &impl Hypercall, port: u32) -> Result<bool, KernelError> {
+///     event_channel::is_connected(h, port)
+/// }
+/// ```
 pub fn is_connected(h: &(impl Hypercall + ?Sized), port: EvtchnPort) -> Result<bool, KernelError> {
     // SAFETY: evtchn_status is plain integers (a union of integer
     // structs): all zeroes is a valid value.
@@ -252,6 +305,17 @@ impl SharedInfo {
     /// Xen's system time in ns (since boot), from vCPU 0's
     /// `vcpu_time_info` and the TSC: the snapshot is re-read while Xen
     /// updates it (odd or changed `version`), at most 1000 times.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::SharedInfo;
+    ///
+    /// /// Nanoseconds since `t0`, on Xen's system time.
+    /// fn since(shared: &SharedInfo, t0: u64) -> u64 {
+    ///     shared.system_time_ns().saturating_sub(t0)
+    /// }
+    /// ```
     pub fn system_time_ns(&self) -> u64 {
         for _ in 0..1000 {
             let v0 = self.time_u32(0);
@@ -298,6 +362,17 @@ pub struct XenClock<'a> {
 
 impl<'a> XenClock<'a> {
     /// The clock of `shared`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident::Clock;
+    /// use coresident_xen::kernel::{SharedInfo, XenClock};
+    ///
+    /// fn now(shared: &SharedInfo) -> core::time::Duration {
+    ///     XenClock::new(shared).now() // what Xen::clock gives
+    /// }
+    /// ```
     pub fn new(shared: &'a SharedInfo) -> Self {
         Self { shared }
     }

@@ -70,6 +70,21 @@ pub use hypercall::{update_va_mapping, Hypercall, HypercallPage};
 
 /// The one [`XenTransport`](crate::transport::XenTransport), over this
 /// kernel's hypercalls: `KernelTransport::new(&xen, peer)`.
+///
+/// # Examples
+///
+/// ```
+/// use coresident::{ChannelLayout, PendingOffer, Transport};
+/// use coresident_xen::kernel::{Kernel, KernelLink, KernelTransport, KernelTransportError, Xen};
+///
+/// /// Offers dom0 a channel and waits for it to map and bind.
+/// fn offer<'x, K: Kernel>(xen: &'x Xen<K>) -> Result<KernelLink<'x, K>, KernelTransportError> {
+///     let mut t = KernelTransport::new(xen, 0);
+///     let pending = t.offer_pages(ChannelLayout::symmetric(4096))?;
+///     // ... publish `pending.offer(..)` (ChannelKeys over the XenStore ring) ...
+///     Ok(pending.into_link())
+/// }
+/// ```
 pub type KernelTransport<'x, K> = crate::transport::XenTransport<KernelBackend<'x, K>>;
 /// Its region: granted (offerer) or mapped (acceptor) pages.
 pub type KernelRegion<'x, K> = crate::transport::XenRegion<KernelBackend<'x, K>>;
@@ -80,11 +95,30 @@ pub type KernelPending<'x, K> = crate::transport::XenPending<KernelBackend<'x, K
 /// Its link.
 pub type KernelLink<'x, K> = crate::transport::XenLink<KernelBackend<'x, K>>;
 /// Its failure.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::kernel::{KernelError, KernelTransportError};
+///
+/// let e: KernelTransportError = KernelTransportError::Backend(KernelError::NoMemory);
+/// assert_eq!(e.to_string(), "the kernel has no pages or window to give");
+/// ```
 pub type KernelTransportError = crate::transport::XenTransportError<KernelError>;
 
 use crate::types::{DomId, EvtchnPort, GrantRef};
 
 /// A failure of a hypercall or of the kernel's services.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::kernel::KernelError;
+///
+/// let e = KernelError::Hypercall { op: "EVTCHNOP_send", rc: -22 };
+/// assert_eq!(e.to_string(), "hypercall EVTCHNOP_send failed: -22");
+/// assert_eq!(KernelError::NoGrantRefs.to_string(), "no free grant reference");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KernelError {
@@ -217,6 +251,15 @@ pub unsafe trait Kernel: Hypercall {
 
 /// How long, by default, a dropped link waits for its peer to unmap the
 /// pages it granted before giving them up as leaked ([`Xen::release_timeout`]).
+///
+/// # Examples
+///
+/// ```
+/// use core::time::Duration;
+/// use coresident_xen::kernel::DEFAULT_RELEASE_TIMEOUT;
+///
+/// assert_eq!(DEFAULT_RELEASE_TIMEOUT, Duration::from_secs(5));
+/// ```
 pub const DEFAULT_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The hypervisor as this kernel sees it: the kernel's services, shared_info
@@ -238,6 +281,20 @@ impl<K: Kernel> Xen<K> {
     /// # Errors
     ///
     /// No window from the kernel, a refused mapping or grant-table setup.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::{Kernel, KernelError, KernelTransport, Xen};
+    ///
+    /// /// At boot: `shared_info_mfn` is `start_info.shared_info >> 12`.
+    /// fn start<K: Kernel>(kernel: K, shared_info_mfn: u64) -> Result<(), KernelError> {
+    ///     let xen = Xen::new(kernel, shared_info_mfn)?;
+    ///     let transport = KernelTransport::new(&xen, 0); // to dom0
+    ///     # drop(transport);
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn new(kernel: K, shared_info_mfn: u64) -> Result<Self, KernelError> {
         let win = kernel.alloc_window(1).ok_or(KernelError::NoMemory)?;
         // SAFETY: `win` is a fresh window page of this kernel; shared_info
@@ -257,32 +314,102 @@ impl<K: Kernel> Xen<K> {
     }
 
     /// The kernel's services.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::{Kernel, Xen};
+    ///
+    /// fn own_id<K: Kernel>(xen: &Xen<K>) -> u16 {
+    ///     xen.kernel().domid()
+    /// }
+    /// ```
     pub fn kernel(&self) -> &K {
         &self.kernel
     }
 
     /// shared_info: event-channel bits and time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::{Kernel, Xen};
+    ///
+    /// /// Xen's system time, in nanoseconds.
+    /// fn now<K: Kernel>(xen: &Xen<K>) -> u64 {
+    ///     xen.shared_info().system_time_ns()
+    /// }
+    /// ```
     pub fn shared_info(&self) -> &SharedInfo {
         &self.shared
     }
 
     /// The grant table.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::{Kernel, Xen};
+    ///
+    /// /// Whether the peer still maps (or copies from) grant `r`.
+    /// fn peer_holds<K: Kernel>(xen: &Xen<K>, r: u32) -> bool {
+    ///     xen.grants().in_use(r)
+    /// }
+    /// ```
     pub fn grants(&self) -> &GrantTable {
         &self.grants
     }
 
     /// A [`Clock`](coresident::Clock) on Xen's system time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident::{Channel, ChannelConfig};
+    /// use coresident_xen::kernel::KernelLink;
+    /// use coresident_xen::kernel::{Kernel, Xen};
+    ///
+    /// /// A channel over a link, timed by Xen's system time.
+    /// fn channel<'x, K: Kernel>(xen: &'x Xen<K>, link: KernelLink<'x, K>) {
+    ///     let ch = Channel::new(link, ChannelConfig::default(), xen.clock());
+    ///     # drop(ch);
+    /// }
+    /// ```
     pub fn clock(&self) -> XenClock<'_> {
         XenClock::new(&self.shared)
     }
 
     /// How long a dropped link waits (Xen's system time) for its peer to
     /// unmap the pages it granted ([`DEFAULT_RELEASE_TIMEOUT`] unless set).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::DEFAULT_RELEASE_TIMEOUT;
+    /// use coresident_xen::kernel::{Kernel, Xen};
+    ///
+    /// fn is_default<K: Kernel>(xen: &Xen<K>) -> bool {
+    ///     xen.release_timeout() == DEFAULT_RELEASE_TIMEOUT
+    /// }
+    /// ```
     pub fn release_timeout(&self) -> Duration {
         Duration::from_nanos(self.release_timeout_ns.load(Ordering::Relaxed))
     }
 
     /// Sets [`release_timeout`](Self::release_timeout) (zero: no wait).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use coresident_xen::kernel::{Kernel, Xen};
+    ///
+    /// /// A kernel shutting down waits a little for peers, not the default.
+    /// fn quick<K: Kernel>(xen: &Xen<K>) {
+    ///     xen.set_release_timeout(Duration::from_millis(100));
+    ///     assert_eq!(xen.release_timeout(), Duration::from_millis(100));
+    /// }
+    /// ```
     pub fn set_release_timeout(&self, timeout: Duration) {
         self.release_timeout_ns
             .store(duration_ns(timeout), Ordering::Relaxed);
@@ -291,6 +418,17 @@ impl<K: Kernel> Xen<K> {
     /// Pages never taken back because the peer still mapped them when
     /// their link was dropped and [`release_timeout`](Self::release_timeout)
     /// later.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::{Kernel, Xen};
+    ///
+    /// /// After tearing links down: report what a peer kept mapped.
+    /// fn report<K: Kernel>(xen: &Xen<K>) -> usize {
+    ///     xen.leaked_pages() // never freed: the peer may still write them
+    /// }
+    /// ```
     pub fn leaked_pages(&self) -> usize {
         self.leaked.load(Ordering::Relaxed)
     }

@@ -28,6 +28,16 @@ use crate::backend::{EventPort, GrantedPages, XenBackend};
 use crate::types::{DomId, EvtchnPort, GrantRef, UnmapNotify, MAX_PAGES};
 
 /// A failure of the Linux backend.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::linux::LinuxError;
+/// use coresident_xen::GrantError;
+///
+/// let e = LinuxError::from(GrantError::InvalidCount(0));
+/// assert_eq!(e, LinuxError::Grant(GrantError::InvalidCount(0)));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LinuxError {
@@ -61,6 +71,17 @@ impl From<EvtchnError> for LinuxError {
 }
 
 /// Our pages granted through gntalloc, or a peer's mapped through gntdev.
+///
+/// # Examples
+///
+/// ```no_run
+/// use coresident_xen::backend::{GrantedPages, XenBackend};
+/// use coresident_xen::linux::{LinuxBackend, LinuxPages};
+///
+/// let pages: LinuxPages = LinuxBackend::new(5).grant(0, 2)?; // gntalloc's
+/// println!("{} bytes, refs {:?}", pages.len(), pages.refs());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub enum LinuxPages<S: Sys = Linux> {
     /// Ours, granted.
@@ -98,6 +119,17 @@ unsafe impl<S: Sys> GrantedPages for LinuxPages<S> {
 
 /// A port bound on a `/dev/xen/evtchn` descriptor of its own, with
 /// privcmd to ask Xen about it (when Linux lets us).
+///
+/// # Examples
+///
+/// ```no_run
+/// use coresident_xen::backend::{EventPort, XenBackend};
+/// use coresident_xen::linux::LinuxBackend;
+///
+/// let port = LinuxBackend::new(5).unbound_port(0)?;
+/// port.notify()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct LinuxPort<S: Sys = Linux> {
     ev: Evtchn<S>,
@@ -123,11 +155,34 @@ impl<S: Sys> LinuxPort<S> {
 
     /// Whether Xen can be asked about the port (privcmd is open and
     /// answered).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::backend::XenBackend;
+    /// use coresident_xen::linux::LinuxBackend;
+    ///
+    /// let port = LinuxBackend::new(5).unbound_port(0)?;
+    /// println!("Xen can be asked about port: {}", port.can_ask_xen()); // privcmd open
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn can_ask_xen(&self) -> bool {
         self.privcmd.is_some()
     }
 
     /// The event-channel device of this port.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::backend::XenBackend;
+    /// use coresident_xen::linux::LinuxBackend;
+    ///
+    /// let port = LinuxBackend::new(5).unbound_port(0)?;
+    /// // The evtchn device the port is bound on: wait on it for any port.
+    /// port.evtchn().wait(Some(std::time::Duration::from_millis(10)))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn evtchn(&self) -> &Evtchn<S> {
         &self.ev
     }
@@ -181,11 +236,11 @@ impl<S: Sys> EventPort for LinuxPort<S> {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use coresident_xen::linux::LinuxBackend;
 /// use coresident_xen::transport::XenTransport;
 ///
-/// // dom0's transport to domain 5.
+/// // dom0's transport to domain 5 (no device is opened before use).
 /// let t = XenTransport::with_backend(LinuxBackend::new(0), 5);
 /// assert_eq!(t.peer(), 5);
 /// ```
@@ -200,6 +255,17 @@ pub struct LinuxBackend<S: Sys = Linux> {
 
 impl LinuxBackend<Linux> {
     /// The backend of this domain, `own`, through the real devices.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::backend::XenBackend;
+    /// use coresident_xen::linux::LinuxBackend;
+    ///
+    /// // Domain 5's backend: no device is opened before the first grant or map.
+    /// let b = LinuxBackend::new(5);
+    /// assert_eq!(b.domid(), 5);
+    /// ```
     pub fn new(own: DomId) -> Self {
         Self::with_sys(Linux, own)
     }
@@ -208,6 +274,15 @@ impl LinuxBackend<Linux> {
 impl<S: Sys> LinuxBackend<S> {
     /// As [`LinuxBackend::new`], with the system calls of `sys` (a fake
     /// driver in tests).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::backend::XenBackend;
+    /// use coresident_xen::linux::{sys::Linux, LinuxBackend};
+    ///
+    /// assert_eq!(LinuxBackend::with_sys(Linux, 5).domid(), 5);
+    /// ```
     pub fn with_sys(sys: S, own: DomId) -> Self {
         Self {
             sys,
@@ -293,6 +368,16 @@ impl crate::transport::XenTransport<LinuxBackend<Linux>> {
     /// A transport between this domain, `own` (written into offers: the
     /// acceptor maps the grants from it), and domain `peer` (offers go to
     /// it; only offers from it are accepted), through the real devices.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::XenTransport;
+    ///
+    /// // Domain 5's transport to dom0; no device is opened yet.
+    /// let t = XenTransport::new(5, 0);
+    /// assert_eq!((t.domid(), t.peer()), (5, 0));
+    /// ```
     pub fn new(own: DomId, peer: DomId) -> Self {
         Self::with_backend(LinuxBackend::new(own), peer)
     }
@@ -301,6 +386,17 @@ impl crate::transport::XenTransport<LinuxBackend<Linux>> {
 impl<S: Sys> crate::transport::XenTransport<LinuxBackend<S>> {
     /// As [`XenTransport::new`](crate::XenTransport::new), with the system
     /// calls of `sys`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::linux::sys::Linux;
+    /// use coresident_xen::XenTransport;
+    ///
+    /// // `Linux`, the real system calls, is what `XenTransport::new` uses.
+    /// let t = XenTransport::with_sys(Linux, 5, 0);
+    /// assert_eq!(t.peer(), 0);
+    /// ```
     pub fn with_sys(sys: S, own: DomId, peer: DomId) -> Self {
         Self::with_backend(LinuxBackend::with_sys(sys, own), peer)
     }
@@ -309,6 +405,21 @@ impl<S: Sys> crate::transport::XenTransport<LinuxBackend<S>> {
 impl<S: Sys> crate::transport::XenDoorbell<LinuxBackend<S>> {
     /// Whether Xen can be asked about the port (privcmd is open and
     /// answered a first `EVTCHNOP_status`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use coresident_xen::{Rendezvous, XenStore};
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let link = Rendezvous::new(0, 5, "logs")?.accept(&mut xs, Some(Duration::from_secs(30)))?;
+    /// if !link.doorbell.can_ask_xen() {
+    ///     // No privcmd: learn of `xl destroy` from XenStore instead.
+    ///     Rendezvous::new(0, 5, "logs")?.watch_peer(&mut xs)?;
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn can_ask_xen(&self) -> bool {
         self.event_port().can_ask_xen()
     }
@@ -321,6 +432,18 @@ impl crate::rendezvous::Rendezvous<LinuxBackend<Linux>> {
     /// # Errors
     ///
     /// [`KeyError::BadName`](crate::protocol::keys::KeyError::BadName).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::Rendezvous;
+    ///
+    /// // Domain 5's channel "logs" to dom0; nothing is opened or written yet.
+    /// let rdv = Rendezvous::new(5, 0, "logs")?;
+    /// assert_eq!((rdv.own(), rdv.peer(), rdv.context()), (5, 0, "channels"));
+    /// assert!(Rendezvous::new(5, 0, "").is_err()); // names: [A-Za-z0-9_-]{1,64}
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn new(
         own: DomId,
         peer: DomId,
@@ -337,6 +460,17 @@ impl<S: Sys> crate::rendezvous::Rendezvous<LinuxBackend<S>> {
     /// # Errors
     ///
     /// [`KeyError::BadName`](crate::protocol::keys::KeyError::BadName).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::linux::sys::Linux;
+    /// use coresident_xen::Rendezvous;
+    ///
+    /// let rdv = Rendezvous::with_sys(Linux, 5, 0, "logs")?;
+    /// assert_eq!(rdv.name(), "logs");
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn with_sys(
         sys: S,
         own: DomId,

@@ -6,6 +6,14 @@ use core::fmt;
 pub use rustix::io::Errno;
 
 /// Which grant-table operation failed (see [`GrantError::Ioctl`]).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::GrantOp;
+///
+/// assert_ne!(GrantOp::Alloc, GrantOp::Dealloc);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum GrantOp {
@@ -23,6 +31,16 @@ pub enum GrantOp {
 
 /// A failure of [`Gntalloc`](crate::linux::gntalloc::Gntalloc) or
 /// [`Gntdev`](crate::linux::gntdev::Gntdev).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::linux::error::Errno;
+/// use coresident_xen::{GrantError, GrantOp};
+///
+/// let e = GrantError::Ioctl { op: GrantOp::Map, errno: Errno::INVAL };
+/// assert!(e.to_string().starts_with("grant operation Map failed"));
+/// ```
 #[cfg(target_os = "linux")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -75,6 +93,14 @@ impl fmt::Display for GrantError {
 impl std::error::Error for GrantError {}
 
 /// Which event-channel operation failed (see [`EvtchnError::Ioctl`]).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::EvtchnOp;
+///
+/// assert_ne!(EvtchnOp::BindUnbound, EvtchnOp::BindInterdomain);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum EvtchnOp {
@@ -89,6 +115,16 @@ pub enum EvtchnOp {
 }
 
 /// A failure of [`Evtchn`](crate::linux::evtchn::Evtchn).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::linux::error::Errno;
+/// use coresident_xen::{EvtchnError, EvtchnOp};
+///
+/// let e = EvtchnError::Ioctl { op: EvtchnOp::Notify, errno: Errno::NOTCONN };
+/// assert!(e.to_string().starts_with("event channel Notify failed"));
+/// ```
 #[cfg(target_os = "linux")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -72,6 +72,19 @@ pub const IOCTL_EVTCHN_NOTIFY: Opcode = ioc_none(b'E', 4, size_of::<IoctlEvtchnN
 /// An open `/dev/xen/evtchn` (non-blocking); cheap to clone.
 ///
 /// Closing the last clone unbinds every port bound through it.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use coresident_xen::Evtchn;
+///
+/// let ev = Evtchn::open()?;
+/// let port = ev.bind_unbound(0)?;
+/// ev.notify(port)?;
+/// ev.wait(Some(Duration::from_millis(10)))?;
+/// # Ok::<(), coresident_xen::EvtchnError>(())
+/// ```
 #[derive(Debug)]
 pub struct Evtchn<S: Sys = Linux> {
     dev: Arc<Device<S>>,
@@ -91,6 +104,16 @@ impl Evtchn<Linux> {
     /// # Errors
     ///
     /// [`EvtchnError::Open`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Evtchn;
+    ///
+    /// let ev = Evtchn::open()?;
+    /// # drop(ev);
+    /// # Ok::<(), coresident_xen::EvtchnError>(())
+    /// ```
     pub fn open() -> Result<Self, EvtchnError> {
         Self::open_with(Linux)
     }
@@ -102,6 +125,17 @@ impl<S: Sys> Evtchn<S> {
     /// # Errors
     ///
     /// [`EvtchnError::Open`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::linux::sys::Linux;
+    /// use coresident_xen::Evtchn;
+    ///
+    /// let ev = Evtchn::open_with(Linux)?; // what Evtchn::open does
+    /// # drop(ev);
+    /// # Ok::<(), coresident_xen::EvtchnError>(())
+    /// ```
     pub fn open_with(sys: S) -> Result<Self, EvtchnError> {
         let dev = Device::open(sys, c"/dev/xen/evtchn").map_err(EvtchnError::Open)?;
         Ok(Self { dev: Arc::new(dev) })
@@ -133,6 +167,18 @@ impl<S: Sys> Evtchn<S> {
     /// # Errors
     ///
     /// [`EvtchnError::Ioctl`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Evtchn;
+    ///
+    /// let ev = Evtchn::open()?;
+    /// // A port domain 0 may bind; its number goes into our offer.
+    /// let port = ev.bind_unbound(0)?;
+    /// println!("offer port {port}");
+    /// # Ok::<(), coresident_xen::EvtchnError>(())
+    /// ```
     pub fn bind_unbound(&self, remote: DomId) -> Result<EvtchnPort, EvtchnError> {
         let arg = IoctlEvtchnBindUnboundPort {
             remote_domain: u32::from(remote),
@@ -147,6 +193,18 @@ impl<S: Sys> Evtchn<S> {
     /// # Errors
     ///
     /// [`EvtchnError::Ioctl`] (`EINVAL`: no such unbound port for us).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Evtchn;
+    ///
+    /// let ev = Evtchn::open()?;
+    /// // Dom0 offered its unbound port 17 for us.
+    /// let port = ev.bind_interdomain(0, 17)?;
+    /// println!("local port {port}");
+    /// # Ok::<(), coresident_xen::EvtchnError>(())
+    /// ```
     pub fn bind_interdomain(
         &self,
         remote: DomId,
@@ -168,6 +226,17 @@ impl<S: Sys> Evtchn<S> {
     /// # Errors
     ///
     /// [`EvtchnError::Ioctl`] (`ENOTCONN`: `port` is not bound here).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Evtchn;
+    ///
+    /// let ev = Evtchn::open()?;
+    /// let port = ev.bind_interdomain(0, 17)?;
+    /// ev.notify(port)?; // dom0's port 17 fires
+    /// # Ok::<(), coresident_xen::EvtchnError>(())
+    /// ```
     pub fn notify(&self, port: EvtchnPort) -> Result<(), EvtchnError> {
         let arg = IoctlEvtchnNotify { port };
         self.port_ioctl(EvtchnOp::Notify, IOCTL_EVTCHN_NOTIFY, arg)
@@ -179,6 +248,17 @@ impl<S: Sys> Evtchn<S> {
     /// # Errors
     ///
     /// [`EvtchnError::Ioctl`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Evtchn;
+    ///
+    /// let ev = Evtchn::open()?;
+    /// let port = ev.bind_unbound(0)?;
+    /// ev.unbind(port)?; // dom0 never bound it: give it back
+    /// # Ok::<(), coresident_xen::EvtchnError>(())
+    /// ```
     pub fn unbind(&self, port: EvtchnPort) -> Result<(), EvtchnError> {
         let arg = IoctlEvtchnUnbind { port };
         self.port_ioctl(EvtchnOp::Unbind, IOCTL_EVTCHN_UNBIND, arg)
@@ -193,6 +273,18 @@ impl<S: Sys> Evtchn<S> {
     /// [`EvtchnError::Read`] (`EFBIG`: the driver's queue overflowed;
     /// events were lost, treat every port as pending);
     /// [`EvtchnError::BadKernelReply`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Evtchn;
+    ///
+    /// let ev = Evtchn::open()?;
+    /// let mut fired = [0u32; 16];
+    /// let n = ev.pending(&mut fired)?; // 0 if none: it never blocks
+    /// println!("pending: {:?}", &fired[..n]);
+    /// # Ok::<(), coresident_xen::EvtchnError>(())
+    /// ```
     pub fn pending(&self, out: &mut [EvtchnPort]) -> Result<usize, EvtchnError> {
         if out.is_empty() {
             return Ok(0);
@@ -210,6 +302,20 @@ impl<S: Sys> Evtchn<S> {
     /// # Errors
     ///
     /// [`EvtchnError::Unmask`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Evtchn;
+    ///
+    /// let ev = Evtchn::open()?;
+    /// let mut fired = [0u32; 16];
+    /// let n = ev.pending(&mut fired)?;
+    /// for &port in &fired[..n] {
+    ///     ev.unmask(port)?; // so it can fire again
+    /// }
+    /// # Ok::<(), coresident_xen::EvtchnError>(())
+    /// ```
     pub fn unmask(&self, port: EvtchnPort) -> Result<(), EvtchnError> {
         match self.dev.sys.write(self.dev.fd(), port.as_bytes()) {
             Ok(4) => Ok(()),
@@ -230,6 +336,23 @@ impl<S: Sys> Evtchn<S> {
     /// # Errors
     ///
     /// [`EvtchnError::Poll`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use coresident_xen::Evtchn;
+    ///
+    /// let ev = Evtchn::open()?;
+    /// let mut fired = [0u32; 16];
+    /// if ev.wait(Some(Duration::from_secs(1)))? {
+    ///     let n = ev.pending(&mut fired)?;
+    ///     for &port in &fired[..n] {
+    ///         ev.unmask(port)?;
+    ///     }
+    /// }
+    /// # Ok::<(), coresident_xen::EvtchnError>(())
+    /// ```
     pub fn wait(&self, timeout: Option<Duration>) -> Result<bool, EvtchnError> {
         self.dev
             .sys
@@ -244,6 +367,20 @@ impl<S: Sys> Evtchn<S> {
     /// # Errors
     ///
     /// As [`Evtchn::wait`], [`Evtchn::pending`] and [`Evtchn::unmask`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use coresident_xen::Evtchn;
+    ///
+    /// let ev = Evtchn::open()?;
+    /// let port = ev.bind_interdomain(0, 17)?;
+    /// if ev.wait_for(port, Duration::from_secs(1))? {
+    ///     println!("port {port} fired");
+    /// }
+    /// # Ok::<(), coresident_xen::EvtchnError>(())
+    /// ```
     pub fn wait_for(&self, port: EvtchnPort, timeout: Duration) -> Result<bool, EvtchnError> {
         let deadline = std::time::Instant::now() + timeout;
         let mut buf = [0u32; 16];

@@ -88,6 +88,16 @@ pub const IOCTL_GNTALLOC_SET_UNMAP_NOTIFY: Opcode =
     ioc_none(b'G', 7, size_of::<IoctlUnmapNotify>());
 
 /// An open `/dev/xen/gntalloc`; cheap to clone (shared descriptor).
+///
+/// # Examples
+///
+/// ```no_run
+/// use coresident_xen::Gntalloc;
+///
+/// let shared = Gntalloc::open()?.share(0, 4)?;
+/// # drop(shared);
+/// # Ok::<(), coresident_xen::GrantError>(())
+/// ```
 #[derive(Debug)]
 pub struct Gntalloc<S: Sys = Linux> {
     dev: Arc<Device<S>>,
@@ -108,6 +118,19 @@ impl Gntalloc<Linux> {
     ///
     /// [`GrantError::Open`] (`ENOENT`: not a Xen domain or the module is
     /// not loaded).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::{Gntalloc, GrantError};
+    ///
+    /// match Gntalloc::open() {
+    ///     Ok(g) => drop(g),
+    ///     Err(GrantError::Open(e)) => eprintln!("no gntalloc ({e}): not a Xen domain?"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok::<(), coresident_xen::GrantError>(())
+    /// ```
     pub fn open() -> Result<Self, GrantError> {
         Self::open_with(Linux)
     }
@@ -119,6 +142,17 @@ impl<S: Sys> Gntalloc<S> {
     /// # Errors
     ///
     /// [`GrantError::Open`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::linux::sys::Linux;
+    /// use coresident_xen::Gntalloc;
+    ///
+    /// let g = Gntalloc::open_with(Linux)?; // what Gntalloc::open does
+    /// # drop(g);
+    /// # Ok::<(), coresident_xen::GrantError>(())
+    /// ```
     pub fn open_with(sys: S) -> Result<Self, GrantError> {
         let dev = Device::open(sys, c"/dev/xen/gntalloc").map_err(GrantError::Open)?;
         Ok(Self { dev: Arc::new(dev) })
@@ -132,6 +166,17 @@ impl<S: Sys> Gntalloc<S> {
     /// [`GrantError::InvalidCount`] for 0 or more than [`MAX_PAGES`] pages;
     /// [`GrantError::Ioctl`] (`ENOMEM`, `ENOSPC`: the driver's `limit`
     /// module parameter, 1024 pages by default) and [`GrantError::Mmap`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Gntalloc;
+    ///
+    /// let gntalloc = Gntalloc::open()?;
+    /// let shared = gntalloc.share(0, 4)?; // 4 zeroed pages, writable by dom0
+    /// # drop(shared);
+    /// # Ok::<(), coresident_xen::GrantError>(())
+    /// ```
     pub fn share(&self, domid: DomId, pages: usize) -> Result<SharedPages<S>, GrantError> {
         if pages == 0 || pages > MAX_PAGES {
             return Err(GrantError::InvalidCount(pages));
@@ -223,6 +268,17 @@ impl<S: Sys> Drop for Granted<S> {
 /// Drop unmaps them and ends the grants; the driver frees the pages when
 /// the peer has unmapped them too, and then runs the unmap-notify action
 /// set with [`SharedPages::set_unmap_notify`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use coresident_xen::Gntalloc;
+///
+/// let shared = Gntalloc::open()?.share(0, 4)?;
+/// println!("{} pages granted to dom0", shared.refs().len());
+/// drop(shared); // access ended, pages freed once dom0 unmaps
+/// # Ok::<(), coresident_xen::GrantError>(())
+/// ```
 #[derive(Debug)]
 pub struct SharedPages<S: Sys = Linux> {
     // Field order is drop order: unmap first, then deallocate.
@@ -234,26 +290,78 @@ pub struct SharedPages<S: Sys = Linux> {
 impl<S: Sys> SharedPages<S> {
     /// The grant references, one per page, in mapping order: what the peer
     /// passes to `IOCTL_GNTDEV_MAP_GRANT_REF`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Gntalloc;
+    ///
+    /// let shared = Gntalloc::open()?.share(0, 4)?;
+    /// // What dom0 passes to its gntdev to map the same pages.
+    /// println!("grant refs {:?}", shared.refs());
+    /// # Ok::<(), coresident_xen::GrantError>(())
+    /// ```
     pub fn refs(&self) -> &[GrantRef] {
         &self.refs
     }
 
     /// The mapping (raw pointer and length).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Gntalloc;
+    ///
+    /// let shared = Gntalloc::open()?.share(0, 4)?;
+    /// println!("mapped at {:p}", shared.mapping().as_ptr());
+    /// # Ok::<(), coresident_xen::GrantError>(())
+    /// ```
     pub fn mapping(&self) -> &Mapping<S> {
         &self.map
     }
 
     /// First byte of the pages; see [`Mapping::as_ptr`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Gntalloc;
+    ///
+    /// let shared = Gntalloc::open()?.share(0, 4)?;
+    /// let p = shared.as_ptr(); // atomics and volatile accesses only: dom0 writes too
+    /// # drop(p);
+    /// # Ok::<(), coresident_xen::GrantError>(())
+    /// ```
     pub fn as_ptr(&self) -> *mut u8 {
         self.map.as_ptr()
     }
 
     /// Length in bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Gntalloc;
+    ///
+    /// let shared = Gntalloc::open()?.share(0, 4)?;
+    /// println!("{} bytes", shared.len()); // 4 × 4096
+    /// # Ok::<(), coresident_xen::GrantError>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
     /// Always `false`: a share has at least one page.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Gntalloc;
+    ///
+    /// let shared = Gntalloc::open()?.share(0, 4)?;
+    /// println!("{}", shared.is_empty()); // false: at least one page
+    /// # Ok::<(), coresident_xen::GrantError>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
@@ -267,6 +375,17 @@ impl<S: Sys> SharedPages<S> {
     ///
     /// [`GrantError::OffsetOutOfRange`]; [`GrantError::Ioctl`] (`EINVAL`
     /// for a port that this domain's evtchn driver does not know).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::{Gntalloc, UnmapNotify};
+    ///
+    /// let shared = Gntalloc::open()?.share(0, 4)?;
+    /// // When this side goes, clear byte 0 of the pages (signal no port here).
+    /// shared.set_unmap_notify(UnmapNotify { clear_byte: Some(0), event: None })?;
+    /// # Ok::<(), coresident_xen::GrantError>(())
+    /// ```
     pub fn set_unmap_notify(&self, notify: UnmapNotify) -> Result<(), GrantError> {
         let mut arg = notify_arg(self.granted.index, self.map.len(), notify)?;
         let dev = &self.granted.dev;

@@ -76,6 +76,17 @@ pub const IOCTL_GNTDEV_SET_UNMAP_NOTIFY: Opcode =
     ioc_none(b'G', 7, size_of::<IoctlGntdevUnmapNotify>());
 
 /// An open `/dev/xen/gntdev`; cheap to clone (shared descriptor).
+///
+/// # Examples
+///
+/// ```no_run
+/// use coresident_xen::Gntdev;
+///
+/// // Dom0 maps domain 5's grants 8..12 (from its offer).
+/// let pages = Gntdev::open()?.map(5, &[8, 9, 10, 11])?;
+/// # drop(pages);
+/// # Ok::<(), coresident_xen::GrantError>(())
+/// ```
 #[derive(Debug)]
 pub struct Gntdev<S: Sys = Linux> {
     dev: Arc<Device<S>>,
@@ -95,6 +106,16 @@ impl Gntdev<Linux> {
     /// # Errors
     ///
     /// [`GrantError::Open`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Gntdev;
+    ///
+    /// let gntdev = Gntdev::open()?;
+    /// # drop(gntdev);
+    /// # Ok::<(), coresident_xen::GrantError>(())
+    /// ```
     pub fn open() -> Result<Self, GrantError> {
         Self::open_with(Linux)
     }
@@ -106,6 +127,17 @@ impl<S: Sys> Gntdev<S> {
     /// # Errors
     ///
     /// [`GrantError::Open`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::linux::sys::Linux;
+    /// use coresident_xen::Gntdev;
+    ///
+    /// let g = Gntdev::open_with(Linux)?; // what Gntdev::open does
+    /// # drop(g);
+    /// # Ok::<(), coresident_xen::GrantError>(())
+    /// ```
     pub fn open_with(sys: S) -> Result<Self, GrantError> {
         let dev = Device::open(sys, c"/dev/xen/gntdev").map_err(GrantError::Open)?;
         Ok(Self { dev: Arc::new(dev) })
@@ -123,6 +155,17 @@ impl<S: Sys> Gntdev<S> {
     /// [`GrantError::InvalidCount`] for 0 or more than [`MAX_PAGES`] refs;
     /// [`GrantError::Ioctl`]; [`GrantError::Mmap`] (a bad grant reference
     /// typically shows up here, as `EFAULT`/`EINVAL`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Gntdev;
+    ///
+    /// // Dom0 maps domain 5's grants 8..12 (from its offer).
+    /// let pages = Gntdev::open()?.map(5, &[8, 9, 10, 11])?;
+    /// # drop(pages);
+    /// # Ok::<(), coresident_xen::GrantError>(())
+    /// ```
     pub fn map(&self, domid: DomId, refs: &[GrantRef]) -> Result<ForeignPages<S>, GrantError> {
         let pages = refs.len();
         if pages == 0 || pages > MAX_PAGES {
@@ -213,6 +256,17 @@ impl<S: Sys> Drop for Mapped<S> {
 }
 
 /// Another domain's pages, mapped here. Drop unmaps them.
+///
+/// # Examples
+///
+/// ```no_run
+/// use coresident_xen::Gntdev;
+///
+/// // Dom0 maps domain 5's grants 8..12 (from its offer).
+/// let pages = Gntdev::open()?.map(5, &[8, 9, 10, 11])?;
+/// drop(pages); // unmapped: domain 5 may end its grants
+/// # Ok::<(), coresident_xen::GrantError>(())
+/// ```
 #[derive(Debug)]
 pub struct ForeignPages<S: Sys = Linux> {
     // Field order is drop order: munmap first, then UNMAP_GRANT_REF.
@@ -222,21 +276,66 @@ pub struct ForeignPages<S: Sys = Linux> {
 
 impl<S: Sys> ForeignPages<S> {
     /// The mapping (raw pointer and length).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Gntdev;
+    ///
+    /// // Dom0 maps domain 5's grants 8..12 (from its offer).
+    /// let pages = Gntdev::open()?.map(5, &[8, 9, 10, 11])?;
+    /// println!("{} bytes at {:p}", pages.mapping().len(), pages.mapping().as_ptr());
+    /// # Ok::<(), coresident_xen::GrantError>(())
+    /// ```
     pub fn mapping(&self) -> &Mapping<S> {
         &self.map
     }
 
     /// First byte of the pages; see [`Mapping::as_ptr`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Gntdev;
+    ///
+    /// // Dom0 maps domain 5's grants 8..12 (from its offer).
+    /// let pages = Gntdev::open()?.map(5, &[8, 9, 10, 11])?;
+    /// let p = pages.as_ptr(); // atomics and volatile accesses only
+    /// # drop(p);
+    /// # Ok::<(), coresident_xen::GrantError>(())
+    /// ```
     pub fn as_ptr(&self) -> *mut u8 {
         self.map.as_ptr()
     }
 
     /// Length in bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Gntdev;
+    ///
+    /// // Dom0 maps domain 5's grants 8..12 (from its offer).
+    /// let pages = Gntdev::open()?.map(5, &[8, 9, 10, 11])?;
+    /// println!("{} bytes", pages.len()); // 4 × 4096
+    /// # Ok::<(), coresident_xen::GrantError>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
     /// Always `false`: a mapping has at least one page.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Gntdev;
+    ///
+    /// // Dom0 maps domain 5's grants 8..12 (from its offer).
+    /// let pages = Gntdev::open()?.map(5, &[8, 9, 10, 11])?;
+    /// println!("{}", pages.is_empty()); // false for a mapping
+    /// # Ok::<(), coresident_xen::GrantError>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
@@ -249,6 +348,17 @@ impl<S: Sys> ForeignPages<S> {
     /// # Errors
     ///
     /// [`GrantError::OffsetOutOfRange`]; [`GrantError::Ioctl`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::{Gntdev, UnmapNotify};
+    ///
+    /// let pages = Gntdev::open()?.map(5, &[8, 9, 10, 11])?;
+    /// // If this process dies: clear our live byte (64) and fire local port 7.
+    /// pages.set_unmap_notify(UnmapNotify { clear_byte: Some(64), event: Some(7) })?;
+    /// # Ok::<(), coresident_xen::GrantError>(())
+    /// ```
     pub fn set_unmap_notify(&self, notify: UnmapNotify) -> Result<(), GrantError> {
         let mut arg = notify_arg(self.mapped.index, self.map.len(), notify)?;
         let dev = &self.mapped.dev;

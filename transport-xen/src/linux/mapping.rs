@@ -15,6 +15,17 @@ use crate::linux::sys::{Linux, Sys};
 /// The bytes may change under the program's feet (the peer writes them), so
 /// this type never creates a reference to them: use [`Mapping::as_ptr`] with
 /// atomics or volatile accesses.
+///
+/// # Examples
+///
+/// ```no_run
+/// use coresident_xen::Gntalloc;
+///
+/// let shared = Gntalloc::open()?.share(0, 2)?;
+/// let m = shared.mapping();
+/// println!("{} bytes at {:p}", m.len(), m.as_ptr()); // unmapped on drop
+/// # Ok::<(), coresident_xen::GrantError>(())
+/// ```
 pub struct Mapping<S: Sys = Linux> {
     /// Start of the mapping; page-aligned. Dangling once `len` is 0.
     ptr: NonNull<u8>,
@@ -56,16 +67,49 @@ impl<S: Sys> Mapping<S> {
     /// Valid for reads and writes of [`Mapping::len`] bytes while `self`
     /// lives. The peer may write these bytes concurrently: access them only
     /// with atomics or volatile copies, never through `&`/`&mut`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Gntalloc;
+    ///
+    /// let shared = Gntalloc::open()?.share(0, 2)?;
+    /// let m = shared.mapping();
+    /// println!("at {:p}", m.as_ptr()); // page-aligned
+    /// # Ok::<(), coresident_xen::GrantError>(())
+    /// ```
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 
     /// Length of the mapping in bytes, a multiple of the page size.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Gntalloc;
+    ///
+    /// let shared = Gntalloc::open()?.share(0, 2)?;
+    /// let m = shared.mapping();
+    /// println!("{} bytes", m.len()); // 2 × 4096
+    /// # Ok::<(), coresident_xen::GrantError>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// Whether the mapping is empty (only after it was unmapped early).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::Gntalloc;
+    ///
+    /// let shared = Gntalloc::open()?.share(0, 2)?;
+    /// let m = shared.mapping();
+    /// println!("{}", m.is_empty()); // false: a mapping has pages
+    /// # Ok::<(), coresident_xen::GrantError>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

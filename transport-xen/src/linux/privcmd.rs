@@ -113,6 +113,15 @@ pub enum PortStatus {
 
 impl PortStatus {
     /// Decodes Xen's answer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::linux::privcmd::{EvtchnStatus, PortStatus, EVTCHNSTAT_CLOSED};
+    ///
+    /// let raw = EvtchnStatus { dom: 0x7ff0, _pad: 0, port: 17, status: EVTCHNSTAT_CLOSED, vcpu: 0, remote_dom: 0, _pad2: 0, remote_port: 0 };
+    /// assert_eq!(PortStatus::from_raw(&raw), PortStatus::Closed);
+    /// ```
     pub fn from_raw(s: &EvtchnStatus) -> Self {
         match s.status {
             EVTCHNSTAT_CLOSED => Self::Closed,
@@ -129,6 +138,16 @@ impl PortStatus {
 }
 
 /// An open `/dev/xen/privcmd`; cheap to clone.
+///
+/// # Examples
+///
+/// ```no_run
+/// use coresident_xen::linux::privcmd::Privcmd;
+///
+/// let status = Privcmd::open()?.evtchn_status(17)?;
+/// println!("{status:?}");
+/// # Ok::<(), coresident_xen::linux::error::Errno>(())
+/// ```
 #[derive(Debug)]
 pub struct Privcmd<S: Sys = Linux> {
     dev: Arc<Device<S>>,
@@ -149,6 +168,17 @@ impl Privcmd<Linux> {
     ///
     /// The `errno` of the failed `open` (`ENOENT`: not a Xen domain, or the
     /// `xen-privcmd` module is not loaded; `EACCES`: not root).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::linux::privcmd::Privcmd;
+    ///
+    /// match Privcmd::open() {
+    ///     Ok(p) => drop(p),
+    ///     Err(e) => eprintln!("no privcmd ({e}): peer death is learnt from XenStore"),
+    /// }
+    /// ```
     pub fn open() -> Result<Self, Errno> {
         Self::open_with(Linux)
     }
@@ -160,6 +190,17 @@ impl<S: Sys> Privcmd<S> {
     /// # Errors
     ///
     /// The `errno` of the failed `open`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::linux::privcmd::Privcmd;
+    /// use coresident_xen::linux::sys::Linux;
+    ///
+    /// let privcmd = Privcmd::open_with(Linux)?; // what Privcmd::open does
+    /// # drop(privcmd);
+    /// # Ok::<(), coresident_xen::linux::error::Errno>(())
+    /// ```
     pub fn open_with(sys: S) -> Result<Self, Errno> {
         let dev = Device::open(sys, c"/dev/xen/privcmd")?;
         Ok(Self { dev: Arc::new(dev) })
@@ -170,6 +211,18 @@ impl<S: Sys> Privcmd<S> {
     /// # Errors
     ///
     /// The driver's or Xen's refusal (`EINVAL`: no such port here).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::linux::privcmd::{PortStatus, Privcmd};
+    ///
+    /// let privcmd = Privcmd::open()?;
+    /// if let PortStatus::Closed = privcmd.evtchn_status(17)? {
+    ///     println!("port 17's peer is gone (xl destroy closes its end)");
+    /// }
+    /// # Ok::<(), coresident_xen::linux::error::Errno>(())
+    /// ```
     pub fn evtchn_status(&self, port: EvtchnPort) -> Result<PortStatus, Errno> {
         let mut st = EvtchnStatus {
             dom: DOMID_SELF,

@@ -19,6 +19,14 @@ pub use rustix::ioctl::Opcode;
 
 /// The page size of Xen grants (`XEN_PAGE_SIZE`, 4 KiB on every
 /// architecture Xen supports), and of the Linux x86 kernels we target.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::{PAGE_SIZE, XEN_PAGE_SIZE};
+///
+/// assert_eq!(PAGE_SIZE, XEN_PAGE_SIZE); // the grant devices map whole pages
+/// ```
 pub const PAGE_SIZE: usize = 4096;
 
 /// `_IOC(_IOC_NONE, ty, nr, size)`: the encoding all four Xen drivers use.
@@ -30,12 +38,35 @@ pub(crate) const fn ioc_none(ty: u8, nr: u8, size: usize) -> Opcode {
 ///
 /// Implementations: [`Linux`] (real calls) and, in this crate's unit tests,
 /// a fake that simulates the Xen drivers.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::linux::sys::Sys;
+/// use coresident_xen::Gntdev;
+///
+/// /// Any system-call layer: the real one, or a test's fake driver.
+/// fn open_gntdev<S: Sys>(sys: S) -> bool {
+///     Gntdev::open_with(sys).is_ok()
+/// }
+/// # let _ = open_gntdev(coresident_xen::linux::sys::Linux);
+/// ```
 pub trait Sys: Clone + fmt::Debug + Send + Sync + 'static {
     /// `open(path, O_RDWR | O_CLOEXEC | O_NONBLOCK)`.
     ///
     /// # Errors
     ///
     /// The `errno` of the failed call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::linux::error::Errno;
+    /// use coresident_xen::linux::sys::{Linux, Sys};
+    ///
+    /// assert!(Linux.open(c"/dev/null").is_ok());
+    /// assert_eq!(Linux.open(c"/no/such/device").err(), Some(Errno::NOENT));
+    /// ```
     fn open(&self, path: &CStr) -> Result<OwnedFd, Errno>;
 
     /// `ioctl(fd, opcode, arg)`; returns the call's non-negative result.
@@ -65,6 +96,24 @@ pub trait Sys: Clone + fmt::Debug + Send + Sync + 'static {
     /// # Errors
     ///
     /// The `errno` of the failed call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// use coresident_xen::linux::sys::{Linux, Sys};
+    ///
+    /// // /dev/zero stands in for a grant device here.
+    /// let fd = Linux.open(c"/dev/zero")?;
+    /// let p = Linux.mmap_shared(fd.as_fd(), 4096, 0)?;
+    /// // SAFETY: `p` is the fresh 4096-byte mapping, touched by nothing else.
+    /// unsafe {
+    ///     p.as_ptr().write_volatile(7);
+    ///     assert_eq!(p.as_ptr().read_volatile(), 7);
+    ///     Linux.munmap(p, 4096)?;
+    /// }
+    /// # Ok::<(), coresident_xen::linux::error::Errno>(())
+    /// ```
     fn mmap_shared(
         &self,
         fd: BorrowedFd<'_>,
@@ -83,6 +132,20 @@ pub trait Sys: Clone + fmt::Debug + Send + Sync + 'static {
     /// - `ptr .. ptr + len` is a mapping returned by [`Sys::mmap_shared`] of
     ///   this `Sys`, not yet unmapped.
     /// - Nothing accesses the range after this call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// use coresident_xen::linux::sys::{Linux, Sys};
+    ///
+    /// // /dev/zero stands in for a grant device here.
+    /// let fd = Linux.open(c"/dev/zero")?;
+    /// let p = Linux.mmap_shared(fd.as_fd(), 4096, 0)?;
+    /// // SAFETY: the range is the mapping just made, and nothing uses it after.
+    /// unsafe { Linux.munmap(p, 4096)? };
+    /// # Ok::<(), coresident_xen::linux::error::Errno>(())
+    /// ```
     unsafe fn munmap(&self, ptr: NonNull<u8>, len: usize) -> Result<(), Errno>;
 
     /// `read(fd, buf)`.
@@ -90,6 +153,17 @@ pub trait Sys: Clone + fmt::Debug + Send + Sync + 'static {
     /// # Errors
     ///
     /// The `errno` of the failed call (`EAGAIN` when nothing is ready).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// use coresident_xen::linux::sys::{Linux, Sys};
+    ///
+    /// let fd = Linux.open(c"/dev/null")?;
+    /// assert_eq!(Linux.read(fd.as_fd(), &mut [0; 8])?, 0); // end of file
+    /// # Ok::<(), coresident_xen::linux::error::Errno>(())
+    /// ```
     fn read(&self, fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno>;
 
     /// `write(fd, buf)`.
@@ -97,6 +171,17 @@ pub trait Sys: Clone + fmt::Debug + Send + Sync + 'static {
     /// # Errors
     ///
     /// The `errno` of the failed call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// use coresident_xen::linux::sys::{Linux, Sys};
+    ///
+    /// let fd = Linux.open(c"/dev/null")?;
+    /// assert_eq!(Linux.write(fd.as_fd(), b"gone")?, 4);
+    /// # Ok::<(), coresident_xen::linux::error::Errno>(())
+    /// ```
     fn write(&self, fd: BorrowedFd<'_>, buf: &[u8]) -> Result<usize, Errno>;
 
     /// `poll(fd, POLLIN, timeout)`: `true` if `fd` is readable, `false` on
@@ -105,10 +190,33 @@ pub trait Sys: Clone + fmt::Debug + Send + Sync + 'static {
     /// # Errors
     ///
     /// The `errno` of the failed call (`EINTR` is retried).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use std::os::fd::AsFd;
+    /// use coresident_xen::linux::sys::{Linux, Sys};
+    ///
+    /// let fd = Linux.open(c"/dev/null")?;
+    /// assert!(Linux.poll_readable(fd.as_fd(), Some(Duration::ZERO))?); // /dev/null: always
+    /// # Ok::<(), coresident_xen::linux::error::Errno>(())
+    /// ```
     fn poll_readable(&self, fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<bool, Errno>;
 }
 
 /// The real system calls, through `rustix`.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::linux::sys::Linux;
+/// use coresident_xen::Evtchn;
+///
+/// // The real system calls: what `Evtchn::open()` and the others use.
+/// let ev = Evtchn::open_with(Linux); // an error off Xen (no /dev/xen/evtchn)
+/// # drop(ev);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Linux;
 

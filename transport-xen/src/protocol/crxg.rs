@@ -31,27 +31,128 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use crate::types::{DomId, EvtchnPort, GrantRef, MAX_PAGES, XEN_PAGE_SIZE};
 
 /// `b"CRXG"`: coresident Xen grant rendezvous.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::crxg::RENDEZVOUS_MAGIC;
+/// # use coresident::ChannelLayout;
+/// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
+/// # let layout = ChannelLayout::symmetric(4096);
+/// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
+/// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
+/// let mut bytes = [0u8; 256];
+/// crxg::encode(&offer, &mut bytes)?;
+/// assert_eq!(bytes[..4], RENDEZVOUS_MAGIC); // b"CRXG"
+/// # Ok::<(), CrxgError>(())
+/// ```
 pub const RENDEZVOUS_MAGIC: [u8; 4] = *b"CRXG";
 /// Version of the rendezvous encoding, of the XenStore keys and of the
 /// live-page layout.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::crxg::RENDEZVOUS_VERSION;
+/// # use coresident::ChannelLayout;
+/// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
+/// # let layout = ChannelLayout::symmetric(4096);
+/// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
+/// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
+/// let mut bytes = [0u8; 256];
+/// let n = crxg::encode(&offer, &mut bytes)?;
+/// bytes[4] = 2; // the version field, little-endian, after the magic
+/// assert_eq!(crxg::parse_borrowed(3, &bytes[..n]).err(), Some(CrxgError::BadVersion(2)));
+/// assert_eq!(RENDEZVOUS_VERSION, 1);
+/// # Ok::<(), CrxgError>(())
+/// ```
 pub const RENDEZVOUS_VERSION: u16 = 1;
 /// Offset of the offerer's live byte in the live page.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::crxg::{ACCEPTOR_LIVE, OFFERER_LIVE};
+///
+/// // The live page's two bytes, a cache line apart.
+/// assert_eq!((OFFERER_LIVE, ACCEPTOR_LIVE), (0, 64));
+/// ```
 pub const OFFERER_LIVE: usize = 0;
 /// Offset of the acceptor's live byte in the live page: another cache line.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::crxg::{ACCEPTOR_LIVE, OFFERER_LIVE};
+///
+/// assert!(ACCEPTOR_LIVE - OFFERER_LIVE >= 64); // no false sharing
+/// ```
 pub const ACCEPTOR_LIVE: usize = 64;
 /// The first grant reference a domain can grant: Xen reserves 0..8
 /// (`GNTTAB_NR_RESERVED_ENTRIES`, `public/grant_table.h`).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::crxg::FIRST_GRANT_REF;
+/// # use coresident::ChannelLayout;
+/// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
+/// # let layout = ChannelLayout::symmetric(4096);
+/// let mut refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
+/// refs[0] = FIRST_GRANT_REF - 1; // reserved by Xen
+/// let offer = Offer { offerer: 3, port: 17, layout, refs };
+/// assert_eq!(offer.check(), Err(CrxgError::BadRef(7)));
+/// ```
 pub const FIRST_GRANT_REF: GrantRef = 8;
 /// References at or above this are refused: 2^20 v1 entries are 2048
 /// grant frames, 32 times Xen 4.17's default `max_grant_frames` (64).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::crxg::GRANT_REF_LIMIT;
+///
+/// assert_eq!(GRANT_REF_LIMIT, 1 << 20);
+/// ```
 pub const GRANT_REF_LIMIT: GrantRef = 1 << 20;
 /// Ports at or above this are refused: the FIFO ABI's
 /// `EVTCHN_FIFO_NR_CHANNELS` (`public/event_channel.h`); the 2-level ABI
 /// has fewer. Port 0 is never allocated.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::crxg::PORT_LIMIT;
+/// # use coresident::ChannelLayout;
+/// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
+/// # let layout = ChannelLayout::symmetric(4096);
+/// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
+/// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
+/// assert_eq!(Offer { port: 0, ..offer }.check(), Err(CrxgError::BadPort(0)));
+/// assert_eq!(Offer { port: PORT_LIMIT, ..offer }.check(), Err(CrxgError::BadPort(PORT_LIMIT)));
+/// ```
 pub const PORT_LIMIT: EvtchnPort = 1 << 17;
 
 /// The fixed part of the rendezvous bytes; `nrefs` grant references
 /// (little-endian `u32`) follow.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::crxg::{RendezvousHeader, HEADER_LEN};
+/// use zerocopy::FromBytes;
+/// # use coresident::ChannelLayout;
+/// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
+/// # let layout = ChannelLayout::symmetric(4096);
+/// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
+/// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
+/// let mut bytes = [0u8; 256];
+/// crxg::encode(&offer, &mut bytes)?;
+/// let (h, _refs) = RendezvousHeader::read_from_prefix(&bytes).unwrap();
+/// assert_eq!((h.offerer.get(), h.port.get(), h.to_acceptor.get()), (3, 17, 4096));
+/// assert_eq!(HEADER_LEN, 32);
+/// # Ok::<(), CrxgError>(())
+/// ```
 #[repr(C)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct RendezvousHeader {
@@ -75,9 +176,28 @@ pub struct RendezvousHeader {
 const _: () = assert!(size_of::<RendezvousHeader>() == 32);
 
 /// The size of [`RendezvousHeader`].
+///
+/// # Examples
+///
+/// ```
+/// use coresident::ChannelLayout;
+/// use coresident_xen::protocol::crxg::{encoded_len, pages_for, HEADER_LEN};
+///
+/// let layout = ChannelLayout::symmetric(4096);
+/// assert_eq!(encoded_len(layout), HEADER_LEN + 4 * pages_for(layout));
+/// ```
 pub const HEADER_LEN: usize = size_of::<RendezvousHeader>();
 
 /// Why an offer was refused.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::crxg::{self, CrxgError};
+///
+/// assert_eq!(crxg::parse_borrowed(3, b"short").err(), Some(CrxgError::BadLength));
+/// assert_eq!(CrxgError::WrongPeer(7).to_string(), "offered by domain 7, not the expected peer");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CrxgError {
@@ -123,17 +243,51 @@ impl fmt::Display for CrxgError {
 impl core::error::Error for CrxgError {}
 
 /// Pages of an offer for `layout`: the region's pages plus the live page.
+///
+/// # Examples
+///
+/// ```
+/// use coresident::ChannelLayout;
+/// use coresident_xen::protocol::crxg::pages_for;
+/// use coresident_xen::XEN_PAGE_SIZE;
+///
+/// let layout = ChannelLayout::symmetric(64 * 1024);
+/// assert_eq!(pages_for(layout), layout.region_len().div_ceil(XEN_PAGE_SIZE) + 1);
+/// assert!(pages_for(layout) > 2 * 64 * 1024 / XEN_PAGE_SIZE); // two rings and the live page
+/// ```
 pub const fn pages_for(layout: ChannelLayout) -> usize {
     layout.region_len().div_ceil(XEN_PAGE_SIZE) + 1
 }
 
 /// Whether `s` is a ring data-area size the ring accepts (a power of two in
 /// range).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::crxg::valid_size;
+///
+/// assert!(valid_size(4096));
+/// assert!(!valid_size(1000)); // not a power of two
+/// assert!(!valid_size(0));
+/// ```
 pub const fn valid_size(s: u32) -> bool {
     s.is_power_of_two() && s >= MIN_DATA_SIZE && s <= MAX_DATA_SIZE
 }
 
 /// Whether `layout` has valid sizes and fits in [`MAX_PAGES`] pages.
+///
+/// # Examples
+///
+/// ```
+/// use coresident::ChannelLayout;
+/// use coresident_xen::protocol::crxg::valid_layout;
+///
+/// assert!(valid_layout(ChannelLayout::symmetric(64 * 1024)));
+/// assert!(!valid_layout(ChannelLayout { to_acceptor: 4096, to_offerer: 3000 }));
+/// // More than MAX_PAGES pages (16 MiB) is refused too.
+/// assert!(!valid_layout(ChannelLayout::symmetric(16 * 1024 * 1024)));
+/// ```
 pub const fn valid_layout(layout: ChannelLayout) -> bool {
     valid_size(layout.to_acceptor)
         && valid_size(layout.to_offerer)
@@ -141,6 +295,20 @@ pub const fn valid_layout(layout: ChannelLayout) -> bool {
 }
 
 /// Bytes of the rendezvous for `layout`.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::crxg::encoded_len;
+/// # use coresident::ChannelLayout;
+/// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
+/// # let layout = ChannelLayout::symmetric(4096);
+/// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
+/// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
+/// let mut bytes = [0u8; 256];
+/// assert_eq!(crxg::encode(&offer, &mut bytes)?, encoded_len(layout));
+/// # Ok::<(), CrxgError>(())
+/// ```
 pub const fn encoded_len(layout: ChannelLayout) -> usize {
     HEADER_LEN + 4 * pages_for(layout)
 }
@@ -180,6 +348,18 @@ pub struct Offer<R> {
 
 impl<R> Offer<R> {
     /// The offer's fields without its references.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident::ChannelLayout;
+    /// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
+    /// # let layout = ChannelLayout::symmetric(4096);
+    /// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
+    /// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
+    /// let parts = offer.as_parts();
+    /// assert_eq!((parts.offerer, parts.port, parts.layout), (3, 17, layout));
+    /// ```
     pub fn as_parts(&self) -> Offer<()> {
         Offer {
             offerer: self.offerer,
@@ -198,12 +378,39 @@ impl<R: AsRef<[GrantRef]>> Offer<R> {
     ///
     /// [`CrxgError::BadLayout`], [`CrxgError::BadPageCount`],
     /// [`CrxgError::BadRef`], [`CrxgError::BadPort`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident::ChannelLayout;
+    /// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
+    /// # let layout = ChannelLayout::symmetric(4096);
+    /// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
+    /// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
+    /// offer.check()?;
+    /// // One reference short of the layout's pages.
+    /// let short = Offer { refs: &refs[1..], ..offer };
+    /// assert_eq!(short.check(), Err(CrxgError::BadPageCount));
+    /// # Ok::<(), CrxgError>(())
+    /// ```
     pub fn check(&self) -> Result<(), CrxgError> {
         let refs = self.refs.as_ref();
         check_parts(self.layout, self.port, refs.len(), refs.iter().copied())
     }
 
     /// The same offer, its references borrowed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident::ChannelLayout;
+    /// use coresident_xen::protocol::crxg::{self, Offer};
+    ///
+    /// let layout = ChannelLayout::symmetric(4096);
+    /// let owned = Offer { offerer: 3, port: 17, layout, refs: vec![8; crxg::pages_for(layout)] };
+    /// let borrowed: Offer<&[u32]> = owned.as_ref();
+    /// assert_eq!(borrowed.refs.len(), owned.refs.len());
+    /// ```
     pub fn as_ref(&self) -> Offer<&[GrantRef]> {
         Offer {
             offerer: self.offerer,
@@ -250,6 +457,21 @@ fn check_parts(
 /// # Errors
 ///
 /// [`Offer::check`]'s, and [`CrxgError::BufferTooSmall`].
+///
+/// # Examples
+///
+/// ```
+/// # use coresident::ChannelLayout;
+/// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
+/// # let layout = ChannelLayout::symmetric(4096);
+/// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
+/// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
+/// let mut bytes = [0u8; 256];
+/// let n = crxg::encode(&offer, &mut bytes)?;
+/// assert_eq!(&bytes[..4], b"CRXG");
+/// assert_eq!(crxg::encode(&offer, &mut [0u8; 8]), Err(CrxgError::BufferTooSmall(n)));
+/// # Ok::<(), CrxgError>(())
+/// ```
 pub fn encode<R: AsRef<[GrantRef]>>(offer: &Offer<R>, out: &mut [u8]) -> Result<usize, CrxgError> {
     let refs = offer.refs.as_ref();
     encode_parts(offer.as_parts(), refs.len(), refs.iter().copied(), out)
@@ -261,6 +483,24 @@ pub fn encode<R: AsRef<[GrantRef]>>(offer: &Offer<R>, out: &mut [u8]) -> Result<
 /// # Errors
 ///
 /// As [`encode`].
+///
+/// # Examples
+///
+/// ```
+/// # use coresident::ChannelLayout;
+/// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
+/// # let layout = ChannelLayout::symmetric(4096);
+/// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
+/// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
+/// // The references in two runs (as a kernel's pages hold them), no copy.
+/// let (a, b) = refs.split_at(2);
+/// let mut one = [0u8; 256];
+/// let mut two = [0u8; 256];
+/// let n = crxg::encode(&offer, &mut one)?;
+/// crxg::encode_parts(offer.as_parts(), refs.len(), a.iter().chain(b).copied(), &mut two)?;
+/// assert_eq!(one[..n], two[..n]);
+/// # Ok::<(), CrxgError>(())
+/// ```
 pub fn encode_parts(
     offer: Offer<()>,
     nrefs: usize,
@@ -294,21 +534,79 @@ pub fn encode_parts(
 /// The grant references as they stand in rendezvous bytes (little-endian
 /// `u32`s), read one by one: what [`parse_borrowed`] hands out, for a side
 /// with no room to copy them.
+///
+/// # Examples
+///
+/// ```
+/// # use coresident::ChannelLayout;
+/// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
+/// # let layout = ChannelLayout::symmetric(4096);
+/// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
+/// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
+/// let mut bytes = [0u8; 256];
+/// let n = crxg::encode(&offer, &mut bytes)?;
+/// let wire = crxg::parse_borrowed(3, &bytes[..n])?.refs;
+/// assert!(wire.iter().eq(refs.iter().copied()));
+/// # Ok::<(), CrxgError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WireRefs<'b>(&'b [u8]);
 
 impl<'b> WireRefs<'b> {
     /// How many.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident::ChannelLayout;
+    /// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
+    /// # let layout = ChannelLayout::symmetric(4096);
+    /// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
+    /// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
+    /// let mut bytes = [0u8; 256];
+    /// let n = crxg::encode(&offer, &mut bytes)?;
+    /// assert_eq!(crxg::parse_borrowed(3, &bytes[..n])?.refs.len(), crxg::pages_for(layout));
+    /// # Ok::<(), CrxgError>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.0.len() / 4
     }
 
     /// Whether there are none (never, for a parsed offer).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident::ChannelLayout;
+    /// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
+    /// # let layout = ChannelLayout::symmetric(4096);
+    /// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
+    /// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
+    /// let mut bytes = [0u8; 256];
+    /// let n = crxg::encode(&offer, &mut bytes)?;
+    /// assert!(!crxg::parse_borrowed(3, &bytes[..n])?.refs.is_empty());
+    /// # Ok::<(), CrxgError>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Each reference, in page order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident::ChannelLayout;
+    /// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
+    /// # let layout = ChannelLayout::symmetric(4096);
+    /// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
+    /// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
+    /// let mut bytes = [0u8; 256];
+    /// let n = crxg::encode(&offer, &mut bytes)?;
+    /// let wire = crxg::parse_borrowed(3, &bytes[..n])?.refs;
+    /// assert_eq!(wire.iter().next(), Some(8));
+    /// # Ok::<(), CrxgError>(())
+    /// ```
     pub fn iter(&self) -> impl ExactSizeIterator<Item = GrantRef> + Clone + 'b {
         self.0
             .chunks_exact(4)
@@ -323,6 +621,24 @@ impl<'b> WireRefs<'b> {
 ///
 /// [`CrxgError`] for anything but a well-formed offer from `peer` whose
 /// references fit `refs` ([`CrxgError::BadPageCount`] otherwise).
+///
+/// # Examples
+///
+/// ```
+/// # use coresident::ChannelLayout;
+/// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
+/// # let layout = ChannelLayout::symmetric(4096);
+/// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
+/// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
+/// let mut bytes = [0u8; 256];
+/// let n = crxg::encode(&offer, &mut bytes)?;
+/// let mut room = [0u32; 16];
+/// let parsed = crxg::parse(3, &bytes[..n], &mut room)?;
+/// assert_eq!(parsed.refs, &refs[..]);
+/// // Too little room for the references: refused, not truncated.
+/// assert_eq!(crxg::parse(3, &bytes[..n], &mut [0; 1]).err(), Some(CrxgError::BadPageCount));
+/// # Ok::<(), CrxgError>(())
+/// ```
 pub fn parse<'r>(
     peer: DomId,
     bytes: &[u8],
@@ -348,6 +664,23 @@ pub fn parse<'r>(
 /// # Errors
 ///
 /// As [`parse`] (without a limit of room).
+///
+/// # Examples
+///
+/// ```
+/// # use coresident::ChannelLayout;
+/// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
+/// # let layout = ChannelLayout::symmetric(4096);
+/// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
+/// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
+/// let mut bytes = [0u8; 256];
+/// let n = crxg::encode(&offer, &mut bytes)?;
+/// // Every field checked, the references left in the bytes: no room needed.
+/// let parsed = crxg::parse_borrowed(3, &bytes[..n])?;
+/// assert_eq!((parsed.port, parsed.refs.len()), (17, refs.len()));
+/// assert_eq!(crxg::parse_borrowed(4, &bytes[..n]).err(), Some(CrxgError::WrongPeer(3)));
+/// # Ok::<(), CrxgError>(())
+/// ```
 pub fn parse_borrowed(peer: DomId, bytes: &[u8]) -> Result<Offer<WireRefs<'_>>, CrxgError> {
     let (h, rest) = RendezvousHeader::read_from_prefix(bytes).map_err(|_| CrxgError::BadLength)?;
     if h.magic != RENDEZVOUS_MAGIC {

@@ -34,24 +34,124 @@ mod paths;
 pub use paths::{answer_dir, offer_dir, offers_from, perms, valid_name, Name, Path, PATH_MAX};
 
 /// Where every rendezvous context lives in a domain's home.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::{offers_from, Name, CHANNELS, TOP};
+///
+/// let dir = offers_from(5, 0, &Name::new(CHANNELS)?)?;
+/// assert_eq!(dir.as_str(), format!("/local/domain/5/{TOP}/channels/0"));
+/// assert_eq!(TOP, "data/coresident");
+/// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+/// ```
 pub const TOP: &str = "data/coresident";
 /// The context of channels (`data/coresident/channels`).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::{valid_name, CHANNELS};
+///
+/// assert_eq!(CHANNELS, "channels");
+/// assert!(valid_name(CHANNELS));
+/// ```
 pub const CHANNELS: &str = "channels";
 /// References per `refsN` key: 128 × 11 bytes fit xenstored's default
 /// 2048-byte quota on a guest's values.
+///
+/// # Examples
+///
+/// ```
+/// use coresident::ChannelLayout;
+/// use coresident_xen::protocol::keys::{write_offer, KeyError, REFS_PER_KEY};
+///
+/// // 130 references take two `refsN` keys: 128, then 2.
+/// let mut keys = Vec::new();
+/// let mut put = |k: &str, _: &[u8]| Ok::<(), KeyError>(keys.push(k.to_owned()));
+/// write_offer(&mut put, 17, ChannelLayout::symmetric(4096), 130, &mut (8..138))?;
+/// assert!(keys.contains(&"refs1".to_owned()) && !keys.contains(&"refs2".to_owned()));
+/// assert_eq!(REFS_PER_KEY, 128);
+/// # Ok::<(), KeyError>(())
+/// ```
 pub const REFS_PER_KEY: usize = 128;
 /// The longest channel name or context.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::{valid_name, MAX_NAME_LEN};
+///
+/// assert!(valid_name(&"a".repeat(MAX_NAME_LEN)));
+/// assert!(!valid_name(&"a".repeat(MAX_NAME_LEN + 1)));
+/// ```
 pub const MAX_NAME_LEN: usize = 64;
 /// The longest `error` text an acceptor writes (longer text is cut).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::{write_answer, ERROR_TEXT_MAX};
+///
+/// let mut error = Vec::new();
+/// let mut put = |k: &str, v: &[u8]| {
+///     if k == "error" { error = v.to_vec() }
+///     Ok::<(), ()>(())
+/// };
+/// write_answer(&mut put, 17, Err(&"x".repeat(1000))).unwrap();
+/// assert_eq!(error.len(), ERROR_TEXT_MAX); // cut
+/// ```
 pub const ERROR_TEXT_MAX: usize = 256;
 /// The offer's `state`.
+///
+/// # Examples
+///
+/// ```
+/// use coresident::ChannelLayout;
+/// use coresident_xen::protocol::keys::{write_offer, KeyError, OFFERED};
+///
+/// let mut last = (String::new(), Vec::new());
+/// let mut put = |k: &str, v: &[u8]| Ok::<(), KeyError>(last = (k.to_owned(), v.to_vec()));
+/// write_offer(&mut put, 17, ChannelLayout::symmetric(4096), 4, &mut (8..12))?;
+/// assert_eq!(last, ("state".to_owned(), OFFERED.to_vec())); // written last
+/// # Ok::<(), KeyError>(())
+/// ```
 pub const OFFERED: &[u8] = b"offered";
 /// The answer's `state` when the acceptor took the offer.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::{write_answer, ACCEPTED};
+///
+/// let mut state = Vec::new();
+/// write_answer(&mut |k: &str, v: &[u8]| Ok::<(), ()>(if k == "state" { state = v.to_vec() }), 17, Ok(40)).unwrap();
+/// assert_eq!(state, ACCEPTED);
+/// ```
 pub const ACCEPTED: &[u8] = b"accepted";
 /// The answer's `state` when the acceptor refused it.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::{write_answer, REFUSED};
+///
+/// let mut state = Vec::new();
+/// write_answer(&mut |k: &str, v: &[u8]| Ok::<(), ()>(if k == "state" { state = v.to_vec() }), 17, Err(&"full")).unwrap();
+/// assert_eq!(state, REFUSED);
+/// ```
 pub const REFUSED: &[u8] = b"refused";
 
 /// A rendezvous key.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::Key;
+///
+/// assert_eq!(Key::ToAcceptor.to_string(), "to-acceptor");
+/// assert_eq!(Key::Refs(3).to_string(), "refs3");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Key {
@@ -78,6 +178,15 @@ pub enum Key {
 impl Key {
     /// The key's name, `refsN` for every `refs` key (the key itself is
     /// written by [`Display`](fmt::Display)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::keys::Key;
+    ///
+    /// assert_eq!(Key::OfferPort.name(), "offer-port");
+    /// assert_eq!(Key::Refs(3).name(), "refsN"); // Display writes "refs3"
+    /// ```
     pub const fn name(self) -> &'static str {
         match self {
             Self::Version => "version",
@@ -126,6 +235,18 @@ impl fmt::Write for Text {
 }
 
 /// Writes `key` = `value` under the directory being written.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::{write_answer, Put};
+///
+/// let mut keys = Vec::new();
+/// let put: &mut Put<'_, ()> = &mut |k, v| Ok(keys.push(format!("{k}={}", String::from_utf8_lossy(v))));
+/// write_answer(put, 17, Ok(40))?;
+/// assert_eq!(keys, ["version=1", "offer-port=17", "port=40", "state=accepted"]);
+/// # Ok::<(), ()>(())
+/// ```
 pub type Put<'a, E> = dyn FnMut(&str, &[u8]) -> Result<(), E> + 'a;
 
 /// Writes an offer's keys in the protocol's order through `put(key,
@@ -136,6 +257,28 @@ pub type Put<'a, E> = dyn FnMut(&str, &[u8]) -> Result<(), E> + 'a;
 ///
 /// `put`'s, or [`KeyError::BadRefCount`] if `refs` does not hold exactly
 /// `nrefs` references.
+///
+/// # Examples
+///
+/// ```
+/// use coresident::ChannelLayout;
+/// use coresident_xen::protocol::keys::{write_offer, KeyError};
+///
+/// let mut keys = Vec::new();
+/// let layout = ChannelLayout::symmetric(4096);
+/// let mut put = |k: &str, v: &[u8]| {
+///     Ok::<(), KeyError>(keys.push(format!("{k}={}", String::from_utf8_lossy(v))))
+/// };
+/// write_offer(&mut put, 17, layout, 4, &mut (8..12))?;
+/// assert_eq!(keys, [
+///     "version=1", "port=17", "to-acceptor=4096", "to-offerer=4096", "nrefs=4",
+///     "refs0=8 9 10 11", "state=offered",
+/// ]);
+/// // `nrefs` and the references must agree.
+/// let mut ignore = |_: &str, _: &[u8]| Ok(());
+/// assert_eq!(write_offer(&mut ignore, 17, layout, 4, &mut (8..10)), Err(KeyError::BadRefCount));
+/// # Ok::<(), KeyError>(())
+/// ```
 pub fn write_offer<E: From<KeyError>>(
     put: &mut Put<'_, E>,
     port: EvtchnPort,
@@ -199,6 +342,18 @@ pub fn write_offer<E: From<KeyError>>(
 /// # Errors
 ///
 /// `put`'s.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::write_answer;
+///
+/// let mut keys = Vec::new();
+/// let mut put = |k: &str, v: &[u8]| Ok::<(), ()>(keys.push(format!("{k}={}", String::from_utf8_lossy(v))));
+/// write_answer(&mut put, 17, Err(&"no room"))?;
+/// assert_eq!(keys, ["version=1", "offer-port=17", "error=no room", "state=refused"]);
+/// # Ok::<(), ()>(())
+/// ```
 pub fn write_answer<E>(
     put: &mut Put<'_, E>,
     offer_port: EvtchnPort,
@@ -230,6 +385,17 @@ pub fn write_answer<E>(
 
 /// Why the peer's keys were refused, or could not be read: one error for
 /// every key of the rendezvous, whichever side reads them.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::{Key, KeyError};
+/// use coresident_xen::protocol::xs_wire::ValueError;
+///
+/// let e = KeyError::Value(Key::Port, ValueError::NotANumber);
+/// assert!(e.is_malformed());
+/// assert!(e.to_string().starts_with("rendezvous key port: "));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeyError {
@@ -294,6 +460,16 @@ impl KeyError {
     /// Whether this is about what the peer wrote (a malformed offer or
     /// answer), rather than XenStore or this side failing: what an
     /// acceptor answers `refused`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::keys::{Key, KeyError};
+    /// use coresident_xen::XsError;
+    ///
+    /// assert!(KeyError::Missing(Key::Nrefs).is_malformed()); // the peer's fault
+    /// assert!(!KeyError::Store(XsError::Closed).is_malformed()); // ours
+    /// ```
     pub fn is_malformed(&self) -> bool {
         !matches!(self, Self::Store(_) | Self::BadName | Self::PathTooLong)
     }
@@ -314,6 +490,26 @@ fn read_value<'s, X: XsClient>(s: &'s mut X, dir: &str, key: Key) -> Result<&'s 
 /// # Errors
 ///
 /// [`KeyError::Missing`], [`KeyError::Value`], the store's.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::{read_u32, Key, KeyError};
+/// # use std::collections::BTreeMap;
+/// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+/// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+/// # #[derive(Default)] struct Store(BTreeMap<String, Vec<u8>>); // answers reads
+/// # impl XsClient for Store { fn lost_events(&self) -> u64 { 0 }
+/// #   fn request(&mut self, _: TxId, _: MsgType, p: &Payload) -> Result<&[u8], XsError> {
+/// #     let path = core::str::from_utf8(&p.as_bytes()[..p.as_bytes().len() - 1]).unwrap();
+/// #     self.0.get(path).map(|v| &v[..]).ok_or(XsError::NotFound) }
+/// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+/// let mut xs = Store::default();
+/// xs.0.insert("o/port".into(), b"17".to_vec());
+/// assert_eq!(read_u32(&mut xs, "o", Key::Port)?, 17);
+/// assert_eq!(read_u32(&mut xs, "o", Key::Nrefs), Err(KeyError::Missing(Key::Nrefs)));
+/// # Ok::<(), KeyError>(())
+/// ```
 pub fn read_u32<X: XsClient>(s: &mut X, dir: &str, key: Key) -> Result<u32, KeyError> {
     xs_wire::parse_u32(read_value(s, dir, key)?).map_err(|e| KeyError::Value(key, e))
 }
@@ -348,6 +544,29 @@ fn check_version(version: u32) -> Result<(), KeyError> {
 }
 
 /// An offer's values but its references, as read by [`read_offer`].
+///
+/// # Examples
+///
+/// ```
+/// use coresident::ChannelLayout;
+/// use coresident_xen::protocol::keys::{read_offer, write_offer, KeyError, OfferKeys};
+/// # use std::collections::BTreeMap;
+/// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+/// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+/// # #[derive(Default)] struct Store(BTreeMap<String, Vec<u8>>); // answers reads
+/// # impl XsClient for Store { fn lost_events(&self) -> u64 { 0 }
+/// #   fn request(&mut self, _: TxId, _: MsgType, p: &Payload) -> Result<&[u8], XsError> {
+/// #     let path = core::str::from_utf8(&p.as_bytes()[..p.as_bytes().len() - 1]).unwrap();
+/// #     self.0.get(path).map(|v| &v[..]).ok_or(XsError::NotFound) }
+/// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+/// let mut xs = Store::default();
+/// let layout = ChannelLayout::symmetric(4096);
+/// let mut put = |k: &str, v: &[u8]| Ok::<(), KeyError>(drop(xs.0.insert(format!("o/{k}"), v.to_vec())));
+/// write_offer(&mut put, 17, layout, 4, &mut (8..12))?;
+/// let keys = read_offer(&mut xs, "o", 16, &mut |_| Ok(()))?;
+/// assert_eq!(keys, Some(OfferKeys { port: 17, layout, nrefs: 4 }));
+/// # Ok::<(), KeyError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OfferKeys {
     /// The offerer's unbound port for the acceptor, in `1..PORT_LIMIT`.
@@ -372,6 +591,30 @@ pub struct OfferKeys {
 /// # Errors
 ///
 /// Every malformed value is a [`KeyError`]; `push`'s.
+///
+/// # Examples
+///
+/// ```
+/// use coresident::ChannelLayout;
+/// use coresident_xen::protocol::keys::{read_offer, write_offer, KeyError};
+/// # use std::collections::BTreeMap;
+/// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+/// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+/// # #[derive(Default)] struct Store(BTreeMap<String, Vec<u8>>); // answers reads
+/// # impl XsClient for Store { fn lost_events(&self) -> u64 { 0 }
+/// #   fn request(&mut self, _: TxId, _: MsgType, p: &Payload) -> Result<&[u8], XsError> {
+/// #     let path = core::str::from_utf8(&p.as_bytes()[..p.as_bytes().len() - 1]).unwrap();
+/// #     self.0.get(path).map(|v| &v[..]).ok_or(XsError::NotFound) }
+/// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+/// let mut xs = Store::default();
+/// assert_eq!(read_offer(&mut xs, "o", 16, &mut |_| Ok(()))?, None); // no state yet
+/// let mut put = |k: &str, v: &[u8]| Ok::<(), KeyError>(drop(xs.0.insert(format!("o/{k}"), v.to_vec())));
+/// write_offer(&mut put, 17, ChannelLayout::symmetric(4096), 4, &mut (8..12))?;
+/// let mut refs = Vec::new();
+/// read_offer(&mut xs, "o", 16, &mut |r| Ok(refs.push(r)))?;
+/// assert_eq!(refs, [8, 9, 10, 11]);
+/// # Ok::<(), KeyError>(())
+/// ```
 pub fn read_offer<X: XsClient>(
     s: &mut X,
     dir: &str,
@@ -458,6 +701,27 @@ fn read_offer_keys<X: XsClient>(
 ///
 /// [`KeyError::BadState`], [`KeyError::BadVersion`], a malformed
 /// `offer-port` or `version`, the store's.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::{read_answer, write_answer, KeyError};
+/// # use std::collections::BTreeMap;
+/// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+/// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+/// # #[derive(Default)] struct Store(BTreeMap<String, Vec<u8>>); // answers reads
+/// # impl XsClient for Store { fn lost_events(&self) -> u64 { 0 }
+/// #   fn request(&mut self, _: TxId, _: MsgType, p: &Payload) -> Result<&[u8], XsError> {
+/// #     let path = core::str::from_utf8(&p.as_bytes()[..p.as_bytes().len() - 1]).unwrap();
+/// #     self.0.get(path).map(|v| &v[..]).ok_or(XsError::NotFound) }
+/// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+/// let mut xs = Store::default();
+/// let mut put = |k: &str, v: &[u8]| Ok::<(), KeyError>(drop(xs.0.insert(format!("a/{k}"), v.to_vec())));
+/// write_answer(&mut put, 17, Ok(40))?;
+/// assert_eq!(read_answer(&mut xs, "a", 17)?, Some(true)); // accepted
+/// assert_eq!(read_answer(&mut xs, "a", 18)?, None); // about another offer
+/// # Ok::<(), KeyError>(())
+/// ```
 pub fn read_answer<X: XsClient>(
     s: &mut X,
     dir: &str,

@@ -26,15 +26,63 @@ use core::fmt;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// `XENSTORE_PAYLOAD_MAX`: the largest payload either side may send.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::xs_wire::{Payload, PAYLOAD_MAX};
+///
+/// let mut p = Payload::new();
+/// assert!(p.raw(&[b'x'; PAYLOAD_MAX]).is_ok());
+/// assert!(p.raw(b"x").is_err()); // one byte past the limit
+/// ```
 pub const PAYLOAD_MAX: usize = 4096;
 /// `XENSTORE_ABS_PATH_MAX`.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::xs_wire::{Payload, ABS_PATH_MAX};
+///
+/// let long = format!("/{}", "x".repeat(ABS_PATH_MAX - 1));
+/// assert!(Payload::new().path(&long).is_ok());
+/// assert!(Payload::new().path(&format!("{long}x")).is_err());
+/// ```
 pub const ABS_PATH_MAX: usize = 3072;
 /// `XENSTORE_REL_PATH_MAX`.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::xs_wire::{Payload, REL_PATH_MAX};
+///
+/// assert!(Payload::new().path(&"x".repeat(REL_PATH_MAX)).is_ok());
+/// assert!(Payload::new().path(&"x".repeat(REL_PATH_MAX + 1)).is_err());
+/// ```
 pub const REL_PATH_MAX: usize = 2048;
 /// Size of [`XsdSockmsg`].
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::xs_wire::{XsdSockmsg, HEADER_LEN};
+///
+/// assert_eq!(size_of::<XsdSockmsg>(), HEADER_LEN);
+/// ```
 pub const HEADER_LEN: usize = 16;
 
 /// `xen/include/public/io/xs_wire.h`: `struct xsd_sockmsg`.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::xs_wire::{XsdSockmsg, HEADER_LEN};
+/// use zerocopy::{FromBytes, IntoBytes};
+///
+/// let m = XsdSockmsg { r#type: 2, req_id: 1, tx_id: 0, len: 6 };
+/// assert_eq!(m.as_bytes().len(), HEADER_LEN);
+/// assert_eq!(XsdSockmsg::read_from_bytes(m.as_bytes()), Ok(m));
+/// ```
 #[repr(C)]
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
@@ -52,6 +100,15 @@ pub struct XsdSockmsg {
 const _: () = assert!(size_of::<XsdSockmsg>() == HEADER_LEN);
 
 /// `enum xsd_sockmsg_type` (the values this crate sends or accepts).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::xs_wire::MsgType;
+///
+/// assert_eq!(MsgType::Write as u32, 11);
+/// assert_eq!(MsgType::from_u32(MsgType::WatchEvent as u32), Some(MsgType::WatchEvent));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 #[repr(u32)]
@@ -88,6 +145,15 @@ pub enum MsgType {
 
 impl MsgType {
     /// The type for a wire value, `None` if unknown here.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::xs_wire::MsgType;
+    ///
+    /// assert_eq!(MsgType::from_u32(2), Some(MsgType::Read));
+    /// assert_eq!(MsgType::from_u32(8), None); // XS_INTRODUCE: never sent here
+    /// ```
     pub const fn from_u32(v: u32) -> Option<Self> {
         Some(match v {
             1 => Self::Directory,
@@ -110,6 +176,16 @@ impl MsgType {
 }
 
 /// A framing error: the bytes cannot be a valid message.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::xs_wire::{Payload, WireError};
+///
+/// let e = Payload::new().path("").unwrap_err();
+/// assert_eq!(e, WireError::BadPath);
+/// assert_eq!(e.to_string(), "empty or over-long XenStore path");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum WireError {
@@ -140,6 +216,17 @@ impl fmt::Display for WireError {
 impl core::error::Error for WireError {}
 
 /// A decoded, validated header.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::xs_wire::{Header, MsgType, HEADER_LEN};
+///
+/// let reply = Header { ty: MsgType::Error, req_id: 3, tx_id: 0, len: 7 };
+/// let bytes: [u8; HEADER_LEN] = reply.encode()?;
+/// assert_eq!(Header::decode(&bytes)?.ty, MsgType::Error);
+/// # Ok::<(), coresident_xen::protocol::xs_wire::WireError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
     /// The message type.
@@ -158,6 +245,19 @@ impl Header {
     /// # Errors
     ///
     /// [`WireError::TooLong`], [`WireError::UnknownType`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::xs_wire::{Header, MsgType, WireError};
+    ///
+    /// let h = Header { ty: MsgType::Watch, req_id: 9, tx_id: 0, len: 20 };
+    /// assert_eq!(Header::decode(&h.encode()?)?, h);
+    /// let mut bad = h.encode()?;
+    /// bad[0] = 99; // a type this crate does not know
+    /// assert_eq!(Header::decode(&bad), Err(WireError::UnknownType(99)));
+    /// # Ok::<(), WireError>(())
+    /// ```
     pub fn decode(bytes: &[u8; HEADER_LEN]) -> Result<Self, WireError> {
         let raw = XsdSockmsg::read_from_bytes(bytes).map_err(|_| WireError::Malformed)?;
         let len = usize::try_from(raw.len).map_err(|_| WireError::TooLong(raw.len))?;
@@ -178,6 +278,18 @@ impl Header {
     /// # Errors
     ///
     /// [`WireError::TooLong`] if `len` exceeds [`PAYLOAD_MAX`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::xs_wire::{Header, MsgType, WireError};
+    ///
+    /// let h = Header { ty: MsgType::Read, req_id: 1, tx_id: 0, len: 6 };
+    /// let bytes = h.encode()?;
+    /// assert_eq!(bytes[..4], 2u32.to_le_bytes()); // XS_READ, in host order
+    /// assert_eq!(Header { len: 5000, ..h }.encode(), Err(WireError::TooLong(5000)));
+    /// # Ok::<(), WireError>(())
+    /// ```
     pub fn encode(&self) -> Result<[u8; HEADER_LEN], WireError> {
         if self.len > PAYLOAD_MAX {
             return Err(WireError::TooLong(
@@ -197,6 +309,17 @@ impl Header {
 }
 
 /// Builds a payload in a fixed [`PAYLOAD_MAX`] buffer.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::xs_wire::{Payload, WireError};
+///
+/// let mut p = Payload::new();
+/// p.path("data/app/state")?.raw(b"ready")?;
+/// assert_eq!(p.as_bytes(), b"data/app/state\0ready");
+/// # Ok::<(), WireError>(())
+/// ```
 #[derive(Clone)]
 pub struct Payload {
     buf: [u8; PAYLOAD_MAX],
@@ -220,6 +343,17 @@ impl Default for Payload {
 
 impl Payload {
     /// An empty payload.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::xs_wire::Payload;
+    ///
+    /// let mut p = Payload::new();
+    /// p.path("domid")?; // a READ
+    /// assert_eq!(p.as_bytes().len(), 6);
+    /// # Ok::<(), coresident_xen::protocol::xs_wire::WireError>(())
+    /// ```
     pub const fn new() -> Self {
         Self {
             buf: [0; PAYLOAD_MAX],
@@ -228,6 +362,14 @@ impl Payload {
     }
 
     /// The bytes so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::xs_wire::Payload;
+    ///
+    /// assert_eq!(Payload::new().as_bytes(), b"");
+    /// ```
     pub fn as_bytes(&self) -> &[u8] {
         self.buf.get(..self.len).unwrap_or(&[])
     }
@@ -237,6 +379,19 @@ impl Payload {
     /// # Errors
     ///
     /// [`WireError::TooLong`] past [`PAYLOAD_MAX`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::xs_wire::{Payload, WireError, PAYLOAD_MAX};
+    ///
+    /// // A WRITE: the path, then the value's bytes, no terminator.
+    /// let mut p = Payload::new();
+    /// p.path("data/x")?.raw(b"1")?;
+    /// assert_eq!(p.as_bytes(), b"data/x\x001");
+    /// assert!(matches!(p.raw(&[0; PAYLOAD_MAX]), Err(WireError::TooLong(_))));
+    /// # Ok::<(), WireError>(())
+    /// ```
     pub fn raw(&mut self, bytes: &[u8]) -> Result<&mut Self, WireError> {
         let end = self
             .len
@@ -258,6 +413,18 @@ impl Payload {
     /// # Errors
     ///
     /// [`WireError::InteriorNul`], [`WireError::TooLong`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::xs_wire::{Payload, WireError};
+    ///
+    /// let mut p = Payload::new();
+    /// p.string(b"@releaseDomain")?.string(b"token")?; // a WATCH payload
+    /// assert_eq!(p.as_bytes(), b"@releaseDomain\0token\0");
+    /// assert_eq!(Payload::new().string(b"a\0b").err(), Some(WireError::InteriorNul));
+    /// # Ok::<(), WireError>(())
+    /// ```
     pub fn string(&mut self, s: &[u8]) -> Result<&mut Self, WireError> {
         if s.contains(&0) {
             return Err(WireError::InteriorNul);
@@ -271,6 +438,19 @@ impl Payload {
     ///
     /// [`WireError::BadPath`], [`WireError::InteriorNul`],
     /// [`WireError::TooLong`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::xs_wire::{Payload, WireError, REL_PATH_MAX};
+    ///
+    /// let mut p = Payload::new();
+    /// p.path("data/app")?;
+    /// assert_eq!(p.as_bytes(), b"data/app\0");
+    /// assert_eq!(Payload::new().path("").err(), Some(WireError::BadPath));
+    /// assert_eq!(Payload::new().path(&"x".repeat(REL_PATH_MAX + 1)).err(), Some(WireError::BadPath));
+    /// # Ok::<(), WireError>(())
+    /// ```
     pub fn path(&mut self, path: &str) -> Result<&mut Self, WireError> {
         let max = if path.starts_with('/') {
             ABS_PATH_MAX
@@ -287,6 +467,16 @@ impl Payload {
 /// Splits a payload of NUL-terminated strings (`DIRECTORY` replies, watch
 /// events). A missing final terminator is tolerated; an empty payload
 /// yields nothing.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::xs_wire::split_strings;
+///
+/// assert_eq!(split_strings(b"a\0bc\0").collect::<Vec<_>>(), [&b"a"[..], b"bc"]);
+/// assert_eq!(split_strings(b"a\0bc").count(), 2); // no final NUL: tolerated
+/// assert_eq!(split_strings(b"").count(), 0);
+/// ```
 pub fn split_strings(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
     let body = payload.strip_suffix(&[0]).unwrap_or(payload);
     let empty = payload.is_empty();
@@ -322,6 +512,16 @@ pub fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
 /// # Errors
 ///
 /// [`WireError::Malformed`] if either part is missing.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::xs_wire::{parse_watch_event, WireError};
+///
+/// assert_eq!(parse_watch_event(b"/local/domain/5\0tok\0")?, (&b"/local/domain/5"[..], &b"tok"[..]));
+/// assert_eq!(parse_watch_event(b"path-only\0"), Err(WireError::Malformed));
+/// # Ok::<(), WireError>(())
+/// ```
 pub fn parse_watch_event(payload: &[u8]) -> Result<(&[u8], &[u8]), WireError> {
     let mut it = split_strings(payload);
     let path = it.next().ok_or(WireError::Malformed)?;
@@ -330,6 +530,15 @@ pub fn parse_watch_event(payload: &[u8]) -> Result<(&[u8], &[u8]), WireError> {
 }
 
 /// The errno names of `xsd_errors[]`, as xenstored sends them in `XS_ERROR`.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::xs_wire::XsErrno;
+///
+/// let e = XsErrno::parse(b"ENOSPC\0"); // a quota
+/// assert_eq!((e, e.name()), (XsErrno::ENOSPC, "ENOSPC"));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 #[allow(missing_docs, clippy::upper_case_acronyms)]
@@ -356,6 +565,15 @@ pub enum XsErrno {
 
 impl XsErrno {
     /// Parses an `XS_ERROR` payload (`"ENOENT\0"`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::xs_wire::XsErrno;
+    ///
+    /// assert_eq!(XsErrno::parse(b"EACCES\0"), XsErrno::EACCES);
+    /// assert_eq!(XsErrno::parse(b"EWHAT\0"), XsErrno::Unknown);
+    /// ```
     pub fn parse(payload: &[u8]) -> Self {
         let name = payload.strip_suffix(&[0]).unwrap_or(payload);
         match name {
@@ -382,6 +600,16 @@ impl XsErrno {
     /// The name of a Linux errno (x86 and Arm numbering), [`Self::Unknown`]
     /// for one xenstored does not send: how `/dev/xen/xenbus` reports a
     /// request it refused (`write(2)` fails with the errno).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::xs_wire::XsErrno;
+    ///
+    /// // `write(2)` on /dev/xen/xenbus failed with E2BIG (7): the watch quota.
+    /// assert_eq!(XsErrno::from_errno(7), XsErrno::E2BIG);
+    /// assert_eq!(XsErrno::from_errno(13), XsErrno::EACCES);
+    /// ```
     pub const fn from_errno(errno: i32) -> Self {
         match errno {
             22 => Self::EINVAL,
@@ -405,6 +633,14 @@ impl XsErrno {
     }
 
     /// The wire name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::xs_wire::XsErrno;
+    ///
+    /// assert_eq!(XsErrno::EAGAIN.name(), "EAGAIN");
+    /// ```
     pub const fn name(self) -> &'static str {
         match self {
             Self::EINVAL => "EINVAL",
@@ -429,6 +665,16 @@ impl XsErrno {
 }
 
 /// A value that is not what the reader expected.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::xs_wire::{parse_u32, ValueError};
+///
+/// let e = parse_u32(b"0x10").unwrap_err();
+/// assert_eq!(e, ValueError::NotANumber);
+/// assert!(!e.to_string().is_empty());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ValueError {
@@ -465,6 +711,17 @@ impl core::error::Error for ValueError {}
 ///
 /// [`ValueError::Empty`], [`ValueError::NotANumber`],
 /// [`ValueError::OutOfRange`].
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::xs_wire::{parse_u64, ValueError};
+///
+/// assert_eq!(parse_u64(b"17\0"), Ok(17));
+/// assert_eq!(parse_u64(b""), Err(ValueError::Empty));
+/// assert_eq!(parse_u64(b"+17"), Err(ValueError::NotANumber)); // no sign, space or hex
+/// assert_eq!(parse_u64(b"18446744073709551616"), Err(ValueError::OutOfRange));
+/// ```
 pub fn parse_u64(bytes: &[u8]) -> Result<u64, ValueError> {
     let digits = bytes.strip_suffix(&[0]).unwrap_or(bytes);
     if digits.is_empty() {
@@ -489,6 +746,15 @@ pub fn parse_u64(bytes: &[u8]) -> Result<u64, ValueError> {
 /// # Errors
 ///
 /// As [`parse_u64`].
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::xs_wire::{parse_u32, ValueError};
+///
+/// assert_eq!(parse_u32(b"4096"), Ok(4096));
+/// assert_eq!(parse_u32(b"4294967296"), Err(ValueError::OutOfRange));
+/// ```
 pub fn parse_u32(bytes: &[u8]) -> Result<u32, ValueError> {
     u32::try_from(parse_u64(bytes)?).map_err(|_| ValueError::OutOfRange)
 }
@@ -498,11 +764,29 @@ pub fn parse_u32(bytes: &[u8]) -> Result<u32, ValueError> {
 /// # Errors
 ///
 /// As [`parse_u64`].
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::xs_wire::{parse_u16, ValueError};
+///
+/// assert_eq!(parse_u16(b"5\0"), Ok(5)); // a domain id as XenStore holds it
+/// assert_eq!(parse_u16(b"65536"), Err(ValueError::OutOfRange));
+/// ```
 pub fn parse_u16(bytes: &[u8]) -> Result<u16, ValueError> {
     u16::try_from(parse_u64(bytes)?).map_err(|_| ValueError::OutOfRange)
 }
 
 /// What a domain may do with a node (`docs/misc/xenstore.txt`).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::xs_wire::{Access, Perm};
+///
+/// assert_eq!(Perm::parse(b"w3")?.access, Access::Write);
+/// # Ok::<(), coresident_xen::protocol::xs_wire::ValueError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Access {
     /// `n`: nothing.
@@ -517,6 +801,16 @@ pub enum Access {
 
 /// One permission entry. The first entry of a node's list names its owner
 /// (who may do anything) and the access of every domain not listed after.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::xs_wire::{Access, Perm};
+///
+/// // `[n5, r0]`: owned by domain 5, no access for others, dom0 may read.
+/// let perms = [Perm { domid: 5, access: Access::None }, Perm { domid: 0, access: Access::Read }];
+/// assert_eq!(perms.map(|p| p.encode(&mut [0; 6]).to_vec()), [b"n5".to_vec(), b"r0".to_vec()]);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Perm {
     /// The domain.
@@ -531,6 +825,17 @@ impl Perm {
     /// # Errors
     ///
     /// [`ValueError::BadPermission`], [`ValueError::OutOfRange`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::xs_wire::{Access, Perm, ValueError};
+    ///
+    /// assert_eq!(Perm::parse(b"r0")?, Perm { domid: 0, access: Access::Read });
+    /// assert_eq!(Perm::parse(b"x0"), Err(ValueError::BadPermission));
+    /// assert_eq!(Perm::parse(b"n65536"), Err(ValueError::OutOfRange));
+    /// # Ok::<(), ValueError>(())
+    /// ```
     pub fn parse(bytes: &[u8]) -> Result<Self, ValueError> {
         let (&c, rest) = bytes.split_first().ok_or(ValueError::BadPermission)?;
         let access = match c {
@@ -549,6 +854,17 @@ impl Perm {
     }
 
     /// Encodes as `[nrwb]DOMID` into `out`; returns the bytes used.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::xs_wire::{Access, Perm};
+    ///
+    /// let p = Perm { domid: 5, access: Access::Both };
+    /// assert_eq!(p.encode(&mut [0; 6]), b"b5");
+    /// assert_eq!(Perm::parse(p.encode(&mut [0; 6]))?, p);
+    /// # Ok::<(), coresident_xen::protocol::xs_wire::ValueError>(())
+    /// ```
     pub fn encode<'a>(&self, out: &'a mut [u8; 6]) -> &'a [u8] {
         out[0] = match self.access {
             Access::None => b'n',

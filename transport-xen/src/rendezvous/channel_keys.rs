@@ -43,6 +43,18 @@ impl ChannelKeys {
     /// # Errors
     ///
     /// [`KeyError::BadName`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::keys::KeyError;
+    /// use coresident_xen::rendezvous::ChannelKeys;
+    ///
+    /// let k = ChannelKeys::new(5, 0, "pv")?;
+    /// assert_eq!((k.own(), k.peer(), k.name().as_str()), (5, 0, "pv"));
+    /// assert_eq!(ChannelKeys::new(5, 0, "a b"), Err(KeyError::BadName));
+    /// # Ok::<(), KeyError>(())
+    /// ```
     pub fn new(own: DomId, peer: DomId, name: &str) -> Result<Self, KeyError> {
         Ok(Self {
             own,
@@ -57,27 +69,75 @@ impl ChannelKeys {
     /// # Errors
     ///
     /// [`KeyError::BadName`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::rendezvous::ChannelKeys;
+    ///
+    /// let k = ChannelKeys::new(5, 0, "pv")?.in_context("boot")?;
+    /// assert_eq!(k.context().as_str(), "boot");
+    /// assert_eq!(k.offer_dir()?.as_str(), "/local/domain/5/data/coresident/boot/0/pv/offer");
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn in_context(mut self, context: &str) -> Result<Self, KeyError> {
         self.context = Name::new(context)?;
         Ok(self)
     }
 
     /// This domain.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::rendezvous::ChannelKeys;
+    ///
+    /// assert_eq!(ChannelKeys::new(5, 0, "pv")?.own(), 5);
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn own(&self) -> DomId {
         self.own
     }
 
     /// The peer domain.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::rendezvous::ChannelKeys;
+    ///
+    /// assert_eq!(ChannelKeys::new(5, 0, "pv")?.peer(), 0);
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn peer(&self) -> DomId {
         self.peer
     }
 
     /// The channel's name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::rendezvous::ChannelKeys;
+    ///
+    /// assert_eq!(ChannelKeys::new(5, 0, "pv")?.name().as_str(), "pv");
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn name(&self) -> &Name {
         &self.name
     }
 
     /// The channel's context.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::keys::CHANNELS;
+    /// use coresident_xen::rendezvous::ChannelKeys;
+    ///
+    /// assert_eq!(ChannelKeys::new(5, 0, "pv")?.context().as_str(), CHANNELS);
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn context(&self) -> &Name {
         &self.context
     }
@@ -87,6 +147,16 @@ impl ChannelKeys {
     /// # Errors
     ///
     /// [`KeyError::PathTooLong`] (never, for names within their limit).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::rendezvous::ChannelKeys;
+    ///
+    /// let dir = ChannelKeys::new(5, 0, "pv")?.offer_dir()?;
+    /// assert_eq!(dir.as_str(), "/local/domain/5/data/coresident/channels/0/pv/offer");
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn offer_dir(&self) -> Result<Path, KeyError> {
         keys::offer_dir(self.own, self.peer, &self.context, &self.name)
     }
@@ -96,6 +166,17 @@ impl ChannelKeys {
     /// # Errors
     ///
     /// As [`ChannelKeys::offer_dir`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::rendezvous::ChannelKeys;
+    ///
+    /// // Dom0 answers domain 5's offer under its own home.
+    /// let dir = ChannelKeys::new(0, 5, "pv")?.answer_dir()?;
+    /// assert_eq!(dir.as_str(), "/local/domain/0/data/coresident/channels/5/pv/answer");
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn answer_dir(&self) -> Result<Path, KeyError> {
         keys::answer_dir(self.own, self.peer, &self.context, &self.name)
     }
@@ -105,6 +186,17 @@ impl ChannelKeys {
     /// # Errors
     ///
     /// As [`ChannelKeys::offer_dir`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::rendezvous::ChannelKeys;
+    ///
+    /// // Each side's view of the same node: dom0's peer offer is domain 5's offer.
+    /// let (guest, dom0) = (ChannelKeys::new(5, 0, "pv")?, ChannelKeys::new(0, 5, "pv")?);
+    /// assert_eq!(dom0.peer_offer_dir()?.as_str(), guest.offer_dir()?.as_str());
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn peer_offer_dir(&self) -> Result<Path, KeyError> {
         keys::offer_dir(self.peer, self.own, &self.context, &self.name)
     }
@@ -114,6 +206,16 @@ impl ChannelKeys {
     /// # Errors
     ///
     /// As [`ChannelKeys::offer_dir`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::rendezvous::ChannelKeys;
+    ///
+    /// let (guest, dom0) = (ChannelKeys::new(5, 0, "pv")?, ChannelKeys::new(0, 5, "pv")?);
+    /// assert_eq!(guest.peer_answer_dir()?.as_str(), dom0.answer_dir()?.as_str());
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn peer_answer_dir(&self) -> Result<Path, KeyError> {
         keys::answer_dir(self.peer, self.own, &self.context, &self.name)
     }
@@ -134,6 +236,25 @@ impl ChannelKeys {
     ///
     /// [`KeyError::BadOffer`] for an offer that fails [`Offer::check`]
     /// (before anything is written); [`KeyError::Store`].
+    ///
+    /// # Examples
+    ///
+    /// The offerer's side over any client (a PV kernel drives it over its
+    /// ring); `refs` and `port` come from its grant table and event channels:
+    ///
+    /// ```
+    /// use coresident::ChannelLayout;
+    /// use coresident_xen::protocol::{crxg::Offer, keys::KeyError};
+    /// use coresident_xen::rendezvous::ChannelKeys;
+    /// use coresident_xen::xenstore::XsClient;
+    ///
+    /// fn offer_to_dom0(xs: &mut impl XsClient, refs: &[u32], port: u32) -> Result<bool, KeyError> {
+    ///     let keys = ChannelKeys::new(5, 0, "pv")?;
+    ///     let layout = ChannelLayout::symmetric(4096);
+    ///     keys.publish_offer(xs, &Offer { offerer: 5, port, layout, refs })?;
+    ///     keys.wait_answer(xs, port) // true: accepted; the offer is removed
+    /// }
+    /// ```
     pub fn publish_offer<X: XsClient>(
         &self,
         xs: &mut X,
@@ -166,6 +287,21 @@ impl ChannelKeys {
     /// # Errors
     ///
     /// Every malformed key is a [`KeyError`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::keys::KeyError;
+    /// use coresident_xen::rendezvous::ChannelKeys;
+    /// use coresident_xen::xenstore::XsClient;
+    ///
+    /// /// Dom0's look at domain 5's offer, if there is one yet.
+    /// fn pages_offered(xs: &mut impl XsClient) -> Result<Option<usize>, KeyError> {
+    ///     let mut refs = [0u32; 64];
+    ///     let offer = ChannelKeys::new(0, 5, "pv")?.read_offer(xs, &mut refs)?;
+    ///     Ok(offer.map(|o| o.refs.len()))
+    /// }
+    /// ```
     pub fn read_offer<'r, X: XsClient>(
         &self,
         xs: &mut X,
@@ -186,6 +322,25 @@ impl ChannelKeys {
     /// # Errors
     ///
     /// [`KeyError::Store`] (`XsError::Timeout` when the client gives up).
+    ///
+    /// # Examples
+    ///
+    /// The acceptor's side over any client: wait for a usable offer, map and
+    /// bind it (not shown), answer.
+    ///
+    /// ```
+    /// use coresident_xen::protocol::keys::KeyError;
+    /// use coresident_xen::rendezvous::ChannelKeys;
+    /// use coresident_xen::xenstore::XsClient;
+    ///
+    /// fn accept_from_5(xs: &mut impl XsClient, my_port: u32) -> Result<(), KeyError> {
+    ///     let keys = ChannelKeys::new(0, 5, "pv")?;
+    ///     let mut refs = [0u32; 64];
+    ///     let offer = keys.wait_valid_offer(xs, &mut refs, &mut |e| eprintln!("refused: {e}"))?;
+    ///     // ... map `offer.refs`, bind `offer.port` to `my_port` ...
+    ///     keys.answer(xs, offer.port, Ok(my_port))
+    /// }
+    /// ```
     pub fn wait_valid_offer<'r, X: XsClient>(
         &self,
         xs: &mut X,
@@ -245,6 +400,19 @@ impl ChannelKeys {
     /// # Errors
     ///
     /// [`KeyError::Store`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::keys::KeyError;
+    /// use coresident_xen::rendezvous::ChannelKeys;
+    /// use coresident_xen::xenstore::XsClient;
+    ///
+    /// /// Refuses domain 5's offer of `port`: its `error` key says why.
+    /// fn refuse(xs: &mut impl XsClient, port: u32) -> Result<(), KeyError> {
+    ///     ChannelKeys::new(0, 5, "pv")?.answer(xs, port, Err(&"no room for another channel"))
+    /// }
+    /// ```
     pub fn answer<X: XsClient>(
         &self,
         xs: &mut X,
@@ -267,6 +435,19 @@ impl ChannelKeys {
     ///
     /// A malformed answer; [`KeyError::Store`] (`XsError::Timeout` when
     /// the client gives up).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::keys::KeyError;
+    /// use coresident_xen::rendezvous::ChannelKeys;
+    /// use coresident_xen::xenstore::XsClient;
+    ///
+    /// /// After publishing an offer of `port`: whether dom0 took it.
+    /// fn accepted(xs: &mut impl XsClient, port: u32) -> Result<bool, KeyError> {
+    ///     ChannelKeys::new(5, 0, "pv")?.wait_answer(xs, port)
+    /// }
+    /// ```
     pub fn wait_answer<X: XsClient>(&self, xs: &mut X, port: EvtchnPort) -> Result<bool, KeyError> {
         let dir = self.peer_answer_dir()?;
         let token = self.token("answer")?;
@@ -301,6 +482,19 @@ impl ChannelKeys {
     /// # Errors
     ///
     /// [`KeyError::Store`] (a missing key is not an error).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::keys::KeyError;
+    /// use coresident_xen::rendezvous::ChannelKeys;
+    /// use coresident_xen::xenstore::XsClient;
+    ///
+    /// /// At boot, before offering: nothing of an earlier run stays.
+    /// fn clean(xs: &mut impl XsClient) -> Result<(), KeyError> {
+    ///     ChannelKeys::new(5, 0, "pv")?.withdraw(xs)
+    /// }
+    /// ```
     pub fn withdraw<X: XsClient>(&self, xs: &mut X) -> Result<(), KeyError> {
         for dir in [self.offer_dir()?, self.answer_dir()?] {
             match xs.rm(dir.as_str()) {

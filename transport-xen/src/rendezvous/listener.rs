@@ -40,6 +40,18 @@ impl Listener {
     /// # Errors
     ///
     /// [`KeyError::BadName`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::rendezvous::Listener;
+    ///
+    /// // Dom0 serving whatever channels domain 5 offers in context "conns".
+    /// let l = Listener::new(0, 5, "conns")?;
+    /// assert_eq!((l.own(), l.peer()), (0, 5));
+    /// assert!(Listener::new(0, 5, "no/slash").is_err());
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn new(own: DomId, peer: DomId, context: &str) -> Result<Self, KeyError> {
         let context = Name::new(context)?;
         Ok(Self {
@@ -51,11 +63,29 @@ impl Listener {
     }
 
     /// This domain.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::rendezvous::Listener;
+    ///
+    /// assert_eq!(Listener::new(0, 5, "conns")?.own(), 0);
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn own(&self) -> DomId {
         self.own
     }
 
     /// The peer domain.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::rendezvous::Listener;
+    ///
+    /// assert_eq!(Listener::new(0, 5, "conns")?.peer(), 5);
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn peer(&self) -> DomId {
         self.peer
     }
@@ -66,6 +96,25 @@ impl Listener {
     /// # Errors
     ///
     /// [`XsError`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use coresident_xen::rendezvous::Listener;
+    /// use coresident_xen::xenstore::XsClient;
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let listener = Listener::new(0, 5, "conns")?;
+    /// listener.listen(&mut xs)?;
+    /// // Each event: look at what domain 5 offers now.
+    /// while xs.wait_watch(Some(Duration::from_secs(60)))?.is_some() {
+    ///     listener.offered(&mut xs, |name| println!("domain 5 offers {name}"))?;
+    /// }
+    /// listener.stop(&mut xs)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn listen<X: XsClient>(&self, xs: &mut X) -> Result<(), XsError> {
         xs.watch(self.dir.as_str(), self.token.as_str())
     }
@@ -75,6 +124,20 @@ impl Listener {
     /// # Errors
     ///
     /// [`XsError`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::rendezvous::Listener;
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let listener = Listener::new(0, 5, "conns")?;
+    /// listener.listen(&mut xs)?;
+    /// // ... domain 5 left: stop watching its offers.
+    /// listener.stop(&mut xs)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stop<X: XsClient>(&self, xs: &mut X) -> Result<(), XsError> {
         xs.unwatch(self.dir.as_str(), self.token.as_str())
     }
@@ -87,6 +150,19 @@ impl Listener {
     /// # Errors
     ///
     /// [`XsError`] (a directory that does not exist is no offer).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::rendezvous::Listener;
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let mut names = Vec::new();
+    /// Listener::new(0, 5, "conns")?.offered(&mut xs, |name| names.push(name.to_string()))?;
+    /// println!("domain 5 offers {names:?}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn offered<X: XsClient>(
         &self,
         xs: &mut X,

@@ -72,20 +72,62 @@ pub use pending::XsPending;
 /// # Errors
 ///
 /// [`XsError`]; [`XsError::Value`] for a malformed id.
+///
+/// # Examples
+///
+/// ```no_run
+/// use coresident_xen::rendezvous::{own_domid, Rendezvous};
+/// use coresident_xen::XenStore;
+///
+/// let mut xs = XenStore::open()?;
+/// let me = own_domid(&mut xs)?;
+/// let rdv = Rendezvous::new(me, 0, "logs")?;
+/// # drop(rdv);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn own_domid<X: XsClient>(xs: &mut X) -> Result<DomId, XsError> {
     Ok(crate::protocol::xs_wire::parse_u16(xs.read("domid")?)?)
 }
 
 /// xenstored's special node fired whenever a domain is released.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::rendezvous::RELEASE_DOMAIN;
+///
+/// assert_eq!(RELEASE_DOMAIN, "@releaseDomain");
+/// ```
 pub const RELEASE_DOMAIN: &str = "@releaseDomain";
 
 /// How long [`Rendezvous::accept`] waits, after it answered, for the
 /// offerer to take the answer (it removes its offer) before removing it.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use coresident_xen::rendezvous::ANSWER_LINGER;
+///
+/// assert_eq!(ANSWER_LINGER, Duration::from_secs(5));
+/// ```
 pub const ANSWER_LINGER: Duration = Duration::from_secs(5);
 
 pub use crate::transport::XenLink;
 
 /// A failure of the rendezvous over a backend whose failure is `E`.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::{Key, KeyError};
+/// use coresident_xen::RendezvousError;
+///
+/// let e = RendezvousError::from(KeyError::Missing(Key::Port));
+/// assert_eq!(e, RendezvousError::Key(KeyError::Missing(Key::Port)));
+/// assert_eq!(e.to_string(), "rendezvous key port is missing");
+/// assert_eq!(RendezvousError::Timeout.to_string(), "the peer did not answer in time");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RendezvousError<E> {
@@ -136,6 +178,17 @@ impl<E> From<XenTransportError<E>> for RendezvousError<E> {
 impl<E> RendezvousError<E> {
     /// Whether the peer's offer was at fault (malformed keys, an offer the
     /// transport refused): what an acceptor answers `refused`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::keys::{Key, KeyError};
+    /// use coresident_xen::RendezvousError;
+    ///
+    /// // A malformed offer is the peer's fault (answer `refused`); a timeout is not.
+    /// assert!(RendezvousError::Key(KeyError::Missing(Key::Port)).is_peer_fault());
+    /// assert!(!RendezvousError::Timeout.is_peer_fault());
+    /// ```
     pub fn is_peer_fault(&self) -> bool {
         match self {
             Self::Key(k) => k.is_malformed(),
@@ -221,6 +274,18 @@ impl<B: XenBackend> Rendezvous<B> {
     /// # Errors
     ///
     /// [`KeyError::BadName`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::{Rendezvous, XenTransport};
+    ///
+    /// // No device is opened before the offer or the answer.
+    /// let rdv = Rendezvous::with_transport(XenTransport::new(5, 0), "logs")?;
+    /// assert_eq!((rdv.own(), rdv.peer(), rdv.name()), (5, 0, "logs"));
+    /// assert!(Rendezvous::with_transport(XenTransport::new(5, 0), "no/slash").is_err());
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn with_transport(transport: XenTransport<B>, name: &str) -> Result<Self, KeyError> {
         let keys = ChannelKeys::new(transport.domid(), transport.peer(), name)?;
         Ok(Self { transport, keys })
@@ -232,32 +297,94 @@ impl<B: XenBackend> Rendezvous<B> {
     /// # Errors
     ///
     /// [`KeyError::BadName`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::Rendezvous;
+    ///
+    /// let rdv = Rendezvous::new(5, 0, "logs")?.in_context("myapp")?;
+    /// assert_eq!(rdv.context(), "myapp");
+    /// let offer = rdv.keys().offer_dir()?;
+    /// assert_eq!(offer.as_str(), "/local/domain/5/data/coresident/myapp/0/logs/offer");
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn in_context(mut self, context: &str) -> Result<Self, KeyError> {
         self.keys = self.keys.in_context(context)?;
         Ok(self)
     }
 
     /// This domain.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::Rendezvous;
+    ///
+    /// assert_eq!(Rendezvous::new(5, 0, "logs")?.own(), 5);
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn own(&self) -> DomId {
         self.transport.domid()
     }
 
     /// The peer domain.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::Rendezvous;
+    ///
+    /// assert_eq!(Rendezvous::new(5, 0, "logs")?.peer(), 0);
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn peer(&self) -> DomId {
         self.transport.peer()
     }
 
     /// The channel's name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::Rendezvous;
+    ///
+    /// assert_eq!(Rendezvous::new(5, 0, "logs")?.name(), "logs");
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn name(&self) -> &str {
         self.keys.name().as_str()
     }
 
     /// The channel's context.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::keys::CHANNELS;
+    /// use coresident_xen::Rendezvous;
+    ///
+    /// assert_eq!(Rendezvous::new(5, 0, "logs")?.context(), CHANNELS);
+    /// assert_eq!(CHANNELS, "channels");
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn context(&self) -> &str {
         self.keys.context().as_str()
     }
 
     /// The channel's keys (for a caller that drives a step by hand).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::Rendezvous;
+    ///
+    /// let rdv = Rendezvous::new(0, 5, "logs")?;
+    /// // Where dom0, accepting, watches for domain 5's offer.
+    /// let dir = rdv.keys().peer_offer_dir()?;
+    /// assert_eq!(dir.as_str(), "/local/domain/5/data/coresident/channels/0/logs/offer");
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn keys(&self) -> &ChannelKeys {
         &self.keys
     }
@@ -271,6 +398,23 @@ impl<B: XenBackend> Rendezvous<B> {
     /// [`RendezvousError::Transport`] (grants, port, a layout the ring
     /// refuses), [`RendezvousError::Key`] (the offer could not be written;
     /// what was written is removed).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use coresident::ChannelLayout;
+    /// use coresident_xen::rendezvous::own_domid;
+    /// use coresident_xen::{Rendezvous, XenStore};
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let mut rdv = Rendezvous::new(own_domid(&mut xs)?, 0, "logs")?;
+    /// let pending = rdv.offer(&mut xs, ChannelLayout::symmetric(64 * 1024))?;
+    /// // Dom0 accepts; `complete` waits for its answer and removes the offer.
+    /// let link = pending.complete(&mut xs, Some(Duration::from_secs(30)))?;
+    /// # drop(link);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn offer<X: XsClient>(
         &mut self,
         xs: &mut X,
@@ -301,6 +445,22 @@ impl<B: XenBackend> Rendezvous<B> {
     /// # Errors
     ///
     /// Every malformed key is a [`KeyError`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::{Rendezvous, XenStore};
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let rdv = Rendezvous::new(0, 5, "logs")?;
+    /// // Look without waiting or answering (`accept` does both).
+    /// let mut refs = [0u32; 64];
+    /// match rdv.read_offer(&mut xs, &mut refs)? {
+    ///     Some(offer) => println!("domain 5 offers {} pages, port {}", offer.refs.len(), offer.port),
+    ///     None => println!("no offer yet"),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read_offer<'r, X: XsClient>(
         &self,
         xs: &mut X,
@@ -320,6 +480,21 @@ impl<B: XenBackend> Rendezvous<B> {
     ///
     /// [`RendezvousError::Timeout`] when no offer appeared in time; the
     /// offer's [`KeyError`]s; the transport's.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use coresident::{Channel, ChannelConfig, StdClock};
+    /// use coresident_xen::{Rendezvous, XenStore};
+    ///
+    /// // In dom0: take domain 5's offer of channel "logs".
+    /// let mut xs = XenStore::open()?;
+    /// let link = Rendezvous::new(0, 5, "logs")?.accept(&mut xs, Some(Duration::from_secs(30)))?;
+    /// let mut ch = Channel::new(link, ChannelConfig::default(), StdClock::default())?;
+    /// ch.send(b"hello, domain 5")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn accept<X: XsClient>(
         &mut self,
         xs: &mut X,
@@ -406,6 +581,17 @@ impl<B: XenBackend> Rendezvous<B> {
     /// # Errors
     ///
     /// [`KeyError::Store`] (a missing key is not an error).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::{Rendezvous, XenStore};
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// // A daemon restarting after a crash clears what its last run left.
+    /// Rendezvous::new(5, 0, "logs")?.withdraw(&mut xs)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn withdraw<X: XsClient>(&self, xs: &mut X) -> Result<(), KeyError> {
         self.keys.withdraw(xs)
     }
@@ -429,6 +615,22 @@ impl<B: XenBackend> Rendezvous<B> {
     /// # Errors
     ///
     /// [`KeyError::Store`] (a guest may not be allowed the special watch).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use coresident_xen::{Rendezvous, XenStore};
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let rdv = Rendezvous::new(0, 5, "logs")?;
+    /// rdv.watch_peer(&mut xs)?;
+    /// if rdv.wait_peer_gone(&mut xs, Some(Duration::from_secs(60)))? {
+    ///     println!("domain 5 was destroyed: ch.peer_left()");
+    /// }
+    /// rdv.unwatch_peer(&mut xs)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn watch_peer<X: XsClient>(&self, xs: &mut X) -> Result<(), KeyError> {
         Ok(xs.watch(RELEASE_DOMAIN, self.release_token()?.as_str())?)
     }
@@ -438,6 +640,19 @@ impl<B: XenBackend> Rendezvous<B> {
     /// # Errors
     ///
     /// [`KeyError::Store`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::{Rendezvous, XenStore};
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let rdv = Rendezvous::new(0, 5, "logs")?;
+    /// rdv.watch_peer(&mut xs)?;
+    /// // ... the channel closed normally: no need to watch any longer.
+    /// rdv.unwatch_peer(&mut xs)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn unwatch_peer<X: XsClient>(&self, xs: &mut X) -> Result<(), KeyError> {
         Ok(xs.unwatch(RELEASE_DOMAIN, self.release_token()?.as_str())?)
     }
@@ -447,6 +662,18 @@ impl<B: XenBackend> Rendezvous<B> {
     /// # Errors
     ///
     /// [`XsError`] for anything but "not found" and "not yours to read".
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::{Rendezvous, XenStore};
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// if !Rendezvous::new(0, 5, "logs")?.peer_present(&mut xs)? {
+    ///     println!("domain 5 does not exist (any more)");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn peer_present<X: XsClient>(&self, xs: &mut X) -> Result<bool, XsError> {
         home_exists(xs, self.peer())
     }
@@ -457,6 +684,20 @@ impl<B: XenBackend> Rendezvous<B> {
     /// # Errors
     ///
     /// [`XsError`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use coresident_xen::{Rendezvous, XenStore};
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let rdv = Rendezvous::new(0, 5, "logs")?;
+    /// rdv.watch_peer(&mut xs)?;
+    /// let gone = rdv.wait_peer_gone(&mut xs, Some(Duration::from_secs(10)))?;
+    /// println!("domain 5 {}", if gone { "is gone" } else { "still runs" });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn wait_peer_gone<X: XsClient>(
         &self,
         xs: &mut X,

@@ -12,6 +12,22 @@ use crate::types::{DomId, EvtchnPort};
 use crate::xenstore::{XsClient, XsError};
 
 /// An offer published in XenStore, waiting for the answer.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use coresident::ChannelLayout;
+/// use coresident_xen::{Rendezvous, XenStore};
+///
+/// let mut xs = XenStore::open()?;
+/// let mut rdv = Rendezvous::new(5, 0, "logs")?;
+/// let pending = rdv.offer(&mut xs, ChannelLayout::symmetric(4096))?;
+/// // Either `complete` (wait for the answer) or `withdraw` (give up).
+/// let link = pending.complete(&mut xs, Some(Duration::from_secs(30)))?;
+/// # drop(link);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 #[must_use = "an offer is withdrawn only by complete or withdraw"]
 pub struct XsPending<B: XenBackend> {
@@ -26,6 +42,20 @@ pub struct XsPending<B: XenBackend> {
 
 impl<B: XenBackend> XsPending<B> {
     /// The offer's directory in XenStore.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident::ChannelLayout;
+    /// use coresident_xen::{Rendezvous, XenStore};
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let pending = Rendezvous::new(5, 0, "logs")?.offer(&mut xs, ChannelLayout::symmetric(4096))?;
+    /// // "/local/domain/5/data/coresident/channels/0/logs/offer"
+    /// println!("offered at {}", pending.offer_path());
+    /// pending.withdraw(&mut xs)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn offer_path(&self) -> &str {
         self.offer.as_str()
     }
@@ -45,6 +75,23 @@ impl<B: XenBackend> XsPending<B> {
     ///
     /// [`RendezvousError::Timeout`], [`RendezvousError::Refused`], a
     /// malformed answer, [`RendezvousError::Transport`] (`PeerGone`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use coresident::ChannelLayout;
+    /// use coresident_xen::{Rendezvous, RendezvousError, XenStore};
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let pending = Rendezvous::new(5, 0, "logs")?.offer(&mut xs, ChannelLayout::symmetric(4096))?;
+    /// match pending.complete(&mut xs, Some(Duration::from_secs(30))) {
+    ///     Ok(link) => println!("accepted: {link:?}"),
+    ///     Err(RendezvousError::Refused) => println!("dom0 refused the offer"),
+    ///     Err(e) => return Err(e.into()),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn complete<X: XsClient>(
         self,
         xs: &mut X,
@@ -127,6 +174,19 @@ impl<B: XenBackend> XsPending<B> {
     /// # Errors
     ///
     /// [`KeyError::Store`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident::ChannelLayout;
+    /// use coresident_xen::{Rendezvous, XenStore};
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let pending = Rendezvous::new(5, 0, "logs")?.offer(&mut xs, ChannelLayout::symmetric(4096))?;
+    /// // Shutting down before dom0 answered: the offer's keys go, the pages too.
+    /// pending.withdraw(&mut xs)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn withdraw<X: XsClient>(self, xs: &mut X) -> Result<(), KeyError> {
         match xs.rm(self.offer.as_str()) {
             Ok(()) | Err(XsError::NotFound) => {}

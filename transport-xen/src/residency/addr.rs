@@ -25,20 +25,81 @@ use std::collections::BTreeSet;
 
 /// The residency protocol version written in the first line of an
 /// advertisement (`coresident 1`).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::{Addresses, VERSION};
+///
+/// assert_eq!(Addresses::new().encode_advert(), format!("coresident {VERSION}\n"));
+/// ```
 pub const VERSION: u32 = 1;
 /// Most MAC addresses one domain may advertise.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::{Addr, AddrKind, AdvertError, Addresses, MAX_MACS};
+///
+/// let macs = (0..=MAX_MACS as u8).map(|i| Addr::Mac([0x00, 0x16, 0x3e, 0, 0, i + 1]));
+/// assert_eq!(Addresses::from_addrs(macs), Err(AdvertError::TooMany(AddrKind::Mac)));
+/// ```
 pub const MAX_MACS: usize = 8;
 /// Most IPv4 addresses one domain may advertise.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::{AddrKind, MAX_IPV4};
+///
+/// assert_eq!(AddrKind::Ipv4.limit(), MAX_IPV4);
+/// ```
 pub const MAX_IPV4: usize = 16;
 /// Most IPv6 addresses one domain may advertise.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::{AddrKind, MAX_IPV6};
+///
+/// assert_eq!(AddrKind::Ipv6.limit(), MAX_IPV6);
+/// ```
 pub const MAX_IPV6: usize = 16;
 /// Longest advertisement or peer entry accepted, in bytes (the encoding of
 /// the maximum counts fits with room to spare).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::{AdvertError, Addresses, MAX_VALUE_LEN};
+///
+/// let huge = vec![b'a'; MAX_VALUE_LEN + 1];
+/// assert_eq!(Addresses::parse(&huge), Err(AdvertError::TooLong(MAX_VALUE_LEN + 1)));
+/// ```
 pub const MAX_VALUE_LEN: usize = 2048;
 /// Longest line accepted, in bytes (`ipv6 ` and the longest IPv6 text, 45).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::{AdvertError, Addresses, MAX_LINE_LEN};
+///
+/// let line = format!("ipv4 {}", "1".repeat(MAX_LINE_LEN));
+/// assert_eq!(Addresses::parse(line.as_bytes()), Err(AdvertError::BadLine(1)));
+/// ```
 pub const MAX_LINE_LEN: usize = 64;
 
 /// Which kind of address a count or an error is about.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::{AddrKind, AdvertError, Addresses};
+///
+/// let err = Addresses::parse(b"mac 00:16:3e:00:00:01\nmac 00:16:3e:00:00:01\n").unwrap_err();
+/// assert_eq!(err, AdvertError::Duplicate(2));
+/// assert_eq!(AddrKind::Ipv6.key(), "ipv6");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AddrKind {
     /// A MAC address.
@@ -51,6 +112,15 @@ pub enum AddrKind {
 
 impl AddrKind {
     /// The key of its lines (`mac`, `ipv4`, `ipv6`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::residency::AddrKind;
+    ///
+    /// assert_eq!(AddrKind::Mac.key(), "mac");
+    /// assert_eq!(AddrKind::Ipv4.key(), "ipv4");
+    /// ```
     pub const fn key(self) -> &'static str {
         match self {
             Self::Mac => "mac",
@@ -60,6 +130,15 @@ impl AddrKind {
     }
 
     /// The most addresses of this kind one domain may have.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::residency::{AddrKind, MAX_MACS};
+    ///
+    /// assert_eq!(AddrKind::Mac.limit(), MAX_MACS);
+    /// assert_eq!(AddrKind::Ipv4.limit(), 16);
+    /// ```
     pub const fn limit(self) -> usize {
         match self {
             Self::Mac => MAX_MACS,
@@ -70,6 +149,17 @@ impl AddrKind {
 }
 
 /// One address of any kind.
+///
+/// # Examples
+///
+/// ```
+/// use core::net::Ipv4Addr;
+/// use coresident_xen::residency::Addr;
+///
+/// let mac = Addr::Mac([0x00, 0x16, 0x3e, 0x5a, 0x01, 0x02]);
+/// assert_eq!(mac.to_string(), "00:16:3e:5a:01:02");
+/// assert_eq!(Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 2)).to_string(), "10.0.0.2");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Addr {
     /// A MAC address.
@@ -84,6 +174,17 @@ impl Addr {
     /// The address in its one spelling: an IPv4-mapped IPv6 address
     /// (`::ffff:a.b.c.d`) becomes the IPv4 address; anything else is
     /// itself.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use core::net::Ipv4Addr;
+    /// use coresident_xen::residency::Addr;
+    ///
+    /// let v4 = Ipv4Addr::new(10, 0, 0, 2);
+    /// assert_eq!(Addr::Ipv6(v4.to_ipv6_mapped()).canonical(), Addr::Ipv4(v4));
+    /// assert_eq!(Addr::Ipv4(v4).canonical(), Addr::Ipv4(v4));
+    /// ```
     pub fn canonical(self) -> Self {
         match self {
             Self::Ipv6(a) => a.to_ipv4_mapped().map_or(self, Self::Ipv4),
@@ -108,6 +209,17 @@ impl fmt::Display for Addr {
 
 /// Why an advertisement or a peer entry was refused. Small and `Copy`; line
 /// numbers count from 1.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::{AdvertError, Addresses};
+///
+/// assert_eq!(Addresses::parse_advert(b"coresident 2\n"), Err(AdvertError::Version(2)));
+/// let err = Addresses::parse(b"ipv4 127.0.0.1\n").unwrap_err();
+/// assert_eq!(err, AdvertError::BadIpv4(1));
+/// assert_eq!(err.to_string(), "line 1: not a usable IPv4 address");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AdvertError {
@@ -186,6 +298,20 @@ impl std::error::Error for AdvertError {}
 
 /// A domain's addresses: zero or more of each kind, each kind sorted and
 /// without duplicates, counts within [`AddrKind::limit`].
+///
+/// # Examples
+///
+/// ```
+/// use core::net::Ipv4Addr;
+/// use coresident_xen::residency::{Addr, Addresses};
+///
+/// let mut a = Addresses::new();
+/// a.push(Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 2)))?;
+/// a.push(Addr::Mac([0x00, 0x16, 0x3e, 0x5a, 0x01, 0x02]))?;
+/// assert_eq!(a.encode(), "mac 00:16:3e:5a:01:02\nipv4 10.0.0.2\n");
+/// assert_eq!(Addresses::parse(a.encode().as_bytes())?, a);
+/// # Ok::<(), coresident_xen::residency::AdvertError>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Addresses {
     macs: Vec<[u8; 6]>,
@@ -195,6 +321,16 @@ pub struct Addresses {
 
 impl Addresses {
     /// No addresses (a domain known by its id alone).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::residency::Addresses;
+    ///
+    /// let none = Addresses::new();
+    /// assert!(none.is_empty());
+    /// assert_eq!(none.encode_advert(), "coresident 1\n");
+    /// ```
     pub const fn new() -> Self {
         Self {
             macs: Vec::new(),
@@ -210,6 +346,21 @@ impl Addresses {
     ///
     /// [`AdvertError::TooMany`] past the kind's maximum; the set is
     /// unchanged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use core::net::Ipv4Addr;
+    /// use coresident_xen::residency::{Addr, Addresses};
+    ///
+    /// let ip = Ipv4Addr::new(10, 0, 0, 2);
+    /// let mut a = Addresses::new();
+    /// assert!(a.push(Addr::Ipv4(ip))?);
+    /// // The same address again, here in its IPv4-mapped IPv6 spelling: no-op.
+    /// assert!(!a.push(Addr::Ipv6(ip.to_ipv6_mapped()))?);
+    /// assert_eq!(a.len(), 1);
+    /// # Ok::<(), coresident_xen::residency::AdvertError>(())
+    /// ```
     pub fn push(&mut self, addr: Addr) -> Result<bool, AdvertError> {
         fn add<T: Ord>(v: &mut Vec<T>, a: T, kind: AddrKind) -> Result<bool, AdvertError> {
             match v.binary_search(&a) {
@@ -233,6 +384,19 @@ impl Addresses {
     /// # Errors
     ///
     /// [`AdvertError::TooMany`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use core::net::Ipv4Addr;
+    /// use coresident_xen::residency::{Addr, AddrKind, AdvertError, Addresses};
+    ///
+    /// let two = Addresses::from_addrs([Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 2)), Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 1))])?;
+    /// assert_eq!(two.ipv4(), [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)]);
+    /// let many = (1..=17).map(|i| Addr::Ipv4(Ipv4Addr::new(10, 0, 0, i)));
+    /// assert_eq!(Addresses::from_addrs(many), Err(AdvertError::TooMany(AddrKind::Ipv4)));
+    /// # Ok::<(), AdvertError>(())
+    /// ```
     pub fn from_addrs(addrs: impl IntoIterator<Item = Addr>) -> Result<Self, AdvertError> {
         let mut s = Self::new();
         for a in addrs {
@@ -242,6 +406,20 @@ impl Addresses {
     }
 
     /// Whether `addr` (in any spelling) is in the set.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use core::net::Ipv4Addr;
+    /// use coresident_xen::residency::{Addr, Addresses};
+    ///
+    /// let ip = Ipv4Addr::new(10, 0, 0, 2);
+    /// let a = Addresses::from_addrs([Addr::Ipv4(ip)])?;
+    /// assert!(a.contains(&Addr::Ipv4(ip)));
+    /// assert!(a.contains(&Addr::Ipv6(ip.to_ipv6_mapped())));
+    /// assert!(!a.contains(&Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 3))));
+    /// # Ok::<(), coresident_xen::residency::AdvertError>(())
+    /// ```
     pub fn contains(&self, addr: &Addr) -> bool {
         match &addr.canonical() {
             Addr::Mac(m) => self.macs.binary_search(m).is_ok(),
@@ -251,6 +429,20 @@ impl Addresses {
     }
 
     /// Removes `addr` (in any spelling); whether it was there.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use core::net::Ipv4Addr;
+    /// use coresident_xen::residency::{Addr, Addresses};
+    ///
+    /// let ip = Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 2));
+    /// let mut a = Addresses::from_addrs([ip])?;
+    /// assert!(a.remove(&ip));
+    /// assert!(!a.remove(&ip));
+    /// assert!(a.is_empty());
+    /// # Ok::<(), coresident_xen::residency::AdvertError>(())
+    /// ```
     pub fn remove(&mut self, addr: &Addr) -> bool {
         fn rm<T: Ord>(v: &mut Vec<T>, a: &T) -> bool {
             match v.binary_search(a) {
@@ -269,21 +461,64 @@ impl Addresses {
     }
 
     /// The MAC addresses, sorted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::residency::Addresses;
+    ///
+    /// let a = Addresses::parse(b"mac 00:16:3e:00:00:02\nmac 00:16:3e:00:00:01\n")?;
+    /// assert_eq!(a.macs(), [[0x00, 0x16, 0x3e, 0, 0, 1], [0x00, 0x16, 0x3e, 0, 0, 2]]);
+    /// # Ok::<(), coresident_xen::residency::AdvertError>(())
+    /// ```
     pub fn macs(&self) -> &[[u8; 6]] {
         &self.macs
     }
 
     /// The IPv4 addresses, sorted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use core::net::Ipv4Addr;
+    /// use coresident_xen::residency::Addresses;
+    ///
+    /// let a = Addresses::parse(b"ipv4 10.0.0.2\nipv6 fd00::2\n")?;
+    /// assert_eq!(a.ipv4(), [Ipv4Addr::new(10, 0, 0, 2)]);
+    /// # Ok::<(), coresident_xen::residency::AdvertError>(())
+    /// ```
     pub fn ipv4(&self) -> &[Ipv4Addr] {
         &self.ipv4
     }
 
     /// The IPv6 addresses, sorted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use core::net::Ipv6Addr;
+    /// use coresident_xen::residency::Addresses;
+    ///
+    /// let a = Addresses::parse(b"ipv4 10.0.0.2\nipv6 fd00::2\n")?;
+    /// assert_eq!(a.ipv6(), ["fd00::2".parse::<Ipv6Addr>()?]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn ipv6(&self) -> &[Ipv6Addr] {
         &self.ipv6
     }
 
     /// Every address: MACs, then IPv4, then IPv6.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::residency::Addresses;
+    ///
+    /// let a = Addresses::parse(b"ipv6 fd00::2\nipv4 10.0.0.2\nmac 00:16:3e:00:00:01\n")?;
+    /// let text: Vec<String> = a.iter().map(|x| x.to_string()).collect();
+    /// assert_eq!(text, ["00:16:3e:00:00:01", "10.0.0.2", "fd00::2"]);
+    /// # Ok::<(), coresident_xen::residency::AdvertError>(())
+    /// ```
     pub fn iter(&self) -> impl Iterator<Item = Addr> + '_ {
         self.macs
             .iter()
@@ -293,17 +528,48 @@ impl Addresses {
     }
 
     /// How many addresses in all.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::residency::Addresses;
+    ///
+    /// let a = Addresses::parse(b"ipv4 10.0.0.2\nipv6 fd00::2\n")?;
+    /// assert_eq!(a.len(), 2);
+    /// # Ok::<(), coresident_xen::residency::AdvertError>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.macs.len() + self.ipv4.len() + self.ipv6.len()
     }
 
     /// Whether there are none.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::residency::Addresses;
+    ///
+    /// // A peer known by its domain id alone has an empty entry.
+    /// assert!(Addresses::parse(b"")?.is_empty());
+    /// # Ok::<(), coresident_xen::residency::AdvertError>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The address lines (the body of a peer entry), one `KEY VALUE\n`
     /// per address. At most [`MAX_VALUE_LEN`] bytes by construction.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use core::net::Ipv4Addr;
+    /// use coresident_xen::residency::{Addr, Addresses};
+    ///
+    /// let a = Addresses::from_addrs([Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 2))])?;
+    /// assert_eq!(a.encode(), "ipv4 10.0.0.2\n");
+    /// # Ok::<(), coresident_xen::residency::AdvertError>(())
+    /// ```
     pub fn encode(&self) -> String {
         let mut s = String::new();
         for a in self.iter() {
@@ -322,6 +588,18 @@ impl Addresses {
     }
 
     /// An advertisement: `coresident 1` and the address lines.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use core::net::Ipv4Addr;
+    /// use coresident_xen::residency::{Addr, Addresses};
+    ///
+    /// let a = Addresses::from_addrs([Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 2))])?;
+    /// assert_eq!(a.encode_advert(), "coresident 1\nipv4 10.0.0.2\n");
+    /// assert_eq!(Addresses::parse_advert(a.encode_advert().as_bytes())?, a);
+    /// # Ok::<(), coresident_xen::residency::AdvertError>(())
+    /// ```
     pub fn encode_advert(&self) -> String {
         format!("coresident {VERSION}\n{}", self.encode())
     }
@@ -331,6 +609,20 @@ impl Addresses {
     /// # Errors
     ///
     /// Every [`AdvertError`] about the value's form and its addresses.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::residency::{AdvertError, Addresses};
+    ///
+    /// let a = Addresses::parse(b"mac 00:16:3E:5A:01:02\nipv4 10.0.0.2")?;
+    /// assert_eq!(a.len(), 2);
+    /// // Strict: one space, known keys, usable addresses.
+    /// assert_eq!(Addresses::parse(b"ipv4  10.0.0.2"), Err(AdvertError::BadLine(1)));
+    /// assert_eq!(Addresses::parse(b"ip 10.0.0.2"), Err(AdvertError::UnknownKey(1)));
+    /// assert_eq!(Addresses::parse(b"mac 01:00:5e:00:00:01"), Err(AdvertError::BadMac(1)));
+    /// # Ok::<(), AdvertError>(())
+    /// ```
     pub fn parse(value: &[u8]) -> Result<Self, AdvertError> {
         Self::parse_lines(value, false)
     }
@@ -341,6 +633,17 @@ impl Addresses {
     ///
     /// [`AdvertError::MissingVersion`], [`AdvertError::Version`], and as
     /// [`Addresses::parse`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::residency::{AdvertError, Addresses};
+    ///
+    /// let a = Addresses::parse_advert(b"coresident 1\nipv4 10.0.0.2\n")?;
+    /// assert_eq!(a.len(), 1);
+    /// assert_eq!(Addresses::parse_advert(b"ipv4 10.0.0.2\n"), Err(AdvertError::MissingVersion));
+    /// # Ok::<(), AdvertError>(())
+    /// ```
     pub fn parse_advert(value: &[u8]) -> Result<Self, AdvertError> {
         Self::parse_lines(value, true)
     }

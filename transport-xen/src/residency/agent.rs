@@ -90,6 +90,19 @@ impl<X: XsClient> Agent<X> {
     /// # Errors
     ///
     /// The watches' XenStore errors.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::residency::Agent;
+    /// use coresident_xen::XenStore;
+    ///
+    /// // In dom0: xenstored's socket. Sets the watches; reads nothing yet.
+    /// let mut agent = Agent::new(XenStore::open()?)?;
+    /// let changes = agent.run_once()?; // the first step reads everything
+    /// # drop(changes);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(xs: X) -> Result<Self, AgentError> {
         Self::with_policy(xs, Policy::default())
     }
@@ -99,6 +112,22 @@ impl<X: XsClient> Agent<X> {
     /// # Errors
     ///
     /// The watches' XenStore errors.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use core::net::Ipv4Addr;
+    /// use std::time::Duration;
+    /// use coresident_xen::residency::{Addr, Addresses, Agent, Policy};
+    /// use coresident_xen::XenStore;
+    ///
+    /// // The domain named "router" may claim 10.0.0.1 besides its vifs' addresses.
+    /// let router = Addresses::from_addrs([Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 1))])?;
+    /// let policy = Policy::default().allow("router", router).debounce(Duration::from_millis(200));
+    /// let agent = Agent::with_policy(XenStore::open()?, policy)?;
+    /// # drop(agent);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn with_policy(mut xs: X, policy: Policy) -> Result<Self, AgentError> {
         xs.watch("@introduceDomain", TOKEN_DOMAINS)?;
         xs.watch("@releaseDomain", TOKEN_DOMAINS)?;
@@ -120,22 +149,82 @@ impl<X: XsClient> Agent<X> {
     }
 
     /// The live domains and what they advertise.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::residency::{Agent, Status};
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut agent = Agent::new(XenStore::open()?)?;
+    /// agent.run_once()?;
+    /// let advertising = agent
+    ///     .domains()
+    ///     .values()
+    ///     .filter(|s| matches!(s, Status::Advertising(_)))
+    ///     .count();
+    /// println!("{advertising} of {} live domains advertise", agent.domains().len());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn domains(&self) -> &BTreeMap<DomId, Status> {
         &self.domains
     }
 
     /// The peers in `domid`'s list as last written.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::residency::Agent;
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut agent = Agent::new(XenStore::open()?)?;
+    /// agent.run_once()?;
+    /// // The peers the agent last wrote to domain 5's list.
+    /// for (peer, addrs) in agent.list_of(5).into_iter().flatten() {
+    ///     println!("domain 5 sees {peer}: {} addresses", addrs.len());
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn list_of(&self, domid: DomId) -> Option<&BTreeMap<DomId, Addresses>> {
         self.written.get(&domid)
     }
 
     /// The domains whose latest change is held back by the debounce
     /// ([`Policy::debounce`]): it is applied when their period ends.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::residency::Agent;
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut agent = Agent::new(XenStore::open()?)?;
+    /// agent.run_once()?;
+    /// for domid in agent.deferred() {
+    ///     println!("domain {domid} changes too often: its last change waits");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn deferred(&self) -> impl Iterator<Item = DomId> + '_ {
         self.deferred.keys().copied()
     }
 
     /// The XenStore client (for the daemon's own reads).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::residency::Agent;
+    /// use coresident_xen::xenstore::XsClient;
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut agent = Agent::new(XenStore::open()?)?;
+    /// // The daemon's own reads go through the agent's connection.
+    /// let name = agent.xenstore().read_string("/local/domain/5/name")?;
+    /// println!("domain 5 is {name}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn xenstore(&mut self) -> &mut X {
         &mut self.xs
     }
@@ -149,6 +238,24 @@ impl<X: XsClient> Agent<X> {
     /// # Errors
     ///
     /// Connection errors; errors about one domain are [`Change`]s.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use coresident_xen::residency::{Agent, Change};
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut agent = Agent::new(XenStore::open()?)?;
+    /// loop {
+    ///     for change in agent.step(Some(Duration::from_secs(1)))? {
+    ///         if let Change::ListFailed { .. } | Change::Rejected { .. } = change {
+    ///             eprintln!("{change}");
+    ///         }
+    ///     }
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn step(&mut self, timeout: Option<Duration>) -> Result<Vec<Change>, AgentError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
@@ -201,6 +308,20 @@ impl<X: XsClient> Agent<X> {
     /// # Errors
     ///
     /// As [`step`](Self::step).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::residency::Agent;
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut agent = Agent::new(XenStore::open()?)?;
+    /// // Beside other work, in an event loop: handle what is queued, never block.
+    /// for change in agent.run_once()? {
+    ///     println!("{change}");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn run_once(&mut self) -> Result<Vec<Change>, AgentError> {
         self.step(Some(Duration::ZERO))
     }
@@ -212,6 +333,21 @@ impl<X: XsClient> Agent<X> {
     /// # Errors
     ///
     /// As [`step`](Self::step).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::residency::Agent;
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut agent = Agent::new(XenStore::open()?)?;
+    /// agent.run_once()?;
+    /// // Before migrating domain 5 away: its peers fall back to the network.
+    /// agent.withdraw(5)?;
+    /// // ... the migration failed, domain 5 stays: back in every list.
+    /// agent.readmit(5)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn withdraw(&mut self, domid: DomId) -> Result<Vec<Change>, AgentError> {
         let mut out = Vec::new();
         if self.withdrawn.insert(domid) {
@@ -226,6 +362,21 @@ impl<X: XsClient> Agent<X> {
     /// # Errors
     ///
     /// As [`step`](Self::step).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::residency::{Agent, Change};
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut agent = Agent::new(XenStore::open()?)?;
+    /// agent.withdraw(5)?;
+    /// let changes = agent.readmit(5)?;
+    /// if changes.contains(&Change::Readmitted(5)) {
+    ///     println!("domain 5 is listed again");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn readmit(&mut self, domid: DomId) -> Result<Vec<Change>, AgentError> {
         let mut out = Vec::new();
         if self.withdrawn.remove(&domid) {

@@ -9,6 +9,22 @@ use crate::types::DomId;
 use crate::xenstore::XsError;
 
 /// What the agent knows of one live domain.
+///
+/// # Examples
+///
+/// ```no_run
+/// use coresident_xen::residency::{Agent, Status};
+/// use coresident_xen::XenStore;
+///
+/// let mut agent = Agent::new(XenStore::open()?)?;
+/// agent.run_once()?;
+/// for (domid, status) in agent.domains() {
+///     if let Status::Rejected(why) = status {
+///         eprintln!("domain {domid} is in no list: {why}");
+///     }
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Status {
@@ -21,6 +37,19 @@ pub enum Status {
 }
 
 /// One thing the agent saw or did, for the daemon to report.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::{AdvertError, Change};
+///
+/// let c = Change::Rejected { domid: 7, error: AdvertError::MissingVersion };
+/// assert_eq!(
+///     c.to_string(),
+///     "domain 7's advertisement refused: the first line is not `coresident VERSION`"
+/// );
+/// assert_eq!(Change::Gone(7).to_string(), "domain 7 is gone");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Change {
@@ -115,6 +144,17 @@ impl fmt::Display for Change {
 
 /// A failure of the agent's XenStore connection (per-domain failures are
 /// [`Change`]s instead).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::AgentError;
+/// use coresident_xen::XsError;
+///
+/// let e = AgentError::from(XsError::NotFound);
+/// assert_eq!(e.0, XsError::NotFound);
+/// assert!(e.to_string().starts_with("residency agent: "));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AgentError(pub XsError);
 

@@ -135,17 +135,41 @@ pub use view::{ListError, PeerChange, ResidencyView, ViewError, MAX_PEERS};
 const TX_RETRIES: usize = 16;
 
 /// `/local/domain/N`.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(coresident_xen::residency::home_path(5), "/local/domain/5");
+/// ```
 pub fn home_path(domid: DomId) -> String {
     format!("/local/domain/{domid}")
 }
 
 /// Where domain `domid` advertises: `/local/domain/N/data/coresident/advertise`.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::advert_path;
+///
+/// assert_eq!(advert_path(5), "/local/domain/5/data/coresident/advertise");
+/// ```
 pub fn advert_path(domid: DomId) -> String {
     format!("/local/domain/{domid}/data/coresident/advertise")
 }
 
 /// Where the agent writes `domid`'s list: `/local/domain/N/coresident`
 /// (children `generation` and `peers/M`).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::list_dir;
+///
+/// // The agent writes `generation` and `peers/M` under it; domain 5 reads them.
+/// assert_eq!(list_dir(5), "/local/domain/5/coresident");
+/// assert_eq!(format!("{}/peers/7", list_dir(5)), "/local/domain/5/coresident/peers/7");
+/// ```
 pub fn list_dir(domid: DomId) -> String {
     format!("/local/domain/{domid}/coresident")
 }
@@ -195,6 +219,21 @@ fn perms_ok(perms: &[Perm], domid: DomId) -> bool {
 /// # Errors
 ///
 /// XenStore errors (`EACCES` when writing another domain's path).
+///
+/// # Examples
+///
+/// ```no_run
+/// use core::net::Ipv4Addr;
+/// use coresident_xen::residency::{self, Addr, Addresses};
+/// use coresident_xen::XenStore;
+///
+/// let mut xs = XenStore::open()?;
+/// let me = residency::own_domid(&mut xs)?;
+/// let mine = Addresses::from_addrs([Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 2))])?;
+/// // Writes `coresident 1\nipv4 10.0.0.2\n` to `advert_path(me)`.
+/// residency::advertise(&mut xs, me, &mine)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn advertise<X: XsClient>(xs: &mut X, domid: DomId, addrs: &Addresses) -> Result<(), XsError> {
     xs.write(&advert_path(domid), addrs.encode_advert().as_bytes())
 }
@@ -204,6 +243,20 @@ pub fn advertise<X: XsClient>(xs: &mut X, domid: DomId, addrs: &Addresses) -> Re
 /// # Errors
 ///
 /// XenStore errors; a missing advertisement is not one.
+///
+/// # Examples
+///
+/// ```no_run
+/// use coresident_xen::residency;
+/// use coresident_xen::XenStore;
+///
+/// let mut xs = XenStore::open()?;
+/// let me = residency::own_domid(&mut xs)?;
+/// // Leaving every peer's list before shutting down; twice is no error.
+/// residency::unadvertise(&mut xs, me)?;
+/// residency::unadvertise(&mut xs, me)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn unadvertise<X: XsClient>(xs: &mut X, domid: DomId) -> Result<(), XsError> {
     match xs.rm(&advert_path(domid)) {
         Ok(()) | Err(XsError::NotFound) => Ok(()),

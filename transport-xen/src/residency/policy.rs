@@ -25,6 +25,14 @@ use super::addr::{Addr, Addresses};
 
 /// How long, by default, a domain's next change waits after its last one
 /// was applied ([`Policy::debounce`]).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::{Policy, DEFAULT_DEBOUNCE};
+///
+/// assert_eq!(Policy::default().debounce_period(), DEFAULT_DEBOUNCE);
+/// ```
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// The agent's rules: what a domain may claim beyond its vifs, and how
@@ -64,6 +72,18 @@ impl Policy {
     /// Lets the domain named `name` (the toolstack's
     /// `/local/domain/N/name`) claim `addrs` as well as its vifs'
     /// addresses; adds to what was allowed before.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use core::net::Ipv4Addr;
+    /// use coresident_xen::residency::{Addr, Addresses, Policy};
+    ///
+    /// let one = |d| Addresses::from_addrs([Addr::Ipv4(Ipv4Addr::new(10, 0, 0, d))]);
+    /// let policy = Policy::default().allow("web", one(7)?).allow("web", one(8)?);
+    /// assert_eq!(policy.allowed("web").map(|a| a.len()), Some(2));
+    /// # Ok::<(), coresident_xen::residency::AdvertError>(())
+    /// ```
     #[must_use]
     pub fn allow(mut self, name: &str, addrs: Addresses) -> Self {
         let entry = self.allowed.entry(name.to_owned()).or_default();
@@ -80,6 +100,17 @@ impl Policy {
     /// once a period; the first change of a quiet domain is applied at
     /// once, and the last state it leaves is applied when the period ends.
     /// `Duration::ZERO` turns this off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use coresident_xen::residency::Policy;
+    ///
+    /// // Every change applied at once (tests, say).
+    /// let policy = Policy::default().debounce(Duration::ZERO);
+    /// assert_eq!(policy.debounce_period(), Duration::ZERO);
+    /// ```
     #[must_use]
     pub fn debounce(mut self, period: Duration) -> Self {
         self.debounce = period;
@@ -87,11 +118,33 @@ impl Policy {
     }
 
     /// The debounce period.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use coresident_xen::residency::Policy;
+    ///
+    /// assert_eq!(Policy::default().debounce_period(), Duration::from_secs(1));
+    /// ```
     pub fn debounce_period(&self) -> Duration {
         self.debounce
     }
 
     /// What the domain named `name` is allowed, if anything.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use core::net::Ipv4Addr;
+    /// use coresident_xen::residency::{Addr, Addresses, Policy};
+    ///
+    /// let web = Addresses::from_addrs([Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 7))])?;
+    /// let policy = Policy::default().allow("web", web.clone());
+    /// assert_eq!(policy.allowed("web"), Some(&web));
+    /// assert_eq!(policy.allowed("db"), None);
+    /// # Ok::<(), coresident_xen::residency::AdvertError>(())
+    /// ```
     pub fn allowed(&self, name: &str) -> Option<&Addresses> {
         self.allowed.get(name)
     }

@@ -12,6 +12,27 @@ use super::view::PeerChange;
 use crate::types::DomId;
 
 /// What [`ResidencyTables`] did.
+///
+/// # Examples
+///
+/// ```
+/// use coresident::lookup::Handle;
+/// use coresident_xen::residency::{Addresses, PeerChange, ResidencyTables, TableUpdate};
+///
+/// # use core::net::{Ipv4Addr, Ipv6Addr};
+/// # use coresident::lookup::{DomainTable, Seed, Table};
+/// # let domains: DomainTable<64> = DomainTable::new();
+/// # let macs: Table<[u8; 6], 64> = Table::new(Seed::new([1; 4]));
+/// # let v4: Table<Ipv4Addr, 64> = Table::new(Seed::new([2; 4]));
+/// # let v6: Table<Ipv6Addr, 64> = Table::new(Seed::new([3; 4]));
+/// let mut tables = ResidencyTables::new(&domains, &macs, &v4, &v6)?;
+/// let h = Handle::new(0, 1);
+/// tables.insert(7, &Addresses::new(), h);
+/// let left = [PeerChange::Left { domid: 7, addrs: Addresses::new() }];
+/// // The handle to give `Router::peer_left`.
+/// assert_eq!(tables.apply(&left, |_, _| None), [TableUpdate::Removed { domid: 7, handle: h }]);
+/// # Ok::<(), coresident::lookup::ClaimError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TableUpdate {
@@ -90,6 +111,24 @@ impl<'t, const D: usize, const B: usize> ResidencyTables<'t, D, B> {
     /// # Errors
     ///
     /// [`ClaimError::Busy`] if one of them already has a writer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::residency::ResidencyTables;
+    ///
+    /// # use core::net::{Ipv4Addr, Ipv6Addr};
+    /// # use coresident::lookup::{DomainTable, Seed, Table};
+    /// # let domains: DomainTable<64> = DomainTable::new();
+    /// # let macs: Table<[u8; 6], 64> = Table::new(Seed::new([1; 4]));
+    /// # let v4: Table<Ipv4Addr, 64> = Table::new(Seed::new([2; 4]));
+    /// # let v6: Table<Ipv6Addr, 64> = Table::new(Seed::new([3; 4]));
+    /// let mut tables = ResidencyTables::new(&domains, &macs, &v4, &v6)?;
+    /// // One writer per table: a second set of tables over them is refused.
+    /// assert!(ResidencyTables::new(&domains, &macs, &v4, &v6).is_err());
+    /// # drop(tables);
+    /// # Ok::<(), coresident::lookup::ClaimError>(())
+    /// ```
     pub fn new(
         domains: &'t DomainTable<D>,
         macs: &'t Table<[u8; 6], B>,
@@ -106,6 +145,25 @@ impl<'t, const D: usize, const B: usize> ResidencyTables<'t, D, B> {
     }
 
     /// The handle `domid`'s keys map to, if it is in the tables.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident::lookup::Handle;
+    /// use coresident_xen::residency::{Addresses, ResidencyTables};
+    ///
+    /// # use core::net::{Ipv4Addr, Ipv6Addr};
+    /// # use coresident::lookup::{DomainTable, Seed, Table};
+    /// # let domains: DomainTable<64> = DomainTable::new();
+    /// # let macs: Table<[u8; 6], 64> = Table::new(Seed::new([1; 4]));
+    /// # let v4: Table<Ipv4Addr, 64> = Table::new(Seed::new([2; 4]));
+    /// # let v6: Table<Ipv6Addr, 64> = Table::new(Seed::new([3; 4]));
+    /// let mut tables = ResidencyTables::new(&domains, &macs, &v4, &v6)?;
+    /// tables.insert(7, &Addresses::new(), Handle::new(3, 1));
+    /// assert_eq!(tables.handle_of(7), Some(Handle::new(3, 1)));
+    /// assert_eq!(tables.handle_of(8), None);
+    /// # Ok::<(), coresident::lookup::ClaimError>(())
+    /// ```
     pub fn handle_of(&self, domid: DomId) -> Option<Handle> {
         self.entries.get(&domid).map(|e| e.0)
     }
@@ -114,6 +172,28 @@ impl<'t, const D: usize, const B: usize> ResidencyTables<'t, D, B> {
     /// returns (`None`: not now, say because no channel could be set up;
     /// [`insert`](Self::insert) it later); a leaving peer's keys are
     /// removed and its handle reported, for `Router::peer_left`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident::lookup::{DomainId, Handle};
+    /// use coresident_xen::residency::{Addresses, PeerChange, ResidencyTables, TableUpdate};
+    ///
+    /// # use core::net::{Ipv4Addr, Ipv6Addr};
+    /// # use coresident::lookup::{DomainTable, Seed, Table};
+    /// # let domains: DomainTable<64> = DomainTable::new();
+    /// # let macs: Table<[u8; 6], 64> = Table::new(Seed::new([1; 4]));
+    /// # let v4: Table<Ipv4Addr, 64> = Table::new(Seed::new([2; 4]));
+    /// # let v6: Table<Ipv6Addr, 64> = Table::new(Seed::new([3; 4]));
+    /// let mut tables = ResidencyTables::new(&domains, &macs, &v4, &v6)?;
+    /// let arrived = [PeerChange::Arrived { domid: 7, addrs: Addresses::new() }];
+    /// // No channel to domain 7 yet: `None`, and nothing is inserted.
+    /// assert!(tables.apply(&arrived, |_, _| None).is_empty());
+    /// let updates = tables.apply(&arrived, |_, _| Some(Handle::new(3, 1)));
+    /// assert!(matches!(updates[..], [TableUpdate::Inserted { domid: 7, keys: 1, .. }]));
+    /// assert_eq!(domains.get(DomainId(7)), Some(Handle::new(3, 1)));
+    /// # Ok::<(), coresident::lookup::ClaimError>(())
+    /// ```
     pub fn apply(
         &mut self,
         changes: &[PeerChange],
@@ -148,6 +228,28 @@ impl<'t, const D: usize, const B: usize> ResidencyTables<'t, D, B> {
 
     /// Maps `domid` and `addrs` to `handle` (replacing what `domid` had:
     /// addresses no longer listed are removed).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident::lookup::Handle;
+    /// use coresident_xen::residency::{Addr, Addresses, ResidencyTables};
+    ///
+    /// # use core::net::{Ipv4Addr, Ipv6Addr};
+    /// # use coresident::lookup::{DomainTable, Seed, Table};
+    /// # let domains: DomainTable<64> = DomainTable::new();
+    /// # let macs: Table<[u8; 6], 64> = Table::new(Seed::new([1; 4]));
+    /// # let v4: Table<Ipv4Addr, 64> = Table::new(Seed::new([2; 4]));
+    /// # let v6: Table<Ipv6Addr, 64> = Table::new(Seed::new([3; 4]));
+    /// let mut tables = ResidencyTables::new(&domains, &macs, &v4, &v6)?;
+    /// let (a, b) = (Ipv4Addr::new(10, 0, 0, 7), Ipv4Addr::new(10, 0, 0, 8));
+    /// let h = Handle::new(3, 1);
+    /// tables.insert(7, &Addresses::from_addrs([Addr::Ipv4(a)])?, h);
+    /// // Domain 7 now has 10.0.0.8 instead: 10.0.0.7 leaves the table.
+    /// tables.insert(7, &Addresses::from_addrs([Addr::Ipv4(b)])?, h);
+    /// assert_eq!((v4.get(&a), v4.get(&b)), (None, Some(h)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn insert(&mut self, domid: DomId, addrs: &Addresses, handle: Handle) -> Vec<TableUpdate> {
         let mut out = Vec::new();
         if let Some((old_handle, old)) = self.entries.get(&domid).cloned() {
@@ -197,6 +299,26 @@ impl<'t, const D: usize, const B: usize> ResidencyTables<'t, D, B> {
     }
 
     /// Removes `domid` and its addresses; returns the handle they mapped to.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident::lookup::{DomainId, Handle};
+    /// use coresident_xen::residency::{Addresses, ResidencyTables};
+    ///
+    /// # use core::net::{Ipv4Addr, Ipv6Addr};
+    /// # use coresident::lookup::{DomainTable, Seed, Table};
+    /// # let domains: DomainTable<64> = DomainTable::new();
+    /// # let macs: Table<[u8; 6], 64> = Table::new(Seed::new([1; 4]));
+    /// # let v4: Table<Ipv4Addr, 64> = Table::new(Seed::new([2; 4]));
+    /// # let v6: Table<Ipv6Addr, 64> = Table::new(Seed::new([3; 4]));
+    /// let mut tables = ResidencyTables::new(&domains, &macs, &v4, &v6)?;
+    /// tables.insert(7, &Addresses::new(), Handle::new(3, 1));
+    /// assert_eq!(tables.remove(7), Some(Handle::new(3, 1)));
+    /// assert_eq!(domains.get(DomainId(7)), None);
+    /// assert_eq!(tables.remove(7), None);
+    /// # Ok::<(), coresident::lookup::ClaimError>(())
+    /// ```
     pub fn remove(&mut self, domid: DomId) -> Option<Handle> {
         let (handle, addrs) = self.entries.remove(&domid)?;
         for a in addrs.iter() {

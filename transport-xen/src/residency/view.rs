@@ -16,6 +16,16 @@ use crate::xenstore::{XenStore, XsClient, XsError};
 /// Most peers one list may hold. A plain `XS_DIRECTORY` reply holds about
 /// 680 names of guest ids in its 4096 bytes; a list longer than this is
 /// refused whole.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::{ListError, MAX_PEERS};
+///
+/// // A longer list is refused whole: every peer leaves.
+/// let e = ListError::TooManyPeers(MAX_PEERS + 1);
+/// assert_eq!(e.to_string(), "513 peers, more than 512");
+/// ```
 pub const MAX_PEERS: usize = 512;
 
 /// The watch token of the view.
@@ -26,6 +36,19 @@ const TOKEN_LIST: &str = "coresident-view";
 const TOKEN_DOMID: &str = "coresident-view:domid";
 
 /// What is wrong with the list or with one entry of it.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::{AdvertError, ListError, PeerChange};
+///
+/// // What a view reports for a peer entry `peers/7` holding `ipv4 nonsense`.
+/// let refused = PeerChange::Refused {
+///     entry: Some("7".into()),
+///     error: ListError::Entry(AdvertError::BadIpv4(1)),
+/// };
+/// assert_eq!(refused.to_string(), "entry \"7\" refused: bad entry: line 1: not a usable IPv4 address");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ListError {
@@ -63,6 +86,18 @@ impl fmt::Display for ListError {
 impl std::error::Error for ListError {}
 
 /// A change of the peer set, as the view saw it.
+///
+/// # Examples
+///
+/// ```
+/// use core::net::Ipv4Addr;
+/// use coresident_xen::residency::{Addr, Addresses, PeerChange};
+///
+/// let addrs = Addresses::from_addrs([Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 7))])?;
+/// let change = PeerChange::Arrived { domid: 7, addrs };
+/// assert_eq!(change.to_string(), "peer 7 arrived 10.0.0.7");
+/// # Ok::<(), coresident_xen::residency::AdvertError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PeerChange {
@@ -139,6 +174,17 @@ impl fmt::Display for PeerChange {
 }
 
 /// A failure of the view's XenStore connection.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::ViewError;
+/// use coresident_xen::XsError;
+///
+/// let e = ViewError::from(XsError::NotFound);
+/// assert_eq!(e.0, XsError::NotFound);
+/// assert!(e.to_string().starts_with("residency view: "));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ViewError(pub XsError);
 
@@ -166,6 +212,23 @@ type RawList = (Option<Vec<u8>>, Vec<(String, Vec<u8>)>);
 /// Everything in the list is parsed strictly: a bad entry is refused and
 /// left out, a bad list as a whole empties the view (every peer leaves, and
 /// the network carries their traffic: slower, never wrong).
+///
+/// # Examples
+///
+/// ```no_run
+/// use coresident_xen::residency::{self, Addresses, ResidencyView};
+/// use coresident_xen::XenStore;
+///
+/// let mut xs = XenStore::open()?;
+/// let me = residency::own_domid(&mut xs)?;
+/// let mut view = ResidencyView::new(xs, me, Addresses::new())?;
+/// loop {
+///     for change in view.step(None)? {
+///         println!("{change}");
+///     }
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct ResidencyView<X: XsClient = XenStore> {
     xs: X,
@@ -189,6 +252,22 @@ impl<X: XsClient> ResidencyView<X> {
     /// # Errors
     ///
     /// The watch's XenStore errors.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use core::net::Ipv4Addr;
+    /// use coresident_xen::residency::{self, Addr, Addresses, ResidencyView};
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let me = residency::own_domid(&mut xs)?;
+    /// // A peer listed with 10.0.0.2 would have that address refused.
+    /// let mine = Addresses::from_addrs([Addr::Ipv4(Ipv4Addr::new(10, 0, 0, 2))])?;
+    /// // Sets the watch; the first `step` reads the list.
+    /// let view = ResidencyView::new(xs, me, mine)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(mut xs: X, domid: DomId, own: Addresses) -> Result<Self, ViewError> {
         let dir = list_dir(domid);
         xs.watch(&dir, TOKEN_LIST)?;
@@ -206,22 +285,92 @@ impl<X: XsClient> ResidencyView<X> {
     }
 
     /// The current peers and their addresses.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::residency::{self, Addresses, ResidencyView};
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let me = residency::own_domid(&mut xs)?;
+    /// let mut view = ResidencyView::new(xs, me, Addresses::new())?;
+    /// view.refresh()?;
+    /// for (domid, addrs) in view.peers() {
+    ///     println!("domain {domid}: {}", addrs.encode().trim_end().replace('\n', ", "));
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn peers(&self) -> &BTreeMap<DomId, Addresses> {
         &self.peers
     }
 
     /// This domain's id, as the view last read it (it changes after `xl
     /// save` and `xl restore`: [`PeerChange::Moved`]).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::residency::{self, Addresses, PeerChange, ResidencyView};
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let me = residency::own_domid(&mut xs)?;
+    /// let mut view = ResidencyView::new(xs, me, Addresses::new())?;
+    /// for change in view.step(None)? {
+    ///     if let PeerChange::Moved { from, .. } = change {
+    ///         // After `xl save` and `xl restore`: the view reads the new list.
+    ///         println!("domain {from} is now domain {}", view.domid());
+    ///     }
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn domid(&self) -> DomId {
         self.domid
     }
 
     /// The generation of the list last read (`None`: no list).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::residency::{self, Addresses, ResidencyView};
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let me = residency::own_domid(&mut xs)?;
+    /// let mut view = ResidencyView::new(xs, me, Addresses::new())?;
+    /// view.refresh()?;
+    /// if view.generation().is_none() {
+    ///     println!("no agent has written a list for domain {me} yet");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn generation(&self) -> Option<u64> {
         self.generation
     }
 
     /// The XenStore client (to advertise through the same connection).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::residency::{self, Addresses, PeerChange, ResidencyView};
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let me = residency::own_domid(&mut xs)?;
+    /// let mine = Addresses::new();
+    /// residency::advertise(&mut xs, me, &mine)?;
+    /// let mut view = ResidencyView::new(xs, me, mine.clone())?;
+    /// for change in view.step(None)? {
+    ///     if let PeerChange::Moved { to, .. } = change {
+    ///         // A new domain id: advertise again, through the view's connection.
+    ///         residency::advertise(view.xenstore(), to, &mine)?;
+    ///     }
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn xenstore(&mut self) -> &mut X {
         &mut self.xs
     }
@@ -233,6 +382,25 @@ impl<X: XsClient> ResidencyView<X> {
     /// # Errors
     ///
     /// Connection errors.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use coresident_xen::residency::{self, Addresses, PeerChange, ResidencyView};
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let me = residency::own_domid(&mut xs)?;
+    /// let mut view = ResidencyView::new(xs, me, Addresses::new())?;
+    /// // Empty after a second without a change; the first step reads the list.
+    /// for change in view.step(Some(Duration::from_secs(1)))? {
+    ///     if let PeerChange::Left { domid, .. } = change {
+    ///         println!("peer {domid} left: its flows fall back to the network");
+    ///     }
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn step(&mut self, timeout: Option<Duration>) -> Result<Vec<PeerChange>, ViewError> {
         // Any event means "read the list": dropped ones (a full queue) too.
         if self.xs.lost_events() != self.lost_seen {
@@ -255,6 +423,21 @@ impl<X: XsClient> ResidencyView<X> {
     /// # Errors
     ///
     /// Connection errors.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::residency::{self, Addresses, ResidencyView};
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// let me = residency::own_domid(&mut xs)?;
+    /// let mut view = ResidencyView::new(xs, me, Addresses::new())?;
+    /// // Read now, without waiting for the watch (at start-up, say).
+    /// let changes = view.refresh()?;
+    /// println!("{} changes, {} peers", changes.len(), view.peers().len());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn refresh(&mut self) -> Result<Vec<PeerChange>, ViewError> {
         let mut out = Vec::new();
         self.check_domid(&mut out)?;

@@ -5,6 +5,15 @@ use core::fmt;
 use crate::protocol::xs_wire::{MsgType, ValueError, WireError, XsErrno};
 
 /// Which index of a shared ring the peer moved too far ([`XsError::BadIndex`]).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::xenstore::{RingIndex, XsError};
+///
+/// let e = XsError::BadIndex { which: RingIndex::RspProd, peer: 5000, ours: 0 };
+/// assert!(!e.is_request_error()); // the ring is broken, not one request
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RingIndex {
     /// `req_cons` ahead of our `req_prod`, or more than a ring behind it.
@@ -72,22 +81,62 @@ pub enum XsError {
 impl XsError {
     /// Whether this is about one request only (the connection goes on):
     /// the daemon's refusal or a value that did not parse.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::xenstore::XsError;
+    ///
+    /// assert!(XsError::NotFound.is_request_error());
+    /// assert!(!XsError::Closed.is_request_error());
+    /// ```
     pub const fn is_request_error(&self) -> bool {
         matches!(self, Self::NotFound | Self::Daemon(_) | Self::Value(_))
     }
 
     /// Whether the daemon said we may not read or write the node (`EACCES`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::xs_wire::XsErrno;
+    /// use coresident_xen::xenstore::XsError;
+    ///
+    /// // A node that exists but is not ours to read.
+    /// assert!(XsError::Daemon(XsErrno::EACCES).is_denied());
+    /// assert!(!XsError::NotFound.is_denied());
+    /// ```
     pub const fn is_denied(&self) -> bool {
         matches!(self, Self::Daemon(XsErrno::EACCES))
     }
 
     /// The error of an `XS_ERROR` reply's payload (`ENOENT` is
     /// [`XsError::NotFound`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::xs_wire::XsErrno;
+    /// use coresident_xen::xenstore::XsError;
+    ///
+    /// assert_eq!(XsError::from_reply(b"ENOENT\0"), XsError::NotFound);
+    /// assert_eq!(XsError::from_reply(b"EACCES\0"), XsError::Daemon(XsErrno::EACCES));
+    /// ```
     pub fn from_reply(payload: &[u8]) -> Self {
         Self::from_errno_name(XsErrno::parse(payload))
     }
 
     /// The error for an errno name (`ENOENT` is [`XsError::NotFound`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::xs_wire::XsErrno;
+    /// use coresident_xen::xenstore::XsError;
+    ///
+    /// assert_eq!(XsError::from_errno_name(XsErrno::ENOENT), XsError::NotFound);
+    /// assert_eq!(XsError::from_errno_name(XsErrno::EAGAIN), XsError::Daemon(XsErrno::EAGAIN));
+    /// ```
     pub const fn from_errno_name(e: XsErrno) -> Self {
         match e {
             XsErrno::ENOENT => Self::NotFound,

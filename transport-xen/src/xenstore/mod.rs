@@ -39,10 +39,32 @@ use crate::protocol::xs_wire::{self, MsgType, Payload, Perm, ValueError, XsErrno
 use crate::types::DomId;
 
 /// A transaction id (`tx_id` of `struct xsd_sockmsg`); 0: none.
+///
+/// # Examples
+///
+/// ```
+/// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+/// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+/// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+/// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+/// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+/// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+/// // Every verb of a transaction carries its id; outside one, 0.
+/// let mut xs = Script(b"9\0".to_vec(), Vec::new());
+/// let tx = xs.transaction()?;
+/// tx.abort()?;
+/// # Ok::<(), XsError>(())
+/// ```
 pub type TxId = u32;
 
 /// How often a transaction that met a conflicting change (`EAGAIN`) is
 /// redone by [`with_transaction`] before it gives up.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(coresident_xen::xenstore::TX_RETRIES, 16);
+/// ```
 pub const TX_RETRIES: usize = 16;
 
 /// A watch event: `path` changed, or the watch was just set (xenstored
@@ -67,11 +89,29 @@ pub struct WatchEvent<'a> {
 
 impl<'a> WatchEvent<'a> {
     /// The path as text, if it is UTF-8.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::xenstore::WatchEvent;
+    ///
+    /// assert_eq!(WatchEvent { path: b"domid", token: b"t" }.path_str(), Some("domid"));
+    /// assert_eq!(WatchEvent { path: b"\xff", token: b"t" }.path_str(), None);
+    /// ```
     pub fn path_str(&self) -> Option<&'a str> {
         core::str::from_utf8(self.path).ok()
     }
 
     /// The token as text, if it is UTF-8.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::xenstore::WatchEvent;
+    ///
+    /// let ev = WatchEvent { path: b"@releaseDomain", token: b"gone" };
+    /// assert_eq!(ev.token_str(), Some("gone"));
+    /// ```
     pub fn token_str(&self) -> Option<&'a str> {
         core::str::from_utf8(self.token).ok()
     }
@@ -94,21 +134,55 @@ pub struct Names<'a>(&'a [u8]);
 
 impl<'a> Names<'a> {
     /// The names in a directory reply.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::xenstore::Names;
+    ///
+    /// assert_eq!(Names::new(b"0\x005\0").len(), 2);
+    /// ```
     pub const fn new(reply: &'a [u8]) -> Self {
         Self(reply)
     }
 
     /// Each name's bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::xenstore::Names;
+    ///
+    /// let mut it = Names::new(b"0\x005\0").iter();
+    /// assert_eq!((it.next(), it.next(), it.next()), (Some(&b"0"[..]), Some(&b"5"[..]), None));
+    /// ```
     pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
         xs_wire::split_strings(self.0)
     }
 
     /// How many names.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::xenstore::Names;
+    ///
+    /// assert_eq!(Names::new(b"a\0b\0c\0").len(), 3);
+    /// ```
     pub fn len(&self) -> usize {
         self.iter().count()
     }
 
     /// Whether there are none.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::xenstore::Names;
+    ///
+    /// assert!(Names::new(b"").is_empty());
+    /// assert!(!Names::new(b"a\0").is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.iter().next().is_none()
     }
@@ -118,6 +192,16 @@ impl<'a> Names<'a> {
     /// # Errors
     ///
     /// [`XsError::Value`] (`NotUtf8`) for a name that is not UTF-8.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::xenstore::Names;
+    ///
+    /// assert_eq!(Names::new(b"0\x005\0").to_strings()?, ["0", "5"]);
+    /// assert!(Names::new(b"\xff\0").to_strings().is_err());
+    /// # Ok::<(), coresident_xen::XsError>(())
+    /// ```
     #[cfg(feature = "std")]
     pub fn to_strings(&self) -> Result<std::vec::Vec<std::string::String>, XsError> {
         self.iter()
@@ -170,6 +254,34 @@ pub trait XsClient {
     ///
     /// [`XsError::NotFound`] and [`XsError::Daemon`] for an `XS_ERROR`
     /// reply (the connection goes on); the connection's errors.
+    ///
+    /// # Examples
+    ///
+    /// A client is these three methods. `Script` here answers every request
+    /// with one reply and records what was asked (the examples of the verbs
+    /// below use it to show what each sends and reads):
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    ///
+    /// struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// impl XsClient for Script {
+    ///     fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> {
+    ///         self.1.push((t, p.as_bytes().to_vec()));
+    ///         Ok(&self.0)
+    ///     }
+    ///     fn wait_watch(&mut self, _: Option<Duration>) -> Result<Option<WatchEvent<'_>>, XsError> {
+    ///         Ok(None)
+    ///     }
+    ///     fn lost_events(&self) -> u64 { 0 }
+    /// }
+    /// let mut xs = Script(b"5".to_vec(), Vec::new());
+    /// assert_eq!(xs.read_u32("domid")?, 5);
+    /// assert_eq!(xs.1, [(MsgType::Read, b"domid\0".to_vec())]);
+    /// # Ok::<(), XsError>(())
+    /// ```
     fn request(&mut self, tx: TxId, ty: MsgType, payload: &Payload) -> Result<&[u8], XsError>;
 
     /// The next watch event: a queued one, or one that arrives before
@@ -179,20 +291,82 @@ pub trait XsClient {
     /// # Errors
     ///
     /// The connection's errors.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use coresident_xen::xenstore::XsClient;
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// xs.watch("data/app", "app")?;
+    /// while let Some(ev) = xs.wait_watch(Some(Duration::from_secs(5)))? {
+    ///     // A hint: re-read what it names.
+    ///     println!("{:?} changed ({:?})", ev.path_str(), ev.token_str());
+    /// }
+    /// # Ok::<(), coresident_xen::XsError>(())
+    /// ```
     fn wait_watch(&mut self, timeout: Option<Duration>) -> Result<Option<WatchEvent<'_>>, XsError>;
 
     /// Watch events dropped because the queue was full: what they named
     /// is unknown, so a caller re-reads everything when this grows.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use coresident_xen::xenstore::XsClient;
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// xs.watch("data/app", "app")?;
+    /// let seen = xs.lost_events();
+    /// xs.wait_watch(Some(Duration::from_secs(5)))?;
+    /// if xs.lost_events() != seen {
+    ///     println!("events were dropped: re-read everything watched");
+    /// }
+    /// # Ok::<(), coresident_xen::XsError>(())
+    /// ```
     fn lost_events(&self) -> u64;
 
     /// The descriptor a `poll(2)` can wait on beside others (readable when
     /// a message arrived), for clients that have one.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::xenstore::XsClient;
+    /// use coresident_xen::XenStore;
+    ///
+    /// let xs = XenStore::open()?;
+    /// // Register it with the event loop beside the channels' doorbells.
+    /// // A socket or /dev/xen/xenbus has one; a PV kernel's ring has none.
+    /// let fd: Option<i32> = xs.poll_fd();
+    /// # Ok::<(), coresident_xen::XsError>(())
+    /// ```
     fn poll_fd(&self) -> Option<i32> {
         None
     }
 
     /// Whether a watch event is queued already (then
     /// [`poll_fd`](Self::poll_fd) need not become readable for one).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use coresident_xen::xenstore::XsClient;
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// xs.watch("data/app", "app")?; // the reply may bring the first event along
+    /// if xs.has_queued_event() {
+    ///     // Do not wait for poll_fd: take it now.
+    ///     xs.wait_watch(Some(Duration::ZERO))?;
+    /// }
+    /// # Ok::<(), coresident_xen::XsError>(())
+    /// ```
     fn has_queued_event(&self) -> bool {
         false
     }
@@ -203,6 +377,21 @@ pub trait XsClient {
     ///
     /// [`XsError::NotFound`], [`XsError::Daemon`] (`EACCES`), the
     /// connection's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// let mut xs = Script(b"guest-1".to_vec(), Vec::new());
+    /// assert_eq!(xs.read("name")?, b"guest-1");
+    /// assert_eq!(xs.1, [(MsgType::Read, b"name\0".to_vec())]);
+    /// # Ok::<(), XsError>(())
+    /// ```
     fn read(&mut self, path: &str) -> Result<&[u8], XsError> {
         verbs::read(self, 0, path)
     }
@@ -213,6 +402,21 @@ pub trait XsClient {
     ///
     /// As [`read`](Self::read), and [`XsError::Value`] for anything but
     /// `[0-9]+` within range.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// assert_eq!(Script(b"42".to_vec(), Vec::new()).read_u32("domid")?, 42);
+    /// // Strict: no sign, no space, no hex.
+    /// assert!(Script(b" 42".to_vec(), Vec::new()).read_u32("domid").is_err());
+    /// # Ok::<(), XsError>(())
+    /// ```
     fn read_u32(&mut self, path: &str) -> Result<u32, XsError> {
         Ok(xs_wire::parse_u32(self.read(path)?)?)
     }
@@ -223,6 +427,22 @@ pub trait XsClient {
     ///
     /// [`XsError::Wire`] for a path or value over the limits,
     /// [`XsError::Daemon`] (`EACCES`, `ENOSPC`), the connection's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// let mut xs = Script(b"OK\0".to_vec(), Vec::new());
+    /// xs.write("data/app/state", b"ready")?;
+    /// // The path, its NUL, then the value's bytes.
+    /// assert_eq!(xs.1, [(MsgType::Write, b"data/app/state\0ready".to_vec())]);
+    /// # Ok::<(), XsError>(())
+    /// ```
     fn write(&mut self, path: &str, value: &[u8]) -> Result<(), XsError> {
         verbs::write(self, 0, path, value)
     }
@@ -232,6 +452,21 @@ pub trait XsClient {
     /// # Errors
     ///
     /// [`XsError::Daemon`], the connection's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// let mut xs = Script(b"OK\0".to_vec(), Vec::new());
+    /// xs.mkdir("data/app")?;
+    /// assert_eq!(xs.1, [(MsgType::Mkdir, b"data/app\0".to_vec())]);
+    /// # Ok::<(), XsError>(())
+    /// ```
     fn mkdir(&mut self, path: &str) -> Result<(), XsError> {
         verbs::simple(self, 0, MsgType::Mkdir, path)
     }
@@ -241,6 +476,21 @@ pub trait XsClient {
     /// # Errors
     ///
     /// [`XsError::NotFound`], [`XsError::Daemon`], the connection's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// let mut xs = Script(b"OK\0".to_vec(), Vec::new());
+    /// xs.rm("data/app")?; // and everything below it
+    /// assert_eq!(xs.1, [(MsgType::Rm, b"data/app\0".to_vec())]);
+    /// # Ok::<(), XsError>(())
+    /// ```
     fn rm(&mut self, path: &str) -> Result<(), XsError> {
         verbs::simple(self, 0, MsgType::Rm, path)
     }
@@ -250,6 +500,21 @@ pub trait XsClient {
     /// # Errors
     ///
     /// [`XsError::NotFound`], [`XsError::Daemon`], the connection's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// let mut xs = Script(b"0\x005\x007\0".to_vec(), Vec::new());
+    /// let names = xs.directory("/local/domain")?;
+    /// assert_eq!(names.iter().collect::<Vec<_>>(), [&b"0"[..], b"5", b"7"]);
+    /// # Ok::<(), XsError>(())
+    /// ```
     fn directory(&mut self, path: &str) -> Result<Names<'_>, XsError> {
         verbs::directory(self, 0, path)
     }
@@ -261,6 +526,24 @@ pub trait XsClient {
     ///
     /// [`XsError::NotFound`], [`XsError::Value`] for a malformed entry, the
     /// connection's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::xs_wire::{Access, Perm};
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// // Owner domain 5 (no access for others), domain 0 may read.
+    /// let mut xs = Script(b"n5\0r0\0".to_vec(), Vec::new());
+    /// let mut perms = [Perm { domid: 0, access: Access::None }; 4];
+    /// assert_eq!(xs.get_perms("data/app", &mut perms)?, 2);
+    /// assert_eq!(perms[1], Perm { domid: 0, access: Access::Read });
+    /// # Ok::<(), XsError>(())
+    /// ```
     fn get_perms(&mut self, path: &str, out: &mut [Perm]) -> Result<usize, XsError> {
         let mut p = Payload::new();
         p.path(path)?;
@@ -280,6 +563,23 @@ pub trait XsClient {
     /// # Errors
     ///
     /// As [`get_perms`](Self::get_perms).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::xs_wire::{Access, Perm};
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// let mut xs = Script(b"n5\0r0\0".to_vec(), Vec::new());
+    /// let perms = xs.perms("data/app")?;
+    /// assert_eq!(perms[0], Perm { domid: 5, access: Access::None }); // the owner
+    /// assert_eq!(perms.len(), 2);
+    /// # Ok::<(), XsError>(())
+    /// ```
     #[cfg(feature = "std")]
     fn perms(&mut self, path: &str) -> Result<std::vec::Vec<Perm>, XsError> {
         let mut p = Payload::new();
@@ -294,6 +594,20 @@ pub trait XsClient {
     /// # Errors
     ///
     /// As [`read`](Self::read), and [`XsError::Value`] (`NotUtf8`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// assert_eq!(Script(b"guest-1".to_vec(), Vec::new()).read_string("name")?, "guest-1");
+    /// assert!(Script(vec![0xff], Vec::new()).read_string("name").is_err());
+    /// # Ok::<(), XsError>(())
+    /// ```
     #[cfg(feature = "std")]
     fn read_string(&mut self, path: &str) -> Result<std::string::String, XsError> {
         core::str::from_utf8(self.read(path)?)
@@ -307,6 +621,20 @@ pub trait XsClient {
     ///
     /// As [`directory`](Self::directory), and [`XsError::Value`] for a name
     /// that is not UTF-8.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// let mut xs = Script(b"0\x005\0".to_vec(), Vec::new());
+    /// assert_eq!(xs.children("/local/domain")?, ["0", "5"]);
+    /// # Ok::<(), XsError>(())
+    /// ```
     #[cfg(feature = "std")]
     fn children(&mut self, path: &str) -> Result<std::vec::Vec<std::string::String>, XsError> {
         self.directory(path)?.to_strings()
@@ -319,6 +647,24 @@ pub trait XsClient {
     ///
     /// [`XsError::Wire`] (no entries, or too many), [`XsError::Daemon`],
     /// the connection's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::xs_wire::{Access, Perm};
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// let mut xs = Script(b"OK\0".to_vec(), Vec::new());
+    /// // Owned by domain 5, readable by domain 0 alone.
+    /// let perms = [Perm { domid: 5, access: Access::None }, Perm { domid: 0, access: Access::Read }];
+    /// xs.set_perms("data/app", &perms)?;
+    /// assert_eq!(xs.1, [(MsgType::SetPerms, b"data/app\0n5\0r0\0".to_vec())]);
+    /// # Ok::<(), XsError>(())
+    /// ```
     fn set_perms(&mut self, path: &str, perms: &[Perm]) -> Result<(), XsError> {
         verbs::set_perms(self, 0, path, perms)
     }
@@ -331,6 +677,21 @@ pub trait XsClient {
     /// [`XsError::Daemon`] (`EEXIST` for the same path and token twice,
     /// `E2BIG` past the domain's watch quota, `EINVAL` for a malformed
     /// path), the connection's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// let mut xs = Script(b"OK\0".to_vec(), Vec::new());
+    /// xs.watch("@releaseDomain", "gone")?;
+    /// assert_eq!(xs.1, [(MsgType::Watch, b"@releaseDomain\0gone\0".to_vec())]);
+    /// # Ok::<(), XsError>(())
+    /// ```
     fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
         verbs::watch(self, MsgType::Watch, path, token)
     }
@@ -340,6 +701,21 @@ pub trait XsClient {
     /// # Errors
     ///
     /// [`XsError::NotFound`], the connection's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// let mut xs = Script(b"OK\0".to_vec(), Vec::new());
+    /// xs.unwatch("@releaseDomain", "gone")?; // the same path and token
+    /// assert_eq!(xs.1, [(MsgType::Unwatch, b"@releaseDomain\0gone\0".to_vec())]);
+    /// # Ok::<(), XsError>(())
+    /// ```
     fn unwatch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
         verbs::watch(self, MsgType::Unwatch, path, token)
     }
@@ -349,6 +725,21 @@ pub trait XsClient {
     /// # Errors
     ///
     /// The connection's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// let mut xs = Script(b"/local/domain/5\0".to_vec(), Vec::new());
+    /// assert_eq!(xs.get_domain_path(5)?, b"/local/domain/5");
+    /// assert_eq!(xs.1, [(MsgType::GetDomainPath, b"5\0".to_vec())]);
+    /// # Ok::<(), XsError>(())
+    /// ```
     fn get_domain_path(&mut self, domid: DomId) -> Result<&[u8], XsError> {
         let mut p = Payload::new();
         let mut buf = [0u8; 20];
@@ -364,6 +755,25 @@ pub trait XsClient {
     /// # Errors
     ///
     /// [`XsError::Value`] for a malformed id, the connection's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// // xenstored answers the start with the transaction's id.
+    /// let mut xs = Script(b"7\0".to_vec(), Vec::new());
+    /// let mut tx = xs.transaction()?;
+    /// tx.write("data/a", b"1")?;
+    /// tx.commit()?;
+    /// let sent: Vec<MsgType> = xs.1.iter().map(|s| s.0).collect();
+    /// assert_eq!(sent, [MsgType::TransactionStart, MsgType::Write, MsgType::TransactionEnd]);
+    /// # Ok::<(), XsError>(())
+    /// ```
     fn transaction(&mut self) -> Result<Transaction<'_, Self>, XsError>
     where
         Self: Sized,
@@ -489,6 +899,23 @@ impl<X: XsClient> Transaction<'_, X> {
     /// # Errors
     ///
     /// As [`XsClient::read`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// let mut xs = Script(b"3\0".to_vec(), Vec::new());
+    /// let mut tx = xs.transaction()?;
+    /// let v = tx.read("data/count")?.to_vec(); // in the transaction's snapshot
+    /// tx.commit()?;
+    /// assert_eq!(v, b"3\0");
+    /// # Ok::<(), XsError>(())
+    /// ```
     pub fn read(&mut self, path: &str) -> Result<&[u8], XsError> {
         verbs::read(self.xs, self.id, path)
     }
@@ -498,6 +925,24 @@ impl<X: XsClient> Transaction<'_, X> {
     /// # Errors
     ///
     /// As [`XsClient::write`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// let mut xs = Script(b"7\0".to_vec(), Vec::new());
+    /// let mut tx = xs.transaction()?;
+    /// tx.write("data/a", b"1")?;
+    /// tx.write("data/b", b"2")?;
+    /// tx.commit()?; // both keys or neither
+    /// assert_eq!(xs.1.len(), 4);
+    /// # Ok::<(), XsError>(())
+    /// ```
     pub fn write(&mut self, path: &str, value: &[u8]) -> Result<(), XsError> {
         verbs::write(self.xs, self.id, path, value)
     }
@@ -507,6 +952,23 @@ impl<X: XsClient> Transaction<'_, X> {
     /// # Errors
     ///
     /// As [`XsClient::mkdir`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// let mut xs = Script(b"7\0".to_vec(), Vec::new());
+    /// let mut tx = xs.transaction()?;
+    /// tx.mkdir("data/app")?;
+    /// tx.commit()?;
+    /// assert_eq!(xs.1[1].0, MsgType::Mkdir);
+    /// # Ok::<(), XsError>(())
+    /// ```
     pub fn mkdir(&mut self, path: &str) -> Result<(), XsError> {
         verbs::simple(self.xs, self.id, MsgType::Mkdir, path)
     }
@@ -516,6 +978,23 @@ impl<X: XsClient> Transaction<'_, X> {
     /// # Errors
     ///
     /// As [`XsClient::rm`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// let mut xs = Script(b"7\0".to_vec(), Vec::new());
+    /// let mut tx = xs.transaction()?;
+    /// tx.rm("data/old")?;
+    /// tx.write("data/new", b"1")?; // a rename, seen whole or not at all
+    /// tx.commit()?;
+    /// # Ok::<(), XsError>(())
+    /// ```
     pub fn rm(&mut self, path: &str) -> Result<(), XsError> {
         verbs::simple(self.xs, self.id, MsgType::Rm, path)
     }
@@ -525,6 +1004,22 @@ impl<X: XsClient> Transaction<'_, X> {
     /// # Errors
     ///
     /// As [`XsClient::directory`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::xenstore::XsClient;
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut xs = XenStore::open()?;
+    /// // The peers and the generation of one list, from one snapshot.
+    /// let mut tx = xs.transaction()?;
+    /// let peers = tx.directory("coresident/peers")?.to_strings()?;
+    /// let generation = tx.read("coresident/generation")?.to_vec();
+    /// tx.commit()?;
+    /// # drop((peers, generation));
+    /// # Ok::<(), coresident_xen::XsError>(())
+    /// ```
     pub fn directory(&mut self, path: &str) -> Result<Names<'_>, XsError> {
         verbs::directory(self.xs, self.id, path)
     }
@@ -534,6 +1029,25 @@ impl<X: XsClient> Transaction<'_, X> {
     /// # Errors
     ///
     /// As [`XsClient::set_perms`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::xs_wire::{Access, Perm};
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// let mut xs = Script(b"7\0".to_vec(), Vec::new());
+    /// let mut tx = xs.transaction()?;
+    /// tx.write("data/a", b"1")?;
+    /// // Created and restricted in one step: no reader sees it open.
+    /// tx.set_perms("data/a", &[Perm { domid: 5, access: Access::None }])?;
+    /// tx.commit()?;
+    /// # Ok::<(), XsError>(())
+    /// ```
     pub fn set_perms(&mut self, path: &str, perms: &[Perm]) -> Result<(), XsError> {
         verbs::set_perms(self.xs, self.id, path, perms)
     }
@@ -553,6 +1067,23 @@ impl<X: XsClient> Transaction<'_, X> {
     ///
     /// [`XsError::Daemon`]`(EAGAIN)`: a conflicting change; redo the
     /// transaction. The connection's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// let mut xs = Script(b"7\0".to_vec(), Vec::new());
+    /// let mut tx = xs.transaction()?;
+    /// tx.write("data/a", b"1")?;
+    /// tx.commit()?;
+    /// assert_eq!(xs.1.last(), Some(&(MsgType::TransactionEnd, b"T\0".to_vec())));
+    /// # Ok::<(), XsError>(())
+    /// ```
     pub fn commit(mut self) -> Result<(), XsError> {
         self.end(true)
     }
@@ -562,6 +1093,23 @@ impl<X: XsClient> Transaction<'_, X> {
     /// # Errors
     ///
     /// The connection's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+    /// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+    /// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+    /// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+    /// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+    /// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+    /// let mut xs = Script(b"7\0".to_vec(), Vec::new());
+    /// let mut tx = xs.transaction()?;
+    /// tx.write("data/a", b"1")?;
+    /// tx.abort()?; // nothing of it happened
+    /// assert_eq!(xs.1.last(), Some(&(MsgType::TransactionEnd, b"F\0".to_vec())));
+    /// # Ok::<(), XsError>(())
+    /// ```
     pub fn abort(mut self) -> Result<(), XsError> {
         self.end(false)
     }
@@ -583,6 +1131,26 @@ impl<X: XsClient> Drop for Transaction<'_, X> {
 ///
 /// `f`'s; [`XsError::Daemon`]`(EAGAIN)` after the last try; the
 /// connection's.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::xenstore::with_transaction;
+/// # use coresident_xen::protocol::xs_wire::{MsgType, Payload};
+/// # use coresident_xen::xenstore::{TxId, WatchEvent, XsClient, XsError};
+/// # struct Script(Vec<u8>, Vec<(MsgType, Vec<u8>)>);
+/// # impl XsClient for Script { fn lost_events(&self) -> u64 { 0 }
+/// #   fn request(&mut self, _: TxId, t: MsgType, p: &Payload) -> Result<&[u8], XsError> { self.1.push((t, p.as_bytes().to_vec())); Ok(&self.0) }
+/// #   fn wait_watch(&mut self, _: Option<core::time::Duration>) -> Result<Option<WatchEvent<'_>>, XsError> { Ok(None) } }
+/// let mut xs = Script(b"7\0".to_vec(), Vec::new());
+/// let n = with_transaction(&mut xs, |tx| {
+///     tx.write("data/a", b"1")?;
+///     tx.write("data/b", b"2")?;
+///     Ok(2)
+/// })?;
+/// assert_eq!(n, 2);
+/// # Ok::<(), XsError>(())
+/// ```
 pub fn with_transaction<X: XsClient, T>(
     xs: &mut X,
     mut f: impl FnMut(&mut Transaction<'_, X>) -> Result<T, XsError>,

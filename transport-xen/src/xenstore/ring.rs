@@ -68,13 +68,42 @@ use crate::protocol::xs_wire::{
 use crate::shared::SharedMem;
 
 /// `XENSTORE_RING_SIZE`: bytes in each direction.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::xenstore::ring::{XenstoreDomainInterface, RING_SIZE};
+///
+/// assert_eq!(RING_SIZE, 1024);
+/// assert_eq!(size_of::<XenstoreDomainInterface>(), 2 * RING_SIZE + 7 * 4);
+/// ```
 pub const RING_SIZE: usize = 1024;
 /// `XENSTORE_SERVER_FEATURE_ERROR`: the server reports errors in `error`.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::xenstore::ring::SERVER_FEATURE_ERROR;
+///
+/// let server_features = 0b10; // as read from the page
+/// assert!(server_features & SERVER_FEATURE_ERROR != 0);
+/// ```
 pub const SERVER_FEATURE_ERROR: u32 = 2;
 
 /// `xen/include/public/io/xs_wire.h`: `struct xenstore_domain_interface`.
 /// Only its layout is used (offsets); the live page is never behind a
 /// reference of this type.
+///
+/// # Examples
+///
+/// ```
+/// use core::mem::offset_of;
+/// use coresident_xen::xenstore::ring::XenstoreDomainInterface as Xdi;
+///
+/// // The offsets the client reads and writes the page at.
+/// assert_eq!(offset_of!(Xdi, rsp), 1024);
+/// assert_eq!((offset_of!(Xdi, req_cons), offset_of!(Xdi, rsp_prod)), (2048, 2060));
+/// ```
 #[repr(C)]
 #[derive(Clone, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct XenstoreDomainInterface {
@@ -111,6 +140,27 @@ const _: () = assert!(REQ == 0 && RSP == 1024 && REQ_CONS == 2048 && RSP_PROD ==
 const _: () = assert!(ERROR == 2072 && REQ_CONS % 4 == 0 && FEATURES % 4 == 0);
 
 /// The event channel of a shared ring, supplied by the kernel.
+///
+/// # Examples
+///
+/// A PV kernel's half: the ring's event channel. Here one that never
+/// waits, so a request with no daemon behind the page times out:
+///
+/// ```
+/// use coresident_xen::xenstore::ring::{Events, XsRing};
+/// use coresident_xen::xenstore::{XsClient, XsError};
+///
+/// struct GiveUp;
+/// impl Events for GiveUp {
+///     fn notify(&mut self) {} // EVTCHNOP_send on the store port
+///     fn wait(&mut self) -> bool { false } // block on the port; false: give up
+/// }
+/// let mut page = Box::new([0u32; 1024]); // 4-aligned and zeroed: a fresh ring
+/// // SAFETY: the page outlives the client and is touched by nothing else.
+/// let mut xs = unsafe { XsRing::new(page.as_mut_ptr().cast(), GiveUp) }?;
+/// assert_eq!(xs.read("domid").err(), Some(XsError::Timeout));
+/// # Ok::<(), XsError>(())
+/// ```
 pub trait Events {
     /// Signals the peer (`EVTCHNOP_send` on the ring's port).
     fn notify(&mut self);
@@ -145,6 +195,23 @@ impl Buf {
 /// a time; watch events that arrive while a reply is awaited are kept (one;
 /// more are counted in [`XsRing::lost_events`]: re-read the keys after any
 /// event, as the events are hints).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::xenstore::{XsClient, XsError};
+/// # use coresident_xen::xenstore::ring::{Events, XsRing};
+/// # struct GiveUp(u32);
+/// # impl Events for GiveUp { fn notify(&mut self) { self.0 += 1 } fn wait(&mut self) -> bool { false } }
+/// # let mut page = Box::new([0u32; 1024]);
+/// # // SAFETY: the page outlives the client and is touched by nothing else.
+/// # let mut xs = unsafe { XsRing::new(page.as_mut_ptr().cast(), GiveUp(0)) }?;
+/// // The request went onto the page and the port was signalled; no daemon
+/// // answers here (see [`Events`]).
+/// assert_eq!(xs.write("data/x", b"1").err(), Some(XsError::Timeout));
+/// assert_eq!(xs.events_mut().0, 1);
+/// # Ok::<(), XsError>(())
+/// ```
 pub struct XsRing<E: Events> {
     /// The page's interface: 4-aligned,
     /// `size_of::<XenstoreDomainInterface>()` bytes, valid while `self`
@@ -198,6 +265,19 @@ impl<E: Events> XsRing<E> {
     /// - nothing in this domain accesses those bytes while the client lives,
     ///   except through atomics or volatile accesses (the peer, outside the
     ///   domain, may write them at any time).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::xenstore::ring::{Events, XsRing};
+    /// use coresident_xen::xenstore::XsError;
+    /// # struct NoPort;
+    /// # impl Events for NoPort { fn notify(&mut self) {} fn wait(&mut self) -> bool { false } }
+    ///
+    /// // SAFETY: a null page is refused before it is touched.
+    /// let null = unsafe { XsRing::new(core::ptr::null_mut(), NoPort) };
+    /// assert_eq!(null.err(), Some(XsError::BadPage));
+    /// ```
     pub unsafe fn new(page: *mut u8, events: E) -> Result<Self, XsError> {
         if page.is_null() || (page as usize) % 4 != 0 {
             return Err(XsError::BadPage);
@@ -227,11 +307,40 @@ impl<E: Events> XsRing<E> {
     }
 
     /// The kernel's event-channel half.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::xenstore::{XsClient, XsError};
+    /// # use coresident_xen::xenstore::ring::{Events, XsRing};
+    /// # struct GiveUp(u32);
+    /// # impl Events for GiveUp { fn notify(&mut self) { self.0 += 1 } fn wait(&mut self) -> bool { false } }
+    /// # let mut page = Box::new([0u32; 1024]);
+    /// # // SAFETY: the page outlives the client and is touched by nothing else.
+    /// # let mut xs = unsafe { XsRing::new(page.as_mut_ptr().cast(), GiveUp(0)) }?;
+    /// let _ = xs.read("domid");
+    /// assert_eq!(xs.events_mut().0, 1); // one notify: the request
+    /// # Ok::<(), XsError>(())
+    /// ```
     pub fn events_mut(&mut self) -> &mut E {
         &mut self.events
     }
 
     /// Watch events dropped because one was already held.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::xenstore::XsError;
+    /// # use coresident_xen::xenstore::ring::{Events, XsRing};
+    /// # struct GiveUp(u32);
+    /// # impl Events for GiveUp { fn notify(&mut self) { self.0 += 1 } fn wait(&mut self) -> bool { false } }
+    /// # let mut page = Box::new([0u32; 1024]);
+    /// # // SAFETY: the page outlives the client and is touched by nothing else.
+    /// # let mut xs = unsafe { XsRing::new(page.as_mut_ptr().cast(), GiveUp(0)) }?;
+    /// assert_eq!(xs.lost_events(), 0);
+    /// # Ok::<(), XsError>(())
+    /// ```
     pub fn lost_events(&self) -> u64 {
         self.lost
     }

@@ -33,11 +33,35 @@ use crate::linux::sys::Errno;
 use crate::protocol::xs_wire::{self, Header, MsgType, Payload, WireError, XsErrno, HEADER_LEN};
 
 /// xenstored's socket (Xen 4.17; newer releases may drop it).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::xenstore::SOCKET_PATH;
+///
+/// assert_eq!(SOCKET_PATH, "/var/run/xenstored/socket");
+/// ```
 pub const SOCKET_PATH: &str = "/var/run/xenstored/socket";
 /// The kernel's XenStore device, in every domain.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::xenstore::XENBUS_PATH;
+///
+/// assert_eq!(XENBUS_PATH, "/dev/xen/xenbus");
+/// ```
 pub const XENBUS_PATH: &str = "/dev/xen/xenbus";
 /// How many watch events are queued before new ones are dropped (counted in
 /// [`XsClient::lost_events`]).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::xenstore::EVENT_QUEUE_MAX;
+///
+/// assert_eq!(EVENT_QUEUE_MAX, 1024);
+/// ```
 pub const EVENT_QUEUE_MAX: usize = 1024;
 
 fn errno(e: &io::Error) -> i32 {
@@ -59,6 +83,17 @@ fn refused(e: &io::Error) -> XsError {
 }
 
 /// The connection: xenstored's socket or the xenbus device.
+///
+/// # Examples
+///
+/// ```no_run
+/// use coresident_xen::xenstore::{Conn, XenStore};
+///
+/// // `XenStore::open()`'s type: `XenStore<Conn>`, a socket or the device.
+/// let xs: XenStore<Conn> = XenStore::open_xenbus()?;
+/// # drop(xs);
+/// # Ok::<(), coresident_xen::XsError>(())
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Conn {
@@ -139,6 +174,17 @@ impl XenStore<Conn> {
     /// # Errors
     ///
     /// [`XsError::Open`] with the xenbus device's error.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::xenstore::XsClient;
+    /// use coresident_xen::XenStore;
+    ///
+    /// let mut xs = XenStore::open()?; // dom0: the socket; a guest: xenbus
+    /// println!("this is domain {}", xs.read_u32("domid")?);
+    /// # Ok::<(), coresident_xen::XsError>(())
+    /// ```
     pub fn open() -> Result<Self, XsError> {
         Self::open_socket().or_else(|_| Self::open_xenbus())
     }
@@ -148,6 +194,17 @@ impl XenStore<Conn> {
     /// # Errors
     ///
     /// [`XsError::Open`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::XenStore;
+    ///
+    /// // In dom0, insisting on xenstored's socket.
+    /// let xs = XenStore::open_socket()?;
+    /// # drop(xs);
+    /// # Ok::<(), coresident_xen::XsError>(())
+    /// ```
     pub fn open_socket() -> Result<Self, XsError> {
         let s = UnixStream::connect(SOCKET_PATH).map_err(|e| XsError::Open(errno(&e)))?;
         Ok(Self::new(Conn::Socket(s)))
@@ -158,6 +215,17 @@ impl XenStore<Conn> {
     /// # Errors
     ///
     /// [`XsError::Open`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::XenStore;
+    ///
+    /// // In a guest (or a dom0 without the socket).
+    /// let xs = XenStore::open_xenbus()?;
+    /// # drop(xs);
+    /// # Ok::<(), coresident_xen::XsError>(())
+    /// ```
     pub fn open_xenbus() -> Result<Self, XsError> {
         let f = File::options()
             .read(true)
@@ -171,6 +239,29 @@ impl XenStore<Conn> {
 impl<C: Read + Write + AsFd> XenStore<C> {
     /// A client over an open, blocking connection with a socket's semantics
     /// (tests use one end of a `UnixStream::pair()`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use std::os::unix::net::UnixStream;
+    /// use coresident_xen::protocol::xs_wire::{Header, MsgType};
+    /// use coresident_xen::xenstore::XsClient;
+    /// use coresident_xen::XenStore;
+    ///
+    /// let (ours, mut daemon) = UnixStream::pair()?;
+    /// let mut xs = XenStore::new(ours);
+    /// std::thread::spawn(move || -> std::io::Result<()> {
+    ///     let mut req = [0u8; 16 + 6]; // a header, then "domid\0"
+    ///     daemon.read_exact(&mut req)?;
+    ///     let h = Header::decode(&req[..16].try_into().unwrap()).unwrap();
+    ///     let reply = Header { ty: MsgType::Read, len: 1, ..h };
+    ///     daemon.write_all(&reply.encode().unwrap())?;
+    ///     daemon.write_all(b"5")
+    /// });
+    /// assert_eq!(xs.read_u32("domid")?, 5);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(conn: C) -> Self {
         Self {
             conn,
@@ -192,6 +283,19 @@ impl<C: Read + Write + AsFd> XenStore<C> {
     /// (Linux's `xenbus_file_write` empties its buffer): that request
     /// fails with [`XsError::Daemon`] (or [`XsError::NotFound`]), as it
     /// would over xenstored's socket, and the connection goes on.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::fs::File;
+    /// use coresident_xen::XenStore;
+    ///
+    /// // What `XenStore::open_xenbus` does, over a device opened by the caller.
+    /// let dev = File::options().read(true).write(true).open("/dev/xen/xenbus")?;
+    /// let xs = XenStore::xenbus(dev);
+    /// # drop(xs);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn xenbus(conn: C) -> Self {
         Self {
             message_writes: true,
@@ -201,6 +305,22 @@ impl<C: Read + Write + AsFd> XenStore<C> {
 
     /// How long a request waits for its reply (default 60 s; xenstored
     /// under emulation is slow). After a timeout the connection is broken.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::unix::net::UnixStream;
+    /// use std::time::Duration;
+    /// use coresident_xen::xenstore::{XsClient, XsError};
+    /// use coresident_xen::XenStore;
+    ///
+    /// let (ours, _silent) = UnixStream::pair()?; // a daemon that never answers
+    /// let mut xs = XenStore::new(ours);
+    /// xs.set_reply_timeout(Duration::from_millis(20));
+    /// assert_eq!(xs.read("domid").err(), Some(XsError::Timeout));
+    /// assert_eq!(xs.read("domid").err(), Some(XsError::Broken)); // for good
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_reply_timeout(&mut self, timeout: Duration) {
         self.reply_timeout = timeout;
     }

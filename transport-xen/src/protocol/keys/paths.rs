@@ -5,6 +5,15 @@
 use super::*;
 
 /// Whether `name` is a channel name or context: `[A-Za-z0-9_-]{1,64}`.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::valid_name;
+///
+/// assert!(valid_name("tcp-0a000001-1f90"));
+/// assert!(!valid_name("a/b") && !valid_name("") && !valid_name("a.b"));
+/// ```
 pub fn valid_name(name: &str) -> bool {
     (1..=MAX_NAME_LEN).contains(&name.len())
         && name
@@ -40,6 +49,16 @@ impl Name {
     /// # Errors
     ///
     /// [`KeyError::BadName`] outside `[A-Za-z0-9_-]{1,64}`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::keys::{KeyError, Name};
+    ///
+    /// assert_eq!(Name::new("logs")?.as_str(), "logs");
+    /// assert_eq!(Name::new("../x"), Err(KeyError::BadName));
+    /// # Ok::<(), KeyError>(())
+    /// ```
     pub fn new(name: &str) -> Result<Self, KeyError> {
         if !valid_name(name) {
             return Err(KeyError::BadName);
@@ -55,6 +74,15 @@ impl Name {
     }
 
     /// The name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::keys::Name;
+    ///
+    /// assert_eq!(Name::new("pv")?.as_str(), "pv");
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn as_str(&self) -> &str {
         // Checked ASCII at construction.
         core::str::from_utf8(self.buf.get(..self.len).unwrap_or(&[])).unwrap_or("")
@@ -75,6 +103,16 @@ impl fmt::Display for Name {
 
 /// The permissions of every node of an offer or answer: owned by its
 /// writer, no access for other domains, read for the peer.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::perms;
+/// use coresident_xen::protocol::xs_wire::{Access, Perm};
+///
+/// // Domain 5's offer to dom0: `[n5, r0]`.
+/// assert_eq!(perms(5, 0), [Perm { domid: 5, access: Access::None }, Perm { domid: 0, access: Access::Read }]);
+/// ```
 pub fn perms(owner: DomId, reader: DomId) -> [Perm; 2] {
     [
         Perm {
@@ -121,6 +159,16 @@ pub fn offer_dir(
 /// # Errors
 ///
 /// [`KeyError::PathTooLong`] (never, for names within their limit).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::{answer_dir, Name, CHANNELS};
+///
+/// let p = answer_dir(5, 0, &Name::new(CHANNELS)?, &Name::new("pv")?)?;
+/// assert_eq!(p.as_str(), "/local/domain/5/data/coresident/channels/0/pv/answer");
+/// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+/// ```
 pub fn answer_dir(
     acceptor: DomId,
     offerer: DomId,
@@ -139,6 +187,17 @@ pub fn answer_dir(
 /// # Errors
 ///
 /// [`KeyError::PathTooLong`] (never, for a context within its limit).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::{offers_from, Name};
+///
+/// // Domain 5's offers to dom0 in "conns": one child per offered name.
+/// let dir = offers_from(5, 0, &Name::new("conns")?)?;
+/// assert_eq!(dir.as_str(), "/local/domain/5/data/coresident/conns/0");
+/// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+/// ```
 pub fn offers_from(peer: DomId, own: DomId, context: &Name) -> Result<Path, KeyError> {
     Path::new(format_args!("/local/domain/{peer}/{TOP}/{context}/{own}"))
 }
@@ -161,6 +220,18 @@ pub struct Path {
 }
 
 /// The longest [`Path`]: the longest answer key of the longest names fits.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::protocol::keys::{answer_dir, Name, MAX_NAME_LEN, PATH_MAX};
+///
+/// // The longest answer directory of the longest names fits, with room for a key.
+/// let long = Name::new(&"n".repeat(MAX_NAME_LEN))?;
+/// let dir = answer_dir(65535, 65535, &long, &long)?;
+/// assert!(dir.as_str().len() + "/offer-port".len() <= PATH_MAX);
+/// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+/// ```
 pub const PATH_MAX: usize = 256;
 
 impl fmt::Debug for Path {
@@ -183,6 +254,18 @@ impl fmt::Write for Path {
 
 impl Path {
     /// An empty path.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use core::fmt::Write;
+    /// use coresident_xen::protocol::keys::Path;
+    ///
+    /// let mut p = Path::empty();
+    /// write!(p, "refs{}", 3)?;
+    /// assert_eq!(p.as_str(), "refs3");
+    /// # Ok::<(), core::fmt::Error>(())
+    /// ```
     pub const fn empty() -> Self {
         Self {
             buf: [0; PATH_MAX],
@@ -195,6 +278,18 @@ impl Path {
     /// # Errors
     ///
     /// [`KeyError::PathTooLong`] past [`PATH_MAX`] bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::keys::{KeyError, Path, PATH_MAX};
+    ///
+    /// let p = Path::new(format_args!("{}/{}", "data", "app"))?;
+    /// assert_eq!(p.as_str(), "data/app");
+    /// let long = "x".repeat(PATH_MAX + 1);
+    /// assert_eq!(Path::new(format_args!("{long}")).err(), Some(KeyError::PathTooLong));
+    /// # Ok::<(), KeyError>(())
+    /// ```
     pub fn new(args: fmt::Arguments<'_>) -> Result<Self, KeyError> {
         let mut p = Self::empty();
         p.write_fmt(args).map_err(|_| KeyError::PathTooLong)?;
@@ -202,6 +297,16 @@ impl Path {
     }
 
     /// The path (UTF-8: only `str`s were written).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::protocol::keys::Path;
+    ///
+    /// let p = Path::new(format_args!("/local/domain/{}/name", 5))?;
+    /// assert_eq!(p.as_str(), "/local/domain/5/name");
+    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
+    /// ```
     pub fn as_str(&self) -> &str {
         core::str::from_utf8(self.buf.get(..self.len).unwrap_or(&[])).unwrap_or("")
     }
