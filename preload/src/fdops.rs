@@ -93,7 +93,12 @@ pub(crate) fn on_close(fd: c_int, entry: &Arc<Entry>) {
                         crate::state::lock(&fork::HANDED_OVER).push(conn);
                     } else {
                         conn.imp.finish(FINISH_LIMIT);
-                        tracing::debug!(target: "coresident_preload", conn = conn.id, fd, "closed");
+                        // The connection's bytes by path: what `coresident status` showed
+                        // while it lived, kept in the log once the program is gone.
+                        let st = conn.imp.stats();
+                        tracing::info!(target: "coresident_preload", conn = conn.id, fd,
+                            ring_tx = st.ring_tx, ring_rx = st.ring_rx, tcp_tx = st.tcp_tx,
+                            tcp_rx = st.tcp_rx, switches = st.switches, "closed");
                     }
                 }
                 crate::accel::on_last_close(entry);
