@@ -51,9 +51,12 @@ withdrawn=0 seen_tcp=0 seen_ring=0 polls=0
 while [ ! -f /tmp/socat.rc ]; do
     polls=$((polls + 1))
     [ $(( $(date +%s) - T0 )) -lt 900 ] || fail "the transfer did not end in 900 s"
-    row=$(coresident status 2>/dev/null | awk '$1 ~ /^[0-9]+$/ && $5 != "-" {print $5, $7, $9; exit}')
-    if [ -n "$row" ]; then
-        set -- $row
+    # A connection's row: PID FD LOCAL PEER PATH RING_TX RING_RX TCP_TX TCP_RX SWITCHES
+    # (not the summary line, "N processes, M connections").
+    row=$(coresident status 2>/dev/null \
+        | awk '$1 ~ /^[0-9]+$/ && NF == 10 && $7 ~ /^[0-9]+$/ {print $5, $7, $9; exit}')
+    set -- $row
+    if [ $# -eq 3 ]; then
         case $1 in ring) seen_ring=1 ;; tcp) seen_tcp=1 ;; esac
         if [ $withdrawn = 0 ] && [ "$2" -ge $((N / 3)) ] 2>/dev/null; then
             echo "withdraw $DOMU_ID" >&3
