@@ -14,7 +14,7 @@
 # dom0 received bytes over the ring AND over TCP, exactly XEN_SOCAT_BYTES in
 # all, the domU sent over both.
 domu_socat_job() {
-    local t n tdir so cli h0 hu line rr tr rt tt secs ok=0 why=
+    local t n tdir so cli
     t=$(date +%s)
     n=${XEN_SOCAT_BYTES:-104857600}
     tdir=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -37,21 +37,29 @@ domu_socat_job() {
         -b "$WORK/bin/libcoresident_preload.so" \
         -b "$ROOT/ci/xen-jobs/domu-socat/dom0.sh" -b "$ROOT/ci/xen-jobs/domu-socat/domu.sh" \
         -d "XEN_SOCAT_BYTES=$n domu.sh" "XEN_SOCAT_BYTES=$n dom0.sh"
+    domu_socat_judge "$n"
+}
+
+# domu_socat_judge BYTES: reads SLOG (and RC), prints the figures, calls verdict.
+# Every grep may find nothing (set -e and pipefail are on in .ci/xen).
+domu_socat_judge() {
+    local n=$1 h0 hu line rr tr rt tt secs ok=0 why=
     # The hashes, each side's own line.
     h0=$(grep -a -m1 -o 'socat-dom0: sha256 [0-9a-f]*' "$SLOG" | cut -d' ' -f3 || true)
     hu=$(grep -a -m1 -o 'domU| socat-domU: sha256 [0-9a-f]*' "$SLOG" | cut -d' ' -f4 || true)
-    # The library's counts when socat closed the connection.
-    line=$(grep -a -m1 -E '^socat-dom0: log: .*ring_rx=[0-9]+.* closed' "$SLOG" || true)
-    rr=$(echo "$line" | grep -o 'ring_rx=[0-9]*' | cut -d= -f2)
-    tr=$(echo "$line" | grep -o 'tcp_rx=[0-9]*' | cut -d= -f2)
-    line=$(grep -a -m1 -E '^domU\| socat-domU: log: .*ring_tx=[0-9]+.* closed' "$SLOG" || true)
-    rt=$(echo "$line" | grep -o 'ring_tx=[0-9]*' | cut -d= -f2)
-    tt=$(echo "$line" | grep -o 'tcp_tx=[0-9]*' | cut -d= -f2)
+    # The library's counts when the connection ended ("closed ..." or "closed at
+    # exit ...", then the fields).
+    line=$(grep -a -m1 -E '^socat-dom0: log: .* coresident_preload: closed.* ring_rx=[0-9]+' "$SLOG" || true)
+    rr=$(echo "$line" | grep -o 'ring_rx=[0-9]*' | cut -d= -f2 || true)
+    tr=$(echo "$line" | grep -o 'tcp_rx=[0-9]*' | cut -d= -f2 || true)
+    line=$(grep -a -m1 -E '^domU\| socat-domU: log: .* coresident_preload: closed.* ring_tx=[0-9]+' "$SLOG" || true)
+    rt=$(echo "$line" | grep -o 'ring_tx=[0-9]*' | cut -d= -f2 || true)
+    tt=$(echo "$line" | grep -o 'tcp_tx=[0-9]*' | cut -d= -f2 || true)
     secs=$(grep -a -m1 -o 'socat-dom0: socat exited with 0 after [0-9]* s' "$SLOG" | grep -o '[0-9]* s$' | cut -d' ' -f1 || true)
     echo "xen:   domu-socat: dom0 received ring ${rr:-?} B, tcp ${tr:-?} B; the domU sent ring ${rt:-?} B, tcp ${tt:-?} B; ${secs:-?} s for $n B (TCG: not a claim)"
     echo "xen:   domu-socat: sha256 dom0 ${h0:-none}, domU ${hu:-none}"
     grep -a -e 'socat-dom0: status' -e 'XEN-CHECK socat' "$SLOG" | sed 's/^/xen:   /' || true
-    if [ $RC -ne 0 ]; then
+    if [ "$RC" -ne 0 ]; then
         why=
     elif ! has 'XEN-CHECK socat_host ok' || ! has 'domU| socat-domU: ok'; then
         why="a half did not pass"
