@@ -125,11 +125,20 @@ pub(crate) extern "C" fn at_exit() {
 /// The end of a connection in the log, with its bytes by path: what `coresident status`
 /// showed while it lived, kept once the program is gone (a program that exits without
 /// closing its socket ends it in [`at_exit`]).
+///
+/// A connection whose `stats` panics still closes: the panic is counted, as at every
+/// barrier, and the event says the counts are unavailable.
 fn log_closed(conn: &Conn, fd: c_int, how: &'static str) {
-    let st = conn.imp.stats();
-    tracing::info!(target: "coresident_preload", conn = conn.id, fd,
-        ring_tx = st.ring_tx, ring_rx = st.ring_rx, tcp_tx = st.tcp_tx,
-        tcp_rx = st.tcp_rx, switches = st.switches, "{how}");
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.imp.stats())) {
+        Ok(st) => tracing::info!(target: "coresident_preload", conn = conn.id, fd,
+            ring_tx = st.ring_tx, ring_rx = st.ring_rx, tcp_tx = st.tcp_tx,
+            tcp_rx = st.tcp_rx, switches = st.switches, "{how}"),
+        Err(_) => {
+            crate::guard::caught_panic();
+            tracing::info!(target: "coresident_preload", conn = conn.id, fd,
+                "{how} (byte counts unavailable)");
+        }
+    }
 }
 
 /// `close(fd)` (called before the kernel's close: the number is not reusable yet).
