@@ -55,10 +55,13 @@ domu_socat_judge() {
     line=$(grep -a -m1 -E '^domU\| socat-domU: log: .* coresident_preload: closed.* ring_tx=[0-9]+' "$SLOG" || true)
     rt=$(echo "$line" | grep -o 'ring_tx=[0-9]*' | cut -d= -f2 || true)
     tt=$(echo "$line" | grep -o 'tcp_tx=[0-9]*' | cut -d= -f2 || true)
-    secs=$(grep -a -m1 -o 'socat-dom0: socat exited with 0 after [0-9]* s' "$SLOG" | grep -o '[0-9]* s$' | cut -d' ' -f1 || true)
+    # The sender's socat, first byte to exit (dom0's own count also holds the wait for
+    # the domU's go and its producer-alone measurement).
+    secs=$(grep -a -m1 -o 'domU| socat-domU: socat exited with 0 after [0-9]* s' "$SLOG" | grep -o '[0-9]* s$' | cut -d' ' -f1 || true)
     echo "xen:   domu-socat: dom0 received ring ${rr:-?} B, tcp ${tr:-?} B; the domU sent ring ${rt:-?} B, tcp ${tt:-?} B; ${secs:-?} s for $n B (TCG: not a claim)"
     echo "xen:   domu-socat: sha256 dom0 ${h0:-none}, domU ${hu:-none}"
-    grep -a -e 'socat-dom0: status' -e 'XEN-CHECK socat' "$SLOG" | sed 's/^/xen:   /' || true
+    grep -a -e 'socat-dom0: status' -e 'XEN-CHECK socat' -e 'socat-domU: producer alone' "$SLOG" \
+        | sed 's/^/xen:   /' || true
     if [ "$RC" -ne 0 ]; then
         why=
     elif ! has 'XEN-CHECK socat_host ok' || ! has 'domU| socat-domU: ok'; then

@@ -17,6 +17,13 @@ until socat -u OPEN:/dev/null TCP:10.0.0.1:7301,connect-timeout=2 2>/dev/null; d
 done
 say "dom0 says go: sending $N bytes"
 mkfifo /tmp/sent.fifo || fail "mkfifo"
+# The producer alone (the same pipeline into /dev/null, 8 MiB): what this
+# 1-vCPU TCG guest can feed socat at all, to read the transfer's rate against.
+sha256sum < /tmp/sent.fifo > /dev/null &
+P0=$(date +%s)
+head -c 8388608 /dev/urandom | tee /tmp/sent.fifo > /dev/null
+wait
+say "producer alone: 8388608 bytes in $(( $(date +%s) - P0 )) s"
 sha256sum < /tmp/sent.fifo > /tmp/sum.domu &
 T0=$(date +%s)
 head -c "$N" /dev/urandom | tee /tmp/sent.fifo | \
