@@ -38,7 +38,11 @@ PKGS=(xen-hypervisor-4.17-amd64 xen-utils-4.17 xenstore-utils
       libxenhypfs1 libyajl2 libuuid1 liblzma5 libzstd1 zlib1g libc6 libgcc-s1
       busybox-static "$KPKG"
       # run.sh -n (network): xl's vif hotplug scripts, which need bash.
-      xen-utils-common bash libtinfo6)
+      xen-utils-common bash libtinfo6
+      # run.sh -n: socat (the domu-socat job, an unmodified program under
+      # libcoresident_preload.so) and the libraries it links.
+      socat libssl3 libwrap0 libnsl2 libtirpc3 libgssapi-krb5-2 libkrb5-3
+      libk5crypto3 libcom-err2 libkrb5support0 libkeyutils1)
 
 cd "$WORK/debs"
 rm -f ./*.deb

@@ -2,7 +2,7 @@
 //! connections, and send them back to TCP.
 //!
 //! ```text
-//! coresident run [--registry DIR] [--log PATH] -- CMD [ARGS...]
+//! coresident run [--registry DIR] [--log PATH] [--discovery host|xen|none] -- CMD [ARGS...]
 //! coresident status [--registry DIR]
 //! coresident withdraw (--pid PID | --all) [--registry DIR]
 //! ```
@@ -28,12 +28,14 @@ use std::time::Duration;
 const LIB: &str = "libcoresident_preload.so";
 
 const USAGE: &str = "\
-usage: coresident run [--registry DIR] [--log PATH] -- CMD [ARGS...]
+usage: coresident run [--registry DIR] [--log PATH] [--discovery host|xen|none] -- CMD [ARGS...]
        coresident status [--registry DIR]
        coresident withdraw (--pid PID | --all) [--registry DIR]
 
 run       runs CMD with libcoresident_preload.so preloaded: its TCP connections to
           other programs run this way on this host take a shared-memory ring
+          (--discovery sets CORESIDENT_DISCOVERY: host, the default, or xen for
+          dom0 and guests of one Xen host, or none; else the inherited value)
 status    lists the accelerated connections of every process (pid, 4-tuple, path,
           bytes on the ring and on TCP)
 withdraw  sends those connections back to TCP mid-stream, losing nothing
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
 struct Opts {
     registry: Option<PathBuf>,
     log: Option<PathBuf>,
+    discovery: Option<&'static str>,
     pid: Option<u32>,
     all: bool,
     /// After `--`.
@@ -92,6 +95,10 @@ fn parse(args: &[OsString], allowed: &[&str]) -> Result<Opts, String> {
             }
             "--registry" if allowed.contains(&"--registry") => o.registry = Some(value()?.into()),
             "--log" if allowed.contains(&"--log") => o.log = Some(value()?.into()),
+            "--discovery" if allowed.contains(&"--discovery") => {
+                let v = value()?;
+                o.discovery = Some(discovery(&v)?);
+            }
             "--pid" if allowed.contains(&"--pid") => {
                 let v = value()?;
                 o.pid = Some(
@@ -143,8 +150,22 @@ fn library() -> Result<PathBuf, String> {
     ))
 }
 
+/// `--discovery`'s value: one the library knows (it would fall back to plain TCP on
+/// any other, with only a log line to say so; here the user hears it at once).
+fn discovery(v: &std::ffi::OsStr) -> Result<&'static str, String> {
+    match v.to_str() {
+        Some("host") => Ok("host"),
+        Some("xen") => Ok("xen"),
+        Some("none") => Ok("none"),
+        _ => Err(format!(
+            "--discovery: {:?} is not host, xen or none",
+            v.to_string_lossy()
+        )),
+    }
+}
+
 fn run(args: &[OsString]) -> Result<ExitCode, String> {
-    let o = parse(args, &["--registry", "--log", "--"])?;
+    let o = parse(args, &["--registry", "--log", "--discovery", "--"])?;
     let Some((prog, prog_args)) = o.command.split_first() else {
         return Err(format!("run: no command\n{USAGE}"));
     };
@@ -161,6 +182,9 @@ fn run(args: &[OsString]) -> Result<ExitCode, String> {
     }
     if let Some(l) = &o.log {
         cmd.env("CORESIDENT_LOG", absolute(l));
+    }
+    if let Some(d) = o.discovery {
+        cmd.env("CORESIDENT_DISCOVERY", d);
     }
     let e = cmd.exec();
     eprintln!("coresident: cannot run {}: {e}", prog.to_string_lossy());
@@ -340,4 +364,31 @@ fn withdraw(args: &[OsString]) -> Result<ExitCode, String> {
         println!("pid {}: {n} connections back to TCP", a.pid);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn run_takes_a_known_discovery_only() {
+        let allowed = ["--registry", "--log", "--discovery", "--"];
+        let o = parse(&args(&["--discovery", "xen", "--", "socat"]), &allowed).unwrap();
+        assert_eq!(o.discovery, Some("xen"));
+        assert_eq!(o.command, args(&["socat"]));
+        for v in ["host", "none"] {
+            let o = parse(&args(&["--discovery", v, "true"]), &allowed).unwrap();
+            assert_eq!(o.discovery, Some(v));
+        }
+        for bad in ["Xen", "", "xen ", "shm", "../x"] {
+            assert!(parse(&args(&["--discovery", bad, "true"]), &allowed).is_err());
+        }
+        assert!(parse(&args(&["--discovery"]), &allowed).is_err());
+        // Not an option of status.
+        assert!(parse(&args(&["--discovery", "xen"]), &["--registry"]).is_err());
+    }
 }

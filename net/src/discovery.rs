@@ -7,7 +7,9 @@
 //! - **offer** a channel to whoever registered a destination, carrying a [`Hello`] (the
 //!   4-tuple, the session id, the epoch) ahead of the transport's own handshake;
 //! - say nothing at all for an unknown destination, at the cost of a failed `connect`
-//!   on a Unix socket path (no network round trip).
+//!   on a Unix socket path (no network round trip);
+//! - and answer "may you serve this destination?" from what it knows locally
+//!   ([`Discovery::may_serve`]), so a caller can skip preparing an offer.
 //!
 //! Backends: [`HostRegistry`] (processes and containers on one host, `coresident-shm`),
 //! [`NoDiscovery`] (plain TCP), and with the feature `xen`, `xen::XenDiscovery` (guests
@@ -22,7 +24,7 @@ use core::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -194,6 +196,17 @@ pub trait Discovery: Send + Sync + fmt::Debug {
     fn subscribe(&self, peer: IpAddr, sub: Subscriber) {
         let _ = (peer, sub);
     }
+
+    /// Whether this backend may serve `dst` at all: a cheap local look (no network, no
+    /// XenStore, no handshake) for a caller that pays for preparing an offer (the
+    /// preload library binds the application's socket before its `connect`). `false`
+    /// only when [`offer`](Self::offer) would surely be [`Refusal::NotResident`];
+    /// `true` means "ask `offer`", which may still refuse. The default is `true` (the
+    /// conservative answer for a backend with no cheaper look than the offer itself).
+    fn may_serve(&self, dst: SocketAddr) -> bool {
+        let _ = dst;
+        true
+    }
 }
 
 /// One session stream's residency hook, handed to its backend by
@@ -259,6 +272,10 @@ impl Discovery for NoDiscovery {
 
     fn offer(&self, _: &Hello, _: &OfferParams) -> Result<Box<dyn RingLink>, Refusal> {
         Err(Refusal::NotResident)
+    }
+
+    fn may_serve(&self, _: SocketAddr) -> bool {
+        false
     }
 }
 
@@ -510,6 +527,14 @@ impl Discovery for HostRegistry {
         })?;
         Ok(Box::new(HostLink::new(ep, pid)))
     }
+
+    /// A `stat` per candidate name (`tcp/<ip>_<port>`, then the wildcards): a socket
+    /// there may serve `dst` (a stale one is found out by the offer's `connect`).
+    fn may_serve(&self, dst: SocketAddr) -> bool {
+        Self::candidates(&self.dir.join("tcp"), dst)
+            .iter()
+            .any(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()))
+    }
 }
 
 fn local_id() -> PeerId {
@@ -710,5 +735,56 @@ unsafe impl RingLink for HostLink {
             rustix::net::recv(self.link.as_fd(), &mut b, rustix::net::RecvFlags::DONTWAIT),
             Ok((1, _)) if b[0] == COMMIT
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "coresident-net-may-serve-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    /// The host registry's look is a `stat` of the candidate names: only a socket there
+    /// counts (a file or a directory of that name is not a listener), and the wildcards
+    /// of the destination's family serve it.
+    #[test]
+    fn host_registry_may_serve_only_registered_sockets() {
+        let dir = tmp_dir("host");
+        let r = HostRegistry::at(&dir);
+        let a: SocketAddr = "10.1.2.3:7000".parse().unwrap();
+        assert!(!r.may_serve(a), "no registry directory yet");
+        let tcp = r.socket_dir().unwrap();
+        assert!(!r.may_serve(a));
+        // Not sockets: refused.
+        std::fs::write(tcp.join("10.1.2.3_7000"), b"").unwrap();
+        std::fs::create_dir(tcp.join("0.0.0.0_7000")).unwrap();
+        assert!(!r.may_serve(a));
+        // The specific name, then a wildcard of each family.
+        let _s1 = std::os::unix::net::UnixListener::bind(tcp.join("10.1.2.3_7001")).unwrap();
+        assert!(r.may_serve("10.1.2.3:7001".parse().unwrap()));
+        assert!(r.may_serve("[::ffff:10.1.2.3]:7001".parse().unwrap()));
+        assert!(!r.may_serve("10.1.2.4:7001".parse().unwrap()));
+        let _s2 = std::os::unix::net::UnixListener::bind(tcp.join("0.0.0.0_7002")).unwrap();
+        assert!(r.may_serve("10.9.9.9:7002".parse().unwrap()));
+        assert!(
+            !r.may_serve("[fd00::9]:7002".parse().unwrap()),
+            "v4 wildcard, v6 dst"
+        );
+        let _s3 = std::os::unix::net::UnixListener::bind(tcp.join("[::]_7003")).unwrap();
+        assert!(r.may_serve("10.9.9.9:7003".parse().unwrap()));
+        assert!(r.may_serve("[fd00::9]:7003".parse().unwrap()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn no_discovery_never_serves() {
+        assert!(!NoDiscovery.may_serve("127.0.0.1:80".parse().unwrap()));
     }
 }

@@ -196,6 +196,13 @@ impl Builder {
         }
     }
 
+    /// Whether this builder's backend may serve `dst` at all
+    /// ([`Discovery::may_serve`]: a local look, no round trip). `false`: an offer would
+    /// surely be refused as not resident; skip [`offer_for`](Self::offer_for).
+    pub fn may_serve(&self, dst: SocketAddr) -> bool {
+        self.discovery.may_serve(dst)
+    }
+
     /// The connecting side's half of the agreement, for a caller that makes the TCP
     /// connection itself (the preload library around a program's own `connect`):
     /// offers a channel for the connection `src -> dst` (bind the socket to `src`

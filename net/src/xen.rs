@@ -384,8 +384,17 @@ impl XenDiscovery {
 
     /// The backend over a residency view the caller made, stepped from a background
     /// thread, and `connect` for the rendezvous's connections.
+    ///
+    /// The view's first read happens here, before this returns: a backend made just
+    /// before a `connect` (the preload library makes it at a process's first socket
+    /// call) already knows the peers listed at that moment.
     pub fn with_view(mut view: ResidencyView, connect: Connect) -> Self {
         let mut me = Self::manual(view.domid(), connect);
+        match view.step(Some(Duration::ZERO)) {
+            Ok(changes) => me.inner.apply(&changes),
+            // The thread retries.
+            Err(e) => tracing::warn!(error = %e, "xen: residency view's first read failed"),
+        }
         let inner = Arc::clone(&me.inner);
         let thread = std::thread::Builder::new()
             .name("coresident-net-xen-view".into())
@@ -564,6 +573,12 @@ impl Discovery for XenDiscovery {
             s.retain(|(_, s)| s.is_alive());
             s.push((peer, sub));
         }
+    }
+
+    /// From the residency view alone (no XenStore traffic): whether a co-resident peer
+    /// lists `dst`'s address. Whether it listens there is the offer's question.
+    fn may_serve(&self, dst: SocketAddr) -> bool {
+        self.domain_of(canonical(dst).ip()).is_some()
     }
 }
 

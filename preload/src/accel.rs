@@ -28,7 +28,9 @@
 //!   library end to end in a real program, and is what the C tests run in one process.
 //!   (A proposal whose connection is accepted by another process, a forked child
 //!   sharing the listener, is never taken: that connection would stall. A test aid.)
-//! * Across processes: `coresident_net` (the host registry as discovery). `listen`
+//! * Across processes: `coresident_net`, with the discovery backend that
+//!   `CORESIDENT_DISCOVERY` chose ([`crate::backend`]: the host registry by default,
+//!   or the Xen backend between dom0 and guests). `listen`
 //!   registers the bound address with a `coresident_net::Listener` whose background
 //!   acceptor serves the channel handshakes; `connect` to a registered destination
 //!   binds the socket to the route's source address, offers and commits a channel
@@ -36,22 +38,20 @@
 //!   side's stream is `Stream::from_session` over a duplicate of the application's
 //!   descriptor, the accepting side's `Listener::adopt`. See `docs/preload.md`.
 //!
-//! A destination nobody registered costs a stat per candidate name of the registry
-//! (`tcp/<ip>_<port>`, then the wildcards): no socket is bound, nothing is sent, the
-//! connection is plain TCP exactly as without the library.
+//! A destination the backend cannot serve costs its local look
+//! (`Discovery::may_serve`: a stat per candidate name of the host registry,
+//! `tcp/<ip>_<port>` then the wildcards; a look at the Xen residency view): no socket is
+//! bound, nothing is sent, the connection is plain TCP exactly as without the library.
 
 use core::net::{IpAddr, SocketAddr};
 use core::time::Duration;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::FileTypeExt;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use coresident_net::{
-    Builder, Discovery, HandshakeSink, HostRegistry, OfferParams, Prepared, Refusal, Registration,
-    RingLink,
+    Builder, Discovery, HandshakeSink, OfferParams, Prepared, Refusal, Registration, RingLink,
 };
 
 use crate::conn::Accelerated;
@@ -97,29 +97,20 @@ fn enabled() -> bool {
 /// reader after every other one.
 const RING_SIZE: u32 = 1 << 20;
 
-/// The streams' settings: the host registry (in `CORESIDENT_REGISTRY` if set); the
-/// spin budget of the library (`CORESIDENT_SPIN_US`), which the stream uses in its own
-/// blocking receive (`NetConn::recv_blocking`); [`RING_SIZE`].
+/// The streams' settings: this process's discovery backend ([`crate::backend`]:
+/// `CORESIDENT_DISCOVERY`, the host registry by default); the spin budget of the
+/// library (`CORESIDENT_SPIN_US`), which the stream uses in its own blocking receive
+/// (`NetConn::recv_blocking`); [`RING_SIZE`]; the handshake deadline
+/// (`CORESIDENT_HANDSHAKE_MS`).
 fn builder() -> &'static Builder {
     static B: OnceLock<Builder> = OnceLock::new();
     B.get_or_init(|| {
         Builder::new()
-            .discovery(registry())
+            .discovery_arc(Arc::clone(crate::backend::discovery()))
             .spin(crate::state::config().spin)
             .ring_size(RING_SIZE)
+            .handshake_timeout(crate::backend::timeout())
     })
-}
-
-/// The host registry in the library's registry directory, with the credential policy
-/// of `CORESIDENT_CREDENTIALS`: `same-uid` (the default: a peer of another uid gets
-/// plain TCP, never a ring) or `any-uid` (containers that map users differently and
-/// share a bind-mounted registry directory: its permissions are then the policy).
-fn registry() -> HostRegistry {
-    let r = HostRegistry::at(crate::control::registry_dir());
-    match std::env::var("CORESIDENT_CREDENTIALS").as_deref() {
-        Ok("any-uid") => r.with_policy(coresident_net::CredentialPolicy::AnyUid),
-        _ => r,
-    }
 }
 
 /// Addresses this process listens on (in-process backend).
@@ -134,11 +125,12 @@ fn listens_on(to: SocketAddr) -> bool {
         .any(|l| l.port() == to.port() && (l.ip() == to.ip() || l.ip().is_unspecified()))
 }
 
-/// The host registry's discovery, registering the application's address (not the one
-/// the `Listener` bound for itself: the application's socket is already bound there).
+/// This process's discovery backend, registering the application's address (not the
+/// one the `Listener` bound for itself: the application's socket is already bound
+/// there). Everything else is the backend's own, residency news included.
 #[derive(Debug)]
 struct AtAddress {
-    inner: HostRegistry,
+    inner: Arc<dyn Discovery>,
     addr: SocketAddr,
 }
 
@@ -161,6 +153,14 @@ impl Discovery for AtAddress {
         params: &OfferParams,
     ) -> Result<Box<dyn RingLink>, Refusal> {
         self.inner.offer(hello, params)
+    }
+
+    fn subscribe(&self, peer: IpAddr, sub: coresident_net::Subscriber) {
+        self.inner.subscribe(peer, sub);
+    }
+
+    fn may_serve(&self, dst: SocketAddr) -> bool {
+        self.inner.may_serve(dst)
     }
 }
 
@@ -189,10 +189,11 @@ pub(crate) fn on_listen(entry: &Arc<Entry>, fd: i32) {
     };
     let b = Builder::new()
         .discovery(AtAddress {
-            inner: registry(),
+            inner: Arc::clone(crate::backend::discovery()),
             addr,
         })
-        .spin(crate::state::config().spin);
+        .spin(crate::state::config().spin)
+        .handshake_timeout(crate::backend::timeout());
     match b.bind(own) {
         Ok(l) => {
             tracing::info!(target: "coresident_preload", fd, %addr, "listening socket registered");
@@ -203,34 +204,6 @@ pub(crate) fn on_listen(entry: &Arc<Entry>, fd: i32) {
                 "registration failed: this listener accepts plain TCP only");
         }
     }
-}
-
-/// The registry names that may serve `dst` (`coresident_net`'s `HostRegistry`
-/// layout: `tcp/<ip>_<port>`, `tcp/[<ip6>]_<port>`, then the wildcards).
-fn registry_names(dst: SocketAddr) -> Vec<PathBuf> {
-    let dir = crate::control::registry_dir().join("tcp");
-    let dst = coresident_net::wire::canonical(dst);
-    let port = dst.port();
-    let mut v = Vec::with_capacity(3);
-    match dst {
-        SocketAddr::V4(a) => {
-            v.push(dir.join(format!("{}_{port}", a.ip())));
-            v.push(dir.join(format!("0.0.0.0_{port}")));
-            v.push(dir.join(format!("[::]_{port}")));
-        }
-        SocketAddr::V6(a) => {
-            v.push(dir.join(format!("[{}]_{port}", a.ip())));
-            v.push(dir.join(format!("[::]_{port}")));
-        }
-    }
-    v
-}
-
-/// Whether someone registered `dst` (a stat per candidate name).
-fn registered(dst: SocketAddr) -> bool {
-    registry_names(dst)
-        .iter()
-        .any(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()))
 }
 
 /// The source address a connection to `dst` would leave from (a UDP `connect` sends
@@ -286,7 +259,9 @@ pub(crate) fn before_connect(entry: &Arc<Entry>, fd: i32, to: SocketAddr) {
         tracing::debug!(target: "coresident_preload", fd, %local, %to, "proposed (in-process)");
         return;
     }
-    if !registered(to) {
+    // The backend's local look (a stat per registry name, or the Xen residency view):
+    // a destination it cannot serve costs nothing more, the socket is left as it is.
+    if !builder().may_serve(to) {
         return;
     }
     if crate::state::fault("offer") {

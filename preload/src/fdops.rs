@@ -93,7 +93,7 @@ pub(crate) fn on_close(fd: c_int, entry: &Arc<Entry>) {
                         crate::state::lock(&fork::HANDED_OVER).push(conn);
                     } else {
                         conn.imp.finish(FINISH_LIMIT);
-                        tracing::debug!(target: "coresident_preload", conn = conn.id, fd, "closed");
+                        log_closed(&conn, fd, "closed");
                     }
                 }
                 crate::accel::on_last_close(entry);
@@ -116,9 +116,29 @@ pub(crate) extern "C" fn at_exit() {
             // A connection a child we forked still holds is the child's to finish.
             if !fork::shared_with_child(fd, &conn) {
                 conn.imp.finish(FINISH_LIMIT);
+                log_closed(&conn, fd, "closed at exit");
             }
         }
     });
+}
+
+/// The end of a connection in the log, with its bytes by path: what `coresident status`
+/// showed while it lived, kept once the program is gone (a program that exits without
+/// closing its socket ends it in [`at_exit`]).
+///
+/// A connection whose `stats` panics still closes: the panic is counted, as at every
+/// barrier, and the event says the counts are unavailable.
+fn log_closed(conn: &Conn, fd: c_int, how: &'static str) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.imp.stats())) {
+        Ok(st) => tracing::info!(target: "coresident_preload", conn = conn.id, fd,
+            ring_tx = st.ring_tx, ring_rx = st.ring_rx, tcp_tx = st.tcp_tx,
+            tcp_rx = st.tcp_rx, switches = st.switches, "{how}"),
+        Err(_) => {
+            crate::guard::caught_panic();
+            tracing::info!(target: "coresident_preload", conn = conn.id, fd,
+                "{how} (byte counts unavailable)");
+        }
+    }
 }
 
 /// `close(fd)` (called before the kernel's close: the number is not reusable yet).

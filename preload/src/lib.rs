@@ -26,6 +26,8 @@
 //! | `CORESIDENT_LOG_LEVEL` | `error`, `warn`, `info` (default), `debug`, `trace` |
 //! | `CORESIDENT_REGISTRY=DIR` | the registry directory (see `coresident run --registry`) |
 //! | `CORESIDENT_CREDENTIALS` | `same-uid` (default) or `any-uid` (containers sharing a registry directory) |
+//! | `CORESIDENT_DISCOVERY` | `host` (default: the host registry), `xen` (dom0 and guests of one Xen host; the feature `xen`), `none`; anything else: plain TCP and a warning |
+//! | `CORESIDENT_HANDSHAKE_MS` | one channel handshake's deadline (default 1000, 10000 with `xen`) |
 //! | `CORESIDENT_INPROC=1` | accelerate connections within one process (a test aid) |
 //! | `CORESIDENT_FAULT=name,...` | make internal steps fail, for the tests (see `state::fault`) |
 //!
@@ -43,6 +45,7 @@
 #![cfg_attr(test, allow(dead_code))]
 
 mod accel;
+mod backend;
 pub mod conn;
 mod control;
 mod epoll;

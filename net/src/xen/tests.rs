@@ -269,3 +269,27 @@ fn residency_changes_reach_the_streams_with_that_peer() {
     x.apply(&[PeerChange::Moved { from: 0, to: 9 }]);
     assert_eq!(x.domid(), 9);
 }
+
+/// `may_serve` answers from the view alone: no XenStore connection for a listed or an
+/// unlisted address, `true` only for an address a co-resident peer lists.
+#[test]
+fn may_serve_is_the_views_answer_without_xenstore() {
+    let (connect, calls) = no_xenstore();
+    let x = XenDiscovery::manual(5, connect);
+    let dom0: SocketAddr = "10.0.0.1:7117".parse().unwrap();
+    assert!(!x.may_serve(dom0), "nobody listed yet");
+    x.apply(&[PeerChange::Arrived {
+        domid: 0,
+        addrs: addrs(&[DOM0]),
+    }]);
+    assert!(x.may_serve(dom0));
+    assert!(x.may_serve("[::ffff:10.0.0.1]:7117".parse().unwrap()));
+    assert!(!x.may_serve("10.0.0.3:7117".parse().unwrap()));
+    assert!(!x.may_serve("[fd00::1]:7117".parse().unwrap()));
+    x.apply(&[PeerChange::Left {
+        domid: 0,
+        addrs: addrs(&[DOM0]),
+    }]);
+    assert!(!x.may_serve(dom0), "the peer left");
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "asked XenStore");
+}
