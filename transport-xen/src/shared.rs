@@ -12,10 +12,14 @@
 
 use core::ptr::NonNull;
 
+#[cfg(all(loom, feature = "xen-sys", target_arch = "x86_64"))]
+use core::sync::atomic::AtomicU16;
 #[cfg(loom)]
-use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+#[cfg(all(not(loom), feature = "xen-sys", target_arch = "x86_64"))]
+use coresident_sync::atomic::AtomicU16;
 #[cfg(not(loom))]
-use coresident_sync::atomic::{AtomicU16, AtomicU32, AtomicU8, Ordering};
+use coresident_sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 /// An access outside the memory, or misaligned for its size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +101,8 @@ impl SharedMem {
         Ok(())
     }
 
+    // The PV kernel's grant table is their one user.
+    #[cfg(all(feature = "xen-sys", target_arch = "x86_64"))]
     /// Loads the `u16` at `off` (2-aligned), with the ordering rule of
     /// [`SharedMem::load_u32`].
     ///
@@ -117,6 +123,8 @@ impl SharedMem {
         })
     }
 
+    // The PV kernel's grant table is their one user.
+    #[cfg(all(feature = "xen-sys", target_arch = "x86_64"))]
     /// Stores the `u16` `v` at `off` (2-aligned), with the ordering rule of
     /// [`SharedMem::store_u32`].
     ///
@@ -135,6 +143,8 @@ impl SharedMem {
         Ok(())
     }
 
+    // The PV kernel's grant table is their one user.
+    #[cfg(all(feature = "xen-sys", target_arch = "x86_64"))]
     /// Swaps the `u16` at `off` (2-aligned) from `current` to `new` if it
     /// holds `current` (`AcqRel`; `Acquire` when it does not): `Ok(Ok(current))`
     /// if it swapped, `Ok(Err(found))` if it found another value.
