@@ -328,24 +328,13 @@ fn stream_host() {
     println!("XEN-CHECK stream_host ok");
 }
 
-/// The MAC address of the guest's vif, as netfront reports it.
-fn eth0_mac() -> Option<[u8; 6]> {
-    let s = std::fs::read_to_string("/sys/class/net/eth0/address").ok()?;
-    let mut mac = [0u8; 6];
-    let mut parts = s.trim().split(':');
-    for b in &mut mac {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
 #[test]
 #[ignore = "needs a Xen domU (run.sh -n) with dom0 running stream_host"]
 fn stream_guest() {
     let n = total();
     let mut xs = XenStore::open().unwrap();
     let own = residency::own_domid(&mut xs).unwrap();
-    let mac = eth0_mac().expect("eth0's MAC address");
+    let mac = residency::mac_of("eth0").expect("eth0's MAC address");
     let me = Addresses::from_addrs([Addr::Mac(mac), Addr::Ipv4(DOMU_IP)]).unwrap();
     residency::advertise(&mut xs, own, &me).unwrap();
     let xen = Arc::new(XenDiscovery::with_addresses(me).unwrap());

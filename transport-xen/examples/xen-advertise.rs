@@ -55,11 +55,9 @@ mod linux {
 
     /// The MAC address of `iface`, as the kernel reports it.
     fn mac_of(iface: &str) -> Result<Addr, Box<dyn Error>> {
-        if iface.is_empty() || iface.contains('/') || iface.starts_with('.') {
-            return Err(format!("bad interface name {iface:?}").into());
-        }
-        let s = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))?;
-        Ok(parse_addr(s.trim())?)
+        residency::mac_of(iface)
+            .map(Addr::Mac)
+            .ok_or_else(|| format!("no unicast MAC address for interface {iface:?}").into())
     }
 
     pub fn run() -> Result<(), Box<dyn Error>> {

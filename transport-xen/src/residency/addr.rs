@@ -713,6 +713,28 @@ impl Addresses {
     }
 }
 
+/// The MAC address of network interface `iface` as the kernel reports it
+/// (`/sys/class/net/IFACE/address`): a guest's vif, which the toolstack
+/// gave it and the agent therefore accepts in its advertisement. `None` for
+/// a name that is not one path component, a missing interface, or an
+/// address that is not a unicast MAC.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::residency::mac_of;
+/// assert_eq!(mac_of("../lo"), None); // never a path outside /sys/class/net
+/// assert_eq!(mac_of("lo"), None); // the loopback's is all zeros
+/// ```
+#[must_use]
+pub fn mac_of(iface: &str) -> Option<[u8; 6]> {
+    if iface.is_empty() || iface.contains('/') || iface.starts_with('.') {
+        return None;
+    }
+    let s = std::fs::read_to_string(format!("/sys/class/net/{iface}/address")).ok()?;
+    parse_mac(s.trim())
+}
+
 /// `xx:xx:xx:xx:xx:xx`, hex of either case; unicast and not all zeros.
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let b = s.as_bytes();

@@ -121,7 +121,7 @@ mod tests_claims;
 mod tests_view;
 
 pub use addr::{
-    Addr, AddrKind, Addresses, AdvertError, MAX_IPV4, MAX_IPV6, MAX_LINE_LEN, MAX_MACS,
+    mac_of, Addr, AddrKind, Addresses, AdvertError, MAX_IPV4, MAX_IPV6, MAX_LINE_LEN, MAX_MACS,
     MAX_VALUE_LEN, VERSION,
 };
 pub use agent::Agent;
