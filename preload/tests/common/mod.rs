@@ -105,8 +105,10 @@ pub fn command(prog: impl AsRef<std::ffi::OsStr>, mode: Mode, registry: &Path) -
     c
 }
 
-/// A fresh private directory under the target's temporary directory.
-pub fn tempdir(tag: &str) -> PathBuf {
+/// A fresh private directory under the target's temporary directory, removed when the
+/// guard drops: the 1 GiB transfers of `.ci/run` leave gigabytes behind otherwise, and a
+/// CI machine's disk is not large. A test that panics keeps its directory, to be read.
+pub fn tempdir(tag: &str) -> TempDir {
     use std::os::unix::fs::PermissionsExt;
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "{tag}-{}-{}",
@@ -116,7 +118,37 @@ pub fn tempdir(tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
-    d
+    TempDir(d)
+}
+
+/// A directory that [`tempdir`] made; it goes when this drops (unless the test panicked).
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// A little randomness without a dependency.
