@@ -202,11 +202,15 @@ impl Control {
     }
 }
 
+/// Pins this thread to CPU `core` (or CPU 0 where there is no such CPU). Not through
+/// `get_core_ids`: it lists the CPUs of the *current* mask, and a peer spawned after the
+/// parent pinned itself to CPU 0 inherits that mask, so it found one CPU and pinned to 0
+/// too: both processes shared a core and each round trip waited for a scheduler tick
+/// (7.7 ms, for every system alike).
 fn pin(core: usize) {
-    if let Some(ids) = core_affinity::get_core_ids() {
-        if let Some(&id) = ids.get(core % ids.len()) {
-            core_affinity::set_for_current(id);
-        }
+    use core_affinity::CoreId;
+    if !core_affinity::set_for_current(CoreId { id: core }) {
+        core_affinity::set_for_current(CoreId { id: 0 });
     }
 }
 
