@@ -201,7 +201,7 @@ impl GrantTable {
     /// (or, in a test, memory playing Xen's part), aligned to 8 bytes,
     /// for as long as the table lives, and nothing else writes the entries
     /// but Xen (atomically).
-    pub unsafe fn from_mapped(entries: NonNull<u8>) -> Self {
+    unsafe fn from_mapped(entries: NonNull<u8>) -> Self {
         let used: [AtomicU64; ENTRIES / 64] = core::array::from_fn(|_| AtomicU64::new(0));
         used[0].store((1 << NR_RESERVED_ENTRIES) - 1, Ordering::Relaxed);
         // SAFETY: `entries` maps the table's `ENTRIES * 8` bytes for the
@@ -330,8 +330,10 @@ impl GrantTable {
         Ok(())
     }
 
-    /// The raw entry `r`, as Xen sees it (`None` outside the table).
-    pub fn read_entry(&self, r: GrantRef) -> Option<GrantEntryV1> {
+    /// The raw entry `r`, as Xen sees it (`None` outside the table): what
+    /// the unit tests check the table's writes with.
+    #[cfg(test)]
+    pub(crate) fn read_entry(&self, r: GrantRef) -> Option<GrantEntryV1> {
         let e = Self::entry(r);
         Some(GrantEntryV1 {
             flags: self.entries.load_u16(e, Ordering::Acquire).ok()?,
