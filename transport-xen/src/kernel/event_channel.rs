@@ -30,15 +30,16 @@ const _: () = assert!(size_of::<evtchn_status>() == 24);
 const _: () = assert!(core::mem::offset_of!(evtchn_status, status) == 8);
 
 /// Ports of the 2-level ABI on x86_64: 64 words of 64 bits.
-pub const MAX_PORTS: u32 = 64 * 64;
+pub(crate) const MAX_PORTS: u32 = 64 * 64;
 
 /// Offset of `evtchn_pending` in `struct shared_info` (x86_64: after 32
 /// `vcpu_info` of 64 bytes).
-pub const PENDING_OFFSET: usize = core::mem::offset_of!(xen_sys::shared_info, evtchn_pending);
+pub(crate) const PENDING_OFFSET: usize =
+    core::mem::offset_of!(xen_sys::shared_info, evtchn_pending);
 /// Offset of `evtchn_mask` in `struct shared_info`.
-pub const MASK_OFFSET: usize = core::mem::offset_of!(xen_sys::shared_info, evtchn_mask);
+pub(crate) const MASK_OFFSET: usize = core::mem::offset_of!(xen_sys::shared_info, evtchn_mask);
 /// Offset of vCPU 0's `struct vcpu_time_info` in `struct shared_info`.
-pub const TIME_OFFSET: usize = core::mem::offset_of!(xen_sys::vcpu_info, time);
+pub(crate) const TIME_OFFSET: usize = core::mem::offset_of!(xen_sys::vcpu_info, time);
 const _: () = assert!(PENDING_OFFSET == 2048 && MASK_OFFSET == 2048 + 512 && TIME_OFFSET == 32);
 
 fn op<T>(

@@ -18,38 +18,40 @@ use super::{Kernel, KernelError};
 use crate::types::{DomId, GrantRef};
 
 /// `GNTTABOP_map_grant_ref`.
-pub const GNTTABOP_MAP_GRANT_REF: u32 = 0;
+pub(crate) const GNTTABOP_MAP_GRANT_REF: u32 = 0;
 /// `GNTTABOP_unmap_grant_ref`.
-pub const GNTTABOP_UNMAP_GRANT_REF: u32 = 1;
+pub(crate) const GNTTABOP_UNMAP_GRANT_REF: u32 = 1;
 /// `GNTTABOP_setup_table`.
-pub const GNTTABOP_SETUP_TABLE: u32 = 2;
+pub(crate) const GNTTABOP_SETUP_TABLE: u32 = 2;
 
 /// `GTF_permit_access`: the domain in the entry may map the frame.
-pub const GTF_PERMIT_ACCESS: u16 = 1;
+pub(crate) const GTF_PERMIT_ACCESS: u16 = 1;
 /// `GTF_readonly`: read-only access only.
-pub const GTF_READONLY: u16 = 1 << 2;
+pub(crate) const GTF_READONLY: u16 = 1 << 2;
 /// `GTF_reading` (set by Xen): the grant is mapped or being copied from.
-pub const GTF_READING: u16 = 1 << 3;
+pub(crate) const GTF_READING: u16 = 1 << 3;
 /// `GTF_writing` (set by Xen): the grant is mapped writable.
-pub const GTF_WRITING: u16 = 1 << 4;
+pub(crate) const GTF_WRITING: u16 = 1 << 4;
 
 /// `GNTMAP_host_map`: map for host (CPU) access.
-pub const GNTMAP_HOST_MAP: u32 = 1 << 1;
+pub(crate) const GNTMAP_HOST_MAP: u32 = 1 << 1;
 /// `GNTMAP_readonly`.
-pub const GNTMAP_READONLY: u32 = 1 << 2;
+pub(crate) const GNTMAP_READONLY: u32 = 1 << 2;
 
 /// `GNTST_okay`.
-pub const GNTST_OKAY: i16 = 0;
+pub(crate) const GNTST_OKAY: i16 = 0;
 /// `GNTST_bad_gntref`: unrecognised or inappropriate grant reference.
-pub const GNTST_BAD_GNTREF: i16 = -3;
+#[cfg(test)] // what the fake Xen answers
+pub(crate) const GNTST_BAD_GNTREF: i16 = -3;
 /// `GNTST_permission_denied`.
-pub const GNTST_PERMISSION_DENIED: i16 = -8;
+#[cfg(test)] // what the fake Xen answers
+pub(crate) const GNTST_PERMISSION_DENIED: i16 = -8;
 
 /// `GNTTAB_NR_RESERVED_ENTRIES`: entries 0..8 belong to the toolstack
 /// (console, XenStore); never handed out here.
-pub const NR_RESERVED_ENTRIES: u32 = 8;
+pub(crate) const NR_RESERVED_ENTRIES: u32 = 8;
 /// v1 entries per 4 KiB frame.
-pub const ENTRIES_PER_FRAME: usize = 4096 / size_of::<GrantEntryV1>();
+pub(crate) const ENTRIES_PER_FRAME: usize = 4096 / size_of::<GrantEntryV1>();
 /// Frames of grant table set up here: 2048 entries, 2040 usable.
 pub const GRANT_FRAMES: usize = 4;
 const ENTRIES: usize = GRANT_FRAMES * ENTRIES_PER_FRAME;
@@ -57,7 +59,7 @@ const ENTRIES: usize = GRANT_FRAMES * ENTRIES_PER_FRAME;
 /// `struct grant_entry_v1`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-pub struct GrantEntryV1 {
+pub(crate) struct GrantEntryV1 {
     /// `GTF_*`.
     pub flags: u16,
     /// The domain granted access.
@@ -70,7 +72,7 @@ const _: () = assert!(size_of::<GrantEntryV1>() == 8);
 /// `struct gnttab_setup_table` (with its implicit padding spelt out).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-pub struct GnttabSetupTable {
+pub(crate) struct GnttabSetupTable {
     /// IN: `DOMID_SELF`.
     pub dom: u16,
     /// Padding.
@@ -91,7 +93,7 @@ const _: () = assert!(core::mem::offset_of!(GnttabSetupTable, frame_list) == 16)
 /// `struct gnttab_map_grant_ref`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-pub struct GnttabMapGrantRef {
+pub(crate) struct GnttabMapGrantRef {
     /// IN: where to map (a virtual address for a PV guest's host map).
     pub host_addr: u64,
     /// IN: `GNTMAP_*`.
@@ -114,7 +116,7 @@ const _: () = assert!(core::mem::offset_of!(GnttabMapGrantRef, handle) == 20);
 /// `struct gnttab_unmap_grant_ref` (with its tail padding spelt out).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-pub struct GnttabUnmapGrantRef {
+pub(crate) struct GnttabUnmapGrantRef {
     /// IN: the mapped address.
     pub host_addr: u64,
     /// IN: the bus address (0 for host maps).

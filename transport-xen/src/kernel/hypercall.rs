@@ -28,11 +28,11 @@ use core::arch::asm;
 use super::KernelError;
 
 /// `DOMID_SELF` (`xen/xen.h`): "this domain" in hypercall arguments.
-pub const DOMID_SELF: u16 = 0x7FF0;
+pub(crate) const DOMID_SELF: u16 = 0x7FF0;
 /// `UVMF_INVLPG` (`xen/xen.h`): flush the one TLB entry of the address.
-pub const UVMF_INVLPG: u64 = 2;
+pub(crate) const UVMF_INVLPG: u64 = 2;
 /// `UVMF_LOCAL` (`xen/xen.h`): on this vCPU only.
-pub const UVMF_LOCAL: u64 = 0;
+pub(crate) const UVMF_LOCAL: u64 = 0;
 /// `SHUTDOWN_poweroff` (`xen/sched.h`).
 pub const SHUTDOWN_POWEROFF: u32 = 0;
 /// `SHUTDOWN_reboot` (`xen/sched.h`): QEMU's `-no-reboot` turns it into an exit.
@@ -41,9 +41,9 @@ pub const SHUTDOWN_REBOOT: u32 = 1;
 pub const SHUTDOWN_CRASH: u32 = 3;
 /// Page-table entry bits of a writable kernel mapping: present, writable,
 /// accessed, dirty (x86 PTE bits 0, 1, 5, 6).
-pub const PTE_KERNEL_RW: u64 = 0x63;
+pub(crate) const PTE_KERNEL_RW: u64 = 0x63;
 /// `ENOSYS` as Xen returns it (`xen/errno.h`), negated.
-pub const ENOSYS: i64 = -38;
+pub(crate) const ENOSYS: i64 = -38;
 
 /// Issues hypercalls: the one thing every Xen guest kernel does its own way
 /// (hypercall page, `vmcall`, a test double).
