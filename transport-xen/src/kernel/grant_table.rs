@@ -53,6 +53,16 @@ pub(crate) const NR_RESERVED_ENTRIES: u32 = 8;
 /// v1 entries per 4 KiB frame.
 pub(crate) const ENTRIES_PER_FRAME: usize = 4096 / size_of::<GrantEntryV1>();
 /// Frames of grant table set up here: 2048 entries, 2040 usable.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::kernel::{GrantTable, GRANT_FRAMES};
+///
+/// // 4 frames of 512 eight-byte v1 entries, 8 of them reserved by Xen.
+/// assert_eq!(GRANT_FRAMES, 4);
+/// assert_eq!(GrantTable::capacity(), GRANT_FRAMES * 512 - 8);
+/// ```
 pub const GRANT_FRAMES: usize = 4;
 const ENTRIES: usize = GRANT_FRAMES * ENTRIES_PER_FRAME;
 
@@ -133,6 +143,19 @@ const _: () = assert!(core::mem::offset_of!(GnttabUnmapGrantRef, status) == 20);
 
 /// This domain's grant table: [`GRANT_FRAMES`] frames mapped in a window of
 /// the kernel, and a bitmap of the references in use.
+///
+/// # Examples
+///
+/// ```
+/// use core::ptr::NonNull;
+/// use coresident_xen::kernel::{Kernel, KernelError, Xen};
+///
+/// /// Lets dom0 read one page of ours; returns the reference to publish.
+/// fn share<K: Kernel>(xen: &Xen<K>, page: NonNull<u8>) -> Result<u32, KernelError> {
+///     let mfn = xen.kernel().frame_of(page).ok_or(KernelError::NoFrame)?;
+///     xen.grants().grant(0, mfn, true)
+/// }
+/// ```
 #[derive(Debug)]
 pub struct GrantTable {
     /// The [`ENTRIES`] 8-byte entries (`grant_entry_v1`), which Xen writes
@@ -148,6 +171,17 @@ impl GrantTable {
     /// # Errors
     ///
     /// The hypercall's or the setup's status, no window, a refused mapping.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::{GrantTable, Kernel, KernelError};
+    ///
+    /// /// What `Xen::new` does after mapping shared_info.
+    /// fn grant_table<K: Kernel>(kernel: &K) -> Result<GrantTable, KernelError> {
+    ///     GrantTable::setup(kernel)
+    /// }
+    /// ```
     pub fn setup<K: Kernel + ?Sized>(kernel: &K) -> Result<Self, KernelError> {
         let mut frames = [0u64; GRANT_FRAMES];
         let mut st = GnttabSetupTable {
@@ -214,6 +248,19 @@ impl GrantTable {
     }
 
     /// References that can be handed out.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::GrantTable;
+    /// use coresident_xen::MAX_PAGES;
+    ///
+    /// // 2040 references for every link of the kernel together: fewer than
+    /// // the MAX_PAGES one link may have, so the table, not MAX_PAGES, bounds
+    /// // a kernel's largest link.
+    /// assert_eq!(GrantTable::capacity(), 2040);
+    /// assert!(GrantTable::capacity() < MAX_PAGES);
+    /// ```
     pub const fn capacity() -> usize {
         ENTRIES - NR_RESERVED_ENTRIES as usize
     }
@@ -262,6 +309,20 @@ impl GrantTable {
     /// # Errors
     ///
     /// [`KernelError::NoGrantRefs`], [`KernelError::FrameTooLarge`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::{GrantTable, KernelError};
+    ///
+    /// /// Grants domain 3 write access to frame `mfn`, or says why not.
+    /// fn give(table: &GrantTable, mfn: u64) -> Result<u32, KernelError> {
+    ///     match table.grant(3, mfn, false) {
+    ///         Err(KernelError::NoGrantRefs) => Err(KernelError::NoGrantRefs), // all in use: drop a link
+    ///         other => other,
+    ///     }
+    /// }
+    /// ```
     pub fn grant(&self, peer: DomId, frame: u64, readonly: bool) -> Result<GrantRef, KernelError> {
         let frame32 = u32::try_from(frame).map_err(|_| KernelError::FrameTooLarge(frame))?;
         let r = self.alloc_ref().ok_or(KernelError::NoGrantRefs)?;
@@ -286,6 +347,17 @@ impl GrantTable {
     }
 
     /// Whether the peer maps (or copies from) grant `r` now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::GrantTable;
+    ///
+    /// /// Whether every page of a dropped link may be taken back now.
+    /// fn all_released(table: &GrantTable, refs: &[u32]) -> bool {
+    ///     refs.iter().all(|&r| !table.in_use(r))
+    /// }
+    /// ```
     pub fn in_use(&self, r: GrantRef) -> bool {
         self.entries
             .load_u16(Self::entry(r), Ordering::Acquire)
@@ -301,6 +373,22 @@ impl GrantTable {
     /// [`KernelError::GrantInUse`] (the access stays; try again after the
     /// peer unmapped), [`KernelError::BadGrantRef`] for a reference this
     /// table did not hand out.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::{GrantTable, Kernel, KernelError};
+    ///
+    /// /// Ends access to `r`, waiting (as a dropped link does) while the peer maps it.
+    /// fn revoke<K: Kernel>(kernel: &K, table: &GrantTable, r: u32, until_ns: u64) -> Result<(), KernelError> {
+    ///     loop {
+    ///         match table.end_access(r) {
+    ///             Err(KernelError::GrantInUse(_)) => kernel.relax(until_ns), // the peer unmaps first
+    ///             done => return done,
+    ///         }
+    ///     }
+    /// }
+    /// ```
     pub fn end_access(&self, r: GrantRef) -> Result<(), KernelError> {
         if !self.in_use_by_us(r) {
             return Err(KernelError::BadGrantRef(r));
@@ -359,6 +447,31 @@ impl GrantTable {
 /// The hypercall's result or the first failed entry's `GNTST_*` status;
 /// [`KernelError::NoMemory`] if `handles` is shorter than `refs`, or `refs`
 /// yields fewer references than its length said.
+///
+/// # Examples
+///
+/// ```
+/// use core::ptr::NonNull;
+/// use coresident_xen::kernel::grant_table::{map_grants, unmap_grants};
+/// use coresident_xen::kernel::{Kernel, KernelError};
+///
+/// /// Maps dom0's grants `refs` in a fresh window, reads the first byte, and
+/// /// unmaps them (a link keeps its mapping instead: `KernelPages`).
+/// fn peek<K: Kernel>(k: &K, refs: &[u32]) -> Result<u8, KernelError> {
+///     let va: NonNull<u8> = k.alloc_window(refs.len()).ok_or(KernelError::NoMemory)?;
+///     let mut handles = [0u32; 16];
+///     // SAFETY: `va` is a fresh window of `refs.len()` pages, used by nothing else.
+///     unsafe { map_grants(k, 0, refs.iter().copied(), va, true, &mut handles)? };
+///     // SAFETY: the first page is mapped (read-only) and in bounds; a volatile
+///     // read, as the peer may write it.
+///     let first = unsafe { va.as_ptr().read_volatile() };
+///     // SAFETY: the mapping made above, not used after.
+///     unsafe { unmap_grants(k, va, &handles[..refs.len()])? };
+///     // SAFETY: nothing is mapped in the window any more.
+///     unsafe { k.free_window(va, refs.len()) };
+///     Ok(first)
+/// }
+/// ```
 pub unsafe fn map_grants<H: Hypercall + ?Sized>(
     h: &H,
     dom: DomId,
@@ -461,6 +574,27 @@ fn page(va: NonNull<u8>, i: usize) -> NonNull<u8> {
 ///
 /// The hypercall's result or the first failed entry's status (the others
 /// are still unmapped).
+///
+/// # Examples
+///
+/// ```
+/// use core::ptr::NonNull;
+/// use coresident_xen::kernel::grant_table::unmap_grants;
+/// use coresident_xen::kernel::{Kernel, KernelError};
+///
+/// /// Takes down a mapping made by `map_grants` and gives the window back.
+/// ///
+/// /// # Safety
+/// ///
+/// /// `va` and `handles` are one `map_grants` mapping, not used after.
+/// unsafe fn unmap<K: Kernel>(k: &K, va: NonNull<u8>, handles: &[u32]) -> Result<(), KernelError> {
+///     // SAFETY: this function's contract.
+///     unsafe { unmap_grants(k, va, handles)? };
+///     // SAFETY: the window is empty now; nothing uses it after.
+///     unsafe { k.free_window(va, handles.len()) };
+///     Ok(())
+/// }
+/// ```
 pub unsafe fn unmap_grants<H: Hypercall + ?Sized>(
     h: &H,
     va: NonNull<u8>,
