@@ -89,6 +89,21 @@ pub(crate) const EVTCHNSTAT_UNBOUND: u32 = 1;
 pub(crate) const EVTCHNSTAT_INTERDOMAIN: u32 = 2;
 
 /// What Xen says about one of our ports.
+///
+/// # Examples
+///
+/// ```no_run
+/// use coresident_xen::linux::privcmd::{PortStatus, Privcmd};
+///
+/// // After `xl destroy` of the peer, Xen leaves our end unbound, unsignalled.
+/// match Privcmd::open()?.evtchn_status(17)? {
+///     PortStatus::Interdomain { remote, port } => println!("connected to {remote}:{port}"),
+///     PortStatus::Unbound { remote } => println!("waiting for (or lost) domain {remote}"),
+///     PortStatus::Closed => println!("not in use"),
+///     other => println!("{other:?}"),
+/// }
+/// # Ok::<(), coresident_xen::linux::error::Errno>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PortStatus {
