@@ -14,6 +14,23 @@
 //! - The release signal has nothing to arm: a kernel's pages go only
 //!   through their own drop, which clears the live byte and signals first
 //!   (the transport's doorbell does it).
+//!
+//! # Examples
+//!
+//! ```
+//! use coresident_xen::backend::{EventPort, GrantedPages, XenBackend};
+//! use coresident_xen::kernel::{Kernel, KernelBackend, KernelError, Xen};
+//!
+//! /// What an offer does underneath: pages granted, a port for the peer.
+//! fn grant_and_port<K: Kernel>(xen: &Xen<K>) -> Result<(), KernelError> {
+//!     let mut b = KernelBackend::new(xen);
+//!     let pages = b.grant(0, 2)?;
+//!     let port = b.unbound_port(0)?;
+//!     // ... publish `pages.refs()` and `port.port()` ...
+//!     # drop((pages, port));
+//!     Ok(())
+//! }
+//! ```
 
 use core::fmt;
 use core::ptr::NonNull;

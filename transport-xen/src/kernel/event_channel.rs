@@ -5,6 +5,26 @@
 //! Upcalls are the kernel's business: this module polls. Xen sets a port's
 //! pending bit whether or not it is masked, and `SCHEDOP_poll` wakes on it
 //! either way, so a kernel that never enables upcalls can still wait.
+//!
+//! # Examples
+//!
+//! ```
+//! # use core::cell::Cell;
+//! # use coresident_xen::kernel::Hypercall;
+//! # struct Fake { last: Cell<(u32, [u64; 5])>, rc: i64 }
+//! # // SAFETY: it emulates the calls of this example: it reads and maps nothing.
+//! # unsafe impl Hypercall for Fake {
+//! #     unsafe fn hypercall(&self, op: u32, args: [u64; 5]) -> i64 { self.last.set((op, args)); self.rc }
+//! # }
+//! # let fake = |rc| Fake { last: Cell::new((0, [0; 5])), rc };
+//! use coresident_xen::kernel::event_channel;
+//!
+//! let xen = fake(0);
+//! event_channel::send(&xen, 5)?;
+//! let (op, args) = xen.last.get();
+//! assert_eq!((op, args[0]), (32, 4)); // __HYPERVISOR_event_channel_op, EVTCHNOP_send
+//! # Ok::<(), coresident_xen::kernel::KernelError>(())
+//! ```
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};

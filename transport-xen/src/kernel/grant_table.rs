@@ -5,6 +5,23 @@
 //! The table's frames are shared with Xen, which sets `GTF_reading` and
 //! `GTF_writing` in an entry's flags while the peer maps or copies the page:
 //! entries are only ever accessed with atomics.
+//!
+//! # Examples
+//!
+//! ```
+//! use core::ptr::NonNull;
+//! use coresident_xen::kernel::{GrantTable, Kernel, KernelError, Xen, GRANT_FRAMES};
+//!
+//! assert_eq!(GrantTable::capacity(), GRANT_FRAMES * 512 - 8);
+//!
+//! /// Lets dom0 read a page of ours, then takes it back.
+//! fn lend<K: Kernel>(xen: &Xen<K>, page: NonNull<u8>) -> Result<(), KernelError> {
+//!     let mfn = xen.kernel().frame_of(page).ok_or(KernelError::NoFrame)?;
+//!     let r = xen.grants().grant(0, mfn, true)?;
+//!     // ... dom0 maps `r`, reads, unmaps ...
+//!     xen.grants().end_access(r) // GrantInUse while dom0 still maps it
+//! }
+//! ```
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};

@@ -22,6 +22,22 @@
 //! [`HypercallPage::hypercall`] is one `call` with all five argument
 //! registers declared clobbered, tested on the host against a fake page
 //! that records the registers it receives.
+//!
+//! # Examples
+//!
+//! ```
+//! # use core::cell::Cell;
+//! # use coresident_xen::kernel::Hypercall;
+//! # struct Fake { last: Cell<(u32, [u64; 5])>, rc: i64 }
+//! # // SAFETY: it emulates the calls of this example: it reads and maps nothing.
+//! # unsafe impl Hypercall for Fake {
+//! #     unsafe fn hypercall(&self, op: u32, args: [u64; 5]) -> i64 { self.last.set((op, args)); self.rc }
+//! # }
+//! # let fake = |rc| Fake { last: Cell::new((0, [0; 5])), rc };
+//! use coresident_xen::kernel::hypercall::xen_version;
+//!
+//! assert_eq!(xen_version(&fake(4 << 16 | 19)), (4, 19));
+//! ```
 
 use core::arch::asm;
 

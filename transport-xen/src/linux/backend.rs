@@ -12,6 +12,19 @@
 //! the 2023 fix that restricts privcmd in unprivileged domains, backported
 //! to Debian 12's 6.1; ignored under lockdown); without it the doorbell
 //! knows only the live byte, and a destroyed dom0 is learnt from XenStore.
+//!
+//! # Examples
+//!
+//! ```
+//! use coresident_xen::backend::XenBackend;
+//! use coresident_xen::linux::LinuxBackend;
+//! use coresident_xen::MAX_PAGES;
+//!
+//! // Domain 5's backend: no device is opened until pages or a port are asked for.
+//! let b = LinuxBackend::new(5);
+//! assert_eq!(b.domid(), 5);
+//! assert_eq!(b.ref_buf().len(), MAX_PAGES);
+//! ```
 
 use core::fmt;
 use core::time::Duration;

@@ -9,6 +9,21 @@
 //! Events are hints: a freshly bound interdomain port is left pending by
 //! Xen (it may have missed notifications while unbound), so the first event
 //! can arrive before the peer sent any. Always re-check the shared state.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use coresident_xen::Evtchn;
+//!
+//! // dom0 offers domain 5 a port, rings it, and waits for an answer.
+//! let ev = Evtchn::open()?;
+//! let port = ev.bind_unbound(5)?;
+//! ev.notify(port)?;
+//! let rang = ev.wait_for(port, Duration::from_secs(1))?;
+//! println!("port {port}: answered {rang}");
+//! # Ok::<(), coresident_xen::EvtchnError>(())
+//! ```
 
 use core::time::Duration;
 use std::os::fd::{AsFd, BorrowedFd};

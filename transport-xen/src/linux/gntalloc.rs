@@ -6,6 +6,17 @@
 //! both unmapped and deallocated; at that moment the driver performs the
 //! unmap-notify action (clear a byte, signal an event channel), which is how
 //! the peer learns that we are gone.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use coresident_xen::Gntalloc;
+//!
+//! // Grant domain 5 two pages; their references go to domain 5 next.
+//! let pages = Gntalloc::open()?.share(5, 2)?;
+//! println!("refs {:?}, {} bytes at {:p}", pages.refs(), pages.len(), pages.as_ptr());
+//! # Ok::<(), coresident_xen::GrantError>(())
+//! ```
 
 use std::sync::Arc;
 

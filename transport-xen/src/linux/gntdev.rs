@@ -6,6 +6,20 @@
 //! released when it is both unmapped and `UNMAP_GRANT_REF`ed; the driver then
 //! performs the unmap-notify action (clear a byte in the page, signal an
 //! event channel), which is how the granting domain learns we are gone.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use coresident_xen::Gntdev;
+//!
+//! // Map the two pages domain 5 granted us as references 8 and 9.
+//! let pages = Gntdev::open()?.map(5, &[8, 9])?;
+//! // SAFETY: the mapping is 8192 bytes, valid while `pages` lives; the peer
+//! // writes it too, so only volatile reads.
+//! let first = unsafe { pages.as_ptr().read_volatile() };
+//! println!("{} bytes, first {first}", pages.len());
+//! # Ok::<(), coresident_xen::GrantError>(())
+//! ```
 
 use std::sync::Arc;
 

@@ -16,6 +16,17 @@
 //! notices. `EVTCHNOP_status` on `DOMID_SELF` is allowed to every domain,
 //! so this works in a domU as well as in dom0 (the driver refuses only on a
 //! descriptor restricted with `IOCTL_PRIVCMD_RESTRICT`, which we never do).
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use coresident_xen::linux::privcmd::{PortStatus, Privcmd};
+//!
+//! // Is our port 17 still connected, or did its peer die without a word?
+//! let gone = !matches!(Privcmd::open()?.evtchn_status(17)?, PortStatus::Interdomain { .. });
+//! println!("peer gone: {gone}");
+//! # Ok::<(), coresident_xen::linux::error::Errno>(())
+//! ```
 
 use std::sync::Arc;
 

@@ -6,6 +6,17 @@
 //! [`XenTransport`](crate::transport::XenTransport) over them, is
 //! generic over a [`Sys`]: [`Linux`] issues the real calls through `rustix`,
 //! a unit test substitutes a fake that simulates the drivers in process.
+//!
+//! # Examples
+//!
+//! ```
+//! use coresident_xen::linux::error::Errno;
+//! use coresident_xen::linux::sys::{Linux, Sys};
+//!
+//! // The real layer, on a device every Linux has.
+//! assert!(Linux.open(c"/dev/null").is_ok());
+//! assert_eq!(Linux.open(c"/dev/xen/no-such-device").err(), Some(Errno::NOENT));
+//! ```
 
 use core::ffi::{c_int, c_void};
 use core::fmt;
