@@ -127,6 +127,16 @@ pub unsafe trait GrantedPages: fmt::Debug {
 /// ```
 pub trait EventPort: fmt::Debug {
     /// The backend's failure.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::backend::EventPort;
+    /// use coresident_xen::linux::{LinuxError, LinuxPort};
+    ///
+    /// // The Linux port's failure is the Linux backend's.
+    /// fn _same(e: <LinuxPort as EventPort>::Error) -> LinuxError { e }
+    /// ```
     type Error;
 
     /// The local port number.
@@ -263,13 +273,53 @@ pub trait EventPort: fmt::Debug {
 /// ```
 pub trait XenBackend: fmt::Debug {
     /// A failure: small, `Copy`, worded.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::backend::XenBackend;
+    /// use coresident_xen::linux::{LinuxBackend, LinuxError};
+    ///
+    /// fn _worded(e: <LinuxBackend as XenBackend>::Error) -> String { e.to_string() }
+    /// let _: fn(LinuxError) -> String = _worded;
+    /// ```
     type Error: Copy + fmt::Debug + fmt::Display + Send + Sync + 'static;
     /// Pages granted or mapped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::backend::XenBackend;
+    /// use coresident_xen::linux::{LinuxBackend, LinuxPages};
+    ///
+    /// fn _pages(p: <LinuxBackend as XenBackend>::Pages) -> LinuxPages { p }
+    /// ```
     type Pages: GrantedPages;
     /// A bound port.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::backend::XenBackend;
+    /// use coresident_xen::linux::{LinuxBackend, LinuxPort};
+    ///
+    /// fn _port(p: <LinuxBackend as XenBackend>::Port) -> LinuxPort { p }
+    /// ```
     type Port: EventPort<Error = Self::Error>;
     /// Room for the grant references of the largest offer this backend
     /// takes ([`XenBackend::ref_buf`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::backend::XenBackend;
+    /// use coresident_xen::linux::LinuxBackend;
+    /// use coresident_xen::MAX_PAGES;
+    ///
+    /// // Linux: a `Vec` of MAX_PAGES; a kernel: its own pages (`KernelRefs`).
+    /// let buf: Vec<u32> = LinuxBackend::new(5).ref_buf();
+    /// assert_eq!(buf.len(), MAX_PAGES);
+    /// ```
     type RefBuf: AsRef<[GrantRef]> + AsMut<[GrantRef]>;
 
     /// A zeroed [`XenBackend::RefBuf`]: its length is the most references

@@ -673,17 +673,7 @@ impl<B: XenBackend> XenTransport<B> {
     }
 
     /// The backend's monotonic clock, in nanoseconds.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use coresident_xen::XenTransport;
-    ///
-    /// let t = XenTransport::new(5, 0);
-    /// let (a, b) = (t.now_ns(), t.now_ns());
-    /// assert!(b >= a); // monotonic
-    /// ```
-    pub fn now_ns(&self) -> u64 {
+    pub(crate) fn now_ns(&self) -> u64 {
         self.backend.now_ns()
     }
 

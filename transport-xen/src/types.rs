@@ -1,5 +1,16 @@
 //! The ids and limits every layer shares: the floor of the crate. Nothing
 //! here depends on another module.
+//!
+//! # Examples
+//!
+//! ```
+//! use coresident_xen::{DomId, EvtchnPort, GrantRef, MAX_PAGES, XEN_PAGE_SIZE};
+//!
+//! let (dom0, port, first_free_ref): (DomId, EvtchnPort, GrantRef) = (0, 17, 8);
+//! # let _ = (dom0, port, first_free_ref);
+//! assert_eq!(XEN_PAGE_SIZE, 4096);
+//! assert_eq!(MAX_PAGES * XEN_PAGE_SIZE, 16 << 20); // a link's region: 16 MiB at most
+//! ```
 
 /// A Xen domain id (`domid_t`, `xen/xen.h`); dom0 is 0.
 ///

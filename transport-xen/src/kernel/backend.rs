@@ -14,6 +14,23 @@
 //! - The release signal has nothing to arm: a kernel's pages go only
 //!   through their own drop, which clears the live byte and signals first
 //!   (the transport's doorbell does it).
+//!
+//! # Examples
+//!
+//! ```
+//! use coresident_xen::backend::{EventPort, GrantedPages, XenBackend};
+//! use coresident_xen::kernel::{Kernel, KernelBackend, KernelError, Xen};
+//!
+//! /// What an offer does underneath: pages granted, a port for the peer.
+//! fn grant_and_port<K: Kernel>(xen: &Xen<K>) -> Result<(), KernelError> {
+//!     let mut b = KernelBackend::new(xen);
+//!     let pages = b.grant(0, 2)?;
+//!     let port = b.unbound_port(0)?;
+//!     // ... publish `pages.refs()` and `port.port()` ...
+//!     # drop((pages, port));
+//!     Ok(())
+//! }
+//! ```
 
 use core::fmt;
 use core::ptr::NonNull;
@@ -48,6 +65,20 @@ fn nanos(d: Duration) -> u64 {
 /// unmapped; granted pages have their access ended once the peer unmapped
 /// them (waiting up to [`Xen::release_timeout`]), or are counted in
 /// [`Xen::leaked_pages`] and never freed.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::backend::{GrantedPages, XenBackend};
+/// use coresident_xen::kernel::{Kernel, KernelBackend, KernelError, KernelPages, Xen};
+///
+/// /// Grants dom0 two pages of ours; their references go to dom0 next.
+/// fn two_pages<K: Kernel>(xen: &Xen<K>) -> Result<KernelPages<'_, K>, KernelError> {
+///     let pages = KernelBackend::new(xen).grant(0, 2)?;
+///     assert_eq!(pages.refs().len(), 2);
+///     Ok(pages) // dropped: access ended once dom0 unmapped, pages freed
+/// }
+/// ```
 pub struct KernelPages<'x, K: Kernel> {
     xen: &'x Xen<K>,
     base: NonNull<u8>,
@@ -271,6 +302,21 @@ unsafe impl<K: Kernel> GrantedPages for KernelPages<'_, K> {
 
 /// A bound (or offered) event-channel port of this kernel: pending bits
 /// from shared_info, sleeps through [`Kernel::idle`]. Closed on drop.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::backend::{EventPort, XenBackend};
+/// use coresident_xen::kernel::{Kernel, KernelBackend, KernelError, KernelPort, Xen};
+///
+/// /// A port for dom0 to bind, signalled once it did.
+/// fn port_for_dom0<K: Kernel>(xen: &Xen<K>) -> Result<KernelPort<'_, K>, KernelError> {
+///     let port = KernelBackend::new(xen).unbound_port(0)?;
+///     // ... publish `port.port()`, wait for dom0 to bind ...
+///     port.notify()?;
+///     Ok(port) // dropped: EVTCHNOP_close
+/// }
+/// ```
 pub struct KernelPort<'x, K: Kernel> {
     xen: &'x Xen<K>,
     port: EvtchnPort,
@@ -362,6 +408,18 @@ impl<K: Kernel> Drop for KernelPort<'_, K> {
 /// pages of the kernel (16 KiB: too much for a kernel stack), freed on
 /// drop. Empty if the kernel had no pages to give (an offer then fails
 /// with [`CrxgError::BadPageCount`](crate::protocol::crxg::CrxgError)).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::kernel::{Kernel, KernelRefs, KernelTransport, Xen};
+/// use coresident_xen::MAX_PAGES;
+///
+/// fn room<K: Kernel>(xen: &Xen<K>) -> bool {
+///     let refs: KernelRefs<'_, K> = KernelTransport::new(xen, 0).ref_buf();
+///     refs.as_ref().len() == MAX_PAGES // or 0: the kernel had no pages
+/// }
+/// ```
 pub struct KernelRefs<'x, K: Kernel> {
     xen: &'x Xen<K>,
     /// `len` zeroed `GrantRef`s in `pages` pages from `alloc_pages`
@@ -425,6 +483,17 @@ impl<K: Kernel> Drop for KernelRefs<'_, K> {
 
 /// The kernel's way to reach Xen: [`KernelPages`], [`KernelPort`], over
 /// the domain's [`Xen`]. Links borrow the `Xen` it borrows.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::backend::XenBackend;
+/// use coresident_xen::kernel::{Kernel, KernelBackend, Xen};
+///
+/// fn own_id<K: Kernel>(xen: &Xen<K>) -> u16 {
+///     KernelBackend::new(xen).domid()
+/// }
+/// ```
 pub struct KernelBackend<'x, K: Kernel> {
     xen: &'x Xen<K>,
 }

@@ -5,6 +5,26 @@
 //! Upcalls are the kernel's business: this module polls. Xen sets a port's
 //! pending bit whether or not it is masked, and `SCHEDOP_poll` wakes on it
 //! either way, so a kernel that never enables upcalls can still wait.
+//!
+//! # Examples
+//!
+//! ```
+//! # use core::cell::Cell;
+//! # use coresident_xen::kernel::Hypercall;
+//! # struct Fake { last: Cell<(u32, [u64; 5])>, rc: i64 }
+//! # // SAFETY: it emulates the calls of this example: it reads and maps nothing.
+//! # unsafe impl Hypercall for Fake {
+//! #     unsafe fn hypercall(&self, op: u32, args: [u64; 5]) -> i64 { self.last.set((op, args)); self.rc }
+//! # }
+//! # let fake = |rc| Fake { last: Cell::new((0, [0; 5])), rc };
+//! use coresident_xen::kernel::event_channel;
+//!
+//! let xen = fake(0);
+//! event_channel::send(&xen, 5)?;
+//! let (op, args) = xen.last.get();
+//! assert_eq!((op, args[0]), (32, 4)); // __HYPERVISOR_event_channel_op, EVTCHNOP_send
+//! # Ok::<(), coresident_xen::kernel::KernelError>(())
+//! ```
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -30,15 +50,16 @@ const _: () = assert!(size_of::<evtchn_status>() == 24);
 const _: () = assert!(core::mem::offset_of!(evtchn_status, status) == 8);
 
 /// Ports of the 2-level ABI on x86_64: 64 words of 64 bits.
-pub const MAX_PORTS: u32 = 64 * 64;
+pub(crate) const MAX_PORTS: u32 = 64 * 64;
 
 /// Offset of `evtchn_pending` in `struct shared_info` (x86_64: after 32
 /// `vcpu_info` of 64 bytes).
-pub const PENDING_OFFSET: usize = core::mem::offset_of!(xen_sys::shared_info, evtchn_pending);
+pub(crate) const PENDING_OFFSET: usize =
+    core::mem::offset_of!(xen_sys::shared_info, evtchn_pending);
 /// Offset of `evtchn_mask` in `struct shared_info`.
-pub const MASK_OFFSET: usize = core::mem::offset_of!(xen_sys::shared_info, evtchn_mask);
+pub(crate) const MASK_OFFSET: usize = core::mem::offset_of!(xen_sys::shared_info, evtchn_mask);
 /// Offset of vCPU 0's `struct vcpu_time_info` in `struct shared_info`.
-pub const TIME_OFFSET: usize = core::mem::offset_of!(xen_sys::vcpu_info, time);
+pub(crate) const TIME_OFFSET: usize = core::mem::offset_of!(xen_sys::vcpu_info, time);
 const _: () = assert!(PENDING_OFFSET == 2048 && MASK_OFFSET == 2048 + 512 && TIME_OFFSET == 32);
 
 fn op<T>(
@@ -203,6 +224,23 @@ pub fn is_connected(h: &(impl Hypercall + ?Sized), port: EvtchnPort) -> Result<b
 
 /// This domain's shared_info page, mapped: event-channel pending and mask
 /// bits, and vCPU 0's time. Xen writes it at any time: atomics only.
+///
+/// # Examples
+///
+/// ```
+/// # use core::ptr::NonNull;
+/// # use coresident_xen::kernel::SharedInfo;
+/// #[repr(C, align(4096))]
+/// struct Page([u8; 4096]);
+/// let mut page = Box::new(Page([0; 4096])); // plays a shared_info no event has touched
+/// // SAFETY: the zeroed page is page-aligned, outlives `shared`, and only
+/// // `shared` touches it (atomically).
+/// let shared = unsafe { SharedInfo::new(NonNull::from(&mut *page).cast()) };
+/// assert!(!shared.is_pending(5)); // no event yet
+/// shared.mask(5)?;
+/// assert!(shared.is_masked(5));
+/// # Ok::<(), coresident_xen::kernel::KernelError>(())
+/// ```
 #[derive(Debug)]
 pub struct SharedInfo {
     base: NonNull<u8>,
@@ -221,6 +259,22 @@ impl SharedInfo {
     /// `base` maps this domain's shared_info page (or, in a test, a zeroed
     /// page playing it) for as long as the value lives, page-aligned, and
     /// nothing accesses it but atomically (this value, Xen).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use core::ptr::NonNull;
+    /// use coresident_xen::kernel::{Kernel, KernelError, SharedInfo};
+    ///
+    /// /// Maps shared_info (`start_info.shared_info >> 12`) at a page of a window.
+    /// fn map_shared_info<K: Kernel>(k: &K, mfn: u64) -> Result<SharedInfo, KernelError> {
+    ///     let va: NonNull<u8> = k.alloc_window(1).ok_or(KernelError::NoMemory)?;
+    ///     // SAFETY: `va` is a fresh page of the kernel's window; shared_info is ours.
+    ///     unsafe { k.map_frame(va, mfn)? };
+    ///     // SAFETY: `va` maps shared_info from now on, and the window is kept.
+    ///     Ok(unsafe { SharedInfo::new(va) })
+    /// }
+    /// ```
     pub unsafe fn new(base: NonNull<u8>) -> Self {
         Self { base }
     }
@@ -242,6 +296,21 @@ impl SharedInfo {
     }
 
     /// Whether `port` is pending (false for a port out of range).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::ptr::NonNull;
+    /// # use coresident_xen::kernel::SharedInfo;
+    /// #[repr(C, align(4096))]
+    /// struct Page([u8; 4096]);
+    /// let mut page = Box::new(Page([0; 4096])); // plays a shared_info no event has touched
+    /// // SAFETY: the zeroed page is page-aligned, outlives `shared`, and only
+    /// // `shared` touches it (atomically).
+    /// let shared = unsafe { SharedInfo::new(NonNull::from(&mut *page).cast()) };
+    /// assert!(!shared.is_pending(5)); // Xen sets the bit; nobody has
+    /// assert!(!shared.is_pending(u32::MAX)); // out of range: never
+    /// ```
     pub fn is_pending(&self, port: EvtchnPort) -> bool {
         self.word(PENDING_OFFSET, port)
             .is_ok_and(|(w, bit)| w.load(Ordering::Acquire) & bit != 0)
@@ -249,6 +318,24 @@ impl SharedInfo {
 
     /// Clears `port`'s pending bit and says whether it was set: consumes
     /// one event (which may stand for several sends).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::ptr::NonNull;
+    /// # use coresident_xen::kernel::SharedInfo;
+    /// #[repr(C, align(4096))]
+    /// struct Page([u8; 4096]);
+    /// let mut page = Box::new(Page([0; 4096])); // plays a shared_info no event has touched
+    /// // SAFETY: the zeroed page is page-aligned, outlives `shared`, and only
+    /// // `shared` touches it (atomically).
+    /// let shared = unsafe { SharedInfo::new(NonNull::from(&mut *page).cast()) };
+    /// // A doorbell's wait: consume the event if there is one, else idle.
+    /// if !shared.test_and_clear_pending(5) {
+    ///     // kernel.idle(5, deadline)
+    /// }
+    /// assert!(!shared.is_pending(5));
+    /// ```
     pub fn test_and_clear_pending(&self, port: EvtchnPort) -> bool {
         // SYNC: event delivered. Xen sets the bit with a locked
         // test-and-set after the sender's stores (the ring's publish or
@@ -259,6 +346,23 @@ impl SharedInfo {
     }
 
     /// Whether `port` is masked (no upcall; still pending and pollable).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::ptr::NonNull;
+    /// # use coresident_xen::kernel::SharedInfo;
+    /// #[repr(C, align(4096))]
+    /// struct Page([u8; 4096]);
+    /// let mut page = Box::new(Page([0; 4096])); // plays a shared_info no event has touched
+    /// // SAFETY: the zeroed page is page-aligned, outlives `shared`, and only
+    /// // `shared` touches it (atomically).
+    /// let shared = unsafe { SharedInfo::new(NonNull::from(&mut *page).cast()) };
+    /// assert!(!shared.is_masked(5));
+    /// shared.mask(5)?;
+    /// assert!(shared.is_masked(5));
+    /// # Ok::<(), coresident_xen::kernel::KernelError>(())
+    /// ```
     pub fn is_masked(&self, port: EvtchnPort) -> bool {
         self.word(MASK_OFFSET, port)
             .is_ok_and(|(w, bit)| w.load(Ordering::Acquire) & bit != 0)
@@ -269,6 +373,24 @@ impl SharedInfo {
     /// # Errors
     ///
     /// [`KernelError::BadPort`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::ptr::NonNull;
+    /// # use coresident_xen::kernel::SharedInfo;
+    /// #[repr(C, align(4096))]
+    /// struct Page([u8; 4096]);
+    /// let mut page = Box::new(Page([0; 4096])); // plays a shared_info no event has touched
+    /// // SAFETY: the zeroed page is page-aligned, outlives `shared`, and only
+    /// // `shared` touches it (atomically).
+    /// let shared = unsafe { SharedInfo::new(NonNull::from(&mut *page).cast()) };
+    /// use coresident_xen::kernel::KernelError;
+    ///
+    /// shared.mask(5)?; // polled, not upcalled
+    /// assert_eq!(shared.mask(4096), Err(KernelError::BadPort(4096))); // 2-level ABI: 64 * 64 ports
+    /// # Ok::<(), KernelError>(())
+    /// ```
     pub fn mask(&self, port: EvtchnPort) -> Result<(), KernelError> {
         let (w, bit) = self.word(MASK_OFFSET, port)?;
         w.fetch_or(bit, Ordering::AcqRel);
@@ -282,6 +404,26 @@ impl SharedInfo {
     /// # Errors
     ///
     /// [`KernelError::BadPort`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use core::ptr::NonNull;
+    /// # use coresident_xen::kernel::SharedInfo;
+    /// #[repr(C, align(4096))]
+    /// struct Page([u8; 4096]);
+    /// let mut page = Box::new(Page([0; 4096])); // plays a shared_info no event has touched
+    /// // SAFETY: the zeroed page is page-aligned, outlives `shared`, and only
+    /// // `shared` touches it (atomically).
+    /// let shared = unsafe { SharedInfo::new(NonNull::from(&mut *page).cast()) };
+    /// shared.mask(5)?;
+    /// shared.unmask(5)?;
+    /// assert!(!shared.is_masked(5));
+    /// // What came while masked is still pending: check it after unmasking.
+    /// let missed = shared.test_and_clear_pending(5);
+    /// # assert!(!missed);
+    /// # Ok::<(), coresident_xen::kernel::KernelError>(())
+    /// ```
     pub fn unmask(&self, port: EvtchnPort) -> Result<(), KernelError> {
         let (w, bit) = self.word(MASK_OFFSET, port)?;
         w.fetch_and(!bit, Ordering::AcqRel);
@@ -355,6 +497,19 @@ fn scale(system: u64, delta: u64, mul: u32, shift: i8) -> u64 {
 }
 
 /// A [`Clock`](coresident::Clock) on Xen's system time.
+///
+/// # Examples
+///
+/// ```
+/// use core::time::Duration;
+/// use coresident::Clock;
+/// use coresident_xen::kernel::{Kernel, Xen};
+///
+/// /// A deadline on Xen's system time, as a channel's timeouts use it.
+/// fn deadline<K: Kernel>(xen: &Xen<K>, after: Duration) -> Duration {
+///     xen.clock().now() + after
+/// }
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct XenClock<'a> {
     shared: &'a SharedInfo,

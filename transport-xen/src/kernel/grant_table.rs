@@ -5,6 +5,23 @@
 //! The table's frames are shared with Xen, which sets `GTF_reading` and
 //! `GTF_writing` in an entry's flags while the peer maps or copies the page:
 //! entries are only ever accessed with atomics.
+//!
+//! # Examples
+//!
+//! ```
+//! use core::ptr::NonNull;
+//! use coresident_xen::kernel::{GrantTable, Kernel, KernelError, Xen, GRANT_FRAMES};
+//!
+//! assert_eq!(GrantTable::capacity(), GRANT_FRAMES * 512 - 8);
+//!
+//! /// Lets dom0 read a page of ours, then takes it back.
+//! fn lend<K: Kernel>(xen: &Xen<K>, page: NonNull<u8>) -> Result<(), KernelError> {
+//!     let mfn = xen.kernel().frame_of(page).ok_or(KernelError::NoFrame)?;
+//!     let r = xen.grants().grant(0, mfn, true)?;
+//!     // ... dom0 maps `r`, reads, unmaps ...
+//!     xen.grants().end_access(r) // GrantInUse while dom0 still maps it
+//! }
+//! ```
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -18,46 +35,58 @@ use super::{Kernel, KernelError};
 use crate::types::{DomId, GrantRef};
 
 /// `GNTTABOP_map_grant_ref`.
-pub const GNTTABOP_MAP_GRANT_REF: u32 = 0;
+pub(crate) const GNTTABOP_MAP_GRANT_REF: u32 = 0;
 /// `GNTTABOP_unmap_grant_ref`.
-pub const GNTTABOP_UNMAP_GRANT_REF: u32 = 1;
+pub(crate) const GNTTABOP_UNMAP_GRANT_REF: u32 = 1;
 /// `GNTTABOP_setup_table`.
-pub const GNTTABOP_SETUP_TABLE: u32 = 2;
+pub(crate) const GNTTABOP_SETUP_TABLE: u32 = 2;
 
 /// `GTF_permit_access`: the domain in the entry may map the frame.
-pub const GTF_PERMIT_ACCESS: u16 = 1;
+pub(crate) const GTF_PERMIT_ACCESS: u16 = 1;
 /// `GTF_readonly`: read-only access only.
-pub const GTF_READONLY: u16 = 1 << 2;
+pub(crate) const GTF_READONLY: u16 = 1 << 2;
 /// `GTF_reading` (set by Xen): the grant is mapped or being copied from.
-pub const GTF_READING: u16 = 1 << 3;
+pub(crate) const GTF_READING: u16 = 1 << 3;
 /// `GTF_writing` (set by Xen): the grant is mapped writable.
-pub const GTF_WRITING: u16 = 1 << 4;
+pub(crate) const GTF_WRITING: u16 = 1 << 4;
 
 /// `GNTMAP_host_map`: map for host (CPU) access.
-pub const GNTMAP_HOST_MAP: u32 = 1 << 1;
+pub(crate) const GNTMAP_HOST_MAP: u32 = 1 << 1;
 /// `GNTMAP_readonly`.
-pub const GNTMAP_READONLY: u32 = 1 << 2;
+pub(crate) const GNTMAP_READONLY: u32 = 1 << 2;
 
 /// `GNTST_okay`.
-pub const GNTST_OKAY: i16 = 0;
+pub(crate) const GNTST_OKAY: i16 = 0;
 /// `GNTST_bad_gntref`: unrecognised or inappropriate grant reference.
-pub const GNTST_BAD_GNTREF: i16 = -3;
+#[cfg(test)] // what the fake Xen answers
+pub(crate) const GNTST_BAD_GNTREF: i16 = -3;
 /// `GNTST_permission_denied`.
-pub const GNTST_PERMISSION_DENIED: i16 = -8;
+#[cfg(test)] // what the fake Xen answers
+pub(crate) const GNTST_PERMISSION_DENIED: i16 = -8;
 
 /// `GNTTAB_NR_RESERVED_ENTRIES`: entries 0..8 belong to the toolstack
 /// (console, XenStore); never handed out here.
-pub const NR_RESERVED_ENTRIES: u32 = 8;
+pub(crate) const NR_RESERVED_ENTRIES: u32 = 8;
 /// v1 entries per 4 KiB frame.
-pub const ENTRIES_PER_FRAME: usize = 4096 / size_of::<GrantEntryV1>();
+pub(crate) const ENTRIES_PER_FRAME: usize = 4096 / size_of::<GrantEntryV1>();
 /// Frames of grant table set up here: 2048 entries, 2040 usable.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::kernel::{GrantTable, GRANT_FRAMES};
+///
+/// // 4 frames of 512 eight-byte v1 entries, 8 of them reserved by Xen.
+/// assert_eq!(GRANT_FRAMES, 4);
+/// assert_eq!(GrantTable::capacity(), GRANT_FRAMES * 512 - 8);
+/// ```
 pub const GRANT_FRAMES: usize = 4;
 const ENTRIES: usize = GRANT_FRAMES * ENTRIES_PER_FRAME;
 
 /// `struct grant_entry_v1`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-pub struct GrantEntryV1 {
+pub(crate) struct GrantEntryV1 {
     /// `GTF_*`.
     pub flags: u16,
     /// The domain granted access.
@@ -70,7 +99,7 @@ const _: () = assert!(size_of::<GrantEntryV1>() == 8);
 /// `struct gnttab_setup_table` (with its implicit padding spelt out).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-pub struct GnttabSetupTable {
+pub(crate) struct GnttabSetupTable {
     /// IN: `DOMID_SELF`.
     pub dom: u16,
     /// Padding.
@@ -91,7 +120,7 @@ const _: () = assert!(core::mem::offset_of!(GnttabSetupTable, frame_list) == 16)
 /// `struct gnttab_map_grant_ref`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-pub struct GnttabMapGrantRef {
+pub(crate) struct GnttabMapGrantRef {
     /// IN: where to map (a virtual address for a PV guest's host map).
     pub host_addr: u64,
     /// IN: `GNTMAP_*`.
@@ -114,7 +143,7 @@ const _: () = assert!(core::mem::offset_of!(GnttabMapGrantRef, handle) == 20);
 /// `struct gnttab_unmap_grant_ref` (with its tail padding spelt out).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-pub struct GnttabUnmapGrantRef {
+pub(crate) struct GnttabUnmapGrantRef {
     /// IN: the mapped address.
     pub host_addr: u64,
     /// IN: the bus address (0 for host maps).
@@ -131,6 +160,19 @@ const _: () = assert!(core::mem::offset_of!(GnttabUnmapGrantRef, status) == 20);
 
 /// This domain's grant table: [`GRANT_FRAMES`] frames mapped in a window of
 /// the kernel, and a bitmap of the references in use.
+///
+/// # Examples
+///
+/// ```
+/// use core::ptr::NonNull;
+/// use coresident_xen::kernel::{Kernel, KernelError, Xen};
+///
+/// /// Lets dom0 read one page of ours; returns the reference to publish.
+/// fn share<K: Kernel>(xen: &Xen<K>, page: NonNull<u8>) -> Result<u32, KernelError> {
+///     let mfn = xen.kernel().frame_of(page).ok_or(KernelError::NoFrame)?;
+///     xen.grants().grant(0, mfn, true)
+/// }
+/// ```
 #[derive(Debug)]
 pub struct GrantTable {
     /// The [`ENTRIES`] 8-byte entries (`grant_entry_v1`), which Xen writes
@@ -146,6 +188,17 @@ impl GrantTable {
     /// # Errors
     ///
     /// The hypercall's or the setup's status, no window, a refused mapping.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::{GrantTable, Kernel, KernelError};
+    ///
+    /// /// What `Xen::new` does after mapping shared_info.
+    /// fn grant_table<K: Kernel>(kernel: &K) -> Result<GrantTable, KernelError> {
+    ///     GrantTable::setup(kernel)
+    /// }
+    /// ```
     pub fn setup<K: Kernel + ?Sized>(kernel: &K) -> Result<Self, KernelError> {
         let mut frames = [0u64; GRANT_FRAMES];
         let mut st = GnttabSetupTable {
@@ -201,7 +254,7 @@ impl GrantTable {
     /// (or, in a test, memory playing Xen's part), aligned to 8 bytes,
     /// for as long as the table lives, and nothing else writes the entries
     /// but Xen (atomically).
-    pub unsafe fn from_mapped(entries: NonNull<u8>) -> Self {
+    unsafe fn from_mapped(entries: NonNull<u8>) -> Self {
         let used: [AtomicU64; ENTRIES / 64] = core::array::from_fn(|_| AtomicU64::new(0));
         used[0].store((1 << NR_RESERVED_ENTRIES) - 1, Ordering::Relaxed);
         // SAFETY: `entries` maps the table's `ENTRIES * 8` bytes for the
@@ -212,6 +265,19 @@ impl GrantTable {
     }
 
     /// References that can be handed out.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::GrantTable;
+    /// use coresident_xen::MAX_PAGES;
+    ///
+    /// // 2040 references for every link of the kernel together: fewer than
+    /// // the MAX_PAGES one link may have, so the table, not MAX_PAGES, bounds
+    /// // a kernel's largest link.
+    /// assert_eq!(GrantTable::capacity(), 2040);
+    /// assert!(GrantTable::capacity() < MAX_PAGES);
+    /// ```
     pub const fn capacity() -> usize {
         ENTRIES - NR_RESERVED_ENTRIES as usize
     }
@@ -260,6 +326,20 @@ impl GrantTable {
     /// # Errors
     ///
     /// [`KernelError::NoGrantRefs`], [`KernelError::FrameTooLarge`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::{GrantTable, KernelError};
+    ///
+    /// /// Grants domain 3 write access to frame `mfn`, or says why not.
+    /// fn give(table: &GrantTable, mfn: u64) -> Result<u32, KernelError> {
+    ///     match table.grant(3, mfn, false) {
+    ///         Err(KernelError::NoGrantRefs) => Err(KernelError::NoGrantRefs), // all in use: drop a link
+    ///         other => other,
+    ///     }
+    /// }
+    /// ```
     pub fn grant(&self, peer: DomId, frame: u64, readonly: bool) -> Result<GrantRef, KernelError> {
         let frame32 = u32::try_from(frame).map_err(|_| KernelError::FrameTooLarge(frame))?;
         let r = self.alloc_ref().ok_or(KernelError::NoGrantRefs)?;
@@ -284,6 +364,17 @@ impl GrantTable {
     }
 
     /// Whether the peer maps (or copies from) grant `r` now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::GrantTable;
+    ///
+    /// /// Whether every page of a dropped link may be taken back now.
+    /// fn all_released(table: &GrantTable, refs: &[u32]) -> bool {
+    ///     refs.iter().all(|&r| !table.in_use(r))
+    /// }
+    /// ```
     pub fn in_use(&self, r: GrantRef) -> bool {
         self.entries
             .load_u16(Self::entry(r), Ordering::Acquire)
@@ -299,6 +390,22 @@ impl GrantTable {
     /// [`KernelError::GrantInUse`] (the access stays; try again after the
     /// peer unmapped), [`KernelError::BadGrantRef`] for a reference this
     /// table did not hand out.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::{GrantTable, Kernel, KernelError};
+    ///
+    /// /// Ends access to `r`, waiting (as a dropped link does) while the peer maps it.
+    /// fn revoke<K: Kernel>(kernel: &K, table: &GrantTable, r: u32, until_ns: u64) -> Result<(), KernelError> {
+    ///     loop {
+    ///         match table.end_access(r) {
+    ///             Err(KernelError::GrantInUse(_)) => kernel.relax(until_ns), // the peer unmaps first
+    ///             done => return done,
+    ///         }
+    ///     }
+    /// }
+    /// ```
     pub fn end_access(&self, r: GrantRef) -> Result<(), KernelError> {
         if !self.in_use_by_us(r) {
             return Err(KernelError::BadGrantRef(r));
@@ -330,8 +437,10 @@ impl GrantTable {
         Ok(())
     }
 
-    /// The raw entry `r`, as Xen sees it (`None` outside the table).
-    pub fn read_entry(&self, r: GrantRef) -> Option<GrantEntryV1> {
+    /// The raw entry `r`, as Xen sees it (`None` outside the table): what
+    /// the unit tests check the table's writes with.
+    #[cfg(test)]
+    pub(crate) fn read_entry(&self, r: GrantRef) -> Option<GrantEntryV1> {
         let e = Self::entry(r);
         Some(GrantEntryV1 {
             flags: self.entries.load_u16(e, Ordering::Acquire).ok()?,
@@ -355,6 +464,31 @@ impl GrantTable {
 /// The hypercall's result or the first failed entry's `GNTST_*` status;
 /// [`KernelError::NoMemory`] if `handles` is shorter than `refs`, or `refs`
 /// yields fewer references than its length said.
+///
+/// # Examples
+///
+/// ```
+/// use core::ptr::NonNull;
+/// use coresident_xen::kernel::grant_table::{map_grants, unmap_grants};
+/// use coresident_xen::kernel::{Kernel, KernelError};
+///
+/// /// Maps dom0's grants `refs` in a fresh window, reads the first byte, and
+/// /// unmaps them (a link keeps its mapping instead: `KernelPages`).
+/// fn peek<K: Kernel>(k: &K, refs: &[u32]) -> Result<u8, KernelError> {
+///     let va: NonNull<u8> = k.alloc_window(refs.len()).ok_or(KernelError::NoMemory)?;
+///     let mut handles = [0u32; 16];
+///     // SAFETY: `va` is a fresh window of `refs.len()` pages, used by nothing else.
+///     unsafe { map_grants(k, 0, refs.iter().copied(), va, true, &mut handles)? };
+///     // SAFETY: the first page is mapped (read-only) and in bounds; a volatile
+///     // read, as the peer may write it.
+///     let first = unsafe { va.as_ptr().read_volatile() };
+///     // SAFETY: the mapping made above, not used after.
+///     unsafe { unmap_grants(k, va, &handles[..refs.len()])? };
+///     // SAFETY: nothing is mapped in the window any more.
+///     unsafe { k.free_window(va, refs.len()) };
+///     Ok(first)
+/// }
+/// ```
 pub unsafe fn map_grants<H: Hypercall + ?Sized>(
     h: &H,
     dom: DomId,
@@ -457,6 +591,27 @@ fn page(va: NonNull<u8>, i: usize) -> NonNull<u8> {
 ///
 /// The hypercall's result or the first failed entry's status (the others
 /// are still unmapped).
+///
+/// # Examples
+///
+/// ```
+/// use core::ptr::NonNull;
+/// use coresident_xen::kernel::grant_table::unmap_grants;
+/// use coresident_xen::kernel::{Kernel, KernelError};
+///
+/// /// Takes down a mapping made by `map_grants` and gives the window back.
+/// ///
+/// /// # Safety
+/// ///
+/// /// `va` and `handles` are one `map_grants` mapping, not used after.
+/// unsafe fn unmap<K: Kernel>(k: &K, va: NonNull<u8>, handles: &[u32]) -> Result<(), KernelError> {
+///     // SAFETY: this function's contract.
+///     unsafe { unmap_grants(k, va, handles)? };
+///     // SAFETY: the window is empty now; nothing uses it after.
+///     unsafe { k.free_window(va, handles.len()) };
+///     Ok(())
+/// }
+/// ```
 pub unsafe fn unmap_grants<H: Hypercall + ?Sized>(
     h: &H,
     va: NonNull<u8>,

@@ -22,28 +22,71 @@
 //! [`HypercallPage::hypercall`] is one `call` with all five argument
 //! registers declared clobbered, tested on the host against a fake page
 //! that records the registers it receives.
+//!
+//! # Examples
+//!
+//! ```
+//! # use core::cell::Cell;
+//! # use coresident_xen::kernel::Hypercall;
+//! # struct Fake { last: Cell<(u32, [u64; 5])>, rc: i64 }
+//! # // SAFETY: it emulates the calls of this example: it reads and maps nothing.
+//! # unsafe impl Hypercall for Fake {
+//! #     unsafe fn hypercall(&self, op: u32, args: [u64; 5]) -> i64 { self.last.set((op, args)); self.rc }
+//! # }
+//! # let fake = |rc| Fake { last: Cell::new((0, [0; 5])), rc };
+//! use coresident_xen::kernel::hypercall::xen_version;
+//!
+//! assert_eq!(xen_version(&fake(4 << 16 | 19)), (4, 19));
+//! ```
 
 use core::arch::asm;
 
 use super::KernelError;
 
 /// `DOMID_SELF` (`xen/xen.h`): "this domain" in hypercall arguments.
-pub const DOMID_SELF: u16 = 0x7FF0;
+pub(crate) const DOMID_SELF: u16 = 0x7FF0;
 /// `UVMF_INVLPG` (`xen/xen.h`): flush the one TLB entry of the address.
-pub const UVMF_INVLPG: u64 = 2;
+pub(crate) const UVMF_INVLPG: u64 = 2;
 /// `UVMF_LOCAL` (`xen/xen.h`): on this vCPU only.
-pub const UVMF_LOCAL: u64 = 0;
+pub(crate) const UVMF_LOCAL: u64 = 0;
 /// `SHUTDOWN_poweroff` (`xen/sched.h`).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::kernel::hypercall::SHUTDOWN_POWEROFF;
+///
+/// // xen/include/public/sched.h: `#define SHUTDOWN_poweroff 0`
+/// assert_eq!(SHUTDOWN_POWEROFF, 0);
+/// ```
 pub const SHUTDOWN_POWEROFF: u32 = 0;
 /// `SHUTDOWN_reboot` (`xen/sched.h`): QEMU's `-no-reboot` turns it into an exit.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::kernel::hypercall::SHUTDOWN_REBOOT;
+///
+/// // xen/include/public/sched.h: `#define SHUTDOWN_reboot 1`
+/// assert_eq!(SHUTDOWN_REBOOT, 1);
+/// ```
 pub const SHUTDOWN_REBOOT: u32 = 1;
 /// `SHUTDOWN_crash` (`xen/sched.h`).
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::kernel::hypercall::SHUTDOWN_CRASH;
+///
+/// // xen/include/public/sched.h: `#define SHUTDOWN_crash 3`
+/// assert_eq!(SHUTDOWN_CRASH, 3);
+/// ```
 pub const SHUTDOWN_CRASH: u32 = 3;
 /// Page-table entry bits of a writable kernel mapping: present, writable,
 /// accessed, dirty (x86 PTE bits 0, 1, 5, 6).
-pub const PTE_KERNEL_RW: u64 = 0x63;
+pub(crate) const PTE_KERNEL_RW: u64 = 0x63;
 /// `ENOSYS` as Xen returns it (`xen/errno.h`), negated.
-pub const ENOSYS: i64 = -38;
+pub(crate) const ENOSYS: i64 = -38;
 
 /// Issues hypercalls: the one thing every Xen guest kernel does its own way
 /// (hypercall page, `vmcall`, a test double).
@@ -54,6 +97,34 @@ pub const ENOSYS: i64 = -38;
 /// result, or behave like Xen would for the calls they emulate (tests):
 /// callers rely on it for memory safety (a mapping that was reported made
 /// is made).
+///
+/// # Examples
+///
+/// A test double (the crate's own unit tests use one), and the call it
+/// answers:
+///
+/// ```
+/// use core::cell::Cell;
+/// use coresident_xen::kernel::hypercall::xen_version;
+/// use coresident_xen::kernel::Hypercall;
+///
+/// /// Answers `XENVER_version` as Xen 4.19 would, refuses the rest.
+/// struct Xen419 { calls: Cell<u32> }
+/// // SAFETY: it emulates XENVER_version, which takes no pointer, and
+/// // refuses every other call (`-ENOSYS`) without touching its arguments.
+/// unsafe impl Hypercall for Xen419 {
+///     unsafe fn hypercall(&self, op: u32, args: [u64; 5]) -> i64 {
+///         self.calls.set(self.calls.get() + 1);
+///         match (op, args[0]) {
+///             (17, 0) => 4 << 16 | 19, // __HYPERVISOR_xen_version, XENVER_version
+///             _ => -38,
+///         }
+///     }
+/// }
+/// let xen = Xen419 { calls: Cell::new(0) };
+/// assert_eq!(xen_version(&xen), (4, 19));
+/// assert_eq!(xen.calls.get(), 1);
+/// ```
 pub unsafe trait Hypercall {
     /// Issues hypercall `op` with `args` (x86_64: `rdi, rsi, rdx, r10, r8`;
     /// the ones the hypercall does not take are ignored) and returns Xen's
@@ -65,12 +136,41 @@ pub unsafe trait Hypercall {
     /// valid, for the duration of the call, for what Xen reads and writes
     /// through it (a page-table update can unmap memory: the caller owns
     /// the address it remaps).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use coresident_xen::kernel::{Hypercall, HypercallPage};
+    ///
+    /// /// `XENVER_version` by hand (what `hypercall::xen_version` does).
+    /// fn version(page: &HypercallPage) -> i64 {
+    ///     // SAFETY: XENVER_version (0) takes no pointer argument.
+    ///     unsafe { page.hypercall(17, [0; 5]) } // __HYPERVISOR_xen_version (xen/xen.h)
+    /// }
+    /// ```
     unsafe fn hypercall(&self, op: u32, args: [u64; 5]) -> i64;
 }
 
 /// The hypercall page Xen fills in at boot (ELF note
 /// `XEN_ELFNOTE_HYPERCALL_PAGE`): 128 entries of 32 bytes of code, entry
 /// `op` at `op * 32`.
+///
+/// # Examples
+///
+/// ```no_run
+/// use coresident_xen::kernel::hypercall::{console_write, xen_version};
+/// use coresident_xen::kernel::HypercallPage;
+///
+/// extern "C" {
+///     /// The page the kernel's `XEN_ELFNOTE_HYPERCALL_PAGE` names (its
+///     /// linker script reserves it in `.text`); Xen fills it in at boot.
+///     static hypercall_page: [u8; 4096];
+/// }
+/// // SAFETY: Xen filled the page in before the kernel's first instruction.
+/// let page = unsafe { HypercallPage::new(core::ptr::addr_of!(hypercall_page).cast()) };
+/// let (major, minor) = xen_version(&page);
+/// console_write(&page, if (major, minor) >= (4, 19) { b"new Xen\n" } else { b"old Xen\n" });
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct HypercallPage {
     base: *const u8,
@@ -92,6 +192,22 @@ impl HypercallPage {
     /// (arguments in `rdi, rsi, rdx, r10, r8`, result in `rax`, other
     /// registers preserved but for `rcx` and `r11`), for as long as the
     /// value is used: the page Xen filled in, or a test's fake.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::HypercallPage;
+    ///
+    /// /// The hypercall page at `addr`, once Xen filled it in.
+    /// ///
+    /// /// # Safety
+    /// ///
+    /// /// `addr` is the kernel's `XEN_ELFNOTE_HYPERCALL_PAGE` page.
+    /// const unsafe fn xen_page(addr: usize) -> HypercallPage {
+    ///     // SAFETY: Xen's page (this function's contract) follows the PV convention.
+    ///     unsafe { HypercallPage::new(addr as *const u8) }
+    /// }
+    /// ```
     pub const unsafe fn new(base: *const u8) -> Self {
         Self { base }
     }
@@ -143,6 +259,27 @@ fn check(op: &'static str, rc: i64) -> Result<i64, KernelError> {
 
 /// Writes `s` to Xen's console (`CONSOLEIO_write`; dom0 only in a release
 /// build of Xen, a domU writes its PV console ring).
+///
+/// # Examples
+///
+/// ```
+/// # use core::cell::Cell;
+/// # use coresident_xen::kernel::Hypercall;
+/// # /// Records the last call, answers `rc`: no Xen needed.
+/// # struct Fake { last: Cell<(u32, [u64; 5])>, rc: i64 }
+/// # // SAFETY: it emulates the calls of this example: it reads and maps nothing.
+/// # unsafe impl Hypercall for Fake {
+/// #     unsafe fn hypercall(&self, op: u32, args: [u64; 5]) -> i64 { self.last.set((op, args)); self.rc }
+/// # }
+/// # let fake = |rc| Fake { last: Cell::new((0, [0; 5])), rc };
+/// use coresident_xen::kernel::hypercall::console_write;
+///
+/// let xen = fake(0);
+/// console_write(&xen, b"hello from a PV guest\n");
+/// let (op, args) = xen.last.get();
+/// // __HYPERVISOR_console_io, CONSOLEIO_write (xen/xen.h), the length.
+/// assert_eq!((op, args[0], args[1]), (18, 0, 22));
+/// ```
 pub fn console_write<H: Hypercall + ?Sized>(h: &H, s: &[u8]) {
     // SAFETY: CONSOLEIO_write reads `s.len()` bytes at `s.as_ptr()`, valid
     // for the call.
@@ -161,6 +298,24 @@ pub fn console_write<H: Hypercall + ?Sized>(h: &H, s: &[u8]) {
 }
 
 /// Xen's version, `(major, minor)` (`XENVER_version`).
+///
+/// # Examples
+///
+/// ```
+/// # use core::cell::Cell;
+/// # use coresident_xen::kernel::Hypercall;
+/// # /// Records the last call, answers `rc`: no Xen needed.
+/// # struct Fake { last: Cell<(u32, [u64; 5])>, rc: i64 }
+/// # // SAFETY: it emulates the calls of this example: it reads and maps nothing.
+/// # unsafe impl Hypercall for Fake {
+/// #     unsafe fn hypercall(&self, op: u32, args: [u64; 5]) -> i64 { self.last.set((op, args)); self.rc }
+/// # }
+/// # let fake = |rc| Fake { last: Cell::new((0, [0; 5])), rc };
+/// use coresident_xen::kernel::hypercall::xen_version;
+///
+/// // Xen answers `major << 16 | minor`.
+/// assert_eq!(xen_version(&fake(4 << 16 | 19)), (4, 19));
+/// ```
 pub fn xen_version<H: Hypercall + ?Sized>(h: &H) -> (u16, u16) {
     // SAFETY: XENVER_version (0) takes no buffer.
     let v = unsafe { h.hypercall(xen_sys::__HYPERVISOR_xen_version, [0; 5]) };
@@ -173,6 +328,31 @@ pub fn xen_version<H: Hypercall + ?Sized>(h: &H) -> (u16, u16) {
 ///
 /// Only if Xen refuses; on success it does not return to the caller's
 /// next instruction in any useful sense (the domain is gone).
+///
+/// # Examples
+///
+/// ```
+/// # use core::cell::Cell;
+/// # use coresident_xen::kernel::Hypercall;
+/// # /// Records the last call, answers `rc`: no Xen needed.
+/// # struct Fake { last: Cell<(u32, [u64; 5])>, rc: i64 }
+/// # // SAFETY: it emulates the calls of this example: it reads and maps nothing.
+/// # unsafe impl Hypercall for Fake {
+/// #     unsafe fn hypercall(&self, op: u32, args: [u64; 5]) -> i64 { self.last.set((op, args)); self.rc }
+/// # }
+/// # let fake = |rc| Fake { last: Cell::new((0, [0; 5])), rc };
+/// use coresident_xen::kernel::hypercall::{shutdown, SHUTDOWN_POWEROFF};
+/// use coresident_xen::kernel::KernelError;
+///
+/// let xen = fake(0);
+/// shutdown(&xen, SHUTDOWN_POWEROFF)?;
+/// let (op, args) = xen.last.get();
+/// assert_eq!((op, args[0]), (29, 2)); // __HYPERVISOR_sched_op, SCHEDOP_shutdown
+/// // A refusal is Xen's negated errno.
+/// let refused = shutdown(&fake(-1), SHUTDOWN_POWEROFF);
+/// assert_eq!(refused, Err(KernelError::Hypercall { op: "sched_op(shutdown)", rc: -1 }));
+/// # Ok::<(), KernelError>(())
+/// ```
 pub fn shutdown<H: Hypercall + ?Sized>(h: &H, reason: u32) -> Result<(), KernelError> {
     let r = reason;
     // SAFETY: `struct sched_shutdown` is one `unsigned int`, read by Xen
@@ -212,6 +392,28 @@ const _: () = assert!(core::mem::offset_of!(SchedPoll, timeout) == 16);
 /// # Errors
 ///
 /// Xen's refusal (more than 128 ports, a bad port).
+///
+/// # Examples
+///
+/// ```
+/// # use core::cell::Cell;
+/// # use coresident_xen::kernel::Hypercall;
+/// # /// Records the last call, answers `rc`: no Xen needed.
+/// # struct Fake { last: Cell<(u32, [u64; 5])>, rc: i64 }
+/// # // SAFETY: it emulates the calls of this example: it reads and maps nothing.
+/// # unsafe impl Hypercall for Fake {
+/// #     unsafe fn hypercall(&self, op: u32, args: [u64; 5]) -> i64 { self.last.set((op, args)); self.rc }
+/// # }
+/// # let fake = |rc| Fake { last: Cell::new((0, [0; 5])), rc };
+/// use coresident_xen::kernel::hypercall::poll;
+///
+/// let xen = fake(0);
+/// // Wait for port 5, at most until Xen's system time reaches 2 s.
+/// poll(&xen, &[5], 2_000_000_000)?;
+/// let (op, args) = xen.last.get();
+/// assert_eq!((op, args[0]), (29, 3)); // __HYPERVISOR_sched_op, SCHEDOP_poll
+/// # Ok::<(), coresident_xen::kernel::KernelError>(())
+/// ```
 pub fn poll<H: Hypercall + ?Sized>(h: &H, ports: &[u32], until_ns: u64) -> Result<(), KernelError> {
     let p = SchedPoll {
         ports: ports.as_ptr() as u64,
@@ -246,6 +448,30 @@ pub fn poll<H: Hypercall + ?Sized>(h: &H, ports: &[u32], until_ns: u64) -> Resul
 /// afterwards, `va` must lie where the kernel's page tables have an L1
 /// table, and `mfn` must be a frame this domain may map writable (its own,
 /// shared_info, a grant-table frame).
+///
+/// # Examples
+///
+/// ```
+/// # use core::cell::Cell;
+/// # use coresident_xen::kernel::Hypercall;
+/// # /// Records the last call, answers `rc`: no Xen needed.
+/// # struct Fake { last: Cell<(u32, [u64; 5])>, rc: i64 }
+/// # // SAFETY: it emulates the calls of this example: it reads and maps nothing.
+/// # unsafe impl Hypercall for Fake {
+/// #     unsafe fn hypercall(&self, op: u32, args: [u64; 5]) -> i64 { self.last.set((op, args)); self.rc }
+/// # }
+/// # let fake = |rc| Fake { last: Cell::new((0, [0; 5])), rc };
+/// use coresident_xen::kernel::update_va_mapping;
+///
+/// let xen = fake(0);
+/// // SAFETY: the double maps nothing; with Xen, `va` would be a page of
+/// // the kernel's own window.
+/// unsafe { update_va_mapping(&xen, 0xffff_c000_0000_0000, 0x1234)? };
+/// let (op, args) = xen.last.get();
+/// assert_eq!(op, 14); // __HYPERVISOR_update_va_mapping
+/// assert_eq!((args[0], args[1] >> 12), (0xffff_c000_0000_0000, 0x1234)); // va, the frame in the PTE
+/// # Ok::<(), coresident_xen::kernel::KernelError>(())
+/// ```
 pub unsafe fn update_va_mapping<H: Hypercall + ?Sized>(
     h: &H,
     va: u64,

@@ -87,12 +87,68 @@ pub use hypercall::{update_va_mapping, Hypercall, HypercallPage};
 /// ```
 pub type KernelTransport<'x, K> = crate::transport::XenTransport<KernelBackend<'x, K>>;
 /// Its region: granted (offerer) or mapped (acceptor) pages.
+///
+/// # Examples
+///
+/// ```
+/// use coresident::SharedRegion;
+/// use coresident_xen::kernel::{Kernel, KernelLink, KernelRegion};
+///
+/// /// The bytes of rings a link's pages hold.
+/// fn ring_bytes<'x, K: Kernel>(link: &KernelLink<'x, K>) -> usize {
+///     let region: &KernelRegion<'x, K> = &link.region;
+///     region.len()
+/// }
+/// ```
 pub type KernelRegion<'x, K> = crate::transport::XenRegion<KernelBackend<'x, K>>;
 /// Its doorbell: the port and the live page.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::kernel::{Kernel, KernelDoorbell, KernelLink};
+///
+/// /// The event-channel port a link rings.
+/// fn port<'x, K: Kernel>(link: &KernelLink<'x, K>) -> u32 {
+///     let doorbell: &KernelDoorbell<'x, K> = &link.doorbell;
+///     doorbell.port()
+/// }
+/// ```
 pub type KernelDoorbell<'x, K> = crate::transport::XenDoorbell<KernelBackend<'x, K>>;
 /// Its pending offer.
+///
+/// # Examples
+///
+/// ```
+/// use coresident::ChannelLayout;
+/// use coresident_xen::kernel::{Kernel, KernelPending, KernelTransport, KernelTransportError, Xen};
+///
+/// /// Offers dom0 a channel; the offer's fields go to XenStore next.
+/// fn offer<'x, K: Kernel>(xen: &'x Xen<K>) -> Result<KernelPending<'x, K>, KernelTransportError> {
+///     let mut t = KernelTransport::new(xen, 0);
+///     let pending = t.offer_pages(ChannelLayout::symmetric(4096))?;
+///     let mut refs = t.ref_buf(); // private pages of the kernel: 16 KiB is too much for a stack
+///     let fields = pending.offer(refs.as_mut())?;
+///     # drop(fields);
+///     Ok(pending)
+/// }
+/// ```
 pub type KernelPending<'x, K> = crate::transport::XenPending<KernelBackend<'x, K>>;
 /// Its link.
+///
+/// # Examples
+///
+/// ```
+/// use coresident::{Channel, ChannelConfig};
+/// use coresident_xen::kernel::{Kernel, KernelLink, KernelPending, Xen};
+///
+/// /// Once dom0 accepted: the link, then the channel over it.
+/// fn start<'x, K: Kernel>(xen: &'x Xen<K>, pending: KernelPending<'x, K>) {
+///     let link: KernelLink<'x, K> = pending.into_link();
+///     let ch = Channel::new(link, ChannelConfig::default(), xen.clock());
+///     # drop(ch);
+/// }
+/// ```
 pub type KernelLink<'x, K> = crate::transport::XenLink<KernelBackend<'x, K>>;
 /// Its failure.
 ///
@@ -187,11 +243,90 @@ impl core::error::Error for KernelError {}
 ///   present down to L1), used by nothing else until
 ///   [`free_window`](Self::free_window);
 /// - [`domid`](Self::domid) is this domain's id.
+///
+/// # Examples
+///
+/// ```
+/// use core::ptr::NonNull;
+/// use coresident_xen::kernel::{update_va_mapping, Hypercall, HypercallPage, Kernel, KernelError, Xen};
+///
+/// /// A kernel's half, sketched: a real one hands out its own pages here.
+/// struct MyKernel { page: HypercallPage, domid: u16 }
+///
+/// // SAFETY: every call goes to Xen's hypercall page unchanged.
+/// unsafe impl Hypercall for MyKernel {
+///     unsafe fn hypercall(&self, op: u32, args: [u64; 5]) -> i64 {
+///         // SAFETY: the caller's contract, passed on.
+///         unsafe { self.page.hypercall(op, args) }
+///     }
+/// }
+/// // SAFETY: this sketch hands out no page, frame or window (every `None`),
+/// // so it has none to get wrong; `domid` is what XenStore's `domid` said.
+/// unsafe impl Kernel for MyKernel {
+///     fn domid(&self) -> u16 { self.domid }
+///     fn alloc_pages(&self, _n: usize) -> Option<NonNull<u8>> { None } // the page allocator
+///     unsafe fn free_pages(&self, _pages: NonNull<u8>, _n: usize) {}
+///     fn frame_of(&self, _page: NonNull<u8>) -> Option<u64> { None } // the p2m table
+///     fn alloc_window(&self, _n: usize) -> Option<NonNull<u8>> { None } // free VA with L1 tables
+///     unsafe fn free_window(&self, _window: NonNull<u8>, _n: usize) {}
+///     unsafe fn map_frame(&self, va: NonNull<u8>, mfn: u64) -> Result<(), KernelError> {
+///         // SAFETY: `va` is a page of our window and `mfn` ours to map
+///         // (the caller's contract).
+///         unsafe { update_va_mapping(self, va.as_ptr() as u64, mfn) }
+///     }
+/// }
+///
+/// fn boot(k: MyKernel, shared_info_mfn: u64) -> Result<Xen<MyKernel>, KernelError> {
+///     Xen::new(k, shared_info_mfn) // NoMemory with this sketch: no window to give
+/// }
+/// ```
 pub unsafe trait Kernel: Hypercall {
     /// This domain's id (dom0: 0; a domU reads `domid` from XenStore).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::Kernel;
+    ///
+    /// /// The path of this domain's own XenStore directory.
+    /// fn home<K: Kernel>(k: &K, buf: &mut [u8; 32]) -> usize {
+    ///     use core::fmt::Write;
+    ///     struct W<'a>(&'a mut [u8], usize);
+    ///     impl Write for W<'_> {
+    ///         fn write_str(&mut self, s: &str) -> core::fmt::Result {
+    ///             let end = self.1 + s.len();
+    ///             self.0.get_mut(self.1..end).ok_or(core::fmt::Error)?.copy_from_slice(s.as_bytes());
+    ///             self.1 = end;
+    ///             Ok(())
+    ///         }
+    ///     }
+    ///     let mut w = W(buf, 0);
+    ///     let _ = write!(w, "/local/domain/{}", k.domid());
+    ///     w.1
+    /// }
+    /// ```
     fn domid(&self) -> DomId;
 
     /// `n` zeroed pages of this domain's memory, or `None`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::{Kernel, KernelError};
+    ///
+    /// /// The machine frame of a fresh page (what a grant names), and the page.
+    /// fn fresh_frame<K: Kernel>(k: &K) -> Result<(core::ptr::NonNull<u8>, u64), KernelError> {
+    ///     let page = k.alloc_pages(1).ok_or(KernelError::NoMemory)?;
+    ///     match k.frame_of(page) {
+    ///         Some(mfn) => Ok((page, mfn)),
+    ///         None => {
+    ///             // SAFETY: the page `alloc_pages(1)` gave, granted to nobody.
+    ///             unsafe { k.free_pages(page, 1) };
+    ///             Err(KernelError::NoFrame)
+    ///         }
+    ///     }
+    /// }
+    /// ```
     fn alloc_pages(&self, n: usize) -> Option<NonNull<u8>>;
 
     /// Returns pages from [`alloc_pages`](Self::alloc_pages).
@@ -200,12 +335,55 @@ pub unsafe trait Kernel: Hypercall {
     ///
     /// `pages` and `n` are what one `alloc_pages` call returned and was
     /// asked for, no peer maps them any more, and nothing uses them after.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::Kernel;
+    ///
+    /// fn scratch<K: Kernel>(k: &K) {
+    ///     if let Some(p) = k.alloc_pages(4) {
+    ///         // ... use the 4 zeroed pages privately ...
+    ///         // SAFETY: what `alloc_pages(4)` returned, never granted, unused after.
+    ///         unsafe { k.free_pages(p, 4) };
+    ///     }
+    /// }
+    /// ```
     unsafe fn free_pages(&self, pages: NonNull<u8>, n: usize);
 
     /// The machine frame backing the page at `page` (from `alloc_pages`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use core::ptr::NonNull;
+    /// use coresident_xen::kernel::{Kernel, Xen};
+    ///
+    /// /// Grants dom0 read access to a page of ours.
+    /// fn grant_page<K: Kernel>(xen: &Xen<K>, page: NonNull<u8>) -> Option<u32> {
+    ///     let mfn = xen.kernel().frame_of(page)?;
+    ///     xen.grants().grant(0, mfn, true).ok()
+    /// }
+    /// ```
     fn frame_of(&self, page: NonNull<u8>) -> Option<u64>;
 
     /// `n` pages of virtual address space for foreign mappings, or `None`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::grant_table::map_grants;
+    /// use coresident_xen::kernel::{Kernel, KernelError};
+    ///
+    /// /// Maps dom0's grant `r` read-only; returns the page and its map handle.
+    /// fn map_one<K: Kernel>(k: &K, r: u32) -> Result<(core::ptr::NonNull<u8>, u32), KernelError> {
+    ///     let va = k.alloc_window(1).ok_or(KernelError::NoMemory)?;
+    ///     let mut handle = [0u32; 1];
+    ///     // SAFETY: `va` is a fresh window page, used by nothing else.
+    ///     unsafe { map_grants(k, 0, [r].into_iter(), va, true, &mut handle)? };
+    ///     Ok((va, handle[0]))
+    /// }
+    /// ```
     fn alloc_window(&self, n: usize) -> Option<NonNull<u8>>;
 
     /// Returns a window from [`alloc_window`](Self::alloc_window); the
@@ -217,6 +395,21 @@ pub unsafe trait Kernel: Hypercall {
     /// `window` and `n` are what one `alloc_window` call returned and was
     /// asked for, nothing is mapped there by this module any more, and
     /// nothing uses it after.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use core::ptr::NonNull;
+    /// use coresident_xen::kernel::Kernel;
+    ///
+    /// /// Gives back a window that nothing was mapped in after all.
+    /// fn unused<K: Kernel>(k: &K, n: usize) {
+    ///     if let Some(w) = k.alloc_window(n) {
+    ///         // SAFETY: `alloc_window(n)`'s window, nothing mapped, unused after.
+    ///         unsafe { k.free_window(w, n) };
+    ///     }
+    /// }
+    /// ```
     unsafe fn free_window(&self, window: NonNull<u8>, n: usize);
 
     /// Maps machine frame `mfn` writable at `va` (a page of a window).
@@ -226,12 +419,44 @@ pub unsafe trait Kernel: Hypercall {
     ///
     /// `va` is a page of a live window of this kernel, and `mfn` a frame
     /// this domain may map (shared_info, a grant-table frame).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::{Kernel, KernelError};
+    ///
+    /// /// What `Xen::new` does for shared_info.
+    /// fn map_at_window<K: Kernel>(k: &K, mfn: u64) -> Result<core::ptr::NonNull<u8>, KernelError> {
+    ///     let va = k.alloc_window(1).ok_or(KernelError::NoMemory)?;
+    ///     // SAFETY: `va` is a page of the fresh window; `mfn` is this domain's
+    ///     // shared_info frame.
+    ///     unsafe { k.map_frame(va, mfn)? };
+    ///     Ok(va)
+    /// }
+    /// ```
     unsafe fn map_frame(&self, va: NonNull<u8>, mfn: u64) -> Result<(), KernelError>;
 
     /// Called by a waiting doorbell when `port` is not pending: return when
     /// it may be, or when Xen's system time reaches `until_ns` (0: no
     /// limit). Returning early is always correct (the caller re-checks).
     /// The default blocks the vCPU with `SCHEDOP_poll`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::{Kernel, Xen};
+    ///
+    /// /// A doorbell's wait, in short: idle until `port` is pending or `until_ns`.
+    /// fn wait<K: Kernel>(xen: &Xen<K>, port: u32, until_ns: u64) -> bool {
+    ///     while !xen.shared_info().test_and_clear_pending(port) {
+    ///         if xen.shared_info().system_time_ns() >= until_ns {
+    ///             return false;
+    ///         }
+    ///         xen.kernel().idle(port, until_ns);
+    ///     }
+    ///     true
+    /// }
+    /// ```
     fn idle(&self, port: EvtchnPort, until_ns: u64) {
         let _ = hypercall::poll(self, &[port], until_ns);
     }
@@ -244,6 +469,24 @@ pub unsafe trait Kernel: Hypercall {
     /// `SCHEDOP_poll` on no port until `until_ns` (any new event for this
     /// domain ends it early); a kernel with other work to run (another
     /// thread that may hold the peer's mapping) runs it here.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::kernel::{Kernel, KernelError, Xen};
+    ///
+    /// /// What a dropped link does: retry ending the grant, pausing between tries.
+    /// fn end<K: Kernel>(xen: &Xen<K>, r: u32, until_ns: u64) -> Result<(), KernelError> {
+    ///     loop {
+    ///         match xen.grants().end_access(r) {
+    ///             Err(KernelError::GrantInUse(_)) if xen.shared_info().system_time_ns() < until_ns => {
+    ///                 xen.kernel().relax(until_ns.min(xen.shared_info().system_time_ns() + 1_000_000))
+    ///             }
+    ///             done => return done,
+    ///         }
+    ///     }
+    /// }
+    /// ```
     fn relax(&self, until_ns: u64) {
         let _ = hypercall::poll(self, &[], until_ns);
     }
@@ -265,6 +508,21 @@ pub const DEFAULT_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The hypervisor as this kernel sees it: the kernel's services, shared_info
 /// (event-channel bits, time) and the grant table. One per domain; links
 /// borrow it.
+///
+/// # Examples
+///
+/// ```
+/// use coresident_xen::kernel::{Kernel, KernelError, KernelTransport, Xen};
+///
+/// /// At boot, once: the domain's `Xen`; links borrow it.
+/// fn boot<K: Kernel>(kernel: K, shared_info_mfn: u64) -> Result<(), KernelError> {
+///     let xen = Xen::new(kernel, shared_info_mfn)?;
+///     let to_dom0 = KernelTransport::new(&xen, 0);
+///     # drop(to_dom0);
+///     assert_eq!(xen.leaked_pages(), 0);
+///     Ok(())
+/// }
+/// ```
 #[derive(Debug)]
 pub struct Xen<K: Kernel> {
     kernel: K,

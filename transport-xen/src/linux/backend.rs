@@ -12,6 +12,19 @@
 //! the 2023 fix that restricts privcmd in unprivileged domains, backported
 //! to Debian 12's 6.1; ignored under lockdown); without it the doorbell
 //! knows only the live byte, and a destroyed dom0 is learnt from XenStore.
+//!
+//! # Examples
+//!
+//! ```
+//! use coresident_xen::backend::XenBackend;
+//! use coresident_xen::linux::LinuxBackend;
+//! use coresident_xen::MAX_PAGES;
+//!
+//! // Domain 5's backend: no device is opened until pages or a port are asked for.
+//! let b = LinuxBackend::new(5);
+//! assert_eq!(b.domid(), 5);
+//! assert_eq!(b.ref_buf().len(), MAX_PAGES);
+//! ```
 
 use core::fmt;
 use core::time::Duration;
@@ -274,16 +287,7 @@ impl LinuxBackend<Linux> {
 impl<S: Sys> LinuxBackend<S> {
     /// As [`LinuxBackend::new`], with the system calls of `sys` (a fake
     /// driver in tests).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use coresident_xen::backend::XenBackend;
-    /// use coresident_xen::linux::{sys::Linux, LinuxBackend};
-    ///
-    /// assert_eq!(LinuxBackend::with_sys(Linux, 5).domid(), 5);
-    /// ```
-    pub fn with_sys(sys: S, own: DomId) -> Self {
+    pub(crate) fn with_sys(sys: S, own: DomId) -> Self {
         Self {
             sys,
             own,
@@ -386,18 +390,8 @@ impl crate::transport::XenTransport<LinuxBackend<Linux>> {
 impl<S: Sys> crate::transport::XenTransport<LinuxBackend<S>> {
     /// As [`XenTransport::new`](crate::XenTransport::new), with the system
     /// calls of `sys`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use coresident_xen::linux::sys::Linux;
-    /// use coresident_xen::XenTransport;
-    ///
-    /// // `Linux`, the real system calls, is what `XenTransport::new` uses.
-    /// let t = XenTransport::with_sys(Linux, 5, 0);
-    /// assert_eq!(t.peer(), 0);
-    /// ```
-    pub fn with_sys(sys: S, own: DomId, peer: DomId) -> Self {
+    #[cfg(test)]
+    pub(crate) fn with_sys(sys: S, own: DomId, peer: DomId) -> Self {
         Self::with_backend(LinuxBackend::with_sys(sys, own), peer)
     }
 }
@@ -460,18 +454,8 @@ impl<S: Sys> crate::rendezvous::Rendezvous<LinuxBackend<S>> {
     /// # Errors
     ///
     /// [`KeyError::BadName`](crate::protocol::keys::KeyError::BadName).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use coresident_xen::linux::sys::Linux;
-    /// use coresident_xen::Rendezvous;
-    ///
-    /// let rdv = Rendezvous::with_sys(Linux, 5, 0, "logs")?;
-    /// assert_eq!(rdv.name(), "logs");
-    /// # Ok::<(), coresident_xen::protocol::keys::KeyError>(())
-    /// ```
-    pub fn with_sys(
+    #[cfg(test)]
+    pub(crate) fn with_sys(
         sys: S,
         own: DomId,
         peer: DomId,

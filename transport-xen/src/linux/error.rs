@@ -1,4 +1,16 @@
 //! Error types: one small `Copy` enum per boundary.
+//!
+//! # Examples
+//!
+//! ```
+//! use coresident_xen::{Evtchn, EvtchnError};
+//!
+//! /// A device error is worded for a log line.
+//! fn describe(r: Result<Evtchn, EvtchnError>) -> String {
+//!     r.map_or_else(|e| e.to_string(), |_| "open".to_owned())
+//! }
+//! println!("/dev/xen/evtchn: {}", describe(Evtchn::open()));
+//! ```
 
 use core::fmt;
 

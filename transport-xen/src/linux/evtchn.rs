@@ -9,6 +9,21 @@
 //! Events are hints: a freshly bound interdomain port is left pending by
 //! Xen (it may have missed notifications while unbound), so the first event
 //! can arrive before the peer sent any. Always re-check the shared state.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use coresident_xen::Evtchn;
+//!
+//! // dom0 offers domain 5 a port, rings it, and waits for an answer.
+//! let ev = Evtchn::open()?;
+//! let port = ev.bind_unbound(5)?;
+//! ev.notify(port)?;
+//! let rang = ev.wait_for(port, Duration::from_secs(1))?;
+//! println!("port {port}: answered {rang}");
+//! # Ok::<(), coresident_xen::EvtchnError>(())
+//! ```
 
 use core::time::Duration;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -23,7 +38,7 @@ use crate::types::{DomId, EvtchnPort};
 /// `include/uapi/xen/evtchn.h`: `struct ioctl_evtchn_bind_interdomain`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-pub struct IoctlEvtchnBindInterdomain {
+pub(crate) struct IoctlEvtchnBindInterdomain {
     /// The peer domain.
     pub remote_domain: u32,
     /// The peer's unbound port.
@@ -34,7 +49,7 @@ const _: () = assert!(size_of::<IoctlEvtchnBindInterdomain>() == 8);
 /// `include/uapi/xen/evtchn.h`: `struct ioctl_evtchn_bind_unbound_port`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-pub struct IoctlEvtchnBindUnboundPort {
+pub(crate) struct IoctlEvtchnBindUnboundPort {
     /// The domain allowed to bind the new port.
     pub remote_domain: u32,
 }
@@ -43,7 +58,7 @@ const _: () = assert!(size_of::<IoctlEvtchnBindUnboundPort>() == 4);
 /// `include/uapi/xen/evtchn.h`: `struct ioctl_evtchn_unbind`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-pub struct IoctlEvtchnUnbind {
+pub(crate) struct IoctlEvtchnUnbind {
     /// A local port.
     pub port: u32,
 }
@@ -52,22 +67,22 @@ const _: () = assert!(size_of::<IoctlEvtchnUnbind>() == 4);
 /// `include/uapi/xen/evtchn.h`: `struct ioctl_evtchn_notify`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-pub struct IoctlEvtchnNotify {
+pub(crate) struct IoctlEvtchnNotify {
     /// A local port.
     pub port: u32,
 }
 const _: () = assert!(size_of::<IoctlEvtchnNotify>() == 4);
 
 /// `IOCTL_EVTCHN_BIND_INTERDOMAIN`.
-pub const IOCTL_EVTCHN_BIND_INTERDOMAIN: Opcode =
+pub(crate) const IOCTL_EVTCHN_BIND_INTERDOMAIN: Opcode =
     ioc_none(b'E', 1, size_of::<IoctlEvtchnBindInterdomain>());
 /// `IOCTL_EVTCHN_BIND_UNBOUND_PORT`.
-pub const IOCTL_EVTCHN_BIND_UNBOUND_PORT: Opcode =
+pub(crate) const IOCTL_EVTCHN_BIND_UNBOUND_PORT: Opcode =
     ioc_none(b'E', 2, size_of::<IoctlEvtchnBindUnboundPort>());
 /// `IOCTL_EVTCHN_UNBIND`.
-pub const IOCTL_EVTCHN_UNBIND: Opcode = ioc_none(b'E', 3, size_of::<IoctlEvtchnUnbind>());
+pub(crate) const IOCTL_EVTCHN_UNBIND: Opcode = ioc_none(b'E', 3, size_of::<IoctlEvtchnUnbind>());
 /// `IOCTL_EVTCHN_NOTIFY`.
-pub const IOCTL_EVTCHN_NOTIFY: Opcode = ioc_none(b'E', 4, size_of::<IoctlEvtchnNotify>());
+pub(crate) const IOCTL_EVTCHN_NOTIFY: Opcode = ioc_none(b'E', 4, size_of::<IoctlEvtchnNotify>());
 
 /// An open `/dev/xen/evtchn` (non-blocking); cheap to clone.
 ///
@@ -125,18 +140,7 @@ impl<S: Sys> Evtchn<S> {
     /// # Errors
     ///
     /// [`EvtchnError::Open`].
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// use coresident_xen::linux::sys::Linux;
-    /// use coresident_xen::Evtchn;
-    ///
-    /// let ev = Evtchn::open_with(Linux)?; // what Evtchn::open does
-    /// # drop(ev);
-    /// # Ok::<(), coresident_xen::EvtchnError>(())
-    /// ```
-    pub fn open_with(sys: S) -> Result<Self, EvtchnError> {
+    pub(crate) fn open_with(sys: S) -> Result<Self, EvtchnError> {
         let dev = Device::open(sys, c"/dev/xen/evtchn").map_err(EvtchnError::Open)?;
         Ok(Self { dev: Arc::new(dev) })
     }

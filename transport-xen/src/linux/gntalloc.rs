@@ -6,6 +6,17 @@
 //! both unmapped and deallocated; at that moment the driver performs the
 //! unmap-notify action (clear a byte, signal an event channel), which is how
 //! the peer learns that we are gone.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use coresident_xen::Gntalloc;
+//!
+//! // Grant domain 5 two pages; their references go to domain 5 next.
+//! let pages = Gntalloc::open()?.share(5, 2)?;
+//! println!("refs {:?}, {} bytes at {:p}", pages.refs(), pages.len(), pages.as_ptr());
+//! # Ok::<(), coresident_xen::GrantError>(())
+//! ```
 
 use std::sync::Arc;
 
@@ -24,7 +35,7 @@ use crate::types::{DomId, EvtchnPort, GrantRef, UnmapNotify, MAX_PAGES};
 /// 16-byte header followed by `count` grant references.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-pub struct IoctlGntallocAllocGref {
+pub(crate) struct IoctlGntallocAllocGref {
     /// In: the domain given access to the grants.
     pub domid: u16,
     /// In: `GNTALLOC_FLAG_WRITABLE` or 0.
@@ -46,7 +57,7 @@ const ALLOC_HEADER: usize = 16;
 /// 12 bytes of fields padded to 16 (`_pad`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-pub struct IoctlGntallocDeallocGref {
+pub(crate) struct IoctlGntallocDeallocGref {
     /// In: the `index` returned by the allocation.
     pub index: u64,
     /// In: the number of pages.
@@ -60,7 +71,7 @@ const _: () = assert!(size_of::<IoctlGntallocDeallocGref>() == 16);
 /// (the same layout as gntdev's `struct ioctl_gntdev_unmap_notify`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-pub struct IoctlUnmapNotify {
+pub(crate) struct IoctlUnmapNotify {
     /// In: `mmap` offset of the mapping plus the byte offset inside it.
     pub index: u64,
     /// In: `UNMAP_NOTIFY_CLEAR_BYTE | UNMAP_NOTIFY_SEND_EVENT`.
@@ -71,20 +82,20 @@ pub struct IoctlUnmapNotify {
 const _: () = assert!(size_of::<IoctlUnmapNotify>() == 16);
 
 /// `GNTALLOC_FLAG_WRITABLE`.
-pub const GNTALLOC_FLAG_WRITABLE: u16 = 1;
+pub(crate) const GNTALLOC_FLAG_WRITABLE: u16 = 1;
 /// `UNMAP_NOTIFY_CLEAR_BYTE`.
-pub const UNMAP_NOTIFY_CLEAR_BYTE: u32 = 0x1;
+pub(crate) const UNMAP_NOTIFY_CLEAR_BYTE: u32 = 0x1;
 /// `UNMAP_NOTIFY_SEND_EVENT`.
-pub const UNMAP_NOTIFY_SEND_EVENT: u32 = 0x2;
+pub(crate) const UNMAP_NOTIFY_SEND_EVENT: u32 = 0x2;
 
 /// `IOCTL_GNTALLOC_ALLOC_GREF`.
-pub const IOCTL_GNTALLOC_ALLOC_GREF: Opcode =
+pub(crate) const IOCTL_GNTALLOC_ALLOC_GREF: Opcode =
     ioc_none(b'G', 5, size_of::<IoctlGntallocAllocGref>());
 /// `IOCTL_GNTALLOC_DEALLOC_GREF`.
-pub const IOCTL_GNTALLOC_DEALLOC_GREF: Opcode =
+pub(crate) const IOCTL_GNTALLOC_DEALLOC_GREF: Opcode =
     ioc_none(b'G', 6, size_of::<IoctlGntallocDeallocGref>());
 /// `IOCTL_GNTALLOC_SET_UNMAP_NOTIFY`.
-pub const IOCTL_GNTALLOC_SET_UNMAP_NOTIFY: Opcode =
+pub(crate) const IOCTL_GNTALLOC_SET_UNMAP_NOTIFY: Opcode =
     ioc_none(b'G', 7, size_of::<IoctlUnmapNotify>());
 
 /// An open `/dev/xen/gntalloc`; cheap to clone (shared descriptor).
@@ -142,18 +153,7 @@ impl<S: Sys> Gntalloc<S> {
     /// # Errors
     ///
     /// [`GrantError::Open`].
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// use coresident_xen::linux::sys::Linux;
-    /// use coresident_xen::Gntalloc;
-    ///
-    /// let g = Gntalloc::open_with(Linux)?; // what Gntalloc::open does
-    /// # drop(g);
-    /// # Ok::<(), coresident_xen::GrantError>(())
-    /// ```
-    pub fn open_with(sys: S) -> Result<Self, GrantError> {
+    pub(crate) fn open_with(sys: S) -> Result<Self, GrantError> {
         let dev = Device::open(sys, c"/dev/xen/gntalloc").map_err(GrantError::Open)?;
         Ok(Self { dev: Arc::new(dev) })
     }

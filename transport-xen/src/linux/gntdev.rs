@@ -6,6 +6,20 @@
 //! released when it is both unmapped and `UNMAP_GRANT_REF`ed; the driver then
 //! performs the unmap-notify action (clear a byte in the page, signal an
 //! event channel), which is how the granting domain learns we are gone.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use coresident_xen::Gntdev;
+//!
+//! // Map the two pages domain 5 granted us as references 8 and 9.
+//! let pages = Gntdev::open()?.map(5, &[8, 9])?;
+//! // SAFETY: the mapping is 8192 bytes, valid while `pages` lives; the peer
+//! // writes it too, so only volatile reads.
+//! let first = unsafe { pages.as_ptr().read_volatile() };
+//! println!("{} bytes, first {first}", pages.len());
+//! # Ok::<(), coresident_xen::GrantError>(())
+//! ```
 
 use std::sync::Arc;
 
@@ -20,7 +34,7 @@ use crate::types::{DomId, GrantRef, UnmapNotify, MAX_PAGES};
 /// `include/uapi/xen/gntdev.h`: `struct ioctl_gntdev_grant_ref`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-pub struct IoctlGntdevGrantRef {
+pub(crate) struct IoctlGntdevGrantRef {
     /// The granting domain.
     pub domid: u32,
     /// The grant reference.
@@ -34,7 +48,7 @@ const _: () = assert!(size_of::<IoctlGntdevGrantRef>() == 8);
 /// the argument is this 16-byte header followed by `count` refs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-pub struct IoctlGntdevMapGrantRef {
+pub(crate) struct IoctlGntdevMapGrantRef {
     /// In: the number of grants.
     pub count: u32,
     /// Padding in the C struct.
@@ -51,7 +65,7 @@ const MAP_HEADER: usize = 16;
 /// `include/uapi/xen/gntdev.h`: `struct ioctl_gntdev_unmap_grant_ref`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-pub struct IoctlGntdevUnmapGrantRef {
+pub(crate) struct IoctlGntdevUnmapGrantRef {
     /// In: the `index` returned by the map operation.
     pub index: u64,
     /// In: the number of pages.
@@ -62,17 +76,17 @@ pub struct IoctlGntdevUnmapGrantRef {
 const _: () = assert!(size_of::<IoctlGntdevUnmapGrantRef>() == 16);
 
 /// `include/uapi/xen/gntdev.h`: `struct ioctl_gntdev_unmap_notify` has the
-/// layout of gntalloc's (see [`IoctlUnmapNotify`]).
-pub type IoctlGntdevUnmapNotify = IoctlUnmapNotify;
+/// layout of gntalloc's (`IoctlUnmapNotify`).
+pub(crate) type IoctlGntdevUnmapNotify = IoctlUnmapNotify;
 
 /// `IOCTL_GNTDEV_MAP_GRANT_REF`.
-pub const IOCTL_GNTDEV_MAP_GRANT_REF: Opcode =
+pub(crate) const IOCTL_GNTDEV_MAP_GRANT_REF: Opcode =
     ioc_none(b'G', 0, size_of::<IoctlGntdevMapGrantRef>());
 /// `IOCTL_GNTDEV_UNMAP_GRANT_REF`.
-pub const IOCTL_GNTDEV_UNMAP_GRANT_REF: Opcode =
+pub(crate) const IOCTL_GNTDEV_UNMAP_GRANT_REF: Opcode =
     ioc_none(b'G', 1, size_of::<IoctlGntdevUnmapGrantRef>());
 /// `IOCTL_GNTDEV_SET_UNMAP_NOTIFY`.
-pub const IOCTL_GNTDEV_SET_UNMAP_NOTIFY: Opcode =
+pub(crate) const IOCTL_GNTDEV_SET_UNMAP_NOTIFY: Opcode =
     ioc_none(b'G', 7, size_of::<IoctlGntdevUnmapNotify>());
 
 /// An open `/dev/xen/gntdev`; cheap to clone (shared descriptor).
@@ -127,18 +141,7 @@ impl<S: Sys> Gntdev<S> {
     /// # Errors
     ///
     /// [`GrantError::Open`].
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// use coresident_xen::linux::sys::Linux;
-    /// use coresident_xen::Gntdev;
-    ///
-    /// let g = Gntdev::open_with(Linux)?; // what Gntdev::open does
-    /// # drop(g);
-    /// # Ok::<(), coresident_xen::GrantError>(())
-    /// ```
-    pub fn open_with(sys: S) -> Result<Self, GrantError> {
+    pub(crate) fn open_with(sys: S) -> Result<Self, GrantError> {
         let dev = Device::open(sys, c"/dev/xen/gntdev").map_err(GrantError::Open)?;
         Ok(Self { dev: Arc::new(dev) })
     }

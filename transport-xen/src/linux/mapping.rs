@@ -4,6 +4,20 @@
 //! The other domain can write these pages at any time, so no `&` or `&mut`
 //! to them ever exists: they are handed out as `*mut u8` for atomics and
 //! volatile copies only (see the crate docs).
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use coresident_xen::{Gntalloc, Mapping};
+//!
+//! let pages = Gntalloc::open()?.share(5, 1)?;
+//! let m: &Mapping = pages.mapping();
+//! // SAFETY: the page is ours and mapped while `pages` lives; domain 5 may
+//! // read it, so a volatile write.
+//! unsafe { m.as_ptr().write_volatile(1) };
+//! assert_eq!(m.len(), 4096);
+//! # Ok::<(), coresident_xen::GrantError>(())
+//! ```
 
 use core::fmt;
 use core::ptr::NonNull;

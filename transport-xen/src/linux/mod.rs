@@ -2,6 +2,22 @@
 //! `/dev/xen` through `rustix`, each with a `#[repr(C)]` mirror of its
 //! uapi header, behind the [`sys::Sys`] trait so that unit tests swap in a
 //! fake driver.
+//!
+//! # Examples
+//!
+//! ```
+//! use coresident_xen::{Evtchn, Gntalloc, Gntdev};
+//!
+//! // Each device opens on its own; off Xen (or without the modules) each
+//! // says which one is missing.
+//! for (name, r) in [
+//!     ("evtchn", Evtchn::open().map(drop).map_err(|e| e.to_string())),
+//!     ("gntalloc", Gntalloc::open().map(drop).map_err(|e| e.to_string())),
+//!     ("gntdev", Gntdev::open().map(drop).map_err(|e| e.to_string())),
+//! ] {
+//!     println!("{name}: {r:?}");
+//! }
+//! ```
 
 pub mod backend;
 pub mod error;

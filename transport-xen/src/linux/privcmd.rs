@@ -16,6 +16,17 @@
 //! notices. `EVTCHNOP_status` on `DOMID_SELF` is allowed to every domain,
 //! so this works in a domU as well as in dom0 (the driver refuses only on a
 //! descriptor restricted with `IOCTL_PRIVCMD_RESTRICT`, which we never do).
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use coresident_xen::linux::privcmd::{PortStatus, Privcmd};
+//!
+//! // Is our port 17 still connected, or did its peer die without a word?
+//! let gone = !matches!(Privcmd::open()?.evtchn_status(17)?, PortStatus::Interdomain { .. });
+//! println!("peer gone: {gone}");
+//! # Ok::<(), coresident_xen::linux::error::Errno>(())
+//! ```
 
 use std::sync::Arc;
 
@@ -27,7 +38,7 @@ use crate::types::{DomId, EvtchnPort};
 /// `include/uapi/xen/privcmd.h`: `struct privcmd_hypercall`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-pub struct PrivcmdHypercall {
+pub(crate) struct PrivcmdHypercall {
     /// The hypercall number (`__HYPERVISOR_*`, `xen/xen.h`).
     pub op: u64,
     /// Its arguments, passed to Xen as they are.
@@ -37,14 +48,14 @@ const _: () = assert!(size_of::<PrivcmdHypercall>() == 48);
 
 /// `IOCTL_PRIVCMD_HYPERCALL`: `_IOC(_IOC_NONE, 'P', 0, sizeof(struct
 /// privcmd_hypercall))`.
-pub const IOCTL_PRIVCMD_HYPERCALL: Opcode = ioc_none(b'P', 0, size_of::<PrivcmdHypercall>());
+pub(crate) const IOCTL_PRIVCMD_HYPERCALL: Opcode = ioc_none(b'P', 0, size_of::<PrivcmdHypercall>());
 
 /// `__HYPERVISOR_event_channel_op` (`xen/xen.h`).
-pub const HYPERVISOR_EVENT_CHANNEL_OP: u64 = 32;
+pub(crate) const HYPERVISOR_EVENT_CHANNEL_OP: u64 = 32;
 /// `EVTCHNOP_status` (`xen/event_channel.h`).
-pub const EVTCHNOP_STATUS: u64 = 5;
+pub(crate) const EVTCHNOP_STATUS: u64 = 5;
 /// `DOMID_SELF` (`xen/xen.h`).
-pub const DOMID_SELF: DomId = 0x7FF0;
+pub(crate) const DOMID_SELF: DomId = 0x7FF0;
 
 /// Xen's `public/event_channel.h`: `struct evtchn_status`.
 ///
@@ -56,7 +67,7 @@ pub const DOMID_SELF: DomId = 0x7FF0;
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
 )]
-pub struct EvtchnStatus {
+pub(crate) struct EvtchnStatus {
     /// In: the domain owning the port (`DOMID_SELF`).
     pub dom: u16,
     /// Padding of the C struct.
@@ -81,14 +92,29 @@ const _: () = assert!(core::mem::offset_of!(EvtchnStatus, remote_dom) == 16);
 const _: () = assert!(core::mem::offset_of!(EvtchnStatus, remote_port) == 20);
 
 /// `EVTCHNSTAT_closed`: the port is not in use.
-pub const EVTCHNSTAT_CLOSED: u32 = 0;
+pub(crate) const EVTCHNSTAT_CLOSED: u32 = 0;
 /// `EVTCHNSTAT_unbound`: waiting for a peer to bind (again, after the peer
 /// closed its end or died).
-pub const EVTCHNSTAT_UNBOUND: u32 = 1;
+pub(crate) const EVTCHNSTAT_UNBOUND: u32 = 1;
 /// `EVTCHNSTAT_interdomain`: connected to a port of another domain.
-pub const EVTCHNSTAT_INTERDOMAIN: u32 = 2;
+pub(crate) const EVTCHNSTAT_INTERDOMAIN: u32 = 2;
 
 /// What Xen says about one of our ports.
+///
+/// # Examples
+///
+/// ```no_run
+/// use coresident_xen::linux::privcmd::{PortStatus, Privcmd};
+///
+/// // After `xl destroy` of the peer, Xen leaves our end unbound, unsignalled.
+/// match Privcmd::open()?.evtchn_status(17)? {
+///     PortStatus::Interdomain { remote, port } => println!("connected to {remote}:{port}"),
+///     PortStatus::Unbound { remote } => println!("waiting for (or lost) domain {remote}"),
+///     PortStatus::Closed => println!("not in use"),
+///     other => println!("{other:?}"),
+/// }
+/// # Ok::<(), coresident_xen::linux::error::Errno>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PortStatus {
@@ -113,16 +139,7 @@ pub enum PortStatus {
 
 impl PortStatus {
     /// Decodes Xen's answer.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use coresident_xen::linux::privcmd::{EvtchnStatus, PortStatus, EVTCHNSTAT_CLOSED};
-    ///
-    /// let raw = EvtchnStatus { dom: 0x7ff0, _pad: 0, port: 17, status: EVTCHNSTAT_CLOSED, vcpu: 0, remote_dom: 0, _pad2: 0, remote_port: 0 };
-    /// assert_eq!(PortStatus::from_raw(&raw), PortStatus::Closed);
-    /// ```
-    pub fn from_raw(s: &EvtchnStatus) -> Self {
+    pub(crate) fn from_raw(s: &EvtchnStatus) -> Self {
         match s.status {
             EVTCHNSTAT_CLOSED => Self::Closed,
             EVTCHNSTAT_UNBOUND => Self::Unbound {
@@ -190,18 +207,7 @@ impl<S: Sys> Privcmd<S> {
     /// # Errors
     ///
     /// The `errno` of the failed `open`.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// use coresident_xen::linux::privcmd::Privcmd;
-    /// use coresident_xen::linux::sys::Linux;
-    ///
-    /// let privcmd = Privcmd::open_with(Linux)?; // what Privcmd::open does
-    /// # drop(privcmd);
-    /// # Ok::<(), coresident_xen::linux::error::Errno>(())
-    /// ```
-    pub fn open_with(sys: S) -> Result<Self, Errno> {
+    pub(crate) fn open_with(sys: S) -> Result<Self, Errno> {
         let dev = Device::open(sys, c"/dev/xen/privcmd")?;
         Ok(Self { dev: Arc::new(dev) })
     }

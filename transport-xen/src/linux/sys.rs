@@ -6,6 +6,17 @@
 //! [`XenTransport`](crate::transport::XenTransport) over them, is
 //! generic over a [`Sys`]: [`Linux`] issues the real calls through `rustix`,
 //! a unit test substitutes a fake that simulates the drivers in process.
+//!
+//! # Examples
+//!
+//! ```
+//! use coresident_xen::linux::error::Errno;
+//! use coresident_xen::linux::sys::{Linux, Sys};
+//!
+//! // The real layer, on a device every Linux has.
+//! assert!(Linux.open(c"/dev/null").is_ok());
+//! assert_eq!(Linux.open(c"/dev/xen/no-such-device").err(), Some(Errno::NOENT));
+//! ```
 
 use core::ffi::{c_int, c_void};
 use core::fmt;
@@ -36,20 +47,24 @@ pub(crate) const fn ioc_none(ty: u8, nr: u8, size: usize) -> Opcode {
 
 /// The system calls the device wrappers make.
 ///
-/// Implementations: [`Linux`] (real calls) and, in this crate's unit tests,
-/// a fake that simulates the Xen drivers.
+/// Implementations: [`Linux`] (real calls), the default type parameter of
+/// every device wrapper and of [`XenTransport`](crate::XenTransport), and, in
+/// this crate's unit tests, a fake that simulates the Xen drivers. Only the
+/// crate's own constructors (`open_with`, `with_sys`) take another `Sys`, so
+/// outside the crate `S` is always [`Linux`]: the trait is public because it
+/// appears in those types' parameters.
 ///
 /// # Examples
 ///
 /// ```
-/// use coresident_xen::linux::sys::Sys;
-/// use coresident_xen::Gntdev;
+/// use coresident_xen::linux::sys::{Linux, Sys};
+/// use coresident_xen::SharedPages;
 ///
-/// /// Any system-call layer: the real one, or a test's fake driver.
-/// fn open_gntdev<S: Sys>(sys: S) -> bool {
-///     Gntdev::open_with(sys).is_ok()
+/// // Code generic over the layer names the parameter; `S` is `Linux` here.
+/// fn pages<S: Sys>(p: &SharedPages<S>) -> usize {
+///     p.refs().len()
 /// }
-/// # let _ = open_gntdev(coresident_xen::linux::sys::Linux);
+/// let _: fn(&SharedPages<Linux>) -> usize = pages;
 /// ```
 pub trait Sys: Clone + fmt::Debug + Send + Sync + 'static {
     /// `open(path, O_RDWR | O_CLOEXEC | O_NONBLOCK)`.
@@ -81,6 +96,25 @@ pub trait Sys: Clone + fmt::Debug + Send + Sync + 'static {
     ///   behind `fd` accesses for `opcode`, given the argument's contents
     ///   (for the variable-size Xen ioctls: the header plus `count` entries).
     /// - `arg` is aligned for the argument structure of `opcode`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// use coresident_xen::linux::error::Errno;
+    /// use coresident_xen::linux::sys::{Linux, Opcode, Sys};
+    ///
+    /// let fd = Linux.open(c"/dev/null")?;
+    /// let mut arg = [0u64; 4];
+    /// let op: Opcode = 0x4705; // `_IOC(_IOC_NONE, 'G', 5, 0)`: not /dev/null's
+    /// // SAFETY:
+    /// // - `arg` is valid for reads and writes of 32 bytes, more than any
+    /// //   driver accesses for an opcode of size 0;
+    /// // - it is aligned for any argument structure of 8-byte alignment.
+    /// let r = unsafe { Linux.ioctl(fd.as_fd(), op, arg.as_mut_ptr().cast()) };
+    /// assert_eq!(r, Err(Errno::NOTTY));
+    /// # Ok::<(), Errno>(())
+    /// ```
     unsafe fn ioctl(
         &self,
         fd: BorrowedFd<'_>,
@@ -214,7 +248,7 @@ pub trait Sys: Clone + fmt::Debug + Send + Sync + 'static {
 /// use coresident_xen::Evtchn;
 ///
 /// // The real system calls: what `Evtchn::open()` and the others use.
-/// let ev = Evtchn::open_with(Linux); // an error off Xen (no /dev/xen/evtchn)
+/// let ev: Result<Evtchn<Linux>, _> = Evtchn::open(); // an error off Xen
 /// # drop(ev);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -62,7 +62,7 @@ pub const RENDEZVOUS_MAGIC: [u8; 4] = *b"CRXG";
 /// let mut bytes = [0u8; 256];
 /// let n = crxg::encode(&offer, &mut bytes)?;
 /// bytes[4] = 2; // the version field, little-endian, after the magic
-/// assert_eq!(crxg::parse_borrowed(3, &bytes[..n]).err(), Some(CrxgError::BadVersion(2)));
+/// assert_eq!(crxg::parse(3, &bytes[..n], &mut [0; 16]).err(), Some(CrxgError::BadVersion(2)));
 /// assert_eq!(RENDEZVOUS_VERSION, 1);
 /// # Ok::<(), CrxgError>(())
 /// ```
@@ -195,7 +195,7 @@ pub const HEADER_LEN: usize = size_of::<RendezvousHeader>();
 /// ```
 /// use coresident_xen::protocol::crxg::{self, CrxgError};
 ///
-/// assert_eq!(crxg::parse_borrowed(3, b"short").err(), Some(CrxgError::BadLength));
+/// assert_eq!(crxg::parse(3, b"short", &mut [0; 16]).err(), Some(CrxgError::BadLength));
 /// assert_eq!(CrxgError::WrongPeer(7).to_string(), "offered by domain 7, not the expected peer");
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -348,19 +348,7 @@ pub struct Offer<R> {
 
 impl<R> Offer<R> {
     /// The offer's fields without its references.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use coresident::ChannelLayout;
-    /// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
-    /// # let layout = ChannelLayout::symmetric(4096);
-    /// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
-    /// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
-    /// let parts = offer.as_parts();
-    /// assert_eq!((parts.offerer, parts.port, parts.layout), (3, 17, layout));
-    /// ```
-    pub fn as_parts(&self) -> Offer<()> {
+    fn as_parts(&self) -> Offer<()> {
         Offer {
             offerer: self.offerer,
             port: self.port,
@@ -483,25 +471,7 @@ pub fn encode<R: AsRef<[GrantRef]>>(offer: &Offer<R>, out: &mut [u8]) -> Result<
 /// # Errors
 ///
 /// As [`encode`].
-///
-/// # Examples
-///
-/// ```
-/// # use coresident::ChannelLayout;
-/// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
-/// # let layout = ChannelLayout::symmetric(4096);
-/// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
-/// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
-/// // The references in two runs (as a kernel's pages hold them), no copy.
-/// let (a, b) = refs.split_at(2);
-/// let mut one = [0u8; 256];
-/// let mut two = [0u8; 256];
-/// let n = crxg::encode(&offer, &mut one)?;
-/// crxg::encode_parts(offer.as_parts(), refs.len(), a.iter().chain(b).copied(), &mut two)?;
-/// assert_eq!(one[..n], two[..n]);
-/// # Ok::<(), CrxgError>(())
-/// ```
-pub fn encode_parts(
+fn encode_parts(
     offer: Offer<()>,
     nrefs: usize,
     refs: impl Iterator<Item = GrantRef> + Clone,
@@ -534,80 +504,17 @@ pub fn encode_parts(
 /// The grant references as they stand in rendezvous bytes (little-endian
 /// `u32`s), read one by one: what [`parse_borrowed`] hands out, for a side
 /// with no room to copy them.
-///
-/// # Examples
-///
-/// ```
-/// # use coresident::ChannelLayout;
-/// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
-/// # let layout = ChannelLayout::symmetric(4096);
-/// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
-/// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
-/// let mut bytes = [0u8; 256];
-/// let n = crxg::encode(&offer, &mut bytes)?;
-/// let wire = crxg::parse_borrowed(3, &bytes[..n])?.refs;
-/// assert!(wire.iter().eq(refs.iter().copied()));
-/// # Ok::<(), CrxgError>(())
-/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WireRefs<'b>(&'b [u8]);
+pub(crate) struct WireRefs<'b>(&'b [u8]);
 
 impl<'b> WireRefs<'b> {
     /// How many.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use coresident::ChannelLayout;
-    /// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
-    /// # let layout = ChannelLayout::symmetric(4096);
-    /// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
-    /// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
-    /// let mut bytes = [0u8; 256];
-    /// let n = crxg::encode(&offer, &mut bytes)?;
-    /// assert_eq!(crxg::parse_borrowed(3, &bytes[..n])?.refs.len(), crxg::pages_for(layout));
-    /// # Ok::<(), CrxgError>(())
-    /// ```
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.0.len() / 4
     }
 
-    /// Whether there are none (never, for a parsed offer).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use coresident::ChannelLayout;
-    /// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
-    /// # let layout = ChannelLayout::symmetric(4096);
-    /// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
-    /// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
-    /// let mut bytes = [0u8; 256];
-    /// let n = crxg::encode(&offer, &mut bytes)?;
-    /// assert!(!crxg::parse_borrowed(3, &bytes[..n])?.refs.is_empty());
-    /// # Ok::<(), CrxgError>(())
-    /// ```
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Each reference, in page order.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use coresident::ChannelLayout;
-    /// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
-    /// # let layout = ChannelLayout::symmetric(4096);
-    /// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
-    /// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
-    /// let mut bytes = [0u8; 256];
-    /// let n = crxg::encode(&offer, &mut bytes)?;
-    /// let wire = crxg::parse_borrowed(3, &bytes[..n])?.refs;
-    /// assert_eq!(wire.iter().next(), Some(8));
-    /// # Ok::<(), CrxgError>(())
-    /// ```
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = GrantRef> + Clone + 'b {
+    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = GrantRef> + Clone + 'b {
         self.0
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -664,24 +571,7 @@ pub fn parse<'r>(
 /// # Errors
 ///
 /// As [`parse`] (without a limit of room).
-///
-/// # Examples
-///
-/// ```
-/// # use coresident::ChannelLayout;
-/// # use coresident_xen::protocol::crxg::{self, CrxgError, Offer};
-/// # let layout = ChannelLayout::symmetric(4096);
-/// # let refs: Vec<u32> = (8..8 + crxg::pages_for(layout) as u32).collect();
-/// let offer = Offer { offerer: 3, port: 17, layout, refs: &refs[..] };
-/// let mut bytes = [0u8; 256];
-/// let n = crxg::encode(&offer, &mut bytes)?;
-/// // Every field checked, the references left in the bytes: no room needed.
-/// let parsed = crxg::parse_borrowed(3, &bytes[..n])?;
-/// assert_eq!((parsed.port, parsed.refs.len()), (17, refs.len()));
-/// assert_eq!(crxg::parse_borrowed(4, &bytes[..n]).err(), Some(CrxgError::WrongPeer(3)));
-/// # Ok::<(), CrxgError>(())
-/// ```
-pub fn parse_borrowed(peer: DomId, bytes: &[u8]) -> Result<Offer<WireRefs<'_>>, CrxgError> {
+pub(crate) fn parse_borrowed(peer: DomId, bytes: &[u8]) -> Result<Offer<WireRefs<'_>>, CrxgError> {
     let (h, rest) = RendezvousHeader::read_from_prefix(bytes).map_err(|_| CrxgError::BadLength)?;
     if h.magic != RENDEZVOUS_MAGIC {
         return Err(CrxgError::BadMagic);

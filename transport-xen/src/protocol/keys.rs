@@ -253,6 +253,12 @@ pub type Put<'a, E> = dyn FnMut(&str, &[u8]) -> Result<(), E> + 'a;
 /// value)`, `state=offered` last: the acceptor reads nothing before it.
 /// `refs` are the offer's `nrefs` grant references, in page order.
 ///
+/// Who calls it: [`ChannelKeys`](crate::rendezvous::ChannelKeys), which a
+/// daemon or kernel uses instead; it is public for the fuzz target
+/// `fuzz/fuzz_targets/xs_rendezvous_keys.rs`, which checks that what this
+/// module writes reads back the same and that any peer-written keys are
+/// refused, never a panic.
+///
 /// # Errors
 ///
 /// `put`'s, or [`KeyError::BadRefCount`] if `refs` does not hold exactly
@@ -338,6 +344,11 @@ pub fn write_offer<E: From<KeyError>>(
 /// acceptor's port, or `refused` with the reason (cut at
 /// [`ERROR_TEXT_MAX`] bytes); `offer-port` ties it to the offer of that
 /// port; `state` last.
+///
+/// Who calls it: [`ChannelKeys`](crate::rendezvous::ChannelKeys) only (the
+/// fuzz target reads answers, it does not write them); it stays public
+/// beside [`write_offer`] and [`read_answer`] so that the answer's keys are
+/// spelled out where the offer's are.
 ///
 /// # Errors
 ///
@@ -588,6 +599,12 @@ pub struct OfferKeys {
 /// `FIRST_GRANT_REF..GRANT_REF_LIMIT` (`push` may refuse one); one `refs`
 /// key past the count must not exist (extra keys lie about the count).
 ///
+/// Who calls it: [`ChannelKeys`](crate::rendezvous::ChannelKeys), which a
+/// daemon or kernel uses instead; it is public for the fuzz target
+/// `fuzz/fuzz_targets/xs_rendezvous_keys.rs`, which checks that what this
+/// module writes reads back the same and that any peer-written keys are
+/// refused, never a panic.
+///
 /// # Errors
 ///
 /// Every malformed value is a [`KeyError`]; `push`'s.
@@ -696,6 +713,12 @@ fn read_offer_keys<X: XsClient>(
 /// `accepted`, `Some(false)` for `refused`, `None` while it is absent,
 /// unreadable (any of its keys: it is being replaced), or about another
 /// offer (a stale answer names another `offer-port`).
+///
+/// Who calls it: [`ChannelKeys`](crate::rendezvous::ChannelKeys), which a
+/// daemon or kernel uses instead; it is public for the fuzz target
+/// `fuzz/fuzz_targets/xs_rendezvous_keys.rs`, which checks that what this
+/// module writes reads back the same and that any peer-written keys are
+/// refused, never a panic.
 ///
 /// # Errors
 ///

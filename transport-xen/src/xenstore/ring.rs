@@ -163,11 +163,48 @@ const _: () = assert!(ERROR == 2072 && REQ_CONS % 4 == 0 && FEATURES % 4 == 0);
 /// ```
 pub trait Events {
     /// Signals the peer (`EVTCHNOP_send` on the ring's port).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::xenstore::ring::Events;
+    ///
+    /// /// Counts what a kernel would send as `EVTCHNOP_send` on the store port.
+    /// struct Count(u32);
+    /// impl Events for Count {
+    ///     fn notify(&mut self) { self.0 += 1 }
+    ///     fn wait(&mut self) -> bool { false }
+    /// }
+    /// let mut e = Count(0);
+    /// e.notify();
+    /// assert_eq!(e.0, 1);
+    /// ```
     fn notify(&mut self);
 
     /// Returns when the peer may have signalled (or after a while: a wait is
     /// a hint, the caller re-checks the ring). `false` means "give up": the
     /// operation in progress fails with a timeout error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coresident_xen::xenstore::ring::Events;
+    ///
+    /// /// Gives up after `n` waits: a request to a ring nobody serves fails
+    /// /// with `XsError::Timeout` then.
+    /// struct Patience(u32);
+    /// impl Events for Patience {
+    ///     fn notify(&mut self) {}
+    ///     fn wait(&mut self) -> bool {
+    ///         // A kernel blocks on the store port here (SCHEDOP_poll).
+    ///         self.0 = self.0.saturating_sub(1);
+    ///         self.0 > 0
+    ///     }
+    /// }
+    /// let mut e = Patience(2);
+    /// assert!(e.wait());
+    /// assert!(!e.wait());
+    /// ```
     fn wait(&mut self) -> bool;
 }
 

@@ -19,6 +19,19 @@
 //! domain's quota, `E2BIG`; a malformed watch path, `EINVAL`) with the
 //! `write(2)` error instead, having consumed the message, and the client
 //! reports them as the same [`XsError::Daemon`] (issue 17, finding 12).
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use coresident_xen::xenstore::XsClient;
+//! use coresident_xen::XenStore;
+//!
+//! // dom0: xenstored's socket; a domU: /dev/xen/xenbus.
+//! let mut xs = XenStore::open()?;
+//! let domid = xs.read("domid")?.to_vec();
+//! println!("this domain: {}", String::from_utf8_lossy(&domid));
+//! # Ok::<(), coresident_xen::XsError>(())
+//! ```
 
 use core::time::Duration;
 use std::collections::VecDeque;
