@@ -5,6 +5,8 @@
 //! `@releaseDomain` paths and their events, optimistic transactions (a
 //! snapshot; commit fails with `EAGAIN` if anything changed meanwhile), and
 //! what the toolstack does to domains (introduce, destroy, restore).
+//! Events of a watch set with a relative path name the path relative to
+//! the watcher's home, as xenstored's do.
 //!
 //! Each call hands back what the daemon sends, in order, as [`Out`]: the
 //! watch events of a change, then the reply (as xenstored queues the
@@ -37,6 +39,23 @@ struct Conn {
     /// Open transaction: id, the snapshot it works on, the store version it
     /// started from, and the paths it changed.
     tx: Option<(u32, Nodes, u64, Vec<String>)>,
+}
+
+impl Conn {
+    /// The path an event of watch (`w`, `tok`) for a change of `path`
+    /// names: relative to the home for a watch set with a relative path,
+    /// as xenstored does (the client sees the path it registered).
+    fn shown<'p>(&self, w: &str, tok: &str, path: &'p str) -> &'p str {
+        let home = format!("/local/domain/{}/", self.domid);
+        let relative = self
+            .relative
+            .iter()
+            .any(|(r, t)| t == tok && w.strip_prefix(&home) == Some(r.as_str()));
+        match path.strip_prefix(&home) {
+            Some(rest) if relative => rest,
+            _ => path,
+        }
+    }
 }
 
 /// The daemon's state: nodes, connections (by index), transactions.
@@ -221,7 +240,7 @@ impl Engine {
                 }
             }
             for (p, t) in &c.watches {
-                out.push(event(i, &format!("{p}\0{t}\0")));
+                out.push(event(i, &format!("{}\0{t}\0", c.shown(p, t, p))));
             }
         }
         out
@@ -250,6 +269,11 @@ impl Engine {
         Some(out)
     }
 
+    /// How many watches connection `conn` has set.
+    pub(crate) fn watches(&self, conn: usize) -> usize {
+        self.conns.get(conn).map_or(0, |c| c.watches.len())
+    }
+
     /// The live store's nodes.
     pub(crate) fn nodes(&self) -> &Nodes {
         &self.nodes
@@ -275,7 +299,7 @@ impl Engine {
                     } else {
                         path
                     };
-                    out.push(event(i, &format!("{shown}\0{tok}\0")));
+                    out.push(event(i, &format!("{}\0{tok}\0", c.shown(w, tok, shown))));
                 }
             }
         }
@@ -419,7 +443,7 @@ impl Engine {
                     }
                     // The reply, then the watch's first event.
                     out.push(ok(b"OK\0"));
-                    out.push(event(conn, &format!("{path}\0{tok}\0")));
+                    out.push(event(conn, &format!("{raw}\0{tok}\0")));
                     return out;
                 }
                 MsgType::Unwatch => {
@@ -427,10 +451,16 @@ impl Engine {
                     let w = &mut conns[conn].watches;
                     let before = w.len();
                     w.retain(|(p, t)| !(p == &path && t == &tok));
-                    if w.len() == before {
-                        err("ENOENT")
-                    } else {
+                    let gone = w.len() < before;
+                    if gone && !raw.starts_with('/') && !raw.starts_with('@') {
+                        conns[conn]
+                            .relative
+                            .retain(|(r, t)| !(r == raw && t == &tok));
+                    }
+                    if gone {
                         ok(b"OK\0")
+                    } else {
+                        err("ENOENT")
                     }
                 }
                 MsgType::TransactionStart => {
