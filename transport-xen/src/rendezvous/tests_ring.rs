@@ -41,9 +41,7 @@ fn ring_with(keys: &[(&str, String)]) -> XsRing<Daemon> {
     let mut xs = client();
     for (k, v) in keys {
         let path = format!("{DIR}/{k}");
-        xs.events_mut()
-            .store
-            .insert(path.into_bytes(), v.clone().into_bytes());
+        xs.events_mut().dom0_write(&path, v.as_bytes());
     }
     xs
 }
@@ -83,16 +81,14 @@ fn a_good_offer_becomes_the_transports_offer() {
     assert_eq!(offer.refs, (100..110).collect::<Vec<u32>>().as_slice());
     offer.check().unwrap();
     // The watch was removed again.
-    assert!(xs.events_mut().watches.is_empty());
+    assert_eq!(xs.events_mut().watches(), 0);
 }
 
 #[test]
 fn an_absent_or_unreadable_offer_is_not_yet_there() {
     assert!(matches!(read_with("state", None), Ok(None)));
     let mut xs = ring_with(&offer_keys());
-    xs.events_mut()
-        .denied
-        .push(format!("{DIR}/state").into_bytes());
+    xs.events_mut().deny(&format!("{DIR}/state"));
     assert!(matches!(read(&mut xs), Ok(None)));
     // The wait keeps waiting on the watch until the ring gives up.
     xs.events_mut().waits_left = 5;
@@ -108,9 +104,7 @@ fn an_offer_being_replaced_is_not_yet_there() {
     // directory and made it again, its permissions not set yet.
     for key in ["version", "refs0", "refs1"] {
         let mut xs = ring_with(&offer_keys());
-        xs.events_mut()
-            .denied
-            .push(format!("{DIR}/{key}").into_bytes());
+        xs.events_mut().deny(&format!("{DIR}/{key}"));
         assert!(matches!(read(&mut xs), Ok(None)), "{key}");
     }
     // The same for an answer: waited past, not an error.
@@ -126,12 +120,9 @@ fn an_offer_being_replaced_is_not_yet_there() {
         ("version", "1"),
     ] {
         let path = format!("{}/{k}", dir.as_str());
-        xs.events_mut()
-            .store
-            .insert(path.into_bytes(), v.as_bytes().to_vec());
+        xs.events_mut().dom0_write(&path, v.as_bytes());
     }
-    let denied = format!("{}/version", dir.as_str()).into_bytes();
-    xs.events_mut().denied.push(denied);
+    xs.events_mut().deny(&format!("{}/version", dir.as_str()));
     xs.events_mut().waits_left = 20;
     assert_eq!(
         keys("k").wait_answer(&mut xs, 21),
@@ -228,8 +219,8 @@ fn a_malformed_offer_is_refused_and_waited_past() {
     assert_eq!(r.map(|_| ()), Err(KeyError::Store(XsError::Timeout)));
     assert_eq!(seen, [KeyError::BadRef(1)]);
     let dir = "/local/domain/5/data/coresident/channels/0/pv/answer";
-    let store = &xs.events_mut().store;
-    let get = |k: &str| store.get(format!("{dir}/{k}").as_bytes()).cloned();
+    let d = xs.events_mut();
+    let get = |k: &str| d.value(&format!("{dir}/{k}"));
     assert_eq!(get("state").as_deref(), Some(&b"refused"[..]));
     assert_eq!(get("offer-port").as_deref(), Some(&b"17"[..]));
     let error = String::from_utf8(get("error").unwrap()).unwrap();
@@ -248,38 +239,33 @@ fn answers_are_ours_and_readable_by_the_offerer_alone() {
     let (port, _) = wait_offer(&mut xs).unwrap();
     keys("pv").answer(&mut xs, port, Ok(3)).unwrap();
     let dir = "/local/domain/5/data/coresident/channels/0/pv/answer";
-    let store = &xs.events_mut().store;
-    let get = |k: &str| store.get(format!("{dir}/{k}").as_bytes()).cloned();
+    let d = xs.events_mut();
+    let get = |k: &str| d.value(&format!("{dir}/{k}"));
     assert_eq!(get("state").as_deref(), Some(&b"accepted"[..]));
     assert_eq!(get("port").as_deref(), Some(&b"3"[..]));
     assert_eq!(get("offer-port").as_deref(), Some(&b"17"[..]));
     assert_eq!(get("version").as_deref(), Some(&b"1"[..]));
     for k in ["", "/state", "/port"] {
-        let perms = store.get(format!("perms:{dir}{k}").as_bytes());
-        assert_eq!(perms.map(Vec::as_slice), Some(&b"n5\0r0\0"[..]), "{k}");
+        let perms = d.perms(&format!("{dir}{k}"));
+        assert_eq!(perms.as_deref(), Some(&b"n5\0r0\0"[..]), "{k}");
     }
     // A refusal replaces the answer, with the reason.
     keys("pv").answer(&mut xs, port, Err(&"no room")).unwrap();
-    let store = &xs.events_mut().store;
-    let get = |k: &str| store.get(format!("{dir}/{k}").as_bytes()).cloned();
+    let d = xs.events_mut();
+    let get = |k: &str| d.value(&format!("{dir}/{k}"));
     assert_eq!(get("state").as_deref(), Some(&b"refused"[..]));
     assert_eq!(get("error").as_deref(), Some(&b"no room"[..]));
     assert_eq!(get("port"), None);
     keys("pv").withdraw(&mut xs).unwrap();
     keys("pv").withdraw(&mut xs).unwrap();
-    let store = &xs.events_mut().store;
-    assert!(!store.keys().any(|k| k.starts_with(dir.as_bytes())));
+    assert!(!xs.events_mut().paths().iter().any(|k| k.starts_with(dir)));
 }
 
 /// Our nodes: the simulated store's keys under our home.
 fn ours(xs: &mut XsRing<Daemon>) -> Vec<String> {
     let home = format!("/local/domain/{OWN}");
-    xs.events_mut()
-        .store
-        .keys()
-        .map(|k| String::from_utf8_lossy(k).into_owned())
-        .filter(|k| k.starts_with(&home))
-        .collect()
+    let paths = xs.events_mut().paths();
+    paths.into_iter().filter(|k| k.starts_with(&home)).collect()
 }
 
 /// Issue 17, finding 9, on the kernel's side: an answer withdrawn and
@@ -287,13 +273,7 @@ fn ours(xs: &mut XsRing<Daemon>) -> Vec<String> {
 #[test]
 fn no_node_outlives_a_kernel_rendezvous() {
     let mut xs = ring_with(&offer_keys());
-    // What the toolstack made: the home, `data`, `domid`.
-    for (k, v) in [("", ""), ("/data", ""), ("/domid", "5")] {
-        let path = format!("/local/domain/{OWN}{k}");
-        xs.events_mut()
-            .store
-            .insert(path.into_bytes(), v.as_bytes().to_vec());
-    }
+    // What the toolstack made (the home, `data`, `domid`, `name`) stays.
     let base = ours(&mut xs);
     let (port, _) = wait_offer(&mut xs).unwrap();
     keys("pv").answer(&mut xs, port, Ok(3)).unwrap();
@@ -312,9 +292,7 @@ fn no_node_outlives_a_kernel_rendezvous() {
         ("state", "accepted"),
     ] {
         let path = format!("{}/{k}", dir.as_str());
-        xs.events_mut()
-            .store
-            .insert(path.into_bytes(), v.as_bytes().to_vec());
+        xs.events_mut().dom0_write(&path, v.as_bytes());
     }
     assert_eq!(keys("k").wait_answer(&mut xs, 21), Ok(true));
     assert_eq!(ours(&mut xs), base, "after the offer was answered");
@@ -353,9 +331,8 @@ fn a_published_offer_reads_back_as_the_same_offer() {
     let mut xs = client();
     keys("k").publish_offer(&mut xs, &mine).unwrap();
     let dir = keys("k").offer_dir().unwrap();
-    let store = &xs.events_mut().store;
-    let perms = store.get(format!("perms:{}/refs0", dir.as_str()).as_bytes());
-    assert_eq!(perms.map(Vec::as_slice), Some(&b"n5\0r0\0"[..]));
+    let perms = xs.events_mut().perms(&format!("{}/refs0", dir.as_str()));
+    assert_eq!(perms.as_deref(), Some(&b"n5\0r0\0"[..]));
     // The acceptor's reader (dom0's view of our keys) agrees.
     let mut back = [0; MAX_REFS];
     let theirs = ChannelKeys::new(0, OWN, "k").unwrap();
@@ -390,9 +367,7 @@ fn answers_are_waited_for_and_checked() {
         let dir = keys("k").peer_answer_dir().unwrap();
         for (k, v) in entries {
             let path = format!("{}/{k}", dir.as_str());
-            xs.events_mut()
-                .store
-                .insert(path.into_bytes(), v.as_bytes().to_vec());
+            xs.events_mut().dom0_write(&path, v.as_bytes());
         }
         // Enough for the requests, too few for a stale answer to
         // outlast; the timeout leaves the ring usable for the rm.
@@ -402,9 +377,9 @@ fn answers_are_waited_for_and_checked() {
         let offer = keys("k").offer_dir().unwrap();
         let left = xs
             .events_mut()
-            .store
-            .keys()
-            .any(|k| k.starts_with(offer.as_str().as_bytes()));
+            .paths()
+            .iter()
+            .any(|k| k.starts_with(offer.as_str()));
         assert!(!left, "{entries:?}: {r:?}");
         r
     };

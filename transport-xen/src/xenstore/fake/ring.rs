@@ -1,10 +1,12 @@
 //! A simulated xenstored on the other side of a heap page (the
 //! `start_info` ring of [`XsRing`]): it runs inside `Events::wait`,
-//! consumes whole requests, answers from a map and can be told to
-//! misbehave. Core-only (Miri runs it without `std`), so it does not yet
-//! answer through the socket daemon's engine ([`super`]'s store). Shared
-//! with the ring client's tests (`xenstore/tests_ring.rs`) and the
-//! rendezvous over the ring (`rendezvous/tests_ring.rs`).
+//! consumes whole requests and forwards each to the socket daemon's
+//! [`Engine`] as domain [`GUEST`] (introduced, so its home exists and
+//! relative paths resolve against it), so the ring client meets the same
+//! permissions, watches and transactions; or misbehaves, as ordered.
+//! Core-only (Miri runs it without `std`). Shared with the ring client's
+//! tests (`xenstore/tests_ring.rs`) and the rendezvous over the ring
+//! (`rendezvous/tests_ring.rs`).
 extern crate std;
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -16,11 +18,15 @@ use crate::xenstore::ring::{
     SERVER_FEATURE_ERROR,
 };
 use std::boxed::Box;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
+use std::format;
+use std::string::String;
 use std::vec::Vec;
 use zerocopy::IntoBytes;
 
-use crate::protocol::xs_wire::XsdSockmsg;
+use super::engine::{Engine, Out};
+use crate::protocol::xs_wire::{MsgType, XsdSockmsg};
+use crate::types::DomId;
 
 /// The page, as the peer sees it: raw pointer accesses only.
 #[derive(Clone, Copy)]
@@ -97,14 +103,23 @@ pub(crate) enum Mischief {
     ErrorWord,
 }
 
+/// The guest domain the ring's client is (a PV kernel's, as `pv-domu`'s).
+pub(crate) const GUEST: DomId = 5;
+
 pub(crate) struct Daemon {
     pub(crate) page: Page,
     pub(crate) req_cons: u32,
     pub(crate) rsp_prod: u32,
     pub(crate) inbox: Vec<u8>,
     pub(crate) outbox: VecDeque<u8>,
-    pub(crate) store: BTreeMap<Vec<u8>, Vec<u8>>,
-    pub(crate) watches: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The daemon itself: the socket fake's engine, which enforces
+    /// permissions and transactions.
+    engine: Engine,
+    /// The ring's connection in `engine`, as domain [`GUEST`].
+    guest: usize,
+    /// dom0's connection in `engine`: what the tests write as the
+    /// toolstack or as dom0's rendezvous.
+    dom0: usize,
     pub(crate) mischief: Mischief,
     /// An index was set by mischief: the daemon stops moving them.
     pub(crate) frozen: bool,
@@ -115,20 +130,29 @@ pub(crate) struct Daemon {
     pub(crate) waits_left: u32,
     pub(crate) notifies: u32,
     pub(crate) requests: u32,
-    /// Paths whose reads get `EACCES`.
-    pub(crate) denied: Vec<Vec<u8>>,
+    /// dom0 writes this node (path, value; see [`Daemon::dom0_write`])
+    /// right after the next request is answered: a conflicting writer.
+    pub(crate) dom0_writes_next: Option<(String, Vec<u8>)>,
 }
 
 impl Daemon {
+    /// The daemon with domain [`GUEST`] introduced (its home, `domid`,
+    /// `name`, `data`, as the toolstack makes them) and connected.
     pub(crate) fn new(page: Page) -> Self {
+        let mut engine = Engine::new();
+        // Nobody is connected yet: no events.
+        let _ = engine.introduce(GUEST);
+        let guest = engine.connect(GUEST);
+        let dom0 = engine.connect(0);
         Self {
             page,
             req_cons: page.get(REQ_CONS),
             rsp_prod: page.get(RSP_PROD),
             inbox: Vec::new(),
             outbox: VecDeque::new(),
-            store: BTreeMap::new(),
-            watches: Vec::new(),
+            engine,
+            guest,
+            dom0,
             mischief: Mischief::None,
             frozen: false,
             req_jump: None,
@@ -136,7 +160,7 @@ impl Daemon {
             waits_left: 1000,
             notifies: 0,
             requests: 0,
-            denied: Vec::new(),
+            dom0_writes_next: None,
         }
     }
 
@@ -151,36 +175,102 @@ impl Daemon {
         self.outbox.extend(body);
     }
 
-    /// Creates the missing ancestors of `path`, as xenstored does.
-    fn parents(&mut self, path: &[u8]) {
-        let mut end = path.len();
-        while let Some(i) = path[..end].iter().rposition(|&b| b == b'/') {
-            if i == 0 {
-                break;
+    /// Queues on the ring what the engine sends to the guest; what it
+    /// sends dom0 (its replies) is returned.
+    fn deliver(&mut self, out: Vec<Out>) -> Vec<(XsdSockmsg, Vec<u8>)> {
+        let mut to_dom0 = Vec::new();
+        for (conn, h, body) in out {
+            if conn == self.guest {
+                self.outbox.extend(h.as_bytes());
+                self.outbox.extend(&body);
+            } else {
+                to_dom0.push((h, body));
             }
-            self.store.entry(path[..i].to_vec()).or_default();
-            end = i;
+        }
+        to_dom0
+    }
+
+    /// A request of dom0's (strings `parts`, each NUL-terminated but a
+    /// write's value); panics unless it succeeds.
+    fn as_dom0(&mut self, ty: MsgType, parts: &[&[u8]]) {
+        let body: Vec<u8> = parts.concat();
+        let h = XsdSockmsg {
+            r#type: ty as u32,
+            req_id: 0,
+            tx_id: 0,
+            len: body.len() as u32,
+        };
+        let out = self.engine.request(self.dom0, &h, &body);
+        for (h, body) in self.deliver(out) {
+            assert_ne!(h.r#type, MsgType::Error as u32, "{ty:?}: {body:?}");
         }
     }
 
-    pub(crate) fn fire(&mut self, path: &[u8]) {
-        let hits: Vec<Vec<u8>> = self
-            .watches
-            .iter()
-            .filter(|(w, _)| path.starts_with(w))
-            .map(|(_, t)| t.clone())
-            .collect();
-        for t in hits {
-            let body = [path, b"\0", &t, b"\0"].concat();
-            self.reply(15, 0, &body);
+    /// `path` resolved against the guest's home, as the engine does.
+    fn abs(path: &str) -> String {
+        if path.starts_with('/') {
+            path.into()
+        } else {
+            format!("/local/domain/{GUEST}/{path}")
         }
     }
 
-    pub(crate) fn handle(&mut self, ty: u32, req_id: u32, body: &[u8]) {
+    /// dom0 writes `path` (absolute) and lets the guest read it, as dom0's
+    /// rendezvous writes an offer or an answer.
+    pub(crate) fn dom0_write(&mut self, path: &str, value: &[u8]) {
+        let p = [path.as_bytes(), b"\0"].concat();
+        self.as_dom0(MsgType::Write, &[&p, value]);
+        let r = format!("r{GUEST}\0");
+        self.as_dom0(MsgType::SetPerms, &[&p, b"n0\0", r.as_bytes()]);
+    }
+
+    /// dom0 takes node `path` (relative to the guest's home, or absolute)
+    /// for itself, making it first if it is missing (as an offerer that
+    /// made a node and has not opened it yet): the guest's reads of it
+    /// get `EACCES`.
+    pub(crate) fn deny(&mut self, path: &str) {
+        let p = [Self::abs(path).as_bytes(), b"\0"].concat();
+        self.as_dom0(MsgType::Mkdir, &[&p]);
+        self.as_dom0(MsgType::SetPerms, &[&p, b"n0\0"]);
+    }
+
+    /// The live store's value of `path` (relative or absolute).
+    pub(crate) fn value(&self, path: &str) -> Option<Vec<u8>> {
+        self.engine
+            .nodes()
+            .get(&Self::abs(path))
+            .map(|n| n.0.clone())
+    }
+
+    /// The perms of `path` as the wire encodes them (`n5\0r0\0`).
+    pub(crate) fn perms(&self, path: &str) -> Option<Vec<u8>> {
+        let (_, perms) = self.engine.nodes().get(&Self::abs(path))?;
+        let mut enc = Vec::new();
+        let mut buf = [0u8; 6];
+        for p in perms {
+            enc.extend_from_slice(p.encode(&mut buf));
+            enc.push(0);
+        }
+        Some(enc)
+    }
+
+    /// Every node's path, sorted.
+    pub(crate) fn paths(&self) -> Vec<String> {
+        self.engine.nodes().keys().cloned().collect()
+    }
+
+    /// How many watches the guest has set.
+    pub(crate) fn watches(&self) -> usize {
+        self.engine.watches(self.guest)
+    }
+
+    /// One whole request of the guest's: the mischief ordered, if any,
+    /// else the engine's answer (watch events of the change, then the
+    /// reply).
+    pub(crate) fn handle(&mut self, h: &XsdSockmsg, body: &[u8]) {
         self.requests += 1;
-        let m = std::mem::replace(&mut self.mischief, Mischief::None);
-        let mut parts = body.split(|&b| b == 0);
-        let path = parts.next().unwrap_or(b"").to_vec();
+        let (ty, req_id) = (h.r#type, h.req_id);
+        let m = core::mem::replace(&mut self.mischief, Mischief::None);
         match m {
             Mischief::Silent => return,
             Mischief::HugeLen(len) => {
@@ -212,71 +302,10 @@ impl Daemon {
             Mischief::ReqConsAhead(d) => self.req_jump = Some(d),
             Mischief::None => {}
         }
-        match ty {
-            2 if self.denied.contains(&path) => self.reply(16, req_id, b"EACCES\0"),
-            2 => match self.store.get(&path).cloned() {
-                Some(v) => self.reply(2, req_id, &v),
-                None => self.reply(16, req_id, b"ENOENT\0"),
-            },
-            11 => {
-                let value = &body[path.len() + 1..];
-                self.parents(&path);
-                self.store.insert(path.clone(), value.to_vec());
-                self.reply(11, req_id, b"OK\0");
-                self.fire(&path);
-            }
-            12 => {
-                self.parents(&path);
-                self.store.entry(path).or_default();
-                self.reply(12, req_id, b"OK\0");
-            }
-            14 => {
-                // Keep the perms as the node's value, to check the encoding.
-                let perms = body[path.len() + 1..].to_vec();
-                self.store.insert([b"perms:", &path[..]].concat(), perms);
-                self.reply(14, req_id, b"OK\0");
-            }
-            4 => {
-                let token = parts.next().unwrap_or(b"").to_vec();
-                self.watches.push((path.clone(), token));
-                self.reply(4, req_id, b"OK\0");
-                self.fire(&path);
-            }
-            5 => {
-                let token = parts.next().unwrap_or(b"").to_vec();
-                self.watches.retain(|w| *w != (path.clone(), token.clone()));
-                self.reply(5, req_id, b"OK\0");
-            }
-            13 => {
-                let under = [&path[..], b"/"].concat();
-                let before = self.store.len();
-                self.store
-                    .retain(|k, _| *k != path && !k.starts_with(&under));
-                if self.store.len() == before {
-                    self.reply(16, req_id, b"ENOENT\0");
-                } else {
-                    self.reply(13, req_id, b"OK\0");
-                }
-            }
-            1 if !self.store.contains_key(&path) => self.reply(16, req_id, b"ENOENT\0"),
-            1 => {
-                let under = [&path[..], b"/"].concat();
-                let mut names = Vec::new();
-                for k in self.store.keys() {
-                    if let Some(rest) = k.strip_prefix(&under[..]) {
-                        if !rest.is_empty() && !rest.contains(&b'/') {
-                            names.extend_from_slice(rest);
-                            names.push(0);
-                        }
-                    }
-                }
-                self.reply(1, req_id, &names);
-            }
-            // Transactions: one at a time, no isolation (the tests'
-            // writers never race).
-            6 => self.reply(6, req_id, b"1\0"),
-            7 => self.reply(7, req_id, b"OK\0"),
-            _ => self.reply(16, req_id, b"ENOSYS\0"),
+        let out = self.engine.request(self.guest, h, body);
+        self.deliver(out);
+        if let Some((path, value)) = self.dom0_writes_next.take() {
+            self.dom0_write(&path, &value);
         }
     }
 
@@ -304,7 +333,7 @@ impl Daemon {
             }
             let body = self.inbox[HEADER_LEN..end].to_vec();
             self.inbox.drain(..end);
-            self.handle(h.r#type, h.req_id, &body);
+            self.handle(&h, &body);
         }
         if let Some(d) = self.req_jump.take() {
             self.req_frozen = true;
