@@ -43,7 +43,7 @@ fn upgrade_at_connect_then_switch_both_ways_and_eof() {
         (&c).write_all(&buf).unwrap();
         match round % 10 {
             3 => c.downgrade(),
-            6 => c.upgrade().unwrap(),
+            6 => upgrade_until_ring(&c),
             _ => {}
         }
     }
@@ -339,4 +339,18 @@ fn a_backend_withdraws_and_readmits_one_peer_through_its_hooks() {
         .iter()
         .all(|(_, sub)| !sub.is_alive() && !sub.withdraw()));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `upgrade` until the stream is on the ring. An upgrade right after a downgrade may be
+/// refused while the peer is still finishing the switch (it stays on TCP, loses nothing, and
+/// counts a refusal); this test is about switching both ways, so it asks again.
+fn upgrade_until_ring(c: &coresident_net::Stream) {
+    for _ in 0..500 {
+        c.upgrade().unwrap();
+        if c.path() == Path::Ring {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("never back on the ring: {:?}", c.stats());
 }
