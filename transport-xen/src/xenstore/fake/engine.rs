@@ -89,6 +89,16 @@ fn parent(path: &str) -> Option<&str> {
     }
 }
 
+/// `path` as domain `dom` means it: absolute (or a special `@` path) as
+/// given, else relative to the domain's home, as xenstored resolves it.
+pub(crate) fn resolve(dom: DomId, path: &str) -> String {
+    if path.starts_with('/') || path.starts_with('@') {
+        path.to_owned()
+    } else {
+        format!("/local/domain/{dom}/{path}")
+    }
+}
+
 fn perm(domid: DomId, access: Access) -> Perm {
     Perm { domid, access }
 }
@@ -329,11 +339,7 @@ impl Engine {
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .collect();
         let raw = parts.first().map_or("", String::as_str);
-        let path = if raw.starts_with('/') || raw.starts_with('@') {
-            raw.to_owned()
-        } else {
-            format!("/local/domain/{dom}/{raw}")
-        };
+        let path = resolve(dom, raw);
         // The node map this request works on: the transaction's snapshot or
         // the live store.
         let in_tx = h.tx_id != 0;

@@ -24,7 +24,7 @@ use std::string::String;
 use std::vec::Vec;
 use zerocopy::IntoBytes;
 
-use super::engine::{Engine, Out};
+use super::engine::{resolve, Engine, Out};
 use crate::protocol::xs_wire::{MsgType, XsdSockmsg};
 use crate::types::DomId;
 
@@ -208,11 +208,7 @@ impl Daemon {
 
     /// `path` resolved against the guest's home, as the engine does.
     fn abs(path: &str) -> String {
-        if path.starts_with('/') {
-            path.into()
-        } else {
-            format!("/local/domain/{GUEST}/{path}")
-        }
+        resolve(GUEST, path)
     }
 
     /// dom0 writes `path` (absolute) and lets the guest read it, as dom0's
